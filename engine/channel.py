@@ -1,0 +1,112 @@
+"""A runnable channel built from its YAML: codec, filters, transform steps, destination names.
+
+``Channel.process`` is the synchronous, I/O-free part of the pipeline: it decodes stored bytes,
+runs the filters and the transform steps, and returns what to commit. It runs on a worker
+thread, never on the reactor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.codecs.base import Parsed
+from engine.config.project import ChannelDef
+from engine.errors import CodecError, TransformError, WharfError
+from engine.mappings import Mappings
+from engine.model import ERROR, FILTERED, SENT, Outbound
+from engine.registry import REGISTRY, Registry
+from engine.transforming import TransformContext, encode_payload, outbound_for
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    label: str
+    where: str
+    fn: Any
+    options: Any
+
+
+@dataclass(frozen=True)
+class Result:
+    status: str
+    transformed: bytes | None = None
+    outbound: list[Outbound] = field(default_factory=list)
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None
+    error_location: str | None = None
+
+
+class Channel:
+    def __init__(self, defn: ChannelDef, mappings: Mappings, registry: Registry = REGISTRY) -> None:
+        cfg = defn.config
+        self.defn = defn
+        self.name = defn.name
+        self.config = cfg
+        self.mappings = mappings
+        if cfg.codec is None:
+            codec_reg, codec_opts = registry.get("codec", "raw"), registry.get("codec", "raw").spec.defaults()
+        else:
+            codec_reg, codec_opts = registry.get("codec", cfg.codec.name), cfg.codec.options
+        self.codec_name = codec_reg.name
+        self.codec = codec_reg.factory(codec_opts)
+        self.filters = [
+            (f, registry.get("filter", f.name).factory(f.options)) for f in cfg.filter
+        ]
+        self.steps = [
+            Step(
+                s.transform,
+                s.label or s.transform,
+                f"{s.where} transformer[{i}] ({s.transform})",
+                registry.get("transform", s.transform).factory,
+                s.options,
+            )
+            for i, s in enumerate(cfg.transformer)
+        ]
+        self.destinations = [d.name for d in cfg.destinations]
+        self.dedup_window = cfg.dedup.window if cfg.dedup is not None else 7 * 86400.0
+
+    def decode(self, raw: bytes) -> Parsed:
+        return self.codec.decode(raw)
+
+    def process(self, raw: bytes, message_id: str, correlation_id: str) -> Result:
+        """Decode, filter and transform; never raises for a message's own faults."""
+        try:
+            parsed = self.decode(raw)
+        except CodecError as exc:
+            return Result(ERROR, error=f"CodecError: {exc.message}", error_location=f"{self.defn.file} codec")
+        for f, predicate in self.filters:
+            if not predicate(parsed):
+                return Result(FILTERED, error_location=f"{f.where} filter ({f.name})")
+        body: Any = parsed.value
+        ctx = TransformContext(None, self.mappings, self.name, message_id, correlation_id)
+        for step in self.steps:
+            ctx.options = step.options
+            try:
+                body = step.fn(body, ctx)
+            except TransformError as exc:
+                return Result(ERROR, error=str(exc), error_location=step.where)
+            except WharfError as exc:
+                return Result(ERROR, error=f"{type(exc).__name__}: {exc}", error_location=step.where)
+            except Exception as exc:  # a plugin bug: keep the message, say where
+                return Result(
+                    ERROR,
+                    error=f"{type(exc).__name__} in transform: {exc}",
+                    error_location=step.where,
+                )
+        unknown = sorted({d for d, *_ in ctx.emitted} - set(self.destinations))
+        if unknown:
+            return Result(
+                ERROR,
+                error=f"transform emitted to unknown destination(s) {', '.join(unknown)} "
+                f"(channel has: {', '.join(self.destinations) or 'none'})",
+                error_location=self.steps[-1].where if self.steps else self.defn.file,
+            )
+        transformed = None
+        if not self.steps:
+            body = raw  # no transform: forward the bytes as they came
+        elif body is not None:
+            transformed = encode_payload(body, None)[0]
+        outbound = outbound_for(self.destinations, body, ctx, parsed.content_type)
+        return Result(SENT, transformed, outbound, ctx.keys)

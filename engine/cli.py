@@ -1,0 +1,274 @@
+"""``wharf``: run, lint, test, messages, replay, prune, docs, status, demo-erp.
+
+Every command works on the project in the current folder (``routes.yaml``, ``channels/``,
+``mappings/``) unless ``--root`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, LintFailed
+
+
+def _project(root: Path) -> Any:
+    from engine.config.project import load_project
+
+    return load_project(root)
+
+
+def _store(root: Path) -> Any:
+    from engine.store import SqliteStore
+
+    project = _project(root)
+    store = SqliteStore(root / project.settings.store)
+    store.open()
+    return store
+
+
+def _duration(text: str) -> float:
+    from engine.spec import _DURATION, _DURATION_UNITS
+
+    m = _DURATION.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30s, 5m, 2h, 7d (got {text!r})")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    try:
+        project = _project(args.root)
+    except LintFailed as exc:
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        print(f"lint: {len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    tables = len(project.mappings.tables)
+    print(f"lint: ok ({len(project.channels)} channel(s), {tables} mapping table(s))")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from engine.testing.channel_tests import run_all
+
+    try:
+        project = _project(args.root)
+    except LintFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    outcomes = run_all(project, args.channels or None)
+    failed = 0
+    for o in outcomes:
+        mark = "PASS" if o.passed else "FAIL"
+        print(f"{mark} {o.channel}: {o.name}")
+        for f in o.failures:
+            print(f"     {o.where}: {f}")
+        failed += not o.passed
+    print(f"{len(outcomes) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_messages(args: argparse.Namespace) -> int:
+    store = _store(args.root)
+    try:
+        if args.show:
+            row = store.get_message(args.show)
+            if row is None:
+                print(f"no message {args.show}", file=sys.stderr)
+                return 1
+            print(json.dumps(row.__dict__, indent=2, default=str))
+            for d in store.deliveries_for(args.show):
+                d = {k: v for k, v in d.items() if k not in ("payload", "response")}
+                print(json.dumps(d, default=str))
+            if args.body:
+                store.audit(args.user, "view_body", args.show, {"stage": "raw"}, time.time())
+                raw = store.get_content(args.show, "raw") or b""
+                print(raw.decode("utf-8", "replace").replace("\r", "\n"))
+            return 0
+        key = value = None
+        if args.key:
+            key, _, value = args.key.partition("=")
+        now = time.time()
+        rows = store.search(
+            channel=args.channel,
+            status=args.status,
+            since=now - args.since if args.since else None,
+            correlation_id=args.correlation_id,
+            key=key,
+            value=value,
+            limit=args.limit,
+        )
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.received_at))
+            err = f"  {r.error_location}: {r.error}" if r.error and args.errors else ""
+            print(f"{r.id}  {when}  {r.channel:<20} {r.status:<9} {r.control_id or '-'}{err}")
+        print(f"{len(rows)} message(s)", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    store = _store(args.root)
+    try:
+        now = time.time()
+        if args.message_id:
+            result = store.replay(
+                args.message_id, destination=args.destination, actor=args.user, now=now
+            )
+            print(f"replay {args.message_id}: {result}")
+            return 0 if (result["requeued"] or result["reprocess"]) else 1
+        if not args.channel:
+            print("replay: give a message id, or --channel with --all-errors", file=sys.stderr)
+            return 2
+        ids = [
+            r.id
+            for r in store.search(channel=args.channel, status="error", limit=1_000_000)
+        ]
+        done = 0
+        for i, mid in enumerate(ids, 1):
+            r = store.replay(mid, destination=args.destination, actor=args.user, now=now)
+            done += bool(r["requeued"] or r["reprocess"])
+            if i % 100 == 0 or i == len(ids):
+                print(f"\rreplayed {i}/{len(ids)}", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        print(f"replay: {done} message(s) of channel {args.channel} queued again")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    project = _project(args.root)
+    store = _store(args.root)
+    try:
+        rules = [(tuple(r.status), r.older_than) for r in project.settings.retention]
+        if args.older_than:
+            rules = [(tuple(args.status.split(",")), args.older_than)]
+        total = 0
+        for statuses, age in rules:
+            n = store.prune(older_than=age, statuses=statuses, now=time.time())
+            print(f"pruned {n} message(s) in {','.join(statuses)} older than {age:.0f}s")
+            total += n
+        store.reclaim()
+        store.audit(args.user, "prune", str(args.root), {"deleted": total}, time.time())
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = _store(args.root)
+    try:
+        print(json.dumps(store.counts(), indent=2))
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from engine.docs import write_reference
+
+    paths = write_reference(args.out)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.runner import run
+
+    return run(args)
+
+
+def cmd_demo_erp(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from engine.demo import site
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    port = reactor.listenTCP(args.port, site(args.record), interface=args.host)
+    print(f"demo ERP listening on http://{args.host}:{port.getHost().port}", flush=True)
+    reactor.run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wharf", description=__doc__)
+    p.add_argument("--root", type=Path, default=Path.cwd(), help="project folder (default: .)")
+    p.add_argument("--user", default="cli", help="name recorded in the audit log")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the engine")
+    r.add_argument("--demo", action="store_true", help="start a sample ERP and drop the samples")
+    r.add_argument("--exit-when-done", action="store_true", help="with --demo: stop when done")
+    r.set_defaults(fn=cmd_run)
+
+    sub.add_parser("lint", help="check routes, channels and mappings").set_defaults(fn=cmd_lint)
+
+    t = sub.add_parser("test", help="run the channels' tests: blocks")
+    t.add_argument("channels", nargs="*")
+    t.set_defaults(fn=cmd_test)
+
+    m = sub.add_parser("messages", help="search stored messages")
+    m.add_argument("--channel")
+    m.add_argument("--status")
+    m.add_argument("--since", type=_duration, help="received within, e.g. 2h")
+    m.add_argument("--correlation-id")
+    m.add_argument("--key", help="business key, e.g. encounter=ENC-998877")
+    m.add_argument("--limit", type=int, default=50)
+    m.add_argument("--errors", action="store_true", help="show error text and location")
+    m.add_argument("--show", metavar="ID", help="one message with its deliveries")
+    m.add_argument("--body", action="store_true", help="with --show: print the raw body (audited)")
+    m.set_defaults(fn=cmd_messages)
+
+    rp = sub.add_parser("replay", help="deliver or process messages again")
+    rp.add_argument("message_id", nargs="?")
+    rp.add_argument("--channel")
+    rp.add_argument("--all-errors", action="store_true")
+    rp.add_argument("--destination")
+    rp.set_defaults(fn=cmd_replay)
+
+    pr = sub.add_parser("prune", help="apply retention rules and reclaim space")
+    pr.add_argument("--older-than", type=_duration)
+    pr.add_argument("--status", default="sent,filtered")
+    pr.set_defaults(fn=cmd_prune)
+
+    sub.add_parser("status", help="message and delivery counts").set_defaults(fn=cmd_status)
+
+    d = sub.add_parser("docs", help="generate the component reference")
+    d.add_argument("--out", type=Path, default=Path("docs/reference"))
+    d.set_defaults(fn=cmd_docs)
+
+    e = sub.add_parser("demo-erp", help="run the sample ERP receiver")
+    e.add_argument("--host", default="127.0.0.1")
+    e.add_argument("--port", type=int, default=8089)
+    e.add_argument("--record", type=Path, default=Path("var/demo-erp/received.ndjson"))
+    e.set_defaults(fn=cmd_demo_erp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.root = args.root.resolve()
+    try:
+        return int(args.fn(args) or 0)
+    except LintFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,1 @@
+"""Codecs turn inbound bytes into parsed messages, with explicit per-channel settings."""

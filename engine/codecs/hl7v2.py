@@ -1,0 +1,357 @@
+"""HL7 v2 codec on a lean, lazy, escape-aware tokenizer (no hl7apy on the hot path).
+
+Fields are addressed as ``SEG-field.component.subcomponent`` with an optional segment occurrence
+and field repetition: ``PV1-19.1``, ``FT1[2]-7.1``, ``PID-3[2].1``. Occurrences and repetitions
+count from 1. MSH-1 is the field separator and MSH-2 the encoding characters, as in the standard.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from engine.codecs.base import Parsed
+from engine.errors import CodecError
+from engine.registry import codec
+from engine.spec import ByteSize, Enum, Field, ListOf, Spec, Str
+
+CONTENT_TYPE = "x-application/hl7-v2+er7"
+_PATH = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?(?:-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?)?$")
+_CHARSETS = {
+    "": "utf-8",
+    "ASCII": "ascii",
+    "8859/1": "latin-1",
+    "ISO-8859-1": "latin-1",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+}
+_SEG_SPLIT = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class Separators:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @property
+    def encoding_characters(self) -> str:
+        return self.component + self.repetition + self.escape + self.subcomponent
+
+
+def unescape(text: str, sep: Separators) -> str:
+    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\)."""
+    esc = sep.escape
+    if not esc or esc not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != esc:
+            out.append(ch)
+            i += 1
+            continue
+        end = text.find(esc, i + 1)
+        if end == -1:
+            out.append(text[i:])
+            break
+        code = text[i + 1 : end]
+        simple = {
+            "F": sep.field,
+            "S": sep.component,
+            "T": sep.subcomponent,
+            "R": sep.repetition,
+            "E": sep.escape,
+            ".br": "\n",
+        }
+        if code in simple:
+            out.append(simple[code])
+        elif code.startswith("X") and len(code) > 1:
+            try:
+                out.append(bytes.fromhex(code[1:]).decode("latin-1"))
+            except ValueError:
+                out.append(text[i : end + 1])
+        else:
+            out.append(text[i : end + 1])
+        i = end + 1
+    return "".join(out)
+
+
+def escape(text: str, sep: Separators) -> str:
+    """Escape separators in a value we write into a message."""
+    e = sep.escape
+    return (
+        text.replace(e, f"{e}E{e}")
+        .replace(sep.field, f"{e}F{e}")
+        .replace(sep.component, f"{e}S{e}")
+        .replace(sep.subcomponent, f"{e}T{e}")
+        .replace(sep.repetition, f"{e}R{e}")
+    )
+
+
+class Segment:
+    """One segment; fields are split only when first asked for."""
+
+    __slots__ = ("_fields", "name", "sep", "text")
+
+    def __init__(self, text: str, sep: Separators) -> None:
+        self.text = text
+        self.sep = sep
+        self.name = text[:3]
+        self._fields: list[str] | None = None
+
+    @property
+    def fields(self) -> list[str]:
+        if self._fields is None:
+            parts = self.text.split(self.sep.field)
+            if self.name == "MSH":
+                # MSH-1 is the separator itself; MSH-2 the encoding characters.
+                parts = [parts[0], self.sep.field, *parts[1:]]
+            self._fields = parts
+        return self._fields
+
+    def raw(self, number: int) -> str:
+        """Field ``number`` as written (escapes kept, all repetitions)."""
+        fields = self.fields
+        return fields[number] if 0 < number < len(fields) else ""
+
+    def get(self, field: int, component: int = 1, sub: int = 1, rep: int = 1, *, whole: bool = False) -> str:
+        """A value, unescaped. ``whole`` returns the whole field (first repetition) unsplit."""
+        value = self.raw(field)
+        if not value:
+            return ""
+        if self.name == "MSH" and field in (1, 2):
+            return value
+        reps = value.split(self.sep.repetition)
+        if rep > len(reps):
+            return ""
+        value = reps[rep - 1]
+        if whole:
+            return unescape(value, self.sep)
+        comps = value.split(self.sep.component)
+        if component > len(comps):
+            return ""
+        value = comps[component - 1]
+        subs = value.split(self.sep.subcomponent)
+        if sub > len(subs):
+            return ""
+        return unescape(subs[sub - 1], self.sep)
+
+    def repetitions(self, field: int) -> int:
+        value = self.raw(field)
+        return len(value.split(self.sep.repetition)) if value else 0
+
+    def __repr__(self) -> str:
+        return f"<Segment {self.name}>"
+
+
+class Hl7Message:
+    """A tokenized HL7 v2 message."""
+
+    def __init__(self, text: str, sep: Separators) -> None:
+        self.text = text
+        self.sep = sep
+        self.segments = [Segment(s, sep) for s in _SEG_SPLIT.split(text) if s.strip()]
+
+    @cached_property
+    def msh(self) -> Segment:
+        return self.segments[0]
+
+    def all(self, name: str) -> list[Segment]:
+        return [s for s in self.segments if s.name == name]
+
+    def segment(self, name: str, occurrence: int = 1) -> Segment | None:
+        found = self.all(name)
+        return found[occurrence - 1] if occurrence <= len(found) else None
+
+    def get(self, path: str) -> str | None:
+        """``PV1-19.1``, ``FT1[2]-7``, ``PID-3[2].1``; a bare ``PV1-19`` gives the whole field."""
+        m = _PATH.match(path.strip())
+        if not m:
+            raise ValueError(f"expected a field path like 'PV1-19.1' (got {path!r})")
+        name, occ, field, rep, comp, sub = m.groups()
+        seg = self.segment(name, int(occ or 1))
+        if seg is None:
+            return None
+        if field is None:
+            return seg.text
+        if comp is None:
+            return seg.get(int(field), rep=int(rep or 1), whole=True) or None
+        return seg.get(int(field), int(comp), int(sub or 1), int(rep or 1)) or None
+
+    @property
+    def message_type(self) -> str:
+        code, event = self.msh.get(9, 1), self.msh.get(9, 2)
+        return f"{code}^{event}" if event else code
+
+    @property
+    def control_id(self) -> str:
+        return self.msh.get(10)
+
+    @property
+    def version(self) -> str:
+        return self.msh.get(12, 1)
+
+    def encode(self) -> str:
+        return "\r".join(s.text for s in self.segments) + "\r"
+
+
+def _charset(raw: bytes) -> str:
+    """The Python codec named by MSH-18 (read from the ASCII-safe header)."""
+    head = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if len(head) < 4:
+        return "utf-8"
+    fs = head[3:4]
+    parts = head.split(fs)
+    # parts[0] = b"MSH", parts[1] = encoding chars -> MSH-n is parts[n-1]
+    value = parts[17].decode("ascii", "replace").split("^")[0].strip() if len(parts) > 17 else ""
+    try:
+        return _CHARSETS[value.upper()]
+    except KeyError:
+        raise CodecError(
+            f"MSH-18 character set must be one of ASCII, 8859/1, UNICODE UTF-8 (got {value!r})",
+            location="MSH^1^18",
+            code="unsupported_charset",
+        ) from None
+
+
+def tokenize(raw: bytes, default_charset: str = "utf-8") -> Hl7Message:
+    """Split an HL7 v2 message; separators come from MSH-1 and MSH-2."""
+    if not raw.startswith(b"MSH") or len(raw) < 8:
+        raise CodecError(
+            f"expected a message starting with 'MSH' (got {raw[:12]!r})",
+            location="MSH^1",
+            code="not_hl7",
+        )
+    charset = _charset(raw) or default_charset
+    try:
+        text = raw.decode(charset)
+    except UnicodeDecodeError as exc:
+        raise CodecError(
+            f"bytes are not valid {charset} as MSH-18 declares ({exc.reason} at {exc.start})",
+            location="MSH^1^18",
+            code="bad_charset",
+        ) from exc
+    fs = text[3]
+    enc = text[4:9].split(fs)[0]
+    if len(enc) < 4:
+        raise CodecError(
+            f"MSH-2 must hold 4 encoding characters (got {enc!r})", location="MSH^1^2", code="bad_msh"
+        )
+    sep = Separators(fs, enc[0], enc[1], enc[2], enc[3])
+    return Hl7Message(text, sep)
+
+
+HL7_SPEC = Spec(
+    "hl7v2",
+    [
+        Field(
+            "versions",
+            ListOf(Str(), scalar_ok=True),
+            ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"),
+            "HL7 versions (MSH-12) this channel accepts.",
+        ),
+        Field(
+            "validation",
+            Enum("tolerant", "strict"),
+            "tolerant",
+            "tolerant: structure and required MSH fields; strict adds hl7apy structure checks.",
+        ),
+        Field("max_size", ByteSize(), 10 * 1024 * 1024, "Larger messages are refused."),
+        Field(
+            "processing_ids",
+            ListOf(Str(), scalar_ok=True),
+            ("P", "T", "D"),
+            "MSH-11 processing ids accepted.",
+        ),
+    ],
+    description=(
+        "HL7 v2 (ER7). Separators come from MSH-1/MSH-2, the character set from MSH-18; "
+        "`\\r`, `\\n` and `\\r\\n` segment ends are accepted. The dedup key is MSH-3|MSH-4|MSH-10."
+    ),
+    example="codec:\n  hl7v2:\n    versions: ['2.5.1', '2.8.2']",
+)
+
+
+class Hl7Codec:
+    content_type = CONTENT_TYPE
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def decode(self, raw: bytes) -> Parsed:
+        if len(raw) > self.options.max_size:
+            raise CodecError(
+                f"message is {len(raw)} bytes; the limit is {self.options.max_size}",
+                code="too_large",
+            )
+        msg = tokenize(raw)
+        msh = msg.msh
+        if msh.name != "MSH":
+            raise CodecError("expected MSH as the first segment", location="MSH", code="bad_msh")
+        for number, label in ((9, "message type"), (10, "message control id"), (12, "version")):
+            if not msh.get(number):
+                raise CodecError(
+                    f"MSH-{number} ({label}) is required but empty",
+                    location=f"MSH^1^{number}",
+                    code="required_field_missing",
+                )
+        if msg.version not in self.options.versions:
+            raise CodecError(
+                f"MSH-12 version must be one of {', '.join(self.options.versions)} "
+                f"(got {msg.version!r})",
+                location="MSH^1^12",
+                code="unsupported_version",
+            )
+        pid = msh.get(11)
+        if pid and pid not in self.options.processing_ids:
+            raise CodecError(
+                f"MSH-11 processing id must be one of {', '.join(self.options.processing_ids)} "
+                f"(got {pid!r})",
+                location="MSH^1^11",
+                code="unsupported_processing_id",
+            )
+        key = f"{msh.get(3)}|{msh.get(4)}|{msg.control_id}"
+        return Parsed(msg, CONTENT_TYPE, msg.message_type, msg.control_id, key)
+
+
+@codec("hl7v2", HL7_SPEC)
+def make_hl7(options: Any) -> Hl7Codec:
+    return Hl7Codec(options)
+
+
+def build_ack(msg: Hl7Message, code: str, text: str = "", error_code: str = "", location: str = "") -> bytes:
+    """An original-mode ACK (MSA-1 = code) that echoes MSH-10; swaps sender and receiver."""
+    sep = msg.sep
+    msh = msg.msh
+    fs, cs = sep.field, sep.component
+    now = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    trigger = msh.get(9, 2)
+    fields = [
+        "MSH",
+        sep.encoding_characters,
+        msh.raw(5),
+        msh.raw(6),
+        msh.raw(3),
+        msh.raw(4),
+        now,
+        "",
+        f"ACK{cs}{trigger}{cs}ACK" if trigger else "ACK",
+        f"ACK{msg.control_id}"[:20],
+        msh.raw(11),
+        msh.raw(12),
+    ]
+    segs = [fs.join(fields), fs.join(["MSA", code, msh.raw(10)])]
+    if code not in ("AA", "CA"):
+        segs.append(fs.join(["ERR", "", location, error_code, "E", "", "", "", escape(text, sep)]))
+    return ("\r".join(segs) + "\r").encode(_charset_name(msg))
+
+
+def _charset_name(msg: Hl7Message) -> str:
+    return _CHARSETS.get(msg.msh.get(18).upper(), "utf-8")

@@ -1,0 +1,293 @@
+"""A project on disk: ``routes.yaml``, one channel per file in ``channels/``, and ``mappings/``.
+
+``load_project`` reads all of it, validates every field against the component specs and returns
+a :class:`Project`, or raises :class:`~engine.errors.LintFailed` with every error found.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.config.yamlnodes import compose_file, empty_mapping
+from engine.errors import ConfigError, LintFailed
+from engine.mappings import Mappings, load_mappings
+from engine.model import MESSAGE_STATUSES
+from engine.registry import REGISTRY, Registry
+from engine.spec import (
+    INVALID,
+    Any_,
+    Bool,
+    Component,
+    Context,
+    Duration,
+    Enum,
+    Field,
+    Int,
+    ListOf,
+    MapOf,
+    Spec,
+    Str,
+    join,
+)
+
+NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
+
+
+def _retry_spec() -> Spec:
+    from engine.delivery import RETRY_SPEC
+
+    return RETRY_SPEC
+
+
+DESTINATION_SPEC = Spec(
+    "destination",
+    [
+        Field("name", NAME, description="Name used in logs, `emit`, tests and `wharf replay`."),
+        Field("retry", _retry_spec(), _retry_spec().defaults(), "Backoff and give-up limits."),
+        Field("concurrency", Int(1, 1024), 4, "Deliveries in flight at once."),
+        Field(
+            "idempotent",
+            Bool(),
+            True,
+            "Whether a resend with the same Idempotency-Key is safe. When false, an ambiguous "
+            "outcome (timeout or reset after sending) is quarantined for a person, not retried.",
+        ),
+        Field("ordered", Bool(), False, "Deliver in order per order key (set by the transform)."),
+        Field(
+            "on_poison",
+            Enum("park", "block"),
+            "park",
+            "With `ordered`: a dead-lettered delivery is parked (its key keeps flowing) or blocks "
+            "its key until replayed.",
+        ),
+        Field("lease", Duration(lo=1), 300.0, "How long a claimed delivery stays claimed."),
+    ],
+    description="A destination: a name, delivery policy, and one destination type key.",
+    example="destinations:\n  - name: erp\n    http: {url: 'http://erp.local/issues'}\n"
+    "    retry: {max_attempts: 20}",
+    component_kind="destination",
+)
+
+STEP_SPEC = Spec(
+    "step",
+    [
+        Field("transform", Str(), description="Name of a registered transform."),
+        Field("label", Str(), None, "Shown in errors and the message browser."),
+    ],
+    description="One transformer step: a transform name plus that transform's own options.",
+    example="transformer:\n  - transform: hl7_usage_to_issue\n    items: items",
+    dispatch=("transform", "transform"),
+)
+
+DEDUP_SPEC = Spec(
+    "dedup",
+    [
+        Field(
+            "window",
+            Duration(),
+            7 * 86400.0,
+            "A message with the same dedup key within this window is a duplicate (0 = off).",
+        )
+    ],
+    description="Duplicate detection on the codec's dedup key.",
+)
+
+DEST_EXPECT_SPEC = Spec(
+    "destination_expectation",
+    [
+        Field("count", Int(0), None, "Number of payloads for this destination."),
+        Field("json", Any_(), None, "The payloads, decoded as JSON, equal this list (or a file)."),
+        Field("json_subset", Any_(), None, "Each payload contains these keys and values."),
+        Field("contains", Str(), None, "Some payload contains this text."),
+    ],
+    description="What one destination must receive.",
+)
+
+EXPECT_SPEC = Spec(
+    "expect",
+    [
+        Field("status", Enum(*MESSAGE_STATUSES), None, "Message status after the pipeline."),
+        Field("error_contains", Str(), None, "The error text contains this."),
+        Field("response_code", Str(), None, "The source's answer code (HL7 MSA-1, HTTP status)."),
+        Field("destinations", MapOf(DEST_EXPECT_SPEC), {}, "Per destination expectations."),
+    ],
+    description="Expectations of a channel test.",
+)
+
+TEST_SPEC = Spec(
+    "test",
+    [
+        Field("name", Str(), description="What the test shows."),
+        Field("input", Str(), None, "Sample file, relative to the project root."),
+        Field("input_text", Str(), None, "Inline input (HL7 segments may be on separate lines)."),
+        Field("expect", EXPECT_SPEC, description="What must happen."),
+    ],
+    description="A channel test: an input sample, and expectations on status and outputs.",
+)
+
+
+def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> None:
+    names = [d.name for d in config.destinations]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            ctx.error(node, join(join(path, "destinations"), i), f"destination '{name}' twice")
+    for i, t in enumerate(config.tests):
+        if (t.input is None) == (t.input_text is None):
+            ctx.error(node, f"tests[{i}]", "expected exactly one of input, input_text")
+        for dest in t.expect.destinations:
+            if dest not in names:
+                ctx.error(
+                    node,
+                    f"tests[{i}].expect.destinations.{dest}",
+                    f"no destination '{dest}' in this channel (have: {', '.join(names)})",
+                )
+        if t.input is not None and ctx.base_dir and not (Path(ctx.base_dir) / t.input).is_file():
+            ctx.error(node, f"tests[{i}].input", f"sample file not found: {t.input}")
+
+
+CHANNEL_SPEC = Spec(
+    "channel",
+    [
+        Field("name", NAME, None, "Channel name (default: the file name without .yaml)."),
+        Field("description", Str(nonempty=False), "", "What this channel is for."),
+        Field("enabled", Bool(), True, "A disabled channel is linted but not run."),
+        Field("source", Component("source"), None, "Where messages come from."),
+        Field("codec", Component("codec"), None, "How bytes are parsed (default `raw`)."),
+        Field("dedup", DEDUP_SPEC, None, "Duplicate detection."),
+        Field("filter", ListOf(Component("filter")), (), "Messages failing any filter stop."),
+        Field("transformer", ListOf(STEP_SPEC), (), "Transform steps, in order."),
+        Field("destinations", ListOf(DESTINATION_SPEC), (), "Where results go."),
+        Field(
+            "respond_from",
+            Enum("after_store", "after_transform", "destinations_completed"),
+            "after_store",
+            "When a source that answers (MLLP, HTTP) gives its answer.",
+        ),
+        Field("tests", ListOf(TEST_SPEC), (), "Channel tests, run by `wharf test` and pytest."),
+    ],
+    description="One channel per file in `channels/`.",
+    check=_check_channel,
+)
+
+RETENTION_SPEC = Spec(
+    "retention_rule",
+    [
+        Field("status", ListOf(Enum(*MESSAGE_STATUSES), scalar_ok=True), description="Statuses."),
+        Field("older_than", Duration(lo=1), description="Age since the last change."),
+    ],
+    description="Prune messages in these statuses older than this.",
+)
+
+ROUTES_SPEC = Spec(
+    "routes",
+    [
+        Field("store", Str(), "var/wharf.db", "SQLite store file, relative to the project root."),
+        Field("retention", ListOf(RETENTION_SPEC), (), "Pruning rules run by `wharf prune`."),
+        Field("reload_interval", Duration(), 2.0, "How often to look for changed files (0 = off)."),
+        Field("pipeline_threads", Int(1, 64), 2, "Threads that run codecs and transforms."),
+        Field("channels", ListOf(NAME), None, "Channels to run (default: every file)."),
+    ],
+    description="`routes.yaml`: engine settings and which channels run.",
+)
+
+
+@dataclass(frozen=True)
+class ChannelDef:
+    name: str
+    file: str
+    config: Any
+
+
+@dataclass
+class Project:
+    root: Path
+    settings: Any
+    channels: dict[str, ChannelDef]
+    mappings: Mappings
+    fingerprint: dict[str, float] = field(default_factory=dict)
+
+
+def fingerprint(root: Path) -> dict[str, float]:
+    """Modification times of every file whose change triggers a reload."""
+    out: dict[str, float] = {}
+    for rel in ("routes.yaml",):
+        p = root / rel
+        if p.exists():
+            out[rel] = p.stat().st_mtime_ns
+    for folder in ("channels", "mappings"):
+        d = root / folder
+        if d.is_dir():
+            for p in sorted(d.iterdir()):
+                if p.is_file():
+                    out[f"{folder}/{p.name}"] = p.stat().st_mtime_ns
+    return out
+
+
+def load_project(
+    root: Path | str,
+    env: Mapping[str, str] | None = None,
+    registry: Registry = REGISTRY,
+) -> Project:
+    root = Path(root).resolve()
+    env = dict(os.environ) if env is None else env
+    errors: list[ConfigError] = []
+    mappings, map_errors = load_mappings(root / "mappings", root)
+    errors += map_errors
+
+    def parse(spec: Spec, path: Path) -> Any:
+        shown = str(path.relative_to(root))
+        try:
+            node = compose_file(path, shown)
+        except ConfigError as exc:
+            errors.append(exc)
+            return INVALID
+        ctx = Context(shown, env, registry, base_dir=str(root))
+        ctx.mappings = mappings
+        value = spec.parse(node if node is not None else empty_mapping(), ctx, "")
+        errors.extend(ctx.errors)
+        return value
+
+    routes_file = root / "routes.yaml"
+    if routes_file.exists():
+        settings = parse(ROUTES_SPEC, routes_file)
+    else:
+        settings = ROUTES_SPEC.defaults()
+    channels: dict[str, ChannelDef] = {}
+    channel_dir = root / "channels"
+    files = sorted(channel_dir.glob("*.yaml")) if channel_dir.is_dir() else []
+    for path in files:
+        config = parse(CHANNEL_SPEC, path)
+        if config is INVALID:
+            continue
+        name = config.name or path.stem
+        shown = str(path.relative_to(root))
+        if name in channels:
+            errors.append(
+                ConfigError(
+                    f"channel '{name}' is also defined in {channels[name].file}",
+                    file=shown,
+                    path="name",
+                )
+            )
+            continue
+        channels[name] = ChannelDef(name, shown, config)
+    if settings is not INVALID and settings.channels is not None:
+        for i, name in enumerate(settings.channels):
+            if name not in channels:
+                errors.append(
+                    ConfigError(
+                        f"no channel '{name}' in channels/ (have: {', '.join(channels)})",
+                        file="routes.yaml",
+                        path=f"channels[{i}]",
+                    )
+                )
+        channels = {n: c for n, c in channels.items() if n in settings.channels}
+    if errors:
+        raise LintFailed(errors)
+    return Project(root, settings, channels, mappings, fingerprint(root))

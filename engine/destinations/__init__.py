@@ -1,0 +1,1 @@
+"""Built-in destinations: where the delivery worker sends outbox rows (``http``, ``file``)."""

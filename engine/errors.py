@@ -1,0 +1,144 @@
+"""The one exception tree of Wharf.
+
+::
+
+    WharfError
+     +-- ConfigError            a channel, route or mapping file is wrong (file:line:col, field path)
+     |    +-- LintFailed        several ConfigErrors found by one lint pass
+     +-- CodecError             inbound bytes are not a valid message of the channel's codec
+     +-- TransformError         a transform step failed on a stored message
+     |    +-- MappingMiss       a lookup key is missing from a mapping table
+     |    +-- MissingField      a required field of the message is empty
+     +-- StoreError             the store could not do what was asked
+     |    +-- Overloaded        too many ingests waiting: refuse now, the sender retries later
+     +-- DeliveryError          a destination call failed (carries retryable / ambiguous flags)
+
+Error text says what was expected and what came: ``'port' must be in 1..65535 (got 70000)``.
+"""
+
+from __future__ import annotations
+
+
+class WharfError(Exception):
+    """Base of every error Wharf raises on purpose."""
+
+
+class ConfigError(WharfError):
+    """A configuration problem at a known place in a file."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        path: str = "",
+        code: str = "config",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.line = line
+        self.column = column
+        self.path = path
+        self.code = code
+
+    @property
+    def where(self) -> str:
+        if self.file is None:
+            return "<config>"
+        if self.line is None:
+            return self.file
+        return f"{self.file}:{self.line}:{self.column or 1}"
+
+    def __str__(self) -> str:
+        field = f" {self.path}:" if self.path else ""
+        return f"{self.where}:{field} {self.message}"
+
+
+class LintFailed(ConfigError):
+    """Several configuration errors, all reported at once."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0] if self.errors else None
+        super().__init__(
+            f"{len(self.errors)} configuration error(s)",
+            file=first.file if first else None,
+            line=first.line if first else None,
+            column=first.column if first else None,
+        )
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+class CodecError(WharfError):
+    """Inbound bytes could not be decoded or failed validation.
+
+    ``location`` is codec specific (HL7: ``MSH^1^9``); ``code`` is a short machine code.
+    """
+
+    def __init__(self, message: str, *, location: str = "", code: str = "invalid") -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+        self.code = code
+
+
+class TransformError(WharfError):
+    """A transform step could not produce its output for this message."""
+
+    where: str = ""
+
+
+class MappingMiss(TransformError):
+    """``key`` is not in mapping table ``table``."""
+
+    def __init__(self, table: str, key: object) -> None:
+        super().__init__(f"MappingMiss: no row for {key!r} in mapping table '{table}'")
+        self.table = table
+        self.key = key
+
+
+class MissingField(TransformError):
+    """A field the transform needs is empty."""
+
+    def __init__(self, field: str, detail: str = "") -> None:
+        text = f"MissingField: {field} is required but empty"
+        super().__init__(f"{text} ({detail})" if detail else text)
+        self.field = field
+
+
+class StoreError(WharfError):
+    """The store failed; nothing was acknowledged."""
+
+
+class Overloaded(StoreError):
+    """The ingest queue is full; the source must refuse (NAK / 503) and let the sender retry."""
+
+
+class DeliveryError(WharfError):
+    """A destination call failed.
+
+    ``retryable``: worth another attempt. ``ambiguous``: the request may have had its effect
+    (sent, then timeout or reset), so a non-idempotent destination must not retry blindly.
+    ``retry_after``: seconds the peer asked us to wait (HTTP ``Retry-After``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+        response: bytes | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.ambiguous = ambiguous
+        self.retry_after = retry_after
+        self.response = response

@@ -1,0 +1,138 @@
+"""Frozen records that cross module boundaries: inbound messages, ingest results, outbox rows."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: Message statuses (Mirth's vocabulary). ``received`` and ``queued`` are not terminal.
+RECEIVED = "received"  # stored, waiting for the pipeline
+FILTERED = "filtered"  # a filter dropped it (terminal)
+QUEUED = "queued"  # transformed, deliveries pending
+SENT = "sent"  # every delivery succeeded (terminal)
+ERROR = "error"  # a step failed, or a delivery was dead-lettered / quarantined
+CONFLICT = "conflict"  # same dedup key as an earlier message, different bytes: for a person
+MESSAGE_STATUSES = (RECEIVED, FILTERED, QUEUED, SENT, ERROR, CONFLICT)
+NON_TERMINAL = (RECEIVED, QUEUED)
+
+#: Delivery (outbox row) statuses.
+PENDING = "pending"
+INFLIGHT = "inflight"
+DELIVERED = "sent"
+DEAD = "dead"  # retries exhausted or permanent failure: a dead letter
+QUARANTINED = "quarantined"  # ambiguous outcome at a non-idempotent destination
+DELIVERY_STATUSES = (PENDING, INFLIGHT, DELIVERED, DEAD, QUARANTINED)
+
+#: Content stages kept for the message browser.
+STAGES = ("raw", "transformed", "sent", "response")
+
+_NS = uuid.UUID("6f0b1c1e-8a8f-4a55-9a53-77686172660a")
+
+
+def idempotency_key(channel: str, destination: str, message_id: str, index: int) -> str:
+    """Stable UUIDv5 of channel, destination, message and output index (RELIABILITY P2)."""
+    return str(uuid.uuid5(_NS, f"{channel}\x1f{destination}\x1f{message_id}\x1f{index}"))
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What a source hands to the store after the codec accepted the bytes."""
+
+    channel: str
+    source: str
+    raw: bytes
+    content_type: str
+    received_at: float
+    peer: str | None = None
+    control_id: str | None = None
+    dedup_key: str | None = None
+    dedup_window: float = 0.0  # seconds; 0 = no duplicate detection
+    correlation_id: str | None = None  # a new one is made when None
+    response: bytes | None = None  # the answer the source will give (e.g. ACK), replayed on dups
+    message_id: str | None = None  # a new one is made when None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    message_id: str
+    outcome: Literal["stored", "duplicate", "conflict"]
+    status: str
+    correlation_id: str
+    response: bytes | None = None  # for a duplicate: the original's stored response
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One payload a transform run wants a destination to deliver."""
+
+    destination: str
+    payload: bytes
+    content_type: str = "application/json"
+    order_key: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: str
+    channel: str
+    source: str
+    peer: str | None
+    content_type: str
+    received_at: float
+    updated_at: float
+    sha256: str
+    size: int
+    control_id: str | None
+    dedup_key: str | None
+    correlation_id: str
+    status: str
+    error: str | None
+    error_location: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An outbox row claimed by a delivery worker."""
+
+    id: int
+    message_id: str
+    channel: str
+    destination: str
+    payload: bytes
+    content_type: str
+    idempotency_key: str
+    correlation_id: str
+    order_key: str | None
+    attempts: int  # attempts made before this one
+    created_at: float
+    meta: dict[str, Any]
+
+
+def to_json_bytes(value: Any) -> bytes:
+    """Encode a transform's output as JSON. Decimals become strings, never floats."""
+    return json.dumps(value, default=_json_default, ensure_ascii=False, indent=None).encode()
+
+
+def _json_default(value: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+    from datetime import date, datetime
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if hasattr(value, "__attrs_attrs__"):
+        import attrs
+
+        return attrs.asdict(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")

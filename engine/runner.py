@@ -1,0 +1,136 @@
+"""``wharf run``: the engine under the real reactor, and the ``--demo`` walk-through."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+DEMO_PORT = 8089
+
+
+def _start_logging() -> None:
+    level = LogLevel.levelWithName(os.environ.get("WHARF_LOG_LEVEL", "info"))
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
+    from engine.errors import LintFailed
+    from engine.service import Engine
+
+    _start_logging()
+    root: Path = args.root
+    receiver = None
+    if args.demo and "ERP_URL" not in os.environ:
+        from engine.demo import site
+
+        record = root / "var" / "demo-erp" / "received.ndjson"
+        receiver = reactor.listenTCP(DEMO_PORT, site(record), interface="127.0.0.1")
+        print(f"demo: sample ERP listening on http://127.0.0.1:{DEMO_PORT}, recording to {record}")
+    try:
+        engine = Engine(root, reactor)
+    except LintFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    exit_code = [0]
+
+    async def main() -> None:
+        await engine.start()
+        print(
+            f"wharf: running {len(engine.channels)} channel(s) from {root} "
+            f"(store {engine.store.path}); Ctrl-C stops"
+        )
+        if args.demo:
+            ok = await demo(engine, root, reactor)
+            exit_code[0] = 0 if ok else 1
+            if args.exit_when_done:
+                reactor.stop()
+
+    async def shutdown() -> None:
+        await engine.stop()
+        if receiver is not None:
+            await receiver.stopListening()
+
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.ensureDeferred(shutdown())
+    )
+
+    def failed(f: Any) -> None:
+        print(f"wharf: start failed: {f.getErrorMessage()}", file=sys.stderr)
+        exit_code[0] = 1
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(failed))
+    reactor.run()
+    return exit_code[0]
+
+
+async def demo(engine: Any, root: Path, reactor: Any) -> bool:
+    """Drop the shipped samples into each drop folder and report where each message went."""
+    samples = sorted((root / "samples" / "hl7").glob("*.hl7"))
+    broken = sorted((root / "samples" / "hl7" / "broken").glob("*.hl7"))
+    targets = [
+        (name, engine.sources[name].folder)
+        for name in engine.sources
+        if hasattr(engine.sources[name], "folder")
+    ]
+    if not targets:
+        print("demo: no drop-folder channel is running")
+        return False
+    started = time.time()
+    dropped = []
+    for channel, folder in targets:
+        for path in [*samples, *broken]:
+            tmp = folder / f".{path.name}.part"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, folder / f"demo-{int(started)}-{path.name}")
+            dropped.append(path.name)
+        print(f"demo: dropped {len(samples) + len(broken)} sample(s) into {folder}")
+    deadline = time.time() + 60
+    rows: list[Any] = []
+    while time.time() < deadline:
+        await task.deferLater(reactor, 0.5, lambda: None)
+        rows = await engine.executor.submit(
+            engine.store.search, since=started - 1, limit=1000
+        )
+        busy = [r for r in rows if r.status in ("received", "queued")]
+        pending_files = any(
+            p.name.startswith("demo-") for _, f in targets for p in f.iterdir() if p.is_file()
+        )
+        if not busy and not pending_files and rows:
+            break
+    print("demo: results")
+    for r in sorted(rows, key=lambda r: r.received_at):
+        deliveries = await engine.executor.submit(engine.store.deliveries_for, r.id)
+        where = ", ".join(f"{d['destination']}={d['status']}" for d in deliveries) or "-"
+        note = f"  ({r.error})" if r.error else ""
+        print(f"  {r.control_id or '-':<14} {r.status:<8} {where}{note}")
+    for _, folder in targets:
+        errors = sorted(p.name for p in (folder / "error").glob("*.reason.txt"))
+        for name in errors:
+            reason = (folder / "error" / name).read_text().strip()
+            print(f"  {name.removesuffix('.reason.txt')}: refused at the door: {reason}")
+    sent = sum(1 for r in rows if r.status == "sent")
+    print(
+        f"demo: {sent} message(s) delivered. Look at: `wharf messages`, var/out/usage/, "
+        "var/demo-erp/received.ndjson. Drop more files into the inbox, or Ctrl-C to stop."
+    )
+    return sent > 0

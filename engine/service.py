@@ -1,0 +1,379 @@
+"""The engine's lifecycle: store, channels, sources, the pipeline processor, delivery workers,
+recovery on start, and hot reload of channels and mappings.
+
+One message's way: a source hands bytes to :meth:`Engine.ingest`; the channel's codec decodes
+and validates them; the store commits them (group commit on the store thread); only then does the
+source answer. The :class:`Processor` later runs filters and transforms on a worker thread and
+commits the result together with the outbox rows; delivery workers drain the outbox.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from engine.channel import Channel, Result
+from engine.config.project import Project, fingerprint, load_project
+from engine.delivery import DeliveryPolicy, DeliveryWorker
+from engine.errors import CodecError, LintFailed, Overloaded, StoreError
+from engine.model import Inbound
+from engine.registry import REGISTRY
+from engine.sources import IngestOutcome
+from engine.store import SqliteStore, StoreExecutor
+
+log = Logger()
+
+
+class Processor:
+    """Runs stored messages through their channel, off the reactor thread."""
+
+    def __init__(self, engine: Engine, pool: ThreadPool, parallel: int) -> None:
+        self.engine = engine
+        self.pool = pool
+        self.parallel = parallel
+        self.inflight: set[str] = set()
+        self._running: defer.Deferred | None = None
+        self._again = False
+        self.stopped = False
+        self.processed = 0
+
+    def wake(self) -> None:
+        if self.stopped:
+            return
+        if self._running is not None:
+            self._again = True
+            return
+        self._running = defer.ensureDeferred(self._run())
+        self._running.addErrback(lambda f: log.failure("pipeline pass failed", f))
+        self._running.addBoth(self._finished)
+
+    def _finished(self, _: Any) -> None:
+        self._running = None
+        if self._again and not self.stopped:
+            self._again = False
+            self.wake()
+
+    async def _run(self) -> None:
+        executor, store = self.engine.executor, self.engine.store
+        while not self.stopped:
+            self._again = False
+            ids = await executor.submit(store.received_ids, 256)
+            ids = [i for i in ids if i not in self.inflight]
+            if not ids:
+                return
+            sem = defer.DeferredSemaphore(self.parallel)
+            work = [sem.run(lambda i=i: defer.ensureDeferred(self._one(i))) for i in ids]
+            await defer.gatherResults(work, consumeErrors=True)
+
+    async def _one(self, message_id: str) -> None:
+        self.inflight.add(message_id)
+        try:
+            executor, store = self.engine.executor, self.engine.store
+            row, raw = await executor.submit(_load, store, message_id)
+            if row is None or row.status != "received":
+                return
+            channel = self.engine.channels.get(row.channel)
+            if channel is None:
+                log.warn(
+                    "message {id} waits: channel {channel} is not loaded",
+                    id=message_id,
+                    channel=row.channel,
+                )
+                return
+            result: Result = await threads.deferToThreadPool(
+                self.engine.reactor, self.pool, channel.process, raw, message_id, row.correlation_id
+            )
+            await executor.submit(
+                store.finish_processing,
+                message_id,
+                status=result.status,
+                now=time.time(),
+                transformed=result.transformed,
+                outbound=result.outbound,
+                business_keys=result.keys,
+                error=result.error,
+                error_location=result.error_location,
+            )
+            self.processed += 1
+            if result.error:
+                log.warn(
+                    "message {id} on {channel}: {status} at {where}",
+                    id=message_id,
+                    channel=row.channel,
+                    status=result.status,
+                    where=result.error_location,
+                )
+            if result.outbound:
+                self.engine.wake_destinations(row.channel)
+        finally:
+            self.inflight.discard(message_id)
+
+    async def stop(self) -> None:
+        self.stopped = True
+        while self._running is not None:
+            await self._running
+
+
+def _load(store: SqliteStore, message_id: str) -> tuple[Any, bytes | None]:
+    row = store.get_message(message_id)
+    return row, (store.get_content(message_id, "raw") if row else None)
+
+
+class Engine:
+    """Wharf running one project. ``await start()``, ``await stop()``."""
+
+    def __init__(self, root: Path | str, reactor: Any, *, project: Project | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.reactor = reactor
+        self.project = project or load_project(self.root)
+        self.store = SqliteStore(self.root / self.project.settings.store)
+        self.executor = StoreExecutor(self.store, reactor)
+        self.channels: dict[str, Channel] = {}
+        self.sources: dict[str, Any] = {}
+        self.workers: dict[tuple[str, str], DeliveryWorker] = {}
+        self.pool = ThreadPool(1, self.project.settings.pipeline_threads, name="wharf-pipeline")
+        self.processor = Processor(self, self.pool, self.project.settings.pipeline_threads * 2)
+        self._reload_call: Any = None
+        self._reloading = False
+        self._sweep: task.LoopingCall | None = None
+        self.rejected_fingerprint: dict[str, float] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self.store.open()
+        self.executor.start()
+        self.pool.start()
+        counts = await self.executor.submit(self.store.recover, time.time())
+        log.info("recovery: {counts}", counts=counts)
+        await self.executor.submit(
+            self.store.audit, "wharf", "start", str(self.root), {"channels": sorted(self.project.channels)}, time.time()
+        )
+        for name, defn in self.project.channels.items():
+            if defn.config.enabled:
+                self._start_channel(Channel(defn, self.project.mappings, REGISTRY))
+        self.processor.wake()
+        self._sweep = task.LoopingCall(self.processor.wake)  # picks up CLI replays
+        self._sweep.clock = self.reactor
+        self._sweep.start(2.0, now=False)
+        interval = self.project.settings.reload_interval
+        if interval:
+            self._reload_call = self.reactor.callLater(interval, self._reload_tick)
+
+    async def stop(self) -> None:
+        if self._reload_call is not None and self._reload_call.active():
+            self._reload_call.cancel()
+        self._reload_call = None
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
+        for name in list(self.channels):
+            await self._stop_channel(name)
+        await self.processor.stop()
+        await self.executor.stop()
+        self.pool.stop()
+        self.store.close()
+
+    def _start_channel(self, channel: Channel) -> None:
+        self.channels[channel.name] = channel
+        for dest in channel.config.destinations:
+            self._start_worker(channel.name, dest)
+        if channel.config.source is not None:
+            self._start_source(channel)
+
+    def _start_source(self, channel: Channel) -> None:
+        src = channel.config.source
+        factory = REGISTRY.get("source", src.name).factory
+        source = factory(
+            src.options,
+            reactor=self.reactor,
+            channel=channel.name,
+            base_dir=self.root,
+            ingest=lambda raw, peer, c=channel.name: defer.ensureDeferred(self.ingest(c, raw, peer)),
+        )
+        self.sources[channel.name] = source
+        source.start()
+
+    def _start_worker(self, channel: str, dest: Any) -> None:
+        comp = dest.component
+        destination = REGISTRY.get("destination", comp.name).factory(
+            comp.options, reactor=self.reactor, channel=channel, name=dest.name, base_dir=self.root
+        )
+        policy = DeliveryPolicy.from_retry(
+            dest.retry,
+            concurrency=dest.concurrency,
+            idempotent=dest.idempotent,
+            ordered=dest.ordered,
+            on_poison=dest.on_poison,
+            lease=dest.lease,
+        )
+        worker = DeliveryWorker(
+            channel=channel,
+            name=dest.name,
+            destination=destination,
+            policy=policy,
+            store=self.store,
+            executor=self.executor,
+            clock=self.reactor,
+        )
+        worker.config = dest  # type: ignore[attr-defined]
+        self.workers[(channel, dest.name)] = worker
+        worker.start()
+
+    async def _stop_worker(self, key: tuple[str, str]) -> None:
+        worker = self.workers.pop(key)
+        await worker.stop()
+        closing = worker.destination.close()
+        if closing is not None:
+            await closing
+
+    async def _stop_source(self, name: str) -> None:
+        source = self.sources.pop(name, None)
+        if source is not None:
+            await defer.ensureDeferred(source.stop())
+
+    async def _stop_channel(self, name: str) -> None:
+        await self._stop_source(name)
+        for key in [k for k in self.workers if k[0] == name]:
+            await self._stop_worker(key)
+        self.channels.pop(name, None)
+
+    def wake_destinations(self, channel: str) -> None:
+        for (ch, _), worker in self.workers.items():
+            if ch == channel:
+                worker.wake()
+
+    # -- ingest ---------------------------------------------------------------------------
+    async def ingest(self, channel_name: str, raw: bytes, peer: str) -> IngestOutcome:
+        """Decode, validate and durably store one inbound message; the source answers after."""
+        channel = self.channels.get(channel_name)
+        if channel is None:
+            return IngestOutcome("refused", reason=f"channel '{channel_name}' is not running")
+        try:
+            if len(raw) > 65536:
+                parsed = await threads.deferToThreadPool(self.reactor, self.pool, channel.decode, raw)
+            else:
+                parsed = channel.decode(raw)
+        except CodecError as exc:
+            where = f" at {exc.location}" if exc.location else ""
+            return IngestOutcome("rejected", reason=f"{exc.code}{where}: {exc.message}")
+        src = channel.config.source
+        inbound = Inbound(
+            channel=channel_name,
+            source=src.name if src is not None else "api",
+            raw=raw,
+            content_type=parsed.content_type,
+            received_at=time.time(),
+            peer=peer,
+            control_id=parsed.control_id,
+            dedup_key=parsed.dedup_key,
+            dedup_window=channel.dedup_window,
+        )
+        try:
+            result = await self.executor.ingest(inbound)
+        except Overloaded as exc:
+            return IngestOutcome("refused", reason=f"overloaded: {exc}")
+        except StoreError as exc:
+            log.error("store refused an ingest on {channel}: {error}", channel=channel_name, error=str(exc))
+            return IngestOutcome("refused", reason="store unavailable")
+        if result.outcome == "stored":
+            self.processor.wake()
+        return IngestOutcome(result.outcome, result.message_id, result.response)
+
+    # -- hot reload ----------------------------------------------------------------------
+    def _reload_tick(self) -> None:
+        d = defer.ensureDeferred(self.reload_if_changed())
+        d.addErrback(lambda f: log.failure("reload check failed", f))
+
+        def again(_: Any) -> None:
+            if self._reload_call is not None:
+                self._reload_call = self.reactor.callLater(
+                    self.project.settings.reload_interval, self._reload_tick
+                )
+
+        d.addBoth(again)
+
+    async def reload_if_changed(self) -> bool:
+        """Lint and swap in changed channels and mappings; a change that fails lint is refused."""
+        if self._reloading:
+            return False
+        self._reloading = True
+        try:
+            pool = self.reactor.getThreadPool()
+            current = await threads.deferToThreadPool(self.reactor, pool, fingerprint, self.root)
+            if current == self.project.fingerprint or current == self.rejected_fingerprint:
+                return False
+            try:
+                project = await threads.deferToThreadPool(self.reactor, pool, load_project, self.root)
+            except LintFailed as exc:
+                self.rejected_fingerprint = current
+                log.error(
+                    "reload refused; the running configuration stays:\n{errors}", errors=str(exc)
+                )
+                return False
+            await self.apply(project)
+            return True
+        finally:
+            self._reloading = False
+
+    async def apply(self, project: Project) -> None:
+        old = self.project
+        self.project = project
+        self.rejected_fingerprint = None
+        wanted = {n: d for n, d in project.channels.items() if d.config.enabled}
+        for name in list(self.channels):
+            if name not in wanted:
+                await self._stop_channel(name)
+        for name, defn in wanted.items():
+            new = Channel(defn, project.mappings, REGISTRY)
+            prev = self.channels.get(name)
+            if prev is None:
+                self._start_channel(new)
+                continue
+            self.channels[name] = new  # messages processed from now on use the new version
+            if _strip(prev.config.source) != _strip(new.config.source):
+                await self._stop_source(name)
+                if new.config.source is not None:
+                    self._start_source(new)
+            old_dests = {d.name: d for d in prev.config.destinations}
+            new_dests = {d.name: d for d in new.config.destinations}
+            for dname, dcfg in old_dests.items():
+                if dname not in new_dests or _strip(dcfg) != _strip(new_dests[dname]):
+                    await self._stop_worker((name, dname))
+            for dname, dcfg in new_dests.items():
+                if (name, dname) not in self.workers:
+                    self._start_worker(name, dcfg)
+        await self.executor.submit(
+            self.store.audit,
+            "wharf",
+            "reload",
+            str(self.root),
+            {"channels": sorted(wanted), "changed": _changed(old.fingerprint, project.fingerprint)},
+            time.time(),
+        )
+        log.info("reloaded: {n} channel(s) running", n=len(self.channels))
+        self.processor.wake()
+
+
+def _changed(old: dict[str, float], new: dict[str, float]) -> list[str]:
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _strip(config: Any) -> Any:
+    """A config without its source positions, so moving lines is not a change."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return tuple(
+            (f.name, _strip(getattr(config, f.name)))
+            for f in dataclasses.fields(config)
+            if f.name != "where"
+        )
+    if isinstance(config, tuple | list):
+        return tuple(_strip(c) for c in config)
+    if isinstance(config, dict):
+        return tuple(sorted((k, _strip(v)) for k, v in config.items()))
+    return config

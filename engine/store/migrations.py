@@ -1,0 +1,221 @@
+"""Versioned schema of the Wharf store.
+
+``MIGRATIONS`` is the ordered history: ``(version, description, step)`` where ``step`` is a
+list of SQL statements or a callable taking the connection. A migration is never edited once
+released; a schema change is a new entry at the end. :func:`apply_migrations` applies the
+missing ones, each in its own write transaction, and records it in ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+
+from sqlite_utils import Database
+
+from engine.errors import StoreError
+
+MigrationStep = Sequence[str] | Callable[[sqlite3.Connection], None]
+Migration = tuple[int, str, MigrationStep]
+
+_SCHEMA_VERSION_DDL = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)
+"""
+
+# v1 literals are frozen on purpose: later changes to engine.model must come as new migrations.
+_V1_BASE_TABLES: list[str] = [
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        source TEXT NOT NULL,
+        peer TEXT,
+        content_type TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        control_id TEXT,
+        dedup_key TEXT,
+        correlation_id TEXT,
+        status TEXT NOT NULL CHECK (status IN
+            ('received', 'filtered', 'queued', 'sent', 'error', 'conflict')),
+        error TEXT,
+        error_location TEXT
+    )
+    """,
+    """
+    CREATE TABLE contents (
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        stage TEXT NOT NULL CHECK (stage IN ('raw', 'transformed', 'sent', 'response')),
+        data BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (message_id, stage)
+    )
+    """,
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}',
+        idempotency_key TEXT NOT NULL UNIQUE,
+        correlation_id TEXT NOT NULL,
+        order_key TEXT,
+        status TEXT NOT NULL CHECK (status IN
+            ('pending', 'inflight', 'sent', 'dead', 'quarantined')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL,
+        last_error TEXT,
+        response BLOB,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        outbox_id INTEGER REFERENCES outbox(id) ON DELETE SET NULL,
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('dead', 'quarantine')),
+        reason TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        replayed_at REAL
+    )
+    """,
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only: UPDATE refused'); END
+    """,
+    """
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only: DELETE refused'); END
+    """,
+    "CREATE INDEX idx_messages_status_time ON messages(status, received_at)",
+    "CREATE INDEX idx_outbox_claim ON outbox(channel, destination, status, next_attempt_at)",
+    "CREATE INDEX idx_outbox_message ON outbox(message_id)",
+    "CREATE INDEX idx_dead_letters_message ON dead_letters(message_id)",
+    "CREATE INDEX idx_dead_letters_outbox ON dead_letters(outbox_id)",
+]
+
+_V2_BUSINESS_KEYS: list[str] = [
+    """
+    CREATE TABLE business_keys (
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (message_id, name, value)
+    )
+    """,
+    "CREATE INDEX idx_business_keys_name_value ON business_keys(name, value)",
+    "CREATE INDEX idx_messages_correlation ON messages(correlation_id)",
+    "CREATE INDEX idx_messages_dedup ON messages(channel, dedup_key, received_at)",
+    "CREATE INDEX idx_messages_channel_time ON messages(channel, received_at)",
+    "CREATE INDEX idx_messages_received ON messages(received_at)",
+    "CREATE INDEX idx_outbox_order ON outbox(channel, destination, order_key, id)",
+]
+
+
+def _v3_backfill_correlation(conn: sqlite3.Connection) -> None:
+    """v1 allowed a NULL correlation id; every message is its own correlation by default."""
+    conn.execute("UPDATE messages SET correlation_id = id WHERE correlation_id IS NULL")
+
+
+MIGRATIONS: list[Migration] = [
+    (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
+    (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
+    (3, "backfill correlation_id with the message id", _v3_backfill_correlation),
+]
+
+LATEST_VERSION: int = MIGRATIONS[-1][0]
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    """Highest applied schema version, 0 for an empty database."""
+    if not Database(conn)["schema_version"].exists():
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def apply_migrations(
+    conn: sqlite3.Connection,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    target: int | None = None,
+) -> int:
+    """Apply every migration above the current version up to ``target`` (default: all).
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``). Each migration runs in
+    its own ``BEGIN IMMEDIATE`` transaction; a failure rolls that one back and raises
+    :class:`StoreError`. Returns the version reached.
+    """
+    _check_history(migrations)
+    conn.execute(_SCHEMA_VERSION_DDL)
+    version = current_version(conn)
+    latest = migrations[-1][0] if migrations else 0
+    if version > latest:
+        raise StoreError(
+            f"database schema is version {version} but this Wharf knows versions up to "
+            f"{latest}; upgrade Wharf before opening this store"
+        )
+    for number, description, step in migrations:
+        if number <= version or (target is not None and number > target):
+            continue
+        _apply_one(conn, number, description, step)
+        version = number
+    return version
+
+
+def _check_history(migrations: Sequence[Migration]) -> None:
+    numbers = [m[0] for m in migrations]
+    expected = list(range(1, len(numbers) + 1))
+    if numbers != expected:
+        raise StoreError(f"migration versions must be {expected} in order (got {numbers})")
+
+
+def _apply_one(
+    conn: sqlite3.Connection, number: int, description: str, step: MigrationStep
+) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if callable(step):
+            step(conn)
+        else:
+            for statement in step:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+            (number, description, time.time()),
+        )
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK")
+        raise StoreError(f"schema migration v{number} ({description}) failed: {exc}") from exc
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,919 @@
+"""SQLite message store: messages, contents, outbox, dead letters, business keys, audit.
+
+Synchronous and thread-safe: each thread gets its own ``sqlite3`` connection (autocommit mode,
+explicit ``BEGIN IMMEDIATE`` for every write). In production one thread (the
+:class:`~engine.store.executor.StoreExecutor`) does all writes; readers such as the CLI may
+use other threads. Every ``sqlite3.Error`` surfaces as :class:`~engine.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engine import model
+from engine.errors import StoreError
+from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
+from engine.store.migrations import apply_migrations, current_version
+
+GENESIS_HASH = "0" * 64
+
+_MESSAGE_COLUMNS = (
+    "id, channel, source, peer, content_type, received_at, updated_at, sha256, size, "
+    "control_id, dedup_key, correlation_id, status, error, error_location"
+)
+_DELIVERY_COLUMNS = (
+    "id, message_id, channel, destination, payload, content_type, idempotency_key, "
+    "correlation_id, order_key, attempts, created_at, meta"
+)
+_FAILED = (model.DEAD, model.QUARANTINED)
+_OPEN = (model.PENDING, model.INFLIGHT)
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON text: sorted keys, no spaces, UTF-8 kept (hash input of the audit)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def audit_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    """sha256 hex of ``prev_hash`` followed by the canonical JSON of ``row``."""
+    return hashlib.sha256((prev_hash + canonical_json(row)).encode()).hexdigest()
+
+
+def _placeholders(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+class SqliteStore:
+    """The durable store of one Wharf instance (one SQLite file, WAL mode)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._opened = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> SqliteStore:
+        """Create the directory, set WAL + ``synchronous=FULL`` and apply missing migrations."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create store directory {self.path.parent}: {exc}") from exc
+        with self._lock:
+            self._opened = True
+        conn = self._conn()
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        if str(mode).lower() != "wal":
+            self.close()
+            raise StoreError(f"store {self.path} needs journal_mode 'wal' (got {mode!r})")
+        try:
+            apply_migrations(conn)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Close every connection opened by any thread. ``open()`` may be called again."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._opened = False
+            self._local = threading.local()
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing is best effort
+                pass
+
+    def __enter__(self) -> SqliteStore:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        """Highest schema migration applied to this file."""
+        return current_version(self._conn())
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._lock:
+            if not self._opened:
+                raise StoreError(f"store {self.path} is not open; call open() first")
+            try:
+                conn = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
+                )
+                conn.execute("PRAGMA busy_timeout=10000")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            self._connections.append(conn)
+        self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; sqlite errors become StoreError naming ``what``."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{what}: cannot start a write transaction: {exc}") from exc
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise StoreError(f"{what} failed: {exc}") from exc
+        except BaseException:
+            self._rollback(conn)
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise StoreError(f"{what}: commit failed: {exc}") from exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def _query(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        conn = self._conn()
+        try:
+            cursor = conn.execute(sql, tuple(params))
+            return cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{what} failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest_batch(self, items: list[Inbound], now: float) -> list[IngestResult]:
+        """Store a batch of inbound messages in ONE transaction (one fsync for all).
+
+        Duplicate detection (``dedup_key`` + ``dedup_window``) also sees earlier items of
+        the same batch. Results are in the order of ``items``.
+        """
+        if not items:
+            return []
+        with self._write(f"ingest of {len(items)} message(s)") as conn:
+            return [self._ingest_one(conn, item, now) for item in items]
+
+    def _ingest_one(self, conn: sqlite3.Connection, item: Inbound, now: float) -> IngestResult:
+        digest = hashlib.sha256(item.raw).hexdigest()
+        status = model.RECEIVED
+        if item.dedup_key and item.dedup_window > 0:
+            earlier = self._dedup_candidates(conn, item, now)
+            for row_id, row_status, row_corr, row_sha in earlier:
+                if row_sha == digest:
+                    response = self._content(conn, row_id, "response")
+                    return IngestResult(row_id, "duplicate", row_status, row_corr, response)
+            if earlier:
+                status = model.CONFLICT
+        message_id = item.message_id or model.new_id()
+        correlation_id = item.correlation_id or message_id
+        try:
+            conn.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (
+                    message_id,
+                    item.channel,
+                    item.source,
+                    item.peer,
+                    item.content_type,
+                    item.received_at,
+                    now,
+                    digest,
+                    len(item.raw),
+                    item.control_id,
+                    item.dedup_key,
+                    correlation_id,
+                    status,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(
+                f"message id {message_id!r} must be new but is already stored ({exc})"
+            ) from exc
+        self._put_content(conn, message_id, "raw", item.raw, now)
+        if item.response is not None:
+            self._put_content(conn, message_id, "response", item.response, now)
+        outcome = "conflict" if status == model.CONFLICT else "stored"
+        return IngestResult(message_id, outcome, status, correlation_id, None)
+
+    @staticmethod
+    def _dedup_candidates(
+        conn: sqlite3.Connection, item: Inbound, now: float
+    ) -> list[tuple[str, str, str, str]]:
+        """Messages of the same channel + dedup key inside the window, newest first."""
+        return conn.execute(
+            "SELECT id, status, correlation_id, sha256 FROM messages "
+            "WHERE channel = ? AND dedup_key = ? AND received_at >= ? "
+            "ORDER BY received_at DESC, rowid DESC",
+            (item.channel, item.dedup_key, now - item.dedup_window),
+        ).fetchall()
+
+    @staticmethod
+    def _put_content(
+        conn: sqlite3.Connection, message_id: str, stage: str, data: bytes, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO contents (message_id, stage, data, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (message_id, stage) DO UPDATE SET data = excluded.data, "
+            "created_at = excluded.created_at",
+            (message_id, stage, bytes(data), now),
+        )
+
+    @staticmethod
+    def _content(conn: sqlite3.Connection, message_id: str, stage: str) -> bytes | None:
+        row = conn.execute(
+            "SELECT data FROM contents WHERE message_id = ? AND stage = ?", (message_id, stage)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_response(self, message_id: str, response: bytes, now: float | None = None) -> None:
+        """Store (or replace) the response the source gave for this message (e.g. the ACK)."""
+        with self._write(f"set_response({message_id})") as conn:
+            row = conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"set_response: no message with id {message_id!r}")
+            self._put_content(
+                conn, message_id, "response", response, time.time() if now is None else now
+            )
+
+    # ------------------------------------------------------------------ reads
+
+    def get_message(self, message_id: str) -> MessageRow | None:
+        """The message row, or None when the id is unknown."""
+        rows = self._query(
+            "get_message", f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        )
+        return MessageRow(*rows[0]) if rows else None
+
+    def get_content(self, message_id: str, stage: str) -> bytes | None:
+        """Stored bytes of one stage (raw / transformed / response), or None."""
+        if stage not in model.STAGES:
+            raise ValueError(f"stage must be one of {model.STAGES} (got {stage!r})")
+        rows = self._query(
+            "get_content",
+            "SELECT data FROM contents WHERE message_id = ? AND stage = ?",
+            (message_id, stage),
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def received_ids(self, limit: int, channel: str | None = None) -> list[str]:
+        """Ids of messages waiting for the pipeline (status 'received'), oldest first."""
+        sql = "SELECT id FROM messages WHERE status = ?"
+        params: list[Any] = [model.RECEIVED]
+        if channel is not None:
+            sql += " AND channel = ?"
+            params.append(channel)
+        sql += " ORDER BY received_at, rowid LIMIT ?"
+        params.append(limit)
+        return [row[0] for row in self._query("received_ids", sql, params)]
+
+    # ------------------------------------------------------------------ pipeline result
+
+    def finish_processing(
+        self,
+        message_id: str,
+        *,
+        status: str,
+        now: float,
+        transformed: bytes | None = None,
+        outbound: Sequence[Outbound] = (),
+        business_keys: Iterable[tuple[str, str]] = (),
+        error: str | None = None,
+        error_location: str | None = None,
+    ) -> None:
+        """Record a pipeline run in ONE transaction: content, business keys, outbox, status.
+
+        Safe to call again for the same message (a re-run after replay): the previous
+        transformed content, business keys and unsent outbox rows are replaced; rows already
+        sent are kept and their idempotency keys are not inserted again.
+        """
+        if status not in model.MESSAGE_STATUSES:
+            raise ValueError(f"status must be one of {model.MESSAGE_STATUSES} (got {status!r})")
+        with self._write(f"finish_processing({message_id})") as conn:
+            message = conn.execute(
+                "SELECT channel, correlation_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if message is None:
+                raise StoreError(f"finish_processing: no message with id {message_id!r}")
+            channel, correlation_id = message
+            conn.execute(
+                "DELETE FROM contents WHERE message_id = ? AND stage = 'transformed'",
+                (message_id,),
+            )
+            if transformed is not None:
+                self._put_content(conn, message_id, "transformed", transformed, now)
+            self._replace_business_keys(conn, message_id, business_keys)
+            self._replace_outbox(conn, message_id, channel, correlation_id, outbound, now)
+            final = self._rolled_up_status(conn, message_id) if outbound else status
+            conn.execute(
+                "UPDATE messages SET status = ?, error = ?, error_location = ?, updated_at = ? "
+                "WHERE id = ?",
+                (final, error, error_location, now, message_id),
+            )
+
+    @staticmethod
+    def _replace_business_keys(
+        conn: sqlite3.Connection, message_id: str, keys: Iterable[tuple[str, str]]
+    ) -> None:
+        conn.execute("DELETE FROM business_keys WHERE message_id = ?", (message_id,))
+        conn.executemany(
+            "INSERT OR IGNORE INTO business_keys (message_id, name, value) VALUES (?, ?, ?)",
+            [(message_id, str(name), str(value)) for name, value in keys],
+        )
+
+    def _replace_outbox(
+        self,
+        conn: sqlite3.Connection,
+        message_id: str,
+        channel: str,
+        correlation_id: str,
+        outbound: Sequence[Outbound],
+        now: float,
+    ) -> None:
+        unsent = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM outbox WHERE message_id = ? AND status != ?",
+                (message_id, model.DELIVERED),
+            )
+        ]
+        if unsent:
+            marks = _placeholders(unsent)
+            conn.execute(
+                f"UPDATE dead_letters SET replayed_at = ? "
+                f"WHERE outbox_id IN ({marks}) AND replayed_at IS NULL",
+                (now, *unsent),
+            )
+            conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", unsent)
+        sent_keys = {
+            row[0]
+            for row in conn.execute(
+                "SELECT idempotency_key FROM outbox WHERE message_id = ?", (message_id,)
+            )
+        }
+        per_destination: dict[str, int] = {}
+        for out in outbound:
+            idx = per_destination.get(out.destination, 0)
+            per_destination[out.destination] = idx + 1
+            key = model.idempotency_key(channel, out.destination, message_id, idx)
+            if key in sent_keys:
+                continue
+            conn.execute(
+                "INSERT INTO outbox (message_id, channel, destination, idx, payload, "
+                "content_type, meta, idempotency_key, correlation_id, order_key, status, "
+                "attempts, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (
+                    message_id,
+                    channel,
+                    out.destination,
+                    idx,
+                    bytes(out.payload),
+                    out.content_type,
+                    canonical_json(out.meta),
+                    key,
+                    correlation_id,
+                    out.order_key,
+                    model.PENDING,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+
+    # ------------------------------------------------------------------ deliveries
+
+    def claim_deliveries(
+        self,
+        channel: str,
+        destination: str,
+        limit: int,
+        now: float,
+        lease: float,
+        block_on_dead: bool = False,
+    ) -> list[Delivery]:
+        """Claim up to ``limit`` due pending rows (oldest first) and mark them inflight.
+
+        A row with an ``order_key`` is claimable only when no older row of the same channel,
+        destination and order key is pending or inflight (or, with ``block_on_dead``, dead or
+        quarantined): one message at a time per key, in order.
+        """
+        blocking = _OPEN + (_FAILED if block_on_dead else ())
+        marks = _placeholders(blocking)
+        sql = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM outbox AS o "
+            "WHERE o.channel = ? AND o.destination = ? AND o.status = ? "
+            "AND o.next_attempt_at <= ? AND (o.order_key IS NULL OR NOT EXISTS ("
+            "  SELECT 1 FROM outbox AS p WHERE p.channel = o.channel "
+            "  AND p.destination = o.destination AND p.order_key = o.order_key "
+            f"  AND p.id < o.id AND p.status IN ({marks}))) "
+            "ORDER BY o.id LIMIT ?"
+        )
+        with self._write(f"claim_deliveries({channel}/{destination})") as conn:
+            rows = conn.execute(
+                sql, (channel, destination, model.PENDING, now, *blocking, limit)
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET status = ?, lease_until = ?, updated_at = ? WHERE id = ?",
+                [(model.INFLIGHT, now + lease, now, row[0]) for row in rows],
+            )
+        return [self._delivery(row) for row in rows]
+
+    @staticmethod
+    def _delivery(row: Sequence[Any]) -> Delivery:
+        names = [c.strip() for c in _DELIVERY_COLUMNS.split(",")]
+        fields = dict(zip(names, row, strict=True))
+        fields["payload"] = bytes(fields["payload"])
+        fields["meta"] = json.loads(fields["meta"])
+        return Delivery(**fields)
+
+    def delivery_succeeded(self, delivery_id: int, response: bytes | None, now: float) -> None:
+        """Mark an outbox row sent (keeping the destination's response) and roll up."""
+        with self._write(f"delivery_succeeded({delivery_id})") as conn:
+            message_id = self._outbox_message(conn, delivery_id)
+            conn.execute(
+                "UPDATE outbox SET status = ?, response = ?, attempts = attempts + 1, "
+                "lease_until = NULL, updated_at = ? WHERE id = ?",
+                (model.DELIVERED, response, now, delivery_id),
+            )
+            self._roll_up(conn, message_id, now)
+
+    def delivery_retry(
+        self, delivery_id: int, error: str, next_attempt_at: float, now: float
+    ) -> None:
+        """Put an outbox row back to pending, due at ``next_attempt_at``."""
+        with self._write(f"delivery_retry({delivery_id})") as conn:
+            message_id = self._outbox_message(conn, delivery_id)
+            conn.execute(
+                "UPDATE outbox SET status = ?, last_error = ?, next_attempt_at = ?, "
+                "attempts = attempts + 1, lease_until = NULL, updated_at = ? WHERE id = ?",
+                (model.PENDING, error, next_attempt_at, now, delivery_id),
+            )
+            self._roll_up(conn, message_id, now)
+
+    def delivery_dead(self, delivery_id: int, reason: str, now: float) -> None:
+        """Give up on an outbox row: status dead plus a dead letter of kind 'dead'."""
+        self._fail_delivery(delivery_id, reason, now, model.DEAD, "dead")
+
+    def delivery_quarantined(self, delivery_id: int, reason: str, now: float) -> None:
+        """Park an ambiguous outbox row for a person: status quarantined, dead letter kind
+        'quarantine'."""
+        self._fail_delivery(delivery_id, reason, now, model.QUARANTINED, "quarantine")
+
+    def _fail_delivery(
+        self, delivery_id: int, reason: str, now: float, status: str, kind: str
+    ) -> None:
+        with self._write(f"delivery_{kind}({delivery_id})") as conn:
+            message_id = self._outbox_message(conn, delivery_id)
+            conn.execute(
+                "UPDATE outbox SET status = ?, last_error = ?, attempts = attempts + 1, "
+                "lease_until = NULL, updated_at = ? WHERE id = ?",
+                (status, reason, now, delivery_id),
+            )
+            conn.execute(
+                "INSERT INTO dead_letters (outbox_id, message_id, channel, destination, kind, "
+                "reason, created_at) SELECT id, message_id, channel, destination, ?, ?, ? "
+                "FROM outbox WHERE id = ?",
+                (kind, reason, now, delivery_id),
+            )
+            self._roll_up(conn, message_id, now)
+
+    @staticmethod
+    def _outbox_message(conn: sqlite3.Connection, delivery_id: int) -> str:
+        row = conn.execute("SELECT message_id FROM outbox WHERE id = ?", (delivery_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no outbox row with id {delivery_id!r}")
+        return row[0]
+
+    @staticmethod
+    def _rolled_up_status(conn: sqlite3.Connection, message_id: str) -> str:
+        """'sent' when every row is sent, 'error' when a row failed and none is open,
+        otherwise 'queued'."""
+        by_status = dict(
+            conn.execute(
+                "SELECT status, COUNT(*) FROM outbox WHERE message_id = ? GROUP BY status",
+                (message_id,),
+            ).fetchall()
+        )
+        if by_status and set(by_status) == {model.DELIVERED}:
+            return model.SENT
+        failed = any(by_status.get(s) for s in _FAILED)
+        still_open = any(by_status.get(s) for s in _OPEN)
+        if failed and not still_open:
+            return model.ERROR
+        return model.QUEUED
+
+    def _roll_up(self, conn: sqlite3.Connection, message_id: str, now: float) -> None:
+        status = self._rolled_up_status(conn, message_id)
+        error = location = None
+        if status == model.ERROR:
+            first = conn.execute(
+                "SELECT reason, destination FROM dead_letters "
+                "WHERE message_id = ? AND replayed_at IS NULL ORDER BY id LIMIT 1",
+                (message_id,),
+            ).fetchone()
+            if first is not None:
+                error, location = first
+        conn.execute(
+            "UPDATE messages SET status = ?, error = ?, error_location = ?, updated_at = ? "
+            "WHERE id = ?",
+            (status, error, location, now, message_id),
+        )
+
+    def next_due(self, channel: str, destination: str) -> float | None:
+        """Earliest ``next_attempt_at`` of the destination's pending rows, None when idle."""
+        rows = self._query(
+            "next_due",
+            "SELECT MIN(next_attempt_at) FROM outbox "
+            "WHERE channel = ? AND destination = ? AND status = ?",
+            (channel, destination, model.PENDING),
+        )
+        return rows[0][0]
+
+    def recover(self, now: float) -> dict[str, int]:
+        """After a crash: inflight rows become pending again, due now. Returns counts."""
+        with self._write("recover") as conn:
+            reset = conn.execute(
+                "UPDATE outbox SET status = ?, next_attempt_at = ?, lease_until = NULL, "
+                "updated_at = ? WHERE status = ?",
+                (model.PENDING, now, now, model.INFLIGHT),
+            ).rowcount
+            by_status = dict(
+                conn.execute(
+                    "SELECT status, COUNT(*) FROM messages WHERE status IN (?, ?) GROUP BY status",
+                    (model.RECEIVED, model.QUEUED),
+                ).fetchall()
+            )
+        return {
+            "inflight_reset": reset,
+            "received": by_status.get(model.RECEIVED, 0),
+            "queued": by_status.get(model.QUEUED, 0),
+        }
+
+    # ------------------------------------------------------------------ browsing
+
+    def counts(self, channel: str | None = None) -> dict[str, Any]:
+        """Messages and deliveries by status, plus the number of unreplayed dead letters."""
+        where, params = ("WHERE channel = ?", (channel,)) if channel is not None else ("", ())
+        messages = self._query(
+            "counts", f"SELECT status, COUNT(*) FROM messages {where} GROUP BY status", params
+        )
+        deliveries = self._query(
+            "counts", f"SELECT status, COUNT(*) FROM outbox {where} GROUP BY status", params
+        )
+        dead_where = f"{where} {'AND' if where else 'WHERE'} replayed_at IS NULL"
+        dead = self._query("counts", f"SELECT COUNT(*) FROM dead_letters {dead_where}", params)
+        return {
+            "messages": dict(messages),
+            "deliveries": dict(deliveries),
+            "dead_letters": dead[0][0],
+        }
+
+    def deliveries_for(self, message_id: str) -> list[dict[str, Any]]:
+        """Every outbox row of a message (oldest first) as plain dicts, for the message view."""
+        columns = (
+            "id, destination, idx, status, attempts, next_attempt_at, lease_until, last_error, "
+            "idempotency_key, order_key, content_type, meta, payload, response, created_at, "
+            "updated_at"
+        )
+        rows = self._query(
+            "deliveries_for",
+            f"SELECT {columns} FROM outbox WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        )
+        names = [c.strip() for c in columns.split(",")]
+        result = []
+        for row in rows:
+            item = dict(zip(names, row, strict=True))
+            item["meta"] = json.loads(item["meta"])
+            item["payload"] = bytes(item["payload"])
+            item["response"] = None if item["response"] is None else bytes(item["response"])
+            result.append(item)
+        return result
+
+    def search(
+        self,
+        *,
+        channel: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        correlation_id: str | None = None,
+        key: str | None = None,
+        value: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[MessageRow]:
+        """Messages matching every given filter, newest first.
+
+        ``since`` is inclusive and ``until`` exclusive (``received_at``). ``key`` and ``value``
+        search the business keys and must be given together.
+        """
+        sql, params = self._search_sql(
+            channel, status, since, until, correlation_id, key, value, limit, offset
+        )
+        return [MessageRow(*row) for row in self._query("search", sql, params)]
+
+    def search_plan(self, **filters: Any) -> list[str]:
+        """``EXPLAIN QUERY PLAN`` lines of :meth:`search` for the same filters (diagnostics)."""
+        args = {
+            name: filters.pop(name, None)
+            for name in ("channel", "status", "since", "until", "correlation_id", "key", "value")
+        }
+        limit, offset = filters.pop("limit", 100), filters.pop("offset", 0)
+        if filters:
+            raise TypeError(f"search_plan got unknown filters {sorted(filters)}")
+        sql, params = self._search_sql(*args.values(), limit, offset)
+        rows = self._query("search_plan", f"EXPLAIN QUERY PLAN {sql}", params)
+        return [row[-1] for row in rows]
+
+    @staticmethod
+    def _search_sql(
+        channel: str | None,
+        status: str | None,
+        since: float | None,
+        until: float | None,
+        correlation_id: str | None,
+        key: str | None,
+        value: str | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[str, list[Any]]:
+        if (key is None) != (value is None):
+            raise ValueError(
+                f"business key search needs both key and value (got key={key!r}, value={value!r})"
+            )
+        columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
+        sql = f"SELECT {columns} FROM messages AS m"
+        clauses: list[str] = []
+        params: list[Any] = []
+        if key is not None:
+            sql += " JOIN business_keys AS bk ON bk.message_id = m.id"
+            clauses += ["bk.name = ?", "bk.value = ?"]
+            params += [key, value]
+        for clause, param in (
+            ("m.channel = ?", channel),
+            ("m.status = ?", status),
+            ("m.correlation_id = ?", correlation_id),
+            ("m.received_at >= ?", since),
+            ("m.received_at < ?", until),
+        ):
+            if param is not None:
+                clauses.append(clause)
+                params.append(param)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY m.received_at DESC, m.rowid DESC LIMIT ? OFFSET ?"
+        params += [limit, offset]
+        return sql, params
+
+    # ------------------------------------------------------------------ replay
+
+    def replay(
+        self, message_id: str, *, destination: str | None = None, actor: str, now: float
+    ) -> dict[str, Any]:
+        """Requeue a message's dead / quarantined deliveries, or re-run a failed transform.
+
+        With an explicit ``destination`` only that destination's rows are considered, and
+        rows already sent are resent too (deliberate resend, same idempotency key). A message
+        in 'error' without any outbox row (it failed before delivery) goes back to 'received'
+        when ``destination`` is None. An audit row records the request.
+        """
+        statuses = _FAILED + ((model.DELIVERED,) if destination is not None else ())
+        with self._write(f"replay({message_id})") as conn:
+            message = conn.execute(
+                "SELECT status FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if message is None:
+                raise StoreError(f"replay: no message with id {message_id!r}")
+            ids = self._replayable_rows(conn, message_id, destination, statuses)
+            reprocess = False
+            if ids:
+                self._requeue(conn, ids, now)
+                self._set_status(conn, message_id, model.QUEUED, now)
+            elif destination is None and message[0] == model.ERROR:
+                has_rows = conn.execute(
+                    "SELECT 1 FROM outbox WHERE message_id = ? LIMIT 1", (message_id,)
+                ).fetchone()
+                if has_rows is None:
+                    self._set_status(conn, message_id, model.RECEIVED, now)
+                    reprocess = True
+            detail = {
+                "destination": destination,
+                "previous_status": message[0],
+                "requeued": len(ids),
+                "outbox_ids": ids,
+                "reprocess": reprocess,
+            }
+            self._append_audit(conn, actor, "replay", message_id, detail, now)
+        return {"requeued": len(ids), "reprocess": reprocess}
+
+    @staticmethod
+    def _replayable_rows(
+        conn: sqlite3.Connection,
+        message_id: str,
+        destination: str | None,
+        statuses: Sequence[str],
+    ) -> list[int]:
+        sql = (
+            f"SELECT id FROM outbox WHERE message_id = ? AND status IN ({_placeholders(statuses)})"
+        )
+        params: list[Any] = [message_id, *statuses]
+        if destination is not None:
+            sql += " AND destination = ?"
+            params.append(destination)
+        return [row[0] for row in conn.execute(sql + " ORDER BY id", params)]
+
+    @staticmethod
+    def _requeue(conn: sqlite3.Connection, ids: list[int], now: float) -> None:
+        marks = _placeholders(ids)
+        conn.execute(
+            f"UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ?, "
+            f"lease_until = NULL, updated_at = ? WHERE id IN ({marks})",
+            (model.PENDING, now, now, *ids),
+        )
+        conn.execute(
+            f"UPDATE dead_letters SET replayed_at = ? "
+            f"WHERE outbox_id IN ({marks}) AND replayed_at IS NULL",
+            (now, *ids),
+        )
+
+    @staticmethod
+    def _set_status(conn: sqlite3.Connection, message_id: str, status: str, now: float) -> None:
+        conn.execute(
+            "UPDATE messages SET status = ?, error = NULL, error_location = NULL, "
+            "updated_at = ? WHERE id = ?",
+            (status, now, message_id),
+        )
+
+    def replay_channel(
+        self,
+        channel: str,
+        *,
+        actor: str,
+        now: float,
+        destination: str | None = None,
+        statuses: Sequence[str] = (model.ERROR,),
+    ) -> list[str]:
+        """Replay every message of ``channel`` whose status is in ``statuses`` (oldest first).
+
+        Returns the ids for which something was requeued or sent back to the pipeline.
+        """
+        unknown = [s for s in statuses if s not in model.MESSAGE_STATUSES]
+        if unknown:
+            raise ValueError(f"statuses must be among {model.MESSAGE_STATUSES} (got {unknown})")
+        rows = self._query(
+            "replay_channel",
+            f"SELECT id FROM messages WHERE channel = ? AND status IN ({_placeholders(statuses)})"
+            " ORDER BY received_at, rowid",
+            (channel, *statuses),
+        )
+        replayed = []
+        for (message_id,) in rows:
+            outcome = self.replay(message_id, destination=destination, actor=actor, now=now)
+            if outcome["requeued"] or outcome["reprocess"]:
+                replayed.append(message_id)
+        return replayed
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
+    ) -> int:
+        """Append one hash-chained audit row; returns its id."""
+        with self._write(f"audit({action})") as conn:
+            return self._append_audit(conn, actor, action, target, detail, now)
+
+    @staticmethod
+    def _append_audit(
+        conn: sqlite3.Connection,
+        actor: str,
+        action: str,
+        target: str,
+        detail: dict[str, Any],
+        now: float,
+    ) -> int:
+        last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        audit_id, prev_hash = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
+        detail_text = canonical_json(detail)
+        # Hash exactly what reading the row back yields (REAL time, decoded detail).
+        row = {
+            "id": audit_id,
+            "at": float(now),
+            "actor": str(actor),
+            "action": str(action),
+            "target": str(target),
+            "detail": json.loads(detail_text),
+        }
+        digest = audit_hash(prev_hash, row)
+        conn.execute(
+            "INSERT INTO audit (id, at, actor, action, target, detail, prev_hash, hash) "
+            "VALUES (:id, :at, :actor, :action, :target, :detail_text, :prev_hash, :digest)",
+            {**row, "detail_text": detail_text, "prev_hash": prev_hash, "digest": digest},
+        )
+        return audit_id
+
+    def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest audit rows first, ``detail`` decoded."""
+        rows = self._query(
+            "audit_entries",
+            "SELECT id, at, actor, action, target, detail, prev_hash, hash FROM audit "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        names = ("id", "at", "actor", "action", "target", "detail", "prev_hash", "hash")
+        entries = [dict(zip(names, row, strict=True)) for row in rows]
+        for entry in entries:
+            entry["detail"] = json.loads(entry["detail"])
+        return entries
+
+    def verify_audit(self) -> bool:
+        """Recompute the whole hash chain; False when any row was changed, removed or moved."""
+        prev_hash = GENESIS_HASH
+        rows = self._query(
+            "verify_audit",
+            "SELECT id, at, actor, action, target, detail, prev_hash, hash FROM audit ORDER BY id",
+        )
+        for audit_id, at, actor, action, target, detail, stored_prev, stored_hash in rows:
+            try:
+                decoded = json.loads(detail)
+            except ValueError:
+                return False
+            row = {
+                "id": audit_id,
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "detail": decoded,
+            }
+            if stored_prev != prev_hash or audit_hash(prev_hash, row) != stored_hash:
+                return False
+            prev_hash = stored_hash
+        return True
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def prune(
+        self,
+        *,
+        older_than: float,
+        statuses: Sequence[str] = (model.SENT, model.FILTERED),
+        now: float,
+    ) -> int:
+        """Delete finished messages not updated for ``older_than`` seconds, then reclaim space.
+
+        Contents, outbox rows, business keys and dead letters go with their message (foreign
+        keys ON DELETE CASCADE). The audit is never pruned. Returns the number of messages.
+        """
+        bad = [s for s in statuses if s in model.NON_TERMINAL or s not in model.MESSAGE_STATUSES]
+        if bad:
+            terminal = [s for s in model.MESSAGE_STATUSES if s not in model.NON_TERMINAL]
+            raise ValueError(f"prune statuses must be among {terminal} (got {bad})")
+        if not statuses:
+            return 0
+        with self._write("prune") as conn:
+            deleted = conn.execute(
+                f"DELETE FROM messages WHERE status IN ({_placeholders(statuses)}) "
+                "AND updated_at < ?",
+                (*statuses, now - older_than),
+            ).rowcount
+        self.reclaim()
+        return deleted
+
+    def reclaim(self) -> None:
+        """Checkpoint the WAL into the main file, VACUUM, and truncate the WAL again."""
+        conn = self._conn()
+        if conn.in_transaction:
+            raise StoreError("reclaim must run outside a transaction (one is open)")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise StoreError(f"reclaim of {self.path} failed: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Helpers for channel tests (`tests:` blocks) and for plugin authors."""

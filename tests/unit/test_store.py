@@ -1,0 +1,642 @@
+"""SqliteStore against real SQLite files under tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from engine import model
+from engine.errors import StoreError
+from engine.model import Inbound, Outbound
+from engine.store import SqliteStore
+from engine.store.migrations import LATEST_VERSION, MIGRATIONS, apply_migrations
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "data" / "wharf.db").open()
+    yield s
+    s.close()
+
+
+def inbound(raw: bytes = b"MSH|1", **kw: object) -> Inbound:
+    fields: dict[str, object] = {
+        "channel": "adt",
+        "source": "mllp",
+        "raw": raw,
+        "content_type": "application/hl7-v2",
+        "received_at": T0,
+    }
+    fields.update(kw)
+    return Inbound(**fields)  # type: ignore[arg-type]
+
+
+def store_one(store: SqliteStore, raw: bytes = b"MSH|1", now: float = T0, **kw: object) -> str:
+    (result,) = store.ingest_batch([inbound(raw, received_at=now, **kw)], now)
+    return result.message_id
+
+
+def queued_message(
+    store: SqliteStore, outbound: list[Outbound], raw: bytes = b"MSH|1", now: float = T0
+) -> str:
+    message_id = store_one(store, raw, now)
+    store.finish_processing(message_id, status=model.QUEUED, now=now, outbound=outbound)
+    return message_id
+
+
+def raw_sql(store: SqliteStore, sql: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(store.path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+# ---------------------------------------------------------------------- open / migrations
+
+
+def test_open_creates_directory_and_sets_pragmas(tmp_path: Path) -> None:
+    """open() makes the parent dir, uses WAL, synchronous=FULL, foreign keys, latest schema."""
+    path = tmp_path / "a" / "b" / "wharf.db"
+    with SqliteStore(path) as s:
+        conn = s._conn()
+        assert path.exists()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10000
+        assert s.schema_version == LATEST_VERSION >= 2
+
+
+def test_calls_before_open_raise_store_error(tmp_path: Path) -> None:
+    """Using a store that was never opened fails with a StoreError that says what to do."""
+    s = SqliteStore(tmp_path / "wharf.db")
+    with pytest.raises(StoreError, match="not open"):
+        s.get_message("x")
+
+
+def test_migration_from_v1_keeps_rows_and_reaches_latest(tmp_path: Path) -> None:
+    """A database built with only migration 1 is upgraded on open; its rows survive."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert apply_migrations(conn, target=1) == 1
+    conn.execute(
+        "INSERT INTO messages (id, channel, source, content_type, received_at, updated_at, "
+        "sha256, size, status) VALUES ('m1', 'adt', 'mllp', 'x', 1.0, 1.0, 'abc', 3, 'received')"
+    )
+    conn.close()
+
+    with SqliteStore(path) as s:
+        assert s.schema_version == LATEST_VERSION
+        row = s.get_message("m1")
+        assert row is not None and row.status == "received"
+        assert row.correlation_id == "m1"  # v3 backfilled it
+        versions = raw_sql(s, "SELECT version FROM schema_version ORDER BY version")
+        assert [v for (v,) in versions] == [m[0] for m in MIGRATIONS]
+        assert raw_sql(s, "SELECT COUNT(*) FROM business_keys") == [(0,)]  # v2 table exists
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file written by a newer Wharf (unknown schema version) is not opened."""
+    path = tmp_path / "new.db"
+    with SqliteStore(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, 'future', 0)")
+    with pytest.raises(StoreError, match="version 99"):
+        SqliteStore(path).open()
+
+
+def test_failed_migration_rolls_back(tmp_path: Path) -> None:
+    """A broken migration leaves no half-applied change and no version row."""
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    broken = [*MIGRATIONS[:1], (2, "broken", ["CREATE TABLE t2 (a)", "NOT SQL"])]
+    with pytest.raises(StoreError, match="v2 \\(broken\\)"):
+        apply_migrations(conn, broken)
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (1,)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "t2" not in tables
+
+
+# ---------------------------------------------------------------------- ingest
+
+
+def test_ingest_stores_message_raw_and_response(store: SqliteStore) -> None:
+    """A new message is 'received' with its raw bytes, response, hash and own correlation id."""
+    (result,) = store.ingest_batch([inbound(b"MSH|A", response=b"ACK|A", peer="10.0.0.1")], T0)
+    assert result.outcome == "stored" and result.status == model.RECEIVED
+    row = store.get_message(result.message_id)
+    assert row is not None
+    assert row.correlation_id == result.correlation_id == result.message_id
+    assert row.sha256 == hashlib.sha256(b"MSH|A").hexdigest() and row.size == 5
+    assert row.peer == "10.0.0.1"
+    assert store.get_content(result.message_id, "raw") == b"MSH|A"
+    assert store.get_content(result.message_id, "response") == b"ACK|A"
+    assert store.received_ids(10) == [result.message_id]
+
+
+def test_ingest_keeps_given_ids(store: SqliteStore) -> None:
+    """Caller-supplied message and correlation ids are used as given."""
+    (result,) = store.ingest_batch([inbound(message_id="m-1", correlation_id="c-1")], T0)
+    assert (result.message_id, result.correlation_id) == ("m-1", "c-1")
+
+
+def test_set_response_upserts(store: SqliteStore) -> None:
+    """set_response stores the response stage and replaces an earlier one."""
+    mid = store_one(store)
+    store.set_response(mid, b"first")
+    store.set_response(mid, b"second")
+    assert store.get_content(mid, "response") == b"second"
+    with pytest.raises(StoreError, match="no message"):
+        store.set_response("nope", b"x")
+
+
+def test_duplicate_within_window_returns_original(store: SqliteStore) -> None:
+    """Same channel, dedup key and bytes inside the window: the original answers, nothing new."""
+    first = store.ingest_batch([inbound(dedup_key="K1", dedup_window=60, response=b"AA")], T0)[0]
+    dup = store.ingest_batch(
+        [inbound(dedup_key="K1", dedup_window=60, received_at=T0 + 30)], T0 + 30
+    )[0]
+    assert dup.outcome == "duplicate"
+    assert (dup.message_id, dup.status, dup.correlation_id) == (
+        first.message_id,
+        model.RECEIVED,
+        first.correlation_id,
+    )
+    assert dup.response == b"AA"
+    assert store.counts()["messages"] == {model.RECEIVED: 1}
+
+
+def test_same_key_outside_window_is_new(store: SqliteStore) -> None:
+    """A repeat after the window has passed is stored as a new message."""
+    first = store.ingest_batch([inbound(dedup_key="K1", dedup_window=60)], T0)[0]
+    later = store.ingest_batch(
+        [inbound(dedup_key="K1", dedup_window=60, received_at=T0 + 61)], T0 + 61
+    )[0]
+    assert later.outcome == "stored" and later.message_id != first.message_id
+
+
+def test_same_key_other_channel_is_new(store: SqliteStore) -> None:
+    """Dedup keys are per channel."""
+    store.ingest_batch([inbound(dedup_key="K1", dedup_window=60)], T0)
+    other = store.ingest_batch([inbound(dedup_key="K1", dedup_window=60, channel="orm")], T0)[0]
+    assert other.outcome == "stored"
+
+
+def test_same_key_different_bytes_is_conflict(store: SqliteStore) -> None:
+    """Same dedup key, other bytes: kept with status 'conflict' and never handed to the pipeline."""
+    first = store.ingest_batch([inbound(b"one", dedup_key="K1", dedup_window=60)], T0)[0]
+    clash = store.ingest_batch([inbound(b"two", dedup_key="K1", dedup_window=60)], T0 + 1)[0]
+    assert clash.outcome == "conflict" and clash.status == model.CONFLICT
+    assert clash.message_id != first.message_id
+    assert store.get_content(clash.message_id, "raw") == b"two"
+    assert store.received_ids(10) == [first.message_id]
+    again = store.ingest_batch([inbound(b"one", dedup_key="K1", dedup_window=60)], T0 + 2)[0]
+    assert again.outcome == "duplicate" and again.message_id == first.message_id
+
+
+def test_duplicate_inside_one_batch(store: SqliteStore) -> None:
+    """Dedup sees earlier items of the same batch: a repeated item is a duplicate of the first."""
+    items = [
+        inbound(b"same", dedup_key="K", dedup_window=10, response=b"ACK"),
+        inbound(b"same", dedup_key="K", dedup_window=10),
+        inbound(b"other", dedup_key="K", dedup_window=10),
+    ]
+    first, dup, clash = store.ingest_batch(items, T0)
+    assert first.outcome == "stored"
+    assert dup.outcome == "duplicate" and dup.message_id == first.message_id
+    assert dup.response == b"ACK"
+    assert clash.outcome == "conflict"
+
+
+def test_batch_is_one_transaction(store: SqliteStore) -> None:
+    """When one item of a batch cannot be stored, none of the batch is stored."""
+    store_one(store, message_id="taken")
+    with pytest.raises(StoreError, match="'taken' must be new"):
+        store.ingest_batch([inbound(b"ok"), inbound(b"bad", message_id="taken")], T0)
+    assert store.counts()["messages"] == {model.RECEIVED: 1}
+
+
+# ---------------------------------------------------------------------- finish_processing
+
+
+def test_finish_processing_writes_outbox_keys_and_status(store: SqliteStore) -> None:
+    """One run stores transformed bytes, business keys and outbox rows; message is 'queued'."""
+    mid = store_one(store)
+    outbound = [
+        Outbound("erp", b"p0", order_key="PO-1", meta={"n": 1}),
+        Outbound("erp", b"p1"),
+        Outbound("ledger", b"q0"),
+    ]
+    store.finish_processing(
+        mid,
+        status=model.SENT,
+        now=T0 + 1,
+        transformed=b"{}",
+        outbound=outbound,
+        business_keys=[("po", "PO-1"), ("mrn", "42")],
+    )
+    row = store.get_message(mid)
+    assert row is not None and row.status == model.QUEUED
+    assert store.get_content(mid, "transformed") == b"{}"
+    rows = store.deliveries_for(mid)
+    assert [(r["destination"], r["idx"], r["status"]) for r in rows] == [
+        ("erp", 0, "pending"),
+        ("erp", 1, "pending"),
+        ("ledger", 0, "pending"),
+    ]
+    assert rows[0]["idempotency_key"] == model.idempotency_key("adt", "erp", mid, 0)
+    assert rows[2]["idempotency_key"] == model.idempotency_key("adt", "ledger", mid, 0)
+    assert rows[0]["meta"] == {"n": 1} and rows[0]["next_attempt_at"] == T0 + 1
+    assert [m.id for m in store.search(key="mrn", value="42")] == [mid]
+
+
+def test_finish_processing_without_outbound_uses_given_status(store: SqliteStore) -> None:
+    """No outbound: the given status and error text are stored as they are."""
+    mid = store_one(store)
+    store.finish_processing(
+        mid, status=model.ERROR, now=T0, error="MissingField: PID-3", error_location="PID^3"
+    )
+    row = store.get_message(mid)
+    assert row is not None
+    assert (row.status, row.error, row.error_location) == ("error", "MissingField: PID-3", "PID^3")
+    with pytest.raises(ValueError, match="got 'bogus'"):
+        store.finish_processing(mid, status="bogus", now=T0)
+    with pytest.raises(StoreError, match="no message"):
+        store.finish_processing("nope", status=model.FILTERED, now=T0)
+
+
+def test_finish_processing_rerun_keeps_sent_rows_and_stable_keys(store: SqliteStore) -> None:
+    """A re-run replaces unsent rows and keys, keeps sent rows, and derives the same keys."""
+    mid = store_one(store)
+    first = [Outbound("erp", b"a"), Outbound("erp", b"b")]
+    store.finish_processing(
+        mid, status=model.QUEUED, now=T0, outbound=first, business_keys=[("po", "1")]
+    )
+    keys_before = [r["idempotency_key"] for r in store.deliveries_for(mid)]
+    (claimed, _) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    store.delivery_succeeded(claimed.id, b"ok", T0)
+
+    second = [Outbound("erp", b"a2"), Outbound("erp", b"b2")]
+    store.finish_processing(
+        mid, status=model.QUEUED, now=T0 + 5, outbound=second, business_keys=[("po", "2")]
+    )
+    rows = store.deliveries_for(mid)
+    assert [r["idempotency_key"] for r in rows] == keys_before
+    assert [(r["payload"], r["status"]) for r in rows] == [(b"a", "sent"), (b"b2", "pending")]
+    assert store.search(key="po", value="1") == []
+    assert [m.id for m in store.search(key="po", value="2")] == [mid]
+
+
+def test_finish_processing_rerun_all_sent_rolls_up_to_sent(store: SqliteStore) -> None:
+    """When every output of a re-run was already sent, the message is 'sent', not stuck queued."""
+    mid = queued_message(store, [Outbound("erp", b"a")])
+    (d,) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    store.delivery_succeeded(d.id, None, T0)
+    store.finish_processing(mid, status=model.QUEUED, now=T0, outbound=[Outbound("erp", b"a")])
+    assert store.get_message(mid).status == model.SENT
+    assert len(store.deliveries_for(mid)) == 1
+
+
+# ---------------------------------------------------------------------- claiming and ordering
+
+
+def test_claim_marks_inflight_with_lease_and_only_due_rows(store: SqliteStore) -> None:
+    """Claimed rows become inflight with a lease; rows not yet due and claimed rows are skipped."""
+    queued_message(store, [Outbound("erp", b"a", meta={"k": "v"})], now=T0)
+    queued_message(store, [Outbound("erp", b"b")], raw=b"2", now=T0 + 100)
+    (d,) = store.claim_deliveries("adt", "erp", 10, T0 + 1, lease=30)
+    assert d.payload == b"a" and d.attempts == 0 and d.meta == {"k": "v"}
+    assert store.claim_deliveries("adt", "erp", 10, T0 + 1, lease=30) == []
+    (row,) = [r for r in store.deliveries_for(d.message_id)]
+    assert row["status"] == "inflight" and row["lease_until"] == T0 + 31
+    assert store.claim_deliveries("adt", "other", 10, T0 + 200, lease=30) == []
+
+
+def test_claim_oldest_first_and_limit(store: SqliteStore) -> None:
+    """Rows are claimed oldest first, at most ``limit`` at a time."""
+    ids = [queued_message(store, [Outbound("erp", b"x")], raw=bytes([i])) for i in range(5)]
+    got = store.claim_deliveries("adt", "erp", 3, T0, 30)
+    assert [d.message_id for d in got] == ids[:3]
+
+
+def test_order_key_blocks_later_row_while_earlier_inflight(store: SqliteStore) -> None:
+    """B (same order key as A) waits while A is inflight; other keys flow; B comes after A."""
+    a = queued_message(store, [Outbound("erp", b"A", order_key="PO-1")], raw=b"a")
+    b = queued_message(store, [Outbound("erp", b"B", order_key="PO-1")], raw=b"b")
+    c = queued_message(store, [Outbound("erp", b"C", order_key="PO-2")], raw=b"c")
+    claimed = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    assert [d.message_id for d in claimed] == [a, c]
+    assert store.claim_deliveries("adt", "erp", 10, T0, 30) == []
+    store.delivery_retry(claimed[0].id, "timeout", T0 + 10, T0)
+    assert store.claim_deliveries("adt", "erp", 10, T0 + 5, 30) == []  # A pending, not due
+    (again,) = store.claim_deliveries("adt", "erp", 10, T0 + 10, 30)
+    assert again.message_id == a and again.attempts == 1
+    store.delivery_succeeded(again.id, None, T0 + 11)
+    (next_one,) = store.claim_deliveries("adt", "erp", 10, T0 + 11, 30)
+    assert next_one.message_id == b
+
+
+def test_block_on_dead_holds_the_key(store: SqliteStore) -> None:
+    """A dead earlier row blocks its key only when block_on_dead is set."""
+    a = queued_message(store, [Outbound("erp", b"A", order_key="K")], raw=b"a")
+    b = queued_message(store, [Outbound("erp", b"B", order_key="K")], raw=b"b")
+    (da,) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    assert da.message_id == a
+    store.delivery_dead(da.id, "400 Bad Request", T0)
+    assert store.claim_deliveries("adt", "erp", 10, T0, 30, block_on_dead=True) == []
+    (db,) = store.claim_deliveries("adt", "erp", 10, T0, 30, block_on_dead=False)
+    assert db.message_id == b
+
+
+# ---------------------------------------------------------------------- outcomes and roll-up
+
+
+def test_roll_up_all_sent_is_sent(store: SqliteStore) -> None:
+    """The message is 'queued' while any row is open and 'sent' once every row is sent."""
+    mid = queued_message(store, [Outbound("erp", b"a"), Outbound("ledger", b"b")])
+    (d1,) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    store.delivery_succeeded(d1.id, b"201", T0 + 1)
+    assert store.get_message(mid).status == model.QUEUED
+    (d2,) = store.claim_deliveries("adt", "ledger", 10, T0, 30)
+    store.delivery_succeeded(d2.id, None, T0 + 2)
+    row = store.get_message(mid)
+    assert row.status == model.SENT and row.updated_at == T0 + 2
+    assert store.deliveries_for(mid)[0]["response"] == b"201"
+    assert store.deliveries_for(mid)[0]["attempts"] == 1
+
+
+def test_roll_up_dead_is_error_once_nothing_open(store: SqliteStore) -> None:
+    """A dead row makes the message 'error' (first dead letter's text) once no row is open."""
+    mid = queued_message(store, [Outbound("erp", b"a"), Outbound("ledger", b"b")])
+    (d1,) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    store.delivery_dead(d1.id, "HTTP 422: bad item", T0)
+    assert store.get_message(mid).status == model.QUEUED  # ledger still pending
+    (d2,) = store.claim_deliveries("adt", "ledger", 10, T0, 30)
+    store.delivery_quarantined(d2.id, "timeout after send", T0)
+    row = store.get_message(mid)
+    assert (row.status, row.error, row.error_location) == ("error", "HTTP 422: bad item", "erp")
+    kinds = raw_sql(store, "SELECT kind, destination FROM dead_letters ORDER BY id")
+    assert kinds == [("dead", "erp"), ("quarantine", "ledger")]
+    assert store.counts()["dead_letters"] == 2
+
+
+def test_delivery_retry_and_next_due(store: SqliteStore) -> None:
+    """A retry puts the row back to pending at the given time; next_due reports it."""
+    queued_message(store, [Outbound("erp", b"a")], now=T0)
+    assert store.next_due("adt", "erp") == T0
+    (d,) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    assert store.next_due("adt", "erp") is None
+    store.delivery_retry(d.id, "503", T0 + 60, T0)
+    assert store.next_due("adt", "erp") == T0 + 60
+    (row,) = store.deliveries_for(d.message_id)
+    assert (row["status"], row["attempts"], row["last_error"]) == ("pending", 1, "503")
+
+
+def test_outcome_for_unknown_delivery_fails(store: SqliteStore) -> None:
+    """Reporting an outcome for an unknown outbox id is a StoreError naming the id."""
+    with pytest.raises(StoreError, match="no outbox row with id 999"):
+        store.delivery_succeeded(999, None, T0)
+
+
+def test_recover_resets_inflight(store: SqliteStore) -> None:
+    """recover() puts inflight rows back to pending, due now, and counts open messages."""
+    queued_message(store, [Outbound("erp", b"a")])
+    store_one(store, b"waiting")
+    store.claim_deliveries("adt", "erp", 10, T0, 30)
+    assert store.recover(T0 + 100) == {"inflight_reset": 1, "received": 1, "queued": 1}
+    (d,) = store.claim_deliveries("adt", "erp", 10, T0 + 100, 30)
+    assert d.payload == b"a"
+
+
+def test_counts_by_channel(store: SqliteStore) -> None:
+    """counts() groups messages and deliveries by status, optionally for one channel."""
+    queued_message(store, [Outbound("erp", b"a")])
+    store_one(store, b"x", channel="orm")
+    assert store.counts() == {
+        "messages": {"queued": 1, "received": 1},
+        "deliveries": {"pending": 1},
+        "dead_letters": 0,
+    }
+    assert store.counts("orm") == {"messages": {"received": 1}, "deliveries": {}, "dead_letters": 0}
+
+
+# ---------------------------------------------------------------------- search
+
+
+def test_search_filters_and_order(store: SqliteStore) -> None:
+    """search() applies every filter and returns newest first, with limit and offset."""
+    ids = [store_one(store, bytes([i]), now=T0 + i, correlation_id="C") for i in range(4)]
+    other = store_one(store, b"o", now=T0 + 10, channel="orm")
+    assert [m.id for m in store.search(channel="adt")] == ids[::-1]
+    assert [m.id for m in store.search(since=T0 + 1, until=T0 + 3)] == [ids[2], ids[1]]
+    assert [m.id for m in store.search(correlation_id="C", limit=2, offset=1)] == [ids[2], ids[1]]
+    assert [m.id for m in store.search(status="received", channel="orm")] == [other]
+    with pytest.raises(ValueError, match="both key and value"):
+        store.search(key="po")
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"key": "po", "value": "PO-1"},
+        {"correlation_id": "C"},
+        {"status": "error", "since": T0, "until": T0 + 10},
+        {"channel": "adt", "since": T0},
+    ],
+)
+def test_search_uses_an_index(store: SqliteStore, filters: dict) -> None:
+    """EXPLAIN QUERY PLAN of search looks rows up through an index, never a table scan."""
+    plan = store.search_plan(**filters)
+    assert not _scans_messages(plan), plan
+    assert any(line.startswith("SEARCH m USING") for line in plan), plan
+
+
+def _scans_messages(plan: list[str]) -> bool:
+    return any(line.startswith(("SCAN m ", "SCAN messages")) or line == "SCAN m" for line in plan)
+
+
+def test_plan_check_detects_a_table_scan(store: SqliteStore) -> None:
+    """The plan check above does flag a query that must scan messages (unindexed column)."""
+    plan = [
+        r[-1]
+        for r in store._conn().execute("EXPLAIN QUERY PLAN SELECT * FROM messages m WHERE size > 1")
+    ]
+    assert _scans_messages(plan), plan
+
+
+# ---------------------------------------------------------------------- replay
+
+
+def test_replay_dead_delivery_requeues_with_same_key(store: SqliteStore) -> None:
+    """A dead row becomes pending again (attempts 0, same idempotency key) and is audited."""
+    mid = queued_message(store, [Outbound("erp", b"a")])
+    (d,) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    store.delivery_dead(d.id, "HTTP 400", T0)
+    assert store.get_message(mid).status == model.ERROR
+
+    assert store.replay(mid, actor="alice", now=T0 + 50) == {"requeued": 1, "reprocess": False}
+    row = store.get_message(mid)
+    assert (row.status, row.error) == ("queued", None)
+    (again,) = store.claim_deliveries("adt", "erp", 10, T0 + 50, 30)
+    assert again.id == d.id and again.idempotency_key == d.idempotency_key
+    assert again.attempts == 0
+    assert raw_sql(store, "SELECT replayed_at FROM dead_letters") == [(T0 + 50,)]
+    (entry,) = store.audit_entries()
+    assert (entry["actor"], entry["action"], entry["target"]) == ("alice", "replay", mid)
+    assert entry["detail"]["requeued"] == 1
+
+
+def test_replay_transform_error_goes_back_to_received(store: SqliteStore) -> None:
+    """An 'error' message without outbox rows returns to 'received' for the pipeline."""
+    mid = store_one(store)
+    store.finish_processing(mid, status=model.ERROR, now=T0, error="MappingMiss")
+    assert store.replay(mid, actor="bob", now=T0 + 1) == {"requeued": 0, "reprocess": True}
+    row = store.get_message(mid)
+    assert (row.status, row.error) == ("received", None)
+    assert store.received_ids(10) == [mid]
+
+
+def test_replay_explicit_destination_resends_sent(store: SqliteStore) -> None:
+    """Naming a destination also resends rows already sent there, and only there."""
+    mid = queued_message(store, [Outbound("erp", b"a"), Outbound("ledger", b"b")])
+    for dest in ("erp", "ledger"):
+        (d,) = store.claim_deliveries("adt", dest, 10, T0, 30)
+        store.delivery_succeeded(d.id, None, T0)
+    assert store.replay(mid, actor="a", now=T0) == {"requeued": 0, "reprocess": False}
+    assert store.replay(mid, destination="erp", actor="a", now=T0)["requeued"] == 1
+    statuses = {r["destination"]: r["status"] for r in store.deliveries_for(mid)}
+    assert statuses == {"erp": "pending", "ledger": "sent"}
+    assert store.get_message(mid).status == model.QUEUED
+
+
+def test_replay_unknown_message_fails(store: SqliteStore) -> None:
+    """Replaying an unknown id raises StoreError and writes no audit row."""
+    with pytest.raises(StoreError, match="no message with id 'nope'"):
+        store.replay("nope", actor="a", now=T0)
+    assert store.audit_entries() == []
+
+
+def test_replay_channel(store: SqliteStore) -> None:
+    """replay_channel replays the channel's 'error' messages and returns their ids."""
+    failed = store_one(store, b"1")
+    store.finish_processing(failed, status=model.ERROR, now=T0)
+    fine = store_one(store, b"2")
+    store.finish_processing(fine, status=model.FILTERED, now=T0)
+    assert store.replay_channel("adt", actor="ops", now=T0) == [failed]
+    assert store.get_message(fine).status == model.FILTERED
+
+
+# ---------------------------------------------------------------------- audit
+
+
+def test_audit_chain_verifies_and_refuses_changes(store: SqliteStore) -> None:
+    """Audit rows chain by hash; UPDATE and DELETE are refused by triggers."""
+    first = store.audit("alice", "login", "cli", {"ip": "10.0.0.1"}, T0)
+    second = store.audit("alice", "pause", "channel:adt", {}, 1_700_000_001)
+    assert (first, second) == (1, 2)
+    assert store.verify_audit() is True
+    entries = store.audit_entries()
+    assert [e["id"] for e in entries] == [2, 1]
+    assert entries[0]["prev_hash"] == entries[1]["hash"]
+    conn = store._conn()
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE audit SET actor = 'mallory'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM audit")
+
+
+def test_verify_audit_detects_tampering(store: SqliteStore) -> None:
+    """Changing a row after dropping the trigger breaks the hash chain."""
+    store.audit("alice", "replay", "m1", {"n": 1}, T0)
+    store.audit("bob", "replay", "m2", {"n": 2}, T0)
+    conn = store._conn()
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET actor = 'mallory' WHERE id = 1")
+    assert store.verify_audit() is False
+
+
+def test_verify_audit_detects_removed_row(store: SqliteStore) -> None:
+    """Deleting a middle row (trigger dropped) breaks the chain of the next row."""
+    for n in range(3):
+        store.audit("a", "x", str(n), {}, T0)
+    conn = store._conn()
+    conn.execute("DROP TRIGGER audit_no_delete")
+    conn.execute("DELETE FROM audit WHERE id = 2")
+    assert store.verify_audit() is False
+
+
+# ---------------------------------------------------------------------- prune
+
+
+def _db_bytes(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def test_prune_deletes_old_finished_messages_and_shrinks_file(store: SqliteStore) -> None:
+    """Old sent/filtered messages go with their rows; open ones and the audit stay; file shrinks."""
+    big = b"x" * 64_000
+    old = []
+    for i in range(60):
+        mid = store_one(store, big + bytes([i]), now=T0)
+        store.finish_processing(mid, status=model.FILTERED, now=T0, business_keys=[("k", "v")])
+        old.append(mid)
+    sent = queued_message(store, [Outbound("erp", big)], raw=b"s", now=T0)
+    (d,) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    store.delivery_dead(d.id, "x", T0)
+    store.replay(sent, actor="a", now=T0)
+    (d,) = store.claim_deliveries("adt", "erp", 10, T0, 30)
+    store.delivery_succeeded(d.id, None, T0)
+    keep_recent = store_one(store, b"recent", now=T0 + 3600)
+    store.finish_processing(keep_recent, status=model.FILTERED, now=T0 + 3600)
+    keep_open = store_one(store, b"open", now=T0)
+    store.reclaim()
+    before = _db_bytes(store.path)
+
+    assert store.prune(older_than=600, now=T0 + 3600) == 61
+    after = _db_bytes(store.path)
+    assert after < before / 4, (before, after)
+    assert store.get_message(old[0]) is None and store.get_content(old[0], "raw") is None
+    assert {m.id for m in store.search()} == {keep_recent, keep_open}
+    for table in ("contents", "outbox", "business_keys", "dead_letters"):
+        stale = raw_sql(
+            store, f"SELECT COUNT(*) FROM {table} WHERE message_id NOT IN (SELECT id FROM messages)"
+        )
+        assert stale == [(0,)], table
+    assert len(store.audit_entries()) == 1 and store.verify_audit()
+
+
+def test_prune_refuses_open_statuses(store: SqliteStore) -> None:
+    """Pruning 'received' or 'queued' messages is refused: they are still being worked on."""
+    with pytest.raises(ValueError, match="got \\['queued'\\]"):
+        store.prune(older_than=0, statuses=("sent", "queued"), now=T0)
+
+
+# ---------------------------------------------------------------------- threads
+
+
+def test_threads_get_their_own_connections(store: SqliteStore) -> None:
+    """Several threads can write at once; each uses its own connection; nothing is lost."""
+    errors: list[BaseException] = []
+    connections: set[int] = set()
+
+    def work(n: int) -> None:
+        try:
+            connections.add(id(store._conn()))
+            for i in range(25):
+                store.ingest_batch([inbound(f"{n}-{i}".encode())], T0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(connections) == 4
+    assert store.counts()["messages"] == {"received": 100}

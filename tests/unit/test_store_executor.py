@@ -1,0 +1,276 @@
+"""StoreExecutor: one writer thread, group commit, back-pressure, failure fan-out."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from engine import model
+from engine.errors import Overloaded, StoreError
+from engine.model import Inbound, IngestResult
+from engine.store import SqliteStore, StoreExecutor
+
+T0 = 1_700_000_000.0
+TIMEOUT = 10.0
+
+
+class FakeReactor:
+    """Collects callFromThread calls; the test thread runs them with :meth:`pump`."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[tuple[Callable[..., Any], tuple, dict]] = queue.Queue()
+        self.thread = threading.current_thread()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.calls.put((f, args, kwargs))
+
+    def pump(self, done: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+        """Run queued calls in this thread until ``done()`` is true (or fail on timeout)."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("timed out waiting for the executor")
+            try:
+                f, args, kwargs = self.calls.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            assert threading.current_thread() is self.thread
+            f(*args, **kwargs)
+
+
+class Outcome:
+    """Records how a Deferred fired."""
+
+    def __init__(self, d: Deferred) -> None:
+        self.result: Any = None
+        self.failure: Failure | None = None
+        self.fired = False
+        d.addCallbacks(self._ok, self._err)
+
+    def _ok(self, value: Any) -> None:
+        self.fired, self.result = True, value
+
+    def _err(self, failure: Failure) -> None:
+        self.fired, self.failure = True, failure
+
+
+def wait_all(reactor: FakeReactor, outcomes: list[Outcome]) -> None:
+    reactor.pump(lambda: all(o.fired for o in outcomes))
+
+
+def inbound(n: int = 0, **kw: Any) -> Inbound:
+    fields: dict[str, Any] = {
+        "channel": "adt",
+        "source": "mllp",
+        "raw": f"MSH|{n}".encode(),
+        "content_type": "application/hl7-v2",
+        "received_at": T0,
+    }
+    fields.update(kw)
+    return Inbound(**fields)
+
+
+class GatedStore:
+    """Wraps a store; the first ingest_batch waits until the test opens the gate."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.batch_sizes: list[int] = []
+
+    def ingest_batch(self, items: list[Inbound], now: float) -> list[IngestResult]:
+        self.entered.set()
+        assert self.gate.wait(TIMEOUT), "gate never opened"
+        self.batch_sizes.append(len(items))
+        return self.inner.ingest_batch(items, now)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "wharf.db").open()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def reactor() -> FakeReactor:
+    return FakeReactor()
+
+
+def stop(executor: StoreExecutor, reactor: FakeReactor) -> None:
+    done = Outcome(executor.stop())
+    wait_all(reactor, [done])
+    assert done.failure is None
+
+
+def test_ingest_stores_and_fires_in_reactor_thread(
+    store: SqliteStore, reactor: FakeReactor
+) -> None:
+    """One ingest is stored by the writer thread; its Deferred fires with the IngestResult."""
+    executor = StoreExecutor(store, reactor)
+    executor.start()
+    out = Outcome(executor.ingest(inbound(1)))
+    wait_all(reactor, [out])
+    assert out.failure is None and out.result.outcome == "stored"
+    assert store.get_content(out.result.message_id, "raw") == b"MSH|1"
+    stop(executor, reactor)
+
+
+def test_500_concurrent_ingests_use_few_transactions(
+    store: SqliteStore, reactor: FakeReactor
+) -> None:
+    """500 ingests arriving while a commit is under way are stored in a handful of batches."""
+    gated = GatedStore(store)
+    executor = StoreExecutor(gated, reactor, max_batch=256)
+    executor.start()
+    outcomes = [Outcome(executor.ingest(inbound(0)))]
+    assert gated.entered.wait(TIMEOUT)
+    outcomes += [Outcome(executor.ingest(inbound(n))) for n in range(1, 500)]
+    gated.gate.set()
+    wait_all(reactor, outcomes)
+
+    assert all(o.failure is None for o in outcomes)
+    assert len({o.result.message_id for o in outcomes}) == 500
+    assert executor.batches == len(gated.batch_sizes) <= 3
+    assert gated.batch_sizes == [1, 256, 243]
+    assert store.counts()["messages"] == {model.RECEIVED: 500}
+    stop(executor, reactor)
+
+
+def test_work_queued_before_start_is_batched(store: SqliteStore, reactor: FakeReactor) -> None:
+    """Ingests queued before start() are taken max_batch at a time: 500 -> 2 transactions."""
+    executor = StoreExecutor(store, reactor, max_batch=256)
+    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(500)]
+    executor.start()
+    wait_all(reactor, outcomes)
+    assert executor.batches == 2 and executor.ingested == 500
+    stop(executor, reactor)
+
+
+def test_overloaded_when_queue_full(store: SqliteStore, reactor: FakeReactor) -> None:
+    """With max_pending ingests waiting, the next ingest fails at once with Overloaded."""
+    gated = GatedStore(store)
+    executor = StoreExecutor(gated, reactor, max_pending=5, max_batch=1)
+    executor.start()
+    taken = Outcome(executor.ingest(inbound(0)))
+    assert gated.entered.wait(TIMEOUT)
+    waiting = [Outcome(executor.ingest(inbound(n))) for n in range(1, 6)]
+    refused = Outcome(executor.ingest(inbound(99)))
+    assert refused.fired and refused.failure is not None
+    assert refused.failure.check(Overloaded)
+    assert "max_pending 5" in str(refused.failure.value)
+    assert executor.pending == 5
+
+    gated.gate.set()
+    wait_all(reactor, [taken, *waiting])
+    assert all(o.failure is None for o in [taken, *waiting])
+    assert store.counts()["messages"] == {model.RECEIVED: 6}  # the refused one is not stored
+    stop(executor, reactor)
+
+
+class FailingStore:
+    """ingest_batch fails for the first call, then works."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def ingest_batch(self, items: list[Inbound], now: float) -> list[IngestResult]:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError("disk full")
+        return self.inner.ingest_batch(items, now)
+
+
+def test_failing_batch_fails_every_deferred(store: SqliteStore, reactor: FakeReactor) -> None:
+    """When ingest_batch raises, every Deferred of that batch fails with a chained StoreError."""
+    failing = FailingStore(store)
+    executor = StoreExecutor(failing, reactor)
+    batch = [Outcome(executor.ingest(inbound(n))) for n in range(3)]
+    executor.start()
+    wait_all(reactor, batch)
+    for o in batch:
+        assert o.failure is not None and o.failure.check(StoreError)
+        assert isinstance(o.failure.value.__cause__, OSError)
+        assert "batch of 3 message(s) failed: disk full" in str(o.failure.value)
+    assert store.counts()["messages"] == {}
+
+    later = Outcome(executor.ingest(inbound(9)))
+    wait_all(reactor, [later])
+    assert later.failure is None and later.result.outcome == "stored"
+    stop(executor, reactor)
+
+
+def test_submit_returns_result_and_failure(store: SqliteStore, reactor: FakeReactor) -> None:
+    """submit() runs the call on the writer thread and passes back its result or exception."""
+    executor = StoreExecutor(store, reactor)
+    executor.start()
+    threads: list[str] = []
+
+    def where() -> str:
+        threads.append(threading.current_thread().name)
+        return "ok"
+
+    ok = Outcome(executor.submit(where))
+    bad = Outcome(executor.submit(store.delivery_succeeded, 12345, None, now=T0))
+    wait_all(reactor, [ok, bad])
+    assert ok.result == "ok" and threads == ["wharf-store-writer"]
+    assert bad.failure is not None and bad.failure.check(StoreError)
+    assert "no outbox row with id 12345" in str(bad.failure.value)
+    stop(executor, reactor)
+
+
+def test_jobs_and_ingests_run_in_arrival_order(reactor: FakeReactor) -> None:
+    """A job queued before ingests runs before them; one queued after runs after the batch."""
+    log: list[str] = []
+
+    class LoggingStore:
+        def ingest_batch(self, items: list[Inbound], now: float) -> list[IngestResult]:
+            log.append(f"batch:{len(items)}")
+            return [IngestResult(f"m{i}", "stored", "received", f"m{i}") for i in range(len(items))]
+
+    executor = StoreExecutor(LoggingStore(), reactor)
+    outcomes = [Outcome(executor.submit(log.append, "job-1"))]
+    outcomes += [Outcome(executor.ingest(inbound(n))) for n in range(3)]
+    outcomes += [Outcome(executor.submit(log.append, "job-2"))]
+    outcomes += [Outcome(executor.ingest(inbound(9)))]
+    executor.start()
+    wait_all(reactor, outcomes)
+    assert log == ["job-1", "batch:4", "job-2"]
+    stop(executor, reactor)
+
+
+def test_stop_drains_then_refuses(store: SqliteStore, reactor: FakeReactor) -> None:
+    """stop() fires after queued work is done; later calls fail with StoreError."""
+    executor = StoreExecutor(store, reactor)
+    executor.start()
+    queued = [Outcome(executor.ingest(inbound(n))) for n in range(20)]
+    stopped = Outcome(executor.stop())
+    wait_all(reactor, [*queued, stopped])
+    assert all(o.failure is None for o in queued)
+    assert executor._thread is not None and not executor._thread.is_alive()
+
+    late_ingest = Outcome(executor.ingest(inbound(1)))
+    late_job = Outcome(executor.submit(store.counts))
+    for late in (late_ingest, late_job):
+        assert late.fired and late.failure is not None and late.failure.check(StoreError)
+        assert "stopped" in str(late.failure.value)
+
+
+def test_stop_without_start_fails_queued_work(reactor: FakeReactor) -> None:
+    """Stopping an executor that never started fires at once and fails what was queued."""
+    executor = StoreExecutor(object(), reactor)  # type: ignore[arg-type]
+    queued = Outcome(executor.ingest(inbound(1)))
+    stopped = Outcome(executor.stop())
+    assert stopped.fired and stopped.failure is None
+    assert queued.fired and queued.failure is not None and queued.failure.check(StoreError)

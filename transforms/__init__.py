@@ -1,0 +1,6 @@
+"""Shipped transform plugins. Importing this package registers them.
+
+A transform is plain Python over a parsed message and mapping lookups: no Twisted, no I/O.
+"""
+
+from transforms import usage_to_issue  # noqa: F401
