@@ -46,14 +46,15 @@ class Channel:
         self.config = cfg
         self.mappings = mappings
         if cfg.codec is None:
-            codec_reg, codec_opts = registry.get("codec", "raw"), registry.get("codec", "raw").spec.defaults()
+            codec_reg, codec_opts = (
+                registry.get("codec", "raw"),
+                registry.get("codec", "raw").spec.defaults(),
+            )
         else:
             codec_reg, codec_opts = registry.get("codec", cfg.codec.name), cfg.codec.options
         self.codec_name = codec_reg.name
         self.codec = codec_reg.factory(codec_opts)
-        self.filters = [
-            (f, registry.get("filter", f.name).factory(f.options)) for f in cfg.filter
-        ]
+        self.filters = [(f, registry.get("filter", f.name).factory(f.options)) for f in cfg.filter]
         self.steps = [
             Step(
                 s.transform,
@@ -75,7 +76,9 @@ class Channel:
         try:
             parsed = self.decode(raw)
         except CodecError as exc:
-            return Result(ERROR, error=f"CodecError: {exc.message}", error_location=f"{self.defn.file} codec")
+            return Result(
+                ERROR, error=f"CodecError: {exc.message}", error_location=f"{self.defn.file} codec"
+            )
         for f, predicate in self.filters:
             if not predicate(parsed):
                 return Result(FILTERED, error_location=f"{f.where} filter ({f.name})")
@@ -88,7 +91,9 @@ class Channel:
             except TransformError as exc:
                 return Result(ERROR, error=str(exc), error_location=step.where)
             except WharfError as exc:
-                return Result(ERROR, error=f"{type(exc).__name__}: {exc}", error_location=step.where)
+                return Result(
+                    ERROR, error=f"{type(exc).__name__}: {exc}", error_location=step.where
+                )
             except Exception as exc:  # a plugin bug: keep the message, say where
                 return Result(
                     ERROR,

@@ -36,7 +36,9 @@ def _duration(text: str) -> float:
 
     m = _DURATION.match(text)
     if not m:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 30s, 5m, 2h, 7d (got {text!r})")
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 30s, 5m, 2h, 7d (got {text!r})"
+        )
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
@@ -129,10 +131,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not args.channel:
             print("replay: give a message id, or --channel with --all-errors", file=sys.stderr)
             return 2
-        ids = [
-            r.id
-            for r in store.search(channel=args.channel, status="error", limit=1_000_000)
-        ]
+        ids = [r.id for r in store.search(channel=args.channel, status="error", limit=1_000_000)]
         done = 0
         for i, mid in enumerate(ids, 1):
             r = store.replay(mid, destination=args.destination, actor=args.user, now=now)
@@ -271,4 +270,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -25,13 +25,13 @@ class Receiver(resource.Resource):
         record.parent.mkdir(parents=True, exist_ok=True)
         self.answers: dict[str, bytes] = {}
         self.count = 0
-        self._fh = open(record, "a", encoding="utf-8")  # noqa: SIM115
+        self._fh = open(record, "a", encoding="utf-8")
 
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+    def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         return json.dumps({"received": self.count, "distinct_keys": len(self.answers)}).encode()
 
-    def render_POST(self, request: Any) -> bytes:  # noqa: N802
+    def render_POST(self, request: Any) -> bytes:
         key = (request.getHeader(b"idempotency-key") or b"").decode()
         body = request.content.read()
         request.setHeader(b"content-type", b"application/json")
@@ -59,7 +59,7 @@ class Receiver(resource.Resource):
         request.setResponseCode(201)
         return answer
 
-    render_PUT = render_POST  # noqa: N815
+    render_PUT = render_POST
 
 
 def site(record: Path) -> server.Site:

@@ -3,7 +3,7 @@
 ::
 
     WharfError
-     +-- ConfigError            a channel, route or mapping file is wrong (file:line:col, field path)
+     +-- ConfigError            a channel, route or mapping file is wrong (file:line:col, path)
      |    +-- LintFailed        several ConfigErrors found by one lint pass
      +-- CodecError             inbound bytes are not a valid message of the channel's codec
      +-- TransformError         a transform step failed on a stored message

@@ -42,7 +42,8 @@ def _check_field(config: Any, ctx: Context, node: yaml.Node, path: str) -> None:
         ctx.error(
             node,
             path,
-            f"expected exactly one of equals, any_of, matches, exists (got {', '.join(given) or 'none'})",
+            "expected exactly one of equals, any_of, matches, exists "
+            f"(got {', '.join(given) or 'none'})",
             code="missing_field",
         )
     if config.matches is not None:

@@ -24,9 +24,11 @@ DEMO_PORT = 8089
 
 def _start_logging() -> None:
     level = LogLevel.levelWithName(os.environ.get("WHARF_LOG_LEVEL", "info"))
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(defaultLogLevel=level)]
-    )
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    if level > LogLevel.debug:
+        # Twisted's own factory start/stop and access-log lines drown the engine's.
+        predicate.setLogLevelForNamespace("twisted", LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -69,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if receiver is not None:
             await receiver.stopListening()
 
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: defer.ensureDeferred(shutdown())
-    )
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(shutdown()))
 
     def failed(f: Any) -> None:
         print(f"wharf: start failed: {f.getErrorMessage()}", file=sys.stderr)
@@ -97,7 +97,7 @@ async def demo(engine: Any, root: Path, reactor: Any) -> bool:
         return False
     started = time.time()
     dropped = []
-    for channel, folder in targets:
+    for _, folder in targets:
         for path in [*samples, *broken]:
             tmp = folder / f".{path.name}.part"
             shutil.copyfile(path, tmp)
@@ -108,9 +108,7 @@ async def demo(engine: Any, root: Path, reactor: Any) -> bool:
     rows: list[Any] = []
     while time.time() < deadline:
         await task.deferLater(reactor, 0.5, lambda: None)
-        rows = await engine.executor.submit(
-            engine.store.search, since=started - 1, limit=1000
-        )
+        rows = await engine.executor.submit(engine.store.search, since=started - 1, limit=1000)
         busy = [r for r in rows if r.status in ("received", "queued")]
         pending_files = any(
             p.name.startswith("demo-") for _, f in targets for p in f.iterdir() if p.is_file()

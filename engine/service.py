@@ -151,9 +151,14 @@ class Engine:
         counts = await self.executor.submit(self.store.recover, time.time())
         log.info("recovery: {counts}", counts=counts)
         await self.executor.submit(
-            self.store.audit, "wharf", "start", str(self.root), {"channels": sorted(self.project.channels)}, time.time()
+            self.store.audit,
+            "wharf",
+            "start",
+            str(self.root),
+            {"channels": sorted(self.project.channels)},
+            time.time(),
         )
-        for name, defn in self.project.channels.items():
+        for defn in self.project.channels.values():
             if defn.config.enabled:
                 self._start_channel(Channel(defn, self.project.mappings, REGISTRY))
         self.processor.wake()
@@ -192,7 +197,9 @@ class Engine:
             reactor=self.reactor,
             channel=channel.name,
             base_dir=self.root,
-            ingest=lambda raw, peer, c=channel.name: defer.ensureDeferred(self.ingest(c, raw, peer)),
+            ingest=lambda raw, peer, c=channel.name: defer.ensureDeferred(
+                self.ingest(c, raw, peer)
+            ),
         )
         self.sources[channel.name] = source
         source.start()
@@ -254,7 +261,9 @@ class Engine:
             return IngestOutcome("refused", reason=f"channel '{channel_name}' is not running")
         try:
             if len(raw) > 65536:
-                parsed = await threads.deferToThreadPool(self.reactor, self.pool, channel.decode, raw)
+                parsed = await threads.deferToThreadPool(
+                    self.reactor, self.pool, channel.decode, raw
+                )
             else:
                 parsed = channel.decode(raw)
         except CodecError as exc:
@@ -277,7 +286,11 @@ class Engine:
         except Overloaded as exc:
             return IngestOutcome("refused", reason=f"overloaded: {exc}")
         except StoreError as exc:
-            log.error("store refused an ingest on {channel}: {error}", channel=channel_name, error=str(exc))
+            log.error(
+                "store refused an ingest on {channel}: {error}",
+                channel=channel_name,
+                error=str(exc),
+            )
             return IngestOutcome("refused", reason="store unavailable")
         if result.outcome == "stored":
             self.processor.wake()
@@ -307,7 +320,9 @@ class Engine:
             if current == self.project.fingerprint or current == self.rejected_fingerprint:
                 return False
             try:
-                project = await threads.deferToThreadPool(self.reactor, pool, load_project, self.root)
+                project = await threads.deferToThreadPool(
+                    self.reactor, pool, load_project, self.root
+                )
             except LintFailed as exc:
                 self.rejected_fingerprint = current
                 log.error(

@@ -235,11 +235,11 @@ class Number(Type):
         return out
 
 
-def Int(lo: int | None = None, hi: int | None = None) -> Number:  # noqa: N802
+def Int(lo: int | None = None, hi: int | None = None) -> Number:
     return Number(int, lo, hi)
 
 
-def Float(lo: float | None = None, hi: float | None = None) -> Number:  # noqa: N802
+def Float(lo: float | None = None, hi: float | None = None) -> Number:
     return Number(float, lo, hi)
 
 
@@ -342,14 +342,16 @@ class ListOf(Type):
 
     def parse(self, node: yaml.Node, ctx: Context, path: str) -> Any:
         if self.scalar_ok and not isinstance(node, yaml.SequenceNode):
-            return (self.item.parse(node, ctx, join(path, 0)),)
+            item = self.item.parse(node, ctx, path)
+            return INVALID if item is INVALID else (item,)
         if not isinstance(node, yaml.SequenceNode):
             return self.mismatch(node, ctx, path)
         if len(node.value) < self.min_items:
             return ctx.error(
                 node, path, f"expected at least {self.min_items} item(s) (got {len(node.value)})"
             )
-        return tuple(self.item.parse(n, ctx, join(path, i)) for i, n in enumerate(node.value))
+        items = tuple(self.item.parse(n, ctx, join(path, i)) for i, n in enumerate(node.value))
+        return INVALID if any(i is INVALID for i in items) else items
 
     def schema(self) -> dict[str, Any]:
         return {"type": "array", "items": self.item.schema(), "minItems": self.min_items}
@@ -367,7 +369,7 @@ class MapOf(Type):
         for k, v in node.value:
             key = str(k.value)
             out[key] = self.value.parse(v, ctx, join(path, key))
-        return out
+        return INVALID if any(v is INVALID for v in out.values()) else out
 
     def schema(self) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": self.value.schema()}

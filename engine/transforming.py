@@ -14,6 +14,7 @@ from typing import Any
 from engine.mappings import MISSING, Mappings
 from engine.model import Outbound, to_json_bytes
 
+
 @dataclass
 class TransformContext:
     options: Any

@@ -42,7 +42,7 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
     encounter = msg.get("PV1-19.1")
     if not encounter:
         raise MissingField("PV1-19", "charges and issues are posted against the encounter")
-    seg_name, _, item_path = opts.item_field.partition("-")
+    _, _, item_path = opts.item_field.partition("-")
     item_no, _, comp = item_path.partition(".")
     lines = []
     for i, ft1 in enumerate(msg.all("FT1"), start=1):

@@ -19,7 +19,9 @@ from engine.registry import codec
 from engine.spec import ByteSize, Enum, Field, ListOf, Spec, Str
 
 CONTENT_TYPE = "x-application/hl7-v2+er7"
-_PATH = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?(?:-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?)?$")
+_PATH = re.compile(
+    r"^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?(?:-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?)?$"
+)
 _CHARSETS = {
     "": "utf-8",
     "ASCII": "ascii",
@@ -121,7 +123,9 @@ class Segment:
         fields = self.fields
         return fields[number] if 0 < number < len(fields) else ""
 
-    def get(self, field: int, component: int = 1, sub: int = 1, rep: int = 1, *, whole: bool = False) -> str:
+    def get(
+        self, field: int, component: int = 1, sub: int = 1, rep: int = 1, *, whole: bool = False
+    ) -> str:
         """A value, unescaped. ``whole`` returns the whole field (first repetition) unsplit."""
         value = self.raw(field)
         if not value:
@@ -242,7 +246,9 @@ def tokenize(raw: bytes, default_charset: str = "utf-8") -> Hl7Message:
     enc = text[4:9].split(fs)[0]
     if len(enc) < 4:
         raise CodecError(
-            f"MSH-2 must hold 4 encoding characters (got {enc!r})", location="MSH^1^2", code="bad_msh"
+            f"MSH-2 must hold 4 encoding characters (got {enc!r})",
+            location="MSH^1^2",
+            code="bad_msh",
         )
     sep = Separators(fs, enc[0], enc[1], enc[2], enc[3])
     return Hl7Message(text, sep)
@@ -326,7 +332,9 @@ def make_hl7(options: Any) -> Hl7Codec:
     return Hl7Codec(options)
 
 
-def build_ack(msg: Hl7Message, code: str, text: str = "", error_code: str = "", location: str = "") -> bytes:
+def build_ack(
+    msg: Hl7Message, code: str, text: str = "", error_code: str = "", location: str = ""
+) -> bytes:
     """An original-mode ACK (MSA-1 = code) that echoes MSH-10; swaps sender and receiver."""
     sep = msg.sep
     msh = msg.msh

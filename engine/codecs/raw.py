@@ -13,7 +13,9 @@ from engine.spec import ByteSize, Field, Spec, Str
 RAW_SPEC = Spec(
     "raw",
     [
-        Field("content_type", Str(), "application/octet-stream", "Content type recorded in the store."),
+        Field(
+            "content_type", Str(), "application/octet-stream", "Content type recorded in the store."
+        ),
         Field("max_size", ByteSize(), 10 * 1024 * 1024, "Larger inputs are refused."),
     ],
     description="Bytes as they came. The dedup key is the SHA-256 of the content.",

@@ -31,7 +31,9 @@ DROPFOLDER_SPEC = Spec(
         Field("pattern", Str(), "*", "Glob of file names to take."),
         Field("poll_interval", Duration(lo=0.01), 1.0, "How often to list the folder."),
         Field("min_age", Duration(), 1.0, "Take a file only when unchanged for this long."),
-        Field("processed_dir", Str(), None, "Where committed files go (default `<path>/processed`)."),
+        Field(
+            "processed_dir", Str(), None, "Where committed files go (default `<path>/processed`)."
+        ),
         Field("error_dir", Str(), None, "Where refused files go (default `<path>/error`)."),
         Field("max_file_size", ByteSize(), 10 * 1024 * 1024, "Bigger files go to `error/`."),
         Field("batch", Int(1, 100000), 500, "Most files taken in one poll."),
@@ -46,13 +48,17 @@ DROPFOLDER_SPEC = Spec(
 
 
 class DropFolderSource:
-    def __init__(self, options: Any, *, reactor: Any, channel: str, base_dir: Path, ingest: Ingest) -> None:
+    def __init__(
+        self, options: Any, *, reactor: Any, channel: str, base_dir: Path, ingest: Ingest
+    ) -> None:
         self.options = options
         self.reactor = reactor
         self.channel = channel
         self.ingest = ingest
         self.folder = (base_dir / options.path).resolve()
-        self.processed = (base_dir / (options.processed_dir or f"{options.path}/processed")).resolve()
+        self.processed = (
+            base_dir / (options.processed_dir or f"{options.path}/processed")
+        ).resolve()
         self.errors = (base_dir / (options.error_dir or f"{options.path}/error")).resolve()
         self.inflight: set[str] = set()
         self.taken = 0
@@ -103,7 +109,9 @@ class DropFolderSource:
 
     async def poll(self) -> int:
         """List once and ingest every ready file; returns how many were taken."""
-        names = await threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._ready)
+        names = await threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), self._ready
+        )
         pending = []
         for name in names:
             self.inflight.add(name)
@@ -123,7 +131,9 @@ class DropFolderSource:
             raw = await threads.deferToThreadPool(self.reactor, pool, path.read_bytes)
             outcome: IngestOutcome = await self.ingest(raw, name)
             if outcome.accepted:
-                await threads.deferToThreadPool(self.reactor, pool, self._move, name, self.processed)
+                await threads.deferToThreadPool(
+                    self.reactor, pool, self._move, name, self.processed
+                )
                 self.taken += 1
             elif outcome.kind == "rejected":
                 await threads.deferToThreadPool(
@@ -157,4 +167,6 @@ class DropFolderSource:
 def make_dropfolder(
     options: Any, *, reactor: Any, channel: str, base_dir: Path, ingest: Ingest
 ) -> DropFolderSource:
-    return DropFolderSource(options, reactor=reactor, channel=channel, base_dir=base_dir, ingest=ingest)
+    return DropFolderSource(
+        options, reactor=reactor, channel=channel, base_dir=base_dir, ingest=ingest
+    )

@@ -44,7 +44,9 @@ def subset_problems(expected: Any, actual: Any, path: str = "$") -> list[str]:
         return out
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) < len(expected):
-            return [f"{path}: expected a list of at least {len(expected)} (got {json.dumps(actual)})"]
+            return [
+                f"{path}: expected a list of at least {len(expected)} (got {json.dumps(actual)})"
+            ]
         out = []
         for i, v in enumerate(expected):
             out += subset_problems(v, actual[i], f"{path}[{i}]")

@@ -59,14 +59,20 @@ def test_wrong_type(project_dir: Path) -> None:
     edit(chan, "concurrency: 8", "concurrency: [8]")
     errors = lint_errors(project_dir)
     line = line_of(chan, "concurrency: [8]")
-    assert f"{CHANNEL}:{line}:18: destinations[0].concurrency: expected an integer in 1..1024 (got a list)" in errors
+    assert (
+        f"{CHANNEL}:{line}:18: destinations[0].concurrency: expected an integer in 1..1024 (got a list)"
+        in errors
+    )
 
 
 def test_number_out_of_range(project_dir: Path) -> None:
     """A number outside its range names the range and the value."""
     edit(project_dir / CHANNEL, "concurrency: 8", "concurrency: 70000")
     errors = lint_errors(project_dir)
-    assert any("destinations[0].concurrency: must be an integer in 1..1024 (got 70000)" in e for e in errors)
+    assert any(
+        "destinations[0].concurrency: must be an integer in 1..1024 (got 70000)" in e
+        for e in errors
+    )
 
 
 def test_missing_required_field(project_dir: Path) -> None:
@@ -100,7 +106,9 @@ def test_unset_variable(project_dir: Path) -> None:
     errors = lint_errors(project_dir)
     line = line_of(chan, "${ERP_BASE}")
     assert any(
-        e.startswith(f"{CHANNEL}:{line}:12: destinations[0].http.url: environment variable 'ERP_BASE' is not set")
+        e.startswith(
+            f"{CHANNEL}:{line}:12: destinations[0].http.url: environment variable 'ERP_BASE' is not set"
+        )
         for e in errors
     ), errors
     assert load_project(project_dir, env={"ERP_BASE": "http://erp"}).channels
@@ -123,7 +131,9 @@ def test_unknown_transform(project_dir: Path) -> None:
     errors = lint_errors(project_dir)
     line = line_of(chan, "hl7_usage_to_isue")
     assert any(
-        e.startswith(f"{CHANNEL}:{line}:16: transformer[0].transform: unknown transform 'hl7_usage_to_isue'")
+        e.startswith(
+            f"{CHANNEL}:{line}:16: transformer[0].transform: unknown transform 'hl7_usage_to_isue'"
+        )
         and "did you mean 'hl7_usage_to_issue'?" in e
         for e in errors
     ), errors
@@ -133,7 +143,10 @@ def test_unknown_mapping_table(project_dir: Path) -> None:
     """A transform option naming a missing mapping table is a lint error."""
     edit(project_dir / CHANNEL, "    items: items", "    items: itemz")
     errors = lint_errors(project_dir)
-    assert any("transformer[0].items: no mapping table 'itemz'" in e and "did you mean 'items'?" in e for e in errors)
+    assert any(
+        "transformer[0].items: no mapping table 'itemz'" in e and "did you mean 'items'?" in e
+        for e in errors
+    )
 
 
 def test_bad_mapping_rows(project_dir: Path) -> None:
@@ -145,9 +158,18 @@ def test_bad_mapping_rows(project_dir: Path) -> None:
         fh.write("278000123,ITEM-Z,DUPLICATE,EA,EA,1,true,5410-278,1.00\n")
     errors = lint_errors(project_dir)
     n = len(items.read_text().splitlines())
-    assert f"mappings/items.csv:{n - 2}:1: row 8: expected 9 columns (cdm_code, item_id, description, stock_uom, billing_uom, pack_qty, chargeable, gl_account, unit_cost) (got 3)" in errors
-    assert f"mappings/items.csv:{n - 1}:9: 278000998.unit_cost: expected decimal (got 'twelve')" in errors
-    assert any(e.startswith(f"mappings/items.csv:{n}:1: cdm_code: duplicate key '278000123'") for e in errors)
+    assert (
+        f"mappings/items.csv:{n - 2}:1: row 6: expected 9 columns (cdm_code, item_id, description, stock_uom, billing_uom, pack_qty, chargeable, gl_account, unit_cost) (got 3)"
+        in errors
+    )
+    assert (
+        f"mappings/items.csv:{n - 1}:9: 278000998.unit_cost: expected decimal (got 'twelve')"
+        in errors
+    )
+    assert any(
+        e.startswith(f"mappings/items.csv:{n}:1: cdm_code: duplicate key '278000123'")
+        for e in errors
+    )
 
 
 def test_yaml_syntax_error_has_position(project_dir: Path) -> None:
