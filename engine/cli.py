@@ -103,6 +103,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
             channel=args.channel,
             status=args.status,
             since=now - args.since if args.since else None,
+            until=now - args.until if args.until else None,
             correlation_id=args.correlation_id,
             key=key,
             value=value,
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--channel")
     m.add_argument("--status")
     m.add_argument("--since", type=_duration, help="received within, e.g. 2h")
+    m.add_argument("--until", type=_duration, help="received before this long ago, e.g. 30m")
     m.add_argument("--correlation-id")
     m.add_argument("--key", help="business key, e.g. encounter=ENC-998877")
     m.add_argument("--limit", type=int, default=50)

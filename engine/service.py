@@ -60,31 +60,30 @@ class Processor:
 
     async def _run(self) -> None:
         executor, store = self.engine.executor, self.engine.store
+        sem = defer.DeferredSemaphore(self.parallel)
         while not self.stopped:
             self._again = False
-            ids = await executor.submit(store.received_ids, 256)
+            ids: list[str] = []
+            for name in list(self.engine.channels):
+                ids += await executor.submit(store.received_ids, 256, name)
             ids = [i for i in ids if i not in self.inflight]
             if not ids:
                 return
-            sem = defer.DeferredSemaphore(self.parallel)
             work = [sem.run(lambda i=i: defer.ensureDeferred(self._one(i))) for i in ids]
-            await defer.gatherResults(work, consumeErrors=True)
+            done = await defer.gatherResults(work, consumeErrors=True)
+            if not any(done):
+                return  # nothing could be processed now; the next wake tries again
 
-    async def _one(self, message_id: str) -> None:
+    async def _one(self, message_id: str) -> bool:
         self.inflight.add(message_id)
         try:
             executor, store = self.engine.executor, self.engine.store
             row, raw = await executor.submit(_load, store, message_id)
             if row is None or row.status != "received":
-                return
+                return False
             channel = self.engine.channels.get(row.channel)
             if channel is None:
-                log.warn(
-                    "message {id} waits: channel {channel} is not loaded",
-                    id=message_id,
-                    channel=row.channel,
-                )
-                return
+                return False  # channel stopped meanwhile; recovery or the next start runs it
             result: Result = await threads.deferToThreadPool(
                 self.engine.reactor, self.pool, channel.process, raw, message_id, row.correlation_id
             )
@@ -110,6 +109,7 @@ class Processor:
                 )
             if result.outbound:
                 self.engine.wake_destinations(row.channel)
+            return True
         finally:
             self.inflight.discard(message_id)
 

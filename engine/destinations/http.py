@@ -421,8 +421,8 @@ class HttpDestination:
 
         def on_timeout() -> None:
             timed_out[0] = True
-            if current and not current[-1].called:
-                current[-1].cancel()
+            if current:
+                current[-1].cancel()  # forwarded to a Deferred it waits on; no-op once fired
 
         timer = self.reactor.callLater(self.options.timeout, on_timeout)
         try:
