@@ -23,6 +23,7 @@ from engine.delivery import DeliveryPolicy, DeliveryWorker
 from engine.errors import CodecError, LintFailed, Overloaded, StoreError
 from engine.model import Inbound
 from engine.registry import REGISTRY
+from engine.router import Listener
 from engine.sources import IngestOutcome
 from engine.store import SqliteStore, StoreExecutor
 
@@ -135,6 +136,7 @@ class Engine:
         self.executor = StoreExecutor(self.store, reactor)
         self.channels: dict[str, Channel] = {}
         self.sources: dict[str, Any] = {}
+        self.listeners: dict[str, Listener] = {}
         self.workers: dict[tuple[str, str], DeliveryWorker] = {}
         self.pool = ThreadPool(1, self.project.settings.pipeline_threads, name="wharf-pipeline")
         self.processor = Processor(self, self.pool, self.project.settings.pipeline_threads * 2)
@@ -161,6 +163,8 @@ class Engine:
         for defn in self.project.channels.values():
             if defn.config.enabled:
                 self._start_channel(Channel(defn, self.project.mappings, REGISTRY))
+        for config in self.project.settings.listeners:
+            self._start_listener(config)
         self.processor.wake()
         self._sweep = task.LoopingCall(self.processor.wake)  # picks up CLI replays
         self._sweep.clock = self.reactor
@@ -175,6 +179,8 @@ class Engine:
         self._reload_call = None
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
+        for name in list(self.listeners):
+            await self._stop_listener(name)
         for name in list(self.channels):
             await self._stop_channel(name)
         await self.processor.stop()
@@ -203,6 +209,24 @@ class Engine:
         )
         self.sources[channel.name] = source
         source.start()
+
+    def _start_listener(self, config: Any) -> None:
+        listener = Listener(config, REGISTRY)
+        self.listeners[config.name] = listener
+        factory = REGISTRY.get("source", config.source.name).factory
+        source = factory(
+            config.source.options,
+            reactor=self.reactor,
+            channel=f"listener:{config.name}",
+            base_dir=self.root,
+            ingest=lambda raw, peer, n=config.name: defer.ensureDeferred(self.route(n, raw, peer)),
+        )
+        self.sources[f"listener:{config.name}"] = source
+        source.start()
+
+    async def _stop_listener(self, name: str) -> None:
+        await self._stop_source(f"listener:{name}")
+        self.listeners.pop(name, None)
 
     def _start_worker(self, channel: str, dest: Any) -> None:
         comp = dest.component
@@ -254,25 +278,54 @@ class Engine:
                 worker.wake()
 
     # -- ingest ---------------------------------------------------------------------------
-    async def ingest(self, channel_name: str, raw: bytes, peer: str) -> IngestOutcome:
+    async def _decode(self, decode: Any, raw: bytes) -> Any:
+        """Parse on the reactor when small (µs), on the pipeline pool when large."""
+        if len(raw) > 65536:
+            return await threads.deferToThreadPool(self.reactor, self.pool, decode, raw)
+        return decode(raw)
+
+    async def route(self, listener_name: str, raw: bytes, peer: str) -> IngestOutcome:
+        """Decode once with the listener's codec, pick the channel by its routes, store."""
+        listener = self.listeners.get(listener_name)
+        if listener is None:
+            return IngestOutcome("refused", reason=f"listener '{listener_name}' is not running")
+        try:
+            parsed = await self._decode(listener.decode, raw)
+        except CodecError as exc:
+            return _rejected(exc)
+        channel = listener.pick(parsed)
+        if channel is None:
+            return IngestOutcome(
+                "rejected",
+                reason=f"no route of listener '{listener_name}' takes this message "
+                f"(type {parsed.message_type or 'unknown'})",
+            )
+        return await self.ingest(
+            channel, raw, peer, parsed=parsed, source=f"listener:{listener_name}"
+        )
+
+    async def ingest(
+        self,
+        channel_name: str,
+        raw: bytes,
+        peer: str,
+        *,
+        parsed: Any = None,
+        source: str | None = None,
+    ) -> IngestOutcome:
         """Decode, validate and durably store one inbound message; the source answers after."""
         channel = self.channels.get(channel_name)
         if channel is None:
             return IngestOutcome("refused", reason=f"channel '{channel_name}' is not running")
-        try:
-            if len(raw) > 65536:
-                parsed = await threads.deferToThreadPool(
-                    self.reactor, self.pool, channel.decode, raw
-                )
-            else:
-                parsed = channel.decode(raw)
-        except CodecError as exc:
-            where = f" at {exc.location}" if exc.location else ""
-            return IngestOutcome("rejected", reason=f"{exc.code}{where}: {exc.message}")
+        if parsed is None:
+            try:
+                parsed = await self._decode(channel.decode, raw)
+            except CodecError as exc:
+                return _rejected(exc)
         src = channel.config.source
         inbound = Inbound(
             channel=channel_name,
-            source=src.name if src is not None else "api",
+            source=source or (src.name if src is not None else "api"),
             raw=raw,
             content_type=parsed.content_type,
             received_at=time.time(),
@@ -339,6 +392,10 @@ class Engine:
         self.project = project
         self.rejected_fingerprint = None
         wanted = {n: d for n, d in project.channels.items() if d.config.enabled}
+        new_listeners = {c.name: c for c in project.settings.listeners}
+        for name, listener in list(self.listeners.items()):
+            if name not in new_listeners or _strip(listener.config) != _strip(new_listeners[name]):
+                await self._stop_listener(name)
         for name in list(self.channels):
             if name not in wanted:
                 await self._stop_channel(name)
@@ -361,6 +418,9 @@ class Engine:
             for dname, dcfg in new_dests.items():
                 if (name, dname) not in self.workers:
                     self._start_worker(name, dcfg)
+        for lname, lconfig in new_listeners.items():
+            if lname not in self.listeners:
+                self._start_listener(lconfig)
         await self.executor.submit(
             self.store.audit,
             "wharf",
@@ -371,6 +431,11 @@ class Engine:
         )
         log.info("reloaded: {n} channel(s) running", n=len(self.channels))
         self.processor.wake()
+
+
+def _rejected(exc: CodecError) -> IngestOutcome:
+    where = f" at {exc.location}" if exc.location else ""
+    return IngestOutcome("rejected", reason=f"{exc.code}{where}: {exc.message}")
 
 
 def _changed(old: dict[str, float], new: dict[str, float]) -> list[str]:
@@ -385,7 +450,7 @@ def _strip(config: Any) -> Any:
         return tuple(
             (f.name, _strip(getattr(config, f.name)))
             for f in dataclasses.fields(config)
-            if f.name != "where"
+            if f.name not in ("where", "positions")
         )
     if isinstance(config, tuple | list):
         return tuple(_strip(c) for c in config)

@@ -477,7 +477,9 @@ class Spec(Type):
             extra.append(("options", None))
         self.config_class = dataclasses.make_dataclass(
             "".join(p.capitalize() for p in re.split(r"[^A-Za-z0-9]", name) if p) + "Config",
-            [(f.name, Any) for f in self.fields] + [(n, Any) for n, _ in extra] + [("where", str)],
+            [(f.name, Any) for f in self.fields]
+            + [(n, Any) for n, _ in extra]
+            + [("where", str), ("positions", Any)],
             frozen=True,
         )
 
@@ -491,6 +493,7 @@ class Spec(Type):
         if not isinstance(node, yaml.MappingNode):
             return self.mismatch(node, ctx, path)
         values: dict[str, Any] = {}
+        positions: dict[str, str] = {}
         seen: dict[str, yaml.Node] = {}
         component_nodes: list[tuple[yaml.Node, yaml.Node]] = []
         rest: list[tuple[yaml.Node, yaml.Node]] = []
@@ -508,6 +511,7 @@ class Spec(Type):
                 ok = False
                 continue
             seen[key] = key_node
+            positions[key] = ctx.where(value_node)
             field = self.by_name.get(key)
             if field is not None:
                 value = field.type.parse(value_node, ctx, join(path, key))
@@ -584,7 +588,7 @@ class Spec(Type):
                 del key_node
         if not ok:
             return INVALID
-        config = self.config_class(**values, where=ctx.where(node))
+        config = self.config_class(**values, where=ctx.where(node), positions=positions)
         if self.check is not None:
             before = len(ctx.errors)
             self.check(config, ctx, node, path)

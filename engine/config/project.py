@@ -6,6 +6,7 @@ a :class:`Project`, or raises :class:`~engine.errors.LintFailed` with every erro
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from engine.spec import (
     MapOf,
     Spec,
     Str,
+    did_you_mean,
     join,
 )
 
@@ -184,9 +186,42 @@ RETENTION_SPEC = Spec(
     description="Prune messages in these statuses older than this.",
 )
 
+ROUTE_SPEC = Spec(
+    "route",
+    [
+        Field(
+            "when", ListOf(Component("filter")), (), "Filters that must all pass (none: always)."
+        ),
+        Field("channel", NAME, description="The channel that takes a matching message."),
+    ],
+    description="One routing rule of a listener; the first rule that matches wins.",
+)
+
+LISTENER_SPEC = Spec(
+    "listener",
+    [
+        Field("name", NAME, description="Listener name, shown in logs and the store."),
+        Field("source", Component("source"), description="Where messages come from."),
+        Field("codec", Component("codec"), None, "How bytes are parsed (default `raw`)."),
+        Field("routes", ListOf(ROUTE_SPEC, min_items=1), description="Rules, in order."),
+    ],
+    description=(
+        "A source shared by several channels: each message is decoded once and the first route "
+        "whose `when` filters all pass picks its channel. A message no route takes is refused "
+        "(a drop-folder file goes to `error/` with the reason). Routed channels have no "
+        "`source:` of their own and take the listener's codec."
+    ),
+    example="listeners:\n  - name: pou_inbox\n    source:\n"
+    "      dropfolder: {path: var/inbox/pou}\n"
+    "    codec: {hl7v2: {}}\n    routes:\n"
+    "      - when: [{message_type: {any_of: [DFT^P03]}}]\n        channel: usage_to_erp\n"
+    "      - channel: other_hl7",
+)
+
 ROUTES_SPEC = Spec(
     "routes",
     [
+        Field("listeners", ListOf(LISTENER_SPEC), (), "Shared sources with content-based routes."),
         Field("store", Str(), "var/wharf.db", "SQLite store file, relative to the project root."),
         Field("retention", ListOf(RETENTION_SPEC), (), "Pruning rules run by `wharf prune`."),
         Field("reload_interval", Duration(), 2.0, "How often to look for changed files (0 = off)."),
@@ -288,6 +323,89 @@ def load_project(
                     )
                 )
         channels = {n: c for n, c in channels.items() if n in settings.channels}
+    if settings is not INVALID:
+        channels = _wire_listeners(settings, channels, errors)
     if errors:
         raise LintFailed(errors)
     return Project(root, settings, channels, mappings, fingerprint(root))
+
+
+def error_at(where: str, path: str, message: str) -> ConfigError:
+    """A ConfigError at a ``file:line:col`` recorded on a parsed config."""
+    file, _, rest = where.partition(":")
+    line, _, col = rest.partition(":")
+    return ConfigError(
+        message,
+        file=file,
+        line=int(line) if line.isdigit() else None,
+        column=int(col) if col.isdigit() else None,
+        path=path,
+    )
+
+
+def _wire_listeners(
+    settings: Any, channels: dict[str, ChannelDef], errors: list[ConfigError]
+) -> dict[str, ChannelDef]:
+    """Check each route's channel; routed channels take the listener's codec."""
+    names: dict[str, int] = {}
+    fed_by: dict[str, str] = {}
+    for i, listener in enumerate(settings.listeners):
+        base = f"listeners[{i}]"
+        if listener.name in names:
+            errors.append(
+                error_at(
+                    listener.positions["name"], f"{base}.name", f"listener '{listener.name}' twice"
+                )
+            )
+        names[listener.name] = i
+        for j, route in enumerate(listener.routes):
+            path = f"{base}.routes[{j}].channel"
+            defn = channels.get(route.channel)
+            if defn is None:
+                errors.append(
+                    error_at(
+                        route.positions["channel"],
+                        path,
+                        f"no channel '{route.channel}' in channels/ (have: {', '.join(channels)})"
+                        f"{did_you_mean(route.channel, channels)}",
+                    )
+                )
+                continue
+            cfg = defn.config
+            if cfg.source is not None:
+                errors.append(
+                    error_at(
+                        route.positions["channel"],
+                        path,
+                        f"channel '{route.channel}' has its own source ({defn.file}); "
+                        "a routed channel must not declare `source:`",
+                    )
+                )
+                continue
+            other = fed_by.get(route.channel)
+            if other is not None and other != listener.name:
+                errors.append(
+                    error_at(
+                        route.positions["channel"],
+                        path,
+                        f"channel '{route.channel}' is also fed by '{other}'",
+                    )
+                )
+                continue
+            fed_by[route.channel] = listener.name
+            codec = listener.codec
+            if cfg.codec is not None and (codec is None or cfg.codec.name != codec.name):
+                errors.append(
+                    error_at(
+                        cfg.codec.where,
+                        "codec",
+                        f"expected the codec of listener '{listener.name}' "
+                        f"({codec.name if codec else 'raw'}) (got {cfg.codec.name})",
+                    )
+                )
+                continue
+            if cfg.codec is None and codec is not None:
+                channels[route.channel] = dataclasses.replace(
+                    defn, config=dataclasses.replace(cfg, codec=codec)
+                )
+    return channels
