@@ -68,7 +68,7 @@ FILE_SPEC = Spec(
             "dir",
             Str(),
             description="Directory to write to (created if missing); relative paths are "
-            "relative to the channel file's directory.",
+            "relative to the project root.",
             example="/var/spool/wharf/outbound/erp",
         ),
         Field(

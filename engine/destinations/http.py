@@ -149,7 +149,7 @@ HTTP_SPEC = Spec(
             Str(),
             None,
             "PEM bundle of the CAs trusted for this destination instead of the system store "
-            "(as curl --cacert), e.g. an internal ERP's CA. Relative to the channel file.",
+            "(as curl --cacert), e.g. an internal ERP's CA. Relative to the project root.",
             "certs/erp-ca.pem",
         ),
         Field(
@@ -417,7 +417,6 @@ class HttpDestination:
 
         current: list[Deferred[Any]] = []
         timed_out = [False]
-        phase = ["request"]
 
         def on_timeout() -> None:
             timed_out[0] = True
@@ -440,7 +439,6 @@ class HttpDestination:
                 response = await request_d
             except Exception as e:
                 raise self._transport_error(e, timed_out[0], origin) from None
-            phase[0] = "body"
             reader = _BodyReader(self.options.max_response)
             current.append(reader.finished)
             response.deliverBody(reader)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import pathlib
+import shutil
+import tempfile
 from typing import Any
 
 import pytest
@@ -28,7 +30,11 @@ from engine.errors import DeliveryError
 from engine.model import Delivery
 from engine.spec import Context
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # Twisted's PrivateCertificate.options() still hands pyOpenSSL objects to pyOpenSSL.
+    pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning"),
+]
 
 
 def options(**values: Any) -> Any:
@@ -152,6 +158,14 @@ def self_signed(tmp: pathlib.Path) -> tuple[PrivateCertificate, pathlib.Path]:
 
 
 class HttpDestinationTests(unittest.TestCase):
+    timeout = 10  # seconds per test (trial)
+
+    def tmpdir(self) -> pathlib.Path:
+        """A fresh temporary directory, removed after the test (not under the cwd)."""
+        path = pathlib.Path(tempfile.mkdtemp(prefix="wharf-http-"))
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
     def setUp(self) -> None:
         self.recorder = Recorder()
         self.site = TrackingFactory(server.Site(self.recorder))
@@ -166,7 +180,7 @@ class HttpDestinationTests(unittest.TestCase):
             reactor=reactor,
             channel="erp",
             name="orders",
-            base_dir=pathlib.Path(self.mktemp()),
+            base_dir=self.tmpdir(),
             environ=environ or {},
         )
         # Runs before the server cleanups (LIFO): client side closes first.
@@ -212,7 +226,6 @@ class HttpDestinationTests(unittest.TestCase):
         yield defer.ensureDeferred(dest.send(delivery()))
         yield defer.ensureDeferred(dest.send(delivery(id=2)))
         self.assertEqual([r["method"] for r in self.recorder.requests], [b"PUT", b"PUT"])
-        self.assertEqual(self.site.buildProtocol.__self__, self.site)
         self.assertEqual(len(self.site.protocols), 1)
 
     @defer.inlineCallbacks
@@ -225,7 +238,9 @@ class HttpDestinationTests(unittest.TestCase):
             basic_password_env="ERP_PW",
         )
         yield defer.ensureDeferred(dest.send(delivery()))
-        self.assertEqual(self.recorder.requests[0]["headers"]["authorization"], "Basic d2hhcmY6cHc=")
+        self.assertEqual(
+            self.recorder.requests[0]["headers"]["authorization"], "Basic d2hhcmY6cHc="
+        )
 
     @defer.inlineCallbacks
     def test_missing_token_variable_is_permanent_and_names_it(self) -> Any:
@@ -313,7 +328,7 @@ class HttpDestinationTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_https_with_ca_file(self) -> Any:
         """HTTPS to a server with a self-signed certificate works when ca_file holds it."""
-        cert, ca_path = self_signed(pathlib.Path(self.mktemp()).absolute())
+        cert, ca_path = self_signed(self.tmpdir())
         tls_site = TrackingFactory(server.Site(self.recorder))
         port = reactor.listenSSL(0, tls_site, cert.options(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -328,7 +343,7 @@ class HttpDestinationTests(unittest.TestCase):
     def test_https_untrusted_certificate_is_retryable_tls_failure(self) -> Any:
         """Without ca_file the self-signed certificate is not trusted: a retryable TLS
         failure that is not ambiguous (the handshake failed, nothing was sent)."""
-        cert, _ = self_signed(pathlib.Path(self.mktemp()).absolute())
+        cert, _ = self_signed(self.tmpdir())
         tls_site = TrackingFactory(server.Site(self.recorder))
         port = reactor.listenSSL(0, tls_site, cert.options(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -343,7 +358,7 @@ class HttpDestinationTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_tls_verify_false_accepts_any_certificate(self) -> Any:
         """tls_verify: false (test rigs only) accepts an untrusted certificate."""
-        cert, _ = self_signed(pathlib.Path(self.mktemp()).absolute())
+        cert, _ = self_signed(self.tmpdir())
         tls_site = TrackingFactory(server.Site(self.recorder))
         port = reactor.listenSSL(0, tls_site, cert.options(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -384,3 +399,24 @@ class HttpSpecTests(unittest.SynchronousTestCase):
         self.assertIn("headers.Authorization:", errors)
         self.assertIn("basic_user and basic_password_env must be given together", errors)
         self.assertIn("ca_file needs tls_verify: true", errors)
+
+
+class ClassificationTests(unittest.SynchronousTestCase):
+    def test_timeout_while_connecting_is_not_ambiguous(self) -> None:
+        """Our timeout cancelling the connect attempt (ConnectingCancelledError from the
+        endpoint) means nothing was sent: retryable, not ambiguous."""
+        from twisted.internet import address, error
+
+        dest = HttpDestination(
+            options(url="http://erp.invalid/api", timeout=1),
+            reactor=reactor,
+            channel="erp",
+            name="orders",
+            base_dir=pathlib.Path("."),
+        )
+        self.addCleanup(dest.close)
+        exc = error.ConnectingCancelledError(address.IPv4Address("TCP", "10.0.0.1", 80))
+        err = dest._transport_error(exc, True, "http://erp.invalid")
+        self.assertTrue(err.retryable)
+        self.assertFalse(err.ambiguous)
+        self.assertIn("before connecting", err.message)
