@@ -7,10 +7,14 @@ thread, never on the reactor.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import responder
 from engine.codecs.base import Parsed
+from engine.codecs.hl7ack import is_enhanced
+from engine.codecs.hl7v2 import CONTENT_TYPE, Hl7Message
 from engine.config.project import ChannelDef
 from engine.errors import CodecError, TransformError, WharfError
 from engine.mappings import Mappings
@@ -72,16 +76,34 @@ class Channel:
         return self.codec.decode(raw)
 
     def process(self, raw: bytes, message_id: str, correlation_id: str) -> Result:
-        """Decode, filter and transform; never raises for a message's own faults."""
+        """Decode, filter and transform; never raises for a message's own faults.
+
+        With ``application_ack`` set and an HL7 message whose MSH-16 asks for it, the
+        enhanced-mode application ACK (AA, or AE with the error) joins the outbound payloads.
+        """
+        parsed, result = self._process(raw, message_id, correlation_id)
+        msg = parsed.value if parsed is not None else None
+        if self.config.application_ack and isinstance(msg, Hl7Message) and is_enhanced(msg):
+            ack = responder.application_ack(msg, result.error)
+            if ack is not None:
+                extra = Outbound(
+                    self.config.application_ack, ack, CONTENT_TYPE, meta={"kind": "app_ack"}
+                )
+                result = dataclasses.replace(result, outbound=[*result.outbound, extra])
+        return result
+
+    def _process(
+        self, raw: bytes, message_id: str, correlation_id: str
+    ) -> tuple[Parsed | None, Result]:
         try:
             parsed = self.decode(raw)
         except CodecError as exc:
-            return Result(
+            return None, Result(
                 ERROR, error=f"CodecError: {exc.message}", error_location=f"{self.defn.file} codec"
             )
         for f, predicate in self.filters:
             if not predicate(parsed):
-                return Result(FILTERED, error_location=f"{f.where} filter ({f.name})")
+                return parsed, Result(FILTERED, error_location=f"{f.where} filter ({f.name})")
         body: Any = parsed.value
         ctx = TransformContext(None, self.mappings, self.name, message_id, correlation_id)
         for step in self.steps:
@@ -89,20 +111,20 @@ class Channel:
             try:
                 body = step.fn(body, ctx)
             except TransformError as exc:
-                return Result(ERROR, error=str(exc), error_location=step.where)
+                return parsed, Result(ERROR, error=str(exc), error_location=step.where)
             except WharfError as exc:
-                return Result(
+                return parsed, Result(
                     ERROR, error=f"{type(exc).__name__}: {exc}", error_location=step.where
                 )
             except Exception as exc:  # a plugin bug: keep the message, say where
-                return Result(
+                return parsed, Result(
                     ERROR,
                     error=f"{type(exc).__name__} in transform: {exc}",
                     error_location=step.where,
                 )
         unknown = sorted({d for d, *_ in ctx.emitted} - set(self.destinations))
         if unknown:
-            return Result(
+            return parsed, Result(
                 ERROR,
                 error=f"transform emitted to unknown destination(s) {', '.join(unknown)} "
                 f"(channel has: {', '.join(self.destinations) or 'none'})",
@@ -114,4 +136,4 @@ class Channel:
         elif body is not None:
             transformed = encode_payload(body, None)[0]
         outbound = outbound_for(self.destinations, body, ctx, parsed.content_type)
-        return Result(SENT, transformed, outbound, ctx.keys)
+        return parsed, Result(SENT, transformed, outbound, ctx.keys)

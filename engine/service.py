@@ -17,6 +17,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from engine import responder
 from engine.channel import Channel, Result
 from engine.config.project import Project, fingerprint, load_project
 from engine.delivery import DeliveryPolicy, DeliveryWorker
@@ -204,7 +205,7 @@ class Engine:
             channel=channel.name,
             base_dir=self.root,
             ingest=lambda raw, peer, c=channel.name: defer.ensureDeferred(
-                self.ingest(c, raw, peer)
+                self.ingest(c, raw, peer, answers=self._answers(c))
             ),
         )
         self.sources[channel.name] = source
@@ -219,10 +220,16 @@ class Engine:
             reactor=self.reactor,
             channel=f"listener:{config.name}",
             base_dir=self.root,
-            ingest=lambda raw, peer, n=config.name: defer.ensureDeferred(self.route(n, raw, peer)),
+            ingest=lambda raw, peer, n=config.name: defer.ensureDeferred(
+                self.route(n, raw, peer, answers=self._answers(f"listener:{n}"))
+            ),
         )
         self.sources[f"listener:{config.name}"] = source
         source.start()
+
+    def _answers(self, source_key: str) -> bool:
+        """Whether this source replies to its sender (an MLLP listener does; a folder doesn't)."""
+        return bool(getattr(self.sources.get(source_key), "answers", False))
 
     async def _stop_listener(self, name: str) -> None:
         await self._stop_source(f"listener:{name}")
@@ -284,7 +291,9 @@ class Engine:
             return await threads.deferToThreadPool(self.reactor, self.pool, decode, raw)
         return decode(raw)
 
-    async def route(self, listener_name: str, raw: bytes, peer: str) -> IngestOutcome:
+    async def route(
+        self, listener_name: str, raw: bytes, peer: str, *, answers: bool = False
+    ) -> IngestOutcome:
         """Decode once with the listener's codec, pick the channel by its routes, store."""
         listener = self.listeners.get(listener_name)
         if listener is None:
@@ -292,16 +301,18 @@ class Engine:
         try:
             parsed = await self._decode(listener.decode, raw)
         except CodecError as exc:
-            return _rejected(exc)
+            return _rejected(exc, raw, answers)
         channel = listener.pick(parsed)
         if channel is None:
-            return IngestOutcome(
-                "rejected",
-                reason=f"no route of listener '{listener_name}' takes this message "
+            exc = CodecError(
+                f"no route of listener '{listener_name}' takes this message "
                 f"(type {parsed.message_type or 'unknown'})",
+                location="MSH^1^9",
+                code="unsupported_message_type",
             )
+            return _rejected(exc, raw, answers)
         return await self.ingest(
-            channel, raw, peer, parsed=parsed, source=f"listener:{listener_name}"
+            channel, raw, peer, parsed=parsed, source=f"listener:{listener_name}", answers=answers
         )
 
     async def ingest(
@@ -312,16 +323,29 @@ class Engine:
         *,
         parsed: Any = None,
         source: str | None = None,
+        answers: bool = False,
     ) -> IngestOutcome:
-        """Decode, validate and durably store one inbound message; the source answers after."""
+        """Decode, validate and durably store one inbound message; the source answers after.
+
+        ``answers``: the source replies to the sender (MLLP), so the outcome carries the reply
+        bytes: built before the commit and stored with the message (replayed byte for byte to
+        a resend), or, for ``respond_from`` after_transform / destinations_completed, built when
+        the pipeline got that far.
+        """
         channel = self.channels.get(channel_name)
         if channel is None:
-            return IngestOutcome("refused", reason=f"channel '{channel_name}' is not running")
+            reply = responder.refused(raw, parsed, "channel not running") if answers else None
+            return IngestOutcome(
+                "refused", reason=f"channel '{channel_name}' is not running", response=reply
+            )
         if parsed is None:
             try:
                 parsed = await self._decode(channel.decode, raw)
             except CodecError as exc:
-                return _rejected(exc)
+                return _rejected(exc, raw, answers)
+        respond_from = channel.config.respond_from
+        wait = answers and responder.waits_for_pipeline(parsed, respond_from)
+        response = responder.commit_reply(parsed) if answers and not wait else None
         src = channel.config.source
         inbound = Inbound(
             channel=channel_name,
@@ -333,21 +357,57 @@ class Engine:
             control_id=parsed.control_id,
             dedup_key=parsed.dedup_key,
             dedup_window=channel.dedup_window,
+            response=response,
         )
         try:
             result = await self.executor.ingest(inbound)
-        except Overloaded as exc:
-            return IngestOutcome("refused", reason=f"overloaded: {exc}")
-        except StoreError as exc:
-            log.error(
-                "store refused an ingest on {channel}: {error}",
-                channel=channel_name,
-                error=str(exc),
-            )
-            return IngestOutcome("refused", reason="store unavailable")
+        except (Overloaded, StoreError) as exc:
+            reason = "over capacity" if isinstance(exc, Overloaded) else "store unavailable"
+            if not isinstance(exc, Overloaded):
+                log.error(
+                    "store refused an ingest on {channel}: {error}",
+                    channel=channel_name,
+                    error=str(exc),
+                )
+            reply = responder.refused(raw, parsed, reason) if answers else None
+            return IngestOutcome("refused", reason=reason, response=reply)
         if result.outcome == "stored":
             self.processor.wake()
-        return IngestOutcome(result.outcome, result.message_id, result.response)
+        if not answers:
+            return IngestOutcome(result.outcome, result.message_id, result.response)
+        if result.outcome == "conflict":
+            reply = responder.conflict(parsed)
+            await self.executor.submit(self.store.set_response, result.message_id, reply)
+            return IngestOutcome("conflict", result.message_id, reply)
+        if result.response is not None:  # a resend: the original's answer, byte for byte
+            return IngestOutcome(result.outcome, result.message_id, result.response)
+        if not wait and result.outcome == "stored":
+            return IngestOutcome("stored", result.message_id, response)
+        reply = await self._await_answer(
+            result.message_id, raw, parsed, respond_from, channel.config.respond_timeout
+        )
+        return IngestOutcome(result.outcome, result.message_id, reply)
+
+    async def _await_answer(
+        self, message_id: str, raw: bytes, parsed: Any, respond_from: str, timeout: float
+    ) -> bytes:
+        """Poll until the pipeline reached ``respond_from``; store and return the final ACK."""
+        deadline = self.reactor.seconds() + timeout
+        delay = 0.002
+        done = ("filtered", "sent", "error", "conflict")
+        while True:
+            row, stored = await self.executor.submit(_row_and_response, self.store, message_id)
+            if stored is not None:
+                return stored
+            if row is not None and (
+                row.status in done or (respond_from == "after_transform" and row.status == "queued")
+            ):
+                reply = responder.final(parsed, row.status, row.error, row.error_location)
+                return await self.executor.submit(_set_response_once, self.store, message_id, reply)
+            if self.reactor.seconds() >= deadline:
+                return responder.pending(raw, parsed, timeout)
+            await task.deferLater(self.reactor, delay, lambda: None)
+            delay = min(delay * 2, 0.1)
 
     # -- hot reload ----------------------------------------------------------------------
     def _reload_tick(self) -> None:
@@ -433,9 +493,23 @@ class Engine:
         self.processor.wake()
 
 
-def _rejected(exc: CodecError) -> IngestOutcome:
+def _rejected(exc: CodecError, raw: bytes = b"", answers: bool = False) -> IngestOutcome:
     where = f" at {exc.location}" if exc.location else ""
-    return IngestOutcome("rejected", reason=f"{exc.code}{where}: {exc.message}")
+    reply = responder.rejected(raw, exc) if answers else None
+    return IngestOutcome("rejected", reason=f"{exc.code}{where}: {exc.message}", response=reply)
+
+
+def _row_and_response(store: SqliteStore, message_id: str) -> tuple[Any, bytes | None]:
+    return store.get_message(message_id), store.get_content(message_id, "response")
+
+
+def _set_response_once(store: SqliteStore, message_id: str, reply: bytes) -> bytes:
+    """Runs on the store thread: the first answer stored wins, so every resend gets it."""
+    existing = store.get_content(message_id, "response")
+    if existing is not None:
+        return existing
+    store.set_response(message_id, reply)
+    return reply
 
 
 def _changed(old: dict[str, float], new: dict[str, float]) -> list[str]:

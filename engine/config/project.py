@@ -139,6 +139,13 @@ def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> Non
     for i, name in enumerate(names):
         if name in names[:i]:
             ctx.error(node, join(join(path, "destinations"), i), f"destination '{name}' twice")
+    if config.application_ack is not None and config.application_ack not in names:
+        ctx.error(
+            node,
+            "application_ack",
+            f"no destination '{config.application_ack}' in this channel "
+            f"(have: {', '.join(names) or 'none'}){did_you_mean(config.application_ack, names)}",
+        )
     for i, t in enumerate(config.tests):
         if (t.input is None) == (t.input_text is None):
             ctx.error(node, f"tests[{i}]", "expected exactly one of input, input_text")
@@ -169,7 +176,20 @@ CHANNEL_SPEC = Spec(
             "respond_from",
             Enum("after_store", "after_transform", "destinations_completed"),
             "after_store",
-            "When a source that answers (MLLP, HTTP) gives its answer.",
+            "When a source that answers (MLLP) gives its answer in original mode: after the "
+            "commit (AA), after the transform (AA/AE), or when every destination finished.",
+        ),
+        Field(
+            "respond_timeout",
+            Duration(lo=0.01),
+            30.0,
+            "How long after_transform / destinations_completed wait; then AR (send again).",
+        ),
+        Field(
+            "application_ack",
+            NAME,
+            None,
+            "Destination (MLLP) that takes enhanced-mode application ACKs when MSH-16 asks.",
         ),
         Field("tests", ListOf(TEST_SPEC), (), "Channel tests, run by `wharf test` and pytest."),
     ],

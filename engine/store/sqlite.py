@@ -329,7 +329,11 @@ class SqliteStore:
                 self._put_content(conn, message_id, "transformed", transformed, now)
             self._replace_business_keys(conn, message_id, business_keys)
             self._replace_outbox(conn, message_id, channel, correlation_id, outbound, now)
-            final = self._rolled_up_status(conn, message_id) if outbound else status
+            # A pipeline error stays an error even when something (an application ACK) goes out.
+            if outbound and status != model.ERROR:
+                final = self._rolled_up_status(conn, message_id)
+            else:
+                final = status
             conn.execute(
                 "UPDATE messages SET status = ?, error = ?, error_location = ?, updated_at = ? "
                 "WHERE id = ?",
@@ -529,6 +533,9 @@ class SqliteStore:
         return model.QUEUED
 
     def _roll_up(self, conn: sqlite3.Connection, message_id: str, now: float) -> None:
+        current = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if current is None or current[0] != model.QUEUED:
+            return  # only a message waiting on its deliveries takes their outcome
         status = self._rolled_up_status(conn, message_id)
         error = location = None
         if status == model.ERROR:
