@@ -135,5 +135,7 @@ class Channel:
             body = raw  # no transform: forward the bytes as they came
         elif body is not None:
             transformed = encode_payload(body, None)[0]
-        outbound = outbound_for(self.destinations, body, ctx, parsed.content_type)
+        # The application-ACK destination takes ACKs only, never the message body.
+        targets = [d for d in self.destinations if d != self.config.application_ack]
+        outbound = outbound_for(targets, body, ctx, parsed.content_type)
         return parsed, Result(SENT, transformed, outbound, ctx.keys)
