@@ -144,7 +144,7 @@ class Engine:
         self._reload_call: Any = None
         self._reloading = False
         self._sweep: task.LoopingCall | None = None
-        self.rejected_fingerprint: dict[str, float] | None = None
+        self.rejected_fingerprint: dict[str, Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -512,7 +512,7 @@ def _set_response_once(store: SqliteStore, message_id: str, reply: bytes) -> byt
     return reply
 
 
-def _changed(old: dict[str, float], new: dict[str, float]) -> list[str]:
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 

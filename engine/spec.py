@@ -619,7 +619,21 @@ class Spec(Type):
             lines.append("")
         if self.example:
             lines += ["Example:", "", "```yaml", self.example.strip(), "```", ""]
+        for f in self.fields:
+            nested = _nested_spec(f.type)
+            if nested is not None:
+                lines.append(
+                    nested.to_markdown(heading + "#").replace(
+                        f"{heading}# `{nested.name}`", f"{heading}# `{self.name}.{f.name}`", 1
+                    )
+                )
         return "\n".join(lines)
+
+
+def _nested_spec(type_: Type) -> Spec | None:
+    while isinstance(type_, ListOf | MapOf):
+        type_ = type_.item if isinstance(type_, ListOf) else type_.value
+    return type_ if isinstance(type_, Spec) and type_.fields else None
 
 
 def _render_default(value: Any) -> str:
@@ -627,6 +641,13 @@ def _render_default(value: Any) -> str:
         return "null"
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = (
+            f"{f.name}: {_render_default(getattr(value, f.name))}"
+            for f in dataclasses.fields(value)
+            if f.name not in ("where", "positions")
+        )
+        return "{" + ", ".join(items) + "}"
     return str(value)
 
 

@@ -8,7 +8,6 @@ count from 1. MSH-1 is the field separator and MSH-2 the encoding characters, as
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -214,7 +213,11 @@ def _charset(raw: bytes) -> str:
     fs = head[3:4]
     parts = head.split(fs)
     # parts[0] = b"MSH", parts[1] = encoding chars -> MSH-n is parts[n-1]
-    value = parts[17].decode("ascii", "replace").split("^")[0].strip() if len(parts) > 17 else ""
+    enc = parts[1] if len(parts) > 1 else b"^~"
+    comp, rep = chr(enc[0]) if enc else "^", chr(enc[1]) if len(enc) > 1 else "~"
+    raw18 = parts[17].decode("ascii", "replace") if len(parts) > 17 else ""
+    # The first repetition is the default character set (HL7 v2.5.1 §2.15.9.18).
+    value = raw18.split(rep)[0].split(comp)[0].strip()
     try:
         return _CHARSETS[value.upper()]
     except KeyError:
@@ -330,36 +333,3 @@ class Hl7Codec:
 @codec("hl7v2", HL7_SPEC)
 def make_hl7(options: Any) -> Hl7Codec:
     return Hl7Codec(options)
-
-
-def build_ack(
-    msg: Hl7Message, code: str, text: str = "", error_code: str = "", location: str = ""
-) -> bytes:
-    """An original-mode ACK (MSA-1 = code) that echoes MSH-10; swaps sender and receiver."""
-    sep = msg.sep
-    msh = msg.msh
-    fs, cs = sep.field, sep.component
-    now = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-    trigger = msh.get(9, 2)
-    fields = [
-        "MSH",
-        sep.encoding_characters,
-        msh.raw(5),
-        msh.raw(6),
-        msh.raw(3),
-        msh.raw(4),
-        now,
-        "",
-        f"ACK{cs}{trigger}{cs}ACK" if trigger else "ACK",
-        f"ACK{msg.control_id}"[:20],
-        msh.raw(11),
-        msh.raw(12),
-    ]
-    segs = [fs.join(fields), fs.join(["MSA", code, msh.raw(10)])]
-    if code not in ("AA", "CA"):
-        segs.append(fs.join(["ERR", "", location, error_code, "E", "", "", "", escape(text, sep)]))
-    return ("\r".join(segs) + "\r").encode(_charset_name(msg))
-
-
-def _charset_name(msg: Hl7Message) -> str:
-    return _CHARSETS.get(msg.msh.get(18).upper(), "utf-8")

@@ -265,22 +265,24 @@ class Project:
     settings: Any
     channels: dict[str, ChannelDef]
     mappings: Mappings
-    fingerprint: dict[str, float] = field(default_factory=dict)
+    fingerprint: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def fingerprint(root: Path) -> dict[str, float]:
-    """Modification times of every file whose change triggers a reload."""
-    out: dict[str, float] = {}
+def fingerprint(root: Path) -> dict[str, tuple[int, int]]:
+    """Modification time and size of every file whose change triggers a reload."""
+    out: dict[str, tuple[int, int]] = {}
     for rel in ("routes.yaml",):
         p = root / rel
         if p.exists():
-            out[rel] = p.stat().st_mtime_ns
+            st = p.stat()
+            out[rel] = (st.st_mtime_ns, st.st_size)
     for folder in ("channels", "mappings"):
         d = root / folder
         if d.is_dir():
             for p in sorted(d.iterdir()):
                 if p.is_file():
-                    out[f"{folder}/{p.name}"] = p.stat().st_mtime_ns
+                    st = p.stat()
+                    out[f"{folder}/{p.name}"] = (st.st_mtime_ns, st.st_size)
     return out
 
 
@@ -291,6 +293,8 @@ def load_project(
 ) -> Project:
     root = Path(root).resolve()
     env = dict(os.environ) if env is None else env
+    # Taken before reading, so an edit made while loading is seen by the next reload check.
+    seen = fingerprint(root)
     errors: list[ConfigError] = []
     mappings, map_errors = load_mappings(root / "mappings", root)
     errors += map_errors
@@ -347,7 +351,7 @@ def load_project(
         channels = _wire_listeners(settings, channels, errors)
     if errors:
         raise LintFailed(errors)
-    return Project(root, settings, channels, mappings, fingerprint(root))
+    return Project(root, settings, channels, mappings, seen)
 
 
 def error_at(where: str, path: str, message: str) -> ConfigError:

@@ -41,7 +41,9 @@ DROPFOLDER_SPEC = Spec(
     ],
     description=(
         "Polls a local folder. Files move to `processed/` only after the store's commit; "
-        "refused files move to `error/` with a reason file."
+        "refused files move to `error/` with a reason file. Names starting with `.` are never "
+        "taken: a writer should write `.name.part` and rename it when complete (or rely on "
+        "`min_age`). Narrow `pattern` (e.g. `*.hl7`) so that other temporary names are skipped."
     ),
     example="source:\n  dropfolder:\n    path: var/inbox/usage\n    min_age: 500ms",
 )

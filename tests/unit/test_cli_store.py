@@ -55,7 +55,7 @@ def test_search_by_business_key_status_and_show(
     project_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Search finds messages by business key and status; --show lists deliveries, no body."""
-    store, ids = fill(project_dir)
+    _, ids = fill(project_dir)
     assert run(project_dir, "messages", "--key", "encounter=ENC-1") == 0
     out = capsys.readouterr().out
     assert ids[0] in out and ids[1] not in out

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
+from engine.codecs.hl7ack import AckError, make_ack
 from engine.codecs.hl7v2 import (
     HL7_SPEC,
     Hl7Codec,
     Separators,
-    build_ack,
     escape,
     make_hl7,
     tokenize,
@@ -352,6 +352,13 @@ def test_dedup_key_is_sending_application_facility_and_control_id() -> None:
 # -- acknowledgments --------------------------------------------------------------------------
 
 
+def build_ack(
+    msg: Any, code: str, text: str = "", error_code: str = "207", location: str = ""
+) -> bytes:
+    error = AckError(text, error_code, location) if code not in ("AA", "CA") else None
+    return make_ack(msg, code, error)
+
+
 def _ack(raw: bytes, *args: str) -> Any:
     return tokenize(build_ack(tokenize(raw), *args))
 
@@ -383,7 +390,9 @@ def test_ack_ae_has_an_err_segment_with_location_code_and_escaped_text() -> None
     err = ack.segment("ERR")
     assert err is not None
     assert err.raw(2) == "PV1^1^19"
-    assert ack.get("ERR-3") == "101"
+    assert ack.get("ERR-3.1") == "101"
+    assert ack.get("ERR-3.2") == "Required field missing"
+    assert ack.get("ERR-3.3") == "HL70357"
     assert ack.get("ERR-4") == "E"
     assert b"bad \\F\\ value \\S\\ here" in ack_bytes
     assert ack.get("ERR-8") == "bad | value ^ here"
@@ -397,3 +406,28 @@ def test_ack_keeps_the_message_character_set() -> None:
     ack_bytes = build_ack(tokenize(raw), "AE", "Ungültig")
     assert "Ungültig".encode("latin-1") in ack_bytes
     assert "Ungültig".encode() not in ack_bytes
+
+
+def test_ack_declares_the_character_set_it_is_encoded_in() -> None:
+    """An ACK in Latin-1 carries MSH-18 so that it can be read back (HL7 v2.5.1 §2.15.9.18)."""
+    raw = header(charset="8859/1").encode() + b"\rPID|1\r"
+    ack_bytes = build_ack(tokenize(raw), "AE", "Müller")
+    ack = tokenize(ack_bytes)
+    assert ack.get("MSH-18") == "8859/1"
+    assert ack.get("ERR-8") == "Müller"
+
+
+def test_ack_err_location_uses_the_message_delimiters() -> None:
+    """ERR-2 components are separated by the inbound component separator (HL7 v2.5.1 §2.5.4)."""
+    raw = (
+        "MSH#$*!%#POU#GENHOSP#WHARF#ERP#20260115103000##DFT$P03#C-9#P#2.5.1\rPID#1\r"
+    ).encode()
+    ack = tokenize(build_ack(tokenize(raw), "AE", "bad", "101", "PV1^1^19"))
+    assert ack.sep.component == "$"
+    assert [ack.get("ERR-2.1"), ack.get("ERR-2.2"), ack.get("ERR-2.3")] == ["PV1", "1", "19"]
+
+
+def test_repeated_msh18_takes_the_first_repetition() -> None:
+    """MSH-18 may repeat; the first repetition is the default character set (§2.15.9.18)."""
+    raw = (header(charset="8859/1~UNICODE UTF-8") + "\rPID|1||||Gómez\r").encode("latin-1")
+    assert tokenize(raw).get("PID-5") == "Gómez"
