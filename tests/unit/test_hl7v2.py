@@ -419,9 +419,7 @@ def test_ack_declares_the_character_set_it_is_encoded_in() -> None:
 
 def test_ack_err_location_uses_the_message_delimiters() -> None:
     """ERR-2 components are separated by the inbound component separator (HL7 v2.5.1 §2.5.4)."""
-    raw = (
-        "MSH#$*!%#POU#GENHOSP#WHARF#ERP#20260115103000##DFT$P03#C-9#P#2.5.1\rPID#1\r"
-    ).encode()
+    raw = b"MSH#$*!%#POU#GENHOSP#WHARF#ERP#20260115103000##DFT$P03#C-9#P#2.5.1\rPID#1\r"
     ack = tokenize(build_ack(tokenize(raw), "AE", "bad", "101", "PV1^1^19"))
     assert ack.sep.component == "$"
     assert [ack.get("ERR-2.1"), ack.get("ERR-2.2"), ack.get("ERR-2.3")] == ["PV1", "1", "19"]
