@@ -19,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 
 from engine import responder
 from engine.channel import Channel, Result
+from engine.codecs.hl7v2 import Hl7Codec, batch_ack, is_batch, split_batch
 from engine.config.project import Project, fingerprint, load_project
 from engine.delivery import DeliveryPolicy, DeliveryWorker
 from engine.errors import CodecError, LintFailed, Overloaded, StoreError
@@ -205,7 +206,7 @@ class Engine:
             channel=channel.name,
             base_dir=self.root,
             ingest=lambda raw, peer, c=channel.name: defer.ensureDeferred(
-                self.ingest(c, raw, peer, answers=self._answers(c))
+                self.receive(c, raw, peer)
             ),
         )
         self.sources[channel.name] = source
@@ -221,7 +222,7 @@ class Engine:
             channel=f"listener:{config.name}",
             base_dir=self.root,
             ingest=lambda raw, peer, n=config.name: defer.ensureDeferred(
-                self.route(n, raw, peer, answers=self._answers(f"listener:{n}"))
+                self.receive(f"listener:{n}", raw, peer)
             ),
         )
         self.sources[f"listener:{config.name}"] = source
@@ -290,6 +291,55 @@ class Engine:
         if len(raw) > 65536:
             return await threads.deferToThreadPool(self.reactor, self.pool, decode, raw)
         return decode(raw)
+
+    async def receive(self, source_key: str, raw: bytes, peer: str) -> IngestOutcome:
+        """What a source calls: one message, or an HL7 batch split into its messages."""
+        answers = self._answers(source_key)
+        if source_key.startswith("listener:"):
+            name = source_key.removeprefix("listener:")
+            listener = self.listeners.get(name)
+            codec = listener.codec if listener else None
+
+            def one(data: bytes) -> Any:
+                return self.route(name, data, peer, answers=answers)
+        else:
+            channel = self.channels.get(source_key)
+            codec = channel.codec if channel else None
+
+            def one(data: bytes) -> Any:
+                return self.ingest(source_key, data, peer, answers=answers)
+
+        if isinstance(codec, Hl7Codec) and is_batch(raw):
+            return await self._receive_batch(raw, one, answers)
+        return await one(raw)
+
+    async def _receive_batch(self, raw: bytes, one: Any, answers: bool) -> IngestOutcome:
+        """Each message of a batch is stored on its own (one group commit); one batch reply.
+
+        A batch with a refused message is refused whole (the sender resends; what was stored
+        is then a duplicate); one with a rejected message is rejected naming which, after the
+        good ones were stored, so a corrected resend adds only what was missing.
+        """
+        try:
+            envelope, messages = split_batch(raw)
+        except CodecError as exc:
+            return _rejected(exc, raw, answers)
+        outcomes = await defer.gatherResults(
+            [defer.ensureDeferred(one(m)) for m in messages], consumeErrors=True
+        )
+        reply = None
+        if answers:
+            reply = batch_ack(envelope, [o.response for o in outcomes if o.response])
+        problems = [
+            f"message {i} of {len(outcomes)}: {o.reason}"
+            for i, o in enumerate(outcomes, 1)
+            if not o.accepted
+        ]
+        if any(o.kind == "refused" for o in outcomes):
+            return IngestOutcome("refused", reason="; ".join(problems), response=reply)
+        if problems:
+            return IngestOutcome("rejected", reason="; ".join(problems), response=reply)
+        return IngestOutcome("stored", reason=f"batch of {len(outcomes)}", response=reply)
 
     async def route(
         self, listener_name: str, raw: bytes, peer: str, *, answers: bool = False

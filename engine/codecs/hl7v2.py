@@ -8,6 +8,7 @@ count from 1. MSH-1 is the field separator and MSH-2 the encoding characters, as
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -333,3 +334,59 @@ class Hl7Codec:
 @codec("hl7v2", HL7_SPEC)
 def make_hl7(options: Any) -> Hl7Codec:
     return Hl7Codec(options)
+
+
+_BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+
+
+def is_batch(raw: bytes) -> bool:
+    """An HL7 batch file or batch (FHS/BHS envelope) rather than a single message."""
+    return raw[:3] in (b"FHS", b"BHS")
+
+
+def split_batch(raw: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Split a batch into (envelope segments, messages); each message keeps its own bytes.
+
+    FHS/BHS/BTS/FTS are envelope; each MSH starts a message (HL7 v2.5.1 §2.10.3). The split is
+    on segment ends only, so any character set with ASCII separators is kept byte for byte.
+    """
+    envelope: list[bytes] = []
+    messages: list[list[bytes]] = []
+    for seg in re.split(rb"\r\n|\r|\n", raw):
+        if not seg.strip():
+            continue
+        if seg[:3] in _BATCH_SEGMENTS:
+            envelope.append(seg)
+        elif seg[:3] == b"MSH":
+            messages.append([seg])
+        elif messages:
+            messages[-1].append(seg)
+        else:
+            raise CodecError(
+                f"expected MSH after the batch header (got {seg[:3]!r})",
+                location="BHS",
+                code="bad_msh",
+            )
+    return envelope, [b"\r".join(m) + b"\r" for m in messages]
+
+
+def batch_ack(envelope: list[bytes], acks: list[bytes]) -> bytes:
+    """Wrap per-message ACKs in BHS/BTS (and FHS/FTS when the batch had a file header)."""
+    header = next((e for e in envelope if e[:3] == b"BHS"), None) or next(
+        (e for e in envelope if e[:3] == b"FHS"), b"BHS|^~\\&"
+    )
+    fs = header[3:4] or b"|"
+    parts = header.split(fs)
+    enc = parts[1] if len(parts) > 1 else b"^~\\&"
+
+    def part(n: int) -> bytes:  # BHS-n (BHS-1 is the separator)
+        return parts[n - 1] if 1 < n <= len(parts) else b""
+
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime()).encode()
+    bhs = fs.join([b"BHS", enc, part(5), part(6), part(3), part(4), stamp])
+    body = b"".join(a if a.endswith(b"\r") else a + b"\r" for a in acks)
+    out = bhs + b"\r" + body + fs.join([b"BTS", str(len(acks)).encode()]) + b"\r"
+    if any(e[:3] == b"FHS" for e in envelope):
+        fhs = fs.join([b"FHS", enc, part(5), part(6), part(3), part(4), stamp])
+        out = fhs + b"\r" + out + fs.join([b"FTS", b"1"]) + b"\r"
+    return out
