@@ -1,0 +1,203 @@
+"""MLLP benchmark: durable ``after_store`` ACKs from Wharf against a bare Twisted MLLP server.
+
+N concurrent senders (default 1, 8, 32) each send one DFT^P03 and wait for its ACK before the
+next, for a fixed time. The same load generator drives, in the same run:
+
+* baseline: a bare Twisted MLLP server (subprocess) that returns a fixed ACK without parsing
+  or storing anything;
+* wharf: ``wharf run`` (subprocess) with an MLLP channel answering AA after the group commit
+  (SQLite WAL, synchronous=FULL), the pipeline then marking each message processed.
+
+It prints messages per second, p50/p99 ACK latency, and Wharf's rate as a ratio of the
+baseline's. Absolute figures vary on shared machines; the ratio is the figure to compare.
+
+    python bench/mllp_ack.py [--seconds 5] [--senders 1,8,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.internet import defer, protocol, reactor, task
+
+ROOT = Path(__file__).resolve().parents[1]
+SB, EB = b"\x0b", b"\x1c\x0d"
+
+BARE_SERVER = r"""
+import sys
+from twisted.internet import protocol, reactor
+ACK = (b"\x0bMSH|^~\\&|WHARF|GENHOSP|POU|GENHOSP|20260101000000||ACK^P03^ACK|A1|P|2.5.1\r"
+       b"MSA|AA|X\r\x1c\x0d")
+class Bare(protocol.Protocol):
+    def connectionMade(self):
+        self.buf = b""
+    def dataReceived(self, data):
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\x1c\x0d")
+            if end < 0:
+                return
+            self.buf = self.buf[end + 2:]
+            self.transport.write(ACK)
+f = protocol.Factory.forProtocol(Bare)
+port = reactor.listenTCP(0, f, interface="127.0.0.1")
+print(port.getHost().port, flush=True)
+reactor.run()
+"""
+
+CHANNEL = """\
+description: MLLP benchmark channel (durable ACK after the group commit)
+source:
+  mllp: {{listen: "tcp:{port}:interface=127.0.0.1", max_connections: 1000}}
+codec: {{hl7v2: {{}}}}
+respond_from: after_store
+"""
+
+
+def message(sender: int, seq: int) -> bytes:
+    text = (
+        "MSH|^~\\&|POU_CABINET|GENHOSP|WHARF|GENHOSP|20260115103000||DFT^P03^DFT_P03|"
+        f"B{os.getpid()}-{sender}-{seq}|P|2.5.1\r"
+        "EVN|P03|20260115103000\r"
+        "PID|1||MRN12345^^^GENHOSP^MR||DOE^JANE||19600101|F\r"
+        "PV1|1|O|OR^OR05^01^GENHOSP||||||||||||||||ENC-998877^^^GENHOSP^VN\r"
+        f"FT1|1|CU-{sender}-{seq}||20260115093000|20260115103000|CG|278000123^BONE SCREW^99CDM"
+        "|||2||||||OR^OR05^01^GENHOSP\r"
+    )
+    return SB + text.encode() + EB
+
+
+class Sender(protocol.Protocol):
+    """Sends one message, waits for its ACK frame, sends the next, until the deadline."""
+
+    def __init__(self, ident: int, deadline: float, latencies: list[float], done: defer.Deferred):
+        self.ident, self.deadline, self.latencies, self.done = ident, deadline, latencies, done
+        self.seq = 0
+        self.buf = b""
+
+    def connectionMade(self) -> None:
+        self.send()
+
+    def send(self) -> None:
+        self.seq += 1
+        self.sent_at = time.perf_counter()
+        self.transport.write(message(self.ident, self.seq))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buf += data
+        while EB in self.buf:
+            frame, _, self.buf = self.buf.partition(EB)
+            if b"MSA|AA" not in frame and b"MSA|CA" not in frame:
+                raise RuntimeError(f"not an AA: {frame[:200]!r}")
+            self.latencies.append(time.perf_counter() - self.sent_at)
+            if time.perf_counter() < self.deadline:
+                self.send()
+            else:
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason: object) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+async def load(port: int, senders: int, seconds: float) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    start = time.perf_counter()
+    deadline = start + seconds
+    waits = []
+    for i in range(senders):
+        done: defer.Deferred = defer.Deferred()
+        creator = protocol.ClientCreator(reactor, Sender, i, deadline, latencies, done)
+        await creator.connectTCP("127.0.0.1", port)
+        waits.append(done)
+    await defer.gatherResults(waits)
+    return time.perf_counter() - start, latencies
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_wharf(tmp: Path) -> tuple[subprocess.Popen, int]:
+    project = tmp / "project"
+    (project / "channels").mkdir(parents=True)
+    port = free_port()
+    (project / "routes.yaml").write_text("store: var/wharf.db\nreload_interval: 0\n")
+    (project / "channels/mllp_bench.yaml").write_text(CHANNEL.format(port=port))
+    wharf = Path(sys.executable).parent / "wharf"
+    log = open(tmp / "wharf.log", "w")
+    env = {**os.environ, "WHARF_LOG_LEVEL": "warn"}
+    cmd = [str(wharf), "--root", str(project), "run"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+    wait_port(port)
+    return proc, port
+
+
+def start_bare() -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    return proc, port
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+async def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
+    bare, bare_port = start_bare()
+    wharf, wharf_port = start_wharf(tmp)
+    try:
+        print(f"MLLP ACK benchmark, {args.seconds:g}s per run, 2 cores shared by client and server")
+        print(f"{'senders':>7} {'server':>8} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7}")
+        for n in args.senders:
+            rates = {}
+            for name, port in (("bare", bare_port), ("wharf", wharf_port)):
+                elapsed, lat = await load(port, n, args.seconds)
+                rates[name] = len(lat) / elapsed
+                ratio = f"{rates['wharf'] / rates['bare']:.2f}" if name == "wharf" else ""
+                print(
+                    f"{n:>7} {name:>8} {rates[name]:>9.0f} {pct(lat, 0.5):>8.2f} "
+                    f"{pct(lat, 0.99):>8.2f} {ratio:>7}",
+                    flush=True,
+                )
+        print("ratio = wharf msg/s / bare msg/s in the same run (durable ACK vs fixed ACK)")
+    finally:
+        for proc in (bare, wharf):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--senders", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    p.add_argument("--keep", action="store_true")
+    args = p.parse_args()
+    task.react(lambda _r: defer.ensureDeferred(main(args)))
