@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from engine import uploads
 from engine.registry import source
 from engine.sources import Ingest, IngestOutcome
 from engine.spec import ByteSize, Duration, Field, Int, Spec, Str
@@ -102,6 +103,8 @@ class DropFolderSource:
                     continue
                 if not entry.is_file(follow_symlinks=False):
                     continue
+                if uploads.is_open(entry.path):
+                    continue  # still being written by our own SFTP server
                 st = entry.stat(follow_symlinks=False)
                 if now - st.st_mtime < self.options.min_age:
                     continue
