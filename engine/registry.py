@@ -70,6 +70,7 @@ BUILTINS = (
     "engine.codecs.hl7v2",
     "engine.filters",
     "engine.sources.dropfolder",
+    "engine.sources.mllp",
     "engine.destinations.http",
     "engine.destinations.file",
     "transforms",

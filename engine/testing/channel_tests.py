@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import responder
 from engine.channel import Channel
-from engine.codecs.hl7v2 import Hl7Codec
+from engine.codecs.hl7v2 import Hl7Message, tokenize
 from engine.config.project import ChannelDef, Project
 from engine.errors import CodecError
 from engine.model import new_id
@@ -81,7 +82,7 @@ def run_test(project: Project, defn: ChannelDef, index: int) -> TestOutcome:
     if exp.error_contains is not None and exp.error_contains not in (result.error or ""):
         fail(f"error: expected text containing {exp.error_contains!r} (got {result.error!r})")
     if exp.response_code is not None:
-        code = _response_code(channel, raw)
+        code = _response_code(channel, raw, result)
         if code != exp.response_code:
             fail(f"response_code: expected {exp.response_code} (got {code})")
     by_dest: dict[str, list[Any]] = {d: [] for d in channel.destinations}
@@ -105,14 +106,20 @@ def run_test(project: Project, defn: ChannelDef, index: int) -> TestOutcome:
     return outcome
 
 
-def _response_code(channel: Channel, raw: bytes) -> str:
-    if isinstance(channel.codec, Hl7Codec):
-        try:
-            channel.decode(raw)
-        except CodecError:
-            return "AR"
-        return "AA"
-    return "none"
+def _response_code(channel: Channel, raw: bytes, result: Any) -> str:
+    """MSA-1 of the answer an MLLP source would give for this input (``none`` if not HL7)."""
+    try:
+        parsed = channel.decode(raw)
+    except CodecError as exc:
+        reply = responder.rejected(raw, exc)
+    else:
+        if not isinstance(parsed.value, Hl7Message):
+            return "none"
+        if responder.waits_for_pipeline(parsed, channel.config.respond_from):
+            reply = responder.final(parsed, result.status, result.error, result.error_location)
+        else:
+            reply = responder.commit_reply(parsed)
+    return (tokenize(reply).get("MSA-1") or "none") if reply else "none"
 
 
 def run_all(project: Project, names: list[str] | None = None) -> list[TestOutcome]:

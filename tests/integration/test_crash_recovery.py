@@ -107,6 +107,7 @@ def test_kill_9_midway_then_restart_delivers_every_message_once_per_key(
             procs=[first],
         )
         first.kill9()
+        fed_at_kill = fed[0]
         killed.set()
         t_kill = time.monotonic()
         seen_at_kill = len(read_ndjson(record))
@@ -114,12 +115,12 @@ def test_kill_9_midway_then_restart_delivers_every_message_once_per_key(
         with open_store(db) as store:
             at_kill = store.counts()
         print(
-            f"\ncrash: SIGKILL after {t_kill - t0:.1f}s with {fed[0]} files fed, "
+            f"\ncrash: SIGKILL after {t_kill - t0:.1f}s with {fed_at_kill} files fed, "
             f"{seen_at_kill} requests at the ERP, {waiting_at_kill} files still in the inbox, "
             f"store {at_kill}"
         )
         unfinished = at_kill["messages"].get("received", 0) + at_kill["messages"].get("queued", 0)
-        assert seen_at_kill < TOTAL and (waiting_at_kill or unfinished or fed[0] < TOTAL), (
+        assert seen_at_kill < TOTAL and (waiting_at_kill or unfinished or fed_at_kill < TOTAL), (
             "the crash came too late: everything was already done"
         )
 
@@ -202,4 +203,7 @@ def test_kill_9_midway_then_restart_delivers_every_message_once_per_key(
         }
         leftovers = hidden_files(archive)
         if leftovers:
-            print(f"note: {len(leftovers)} temporary file(s) left in the archive by the crash")
+            names = [p.name for p in leftovers]
+            print(
+                f"note: {len(leftovers)} temporary file(s) left in the archive by the crash: {names}"
+            )
