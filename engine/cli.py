@@ -132,7 +132,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not args.channel:
             print("replay: give a message id, or --channel with --all-errors", file=sys.stderr)
             return 2
-        ids = [r.id for r in store.search(channel=args.channel, status="error", limit=1_000_000)]
+        # Oldest first, so that a key's deliveries go out again in their original order.
+        rows = store.search(channel=args.channel, status="error", limit=1_000_000)
+        ids = [r.id for r in reversed(rows)]
         done = 0
         for i, mid in enumerate(ids, 1):
             r = store.replay(mid, destination=args.destination, actor=args.user, now=now)

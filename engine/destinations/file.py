@@ -9,6 +9,8 @@ reactor thread.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import pathlib
 import tempfile
@@ -106,6 +108,11 @@ def write_atomically(directory: pathlib.Path, filename: str, data: bytes, fsync:
     """Write ``data`` to ``directory/filename`` so that readers see the old file or the whole
     new one, never a part. Blocking: call it off the reactor thread."""
     directory.mkdir(parents=True, exist_ok=True)
+    # A crash between mkstemp and rename leaves a temp file; this delivery is held by one
+    # worker under its lease, so an earlier attempt's leftovers are safe to remove now.
+    for stale in directory.glob(f".{glob.escape(filename)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:

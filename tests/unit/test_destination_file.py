@@ -162,3 +162,13 @@ class FileDestinationTests(unittest.SynchronousTestCase):
         ctx = Context("<test>")
         FILE_SPEC.parse(yaml.compose("{dir: out, filename: 'sub/{message_id}'}"), ctx, "")
         self.assertIn("put the directory in 'dir'", str(ctx.errors[0]))
+
+
+def test_leftover_temp_files_of_a_crashed_attempt_are_removed(tmp_path: pathlib.Path) -> None:
+    """A temp file left by a crash between write and rename is cleaned up by the next attempt."""
+    from engine.destinations.file import write_atomically
+
+    (tmp_path / ".k1.json.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".other.json.x.tmp").write_bytes(b"not ours")
+    write_atomically(tmp_path, "k1.json", b"{}", fsync=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.x.tmp", "k1.json"]
