@@ -20,6 +20,7 @@ from twisted.logger import (
 )
 
 DEMO_PORT = 8089
+MLLP_SAMPLES = ("dft_p03_stent_cath.hl7", "dft_p03_latin1.hl7", "broken/unsupported_version.hl7")
 
 
 def _start_logging() -> None:
@@ -104,6 +105,10 @@ async def demo(engine: Any, root: Path, reactor: Any) -> bool:
             os.replace(tmp, folder / f"demo-{int(started)}-{path.name}")
             dropped.append(path.name)
         print(f"demo: dropped {len(samples) + len(broken)} sample(s) into {folder}")
+    for name, src in engine.sources.items():
+        if getattr(src, "answers", False) and getattr(src, "port", None) is not None:
+            picks = [root / "samples/hl7" / n for n in MLLP_SAMPLES]
+            await send_over_mllp(name, src.port.getHost().port, picks, reactor)
     deadline = time.time() + 60
     rows: list[Any] = []
     while time.time() < deadline:
@@ -120,7 +125,7 @@ async def demo(engine: Any, root: Path, reactor: Any) -> bool:
         deliveries = await engine.executor.submit(engine.store.deliveries_for, r.id)
         where = ", ".join(f"{d['destination']}={d['status']}" for d in deliveries) or "-"
         note = f"  ({r.error})" if r.error else ""
-        print(f"  {r.control_id or '-':<14} {r.status:<8} {where}{note}")
+        print(f"  {r.channel:<12} {r.control_id or '-':<14} {r.status:<8} {where}{note}")
     for _, folder in targets:
         errors = sorted(p.name for p in (folder / "error").glob("*.reason.txt"))
         for name in errors:
@@ -132,3 +137,41 @@ async def demo(engine: Any, root: Path, reactor: Any) -> bool:
         "var/demo-erp/received.ndjson. Drop more files into the inbox, or Ctrl-C to stop."
     )
     return sent > 0
+
+
+async def send_over_mllp(channel: str, port: int, paths: list[Path], reactor: Any) -> None:
+    """Send a few samples to an MLLP listener, the way a hospital system would, and show the
+    ACKs; the second send of the first sample shows a resend answered with the same ACK."""
+    from twisted.internet import endpoints, protocol
+
+    from engine.codecs.hl7v2 import tokenize
+    from engine.sources.mllp import EB, SB
+
+    class Client(protocol.Protocol):
+        def __init__(self) -> None:
+            self.buf = b""
+            self.waiting: defer.Deferred | None = None
+
+        def dataReceived(self, data: bytes) -> None:
+            self.buf += data
+            if EB in self.buf and self.waiting is not None:
+                ack, _, self.buf = self.buf.partition(EB)
+                d, self.waiting = self.waiting, None
+                d.callback(ack.lstrip(SB))
+
+        def send(self, raw: bytes) -> defer.Deferred:
+            self.waiting = defer.Deferred()
+            self.transport.write(SB + raw + EB)
+            return self.waiting
+
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    client = await endpoints.connectProtocol(endpoint, Client())
+    print(f"demo: sending {len(paths) + 1} message(s) over MLLP to {channel} on port {port}")
+    for path in [paths[0], *paths]:
+        ack = tokenize(await client.send(path.read_bytes()))
+        err = ack.get("ERR-8") or ack.get("MSA-3") or ""
+        print(
+            f"  {path.name:<34} -> MSA-1 {ack.get('MSA-1')} MSA-2 {ack.get('MSA-2') or '-'} "
+            f"(ACK {ack.get('MSH-10')}) {err}"
+        )
+    client.transport.loseConnection()
