@@ -10,6 +10,8 @@ commits the result together with the outbox rows; delivery workers drain the out
 from __future__ import annotations
 
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +34,46 @@ from engine.store import SqliteStore, StoreExecutor
 log = Logger()
 
 
+@dataclass(frozen=True)
+class Work:
+    """A stored message waiting for the pipeline."""
+
+    id: str
+    channel: str
+    correlation_id: str
+    raw: bytes
+
+
 class Processor:
-    """Runs stored messages through their channel, off the reactor thread."""
+    """Runs stored messages through their channel, off the reactor thread.
+
+    Fresh ingests are handed over in memory (no store read); a sweep of the store finds what a
+    crash, a replay or an unloaded channel left in ``received``. Each batch is two store jobs at
+    most (load, for swept messages only; record, one commit for the whole batch).
+    """
 
     def __init__(self, engine: Engine, pool: ThreadPool, parallel: int) -> None:
         self.engine = engine
         self.pool = pool
         self.parallel = parallel
         self.inflight: set[str] = set()
+        self.queue: deque[Work] = deque()
+        self._sweep = True  # the first pass is a recovery sweep
         self._running: defer.Deferred | None = None
         self._again = False
         self.stopped = False
         self.processed = 0
+
+    def enqueue(self, work: Work) -> None:
+        """A message just committed: process it without reading it back."""
+        self.inflight.add(work.id)
+        self.queue.append(work)
+        self.wake()
+
+    def sweep(self) -> None:
+        """Look in the store for messages still ``received`` (recovery, replays)."""
+        self._sweep = True
+        self.wake()
 
     def wake(self) -> None:
         if self.stopped:
@@ -62,59 +92,90 @@ class Processor:
             self.wake()
 
     async def _run(self) -> None:
-        executor, store = self.engine.executor, self.engine.store
-        sem = defer.DeferredSemaphore(self.parallel)
         while not self.stopped:
             self._again = False
-            ids: list[str] = []
-            for name in list(self.engine.channels):
-                ids += await executor.submit(store.received_ids, 256, name)
-            ids = [i for i in ids if i not in self.inflight]
-            if not ids:
+            batches: list[list[Work]] = []
+            while self.queue and len(batches) < self.parallel:
+                n = min(BATCH, len(self.queue))
+                batches.append([self.queue.popleft() for _ in range(n)])
+            if not batches and self._sweep:
+                self._sweep = False
+                batches = await self._swept()
+            if not batches:
                 return
-            work = [sem.run(lambda i=i: defer.ensureDeferred(self._one(i))) for i in ids]
-            done = await defer.gatherResults(work, consumeErrors=True)
-            if not any(done):
-                return  # nothing could be processed now; the next wake tries again
+            work = [defer.ensureDeferred(self._batch(b)) for b in batches]
+            await defer.gatherResults(work, consumeErrors=True)
 
-    async def _one(self, message_id: str) -> bool:
-        self.inflight.add(message_id)
+    async def _swept(self) -> list[list[Work]]:
+        executor, store = self.engine.executor, self.engine.store
+        ids: list[str] = []
+        for name in list(self.engine.channels):
+            ids += await executor.submit(store.received_ids, 256, name)
+        ids = [i for i in ids if i not in self.inflight]
+        if not ids:
+            return []
+        self.inflight.update(ids)
         try:
-            executor, store = self.engine.executor, self.engine.store
-            row, raw = await executor.submit(_load, store, message_id)
-            if row is None or row.status != "received":
-                return False
-            channel = self.engine.channels.get(row.channel)
-            if channel is None:
-                return False  # channel stopped meanwhile; recovery or the next start runs it
-            result: Result = await threads.deferToThreadPool(
-                self.engine.reactor, self.pool, channel.process, raw, message_id, row.correlation_id
+            loaded = await executor.submit(_load_many, store, ids)
+        except Exception:
+            self.inflight.difference_update(ids)
+            raise
+        found = []
+        for message_id, (row, raw) in zip(ids, loaded, strict=True):
+            if row is not None and row.status == "received" and raw is not None:
+                found.append(Work(row.id, row.channel, row.correlation_id, raw))
+            else:
+                self.inflight.discard(message_id)
+        if len(ids) == 256 * max(1, len(self.engine.channels)):
+            self._sweep = True  # more may wait
+        return [found[i : i + BATCH] for i in range(0, len(found), BATCH)]
+
+    async def _batch(self, batch: list[Work]) -> None:
+        """Process a batch on a pipeline thread, then record it in one commit."""
+        try:
+            jobs = []
+            for w in batch:
+                channel = self.engine.channels.get(w.channel)
+                if channel is not None:
+                    jobs.append((channel, w))
+                # else: the channel is not running now; the message stays received for a sweep
+            if not jobs:
+                return
+            results: list[tuple[Work, Result]] = await threads.deferToThreadPool(
+                self.engine.reactor, self.pool, _process_all, jobs
             )
-            await executor.submit(
-                store.finish_processing,
-                message_id,
-                status=result.status,
-                now=time.time(),
-                transformed=result.transformed,
-                outbound=result.outbound,
-                business_keys=result.keys,
-                error=result.error,
-                error_location=result.error_location,
+            await self.engine.executor.submit(
+                self.engine.store.finish_many,
+                [
+                    dict(
+                        message_id=w.id,
+                        status=r.status,
+                        transformed=r.transformed,
+                        outbound=r.outbound,
+                        business_keys=r.keys,
+                        error=r.error,
+                        error_location=r.error_location,
+                    )
+                    for w, r in results
+                ],
+                time.time(),
             )
-            self.processed += 1
-            if result.error:
-                log.warn(
-                    "message {id} on {channel}: {status} at {where}",
-                    id=message_id,
-                    channel=row.channel,
-                    status=result.status,
-                    where=result.error_location,
-                )
-            if result.outbound:
-                self.engine.wake_destinations(row.channel)
-            return True
+            self.processed += len(results)
+            woken: set[str] = set()
+            for w, r in results:
+                if r.error:
+                    log.warn(
+                        "message {id} on {channel}: {status} at {where}",
+                        id=w.id,
+                        channel=w.channel,
+                        status=r.status,
+                        where=r.error_location,
+                    )
+                if r.outbound and w.channel not in woken:
+                    woken.add(w.channel)
+                    self.engine.wake_destinations(w.channel)
         finally:
-            self.inflight.discard(message_id)
+            self.inflight.difference_update(w.id for w in batch)
 
     async def stop(self) -> None:
         self.stopped = True
@@ -122,9 +183,20 @@ class Processor:
             await self._running
 
 
-def _load(store: SqliteStore, message_id: str) -> tuple[Any, bytes | None]:
-    row = store.get_message(message_id)
-    return row, (store.get_content(message_id, "raw") if row else None)
+BATCH = 64
+
+
+def _load_many(store: SqliteStore, ids: list[str]) -> list[tuple[Any, bytes | None]]:
+    out = []
+    for message_id in ids:
+        row = store.get_message(message_id)
+        out.append((row, store.get_content(message_id, "raw") if row else None))
+    return out
+
+
+def _process_all(jobs: list[tuple[Channel, Work]]) -> list[tuple[Work, Result]]:
+    """Runs on a pipeline thread: the I/O-free part of each message, one after another."""
+    return [(w, channel.process(w.raw, w.id, w.correlation_id)) for channel, w in jobs]
 
 
 class Engine:
@@ -168,7 +240,7 @@ class Engine:
         for config in self.project.settings.listeners:
             self._start_listener(config)
         self.processor.wake()
-        self._sweep = task.LoopingCall(self.processor.wake)  # picks up CLI replays
+        self._sweep = task.LoopingCall(self.processor.sweep)  # picks up CLI replays
         self._sweep.clock = self.reactor
         self._sweep.start(2.0, now=False)
         interval = self.project.settings.reload_interval
@@ -422,7 +494,9 @@ class Engine:
             reply = responder.refused(raw, parsed, reason) if answers else None
             return IngestOutcome("refused", reason=reason, response=reply)
         if result.outcome == "stored":
-            self.processor.wake()
+            self.processor.enqueue(
+                Work(result.message_id, channel_name, result.correlation_id, raw)
+            )
         if not answers:
             return IngestOutcome(result.outcome, result.message_id, result.response)
         if result.outcome == "conflict":

@@ -131,26 +131,38 @@ class SqliteStore:
         return conn
 
     @contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction; sqlite errors become StoreError naming ``what``."""
+    def _write(self, what: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; sqlite errors become StoreError naming ``what``.
+
+        ``durable=False`` commits with ``synchronous=NORMAL``: in WAL mode that survives a crash
+        of the process (kill -9) and is lost only with the machine's power, which is safe for
+        work that recovery redoes with the same keys (pipeline results, delivery bookkeeping).
+        Ingests, stored answers and the audit log stay ``synchronous=FULL``.
+        """
         conn = self._conn()
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{what}: cannot start a write transaction: {exc}") from exc
-        try:
-            yield conn
-        except sqlite3.Error as exc:
-            self._rollback(conn)
-            raise StoreError(f"{what} failed: {exc}") from exc
-        except BaseException:
-            self._rollback(conn)
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback(conn)
-            raise StoreError(f"{what}: commit failed: {exc}") from exc
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{what}: cannot start a write transaction: {exc}") from exc
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise StoreError(f"{what} failed: {exc}") from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise StoreError(f"{what}: commit failed: {exc}") from exc
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -312,33 +324,65 @@ class SqliteStore:
         transformed content, business keys and unsent outbox rows are replaced; rows already
         sent are kept and their idempotency keys are not inserted again.
         """
+        with self._write(f"finish_processing({message_id})", durable=False) as conn:
+            self._finish(
+                conn,
+                message_id,
+                status=status,
+                now=now,
+                transformed=transformed,
+                outbound=outbound,
+                business_keys=business_keys,
+                error=error,
+                error_location=error_location,
+            )
+
+    def finish_many(self, results: Sequence[dict[str, Any]], now: float) -> None:
+        """Several pipeline runs in ONE transaction; each dict holds finish_processing's
+        keyword arguments plus ``message_id``. All or none are recorded."""
+        with self._write(f"finish_many({len(results)})", durable=False) as conn:
+            for result in results:
+                self._finish(conn, now=now, **result)
+
+    def _finish(
+        self,
+        conn: sqlite3.Connection,
+        message_id: str,
+        *,
+        status: str,
+        now: float,
+        transformed: bytes | None = None,
+        outbound: Sequence[Outbound] = (),
+        business_keys: Iterable[tuple[str, str]] = (),
+        error: str | None = None,
+        error_location: str | None = None,
+    ) -> None:
         if status not in model.MESSAGE_STATUSES:
             raise ValueError(f"status must be one of {model.MESSAGE_STATUSES} (got {status!r})")
-        with self._write(f"finish_processing({message_id})") as conn:
-            message = conn.execute(
-                "SELECT channel, correlation_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if message is None:
-                raise StoreError(f"finish_processing: no message with id {message_id!r}")
-            channel, correlation_id = message
-            conn.execute(
-                "DELETE FROM contents WHERE message_id = ? AND stage = 'transformed'",
-                (message_id,),
-            )
-            if transformed is not None:
-                self._put_content(conn, message_id, "transformed", transformed, now)
-            self._replace_business_keys(conn, message_id, business_keys)
-            self._replace_outbox(conn, message_id, channel, correlation_id, outbound, now)
-            # A pipeline error stays an error even when something (an application ACK) goes out.
-            if outbound and status != model.ERROR:
-                final = self._rolled_up_status(conn, message_id)
-            else:
-                final = status
-            conn.execute(
-                "UPDATE messages SET status = ?, error = ?, error_location = ?, updated_at = ? "
-                "WHERE id = ?",
-                (final, error, error_location, now, message_id),
-            )
+        message = conn.execute(
+            "SELECT channel, correlation_id FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        if message is None:
+            raise StoreError(f"finish_processing: no message with id {message_id!r}")
+        channel, correlation_id = message
+        conn.execute(
+            "DELETE FROM contents WHERE message_id = ? AND stage = 'transformed'",
+            (message_id,),
+        )
+        if transformed is not None:
+            self._put_content(conn, message_id, "transformed", transformed, now)
+        self._replace_business_keys(conn, message_id, business_keys)
+        self._replace_outbox(conn, message_id, channel, correlation_id, outbound, now)
+        # A pipeline error stays an error even when something (an application ACK) goes out.
+        if outbound and status != model.ERROR:
+            final = self._rolled_up_status(conn, message_id)
+        else:
+            final = status
+        conn.execute(
+            "UPDATE messages SET status = ?, error = ?, error_location = ?, updated_at = ? "
+            "WHERE id = ?",
+            (final, error, error_location, now, message_id),
+        )
 
     @staticmethod
     def _replace_business_keys(
@@ -438,7 +482,7 @@ class SqliteStore:
             f"  AND p.id < o.id AND p.status IN ({marks}))) "
             "ORDER BY o.id LIMIT ?"
         )
-        with self._write(f"claim_deliveries({channel}/{destination})") as conn:
+        with self._write(f"claim_deliveries({channel}/{destination})", durable=False) as conn:
             rows = conn.execute(
                 sql, (channel, destination, model.PENDING, now, *blocking, limit)
             ).fetchall()
@@ -458,7 +502,7 @@ class SqliteStore:
 
     def delivery_succeeded(self, delivery_id: int, response: bytes | None, now: float) -> None:
         """Mark an outbox row sent (keeping the destination's response) and roll up."""
-        with self._write(f"delivery_succeeded({delivery_id})") as conn:
+        with self._write(f"delivery_succeeded({delivery_id})", durable=False) as conn:
             message_id = self._outbox_message(conn, delivery_id)
             conn.execute(
                 "UPDATE outbox SET status = ?, response = ?, attempts = attempts + 1, "
@@ -471,7 +515,7 @@ class SqliteStore:
         self, delivery_id: int, error: str, next_attempt_at: float, now: float
     ) -> None:
         """Put an outbox row back to pending, due at ``next_attempt_at``."""
-        with self._write(f"delivery_retry({delivery_id})") as conn:
+        with self._write(f"delivery_retry({delivery_id})", durable=False) as conn:
             message_id = self._outbox_message(conn, delivery_id)
             conn.execute(
                 "UPDATE outbox SET status = ?, last_error = ?, next_attempt_at = ?, "

@@ -56,6 +56,8 @@ def wharf_env(tmp_path: Path, erp_port: int) -> dict[str, str]:
         WHARF_DB=str(tmp_path / "store" / "wharf.db"),
         WHARF_INBOX=str(tmp_path / "inbox"),
         WHARF_ARCHIVE=str(tmp_path / "archive"),
+        WHARF_MLLP_ARCHIVE=str(tmp_path / "mllp_archive"),
+        MLLP_PORT=str(free_port()),  # the shipped MLLP channel runs too; keep it off 2575
         PYTHONUNBUFFERED="1",
     )
     return env
