@@ -101,6 +101,15 @@ class Channel:
             return None, Result(
                 ERROR, error=f"CodecError: {exc.message}", error_location=f"{self.defn.file} codec"
             )
+        if getattr(self.codec, "strict", False) and not self.codec.strict_on_ack:
+            try:
+                self.codec.validate_strict(raw)
+            except CodecError as exc:
+                return parsed, Result(
+                    ERROR,
+                    error=f"CodecError: {exc.message}",
+                    error_location=f"{self.defn.file} codec",
+                )
         for f, predicate in self.filters:
             if not predicate(parsed):
                 return parsed, Result(FILTERED, error_location=f"{f.where} filter ({f.name})")

@@ -460,11 +460,15 @@ class Engine:
             return IngestOutcome(
                 "refused", reason=f"channel '{channel_name}' is not running", response=reply
             )
-        if parsed is None:
-            try:
+        try:
+            if parsed is None:
                 parsed = await self._decode(channel.decode, raw)
-            except CodecError as exc:
-                return _rejected(exc, raw, answers)
+            if getattr(channel.codec, "strict_on_ack", False):
+                await threads.deferToThreadPool(
+                    self.reactor, self.pool, channel.codec.validate_strict, raw
+                )
+        except CodecError as exc:
+            return _rejected(exc, raw, answers)
         respond_from = channel.config.respond_from
         wait = answers and responder.waits_for_pipeline(parsed, respond_from)
         response = responder.commit_reply(parsed) if answers and not wait else None

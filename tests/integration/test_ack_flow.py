@@ -206,3 +206,35 @@ class DestinationsCompletedTests(AckFlowTests):
         self.assertEqual(len(list((self.root / "var/out").iterdir())), 1)
         again = yield self.send(SCREW)
         self.assertEqual(again.response, good.response)
+
+
+@pytest.mark.integration
+class StrictOnAckTests(unittest.TestCase):
+    def setUp(self) -> Any:
+        base = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, base, True)
+        self.root = base / "p"
+        (self.root / "channels").mkdir(parents=True)
+        shutil.copytree(ROOT / "mappings", self.root / "mappings")
+        (self.root / "routes.yaml").write_text("store: var/wharf.db\nreload_interval: 0\n")
+        (self.root / "channels/c.yaml").write_text(
+            "codec: {hl7v2: {validation: strict, strict_on_ack: true}}\n"
+        )
+        self.engine = Engine(self.root, reactor)
+        d = defer.ensureDeferred(self.engine.start())
+        self.addCleanup(lambda: defer.ensureDeferred(self.engine.stop()))
+        return d
+
+    @defer.inlineCallbacks
+    def test_structure_error_is_ae_and_nothing_is_stored(self) -> Any:
+        """strict_on_ack: a DFT^P03 without its required EVN gets AE (ERR 100) before any
+        commit; a valid one gets AA."""
+        no_evn = SCREW.replace(b"EVN|P03|20260115103000\r", b"")
+        bad = yield defer.ensureDeferred(self.engine.ingest("c", no_evn, "p", answers=True))
+        a = ack(bad.response)
+        self.assertEqual((bad.kind, a.get("MSA-1"), a.get("ERR-3.1")), ("rejected", "AE", "100"))
+        self.assertIn("Missing required child DFT_P03.EVN", a.get("ERR-8"))
+        rows = yield self.engine.executor.submit(self.engine.store.search)
+        self.assertEqual(rows, [])
+        good = yield defer.ensureDeferred(self.engine.ingest("c", SCREW, "p", answers=True))
+        self.assertEqual(ack(good.response).get("MSA-1"), "AA")
