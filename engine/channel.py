@@ -70,6 +70,7 @@ class Channel:
             for i, s in enumerate(cfg.transformer)
         ]
         self.destinations = [d.name for d in cfg.destinations]
+        self.order_by = {d.name: d.order_by for d in cfg.destinations if d.order_by}
         self.dedup_window = cfg.dedup.window if cfg.dedup is not None else 7 * 86400.0
 
     def decode(self, raw: bytes) -> Parsed:
@@ -147,4 +148,15 @@ class Channel:
         # The application-ACK destination takes ACKs only, never the message body.
         targets = [d for d in self.destinations if d != self.config.application_ack]
         outbound = outbound_for(targets, body, ctx, parsed.content_type)
+        if self.order_by:
+            outbound = [
+                dataclasses.replace(o, order_key=_text(parsed.get(self.order_by[o.destination])))
+                if o.order_key is None and o.destination in self.order_by
+                else o
+                for o in outbound
+            ]
         return parsed, Result(SENT, transformed, outbound, ctx.keys)
+
+
+def _text(value: object) -> str | None:
+    return None if value in (None, "") else str(value)

@@ -73,6 +73,7 @@ BUILTINS = (
     "engine.sources.mllp",
     "engine.destinations.http",
     "engine.destinations.file",
+    "engine.destinations.mllp",
     "transforms",
 )
 

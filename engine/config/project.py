@@ -60,7 +60,20 @@ DESTINATION_SPEC = Spec(
             "Whether a resend with the same Idempotency-Key is safe. When false, an ambiguous "
             "outcome (timeout or reset after sending) is quarantined for a person, not retried.",
         ),
-        Field("ordered", Bool(), False, "Deliver in order per order key (set by the transform)."),
+        Field(
+            "ordered",
+            Bool(),
+            False,
+            "Deliver in order per order key: a later delivery for a key waits until the "
+            "earlier one is sent (or parked).",
+        ),
+        Field(
+            "order_by",
+            Str(),
+            None,
+            "Field of the inbound message whose value is the order key, e.g. `PV1-19.1` "
+            "(visit) or `PID-3.1` (patient); a transform may also set keys with `emit`.",
+        ),
         Field(
             "on_poison",
             Enum("park", "block"),
@@ -146,6 +159,13 @@ def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> Non
             f"no destination '{config.application_ack}' in this channel "
             f"(have: {', '.join(names) or 'none'}){did_you_mean(config.application_ack, names)}",
         )
+    for i, d in enumerate(config.destinations):
+        if d.order_by is not None and not d.ordered:
+            ctx.error(
+                node,
+                f"destinations[{i}].order_by",
+                "order_by needs `ordered: true` on the same destination",
+            )
     for i, t in enumerate(config.tests):
         if (t.input is None) == (t.input_text is None):
             ctx.error(node, f"tests[{i}]", "expected exactly one of input, input_text")

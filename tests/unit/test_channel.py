@@ -132,3 +132,27 @@ def test_entry_point_plugins_are_imported(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert "wharf_test_plugin" in sys.modules
     assert "from_plugin" in fresh.names("transform")
     monkeypatch.delitem(sys.modules, "wharf_test_plugin")
+
+
+def test_order_by_takes_the_order_key_from_the_message(project_dir: Path) -> None:
+    """order_by: PV1-19.1 gives each delivery of a visit the same order key."""
+    (project_dir / "channels/t.yaml").write_text(
+        "codec: {hl7v2: {}}\ntransformer:\n  - transform: hl7_usage_to_issue\n"
+        "destinations:\n  - name: billing\n    file: {dir: out}\n    ordered: true\n"
+        "    order_by: PV1-19.1\n"
+    )
+    project = load_project(project_dir, env={})
+    ch = Channel(project.channels["t"], project.mappings, REGISTRY)
+    result = ch.process(SAMPLE.read_bytes(), "m1", "c1")
+    assert [o.order_key for o in result.outbound] == ["ENC-112233"]
+
+
+def test_order_by_without_ordered_is_a_lint_error(project_dir: Path) -> None:
+    """order_by alone would do nothing; lint says so."""
+    from engine.errors import LintFailed
+
+    (project_dir / "channels/t.yaml").write_text(
+        "destinations:\n  - name: billing\n    file: {dir: out}\n    order_by: PV1-19.1\n"
+    )
+    with pytest.raises(LintFailed, match="destinations.0..order_by: order_by needs `ordered: true`"):
+        load_project(project_dir, env={})
