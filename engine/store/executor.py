@@ -184,8 +184,9 @@ class StoreExecutor:
             for _, _, d in batch:
                 self.reactor.callFromThread(d.errback, Failure(error))
             return
-        for (_, _, d), result in zip(batch, results, strict=True):
-            self.reactor.callFromThread(d.callback, result)
+        # One hop back to the reactor for the whole batch (one wake-up, not one per message).
+        fired = [(d, result) for (_, _, d), result in zip(batch, results, strict=True)]
+        self.reactor.callFromThread(_fire_all, fired)
 
     def _run_job(self, job: _Job) -> None:
         _, fn, args, kwargs, d = job
@@ -203,3 +204,8 @@ class StoreExecutor:
             self._ingests.popleft()[2].errback(Failure(error))
         while self._jobs:
             self._jobs.popleft()[4].errback(Failure(error))
+
+
+def _fire_all(fired: list[tuple[Deferred, Any]]) -> None:
+    for d, result in fired:
+        d.callback(result)
