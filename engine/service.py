@@ -42,6 +42,7 @@ class Work:
     channel: str
     correlation_id: str
     raw: bytes
+    parsed: Any = None  # the ingest's decode, reused when the channel did not change since
 
 
 class Processor:

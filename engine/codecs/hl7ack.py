@@ -9,6 +9,8 @@ field^code&text&HL70357) and the text in MSA-3.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,6 +53,16 @@ CODEC_ERRORS = {
 _ENHANCED = {"AA": "CA", "AE": "CE", "AR": "CR"}
 
 
+_ID_PREFIX = "A" + uuid.uuid4().hex[:7]
+_ID_COUNTER = itertools.count(1)
+
+
+def next_control_id() -> str:
+    """A control id for an ACK we send: unique in this process, and across restarts through
+    a random prefix (20 characters at most, the v2.5 length of MSH-10)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012d}"
+
+
 @dataclass(frozen=True)
 class AckError:
     """What went wrong, for the ERR segment."""
@@ -61,6 +73,7 @@ class AckError:
     severity: str = "E"
 
 
+@functools.lru_cache(maxsize=64)
 def version_tuple(version: str) -> tuple[int, ...]:
     out = []
     for part in version.split("."):
@@ -123,7 +136,7 @@ def make_ack(
         stamp,
         "",
         msg_type,
-        control_id or "A" + uuid.uuid4().hex[:19],
+        control_id or next_control_id(),
         msh.raw(11) or "P",
         msh.raw(12),
     ]

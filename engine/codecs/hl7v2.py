@@ -127,11 +127,16 @@ class Segment:
         self, field: int, component: int = 1, sub: int = 1, rep: int = 1, *, whole: bool = False
     ) -> str:
         """A value, unescaped. ``whole`` returns the whole field (first repetition) unsplit."""
-        value = self.raw(field)
+        fields = self._fields if self._fields is not None else self.fields
+        value = fields[field] if 0 < field < len(fields) else ""
         if not value:
             return ""
+        sep = self.sep
         if self.name == "MSH" and field in (1, 2):
             return value
+        if component == 1 and sub == 1 and rep == 1 and sep.escape not in value:
+            # Fast path: a plain first component (the common case on the ACK path).
+            return value.split(sep.repetition, 1)[0] if whole else _first(value, sep)
         reps = value.split(self.sep.repetition)
         if rep > len(reps):
             return ""
@@ -153,6 +158,14 @@ class Segment:
 
     def __repr__(self) -> str:
         return f"<Segment {self.name}>"
+
+
+def _first(value: str, sep: Separators) -> str:
+    for ch in (sep.repetition, sep.component, sep.subcomponent):
+        cut = value.find(ch)
+        if cut >= 0:
+            value = value[:cut]
+    return value
 
 
 class Hl7Message:
@@ -189,16 +202,16 @@ class Hl7Message:
             return seg.get(int(field), rep=int(rep or 1), whole=True) or None
         return seg.get(int(field), int(comp), int(sub or 1), int(rep or 1)) or None
 
-    @property
+    @cached_property
     def message_type(self) -> str:
         code, event = self.msh.get(9, 1), self.msh.get(9, 2)
         return f"{code}^{event}" if event else code
 
-    @property
+    @cached_property
     def control_id(self) -> str:
         return self.msh.get(10)
 
-    @property
+    @cached_property
     def version(self) -> str:
         return self.msh.get(12, 1)
 
@@ -325,11 +338,10 @@ class Hl7Codec:
     def validate_strict(self, raw: bytes) -> None:
         """hl7apy's strict structure validation for the message's version (tens of ms: run it
         off the reactor). Raises CodecError naming what the standard's structure rejects."""
+        from hl7apy import SUPPORTED_LIBRARIES
         from hl7apy.consts import VALIDATION_LEVEL
         from hl7apy.exceptions import HL7apyException
         from hl7apy.parser import parse_message
-
-        from hl7apy import SUPPORTED_LIBRARIES
 
         msg = tokenize(raw)
         if msg.version not in SUPPORTED_LIBRARIES:
@@ -388,11 +400,9 @@ _LOADED: set[str] = set()
 
 def _load_hl7apy(versions: tuple[str, ...]) -> None:
     """Load hl7apy's definitions once per version at start, not on the first message."""
-    from hl7apy import load_library
+    from hl7apy import SUPPORTED_LIBRARIES, load_library
 
     from engine.errors import ConfigError
-
-    from hl7apy import SUPPORTED_LIBRARIES
 
     for version in versions:
         if version in _LOADED or version not in SUPPORTED_LIBRARIES:
