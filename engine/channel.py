@@ -76,13 +76,15 @@ class Channel:
     def decode(self, raw: bytes) -> Parsed:
         return self.codec.decode(raw)
 
-    def process(self, raw: bytes, message_id: str, correlation_id: str) -> Result:
+    def process(
+        self, raw: bytes, message_id: str, correlation_id: str, *, parsed: Parsed | None = None
+    ) -> Result:
         """Decode, filter and transform; never raises for a message's own faults.
 
         With ``application_ack`` set and an HL7 message whose MSH-16 asks for it, the
         enhanced-mode application ACK (AA, or AE with the error) joins the outbound payloads.
         """
-        parsed, result = self._process(raw, message_id, correlation_id)
+        parsed, result = self._process(raw, message_id, correlation_id, parsed)
         msg = parsed.value if parsed is not None else None
         if self.config.application_ack and isinstance(msg, Hl7Message) and is_enhanced(msg):
             ack = responder.application_ack(msg, result.error)
@@ -94,10 +96,10 @@ class Channel:
         return result
 
     def _process(
-        self, raw: bytes, message_id: str, correlation_id: str
+        self, raw: bytes, message_id: str, correlation_id: str, given: Parsed | None = None
     ) -> tuple[Parsed | None, Result]:
         try:
-            parsed = self.decode(raw)
+            parsed = given if given is not None else self.decode(raw)
         except CodecError as exc:
             return None, Result(
                 ERROR, error=f"CodecError: {exc.message}", error_location=f"{self.defn.file} codec"

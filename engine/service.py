@@ -197,7 +197,12 @@ def _load_many(store: SqliteStore, ids: list[str]) -> list[tuple[Any, bytes | No
 
 def _process_all(jobs: list[tuple[Channel, Work]]) -> list[tuple[Work, Result]]:
     """Runs on a pipeline thread: the I/O-free part of each message, one after another."""
-    return [(w, channel.process(w.raw, w.id, w.correlation_id)) for channel, w in jobs]
+    out = []
+    for channel, w in jobs:
+        # A decode made by the same channel object at ingest is reused; after a reload, redo it.
+        parsed = w.parsed[1] if w.parsed and w.parsed[0] is channel else None
+        out.append((w, channel.process(w.raw, w.id, w.correlation_id, parsed=parsed)))
+    return out
 
 
 class Engine:
@@ -499,9 +504,10 @@ class Engine:
             reply = responder.refused(raw, parsed, reason) if answers else None
             return IngestOutcome("refused", reason=reason, response=reply)
         if result.outcome == "stored":
-            self.processor.enqueue(
-                Work(result.message_id, channel_name, result.correlation_id, raw)
+            work = Work(
+                result.message_id, channel_name, result.correlation_id, raw, (channel, parsed)
             )
+            self.processor.enqueue(work)
         if not answers:
             return IngestOutcome(result.outcome, result.message_id, result.response)
         if result.outcome == "conflict":
