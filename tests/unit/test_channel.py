@@ -154,5 +154,7 @@ def test_order_by_without_ordered_is_a_lint_error(project_dir: Path) -> None:
     (project_dir / "channels/t.yaml").write_text(
         "destinations:\n  - name: billing\n    file: {dir: out}\n    order_by: PV1-19.1\n"
     )
-    with pytest.raises(LintFailed, match="destinations.0..order_by: order_by needs `ordered: true`"):
+    with pytest.raises(
+        LintFailed, match=r"destinations.0..order_by: order_by needs `ordered: true`"
+    ):
         load_project(project_dir, env={})

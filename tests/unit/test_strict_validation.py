@@ -43,7 +43,7 @@ def test_strict_on_ack_keeps_the_pipeline_from_validating_twice(project_dir: Pat
     ch = channel(project_dir, "{validation: strict, strict_on_ack: true}")
     assert ch.codec.strict_on_ack
     assert ch.process(NO_EVN, "m", "c").status == "sent"
-    with pytest.raises(Exception, match="Missing required child DFT_P03.EVN"):
+    with pytest.raises(Exception, match=r"Missing required child DFT_P03\.EVN"):
         ch.codec.validate_strict(NO_EVN)
 
 
