@@ -145,22 +145,19 @@ class Processor:
             results: list[tuple[Work, Result]] = await threads.deferToThreadPool(
                 self.engine.reactor, self.pool, _process_all, jobs
             )
-            await self.engine.executor.submit(
-                self.engine.store.finish_many,
-                [
-                    dict(
-                        message_id=w.id,
-                        status=r.status,
-                        transformed=r.transformed,
-                        outbound=r.outbound,
-                        business_keys=r.keys,
-                        error=r.error,
-                        error_location=r.error_location,
-                    )
-                    for w, r in results
-                ],
-                time.time(),
-            )
+            records = [
+                dict(
+                    message_id=w.id,
+                    status=r.status,
+                    transformed=r.transformed,
+                    outbound=r.outbound,
+                    business_keys=r.keys,
+                    error=r.error,
+                    error_location=r.error_location,
+                )
+                for w, r in results
+            ]
+            await self.engine.executor.submit(_record, self.engine.store, records, time.time())
             self.processed += len(results)
             woken: set[str] = set()
             for w, r in results:
@@ -185,6 +182,27 @@ class Processor:
 
 
 BATCH = 64
+
+
+def _record(store: SqliteStore, records: list[dict[str, Any]], now: float) -> None:
+    """One commit for the batch; if the store refuses it, record message by message, and put
+    a message whose own result cannot be stored in error rather than retrying it forever."""
+    try:
+        store.finish_many(records, now)
+        return
+    except Exception:
+        pass
+    for record in records:
+        try:
+            store.finish_processing(**record, now=now)
+        except Exception as exc:
+            store.finish_processing(
+                record["message_id"],
+                status="error",
+                now=now,
+                error=f"the store refused this message's result: {exc}",
+                error_location="pipeline",
+            )
 
 
 def _load_many(store: SqliteStore, ids: list[str]) -> list[tuple[Any, bytes | None]]:
