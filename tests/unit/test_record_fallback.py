@@ -17,9 +17,7 @@ def test_a_result_the_store_refuses_goes_to_error_and_the_rest_commit(tmp_path: 
     items = [Inbound("c", "t", f"m{i}".encode(), "text/plain", now) for i in range(2)]
     ids = [r.message_id for r in store.ingest_batch(items, now)]
     good = dict(message_id=ids[0], status="sent", outbound=[Outbound("d", b"{}")])
-    bad = dict(
-        message_id=ids[1], status="sent", outbound=[Outbound("d", b"{}", meta={"x": object()})]
-    )
+    bad = dict(message_id=ids[1], status="bogus", outbound=[Outbound("d", b"{}")])
     _record(store, [good, bad], now)
     assert store.get_message(ids[0]).status == "queued"
     row = store.get_message(ids[1])
