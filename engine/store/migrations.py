@@ -145,10 +145,111 @@ def _v3_backfill_correlation(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE messages SET correlation_id = id WHERE correlation_id IS NULL")
 
 
+_V4_LEDGER: list[str] = [
+    """
+    CREATE TABLE consumption_events (
+        id INTEGER PRIMARY KEY,
+        business_key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        location_id TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        chargeable INTEGER NOT NULL,
+        encounter TEXT NOT NULL,
+        service_time TEXT NOT NULL,
+        reverses TEXT,
+        lot TEXT,
+        serial TEXT,
+        detail TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX idx_events_encounter ON consumption_events(encounter)",
+    "CREATE INDEX idx_events_item_location ON consumption_events(item_id, location_id)",
+    "CREATE INDEX idx_events_correlation ON consumption_events(correlation_id)",
+    """
+    CREATE TABLE inventory_transactions (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES consumption_events(id),
+        location_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        delta TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX idx_inv_tx_item_location ON inventory_transactions(item_id, location_id)",
+    """
+    CREATE TABLE onhand (
+        location_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (location_id, item_id)
+    )
+    """,
+    """
+    CREATE TABLE charges (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES consumption_events(id),
+        encounter TEXT NOT NULL,
+        charge_code TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        transaction_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX idx_charges_encounter ON charges(encounter)",
+    "CREATE INDEX idx_charges_status ON charges(status, created_at)",
+    """
+    CREATE TABLE requisitions (
+        id INTEGER PRIMARY KEY,
+        location_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        status TEXT NOT NULL,
+        event_id INTEGER REFERENCES consumption_events(id),
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX idx_requisitions_open ON requisitions(location_id, item_id, status)",
+    """
+    CREATE TABLE work_items (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        status TEXT NOT NULL,
+        message_id TEXT,
+        correlation_id TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX idx_work_items_open ON work_items(status, kind)",
+]
+
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
     (3, "backfill correlation_id with the message id", _v3_backfill_correlation),
+    (4, "supply ledger: events, stock, on-hand, charges, requisitions, work items", _V4_LEDGER),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

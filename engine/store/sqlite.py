@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -317,8 +317,12 @@ class SqliteStore:
         business_keys: Iterable[tuple[str, str]] = (),
         error: str | None = None,
         error_location: str | None = None,
+        book: Callable[[sqlite3.Connection], Sequence[Outbound]] | None = None,
     ) -> None:
         """Record a pipeline run in ONE transaction: content, business keys, outbox, status.
+
+        ``book(conn)`` runs inside that transaction (ledger effects) and returns more outbound
+        deliveries to enqueue with the rest.
 
         Safe to call again for the same message (a re-run after replay): the previous
         transformed content, business keys and unsent outbox rows are replaced; rows already
@@ -335,6 +339,7 @@ class SqliteStore:
                 business_keys=business_keys,
                 error=error,
                 error_location=error_location,
+                book=book,
             )
 
     def finish_many(self, results: Sequence[dict[str, Any]], now: float) -> None:
@@ -356,6 +361,7 @@ class SqliteStore:
         business_keys: Iterable[tuple[str, str]] = (),
         error: str | None = None,
         error_location: str | None = None,
+        book: Callable[[sqlite3.Connection], Sequence[Outbound]] | None = None,
     ) -> None:
         if status not in model.MESSAGE_STATUSES:
             raise ValueError(f"status must be one of {model.MESSAGE_STATUSES} (got {status!r})")
@@ -372,6 +378,9 @@ class SqliteStore:
         if transformed is not None:
             self._put_content(conn, message_id, "transformed", transformed, now)
         self._replace_business_keys(conn, message_id, business_keys)
+        if book is not None and status != model.ERROR:
+            # Ledger effects commit together with the message's own result.
+            outbound = [*outbound, *book(conn)]
         self._replace_outbox(conn, message_id, channel, correlation_id, outbound, now)
         # A pipeline error stays an error even when something (an application ACK) goes out.
         if outbound and status != model.ERROR:
@@ -428,7 +437,10 @@ class SqliteStore:
         for out in outbound:
             idx = per_destination.get(out.destination, 0)
             per_destination[out.destination] = idx + 1
-            key = model.idempotency_key(channel, out.destination, message_id, idx)
+            # An effect of a ledger event carries its own key (stable across messages).
+            key = out.meta.get("idempotency_key") or model.idempotency_key(
+                channel, out.destination, message_id, idx
+            )
             if key in sent_keys:
                 continue
             conn.execute(

@@ -1,0 +1,256 @@
+"""Booking consumption events inside the store's transaction.
+
+:func:`book_events` runs on the store thread, in the same ``BEGIN IMMEDIATE`` transaction that
+records the pipeline's result, and returns the outbound deliveries its effects need (ERP issue,
+billing charge, requisition). A business key already booked is skipped: the same line, even in
+a new message, never moves stock, charges or orders twice. Idempotency keys are derived from the
+event, not the message, so an ERP sees the same key for the same effect whatever carried it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from decimal import ROUND_CEILING, Decimal
+
+from engine.ledger.records import ConsumptionEvent, LedgerRoutes, ParPolicy
+from engine.model import Outbound, to_json_bytes
+
+_NS = uuid.UUID("0b1c6f2e-5a9d-4c43-8d2b-6c6564676572")
+
+
+def effect_key(channel: str, destination: str, business_key: str, effect: str) -> str:
+    """The idempotency key of one effect of one event (stable across messages and replays)."""
+    return str(uuid.uuid5(_NS, f"{channel}\x1f{destination}\x1f{business_key}\x1f{effect}"))
+
+
+def round_up_to_pack(quantity: Decimal, pack: int) -> Decimal:
+    if pack <= 1:
+        return quantity.to_integral_value(rounding=ROUND_CEILING)
+    packs = (quantity / pack).to_integral_value(rounding=ROUND_CEILING)
+    return packs * pack
+
+
+def book_events(
+    conn: sqlite3.Connection,
+    *,
+    message_id: str,
+    correlation_id: str,
+    channel: str,
+    events: Sequence[ConsumptionEvent],
+    routes: LedgerRoutes,
+    policies: Mapping[tuple[str, str], ParPolicy],
+    charge_payload: object = None,
+    now: float | None = None,
+) -> list[Outbound]:
+    """Book ``events`` and return the deliveries their effects need. Runs in the caller's
+    transaction. ``charge_payload(event) -> (bytes, content_type)`` builds the billing call."""
+    now = time.time() if now is None else now
+    out: list[Outbound] = []
+    for ev in events:
+        if conn.execute(
+            "SELECT 1 FROM consumption_events WHERE business_key = ?", (ev.business_key,)
+        ).fetchone():
+            continue  # already booked: no second stock move, charge or requisition
+        cur = conn.execute(
+            "INSERT INTO consumption_events (business_key, kind, item_id, location_id, quantity, "
+            "uom, chargeable, encounter, service_time, reverses, lot, serial, detail, message_id, "
+            "correlation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ev.business_key,
+                ev.kind,
+                ev.item_id,
+                ev.location_id,
+                str(ev.quantity),
+                ev.uom,
+                int(ev.chargeable),
+                ev.encounter,
+                ev.service_time,
+                ev.reverses,
+                ev.lot,
+                ev.serial,
+                to_json_bytes(ev).decode(),
+                message_id,
+                correlation_id,
+                now,
+            ),
+        )
+        event_id = cur.lastrowid
+        delta = ev.quantity if ev.kind == "credit" else -ev.quantity
+        conn.execute(
+            "INSERT INTO inventory_transactions (event_id, location_id, item_id, delta, uom, "
+            "message_id, correlation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event_id,
+                ev.location_id,
+                ev.item_id,
+                str(delta),
+                ev.uom,
+                message_id,
+                correlation_id,
+                now,
+            ),
+        )
+        on_hand = _move_stock(conn, ev.location_id, ev.item_id, delta, ev.uom, now)
+        if routes.issue:
+            issue = {
+                "type": "inventory_issue",
+                "encounter": ev.encounter,
+                "correlation_id": correlation_id,
+                "lines": [
+                    {
+                        "usage_id": ev.source_line,
+                        "event_key": ev.business_key,
+                        "item_id": ev.item_id,
+                        "quantity": str(-delta),
+                        "uom": ev.uom,
+                        "location_id": ev.location_id,
+                        "cost_center": ev.cost_center,
+                        "gl_account": ev.gl_account,
+                        "service_date": ev.service_time,
+                        "lot": ev.lot,
+                        "serial": ev.serial,
+                    }
+                ],
+            }
+            out.append(
+                _outbound(
+                    channel, routes.issue, ev, "issue", to_json_bytes(issue), "application/json"
+                )
+            )
+        if ev.chargeable and routes.charge and ev.charge_code:
+            ttype = "CD" if ev.kind == "credit" else "CG"
+            qty = ev.billing_quantity if ev.billing_quantity is not None else ev.quantity
+            conn.execute(
+                "INSERT INTO charges (event_id, encounter, charge_code, quantity, uom, "
+                "transaction_type, status, message_id, correlation_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (
+                    event_id,
+                    ev.encounter,
+                    ev.charge_code,
+                    str(qty),
+                    ev.billing_uom or ev.uom,
+                    ttype,
+                    message_id,
+                    correlation_id,
+                    now,
+                    now,
+                ),
+            )
+            if charge_payload is not None:
+                data, ctype = charge_payload(ev)  # type: ignore[operator]
+                out.append(
+                    _outbound(
+                        channel, routes.charge, ev, "charge", data, ctype, order_key=ev.encounter
+                    )
+                )
+        if ev.kind == "usage" and routes.requisition:
+            req = _par_check(conn, ev, on_hand, policies, event_id, message_id, correlation_id, now)
+            if req is not None:
+                out.append(
+                    _outbound(
+                        channel,
+                        routes.requisition,
+                        ev,
+                        "requisition",
+                        to_json_bytes(req),
+                        "application/json",
+                    )
+                )
+    return out
+
+
+def _outbound(
+    channel: str,
+    destination: str,
+    ev: ConsumptionEvent,
+    effect: str,
+    data: bytes,
+    content_type: str,
+    order_key: str | None = None,
+) -> Outbound:
+    key = effect_key(channel, destination, ev.business_key, effect)
+    meta = {"idempotency_key": key, "effect": effect, "event_key": ev.business_key}
+    return Outbound(destination, data, content_type, order_key, meta)
+
+
+def _move_stock(
+    conn: sqlite3.Connection, location: str, item: str, delta: Decimal, uom: str, now: float
+) -> Decimal:
+    row = conn.execute(
+        "SELECT quantity FROM onhand WHERE location_id = ? AND item_id = ?", (location, item)
+    ).fetchone()
+    quantity = (Decimal(row[0]) if row else Decimal(0)) + delta
+    conn.execute(
+        "INSERT INTO onhand (location_id, item_id, quantity, uom, updated_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (location_id, item_id) DO UPDATE SET "
+        "quantity = excluded.quantity, updated_at = excluded.updated_at",
+        (location, item, str(quantity), uom, now),
+    )
+    return quantity
+
+
+def _par_check(
+    conn: sqlite3.Connection,
+    ev: ConsumptionEvent,
+    on_hand: Decimal,
+    policies: Mapping[tuple[str, str], ParPolicy],
+    event_id: int,
+    message_id: str,
+    correlation_id: str,
+    now: float,
+) -> dict[str, str] | None:
+    """One requisition per breach: none while one is open for the location and item."""
+    policy = policies.get((ev.location_id, ev.item_id))
+    if policy is None or on_hand >= policy.reorder_point:
+        return None
+    if conn.execute(
+        "SELECT 1 FROM requisitions WHERE location_id = ? AND item_id = ? AND status = 'open'",
+        (ev.location_id, ev.item_id),
+    ).fetchone():
+        return None
+    wanted = max(policy.order_qty, policy.par - on_hand)
+    quantity = round_up_to_pack(wanted, policy.pack_size)
+    conn.execute(
+        "INSERT INTO requisitions (location_id, item_id, quantity, uom, status, event_id, "
+        "message_id, correlation_id, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)",
+        (
+            ev.location_id,
+            ev.item_id,
+            str(quantity),
+            policy.uom,
+            event_id,
+            message_id,
+            correlation_id,
+            now,
+            now,
+        ),
+    )
+    return {
+        "location_id": ev.location_id,
+        "item_id": ev.item_id,
+        "quantity": str(quantity),
+        "uom": policy.uom,
+        "reason": f"on hand {on_hand} below reorder point {policy.reorder_point}",
+        "correlation_id": correlation_id,
+    }
+
+
+def seed_onhand(
+    conn: sqlite3.Connection, rows: Sequence[tuple[str, str, Decimal, str]], now: float
+) -> int:
+    """Set the starting on-hand from a snapshot (location, item, quantity, uom); only where the
+    ledger has no figure yet, so a restart never resets perpetual inventory."""
+    n = 0
+    for location, item, quantity, uom in rows:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO onhand (location_id, item_id, quantity, uom, updated_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (location, item, str(quantity), uom, now),
+        )
+        n += cur.rowcount
+    return n

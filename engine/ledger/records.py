@@ -1,0 +1,61 @@
+"""Ledger records. Quantities are Decimals with a unit; never floats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class ConsumptionEvent:
+    """One supply line used (or credited) at a location, for an encounter."""
+
+    business_key: str  # sender's line id (FT1-2) + item + service date: the same line is one event
+    kind: str  # "usage" | "credit"
+    item_id: str
+    location_id: str
+    quantity: Decimal  # in the stocking unit, positive; a credit puts stock back
+    uom: str
+    encounter: str
+    service_time: str
+    cost_center: str = ""
+    gl_account: str = ""
+    chargeable: bool = False
+    charge_code: str | None = None
+    billing_quantity: Decimal | None = None
+    billing_uom: str | None = None
+    revenue_code: str | None = None
+    hcpcs: str | None = None
+    patient: str | None = None
+    performer: str | None = None
+    procedure: str | None = None
+    source_line: str = ""
+    reverses: str | None = None  # business key of the line a credit reverses
+    lot: str | None = None
+    serial: str | None = None
+    udi: str | None = None
+    expiry: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParPolicy:
+    """When on-hand at a location falls below ``reorder_point``, order ``order_qty``
+    rounded up to whole packs of ``pack_size``."""
+
+    location_id: str
+    item_id: str
+    par: Decimal
+    reorder_point: Decimal
+    order_qty: Decimal
+    uom: str
+    pack_size: int = 1
+
+
+@dataclass(frozen=True)
+class LedgerRoutes:
+    """Which destinations of the channel take each effect (None: not sent)."""
+
+    issue: str | None = None
+    charge: str | None = None
+    requisition: str | None = None

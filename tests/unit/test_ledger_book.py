@@ -1,0 +1,156 @@
+"""Booking consumption events: stock, charges and requisitions exactly once per business key."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from engine.ledger.book import book_events, effect_key, round_up_to_pack, seed_onhand
+from engine.ledger.records import ConsumptionEvent, LedgerRoutes, ParPolicy
+from engine.model import Inbound
+from engine.store import SqliteStore
+
+ROUTES = LedgerRoutes(issue="erp", charge="billing", requisition="erp_req")
+POLICIES = {
+    ("LOC-CATH", "STENT"): ParPolicy(
+        "LOC-CATH", "STENT", Decimal(10), Decimal(4), Decimal(6), "EA", 5
+    )
+}
+
+
+def event(line: str, item: str = "STENT", qty: str = "1", **kw: Any) -> ConsumptionEvent:
+    base = dict(
+        business_key=f"{line}|{item}|20260116",
+        kind="usage",
+        item_id=item,
+        location_id="LOC-CATH",
+        quantity=Decimal(qty),
+        uom="EA",
+        encounter="ENC-1",
+        service_time="20260116",
+        chargeable=True,
+        charge_code="278000789",
+        source_line=line,
+    )
+    base.update(kw)
+    return ConsumptionEvent(**base)
+
+
+def charge(ev: ConsumptionEvent) -> tuple[bytes, str]:
+    return f"DFT for {ev.business_key}".encode(), "x-application/hl7-v2+er7"
+
+
+class Ledger:
+    def __init__(self, tmp: Path) -> None:
+        self.store = SqliteStore(tmp / "w.db").open()
+        self.n = 0
+
+    def book(self, *events: ConsumptionEvent) -> tuple[str, list[dict[str, Any]]]:
+        """Ingest a message and finish it with ``events`` booked in the same commit."""
+        self.n += 1
+        now = time.time()
+        item = Inbound("usage", "t", f"msg {self.n}".encode(), "text/plain", now)
+        (result,) = self.store.ingest_batch([item], now)
+        mid = result.message_id
+
+        def book(conn: Any) -> Any:
+            return book_events(
+                conn,
+                message_id=mid,
+                correlation_id=mid,
+                channel="usage",
+                events=events,
+                routes=ROUTES,
+                policies=POLICIES,
+                charge_payload=charge,
+                now=now,
+            )
+
+        self.store.finish_processing(mid, status="sent", now=now, book=book)
+        return mid, self.store.deliveries_for(mid)
+
+    def onhand(self) -> Decimal:
+        row = (
+            self.store._conn()
+            .execute("SELECT quantity FROM onhand WHERE location_id='LOC-CATH' AND item_id='STENT'")
+            .fetchone()
+        )
+        return Decimal(row[0])
+
+    def count(self, table: str) -> int:
+        return self.store._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def test_usage_moves_stock_issues_and_charges_in_the_message_commit(tmp_path: Path) -> None:
+    """One chargeable line: stock down, an ERP issue and a billing charge queued, keyed by the
+    event; the message waits on those deliveries."""
+    ledger = Ledger(tmp_path)
+    with ledger.store._write("seed") as conn:
+        seed_onhand(conn, [("LOC-CATH", "STENT", Decimal(20), "EA")], time.time())
+    mid, deliveries = ledger.book(event("CU-1", qty="2"))
+    assert ledger.onhand() == Decimal(18)
+    assert sorted(d["destination"] for d in deliveries) == ["billing", "erp"]
+    keys = {d["destination"]: d["idempotency_key"] for d in deliveries}
+    assert keys["erp"] == effect_key("usage", "erp", "CU-1|STENT|20260116", "issue")
+    assert ledger.store.get_message(mid).status == "queued"
+    assert ledger.count("charges") == 1
+
+
+def test_the_same_line_in_a_new_message_changes_nothing(tmp_path: Path) -> None:
+    """A resent line (new message, same FT1-2, item and date) moves no stock and charges
+    nothing a second time."""
+    ledger = Ledger(tmp_path)
+    ledger.book(event("CU-1"))
+    _, deliveries = ledger.book(event("CU-1"))
+    assert deliveries == []
+    assert ledger.onhand() == Decimal(-1)
+    assert (ledger.count("consumption_events"), ledger.count("charges")) == (1, 1)
+
+
+def test_non_chargeable_usage_is_kept_without_a_charge(tmp_path: Path) -> None:
+    """A non-chargeable item is booked and issued, never charged."""
+    ledger = Ledger(tmp_path)
+    _, deliveries = ledger.book(event("CU-2", item="GAUZE", chargeable=False))
+    assert [d["destination"] for d in deliveries] == ["erp"]
+    assert (ledger.count("consumption_events"), ledger.count("charges")) == (1, 0)
+
+
+def test_par_breach_orders_once_rounded_to_the_pack(tmp_path: Path) -> None:
+    """Below the reorder point: one requisition for max(order qty, par - on hand) rounded up
+    to the pack; no second one while it is open."""
+    ledger = Ledger(tmp_path)
+    with ledger.store._write("seed") as conn:
+        seed_onhand(conn, [("LOC-CATH", "STENT", Decimal(5), "EA")], time.time())
+    _, first = ledger.book(event("CU-3", qty="2"))  # on hand 3 < 4: breach
+    reqs = [d for d in first if d["destination"] == "erp_req"]
+    assert len(reqs) == 1
+    row = ledger.store._conn().execute("SELECT quantity, status FROM requisitions").fetchone()
+    assert row == ("10", "open")  # par 10 - on hand 3 = 7 -> 2 packs of 5
+    _, second = ledger.book(event("CU-4", qty="1"))
+    assert [d for d in second if d["destination"] == "erp_req"] == []
+    assert ledger.count("requisitions") == 1
+
+
+def test_a_credit_puts_stock_back_and_credits_the_charge(tmp_path: Path) -> None:
+    """A credit line (FT1-6 CD) returns stock and sends a CD charge referencing the original."""
+    ledger = Ledger(tmp_path)
+    ledger.book(event("CU-5", qty="2"))
+    _, deliveries = ledger.book(
+        event("CU-5R", qty="2", kind="credit", reverses="CU-5|STENT|20260116")
+    )
+    assert ledger.onhand() == Decimal(0)
+    ttypes = [
+        r[0]
+        for r in ledger.store._conn().execute("SELECT transaction_type FROM charges ORDER BY id")
+    ]
+    assert ttypes == ["CG", "CD"]
+    assert sorted(d["destination"] for d in deliveries) == ["billing", "erp"]
+
+
+def test_round_up_to_pack() -> None:
+    """Order quantities round up to whole packs."""
+    assert round_up_to_pack(Decimal(7), 5) == 10
+    assert round_up_to_pack(Decimal(10), 5) == 10
+    assert round_up_to_pack(Decimal("2.5"), 1) == 3
