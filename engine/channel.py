@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from engine import responder
@@ -17,6 +18,8 @@ from engine.codecs.hl7ack import is_enhanced
 from engine.codecs.hl7v2 import CONTENT_TYPE, Hl7Message
 from engine.config.project import ChannelDef
 from engine.errors import CodecError, TransformError, WharfError
+from engine.ledger.billing import charge_dft
+from engine.ledger.records import LedgerRoutes, ParPolicy
 from engine.mappings import Mappings
 from engine.model import ERROR, FILTERED, SENT, Outbound
 from engine.registry import REGISTRY, Registry
@@ -39,6 +42,7 @@ class Result:
     outbound: list[Outbound] = field(default_factory=list)
     keys: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
+    events: list[Any] = field(default_factory=list)
     error_location: str | None = None
 
 
@@ -71,6 +75,17 @@ class Channel:
         ]
         self.destinations = [d.name for d in cfg.destinations]
         self.order_by = {d.name: d.order_by for d in cfg.destinations if d.order_by}
+        self.ledger = cfg.ledger
+        self.ledger_routes = LedgerRoutes(
+            issue=cfg.ledger.issue if cfg.ledger else None,
+            charge=cfg.ledger.charge if cfg.ledger else None,
+            requisition=cfg.ledger.requisition if cfg.ledger else None,
+        )
+        self.par_policies = _par_policies(mappings, cfg.ledger.par_levels if cfg.ledger else None)
+        ledger_dests = {d for d in vars(self.ledger_routes).values() if d}
+        self.body_targets = [
+            d for d in self.destinations if d != cfg.application_ack and d not in ledger_dests
+        ]
         self.dedup_window = cfg.dedup.window if cfg.dedup is not None else 7 * 86400.0
 
     def decode(self, raw: bytes) -> Parsed:
@@ -147,9 +162,8 @@ class Channel:
             body = raw  # no transform: forward the bytes as they came
         elif body is not None:
             transformed = encode_payload(body, None)[0]
-        # The application-ACK destination takes ACKs only, never the message body.
-        targets = [d for d in self.destinations if d != self.config.application_ack]
-        outbound = outbound_for(targets, body, ctx, parsed.content_type)
+        # The application-ACK and ledger destinations take ACKs and ledger effects only.
+        outbound = outbound_for(self.body_targets, body, ctx, parsed.content_type)
         if self.order_by:
             outbound = [
                 dataclasses.replace(o, order_key=_text(parsed.get(self.order_by[o.destination])))
@@ -157,8 +171,36 @@ class Channel:
                 else o
                 for o in outbound
             ]
-        return parsed, Result(SENT, transformed, outbound, ctx.keys)
+        if ctx.events and self.ledger is None:
+            return parsed, Result(
+                ERROR,
+                error="transform booked ledger events but the channel has no `ledger:` section",
+                error_location=self.steps[-1].where,
+            )
+        return parsed, Result(SENT, transformed, outbound, ctx.keys, events=ctx.events)
+
+    def charge_payload(self, event: Any) -> tuple[bytes, str]:
+        app = self.ledger.billing_application if self.ledger else "BILLING"
+        return charge_dft(event, receiving_application=app)
 
 
 def _text(value: object) -> str | None:
     return None if value in (None, "") else str(value)
+
+
+def _par_policies(mappings: Mappings, table: str | None) -> dict[tuple[str, str], ParPolicy]:
+    if table is None:
+        return {}
+    out = {}
+    for row in mappings.table(table).rows.values():
+        policy = ParPolicy(
+            location_id=str(row["location_id"]),
+            item_id=str(row["item_id"]),
+            par=Decimal(str(row["par"])),
+            reorder_point=Decimal(str(row["reorder_point"])),
+            order_qty=Decimal(str(row["order_qty"])),
+            uom=str(row.get("order_uom") or "EA"),
+            pack_size=int(row.get("pack_size") or 1),
+        )
+        out[(policy.location_id, policy.item_id)] = policy
+    return out

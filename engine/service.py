@@ -25,6 +25,7 @@ from engine.codecs.hl7v2 import Hl7Codec, batch_ack, is_batch, split_batch
 from engine.config.project import Project, fingerprint, load_project
 from engine.delivery import DeliveryPolicy, DeliveryWorker
 from engine.errors import CodecError, LintFailed, Overloaded, StoreError
+from engine.ledger.book import book_events
 from engine.model import Inbound
 from engine.registry import REGISTRY
 from engine.router import Listener
@@ -145,6 +146,7 @@ class Processor:
             results: list[tuple[Work, Result]] = await threads.deferToThreadPool(
                 self.engine.reactor, self.pool, _process_all, jobs
             )
+            channels = {c.name: c for c, _ in jobs}
             records = [
                 dict(
                     message_id=w.id,
@@ -154,6 +156,7 @@ class Processor:
                     business_keys=r.keys,
                     error=r.error,
                     error_location=r.error_location,
+                    book=_booker(channels[w.channel], w, r.events) if r.events else None,
                 )
                 for w, r in results
             ]
@@ -169,7 +172,7 @@ class Processor:
                         status=r.status,
                         where=r.error_location,
                     )
-                if r.outbound and w.channel not in woken:
+                if (r.outbound or r.events) and w.channel not in woken:
                     woken.add(w.channel)
                     self.engine.wake_destinations(w.channel)
         finally:
@@ -203,6 +206,24 @@ def _record(store: SqliteStore, records: list[dict[str, Any]], now: float) -> No
                 error=f"the store refused this message's result: {exc}",
                 error_location="pipeline",
             )
+
+
+def _booker(channel: Channel, work: Work, events: list[Any]) -> Any:
+    """The ledger booking of one message, run by the store inside that message's commit."""
+
+    def book(conn: Any) -> list[Any]:
+        return book_events(
+            conn,
+            message_id=work.id,
+            correlation_id=work.correlation_id,
+            channel=channel.name,
+            events=events,
+            routes=channel.ledger_routes,
+            policies=channel.par_policies,
+            charge_payload=channel.charge_payload,
+        )
+
+    return book
 
 
 def _load_many(store: SqliteStore, ids: list[str]) -> list[tuple[Any, bytes | None]]:

@@ -26,6 +26,7 @@ class TransformContext:
         default_factory=list
     )
     keys: list[tuple[str, str]] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
 
     def lookup(self, table: str, key: Any, default: Any = MISSING) -> Any:
         """The row for ``key`` in mapping table ``table``; raises MappingMiss without a default."""
@@ -42,6 +43,11 @@ class TransformContext:
     ) -> None:
         """Queue ``payload`` for ``destination`` (instead of the final body)."""
         self.emitted.append((destination, payload, order_key, content_type, dict(meta or {})))
+
+    def book(self, event: Any) -> None:
+        """Hand a ledger record (a ConsumptionEvent) to the channel's ledger; it is booked in
+        the same commit as this message's result, once per business key."""
+        self.events.append(event)
 
     def key(self, name: str, value: Any) -> None:
         """Record a business key (po_number, invoice_number, encounter, item) for search."""

@@ -34,6 +34,7 @@ from engine.spec import (
     MapOf,
     Spec,
     Str,
+    TableName,
     did_you_mean,
     join,
 )
@@ -100,6 +101,30 @@ STEP_SPEC = Spec(
     dispatch=("transform", "transform"),
 )
 
+LEDGER_SPEC = Spec(
+    "ledger",
+    [
+        Field("issue", NAME, None, "Destination that takes ERP inventory issues."),
+        Field("charge", NAME, None, "Destination that takes billing charges (DFT^P03)."),
+        Field("requisition", NAME, None, "Destination that takes requisitions."),
+        Field(
+            "par_levels",
+            TableName(),
+            None,
+            "Mapping table of par policies: location_id, item_id, par, reorder_point, "
+            "order_qty, order_uom, pack_size.",
+        ),
+        Field("billing_application", Str(), "BILLING", "MSH-5 of the charges sent."),
+    ],
+    description=(
+        "Book the consumption events that transforms produce (`ctx.book`) in the supply "
+        "ledger, in the same commit as the message: perpetual on-hand, an ERP issue, a charge "
+        "for chargeable items, and one requisition per par breach — once per business key."
+    ),
+    example="ledger:\n  issue: erp\n  charge: billing\n  requisition: erp_requisitions\n"
+    "  par_levels: par_levels",
+)
+
 DEDUP_SPEC = Spec(
     "dedup",
     [
@@ -152,6 +177,16 @@ def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> Non
     for i, name in enumerate(names):
         if name in names[:i]:
             ctx.error(node, join(join(path, "destinations"), i), f"destination '{name}' twice")
+    if config.ledger is not None:
+        for role in ("issue", "charge", "requisition"):
+            dest = getattr(config.ledger, role)
+            if dest is not None and dest not in names:
+                ctx.error(
+                    node,
+                    f"ledger.{role}",
+                    f"no destination '{dest}' in this channel (have: {', '.join(names) or 'none'})"
+                    f"{did_you_mean(dest, names)}",
+                )
     if config.application_ack is not None and config.application_ack not in names:
         ctx.error(
             node,
@@ -189,6 +224,7 @@ CHANNEL_SPEC = Spec(
         Field("source", Component("source"), None, "Where messages come from."),
         Field("codec", Component("codec"), None, "How bytes are parsed (default `raw`)."),
         Field("dedup", DEDUP_SPEC, None, "Duplicate detection."),
+        Field("ledger", LEDGER_SPEC, None, "Supply-ledger booking of consumption events."),
         Field("filter", ListOf(Component("filter")), (), "Messages failing any filter stop."),
         Field("transformer", ListOf(STEP_SPEC), (), "Transform steps, in order."),
         Field("destinations", ListOf(DESTINATION_SPEC), (), "Where results go."),
