@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,7 @@ class Engine:
         for defn in self.project.channels.values():
             if defn.config.enabled:
                 self._start_channel(Channel(defn, self.project.mappings, REGISTRY))
+        await self._seed_onhand()
         for config in self.project.settings.listeners:
             self._start_listener(config)
         self.processor.wake()
@@ -306,6 +308,25 @@ class Engine:
         await self.executor.stop()
         self.pool.stop()
         self.store.close()
+
+    async def _seed_onhand(self) -> None:
+        """Starting on-hand from each ledger's snapshot table, where the ledger has none yet."""
+        rows = []
+        for channel in self.channels.values():
+            table = channel.ledger.onhand if channel.ledger else None
+            if table:
+                for row in self.project.mappings.table(table).rows.values():
+                    rows.append(
+                        (
+                            str(row["location_id"]),
+                            str(row["item_id"]),
+                            Decimal(str(row["on_hand"])),
+                            str(row.get("uom") or "EA"),
+                        )
+                    )
+        if rows:
+            n = await self.executor.submit(self.store.seed_onhand, rows, time.time())
+            log.info("ledger: {n} on-hand figure(s) seeded from the snapshot", n=n)
 
     def _start_channel(self, channel: Channel) -> None:
         self.channels[channel.name] = channel

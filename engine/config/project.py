@@ -114,6 +114,13 @@ LEDGER_SPEC = Spec(
             "Mapping table of par policies: location_id, item_id, par, reorder_point, "
             "order_qty, order_uom, pack_size.",
         ),
+        Field(
+            "onhand",
+            TableName(),
+            None,
+            "Mapping table with the starting on-hand snapshot (location_id, item_id, on_hand, "
+            "uom); applied at start where the ledger has no figure yet.",
+        ),
         Field("billing_application", Str(), "BILLING", "MSH-5 of the charges sent."),
     ],
     description=(

@@ -342,6 +342,13 @@ class SqliteStore:
                 book=book,
             )
 
+    def seed_onhand(self, rows: Sequence[tuple[str, str, Any, str]], now: float) -> int:
+        """Seed the ledger's on-hand where it has no figure yet (see engine.ledger.book)."""
+        from engine.ledger.book import seed_onhand
+
+        with self._write("seed_onhand") as conn:
+            return seed_onhand(conn, rows, now)
+
     def finish_many(self, results: Sequence[dict[str, Any]], now: float) -> None:
         """Several pipeline runs in ONE transaction; each dict holds finish_processing's
         keyword arguments plus ``message_id``. All or none are recorded."""

@@ -1,0 +1,136 @@
+"""HL7 DFT^P03 (2.3 to 2.8.2) → one ConsumptionEvent per FT1, booked in the supply ledger.
+
+Item from FT1-7.1 (charge code) through the item table; location from FT1-16.1 or PV1-3.1
+through the location table; quantity FT1-10 in the billing unit, converted to the stocking unit
+with the item's ``pack_qty``; encounter PV1-19.1; performer FT1-20; procedure FT1-25 or PR1-3;
+service date FT1-4. A credit is FT1-6 = CD or a negative quantity. Implant lot, serial and UDI
+come from a Z-segment (``ZUD``: ZUD-2 UDI, ZUD-4 lot, ZUD-5 serial, ZUD-6 expiry) or the 2.8.2
+PRT segment (PRT-10 UDI, PRT-16 expiry, PRT-17 lot, PRT-18 serial) after the FT1.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from engine.codecs.hl7v2 import Hl7Message, Segment
+from engine.errors import MissingField, TransformError
+from engine.ledger.records import ConsumptionEvent
+from engine.registry import transform
+from engine.spec import Enum, Field, Spec, TableName
+from engine.transforming import TransformContext
+
+SPEC = Spec(
+    "hl7_usage_to_ledger",
+    [
+        Field("items", TableName(), "items", "Item table keyed by charge code (FT1-7.1)."),
+        Field("locations", TableName(), "locations", "Location table keyed by PL point of care."),
+        Field(
+            "implant_detail",
+            Enum("auto", "zud", "prt", "none"),
+            "auto",
+            "Where lot/serial/UDI are: a ZUD Z-segment, the PRT segment (2.8.2), or either.",
+        ),
+    ],
+    description=(
+        "Books one consumption event per FT1 of a DFT^P03 in the channel's ledger (stock "
+        "issue, charge for chargeable items, par check). The business key is FT1-2 + item + "
+        "FT1-4 date, so a resent line never counts twice. Business keys: `encounter`, `item`."
+    ),
+    example="transformer:\n  - transform: hl7_usage_to_ledger\nledger:\n  issue: erp\n"
+    "  charge: billing",
+)
+
+
+def _decimal(text: str, field: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise TransformError(f"{field} must be a number (got {text!r})") from None
+
+
+def _detail_after(msg: Hl7Message, ft1: Segment, mode: str) -> dict[str, str | None]:
+    """Implant detail in the segments that follow this FT1 (up to the next FT1)."""
+    segs = msg.segments
+    start = segs.index(ft1) + 1
+    for seg in segs[start:]:
+        if seg.name == "FT1":
+            break
+        if seg.name == "ZUD" and mode in ("auto", "zud"):
+            return {
+                "udi": seg.get(2),
+                "lot": seg.get(4),
+                "serial": seg.get(5),
+                "expiry": seg.get(6),
+            }
+        if seg.name == "PRT" and mode in ("auto", "prt"):
+            return {
+                "udi": seg.get(10),
+                "expiry": seg.get(16),
+                "lot": seg.get(17),
+                "serial": seg.get(18),
+            }
+    return {}
+
+
+@transform("hl7_usage_to_ledger", SPEC)
+def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
+    opts = ctx.options
+    if not isinstance(msg, Hl7Message):
+        raise TransformError(f"expected an HL7 v2 message (got {type(msg).__name__})")
+    encounter = msg.get("PV1-19.1")
+    if not encounter:
+        raise MissingField("PV1-19", "usage is booked and charged against the encounter")
+    ft1s = msg.all("FT1")
+    if not ft1s:
+        raise MissingField("FT1", "a DFT^P03 needs at least one FT1 segment")
+    booked = []
+    for i, ft1 in enumerate(ft1s, start=1):
+        code = ft1.get(7)
+        if not code:
+            raise MissingField(f"FT1[{i}]-7", "charge code")
+        line_id = ft1.get(2)
+        if not line_id:
+            raise MissingField(
+                f"FT1[{i}]-2", "the sender's line id keeps a resend from counting twice"
+            )
+        item = ctx.lookup(opts.items, code)
+        point = ft1.get(16) or msg.get("PV1-3.1") or ""
+        location = ctx.lookup(opts.locations, point)
+        qty = _decimal(ft1.get(10) or "1", f"FT1[{i}]-10")
+        credit = ft1.get(6) == "CD" or qty < 0
+        qty = abs(qty)
+        pack = Decimal(item.get("pack_qty") or 1)
+        service = (ft1.get(4) or msg.msh.get(7))[:8]
+        detail = _detail_after(msg, ft1, opts.implant_detail)
+        event = ConsumptionEvent(
+            business_key=f"{line_id}|{item['item_id']}|{service}",
+            kind="credit" if credit else "usage",
+            item_id=item["item_id"],
+            location_id=location["location_id"],
+            quantity=qty * pack,
+            uom=item["stock_uom"],
+            encounter=encounter,
+            service_time=service,
+            cost_center=location.get("cost_center") or "",
+            gl_account=item.get("gl_account") or "",
+            chargeable=bool(item.get("chargeable")),
+            charge_code=code,
+            billing_quantity=qty,
+            billing_uom=item.get("billing_uom"),
+            hcpcs=ft1.get(25) or None,
+            patient=msg.get("PID-3.1"),
+            performer=ft1.get(20) or None,
+            procedure=ft1.get(25) or msg.get("PR1-3.1"),
+            source_line=line_id,
+            reverses=None,
+            lot=detail.get("lot") or None,
+            serial=detail.get("serial") or None,
+            udi=detail.get("udi") or None,
+            expiry=detail.get("expiry") or None,
+        )
+        ctx.book(event)
+        ctx.key("item", item["item_id"])
+        booked.append(event.business_key)
+    ctx.key("encounter", encounter)
+    return {"encounter": encounter, "events": booked}
