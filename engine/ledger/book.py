@@ -9,6 +9,7 @@ event, not the message, so an ERP sees the same key for the same effect whatever
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -254,3 +255,31 @@ def seed_onhand(
         )
         n += cur.rowcount
     return n
+
+
+def charge_outcome(
+    conn: sqlite3.Connection, delivery_id: int, status: str, reason: str | None, now: float
+) -> None:
+    """The billing system's answer to a charge updates the ledger: accepted, or rejected with a
+    CHARGE_REJECTED work item for a person. Other deliveries are left alone."""
+    row = conn.execute(
+        "SELECT meta, message_id, correlation_id FROM outbox WHERE id = ?", (delivery_id,)
+    ).fetchone()
+    if row is None or '"effect":"charge"' not in row[0].replace(" ", ""):
+        return
+    meta = json.loads(row[0])
+    event = conn.execute(
+        "SELECT id FROM consumption_events WHERE business_key = ?", (meta.get("event_key"),)
+    ).fetchone()
+    if event is None:
+        return
+    conn.execute(
+        "UPDATE charges SET status = ?, updated_at = ? WHERE event_id = ?",
+        (status, now, event[0]),
+    )
+    if status == "rejected":
+        conn.execute(
+            "INSERT INTO work_items (kind, subject, detail, status, message_id, correlation_id, "
+            "created_at, updated_at) VALUES ('CHARGE_REJECTED', ?, ?, 'open', ?, ?, ?, ?)",
+            (meta.get("event_key"), reason or "", row[1], row[2], now, now),
+        )

@@ -20,6 +20,7 @@ from typing import Any
 
 from engine import model
 from engine.errors import StoreError
+from engine.ledger.book import charge_outcome
 from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
 from engine.store.migrations import apply_migrations, current_version
 
@@ -528,6 +529,7 @@ class SqliteStore:
                 "lease_until = NULL, updated_at = ? WHERE id = ?",
                 (model.DELIVERED, response, now, delivery_id),
             )
+            charge_outcome(conn, delivery_id, "accepted", None, now)
             self._roll_up(conn, message_id, now)
 
     def delivery_retry(
@@ -568,6 +570,7 @@ class SqliteStore:
                 "FROM outbox WHERE id = ?",
                 (kind, reason, now, delivery_id),
             )
+            charge_outcome(conn, delivery_id, "rejected", reason, now)
             self._roll_up(conn, message_id, now)
 
     @staticmethod

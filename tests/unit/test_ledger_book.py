@@ -154,3 +154,23 @@ def test_round_up_to_pack() -> None:
     assert round_up_to_pack(Decimal(7), 5) == 10
     assert round_up_to_pack(Decimal(10), 5) == 10
     assert round_up_to_pack(Decimal("2.5"), 1) == 3
+
+
+def test_billing_answer_updates_the_charge_and_a_rejection_opens_a_work_item(
+    tmp_path: Path,
+) -> None:
+    """A delivered charge is accepted; a charge the billing system refused (AE → dead letter)
+    is rejected and opens a CHARGE_REJECTED work item."""
+    ledger = Ledger(tmp_path)
+    ledger.book(event("CU-6"))
+    ledger.book(event("CU-7"))
+    store, now = ledger.store, time.time()
+    first, second = store.claim_deliveries("usage", "billing", 10, now, 60)
+    store.delivery_succeeded(first.id, b"MSA|AA", now)
+    store.delivery_dead(second.id, "billing answered AE: unknown encounter", now)
+    rows = store._conn().execute("SELECT status FROM charges ORDER BY id").fetchall()
+    assert rows == [("accepted",), ("rejected",)]
+    items = store._conn().execute("SELECT kind, subject, detail FROM work_items").fetchall()
+    assert items == [
+        ("CHARGE_REJECTED", "CU-7|STENT|20260116", "billing answered AE: unknown encounter")
+    ]
