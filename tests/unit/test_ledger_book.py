@@ -165,8 +165,9 @@ def test_billing_answer_updates_the_charge_and_a_rejection_opens_a_work_item(
     ledger.book(event("CU-6"))
     ledger.book(event("CU-7"))
     store, now = ledger.store, time.time()
-    first, second = store.claim_deliveries("usage", "billing", 10, now, 60)
+    (first,) = store.claim_deliveries("usage", "billing", 10, now, 60)  # ordered per encounter
     store.delivery_succeeded(first.id, b"MSA|AA", now)
+    (second,) = store.claim_deliveries("usage", "billing", 10, now, 60)
     store.delivery_dead(second.id, "billing answered AE: unknown encounter", now)
     rows = store._conn().execute("SELECT status FROM charges ORDER BY id").fetchall()
     assert rows == [("accepted",), ("rejected",)]
