@@ -1,237 +1,836 @@
-"""MLLP destination: send HL7 v2 to a peer and wait for its ACK, reusing connections.
+"""The ``mllp`` destination: send HL7 v2 over MLLP and wait for the peer's ACK.
 
-AA/CA counts as sent (the ACK is stored as the response). AE/CE is an application error,
-not retried unless ``retry_on_ae``. AR/CR, timeouts and connection failures are retried with the
-delivery policy's backoff. An ACK timeout or a lost connection after the message went out is
-ambiguous (the peer may have it); an ACK whose MSA-2 is not our MSH-10 is ambiguous too, and the
-connection is dropped. Payloads and ACKs are never logged.
+Each delivery goes out as one MLLP Release 2 block (``0x0B`` payload ``0x1C 0x0D``) on a pooled
+connection, and exactly one ACK block is awaited on that connection within ``ack_timeout``.
+The ACK is read with the lean tokenizer; its MSA-2 must echo the MSH-10 of what was sent
+(HL7 v2.5.1 §2.9). Outcomes map to :class:`~engine.errors.DeliveryError` flags:
+
+==============================================================  =========  =========
+outcome                                                         retryable  ambiguous
+==============================================================  =========  =========
+MSA-1 AA / CA (the ACK is returned and stored as the response)  (success)
+MSA-1 AE / CE (application / commit error: fix the content)     no [1]_    no
+MSA-1 AR / CR (reject: often transient)                         yes        no
+MSA-2 is not our MSH-10; ACK unreadable or over ``max_ack``     yes        yes
+no ACK within ``ack_timeout``; connection lost after sending    yes        yes
+refused, connect timeout, DNS failure, TLS handshake failure    yes        no
+payload is not HL7 (no MSH, no MSH-10)                          no         no
+==============================================================  =========  =========
+
+.. [1] yes with ``retry_on_ae: true``.
+
+Connections: one per concurrent send. A connection whose send got a well-formed ACK for our
+MSH-10 goes back to the idle pool and is reused by the next send; one that errored, timed out,
+answered for another MSH-10 or sent an unsolicited block is dropped. Idle connections are closed
+after :data:`IDLE_TIMEOUT` and dropped as soon as the peer closes them.
+
+Payloads and ACK contents are never logged: log lines carry host:port, the delivery id and MSA-1.
+(The error text of an AE/AR carries the peer's MSA-3/ERR text, as the operator needs it.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import ipaddress
+import pathlib
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, endpoints, error, protocol, ssl, task
+from OpenSSL import SSL
+from twisted.internet import endpoints, error, ssl, task
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from engine.codecs.hl7v2 import tokenize
-from engine.errors import CodecError, DeliveryError
+from engine.codecs.hl7v2 import Hl7Message, tokenize
+from engine.destinations.http import load_ca_bundle
+from engine.errors import CodecError, ConfigError, DeliveryError
 from engine.model import Delivery
 from engine.registry import destination
-from engine.spec import Bool, ByteSize, Duration, Field, Int, Spec, Str
+from engine.spec import Bool, ByteSize, Context, Duration, Field, Int, Spec, Str, join
 
-log = Logger()
-SB, EB = b"\x0b", b"\x1c\x0d"
+log = Logger(namespace="wharf.destination.mllp")
+
+#: MLLP Release 2 block: start block, end block (FS CR).
+SB = b"\x0b"
+FS = b"\x1c"
+EB = b"\x1c\x0d"
+
+#: Seconds an idle pooled connection is kept before Wharf closes it (below common receiver
+#: idle limits, so a send rarely lands on a connection the peer is closing: that is ambiguous).
+IDLE_TIMEOUT = 60.0
+#: At most this many idle connections are kept; more are closed.
+MAX_IDLE = 32
+#: Reactor turns to yield before reusing an idle connection, so a close the peer sent right
+#: after its last ACK (peers that close after each message) is seen first.
+REUSE_TURNS = 2
+#: A peer that closes a pooled connection within this many seconds of its ACK is taken for one
+#: that closes after every message: from then on connections are not pooled (as keep_alive:
+#: false), so no message is written on a connection the peer is closing.
+PEER_CLOSE_WINDOW = 1.0
+#: Until one connection has carried a second message, a connection is reused only once it has
+#: been idle this long since its ACK: time for a peer that closes after each message to do so.
+PROBE_DELAY = 0.2
+
+SUCCESS_CODES = ("AA", "CA")
+ERROR_CODES = ("AE", "CE")
+REJECT_CODES = ("AR", "CR")
+
+
+def _check(config: Any, ctx: Context, node: Any, path: str) -> None:
+    if not config.tls:
+        for name in ("ca_file", "client_certificate"):
+            if getattr(config, name):
+                ctx.error(node, join(path, name), f"{name} needs tls: true (got tls: false)")
+    if config.ca_file and not config.tls_verify:
+        ctx.error(
+            node, join(path, "ca_file"), "ca_file needs tls_verify: true (got tls_verify: false)"
+        )
+    if config.max_ack < 64:
+        ctx.error(node, join(path, "max_ack"), f"must be at least 64 bytes (got {config.max_ack})")
+
 
 MLLP_DEST_SPEC = Spec(
     "mllp",
     [
-        Field("host", Str(), description="Peer host name or address."),
-        Field("port", Int(1, 65535), description="Peer port."),
-        Field("connect_timeout", Duration(lo=0.01), 10.0, "Time to open a connection."),
-        Field("ack_timeout", Duration(lo=0.01), 30.0, "Time to wait for the ACK."),
-        Field("tls", Bool(), False, "Use TLS."),
-        Field("ca_file", Str(), None, "PEM of CAs trusted for the peer instead of the system's."),
+        Field("host", Str(), description="Peer host name or address.", example="billing.local"),
+        Field("port", Int(1, 65535), description="Peer port.", example=2575),
+        Field(
+            "connect_timeout",
+            Duration(lo=0.01),
+            10.0,
+            "Time to open a connection (TLS handshake included); nothing was sent when it "
+            "runs out, so the delivery is retried.",
+            "5s",
+        ),
+        Field(
+            "ack_timeout",
+            Duration(lo=0.01),
+            30.0,
+            "Time to wait for the ACK after the message went out. When it runs out the outcome "
+            "is ambiguous (the peer may have the message).",
+            "20s",
+        ),
+        Field("tls", Bool(), False, "Connect with TLS.", True),
+        Field(
+            "ca_file",
+            Str(),
+            None,
+            "PEM bundle of the CAs trusted for the peer instead of the system store. "
+            "Relative to the project root.",
+            "certs/billing-ca.pem",
+        ),
         Field(
             "client_certificate",
             Str(),
             None,
-            "PEM holding our certificate and key, for mutual TLS.",
+            "PEM file holding Wharf's certificate and private key, for mutual TLS. Relative to "
+            "the project root.",
+            "certs/wharf-client.pem",
         ),
-        Field("retry_on_ae", Bool(), False, "Retry AE/CE answers (normally a content error)."),
+        Field(
+            "tls_verify",
+            Bool(),
+            True,
+            "Verify the peer's certificate and host name. false is for test rigs only.",
+            True,
+        ),
+        Field(
+            "retry_on_ae",
+            Bool(),
+            False,
+            "Retry AE/CE answers. An application error usually means the content must be fixed, "
+            "so by default it is a permanent failure.",
+            False,
+        ),
         Field(
             "keep_alive",
             Bool(),
             True,
-            "Reuse connections between messages; false for peers that close after each ACK.",
+            "Reuse connections between messages; false closes the connection after each ACK "
+            "(for peers that expect one message per connection).",
+            True,
         ),
-        Field("max_ack", ByteSize(), 1024 * 1024, "Larger ACKs are a protocol error."),
+        Field(
+            "max_ack",
+            ByteSize(),
+            1024 * 1024,
+            "Largest ACK accepted; a larger one drops the connection (ambiguous outcome).",
+            "64KiB",
+        ),
     ],
     description=(
-        "Send each delivery as one MLLP frame and wait for the ACK on the same connection; "
-        "idle connections are reused. AA/CA: sent. AE/CE: error (retried only with "
-        "`retry_on_ae`). AR/CR, timeouts, refused connections: retried with backoff. With "
-        "`ordered: true` on the destination, a billing system sees one key's messages in order."
+        "Send each delivery as one MLLP block and wait for the ACK on the same connection; idle "
+        "connections are reused. AA/CA: sent, the ACK is stored as the response. AE/CE: "
+        "permanent failure (retried only with `retry_on_ae`). AR/CR, refused connections and "
+        "connect timeouts: retried with backoff. No ACK within `ack_timeout`, a lost "
+        "connection after sending, or an ACK whose MSA-2 is not the message's MSH-10 is "
+        "ambiguous: retried when the destination is idempotent, otherwise quarantined. The "
+        "payload must be HL7 v2 with an MSH-10."
     ),
-    example="destinations:\n  - name: billing\n    mllp: {host: billing.local, port: 2575}\n"
-    "    ordered: true",
+    example="""
+destinations:
+  - name: billing
+    mllp:
+      host: billing.local
+      port: 2575
+      ack_timeout: 20s
+      tls: true
+      ca_file: certs/billing-ca.pem
+    ordered: true
+    idempotent: false
+""",
+    check=_check,
 )
 
 
-class MLLPClientProtocol(protocol.Protocol):
-    """Frames what we send, unframes what comes back; one outstanding ACK at a time."""
+# --------------------------------------------------------------------------- protocol
 
-    def __init__(self, max_ack: int) -> None:
+
+class MLLPConnectionLost(Exception):
+    """The connection closed while an ACK was outstanding.
+
+    ``reason``: the Failure given to ``connectionLost``; ``received``: bytes that arrived for
+    the outstanding ACK (0 means the peer said nothing at all)."""
+
+    def __init__(self, reason: Failure | None, received: int) -> None:
+        super().__init__(_reason_text(reason))
+        self.reason = reason
+        self.received = received
+
+
+class MLLPProtocolError(Exception):
+    """The peer broke the framing contract (oversized ACK, unsolicited block); the connection
+    has been dropped."""
+
+
+class MLLPNotConnected(Exception):
+    """The connection (or its TLS handshake) failed before anything was sent."""
+
+    def __init__(self, reason: Failure | None, tls: bool) -> None:
+        super().__init__(_reason_text(reason))
+        self.reason = reason
+        self.tls = tls
+
+
+def _reason_text(reason: Failure | None) -> str:
+    if reason is None:
+        return "connection closed"
+    value = reason.value
+    text = str(value).strip()
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        text = "; ".join(str(part[-1]) for part in value.args[0] if part) or text
+    return f"{type(value).__name__}: {text}" if text else type(value).__name__
+
+
+@implementer(IHandshakeListener)
+class MLLPClientProtocol(Protocol):
+    """The client side of an MLLP connection: frames what is sent, unframes what comes back.
+
+    :meth:`send` writes one block and returns a Deferred that fires with the payload of the
+    next block the peer sends (its ACK), in order, one Deferred per outstanding ACK. Bytes
+    outside a block (junk before the start block, between blocks) are ignored; a block may
+    arrive in any number of reads. A block larger than ``max_ack`` or a block nobody waits
+    for drops the connection.
+
+    ``ready`` fires with the protocol once it can send: at ``connectionMade`` for plain TCP,
+    at ``handshakeCompleted`` when ``tls`` is true; it fails with :class:`MLLPNotConnected`
+    when the connection closes first (so nothing was sent).
+    """
+
+    def __init__(self, max_ack: int = 1024 * 1024, *, tls: bool = False) -> None:
         self.max_ack = max_ack
-        self.buf = bytearray()
-        self.waiting: defer.Deferred | None = None
+        self.tls = tls
+        self.ready: Deferred[MLLPClientProtocol] = Deferred(self._cancel_ready)
         self.lost = False
+        self.lost_reason: Failure | None = None
+        self.written = 0  # blocks written
+        self.received = 0  # bytes received since the oldest outstanding send
+        self._buf = bytearray()
+        self._in_block = False
+        self._scan = 0
+        self._waiting: deque[Deferred[bytes]] = deque()
+        self._closed: list[Deferred[None]] = []
+        #: Called with the protocol when the connection closes (the pool listens).
+        self.on_lost: Callable[[MLLPClientProtocol], None] | None = None
+        #: ``seconds()`` when the pool last put this connection back (idle since).
+        self.released_at: float | None = None
 
-    def send(self, payload: bytes) -> defer.Deferred:
-        self.buf.clear()
-        self.waiting = defer.Deferred()
+    # ------------------------------------------------------------------ connection state
+
+    def connectionMade(self) -> None:
+        if not self.tls:
+            self._set_ready()
+
+    def handshakeCompleted(self) -> None:
+        # A failed host name check aborts the connection inside the handshake; the TLS layer
+        # still reports completion, so look at the transport before trusting it.
+        if getattr(self.transport, "disconnecting", False):
+            return
+        self._set_ready()
+
+    def _set_ready(self) -> None:
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def _cancel_ready(self, d: Deferred[Any]) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = True
+        self.lost_reason = reason
+        if not self.ready.called:
+            self.ready.errback(MLLPNotConnected(reason, self.tls))
+        waiting, self._waiting = self._waiting, deque()
+        received = self.received
+        for d in waiting:
+            d.errback(MLLPConnectionLost(reason, received))
+            received = 0
+        closed, self._closed = self._closed, []
+        for d in closed:
+            d.callback(None)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def when_closed(self) -> Deferred[None]:
+        """A Deferred that fires (with None) once the connection is closed."""
+        if self.lost:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed.append(d)
+        return d
+
+    def abort(self) -> None:
+        """Drop the connection now (it can no longer be trusted to be in step)."""
+        if not self.lost and self.transport is not None:
+            self.transport.abortConnection()
+
+    @property
+    def outstanding(self) -> int:
+        """ACKs waited for."""
+        return len(self._waiting)
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, payload: bytes) -> Deferred[bytes]:
+        """Write ``payload`` as one block; the Deferred fires with the next ACK block's payload
+        (framing removed), or fails with :class:`MLLPConnectionLost` /
+        :class:`MLLPProtocolError`. Cancelling it drops the connection."""
+        if self.lost:  # nothing written
+            return _failed(MLLPNotConnected(self.lost_reason, self.tls))
+        d: Deferred[bytes] = Deferred(self._cancel_wait)
+        if not self._waiting:
+            self.received = 0
+        self._waiting.append(d)
+        self.written += 1
         self.transport.write(SB + payload + EB)
-        return self.waiting
+        return d
+
+    def _cancel_wait(self, d: Deferred[bytes]) -> None:
+        # A late ACK would be taken for the next message's: this connection is done.
+        try:
+            self._waiting.remove(d)
+        except ValueError:
+            pass
+        self.abort()
+
+    # ------------------------------------------------------------------ receiving
 
     def dataReceived(self, data: bytes) -> None:
-        self.buf += data
-        start = self.buf.find(SB)
-        if start < 0:
-            self.buf.clear()  # junk before a start block
-            return
-        end = self.buf.find(EB, start)
-        if end < 0:
-            if len(self.buf) > self.max_ack:
-                self._fail(DeliveryError("ACK larger than max_ack", ambiguous=True))
-                self.transport.loseConnection()
-            return
-        frame = bytes(self.buf[start + 1 : end])
-        del self.buf[: end + 2]
-        d, self.waiting = self.waiting, None
-        if d is not None:
-            d.callback(frame)
+        if self._waiting:
+            self.received += len(data)
+        self._buf += data
+        while self._buf and not self.lost:
+            if not self._in_block:
+                start = self._buf.find(SB)
+                if start < 0:
+                    self._buf.clear()  # junk outside a block
+                    return
+                del self._buf[:start]
+                self._in_block = True
+                self._scan = 1
+            end = self._buf.find(EB, self._scan)
+            if end < 0:
+                restart = self._buf.rfind(SB, self._scan)
+                if restart > 0:  # a new start block: what came before it was junk
+                    del self._buf[:restart]
+                # keep a trailing FS for the CR of the next read
+                self._scan = max(len(self._buf) - 1, 1)
+                if len(self._buf) - 1 > self.max_ack:
+                    self._protocol_error(f"ACK longer than max_ack ({self.max_ack} bytes)")
+                return
+            block = bytes(self._buf[1:end])
+            del self._buf[: end + len(EB)]
+            self._in_block = False
+            self._scan = 0
+            restart = block.rfind(SB)
+            if restart >= 0:
+                block = block[restart + 1 :]
+            if len(block) > self.max_ack:
+                self._protocol_error(f"ACK longer than max_ack ({self.max_ack} bytes)")
+                return
+            self._deliver(block)
 
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = True
-        self._fail(
-            DeliveryError("connection lost before the ACK came", retryable=True, ambiguous=True)
-        )
+    def _deliver(self, block: bytes) -> None:
+        if not self._waiting:
+            self._protocol_error("the peer sent a block nobody was waiting for")
+            return
+        d = self._waiting.popleft()
+        self.received = len(self._buf) if self._waiting else 0
+        d.callback(block)
 
-    def _fail(self, exc: DeliveryError) -> None:
-        d, self.waiting = self.waiting, None
-        if d is not None:
-            d.errback(exc)
+    def _protocol_error(self, text: str) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        self._buf.clear()
+        self.abort()
+        for d in waiting:
+            d.errback(MLLPProtocolError(text))
+
+
+def _failed(exc: BaseException) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(exc)
+    return d
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _NoVerifyCreator:
+    """TLS that checks neither certificate nor host name (``tls_verify: false``, test rigs);
+    presents ``client`` (a PrivateCertificate) when given."""
+
+    def __init__(self, hostname: str, client: ssl.PrivateCertificate | None) -> None:
+        self._hostname = hostname
+        self._ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self._ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        if client is not None:
+            self._ctx.use_certificate(client.original.to_cryptography())
+            self._ctx.use_privatekey(client.privateKey.original.to_cryptography_key())
+            self._ctx.check_privatekey()
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self._ctx, None)
+        conn.set_app_data(tlsProtocol)
+        if not _is_ip(self._hostname):
+            conn.set_tlsext_host_name(self._hostname.encode("idna"))
+        conn.set_connect_state()
+        return conn
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def tls_creator(options: Any, base_dir: pathlib.Path) -> Any:
+    """The client TLS connection creator for ``options``; ConfigError when a PEM file is
+    missing or unreadable."""
+
+    def resolve(value: str) -> pathlib.Path:
+        path = pathlib.Path(value)
+        return path if path.is_absolute() else pathlib.Path(base_dir) / path
+
+    client = None
+    if options.client_certificate:
+        path = resolve(options.client_certificate)
+        try:
+            client = ssl.PrivateCertificate.loadPEM(path.read_bytes())
+        except OSError as e:
+            raise ConfigError(
+                f"'client_certificate' must be a readable PEM file (got {str(path)!r}: {e})"
+            ) from e
+        except Exception as e:
+            raise ConfigError(
+                f"'client_certificate' must hold a certificate and its private key "
+                f"(got {str(path)!r}: {type(e).__name__})"
+            ) from e
+    if not options.tls_verify:
+        return _NoVerifyCreator(options.host, client)
+    trust = None
+    if options.ca_file:
+        trust = ssl.trustRootFromCertificates(load_ca_bundle(resolve(options.ca_file)))
+    return ssl.optionsForClientTLS(options.host, trustRoot=trust, clientCertificate=client)
+
+
+# --------------------------------------------------------------------------- the destination
 
 
 class MLLPDestination:
-    def __init__(self, options: Any, *, reactor: Any, name: str, base_dir: Path) -> None:
+    """Sends deliveries over MLLP with a small pool of reused connections; see the module
+    docstring for the outcome mapping."""
+
+    def __init__(
+        self,
+        options: Any,
+        *,
+        reactor: Any,
+        name: str,
+        base_dir: pathlib.Path,
+        channel: str = "",
+    ) -> None:
         self.options = options
         self.reactor = reactor
+        self.channel = channel
         self.name = name
-        self.base_dir = base_dir
+        self.base_dir = pathlib.Path(base_dir)
+        self.peer = f"{options.host}:{options.port}"
         self.idle: list[MLLPClientProtocol] = []
         self.busy: set[MLLPClientProtocol] = set()
-        self.peer = f"{options.host}:{options.port}"
+        self.connections_opened = 0
+        self._idle_timers: dict[MLLPClientProtocol, Any] = {}
+        self._connecting: set[Deferred[Any]] = set()
+        self._closed = False
+        self._peer_closes = False  # the peer closes after each ACK: do not pool
+        self._peer_keeps_open = False  # a connection carried a second message: reuse at once
+        self._tls = tls_creator(options, self.base_dir) if options.tls else None
 
-    def _path(self, value: str) -> Path:
-        p = Path(value)
-        return p if p.is_absolute() else self.base_dir / p
+    # ------------------------------------------------------------------ connections
 
     def _endpoint(self) -> Any:
         o = self.options
         tcp = endpoints.HostnameEndpoint(self.reactor, o.host, o.port, timeout=o.connect_timeout)
-        if not o.tls:
+        if self._tls is None:
             return tcp
-        trust = None
-        if o.ca_file:
-            pem = self._path(o.ca_file).read_bytes()
-            trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem)])
-        client_cert = None
-        if o.client_certificate:
-            client_cert = ssl.PrivateCertificate.loadPEM(
-                self._path(o.client_certificate).read_bytes()
-            )
-        tls = ssl.optionsForClientTLS(o.host, trustRoot=trust, clientCertificate=client_cert)
-        return endpoints.wrapClientTLS(tls, tcp)
+        return endpoints.wrapClientTLS(self._tls, tcp)
 
-    async def _connection(self) -> MLLPClientProtocol:
-        if self.idle:
-            # Let a close the peer already sent be processed before reusing the connection.
-            await task.deferLater(self.reactor, 0, lambda: None)
+    async def _connect(self) -> MLLPClientProtocol:
+        """A new connection, ready to send (TLS handshake done); DeliveryError (retryable, not
+        ambiguous) when that fails: nothing has been sent."""
+        if self._closed:
+            raise DeliveryError(f"{self.peer}: destination is closed", retryable=True)
+        proto = MLLPClientProtocol(self.options.max_ack, tls=self._tls is not None)
+        d = endpoints.connectProtocol(self._endpoint(), proto)
+        d.addCallback(lambda p: p.ready)
+        timed_out = [False]
+
+        def on_timeout() -> None:
+            timed_out[0] = True
+            d.cancel()
+
+        timer = self.reactor.callLater(self.options.connect_timeout, on_timeout)
+        self._connecting.add(d)
+        try:
+            conn = await d
+        except Exception as e:
+            raise self._connect_error(e, timed_out[0]) from None
+        finally:
+            self._connecting.discard(d)
+            if timer.active():
+                timer.cancel()
+        self.connections_opened += 1
+        conn.on_lost = self._lost
+        log.debug(
+            "destination {channel}/{destination}: connected to {peer}",
+            channel=self.channel,
+            destination=self.name,
+            peer=self.peer,
+        )
+        return conn
+
+    def _connect_error(self, exc: BaseException, timed_out: bool) -> DeliveryError:
+        peer, tls = self.peer, self._tls is not None
+        if timed_out:
+            what = "connect and TLS handshake" if tls else "connect"
+            text = f"{peer}: {what} timed out after {self.options.connect_timeout:g}s"
+        elif isinstance(exc, MLLPNotConnected):
+            if exc.tls:
+                text = f"{peer}: TLS handshake failed: {exc}"
+            else:
+                text = f"{peer}: connection closed before it could be used: {exc}"
+        elif isinstance(exc, error.DNSLookupError):
+            text = f"{peer}: host name lookup failed: {type(exc).__name__}"
+        elif isinstance(exc, error.ConnectionRefusedError):
+            text = f"{peer}: connection refused"
+        else:
+            text = f"{peer}: could not connect: {type(exc).__name__}: {exc}".rstrip(": ")
+        return DeliveryError(text, retryable=True, ambiguous=False)
+
+    async def _acquire(self) -> MLLPClientProtocol:
+        """An idle connection that is still open, else a new one."""
+        if self.idle and REUSE_TURNS:
+            # Let a close the peer sent right after its last ACK be processed first.
+            for _ in range(REUSE_TURNS):
+                await _turn(self.reactor)
         while self.idle:
             conn = self.idle.pop()
-            if not conn.lost:
-                return conn
-        try:
-            return await endpoints.connectProtocol(
-                self._endpoint(), MLLPClientProtocol(self.options.max_ack)
-            )
-        except (error.ConnectError, error.DNSLookupError, error.TimeoutError, OSError) as exc:
-            raise DeliveryError(
-                f"cannot connect to {self.peer}: {exc.__class__.__name__}", retryable=True
-            ) from exc
+            self._cancel_idle_timer(conn)
+            if conn.lost or conn.outstanding:
+                continue
+            since = conn.released_at
+            wait = 0.0 if since is None else since + PROBE_DELAY - self.reactor.seconds()
+            if not self._peer_keeps_open and wait > 0:
+                # Not yet known whether this peer keeps connections open: give it time to
+                # close this one before writing on it.
+                self.busy.add(conn)
+                try:
+                    await task.deferLater(self.reactor, wait, lambda: None)
+                finally:
+                    self.busy.discard(conn)
+                if conn.lost:
+                    self._peer_closed_idle(conn)
+                    continue
+                if self._closed:
+                    conn.transport.loseConnection()
+                    raise DeliveryError(f"{self.peer}: destination is closed", retryable=True)
+            return conn
+        return await self._connect()
 
-    async def send(self, delivery: Delivery) -> bytes | None:
-        payload = delivery.payload
-        try:
-            msg = tokenize(payload)
-            control_id = msg.control_id
-        except CodecError as exc:
-            raise DeliveryError(f"payload is not HL7 v2: {exc.message}", retryable=False) from exc
-        if not control_id:
-            raise DeliveryError("payload has no MSH-10 to match the ACK with", retryable=False)
-        conn = await self._connection()
-        self.busy.add(conn)
-        keep = False
-        try:
-            d = conn.send(payload)
-            d.addTimeout(self.options.ack_timeout, self.reactor)
-            try:
-                frame = await d
-            except defer.TimeoutError as exc:
-                raise DeliveryError(
-                    f"no ACK from {self.peer} within {self.options.ack_timeout:g}s",
-                    retryable=True,
-                    ambiguous=True,
-                ) from exc
-            ack = _parse_ack(frame, self.peer)
-            code, echoed = ack.get("MSA-1") or "", ack.get("MSA-2") or ""
-            if echoed != control_id:
-                raise DeliveryError(
-                    f"ACK from {self.peer} answers MSH-10 {echoed!r}, not {control_id!r}",
-                    retryable=True,
-                    ambiguous=True,
-                    response=frame,
-                )
-            keep = True
+    def _release(self, conn: MLLPClientProtocol, reusable: bool) -> None:
+        self.busy.discard(conn)
+        if conn.lost:
+            return
+        if (
+            not reusable
+            or self._closed
+            or self._peer_closes
+            or not self.options.keep_alive
+            or len(self.idle) >= MAX_IDLE
+        ):
+            if reusable:
+                conn.transport.loseConnection()
+            else:
+                conn.abort()
+            return
+        conn.released_at = self.reactor.seconds()
+        self.idle.append(conn)
+        self._idle_timers[conn] = self.reactor.callLater(IDLE_TIMEOUT, self._expire, conn)
+
+    def _lost(self, conn: MLLPClientProtocol) -> None:
+        """A connection closed; when it was idle, the peer closed it."""
+        if conn not in self.idle:
+            return
+        self.idle.remove(conn)
+        self._cancel_idle_timer(conn)
+        self._peer_closed_idle(conn)
+
+    def _peer_closed_idle(self, conn: MLLPClientProtocol) -> None:
+        """The peer closed an idle connection: soon after its ACK means it always does."""
+        since = conn.released_at
+        if (
+            not self._peer_closes
+            and since is not None
+            and self.reactor.seconds() - since < PEER_CLOSE_WINDOW
+        ):
+            self._peer_closes = True
             log.info(
-                "mllp {dest}: delivery {id} answered {code}",
-                dest=self.name,
-                id=delivery.id,
-                code=code,
+                "destination {channel}/{destination}: {peer} closes the connection after each "
+                "ACK; connections are no longer reused (set keep_alive: false for this peer)",
+                channel=self.channel,
+                destination=self.name,
+                peer=self.peer,
             )
-            if code in ("AA", "CA"):
-                return frame
-            text = ack.get("ERR-8") or ack.get("MSA-3") or ack.get("ERR-1") or ""
-            if code in ("AE", "CE"):
-                raise DeliveryError(
-                    f"{self.peer} answered {code}: {text}".rstrip(": "),
-                    retryable=self.options.retry_on_ae,
-                    response=frame,
-                )
-            raise DeliveryError(
-                f"{self.peer} answered {code or 'no MSA-1'}: {text}".rstrip(": "),
-                retryable=True,
-                response=frame,
-            )
-        finally:
-            self.busy.discard(conn)
-            if keep and not conn.lost and self.options.keep_alive:
-                self.idle.append(conn)
-            elif not conn.lost:
+
+    def _expire(self, conn: MLLPClientProtocol) -> None:
+        self._idle_timers.pop(conn, None)
+        if conn in self.idle:
+            self.idle.remove(conn)
+            if not conn.lost:
                 conn.transport.loseConnection()
 
-    def close(self) -> defer.Deferred | None:
-        for conn in [*self.idle, *self.busy]:
-            conn.transport.loseConnection()
+    def _cancel_idle_timer(self, conn: MLLPClientProtocol) -> None:
+        timer = self._idle_timers.pop(conn, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def close(self) -> Deferred[Any]:
+        """Close every connection; the Deferred fires once they are all closed."""
+        self._closed = True
+        for d in list(self._connecting):
+            d.cancel()
+        conns = [*self.idle, *self.busy]
+        for conn in self.idle:
+            self._cancel_idle_timer(conn)
         self.idle.clear()
-        return None
+        waits = [conn.when_closed() for conn in conns]
+        for conn in conns:
+            if not conn.lost:
+                conn.transport.loseConnection()
+        return DeferredList(waits).addCallback(lambda _: None)
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, delivery: Delivery) -> bytes | None:
+        """Send ``delivery.payload`` and wait for its ACK; the ACK bytes on AA/CA, else raise
+        :class:`DeliveryError`."""
+        payload = delivery.payload
+        control_id = _control_id(payload)
+        if self._closed:
+            raise DeliveryError(f"{self.peer}: destination is closed", retryable=True)
+        conn = await self._acquire()
+        self.busy.add(conn)
+        reusable = False
+        try:
+            block = await self._exchange(conn, payload)
+            ack = _parse_ack(block, self.peer)
+            code = (ack.get("MSA-1") or "").strip().upper()
+            echoed = (ack.get("MSA-2") or "").strip()
+            emit = log.debug if code in SUCCESS_CODES and echoed == control_id else log.info
+            emit(
+                "destination {channel}/{destination}: delivery {delivery_id}: {peer} answered "
+                "{code}",
+                channel=self.channel,
+                destination=self.name,
+                delivery_id=delivery.id,
+                peer=self.peer,
+                code=code or "-",
+            )
+            if echoed != control_id:
+                raise DeliveryError(
+                    f"{self.peer}: ACK answers MSH-10 {echoed!r}, not {control_id!r}; the "
+                    "connection was dropped (the message may have been processed)",
+                    retryable=True,
+                    ambiguous=True,
+                    response=block,
+                )
+            reusable = True
+            if conn.written > 1:
+                self._peer_keeps_open = True
+            if code in SUCCESS_CODES:
+                return block
+            text = _ack_text(ack)
+            detail = f"{self.peer} answered {code}{': ' + text if text else ''}"
+            if code in ERROR_CODES:
+                retry = bool(self.options.retry_on_ae)
+                return_text = detail if retry else detail + " (not retried: fix the content)"
+                raise DeliveryError(return_text, retryable=retry, response=block)
+            if code in REJECT_CODES:
+                raise DeliveryError(detail, retryable=True, response=block)
+            raise DeliveryError(
+                f"{self.peer}: ACK has MSA-1 {code or 'empty'!r}, expected one of AA, AE, AR, "
+                f"CA, CE, CR (the message may have been processed)",
+                retryable=True,
+                ambiguous=True,
+                response=block,
+            )
+        finally:
+            self._release(conn, reusable)
+
+    async def _exchange(self, conn: MLLPClientProtocol, payload: bytes) -> bytes:
+        """Write one block and wait ``ack_timeout`` for the answer block."""
+        d = conn.send(payload)
+        timed_out = [False]
+
+        def on_timeout() -> None:
+            timed_out[0] = True
+            d.cancel()
+
+        timer = self.reactor.callLater(self.options.ack_timeout, on_timeout)
+        try:
+            return await d
+        except CancelledError:
+            if timed_out[0]:
+                raise DeliveryError(
+                    f"{self.peer}: no ACK within {self.options.ack_timeout:g}s "
+                    "(the message may have been processed)",
+                    retryable=True,
+                    ambiguous=True,
+                ) from None
+            raise
+        except MLLPNotConnected as e:
+            raise DeliveryError(
+                f"{self.peer}: connection closed before the message was written: {e}",
+                retryable=True,
+                ambiguous=False,
+            ) from None
+        except MLLPConnectionLost as e:
+            heard = f" after {e.received} byte(s) of an ACK" if e.received else " before an ACK"
+            raise DeliveryError(
+                f"{self.peer}: connection lost{heard} (the message may have been processed): {e}",
+                retryable=True,
+                ambiguous=True,
+            ) from None
+        except MLLPProtocolError as e:
+            raise DeliveryError(
+                f"{self.peer}: {e}; the connection was dropped (the message may have been "
+                "processed)",
+                retryable=True,
+                ambiguous=True,
+            ) from None
+        finally:
+            if timer.active():
+                timer.cancel()
 
 
-def _parse_ack(frame: bytes, peer: str) -> Any:
+def _turn(reactor: Any) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(0, d.callback, None)
+    return d
+
+
+def _control_id(payload: bytes) -> str:
+    """MSH-10 of the payload; a permanent DeliveryError when it is not HL7 v2 or has none."""
     try:
-        return tokenize(frame)
-    except CodecError as exc:
+        msg = tokenize(payload)
+    except CodecError as e:
+        raise DeliveryError(f"payload is not HL7 v2: {e.message}", retryable=False) from None
+    control_id = (msg.msh.get(10, whole=True) or "").strip()
+    if not control_id:
         raise DeliveryError(
-            f"{peer} answered something that is not an HL7 ACK ({exc.message})",
+            "payload has no MSH-10 (message control id) to match the ACK with", retryable=False
+        )
+    if SB in payload or FS in payload:
+        raise DeliveryError("payload contains an MLLP framing byte (0x0B or 0x1C)", retryable=False)
+    return control_id
+
+
+def _parse_ack(block: bytes, peer: str) -> Hl7Message:
+    try:
+        ack = tokenize(block.lstrip(b"\r\n\t "))
+    except CodecError as e:
+        raise DeliveryError(
+            f"{peer}: the answer is not an HL7 ACK ({e.message}); the message may have been "
+            "processed",
             retryable=True,
             ambiguous=True,
-        ) from exc
+            response=block,
+        ) from None
+    if ack.segment("MSA") is None:
+        raise DeliveryError(
+            f"{peer}: the answer has no MSA segment; the message may have been processed",
+            retryable=True,
+            ambiguous=True,
+            response=block,
+        )
+    return ack
+
+
+def _ack_text(ack: Hl7Message, limit: int = 400) -> str:
+    """MSA-3 and the ERR segments' codes and messages, for the error text."""
+    parts: list[str] = []
+    msa3 = ack.get("MSA-3")
+    if msa3:
+        parts.append(msa3)
+    for err in ack.all("ERR")[:5]:
+        bits = []
+        code, label = err.get(3, 1), err.get(3, 2)
+        if code or label:
+            bits.append(f"ERR-3 {code} {label}".strip())
+        location = err.get(2, whole=True)
+        if location:
+            bits.append(f"at {location.replace('^', '-')}")
+        message = err.get(8) or err.get(7)
+        if message:
+            bits.append(message)
+        if not bits and err.get(1, whole=True):
+            bits.append(err.get(1, whole=True))  # pre-2.5 ERR-1
+        if bits:
+            parts.append(" ".join(bits))
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @destination("mllp", MLLP_DEST_SPEC)
 def make_mllp_destination(
-    options: Any, *, reactor: Any, channel: str, name: str, base_dir: Path
+    options: Any, *, reactor: Any, channel: str, name: str, base_dir: pathlib.Path
 ) -> MLLPDestination:
-    return MLLPDestination(options, reactor=reactor, name=name, base_dir=base_dir)
+    """Build the ``mllp`` destination of channel ``channel`` named ``name``."""
+    return MLLPDestination(options, reactor=reactor, channel=channel, name=name, base_dir=base_dir)
