@@ -191,6 +191,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from engine.sandbox.__main__ import main as sandbox_main
+
+    return sandbox_main(args.args)
+
+
 def cmd_demo_erp(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -251,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("docs", help="generate the component reference")
     d.add_argument("--out", type=Path, default=Path("docs/reference"))
     d.set_defaults(fn=cmd_docs)
+
+    sb = sub.add_parser(
+        "sandbox",
+        help="run the ERP and billing sandbox (python -m engine.sandbox --help for options)",
+        add_help=False,
+    )
+    sb.add_argument("args", nargs=argparse.REMAINDER)
+    sb.set_defaults(fn=cmd_sandbox)
 
     e = sub.add_parser("demo-erp", help="run the sample ERP receiver")
     e.add_argument("--host", default="127.0.0.1")

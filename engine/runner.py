@@ -20,6 +20,7 @@ from twisted.logger import (
 )
 
 DEMO_PORT = 8089
+BILLING_PORT = 2576
 MLLP_SAMPLES = ("dft_p03_stent_cath.hl7", "dft_p03_latin1.hl7", "broken/unsupported_version.hl7")
 
 
@@ -41,13 +42,22 @@ def run(args: argparse.Namespace) -> int:
 
     _start_logging()
     root: Path = args.root
-    receiver = None
+    sandbox = None
     if args.demo and "ERP_URL" not in os.environ:
-        from engine.demo import site
+        from engine.sandbox.service import SandboxService
 
-        record = root / "var" / "demo-erp" / "received.ndjson"
-        receiver = reactor.listenTCP(DEMO_PORT, site(record), interface="127.0.0.1")
-        print(f"demo: sample ERP listening on http://127.0.0.1:{DEMO_PORT}, recording to {record}")
+        sandbox = SandboxService(
+            root / "var" / "sandbox.db",
+            http_port=DEMO_PORT,
+            mllp_port=BILLING_PORT,
+            reactor=reactor,
+            seed=root / "mappings" / "onhand.csv",
+        )
+        sandbox.start()
+        print(
+            f"demo: ERP and billing sandbox on http://127.0.0.1:{DEMO_PORT} and "
+            f"mllp://127.0.0.1:{BILLING_PORT} (state in var/sandbox.db)"
+        )
     try:
         engine = Engine(root, reactor)
     except LintFailed as exc:
@@ -62,15 +72,15 @@ def run(args: argparse.Namespace) -> int:
             f"(store {engine.store.path}); Ctrl-C stops"
         )
         if args.demo:
-            ok = await demo(engine, root, reactor)
+            ok = await demo(engine, root, reactor, sandbox)
             exit_code[0] = 0 if ok else 1
             if args.exit_when_done:
                 reactor.stop()
 
     async def shutdown() -> None:
         await engine.stop()
-        if receiver is not None:
-            await receiver.stopListening()
+        if sandbox is not None:
+            await sandbox.stop()
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(shutdown()))
 
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     return exit_code[0]
 
 
-async def demo(engine: Any, root: Path, reactor: Any) -> bool:
+async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bool:
     """Drop the shipped samples into each drop folder and report where each message went."""
     samples = sorted((root / "samples" / "hl7").glob("*.hl7"))
     broken = sorted((root / "samples" / "hl7" / "broken").glob("*.hl7"))
@@ -132,9 +142,23 @@ async def demo(engine: Any, root: Path, reactor: Any) -> bool:
             reason = (folder / "error" / name).read_text().strip()
             print(f"  {name.removesuffix('.reason.txt')}: refused at the door: {reason}")
     sent = sum(1 for r in rows if r.status == "sent")
+    if sandbox is not None:
+        await task.deferLater(reactor, 0.5, lambda: None)
+        c = sandbox.state.counts()
+        shown = ("issues", "issue_lines", "charges", "requisitions")
+        print(
+            "demo: the sandbox ERP/billing now holds "
+            + ", ".join(f"{k} {c.get(k, 0)}" for k in shown)
+        )
+        for req in sandbox.state.requisitions():
+            print(
+                f"  requisition {req.get('id')}: {req.get('quantity')} {req.get('uom')} of "
+                f"{req.get('item')} for {req.get('location')} "
+                f"({req.get('reason')}, {req.get('status')})"
+            )
     print(
-        f"demo: {sent} message(s) delivered. Look at: `wharf messages`, var/out/usage/, "
-        "var/demo-erp/received.ndjson. Drop more files into the inbox, or Ctrl-C to stop."
+        f"demo: {sent} message(s) delivered. Look at: `wharf messages`, var/out/, "
+        "`wharf sandbox` state in var/sandbox.db. Drop more files into the inbox, or Ctrl-C."
     )
     return sent > 0
 

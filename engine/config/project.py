@@ -163,6 +163,7 @@ EXPECT_SPEC = Spec(
         Field("error_contains", Str(), None, "The error text contains this."),
         Field("response_code", Str(), None, "The source's answer code (HL7 MSA-1, HTTP status)."),
         Field("destinations", MapOf(DEST_EXPECT_SPEC), {}, "Per destination expectations."),
+        Field("events", Int(0), None, "Number of ledger events the transforms booked."),
     ],
     description="Expectations of a channel test.",
 )

@@ -81,6 +81,8 @@ def run_test(project: Project, defn: ChannelDef, index: int) -> TestOutcome:
         fail(f"status: expected {exp.status} (got {status}{detail})")
     if exp.error_contains is not None and exp.error_contains not in (result.error or ""):
         fail(f"error: expected text containing {exp.error_contains!r} (got {result.error!r})")
+    if exp.events is not None and len(result.events) != exp.events:
+        fail(f"events: expected {exp.events} ledger event(s) (got {len(result.events)})")
     if exp.response_code is not None:
         code = _response_code(channel, raw, result)
         if code != exp.response_code:

@@ -57,7 +57,9 @@ def wharf_env(tmp_path: Path, erp_port: int) -> dict[str, str]:
         WHARF_INBOX=str(tmp_path / "inbox"),
         WHARF_ARCHIVE=str(tmp_path / "archive"),
         WHARF_MLLP_ARCHIVE=str(tmp_path / "mllp_archive"),
-        MLLP_PORT=str(free_port()),  # the shipped MLLP channel runs too; keep it off 2575
+        MLLP_PORT=str(free_port()),  # the shipped MLLP channels run too: keep them off
+        LEDGER_MLLP_PORT=str(free_port()),  # the default ports 2575 and 2577
+        BILLING_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
     )
     return env

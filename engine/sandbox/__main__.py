@@ -1,0 +1,79 @@
+"""``python -m engine.sandbox``: run the ERP/billing sandbox until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wharf sandbox",
+        description="A stateful ERP (HTTP/JSON) and billing (MLLP DFT^P03, FHIR ChargeItem) "
+        "sandbox with its own SQLite state.",
+    )
+    p.add_argument("--http-port", type=int, default=8089, help="ERP HTTP port (default 8089)")
+    p.add_argument("--mllp-port", type=int, default=2576, help="billing MLLP port (default 2576)")
+    p.add_argument("--interface", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--state", type=Path, default=Path("var/sandbox.db"), help="SQLite file")
+    p.add_argument(
+        "--seed", type=Path, help="on-hand snapshot CSV: location,item,on_hand,uom (new rows only)"
+    )
+    p.add_argument("--reseed", action="store_true", help="with --seed: overwrite existing rows")
+    p.add_argument("--reset", action="store_true", help="empty the state before starting")
+    p.add_argument(
+        "--reject-code",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="billing answers AE for this charge code (repeatable)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from twisted.internet import defer, reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from engine.sandbox.service import SandboxService
+    from engine.sandbox.state import SandboxState, SeedError
+
+    if args.reset:
+        state = SandboxState(args.state)
+        state.reset()
+        state.close()
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    service = SandboxService(
+        args.state,
+        http_port=args.http_port,
+        mllp_port=args.mllp_port,
+        interface=args.interface,
+        reactor=reactor,
+        seed=args.seed,
+        reseed=args.reseed,
+        reject_codes=args.reject_code,
+    )
+    try:
+        service.start()
+    except (OSError, SeedError) as exc:
+        print(f"wharf sandbox: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # CannotListenError and friends
+        print(f"wharf sandbox: cannot start: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"sandbox ERP listening on {service.http_url}, billing MLLP on "
+        f"{args.interface}:{service.mllp_port}, state {args.state}",
+        flush=True,
+    )
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.ensureDeferred(service.stop())
+    )
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,106 @@
+"""The sandbox as one service: the ERP HTTP API and the MLLP billing receiver on one state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+
+from engine.sandbox.billing import BillingReceiver
+from engine.sandbox.erp import ErpApi, site
+from engine.sandbox.state import SandboxState
+
+log = Logger()
+
+
+class SandboxService:
+    """``start()`` listens on both ports (0 = any free port; the actual ones are then in
+    ``http_port`` and ``mllp_port``); ``await stop()`` closes listeners, connections and the
+    state file."""
+
+    def __init__(
+        self,
+        state_path: str | Path,
+        *,
+        http_port: int,
+        mllp_port: int,
+        interface: str = "127.0.0.1",
+        reactor: Any,
+        seed: str | Path | None = None,
+        reseed: bool = False,
+        reject_codes: Iterable[str] = (),
+    ) -> None:
+        self.state_path = Path(state_path)
+        self.interface = interface
+        self.reactor = reactor
+        self.requested = (http_port, mllp_port)
+        self.seed = seed
+        self.reseed = reseed
+        self.reject_codes = tuple(reject_codes)
+        self.state: SandboxState | None = None
+        self.billing: BillingReceiver | None = None
+        self.api: ErpApi | None = None
+        self.http_port: int | None = None
+        self.mllp_port: int | None = None
+        self._ports: list[Any] = []
+        self._factories: list[Any] = []
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.interface}:{self.http_port}"
+
+    def start(self) -> defer.Deferred:
+        """Open the state, seed it, listen. Listening when this returns (the Deferred it returns
+        has already fired with the service, for callers that await)."""
+        self.state = SandboxState(self.state_path)
+        if self.seed is not None:
+            n = self.state.seed_csv(self.seed, overwrite=self.reseed)
+            log.info("sandbox seeded {n} on-hand row(s) from {seed}", n=n, seed=str(self.seed))
+        self.billing = BillingReceiver(self.state, self.reject_codes)
+        self.api = ErpApi(self.state, self.billing)
+        inner = [site(self.api, self.reactor), self.billing.factory(self.reactor)]
+        web, mllp = (WrappingFactory(f) for f in inner)
+        for f in (*inner, web, mllp):
+            f.noisy = False  # no "Starting factory" lines
+        try:
+            http_port = self.reactor.listenTCP(self.requested[0], web, interface=self.interface)
+            self._ports.append(http_port)
+            mllp_port = self.reactor.listenTCP(self.requested[1], mllp, interface=self.interface)
+            self._ports.append(mllp_port)
+        except Exception:
+            for port in self._ports:
+                port.stopListening()
+            self._ports.clear()
+            self.state.close()
+            raise
+        self._factories = [web, mllp]
+        self.http_port = http_port.getHost().port
+        self.mllp_port = mllp_port.getHost().port
+        log.info(
+            "sandbox ERP on http://{iface}:{http}, billing MLLP on {iface}:{mllp}, state {state}",
+            iface=self.interface,
+            http=self.http_port,
+            mllp=self.mllp_port,
+            state=str(self.state_path),
+        )
+        return defer.succeed(self)
+
+    async def stop(self) -> None:
+        ports, self._ports = self._ports, []
+        for port in ports:
+            await port.stopListening()
+        if self._factories:
+            for call in list(self._factories[0].wrappedFactory.resource.pending):
+                if call.active():
+                    call.cancel()
+        for factory in self._factories:
+            for p in list(factory.protocols):
+                p.transport.abortConnection()
+        self._factories = []
+        if self.state is not None:
+            self.state.close()
+            self.state = None
