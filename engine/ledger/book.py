@@ -223,7 +223,7 @@ def _par_check(
             ev.location_id,
             ev.item_id,
             str(quantity),
-            policy.uom,
+            ev.uom,
             event_id,
             message_id,
             correlation_id,
@@ -235,7 +235,9 @@ def _par_check(
         "location_id": ev.location_id,
         "item_id": ev.item_id,
         "quantity": str(quantity),
-        "uom": policy.uom,
+        "uom": ev.uom,  # the quantity is in the stocking unit, a whole number of packs
+        "order_quantity": str(quantity / policy.pack_size if policy.pack_size > 1 else quantity),
+        "order_uom": policy.uom,
         "reason": f"on hand {on_hand} below reorder point {policy.reorder_point}",
         "correlation_id": correlation_id,
     }

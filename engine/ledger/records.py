@@ -40,8 +40,9 @@ class ConsumptionEvent:
 
 @dataclass(frozen=True)
 class ParPolicy:
-    """When on-hand at a location falls below ``reorder_point``, order ``order_qty``
-    rounded up to whole packs of ``pack_size``."""
+    """When on-hand at a location falls below ``reorder_point``, order
+    max(``order_qty``, par - on hand) in stocking units, rounded up to whole packs of
+    ``pack_size`` stocking units; ``uom`` is the pack's unit (the order unit)."""
 
     location_id: str
     item_id: str
