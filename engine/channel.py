@@ -17,7 +17,7 @@ from engine.codecs.base import Parsed
 from engine.codecs.hl7ack import is_enhanced
 from engine.codecs.hl7v2 import CONTENT_TYPE, Hl7Message
 from engine.config.project import ChannelDef
-from engine.errors import CodecError, TransformError, WharfError
+from engine.errors import CodecError, MappingMiss, TransformError, WharfError
 from engine.ledger.billing import charge_dft
 from engine.ledger.records import LedgerRoutes, ParPolicy
 from engine.mappings import Mappings
@@ -43,6 +43,7 @@ class Result:
     keys: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
     events: list[Any] = field(default_factory=list)
+    work_item: tuple[str, str, str] | None = None  # (kind, subject, detail) for a person
     error_location: str | None = None
 
 
@@ -138,7 +139,12 @@ class Channel:
             try:
                 body = step.fn(body, ctx)
             except TransformError as exc:
-                return parsed, Result(ERROR, error=str(exc), error_location=step.where)
+                work = None
+                if isinstance(exc, MappingMiss) and self.ledger is not None:
+                    work = ("MISSING_MAPPING", f"{exc.table}:{exc.key}", str(exc))
+                return parsed, Result(
+                    ERROR, error=str(exc), error_location=step.where, work_item=work
+                )
             except WharfError as exc:
                 return parsed, Result(
                     ERROR, error=f"{type(exc).__name__}: {exc}", error_location=step.where

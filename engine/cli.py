@@ -167,6 +167,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_work_items(args: argparse.Namespace) -> int:
+    from engine.ledger.book import open_work_items
+
+    store = _store(args.root)
+    try:
+        items = open_work_items(store._conn(), args.kind)
+        for w in items:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["created_at"]))
+            print(
+                f"{w['id']:>6}  {when}  {w['kind']:<18} {w['subject']}  (message {w['message_id']})"
+            )
+        print(f"{len(items)} open work item(s)", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     store = _store(args.root)
     try:
@@ -253,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_prune)
 
     sub.add_parser("status", help="message and delivery counts").set_defaults(fn=cmd_status)
+
+    w = sub.add_parser("work-items", help="open ledger work items (missing mappings, rejects)")
+    w.add_argument("--kind", help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, ...")
+    w.set_defaults(fn=cmd_work_items)
 
     d = sub.add_parser("docs", help="generate the component reference")
     d.add_argument("--out", type=Path, default=Path("docs/reference"))

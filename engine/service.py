@@ -158,6 +158,7 @@ class Processor:
                     error=r.error,
                     error_location=r.error_location,
                     book=_booker(channels[w.channel], w, r.events) if r.events else None,
+                    work_item=r.work_item,
                 )
                 for w, r in results
             ]
@@ -165,7 +166,15 @@ class Processor:
             self.processed += len(results)
             woken: set[str] = set()
             for w, r in results:
-                if r.error:
+                if r.work_item:
+                    log.error(
+                        "work item {kind} for message {id} on {channel}: {subject}",
+                        kind=r.work_item[0],
+                        id=w.id,
+                        channel=w.channel,
+                        subject=r.work_item[1],
+                    )
+                elif r.error:
                     log.warn(
                         "message {id} on {channel}: {status} at {where}",
                         id=w.id,

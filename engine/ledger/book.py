@@ -285,3 +285,47 @@ def charge_outcome(
             "created_at, updated_at) VALUES ('CHARGE_REJECTED', ?, ?, 'open', ?, ?, ?, ?)",
             (meta.get("event_key"), reason or "", row[1], row[2], now, now),
         )
+
+
+def work_items(
+    conn: sqlite3.Connection,
+    message_id: str,
+    correlation_id: str,
+    status: str,
+    item: tuple[str, str, str] | None,
+    now: float,
+) -> None:
+    """Open a work item for a message held for a person (MISSING_MAPPING ...), and resolve the
+    message's open ones once it went through (after the mapping was added and it was replayed)."""
+    if item is not None:
+        kind, subject, detail = item
+        exists = conn.execute(
+            "SELECT 1 FROM work_items WHERE message_id = ? AND kind = ? AND subject = ? "
+            "AND status = 'open'",
+            (message_id, kind, subject),
+        ).fetchone()
+        if not exists:
+            conn.execute(
+                "INSERT INTO work_items (kind, subject, detail, status, message_id, "
+                "correlation_id, created_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?, ?)",
+                (kind, subject, detail, message_id, correlation_id, now, now),
+            )
+    elif status != "error":
+        conn.execute(
+            "UPDATE work_items SET status = 'resolved', updated_at = ? "
+            "WHERE message_id = ? AND status = 'open' AND kind = 'MISSING_MAPPING'",
+            (now, message_id),
+        )
+
+
+def open_work_items(conn: sqlite3.Connection, kind: str | None = None) -> list[dict[str, object]]:
+    sql = (
+        "SELECT id, kind, subject, detail, message_id, created_at FROM work_items "
+        "WHERE status = 'open'"
+    )
+    args: tuple[str, ...] = ()
+    if kind:
+        sql += " AND kind = ?"
+        args = (kind,)
+    cols = ("id", "kind", "subject", "detail", "message_id", "created_at")
+    return [dict(zip(cols, row, strict=True)) for row in conn.execute(sql + " ORDER BY id", args)]

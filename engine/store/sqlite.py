@@ -20,7 +20,7 @@ from typing import Any
 
 from engine import model
 from engine.errors import StoreError
-from engine.ledger.book import charge_outcome
+from engine.ledger.book import charge_outcome, work_items
 from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
 from engine.store.migrations import apply_migrations, current_version
 
@@ -319,6 +319,7 @@ class SqliteStore:
         error: str | None = None,
         error_location: str | None = None,
         book: Callable[[sqlite3.Connection], Sequence[Outbound]] | None = None,
+        work_item: tuple[str, str, str] | None = None,
     ) -> None:
         """Record a pipeline run in ONE transaction: content, business keys, outbox, status.
 
@@ -341,6 +342,7 @@ class SqliteStore:
                 error=error,
                 error_location=error_location,
                 book=book,
+                work_item=work_item,
             )
 
     def seed_onhand(self, rows: Sequence[tuple[str, str, Any, str]], now: float) -> int:
@@ -370,6 +372,7 @@ class SqliteStore:
         error: str | None = None,
         error_location: str | None = None,
         book: Callable[[sqlite3.Connection], Sequence[Outbound]] | None = None,
+        work_item: tuple[str, str, str] | None = None,
     ) -> None:
         if status not in model.MESSAGE_STATUSES:
             raise ValueError(f"status must be one of {model.MESSAGE_STATUSES} (got {status!r})")
@@ -389,6 +392,7 @@ class SqliteStore:
         if book is not None and status != model.ERROR:
             # Ledger effects commit together with the message's own result.
             outbound = [*outbound, *book(conn)]
+        work_items(conn, message_id, correlation_id, status, work_item, now)
         self._replace_outbox(conn, message_id, channel, correlation_id, outbound, now)
         # A pipeline error stays an error even when something (an application ACK) goes out.
         if outbound and status != model.ERROR:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,25 @@ class LedgerFlowTests(unittest.TestCase):
             self.query("SELECT quantity FROM onhand WHERE item_id='ITEM-100789'"),
             [(str(Decimal(1)),)],
         )
+
+    @defer.inlineCallbacks
+    def test_missing_item_opens_a_work_item_that_replay_releases(self) -> Any:
+        """An unknown charge code holds the message with a MISSING_MAPPING work item (table and
+        key); after the mapping is added (hot reload) a replay books it and resolves the item."""
+        unknown = STENT.replace(b"278000789", b"278000999").replace(b"CATH-55001", b"CATH-MISS-1")
+        yield self.send(unknown)
+        yield defer.ensureDeferred(self.settle())
+        items = self.query("SELECT kind, subject, status FROM work_items")
+        self.assertEqual(items, [("MISSING_MAPPING", "items:278000999", "open")])
+        with (self.root / "mappings/items.csv").open("a") as fh:
+            fh.write("278000999,ITEM-100999,NEW STENT,EA,EA,1,true,5410-278,900.00\n")
+        changed = yield defer.ensureDeferred(self.engine.reload_if_changed())
+        self.assertTrue(changed)
+        (row,) = yield self.engine.executor.submit(self.engine.store.search, status="error")
+        yield self.engine.executor.submit(
+            self.engine.store.replay, row.id, actor="analyst", now=time.time()
+        )
+        self.engine.processor.sweep()
+        yield defer.ensureDeferred(self.settle())
+        self.assertEqual(self.query("SELECT status FROM work_items"), [("resolved",)])
+        self.assertEqual(self.query("SELECT COUNT(*) FROM consumption_events"), [(1,)])
