@@ -272,6 +272,7 @@ class Engine:
         self._reload_call: Any = None
         self._reloading = False
         self._sweep: task.LoopingCall | None = None
+        self._unbilled: task.LoopingCall | None = None
         self.rejected_fingerprint: dict[str, Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -299,6 +300,10 @@ class Engine:
         self._sweep = task.LoopingCall(self.processor.sweep)  # picks up CLI replays
         self._sweep.clock = self.reactor
         self._sweep.start(2.0, now=False)
+        if self.project.settings.unbilled_after:
+            self._unbilled = task.LoopingCall(lambda: defer.ensureDeferred(self._find_unbilled()))
+            self._unbilled.clock = self.reactor
+            self._unbilled.start(60.0, now=False)
         interval = self.project.settings.reload_interval
         if interval:
             self._reload_call = self.reactor.callLater(interval, self._reload_tick)
@@ -309,6 +314,8 @@ class Engine:
         self._reload_call = None
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
+        if self._unbilled is not None and self._unbilled.running:
+            self._unbilled.stop()
         for name in list(self.listeners):
             await self._stop_listener(name)
         for name in list(self.channels):
@@ -336,6 +343,17 @@ class Engine:
         if rows:
             n = await self.executor.submit(self.store.seed_onhand, rows, time.time())
             log.info("ledger: {n} on-hand figure(s) seeded from the snapshot", n=n)
+
+    async def _find_unbilled(self) -> int:
+        """The unbilled-usage job: chargeable events without an accepted charge, too old."""
+        n = await self.executor.submit(
+            self.store.find_unbilled,
+            older_than=self.project.settings.unbilled_after,
+            now=time.time(),
+        )
+        if n:
+            log.error("unbilled usage: {n} new UNBILLED_USAGE work item(s)", n=n)
+        return n
 
     def _start_channel(self, channel: Channel) -> None:
         self.channels[channel.name] = channel

@@ -310,6 +310,13 @@ ROUTES_SPEC = Spec(
         Field("retention", ListOf(RETENTION_SPEC), (), "Pruning rules run by `wharf prune`."),
         Field("reload_interval", Duration(), 2.0, "How often to look for changed files (0 = off)."),
         Field("pipeline_threads", Int(1, 64), 2, "Threads that run codecs and transforms."),
+        Field(
+            "unbilled_after",
+            Duration(),
+            4 * 3600.0,
+            "Chargeable usage with no accepted charge after this long opens an UNBILLED_USAGE "
+            "work item (checked every minute; 0 = off).",
+        ),
         Field("channels", ListOf(NAME), None, "Channels to run (default: every file)."),
     ],
     description="`routes.yaml`: engine settings and which channels run.",

@@ -329,3 +329,32 @@ def open_work_items(conn: sqlite3.Connection, kind: str | None = None) -> list[d
         args = (kind,)
     cols = ("id", "kind", "subject", "detail", "message_id", "created_at")
     return [dict(zip(cols, row, strict=True)) for row in conn.execute(sql + " ORDER BY id", args)]
+
+
+def find_unbilled(conn: sqlite3.Connection, *, older_than: float, now: float) -> int:
+    """Open an UNBILLED_USAGE work item for each chargeable event older than ``older_than``
+    seconds whose charge was never accepted (missing, pending or rejected). Returns how many."""
+    rows = conn.execute(
+        "SELECT e.business_key, e.message_id, e.correlation_id, e.encounter, e.item_id, "
+        "COALESCE(c.status, 'none') FROM consumption_events e "
+        "LEFT JOIN charges c ON c.event_id = e.id "
+        "WHERE e.chargeable = 1 AND e.kind = 'usage' AND e.created_at < ? "
+        "AND COALESCE(c.status, 'none') != 'accepted' "
+        "AND NOT EXISTS (SELECT 1 FROM work_items w WHERE w.kind = 'UNBILLED_USAGE' "
+        "AND w.subject = e.business_key AND w.status = 'open')",
+        (now - older_than,),
+    ).fetchall()
+    for key, message_id, correlation_id, encounter, item, status in rows:
+        conn.execute(
+            "INSERT INTO work_items (kind, subject, detail, status, message_id, correlation_id, "
+            "created_at, updated_at) VALUES ('UNBILLED_USAGE', ?, ?, 'open', ?, ?, ?, ?)",
+            (
+                key,
+                f"chargeable {item} on encounter {encounter}: charge {status}",
+                message_id,
+                correlation_id,
+                now,
+                now,
+            ),
+        )
+    return len(rows)

@@ -352,6 +352,13 @@ class SqliteStore:
         with self._write("seed_onhand") as conn:
             return seed_onhand(conn, rows, now)
 
+    def find_unbilled(self, *, older_than: float, now: float) -> int:
+        """Open UNBILLED_USAGE work items (see engine.ledger.book.find_unbilled)."""
+        from engine.ledger.book import find_unbilled
+
+        with self._write("find_unbilled", durable=False) as conn:
+            return find_unbilled(conn, older_than=older_than, now=now)
+
     def finish_many(self, results: Sequence[dict[str, Any]], now: float) -> None:
         """Several pipeline runs in ONE transaction; each dict holds finish_processing's
         keyword arguments plus ``message_id``. All or none are recorded."""

@@ -175,3 +175,24 @@ def test_billing_answer_updates_the_charge_and_a_rejection_opens_a_work_item(
     assert items == [
         ("CHARGE_REJECTED", "CU-7|STENT|20260116", "billing answered AE: unknown encounter")
     ]
+
+
+def test_unbilled_usage_opens_one_work_item_per_event(tmp_path: Path) -> None:
+    """Chargeable usage whose charge is not accepted after the delay opens UNBILLED_USAGE once;
+    an accepted charge and non-chargeable usage do not."""
+    ledger = Ledger(tmp_path)
+    ledger.book(event("CU-8"))
+    ledger.book(event("CU-9", item="GAUZE", chargeable=False))
+    store = ledger.store
+    assert store.find_unbilled(older_than=3600, now=time.time()) == 0  # not old enough yet
+    later = time.time() + 7200
+    assert store.find_unbilled(older_than=3600, now=later) == 1
+    assert store.find_unbilled(older_than=3600, now=later) == 0  # already open
+    (delivery,) = store.claim_deliveries("usage", "billing", 10, later, 60)
+    store.delivery_succeeded(delivery.id, b"MSA|AA", later)
+    ledger.book(event("CU-10"))
+    (second,) = store.claim_deliveries("usage", "billing", 10, later, 60)
+    store.delivery_succeeded(second.id, b"MSA|AA", later)
+    assert store.find_unbilled(older_than=3600, now=later + 7200) == 0
+    kinds = store._conn().execute("SELECT kind, subject FROM work_items").fetchall()
+    assert kinds == [("UNBILLED_USAGE", "CU-8|STENT|20260116")]
