@@ -8,14 +8,14 @@ from typing import Any
 from engine.codecs.hl7v2 import Hl7Message
 from engine.errors import MissingField, TransformError
 from engine.registry import transform
-from engine.spec import Field, Spec, Str, TableName
+from engine.spec import Field, Spec, Str
 from engine.transforming import TransformContext
+from transforms._master import FIELDS, item_for_code, to_stock_unit
 
 SPEC = Spec(
     "hl7_usage_to_issue",
     [
-        Field("items", TableName(), "items", "Item table keyed by charge code (FT1-7.1)."),
-        Field("locations", TableName(), "locations", "Location table keyed by PL point of care."),
+        *FIELDS,
         Field("item_field", Str(), "FT1-7.1", "Where the charge/item code is (per FT1)."),
     ],
     description=(
@@ -49,19 +49,22 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
         code = ft1.get(int(item_no), int(comp or 1))
         if not code:
             raise MissingField(f"FT1[{i}]-{item_path}", "item or charge code")
-        item = ctx.lookup(opts.items, code)
+        charge, item = item_for_code(ctx, code)
         point = ft1.get(16, 1) or msg.get("PV1-3.1") or ""
         location = ctx.lookup(opts.locations, point)
-        qty = _decimal(ft1.get(10) or "1", f"FT1[{i}]-10")
-        if ft1.get(6) == "CD":
-            qty = -abs(qty)
+        billed = _decimal(ft1.get(10) or "1", f"FT1[{i}]-10")
+        qty = to_stock_unit(
+            ctx, abs(billed), charge.get("billing_uom") or item["billing_uom"], item
+        )
+        if ft1.get(6) == "CD" or billed < 0:
+            qty = -qty
         lines.append(
             {
                 "line": i,
                 "usage_id": ft1.get(2),
                 "item_id": item["item_id"],
                 "description": item["description"],
-                "quantity": qty * (item.get("pack_qty") or 1),
+                "quantity": qty,
                 "uom": item["stock_uom"],
                 "location_id": location["location_id"],
                 "cost_center": location["cost_center"],

@@ -17,14 +17,14 @@ from engine.codecs.hl7v2 import Hl7Message, Segment
 from engine.errors import MissingField, TransformError
 from engine.ledger.records import ConsumptionEvent
 from engine.registry import transform
-from engine.spec import Enum, Field, Spec, TableName
+from engine.spec import Enum, Field, Spec
 from engine.transforming import TransformContext
+from transforms._master import FIELDS, item_for_code, to_stock_unit
 
 SPEC = Spec(
     "hl7_usage_to_ledger",
     [
-        Field("items", TableName(), "items", "Item table keyed by charge code (FT1-7.1)."),
-        Field("locations", TableName(), "locations", "Location table keyed by PL point of care."),
+        *FIELDS,
         Field(
             "implant_detail",
             Enum("auto", "zud", "prt", "none"),
@@ -94,13 +94,13 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
             raise MissingField(
                 f"FT1[{i}]-2", "the sender's line id keeps a resend from counting twice"
             )
-        item = ctx.lookup(opts.items, code)
+        charge, item = item_for_code(ctx, code)
         point = ft1.get(16) or msg.get("PV1-3.1") or ""
         location = ctx.lookup(opts.locations, point)
         qty = _decimal(ft1.get(10) or "1", f"FT1[{i}]-10")
         credit = ft1.get(6) == "CD" or qty < 0
         qty = abs(qty)
-        pack = Decimal(item.get("pack_qty") or 1)
+        billing_uom = charge.get("billing_uom") or item["billing_uom"]
         service = (ft1.get(4) or msg.msh.get(7))[:8]
         detail = _detail_after(msg, ft1, opts.implant_detail)
         event = ConsumptionEvent(
@@ -108,7 +108,7 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
             kind="credit" if credit else "usage",
             item_id=item["item_id"],
             location_id=location["location_id"],
-            quantity=qty * pack,
+            quantity=to_stock_unit(ctx, qty, billing_uom, item),
             uom=item["stock_uom"],
             encounter=encounter,
             service_time=service,
@@ -117,8 +117,9 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
             chargeable=bool(item.get("chargeable")),
             charge_code=code,
             billing_quantity=qty,
-            billing_uom=item.get("billing_uom"),
-            hcpcs=ft1.get(25) or None,
+            billing_uom=billing_uom,
+            revenue_code=charge.get("revenue_code"),
+            hcpcs=ft1.get(25) or charge.get("hcpcs") or None,
             patient=msg.get("PID-3.1"),
             performer=ft1.get(20) or None,
             procedure=ft1.get(25) or msg.get("PR1-3.1"),

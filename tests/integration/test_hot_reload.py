@@ -33,7 +33,18 @@ REPO = Path(__file__).resolve().parents[2]
 SCREW = (REPO / "samples/hl7/dft_p03_screw.hl7").read_bytes()
 CHANNEL = "usage_to_erp"
 NEW_ITEM = "278000999"
-NEW_ROW = f"{NEW_ITEM},ITEM-300300,HOT RELOAD WIDGET,EA,EA,1,true,5410-278,1.00\n"
+NEW_CDM_ROW = f"{NEW_ITEM},ITEM-300300,HOT RELOAD WIDGET,0272,,,EA,1.00,cdm\n"
+NEW_ITEM_ROW = (
+    f"ITEM-300300,HOT RELOAD WIDGET,Acme,EA,EA,true,false,false,false,{NEW_ITEM},0272,,"
+    "5420-272,1.00,,,\n"
+)
+
+
+def add_item(root: Path) -> None:
+    """A new charge code and its item in the shipped master data (CDM and item master)."""
+    for name, row in (("charge_codes", NEW_CDM_ROW), ("items", NEW_ITEM_ROW)):
+        table = root / "mappings" / f"{name}.csv"
+        table.write_text(table.read_text() + row)
 
 
 def message(control_id: str, item: str = "278000123") -> bytes:
@@ -205,7 +216,7 @@ class HotReloadTest(unittest.TestCase):
     # -- (a) a valid change ------------------------------------------------------------------
 
     def test_changed_mapping_and_channel_are_used_by_new_messages(self) -> defer.Deferred:
-        """Adding an item to mappings/items.csv and moving the archive dir in the channel:
+        """Adding an item to the mappings and moving the archive dir in the channel:
         reload_if_changed() returns True and the next message uses both; before the reload the
         same item was a MappingMiss."""
 
@@ -214,8 +225,7 @@ class HotReloadTest(unittest.TestCase):
             self.drop("before.hl7", message("BEFORE-1", NEW_ITEM))
             await self.wait_status("BEFORE-1", "error")
 
-            items = self.root / "mappings/items.csv"
-            items.write_text(items.read_text() + NEW_ROW)
+            add_item(self.root)
             self.edit_channel(("${WHARF_ARCHIVE:-var/out/usage}", "var/out/usage-v2"))
             self.assertTrue(await self.engine.reload_if_changed())
             self.assertFalse(await self.engine.reload_if_changed())  # applied once
@@ -243,8 +253,7 @@ class HotReloadTest(unittest.TestCase):
 
         async def run() -> None:
             running = self.engine.channels[CHANNEL]
-            items = self.root / "mappings/items.csv"
-            items.write_text(items.read_text() + NEW_ROW)  # valid, but in the same rejected change
+            add_item(self.root)  # valid, but in the same rejected change
             self.edit_channel(
                 ("${WHARF_ARCHIVE:-var/out/usage}", "var/out/usage-v2"),
                 ("description: >", "bogus_setting: 1\ndescription: >"),

@@ -143,9 +143,9 @@ class LedgerFlowTests(unittest.TestCase):
         yield self.send(unknown)
         yield defer.ensureDeferred(self.settle())
         items = self.query("SELECT kind, subject, status FROM work_items")
-        self.assertEqual(items, [("MISSING_MAPPING", "items:278000999", "open")])
-        with (self.root / "mappings/items.csv").open("a") as fh:
-            fh.write("278000999,ITEM-100999,NEW STENT,EA,EA,1,true,5410-278,900.00\n")
+        self.assertEqual(items, [("MISSING_MAPPING", "charge_codes:278000999", "open")])
+        with (self.root / "mappings/charge_codes.csv").open("a") as fh:
+            fh.write("278000999,ITEM-100789,CORONARY STENT ALT CODE,0278,C1874,,EA,2875.00,cdm\n")
         changed = yield defer.ensureDeferred(self.engine.reload_if_changed())
         self.assertTrue(changed)
         (row,) = yield self.engine.executor.submit(self.engine.store.search, status="error")

@@ -151,23 +151,26 @@ def test_unknown_mapping_table(project_dir: Path) -> None:
 
 def test_bad_mapping_rows(project_dir: Path) -> None:
     """Bad CSV rows (wrong count, bad type, duplicate key) are errors with file:line."""
-    items = project_dir / "mappings/items.csv"
-    with items.open("a") as fh:
-        fh.write("278000999,ITEM-X,SHORT ROW\n")
-        fh.write("278000998,ITEM-Y,BAD COST,EA,EA,1,true,5410-278,twelve\n")
-        fh.write("278000123,ITEM-Z,DUPLICATE,EA,EA,1,true,5410-278,1.00\n")
-    errors = lint_errors(project_dir)
-    n = len(items.read_text().splitlines())
-    assert (
-        f"mappings/items.csv:{n - 2}:1: row 6: expected 9 columns (cdm_code, item_id, description, stock_uom, billing_uom, pack_qty, chargeable, gl_account, unit_cost) (got 3)"
-        in errors
+    table = project_dir / "mappings/charge_codes.csv"
+    rows_before = (
+        sum(1 for ln in table.read_text().splitlines() if ln and not ln.startswith("#")) - 1
     )
+    with table.open("a") as fh:
+        fh.write("278000999,ITEM-X,SHORT ROW\n")
+        fh.write("278000998,ITEM-Y,BAD PRICE,0272,,,EA,twelve,cdm\n")
+        fh.write("278000123,ITEM-Z,DUPLICATE,0278,,,EA,1.00,cdm\n")
+    errors = lint_errors(project_dir)
+    n = len(table.read_text().splitlines())
     assert (
-        f"mappings/items.csv:{n - 1}:9: 278000998.unit_cost: expected decimal (got 'twelve')"
+        f"mappings/charge_codes.csv:{n - 2}:1: row {rows_before + 1}: expected 9 columns (cdm_code, "
+        "item_id, description, revenue_code, hcpcs, modifiers, billing_uom, price, price_source) (got 3)"
+    ) in errors
+    assert (
+        f"mappings/charge_codes.csv:{n - 1}:8: 278000998.price: expected decimal (got 'twelve')"
         in errors
     )
     assert any(
-        e.startswith(f"mappings/items.csv:{n}:1: cdm_code: duplicate key '278000123'")
+        e.startswith(f"mappings/charge_codes.csv:{n}:1: cdm_code: duplicate key '278000123'")
         for e in errors
     )
 
