@@ -296,7 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "sandbox":
+        args.args = [*extra, *args.args]  # the sandbox parses its own options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.root = args.root.resolve()
     try:
         return int(args.fn(args) or 0)
