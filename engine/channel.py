@@ -17,7 +17,7 @@ from engine.codecs.base import Parsed
 from engine.codecs.hl7ack import is_enhanced
 from engine.codecs.hl7v2 import CONTENT_TYPE, Hl7Message
 from engine.config.project import ChannelDef
-from engine.errors import CodecError, MappingMiss, TransformError, WharfError
+from engine.errors import CodecError, MappingMiss, MissingLotSerial, TransformError, WharfError
 from engine.ledger.billing import charge_dft
 from engine.ledger.records import LedgerRoutes, ParPolicy
 from engine.mappings import Mappings
@@ -142,6 +142,8 @@ class Channel:
                 work = None
                 if isinstance(exc, MappingMiss) and self.ledger is not None:
                     work = ("MISSING_MAPPING", f"{exc.table}:{exc.key}", str(exc))
+                elif isinstance(exc, MissingLotSerial) and self.ledger is not None:
+                    work = ("MISSING_LOT_SERIAL", f"{exc.item}:{exc.line}", str(exc))
                 return parsed, Result(
                     ERROR, error=str(exc), error_location=step.where, work_item=work
                 )

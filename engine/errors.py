@@ -9,6 +9,7 @@
      +-- TransformError         a transform step failed on a stored message
      |    +-- MappingMiss       a lookup key is missing from a mapping table
      |    +-- MissingField      a required field of the message is empty
+     |    +-- MissingLotSerial  an implant without the lot/serial its item requires
      +-- StoreError             the store could not do what was asked
      |    +-- Overloaded        too many ingests waiting: refuse now, the sender retries later
      +-- DeliveryError          a destination call failed (carries retryable / ambiguous flags)
@@ -109,6 +110,19 @@ class MissingField(TransformError):
         text = f"MissingField: {field} is required but empty"
         super().__init__(f"{text} ({detail})" if detail else text)
         self.field = field
+
+
+class MissingLotSerial(TransformError):
+    """An implant whose item demands lot or serial tracking came without them."""
+
+    def __init__(self, item: str, line: str, missing: list[str]) -> None:
+        super().__init__(
+            f"MissingLotSerial: item {item} (line {line}) requires {' and '.join(missing)} "
+            "but the message carries none (PRT, ZUD or UDI)"
+        )
+        self.item = item
+        self.line = line
+        self.missing = missing
 
 
 class StoreError(WharfError):

@@ -14,11 +14,12 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from engine.codecs.hl7v2 import Hl7Message, Segment
-from engine.errors import MissingField, TransformError
+from engine.errors import MissingField, MissingLotSerial, TransformError
 from engine.ledger.records import ConsumptionEvent
 from engine.registry import transform
 from engine.spec import Enum, Field, Spec
 from engine.transforming import TransformContext
+from engine.udi import parse_udi
 from transforms._master import FIELDS, item_for_code, to_stock_unit
 
 SPEC = Spec(
@@ -103,8 +104,28 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
         billing_uom = charge.get("billing_uom") or item["billing_uom"]
         service = (ft1.get(4) or msg.msh.get(7))[:8]
         detail = _detail_after(msg, ft1, opts.implant_detail)
+        if detail.get("udi"):
+            udi = parse_udi(detail["udi"])  # GS1 or HIBC; fills what the segment left empty
+            detail["lot"] = detail.get("lot") or udi.lot
+            detail["serial"] = detail.get("serial") or udi.serial
+            if not detail.get("expiry") and udi.expiry:
+                detail["expiry"] = udi.expiry.strftime("%Y%m%d")
+        if not credit:
+            missing = [
+                name
+                for name, needed in (
+                    ("lot", item.get("lot_controlled")),
+                    ("serial", item.get("serial_controlled")),
+                )
+                if needed and not detail.get(name)
+            ]
+            if missing:
+                raise MissingLotSerial(item["item_id"], line_id, missing)
+        # A credit carries the line id of the charge it reverses (the usual convention), so its
+        # own key is distinct and it points at the original.
+        original = f"{line_id}|{item['item_id']}|{service}"
         event = ConsumptionEvent(
-            business_key=f"{line_id}|{item['item_id']}|{service}",
+            business_key=f"{original}|CD" if credit else original,
             kind="credit" if credit else "usage",
             item_id=item["item_id"],
             location_id=location["location_id"],
@@ -124,7 +145,7 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
             performer=ft1.get(20) or None,
             procedure=ft1.get(25) or msg.get("PR1-3.1"),
             source_line=line_id,
-            reverses=None,
+            reverses=original if credit else None,
             lot=detail.get("lot") or None,
             serial=detail.get("serial") or None,
             udi=detail.get("udi") or None,
