@@ -71,9 +71,11 @@ BUILTINS = (
     "engine.filters",
     "engine.sources.dropfolder",
     "engine.sources.mllp",
+    "engine.sources.sftp_poll",
     "engine.destinations.http",
     "engine.destinations.file",
     "engine.destinations.mllp",
+    "engine.destinations.sftp",
     "transforms",
 )
 

@@ -273,6 +273,7 @@ class Engine:
         self._reloading = False
         self._sweep: task.LoopingCall | None = None
         self._unbilled: task.LoopingCall | None = None
+        self.sftp: Any = None
         self.rejected_fingerprint: dict[str, Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -296,6 +297,16 @@ class Engine:
         await self._seed_onhand()
         for config in self.project.settings.listeners:
             self._start_listener(config)
+        if self.project.settings.sftp_server is not None:
+            from engine.sftp.service import SftpServerService
+
+            self.sftp = SftpServerService(
+                self.project.settings.sftp_server,
+                root=self.root,
+                reactor=self.reactor,
+                audit=self._audit,
+            )
+            await self.sftp.start()
         self.processor.wake()
         self._sweep = task.LoopingCall(self.processor.sweep)  # picks up CLI replays
         self._sweep.clock = self.reactor
@@ -308,7 +319,14 @@ class Engine:
         if interval:
             self._reload_call = self.reactor.callLater(interval, self._reload_tick)
 
+    def _audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> Any:
+        """Audit from a component (the SFTP server): written through the store thread."""
+        return self.executor.submit(self.store.audit, actor, action, target, detail, time.time())
+
     async def stop(self) -> None:
+        if self.sftp is not None:
+            await self.sftp.stop()
+            self.sftp = None
         if self._reload_call is not None and self._reload_call.active():
             self._reload_call.cancel()
         self._reload_call = None

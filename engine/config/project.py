@@ -20,6 +20,7 @@ from engine.errors import ConfigError, LintFailed
 from engine.mappings import Mappings, load_mappings
 from engine.model import MESSAGE_STATUSES
 from engine.registry import REGISTRY, Registry
+from engine.sftp.config import SFTP_SERVER_SPEC
 from engine.spec import (
     INVALID,
     Any_,
@@ -318,6 +319,13 @@ ROUTES_SPEC = Spec(
             "work item (checked every minute; 0 = off).",
         ),
         Field("channels", ListOf(NAME), None, "Channels to run (default: every file)."),
+        Field(
+            "sftp_server",
+            SFTP_SERVER_SPEC,
+            None,
+            "Wharf's own SFTP server: a chrooted inbound/outbound/archive folder per trading "
+            "partner; channels pick files up with a dropfolder source on a partner's inbound/.",
+        ),
     ],
     description="`routes.yaml`: engine settings and which channels run.",
 )
