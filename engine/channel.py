@@ -18,7 +18,7 @@ from engine.codecs.hl7ack import is_enhanced
 from engine.codecs.hl7v2 import CONTENT_TYPE, Hl7Message
 from engine.config.project import ChannelDef
 from engine.errors import CodecError, MappingMiss, MissingLotSerial, TransformError, WharfError
-from engine.ledger.billing import charge_dft
+from engine.ledger.billing import charge_dft, charge_item
 from engine.ledger.records import LedgerRoutes, ParPolicy
 from engine.mappings import Mappings
 from engine.model import ERROR, FILTERED, SENT, Outbound
@@ -188,6 +188,8 @@ class Channel:
         return parsed, Result(SENT, transformed, outbound, ctx.keys, events=ctx.events)
 
     def charge_payload(self, event: Any) -> tuple[bytes, str]:
+        if self.ledger is not None and self.ledger.charge_format.startswith("fhir"):
+            return charge_item(event, "R4B" if self.ledger.charge_format == "fhir_r4b" else "R5")
         app = self.ledger.billing_application if self.ledger else "BILLING"
         return charge_dft(event, receiving_application=app)
 

@@ -17,7 +17,7 @@ from engine.codecs.hl7v2 import Hl7Message, Segment
 from engine.errors import MissingField, MissingLotSerial, TransformError
 from engine.ledger.records import ConsumptionEvent
 from engine.registry import transform
-from engine.spec import Enum, Field, Spec
+from engine.spec import Enum, Field, MapOf, Spec, Str
 from engine.transforming import TransformContext
 from engine.udi import parse_udi
 from transforms._master import FIELDS, item_for_code, to_stock_unit
@@ -28,9 +28,29 @@ SPEC = Spec(
         *FIELDS,
         Field(
             "implant_detail",
-            Enum("auto", "zud", "prt", "none"),
+            Enum("auto", "zsegment", "prt", "obx", "none"),
             "auto",
-            "Where lot/serial/UDI are: a ZUD Z-segment, the PRT segment (2.8.2), or either.",
+            "Where lot/serial/UDI are: a Z-segment (see `zsegment`), the PRT segment (2.8.2), "
+            "OBX segments (see `obx_codes`), or whichever is present.",
+        ),
+        Field(
+            "zsegment",
+            MapOf(Str()),
+            {"segment": "ZUD", "udi": "2", "lot": "4", "serial": "5", "expiry": "6"},
+            "The site's Z-segment: its name and the field numbers of udi, lot, serial, expiry.",
+        ),
+        Field(
+            "obx_codes",
+            MapOf(Str()),
+            {"udi": "UDI", "lot": "LOT", "serial": "SERIAL", "expiry": "EXPIRY"},
+            "OBX-3.1 codes whose OBX-5 carries udi, lot, serial and expiry.",
+        ),
+        Field(
+            "item_field",
+            Str(),
+            "FT1-7.1",
+            "Where the item is: FT1-7.1 (charge code, through the CDM) or FT1-34.1 (2.8+ item "
+            "number, an item id) or another FT1 field.",
         ),
     ],
     description=(
@@ -50,19 +70,19 @@ def _decimal(text: str, field: str) -> Decimal:
         raise TransformError(f"{field} must be a number (got {text!r})") from None
 
 
-def _detail_after(msg: Hl7Message, ft1: Segment, mode: str) -> dict[str, str | None]:
+def _detail_after(msg: Hl7Message, ft1: Segment, opts: Any) -> dict[str, str | None]:
     """Implant detail in the segments that follow this FT1 (up to the next FT1)."""
+    mode = opts.implant_detail
+    zmap = opts.zsegment
     segs = msg.segments
     start = segs.index(ft1) + 1
+    found: dict[str, str | None] = {}
     for seg in segs[start:]:
         if seg.name == "FT1":
             break
-        if seg.name == "ZUD" and mode in ("auto", "zud"):
+        if seg.name == zmap.get("segment", "ZUD") and mode in ("auto", "zsegment"):
             return {
-                "udi": seg.get(2),
-                "lot": seg.get(4),
-                "serial": seg.get(5),
-                "expiry": seg.get(6),
+                k: seg.get(int(zmap[k])) for k in ("udi", "lot", "serial", "expiry") if k in zmap
             }
         if seg.name == "PRT" and mode in ("auto", "prt"):
             return {
@@ -71,7 +91,12 @@ def _detail_after(msg: Hl7Message, ft1: Segment, mode: str) -> dict[str, str | N
                 "lot": seg.get(17),
                 "serial": seg.get(18),
             }
-    return {}
+        if seg.name == "OBX" and mode in ("auto", "obx"):
+            code = seg.get(3)
+            for key, wanted in opts.obx_codes.items():
+                if code == wanted:
+                    found[key] = seg.get(5)
+    return found
 
 
 @transform("hl7_usage_to_ledger", SPEC)
@@ -87,15 +112,23 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
         raise MissingField("FT1", "a DFT^P03 needs at least one FT1 segment")
     booked = []
     for i, ft1 in enumerate(ft1s, start=1):
-        code = ft1.get(7)
+        field_no, _, comp = opts.item_field.removeprefix("FT1-").partition(".")
+        code = ft1.get(int(field_no), int(comp or 1))
         if not code:
-            raise MissingField(f"FT1[{i}]-7", "charge code")
+            raise MissingField(f"FT1[{i}]-{opts.item_field.removeprefix('FT1-')}", "item")
         line_id = ft1.get(2)
         if not line_id:
             raise MissingField(
                 f"FT1[{i}]-2", "the sender's line id keeps a resend from counting twice"
             )
-        charge, item = item_for_code(ctx, code)
+        if field_no == "7":
+            charge, item = item_for_code(ctx, code)
+        else:  # an item number: the item master, then its charge code
+            item = ctx.lookup(opts.items, code)
+            charge = (
+                ctx.lookup(opts.charge_codes, item["cdm_code"], {}) if item.get("cdm_code") else {}
+            )
+            code = item.get("cdm_code") or code
         point = ft1.get(16) or msg.get("PV1-3.1") or ""
         location = ctx.lookup(opts.locations, point)
         qty = _decimal(ft1.get(10) or "1", f"FT1[{i}]-10")
@@ -103,7 +136,7 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
         qty = abs(qty)
         billing_uom = charge.get("billing_uom") or item["billing_uom"]
         service = (ft1.get(4) or msg.msh.get(7))[:8]
-        detail = _detail_after(msg, ft1, opts.implant_detail)
+        detail = _detail_after(msg, ft1, opts)
         if detail.get("udi"):
             udi = parse_udi(detail["udi"])  # GS1 or HIBC; fills what the segment left empty
             detail["lot"] = detail.get("lot") or udi.lot

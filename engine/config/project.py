@@ -123,6 +123,13 @@ LEDGER_SPEC = Spec(
             "uom); applied at start where the ledger has no figure yet.",
         ),
         Field("billing_application", Str(), "BILLING", "MSH-5 of the charges sent."),
+        Field(
+            "charge_format",
+            Enum("hl7_dft", "fhir_r5", "fhir_r4b"),
+            "hl7_dft",
+            "Charges as an HL7 DFT^P03 (for an MLLP destination) or a FHIR ChargeItem "
+            "(R5, or R4B for R4 servers; for an HTTP destination).",
+        ),
     ],
     description=(
         "Book the consumption events that transforms produce (`ctx.book`) in the supply "

@@ -85,3 +85,50 @@ def charge_dft(
     if event.lot or event.serial:
         segments.append(f"ZUD|1|{e(event.udi)}||{e(event.lot)}|{e(event.serial)}|{e(event.expiry)}")
     return ("\r".join(segments) + "\r").encode(), CONTENT_TYPE
+
+
+def charge_item(event: ConsumptionEvent, version: str = "R5") -> tuple[bytes, str]:
+    """A FHIR ChargeItem (R5 or R4B shape) for ``event``, validated with fhir.resources: the
+    CDM code, the patient, the encounter, the quantity in the billing unit, the item as the
+    product, and the usage line as the identifier (so a resend is recognisable)."""
+    import json
+
+    qty = event.billing_quantity if event.billing_quantity is not None else event.quantity
+    body: dict[str, object] = {
+        "resourceType": "ChargeItem",
+        "identifier": [{"system": "urn:wharf:usage-line", "value": event.business_key}],
+        "status": "billable",
+        "code": {"coding": [{"system": "urn:wharf:cdm", "code": event.charge_code}]},
+        "subject": {"identifier": {"system": "urn:wharf:mrn", "value": event.patient or "unknown"}},
+        "occurrenceDateTime": _fhir_date(event.service_time),
+        "quantity": {
+            "value": float(-qty if event.kind == "credit" else qty),
+            "unit": event.billing_uom or event.uom,
+        },
+    }
+    encounter = {"identifier": {"system": "urn:wharf:encounter", "value": event.encounter}}
+    product = {"coding": [{"system": "urn:wharf:item", "code": event.item_id}]}
+    if version == "R4B":
+        from fhir.resources.R4B.chargeitem import ChargeItem
+
+        body["context"] = encounter
+        body["productCodeableConcept"] = product
+    else:
+        from fhir.resources.chargeitem import ChargeItem
+
+        body["encounter"] = encounter
+        body["product"] = [{"concept": product}]
+    signed = -qty if event.kind == "credit" else qty
+    ChargeItem.model_validate(  # raises on a shape the standard does not allow
+        {**body, "quantity": {"value": signed, "unit": body["quantity"]["unit"]}}  # type: ignore[index]
+    )
+    # FHIR decimals are JSON numbers: write the Decimal's digits, never a float's.
+    text = json.dumps(body).replace('"__QTY__"', str(signed))
+    return text.encode(), "application/fhir+json"
+
+
+def _fhir_date(hl7: str) -> str:
+    digits = "".join(ch for ch in hl7 if ch.isdigit())
+    if len(digits) >= 8:
+        return f"{digits[:4]}-{digits[4:6]}-{digits[6:8]}"
+    return "1970-01-01"

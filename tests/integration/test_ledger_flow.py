@@ -156,3 +156,46 @@ class LedgerFlowTests(unittest.TestCase):
         yield defer.ensureDeferred(self.settle())
         self.assertEqual(self.query("SELECT status FROM work_items"), [("resolved",)])
         self.assertEqual(self.query("SELECT COUNT(*) FROM consumption_events"), [(1,)])
+
+
+def test_item_number_and_obx_locator(project_dir: Path) -> None:
+    """item_field FT1-34.1 takes the item number (2.8+); implant lot/serial/UDI come from OBX
+    codes when the channel says so, and the UDI's GS1 data fills what OBX left out."""
+    from engine.channel import Channel
+    from engine.config.project import load_project
+    from engine.registry import REGISTRY
+
+    (project_dir / "channels/o.yaml").write_text(
+        "codec: {hl7v2: {}}\ntransformer:\n  - transform: hl7_usage_to_ledger\n"
+        "    item_field: FT1-34.1\n    implant_detail: obx\n"
+        "ledger: {issue: erp}\ndestinations:\n  - {name: erp, file: {dir: out}}\n"
+    )
+    project = load_project(project_dir, env={})
+    ch = Channel(project.channels["o"], project.mappings, REGISTRY)
+    fields = [""] * 35
+    fields[:11] = ["FT1", "1", "CU-obx1", "", "20260116073000", "", "CG", "", "", "", "1"]
+    fields[16] = "CATH^LAB1"
+    fields[34] = "ITEM-100789"
+    raw = (
+        "\r".join(
+            [
+                "MSH|^~\\&|CATH_POU|GENHOSP|WHARF|GENHOSP|20260116080000||DFT^P03^DFT_P03|OBX-1|P|2.8.2",
+                "PID|1||MRN3",
+                "PV1|1|O|CATH^LAB1||||||||||||||||ENC-7",
+                "|".join(fields),
+                "OBX|1|ST|UDI||(01)00614141100187(17)280131(10)LOTX9",
+                "OBX|2|ST|SERIAL||SN-1",
+            ]
+        ).encode()
+        + b"\r"
+    )
+    result = ch.process(raw, "m", "c")
+    assert result.status == "sent", result.error
+    (ev,) = result.events
+    assert (ev.item_id, ev.charge_code, ev.lot, ev.serial, ev.expiry) == (
+        "ITEM-100789",
+        "278000789",
+        "LOTX9",
+        "SN-1",
+        "20280131",
+    )

@@ -196,3 +196,24 @@ def test_unbilled_usage_opens_one_work_item_per_event(tmp_path: Path) -> None:
     assert store.find_unbilled(older_than=3600, now=later + 7200) == 0
     kinds = store._conn().execute("SELECT kind, subject FROM work_items").fetchall()
     assert kinds == [("UNBILLED_USAGE", "CU-8|STENT|20260116")]
+
+
+def test_fhir_charge_items_validate_in_both_versions() -> None:
+    """The ChargeItem built for billing validates with fhir.resources as R5 and as R4B, keeps
+    the encounter in the version's own element and the quantity as an exact decimal."""
+    import json
+
+    from fhir.resources.chargeitem import ChargeItem as R5
+    from fhir.resources.R4B.chargeitem import ChargeItem as R4B
+
+    from engine.ledger.billing import charge_item
+
+    ev = event("CU-11", qty="2", patient="MRN1", billing_quantity=Decimal("2.5"), billing_uom="EA")
+    r5 = json.loads(charge_item(ev, "R5")[0])
+    R5.model_validate(r5)
+    assert r5["encounter"]["identifier"]["value"] == "ENC-1"
+    assert b'"value": 2.5' in charge_item(ev, "R5")[0]
+    r4b = json.loads(charge_item(ev, "R4B")[0])
+    R4B.model_validate(r4b)
+    assert r4b["context"]["identifier"]["value"] == "ENC-1"
+    assert r4b["identifier"][0]["value"] == "CU-11|STENT|20260116"
