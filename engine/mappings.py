@@ -247,4 +247,26 @@ def load_mappings(folder: Path, root: Path) -> tuple[Mappings, list[ConfigError]
                 )
                 continue
             tables[table.name] = table
+    if "uom_conversions" in tables:
+        errors.extend(_check_uom(tables["uom_conversions"]))
     return Mappings(tables), errors
+
+
+def _check_uom(table: Table) -> list[ConfigError]:
+    """A unit-conversion table whose cycles or round trips do not multiply to 1 is an error."""
+    from engine.uom import UomGraph
+
+    out = []
+    for problem in UomGraph.from_rows(table.rows).check():
+        row = problem.split(" row ", 1)[1].split(" ", 1)[0] if " row " in problem else ""
+        line = table.lines.get(row)
+        out.append(
+            ConfigError(
+                problem,
+                file=table.file,
+                line=line,
+                column=1 if line else None,
+                code="bad_mapping_row",
+            )
+        )
+    return out

@@ -198,3 +198,14 @@ def test_wharf_lint_exit_codes(project_dir: Path, capsys: pytest.CaptureFixture[
     assert main(["--root", str(project_dir), "lint"]) == 1
     err = capsys.readouterr().err
     assert f"{CHANNEL}:" in err and "concurency" in err and "1 error(s)" in err
+
+
+def test_inconsistent_uom_conversions_are_lint_errors(project_dir: Path) -> None:
+    """A conversion whose round trip is not 1 (BX->EA 5 but EA->BX 0.25) is a lint error
+    naming the table's file and line."""
+    table = project_dir / "mappings/uom_conversions.csv"
+    with table.open("a") as fh:
+        fh.write("UC-BAD1,ITEM-100999,,BX,EA,5\n")
+        fh.write("UC-BAD2,ITEM-100999,,EA,BX,0.25\n")
+    errors = lint_errors(project_dir)
+    assert any(e.startswith("mappings/uom_conversions.csv:") and "UC-BAD" in e for e in errors), errors
