@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -258,8 +259,9 @@ def _check_uom(table: Table) -> list[ConfigError]:
 
     out = []
     for problem in UomGraph.from_rows(table.rows).check():
-        row = problem.split(" row ", 1)[1].split(" ", 1)[0] if " row " in problem else ""
-        line = table.lines.get(row)
+        # Point at the first row the problem names (row ids are the table's keys).
+        named = [table.lines[k] for k in table.lines if re.search(rf"\b{re.escape(k)}\b", problem)]
+        line = min(named) if named else None
         out.append(
             ConfigError(
                 problem,
