@@ -209,4 +209,6 @@ def test_inconsistent_uom_conversions_are_lint_errors(project_dir: Path) -> None
         fh.write("UC-BAD2,ITEM-100999,,EA,BX,0.25\n")
     errors = lint_errors(project_dir)
     n = len(table.read_text().splitlines())
-    assert any(e.startswith(f"mappings/uom_conversions.csv:{n - 1}:1:") and "UC-BAD" in e for e in errors), errors
+    assert any(
+        e.startswith(f"mappings/uom_conversions.csv:{n - 1}:1:") and "UC-BAD" in e for e in errors
+    ), errors
