@@ -173,6 +173,7 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
             billing_quantity=qty,
             billing_uom=billing_uom,
             revenue_code=charge.get("revenue_code"),
+            unit_price=charge.get("price"),
             hcpcs=ft1.get(25) or charge.get("hcpcs") or None,
             patient=msg.get("PID-3.1"),
             performer=ft1.get(20) or None,

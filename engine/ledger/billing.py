@@ -44,8 +44,9 @@ def charge_dft(
         "",
         "",
         str(qty),
-        "",
-        "",
+        # Priced from the CDM when known (FT1-11 extended, FT1-12 unit); empty = billing prices.
+        f"{event.unit_price * qty}^{event.currency}" if event.unit_price is not None else "",
+        f"{event.unit_price}^{event.currency}" if event.unit_price is not None else "",
         "",
         "",
         "",

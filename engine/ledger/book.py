@@ -126,8 +126,8 @@ def book_events(
             qty = ev.billing_quantity if ev.billing_quantity is not None else ev.quantity
             conn.execute(
                 "INSERT INTO charges (event_id, encounter, charge_code, quantity, uom, "
-                "transaction_type, status, message_id, correlation_id, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                "transaction_type, amount, currency, status, message_id, correlation_id, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                 (
                     event_id,
                     ev.encounter,
@@ -135,6 +135,8 @@ def book_events(
                     str(qty),
                     ev.billing_uom or ev.uom,
                     ttype,
+                    None if ev.unit_price is None else str(ev.unit_price * qty),
+                    ev.currency if ev.unit_price is not None else None,
                     message_id,
                     correlation_id,
                     now,

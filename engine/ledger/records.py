@@ -24,6 +24,8 @@ class ConsumptionEvent:
     charge_code: str | None = None
     billing_quantity: Decimal | None = None
     billing_uom: str | None = None
+    unit_price: Decimal | None = None  # per billing unit, from the CDM: money is never a float
+    currency: str = "USD"
     revenue_code: str | None = None
     hcpcs: str | None = None
     patient: str | None = None

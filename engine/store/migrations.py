@@ -203,6 +203,8 @@ _V4_LEDGER: list[str] = [
         quantity TEXT NOT NULL,
         uom TEXT NOT NULL,
         transaction_type TEXT NOT NULL,
+        amount TEXT,
+        currency TEXT,
         status TEXT NOT NULL,
         message_id TEXT NOT NULL,
         correlation_id TEXT NOT NULL,

@@ -98,6 +98,8 @@ class LedgerFlowTests(unittest.TestCase):
             (dft.get("PV1-19"), dft.get("FT1-7.1"), dft.get("FT1-6")),
             ("ENC-112233", "278000456", "CG"),
         )
+        self.assertEqual(dft.get("FT1-12.1"), "5775.00")  # the CDM price, as a decimal
+        self.assertEqual(self.query("SELECT amount, currency FROM charges"), [("5775.00", "USD")])
         self.assertEqual(
             self.query("SELECT item_id, quantity FROM onhand ORDER BY item_id"),
             [("ITEM-100789", "4"), ("ITEM-100999", "-1"), ("ITEM-200010", "-3")],
