@@ -273,6 +273,7 @@ class Engine:
         self._reloading = False
         self._sweep: task.LoopingCall | None = None
         self._unbilled: task.LoopingCall | None = None
+        self._leases: task.LoopingCall | None = None
         self.sftp: Any = None
         self.rejected_fingerprint: dict[str, Any] | None = None
 
@@ -311,6 +312,9 @@ class Engine:
         self._sweep = task.LoopingCall(self.processor.sweep)  # picks up CLI replays
         self._sweep.clock = self.reactor
         self._sweep.start(2.0, now=False)
+        self._leases = task.LoopingCall(lambda: defer.ensureDeferred(self._release_expired()))
+        self._leases.clock = self.reactor
+        self._leases.start(30.0, now=False)
         if self.project.settings.unbilled_after:
             self._unbilled = task.LoopingCall(lambda: defer.ensureDeferred(self._find_unbilled()))
             self._unbilled.clock = self.reactor
@@ -334,6 +338,8 @@ class Engine:
             self._sweep.stop()
         if self._unbilled is not None and self._unbilled.running:
             self._unbilled.stop()
+        if self._leases is not None and self._leases.running:
+            self._leases.stop()
         for name in list(self.listeners):
             await self._stop_listener(name)
         for name in list(self.channels):
@@ -361,6 +367,15 @@ class Engine:
         if rows:
             n = await self.executor.submit(self.store.seed_onhand, rows, time.time())
             log.info("ledger: {n} on-hand figure(s) seeded from the snapshot", n=n)
+
+    async def _release_expired(self) -> int:
+        """Deliveries claimed longer than their lease go back to pending (same key)."""
+        n = await self.executor.submit(self.store.release_expired, time.time())
+        if n:
+            log.warn("{n} delivery lease(s) expired; queued again", n=n)
+            for channel in list(self.channels):
+                self.wake_destinations(channel)
+        return n
 
     async def _find_unbilled(self) -> int:
         """The unbilled-usage job: chargeable events without an accepted charge, too old."""

@@ -345,6 +345,17 @@ class SqliteStore:
                 work_item=work_item,
             )
 
+    def release_expired(self, now: float) -> int:
+        """Claimed deliveries whose lease ran out (their worker never reported) become pending
+        again, due now; they keep their idempotency key. Returns how many."""
+        with self._write("release_expired", durable=False) as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET status = ?, next_attempt_at = ?, lease_until = NULL, "
+                "updated_at = ? WHERE status = ? AND lease_until IS NOT NULL AND lease_until < ?",
+                (model.PENDING, now, now, model.INFLIGHT, now),
+            )
+            return cur.rowcount
+
     def seed_onhand(self, rows: Sequence[tuple[str, str, Any, str]], now: float) -> int:
         """Seed the ledger's on-hand where it has no figure yet (see engine.ledger.book)."""
         from engine.ledger.book import seed_onhand

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -640,3 +641,19 @@ def test_threads_get_their_own_connections(store: SqliteStore) -> None:
     assert errors == []
     assert len(connections) == 4
     assert store.counts()["messages"] == {"received": 100}
+
+
+def test_expired_leases_are_released_with_their_key(tmp_path: Path) -> None:
+    """A delivery claimed and never reported on goes back to pending once its lease ran out,
+    keeping its idempotency key; one still within its lease stays claimed."""
+    store = SqliteStore(tmp_path / "lease.db").open()
+    now = time.time()
+    (result,) = store.ingest_batch([Inbound("c", "t", b"x", "text/plain", now)], now)
+    store.finish_processing(
+        result.message_id, status="sent", now=now, outbound=[Outbound("d", b"{}")]
+    )
+    (claimed,) = store.claim_deliveries("c", "d", 10, now, lease=60)
+    assert store.release_expired(now + 30) == 0
+    assert store.release_expired(now + 61) == 1
+    (again,) = store.claim_deliveries("c", "d", 10, now + 62, lease=60)
+    assert again.id == claimed.id and again.idempotency_key == claimed.idempotency_key
