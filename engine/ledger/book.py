@@ -50,6 +50,8 @@ def book_events(
     transaction. ``charge_payload(event) -> (bytes, content_type)`` builds the billing call."""
     now = time.time() if now is None else now
     out: list[Outbound] = []
+    lines: list[dict[str, object]] = []
+    issued: list[ConsumptionEvent] = []
     for ev in events:
         if conn.execute(
             "SELECT 1 FROM consumption_events WHERE business_key = ?", (ev.business_key,)
@@ -96,31 +98,22 @@ def book_events(
         )
         on_hand = _move_stock(conn, ev.location_id, ev.item_id, delta, ev.uom, now)
         if routes.issue:
-            issue = {
-                "type": "inventory_issue",
-                "encounter": ev.encounter,
-                "correlation_id": correlation_id,
-                "lines": [
-                    {
-                        "usage_id": ev.source_line,
-                        "event_key": ev.business_key,
-                        "item_id": ev.item_id,
-                        "quantity": str(-delta),
-                        "uom": ev.uom,
-                        "location_id": ev.location_id,
-                        "cost_center": ev.cost_center,
-                        "gl_account": ev.gl_account,
-                        "service_date": ev.service_time,
-                        "lot": ev.lot,
-                        "serial": ev.serial,
-                    }
-                ],
-            }
-            out.append(
-                _outbound(
-                    channel, routes.issue, ev, "issue", to_json_bytes(issue), "application/json"
-                )
+            lines.append(
+                {
+                    "usage_id": ev.source_line,
+                    "event_key": ev.business_key,
+                    "item_id": ev.item_id,
+                    "quantity": str(-delta),
+                    "uom": ev.uom,
+                    "location_id": ev.location_id,
+                    "cost_center": ev.cost_center,
+                    "gl_account": ev.gl_account,
+                    "service_date": ev.service_time,
+                    "lot": ev.lot,
+                    "serial": ev.serial,
+                }
             )
+            issued.append(ev)
         if ev.chargeable and routes.charge and ev.charge_code:
             ttype = "CD" if ev.kind == "credit" else "CG"
             qty = ev.billing_quantity if ev.billing_quantity is not None else ev.quantity
@@ -163,7 +156,25 @@ def book_events(
                         "application/json",
                     )
                 )
+    if lines and routes.issue:
+        # One ERP issue per message with a line per newly booked event (a resend books
+        # nothing, so it sends nothing); its key is derived from those events.
+        issue = {
+            "type": "inventory_issue",
+            "encounter": issued[0].encounter,
+            "correlation_id": correlation_id,
+            "lines": lines,
+        }
+        out.insert(0, _issue_outbound(channel, routes.issue, issued, to_json_bytes(issue)))
     return out
+
+
+def _issue_outbound(
+    channel: str, destination: str, events: list[ConsumptionEvent], data: bytes
+) -> Outbound:
+    keys = ",".join(ev.business_key for ev in events)
+    meta = {"idempotency_key": effect_key(channel, destination, keys, "issue"), "effect": "issue"}
+    return Outbound(destination, data, "application/json", None, meta)
 
 
 def _outbound(
