@@ -473,6 +473,9 @@ class DeliveryWorker:
 
         now = self.clock.seconds()
         text = error.message or type(error).__name__
+        if error.response is not None:
+            # What the peer answered (an MLLP AE/AR, an HTTP error body) is kept with the row.
+            await self.executor.submit(self.store.record_response, delivery.id, error.response)
         if error.ambiguous and not self.policy.idempotent:
             reason = (
                 f"ambiguous outcome at a non-idempotent destination, not retried "

@@ -345,6 +345,11 @@ class SqliteStore:
                 work_item=work_item,
             )
 
+    def record_response(self, delivery_id: int, response: bytes) -> None:
+        """Keep a destination's answer to a failed attempt (its last one wins)."""
+        with self._write(f"record_response({delivery_id})", durable=False) as conn:
+            conn.execute("UPDATE outbox SET response = ? WHERE id = ?", (response, delivery_id))
+
     def release_expired(self, now: float) -> int:
         """Claimed deliveries whose lease ran out (their worker never reported) become pending
         again, due now; they keep their idempotency key. Returns how many."""

@@ -125,6 +125,9 @@ class FakeStore:
         row.attempts += 1
         return row
 
+    def record_response(self, id: int, response: bytes) -> None:
+        self.rows[id].response = response
+
     def delivery_succeeded(self, id: int, response: bytes | None, now: float) -> None:
         row = self._inflight(id)
         row.status, row.response = DELIVERED, response
@@ -347,6 +350,14 @@ class WorkerTests(unittest.SynchronousTestCase):
         self.make(fail_with(DeliveryError("HTTP 400", retryable=False))).start()
         self.assertEqual(self.status(1), DEAD)
         self.assertEqual(self.store.rows[1].error, "permanent failure: HTTP 400")
+
+    def test_the_peers_answer_to_a_failure_is_kept(self) -> None:
+        """An AE (or an HTTP error body) that came with the failure is stored with the row."""
+        self.store.add(1)
+        ae = b"MSH|^~\\&|B|B|A|A|20260101||ACK|X|P|2.5.1\rMSA|AE|M1\r"
+        self.make(fail_with(DeliveryError("AE", retryable=False, response=ae))).start()
+        self.assertEqual(self.status(1), DEAD)
+        self.assertEqual(self.store.rows[1].response, ae)
 
     def test_ambiguous_at_non_idempotent_destination_is_quarantined(self) -> None:
         """An ambiguous failure at a non-idempotent destination is quarantined, not retried."""
