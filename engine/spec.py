@@ -566,7 +566,6 @@ class Spec(Type):
                 values["options"] = INVALID
                 ok = False
             else:
-                key_node = next(k for k, _ in node.value if k.value == self.dispatch[0])
                 val_node = next(v for k, v in node.value if k.value == self.dispatch[0])
                 sub = yaml.MappingNode("tag:yaml.org,2002:map", rest, node.start_mark)
                 names = ctx.registry.names(kind)
@@ -585,7 +584,6 @@ class Spec(Type):
                         sub, ctx, path
                     )
                     ok = ok and values["options"] is not INVALID
-                del key_node
         if not ok:
             return INVALID
         config = self.config_class(**values, where=ctx.where(node), positions=positions)
