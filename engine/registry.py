@@ -68,6 +68,7 @@ class Registry:
 BUILTINS = (
     "engine.codecs.raw",
     "engine.codecs.hl7v2",
+    "engine.codecs.fhir",
     "engine.filters",
     "engine.sources.dropfolder",
     "engine.sources.mllp",
