@@ -166,30 +166,14 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
 async def send_over_mllp(channel: str, port: int, paths: list[Path], reactor: Any) -> None:
     """Send a few samples to an MLLP listener, the way a hospital system would, and show the
     ACKs; the second send of the first sample shows a resend answered with the same ACK."""
-    from twisted.internet import endpoints, protocol
+    from twisted.internet import endpoints
 
     from engine.codecs.hl7v2 import tokenize
-    from engine.sources.mllp import EB, SB
-
-    class Client(protocol.Protocol):
-        def __init__(self) -> None:
-            self.buf = b""
-            self.waiting: defer.Deferred | None = None
-
-        def dataReceived(self, data: bytes) -> None:
-            self.buf += data
-            if EB in self.buf and self.waiting is not None:
-                ack, _, self.buf = self.buf.partition(EB)
-                d, self.waiting = self.waiting, None
-                d.callback(ack.lstrip(SB))
-
-        def send(self, raw: bytes) -> defer.Deferred:
-            self.waiting = defer.Deferred()
-            self.transport.write(SB + raw + EB)
-            return self.waiting
+    from engine.destinations.mllp import MLLPClientProtocol
 
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    client = await endpoints.connectProtocol(endpoint, Client())
+    client = await endpoints.connectProtocol(endpoint, MLLPClientProtocol())
+    await client.ready
     print(f"demo: sending {len(paths) + 1} message(s) over MLLP to {channel} on port {port}")
     for path in [paths[0], *paths]:
         ack = tokenize(await client.send(path.read_bytes()))

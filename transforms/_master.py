@@ -4,9 +4,10 @@ location, and unit conversion through the ``uom_conversions`` table (plain Pytho
 from __future__ import annotations
 
 import threading
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from engine.errors import TransformError
 from engine.spec import Field, TableName
 from engine.transforming import TransformContext
 from engine.uom import UomGraph
@@ -20,6 +21,14 @@ FIELDS = [
 
 _graphs: dict[int, tuple[Any, UomGraph]] = {}
 _lock = threading.Lock()
+
+
+def decimal_field(text: str, field: str) -> Decimal:
+    """A numeric HL7 field as a Decimal; TransformError naming the field otherwise."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise TransformError(f"{field} must be a number (got {text!r})") from None
 
 
 def item_for_code(ctx: TransformContext, code: str) -> tuple[dict[str, Any], dict[str, Any]]:

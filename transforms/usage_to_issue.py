@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from engine.codecs.hl7v2 import Hl7Message
@@ -10,7 +9,7 @@ from engine.errors import MissingField, TransformError
 from engine.registry import transform
 from engine.spec import Field, Spec, Str
 from engine.transforming import TransformContext
-from transforms._master import FIELDS, item_for_code, to_stock_unit
+from transforms._master import FIELDS, decimal_field, item_for_code, to_stock_unit
 
 SPEC = Spec(
     "hl7_usage_to_issue",
@@ -25,13 +24,6 @@ SPEC = Spec(
     ),
     example="transformer:\n  - transform: hl7_usage_to_issue\n    items: items",
 )
-
-
-def _decimal(text: str, field: str) -> Decimal:
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        raise TransformError(f"{field} must be a number (got {text!r})") from None
 
 
 @transform("hl7_usage_to_issue", SPEC)
@@ -52,7 +44,7 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
         charge, item = item_for_code(ctx, code)
         point = ft1.get(16, 1) or msg.get("PV1-3.1") or ""
         location = ctx.lookup(opts.locations, point)
-        billed = _decimal(ft1.get(10) or "1", f"FT1[{i}]-10")
+        billed = decimal_field(ft1.get(10) or "1", f"FT1[{i}]-10")
         qty = to_stock_unit(
             ctx, abs(billed), charge.get("billing_uom") or item["billing_uom"], item
         )

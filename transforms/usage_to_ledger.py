@@ -10,7 +10,6 @@ PRT segment (PRT-10 UDI, PRT-16 expiry, PRT-17 lot, PRT-18 serial) after the FT1
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from engine.codecs.hl7v2 import Hl7Message, Segment
@@ -20,7 +19,7 @@ from engine.registry import transform
 from engine.spec import Enum, Field, MapOf, Spec, Str
 from engine.transforming import TransformContext
 from engine.udi import parse_udi
-from transforms._master import FIELDS, item_for_code, to_stock_unit
+from transforms._master import FIELDS, decimal_field, item_for_code, to_stock_unit
 
 SPEC = Spec(
     "hl7_usage_to_ledger",
@@ -61,13 +60,6 @@ SPEC = Spec(
     example="transformer:\n  - transform: hl7_usage_to_ledger\nledger:\n  issue: erp\n"
     "  charge: billing",
 )
-
-
-def _decimal(text: str, field: str) -> Decimal:
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        raise TransformError(f"{field} must be a number (got {text!r})") from None
 
 
 def _detail_after(msg: Hl7Message, ft1: Segment, opts: Any) -> dict[str, str | None]:
@@ -131,7 +123,7 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
             code = item.get("cdm_code") or code
         point = ft1.get(16) or msg.get("PV1-3.1") or ""
         location = ctx.lookup(opts.locations, point)
-        qty = _decimal(ft1.get(10) or "1", f"FT1[{i}]-10")
+        qty = decimal_field(ft1.get(10) or "1", f"FT1[{i}]-10")
         credit = ft1.get(6) == "CD" or qty < 0
         qty = abs(qty)
         billing_uom = charge.get("billing_uom") or item["billing_uom"]

@@ -14,10 +14,11 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 
 from engine.ledger.records import ConsumptionEvent, LedgerRoutes, ParPolicy
 from engine.model import Outbound, to_json_bytes
+from engine.uom import round_up_to_pack
 
 _NS = uuid.UUID("0b1c6f2e-5a9d-4c43-8d2b-6c6564676572")
 
@@ -25,13 +26,6 @@ _NS = uuid.UUID("0b1c6f2e-5a9d-4c43-8d2b-6c6564676572")
 def effect_key(channel: str, destination: str, business_key: str, effect: str) -> str:
     """The idempotency key of one effect of one event (stable across messages and replays)."""
     return str(uuid.uuid5(_NS, f"{channel}\x1f{destination}\x1f{business_key}\x1f{effect}"))
-
-
-def round_up_to_pack(quantity: Decimal, pack: int) -> Decimal:
-    if pack <= 1:
-        return quantity.to_integral_value(rounding=ROUND_CEILING)
-    packs = (quantity / pack).to_integral_value(rounding=ROUND_CEILING)
-    return packs * pack
 
 
 def book_events(

@@ -11,8 +11,6 @@ peer, sizes and counts.
 from __future__ import annotations
 
 import inspect
-import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,7 @@ from twisted.internet import defer, endpoints, protocol, ssl
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
+from engine.codecs.hl7ack import AckError, nak_without_message
 from engine.errors import CodecError
 from engine.registry import source
 from engine.sources import Ingest, IngestOutcome
@@ -307,54 +306,11 @@ class MLLPServerFactory(protocol.Factory):
 # -- NAKs for oversize frames -----------------------------------------------------------------
 
 
-def _hl7_escape(text: str, fs: str, enc: str) -> str:
-    comp, rep, esc, sub = (enc + "^~\\&")[:4]
-    out = text.replace(esc, f"{esc}E{esc}")
-    for ch, code in ((fs, "F"), (comp, "S"), (rep, "R"), (sub, "T")):
-        out = out.replace(ch, f"{esc}{code}{esc}")
-    return out.replace("\r", " ").replace("\n", " ")
-
-
 def minimal_nak(prefix: bytes, text: str) -> bytes:
-    """An AR built from the MSH at the start of ``prefix`` (fields swapped sender/receiver,
-    MSA-2 = MSH-10, ERR 207 with ``text``); MSA-2 is empty when no MSH can be read.
-
-    Self-contained (no codec); :func:`oversize_nak` prefers the engine's responder.
-    """
-    head = prefix.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
-    fields: list[str] = []
-    fs, enc = "|", "^~\\&"
-    if head.startswith("MSH") and len(head) >= 8 and not head[3].isalnum():
-        fs = head[3]
-        fields = head.split(fs)
-        enc = fields[1] if 2 <= len(fields[1]) <= 5 else enc
-
-    def msh(n: int) -> str:  # MSH-n (MSH-1 is the separator itself)
-        return fields[n - 1] if fields and 1 < n <= len(fields) else ""
-
-    comp = enc[0]
-    version = msh(12).split(comp)[0] or "2.5"
-    processing = msh(11).split(comp)[0] or "P"
-    segments = [
-        [
-            "MSH",
-            enc,
-            msh(5),
-            msh(6),
-            msh(3),
-            msh(4),
-            time.strftime("%Y%m%d%H%M%S"),
-            "",
-            "ACK",
-            "A" + uuid.uuid4().hex[:19],
-            processing,
-            version,
-        ],
-        ["MSA", "AR", msh(10)],
-        ["ERR", "", "", f"207{comp}Application internal error{comp}HL70357", "E", "", "", "", ""],
-    ]
-    segments[2][8] = _hl7_escape(text, fs, enc)
-    return "\r".join(fs.join(s) for s in segments).encode("latin-1", "replace") + b"\r"
+    """An AR with ERR 207 and ``text``, from whatever MSH starts ``prefix`` (MSA-2 = MSH-10,
+    sender and receiver swapped; empty MSA-2 when no MSH can be read). It needs no parse of
+    the message, so it also answers frames the tokenizer cannot read."""
+    return nak_without_message(prefix, AckError(text, "207"))
 
 
 def oversize_nak(prefix: bytes, limit: int) -> bytes:
