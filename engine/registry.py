@@ -73,6 +73,7 @@ BUILTINS = (
     "engine.sources.dropfolder",
     "engine.sources.mllp",
     "engine.sources.sftp_poll",
+    "engine.sources.http_post",
     "engine.destinations.http",
     "engine.destinations.file",
     "engine.destinations.mllp",

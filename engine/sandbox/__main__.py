@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CODE",
         help="billing answers AE for this charge code (repeatable)",
     )
+    p.add_argument(
+        "--po-webhook",
+        metavar="URL",
+        help="push released purchase orders to this URL (Wharf's PO channel), retried until 2xx",
+    )
+    p.add_argument(
+        "--po-webhook-token-env",
+        metavar="VAR",
+        default="WHARF_PO_TOKEN",
+        help="environment variable holding the bearer token for the webhook (default "
+        "WHARF_PO_TOKEN; unset: no Authorization header)",
+    )
     return p
 
 
@@ -54,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         reseed=args.reseed,
         reject_codes=args.reject_code,
+        po_webhook=args.po_webhook,
+        po_webhook_token=os.environ.get(args.po_webhook_token_env) or None,
     )
     try:
         service.start()

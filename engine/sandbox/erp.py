@@ -12,6 +12,7 @@ Routes::
     POST /ap-invoices                 → 201 {"id": "APINV-n"} (stored as sent)
     GET  /issues, /charges, /goods-receipts, /ap-invoices   lists, for looking around
     GET  /state                       counts
+    /purchase-orders...               purchasing (see purchasing.py)
     POST /fhir/ChargeItem             FHIR ChargeItem create → 201 (see billing.py)
     GET  /fhir/ChargeItem/{id}
     GET|POST|DELETE /_faults          fault injection for tests
@@ -34,6 +35,7 @@ from urllib.parse import parse_qs, unquote
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from engine.sandbox.purchasing import PoError, Purchasing
 from engine.sandbox.state import SandboxState, decimal_text, sha256
 
 if TYPE_CHECKING:
@@ -160,6 +162,7 @@ class ErpApi:
         self.state = state
         self.billing = billing
         self.faults = Faults()
+        self.purchasing = Purchasing(state)
 
     # .................................................................. entry
 
@@ -250,6 +253,8 @@ class ErpApi:
                 ("ap_invoices", "APINV"),
                 {"POST": self.post_document, "GET": self.list_documents},
             )
+        if parts and parts[0] == "purchase-orders":
+            return self._po_route(parts)
         if parts == ["charges"]:
             return "charges", (), {"GET": self.list_charges}
         if parts == ["state"]:
@@ -361,6 +366,45 @@ class ErpApi:
             raise ApiError(404, f"no requisition {req_id}")
         return Answer(200, _json({"id": row["id"], "status": row["status"]}))
 
+    # .................................................................. purchasing
+
+    def _po_route(self, parts: list[str]) -> tuple[str | None, tuple, dict]:
+        n = len(parts)
+        if n == 1:
+            return "pos", (), {"POST": self.post_po, "GET": self.list_pos}
+        if n == 2:
+            return "po", (parts[1],), {"GET": self.get_po}
+        if n == 3 and parts[2] in ("release", "acknowledgements", "transmissions"):
+            return "po_" + parts[2], (parts[1], parts[2]), {"POST": self.po_action}
+        return None, (), {}
+
+    def post_po(self, *, body: bytes, **_: Any) -> Answer:
+        try:
+            status, out = self.purchasing.create(parse_json(body))
+        except PoError as exc:
+            raise ApiError(exc.status, exc.message) from exc
+        return Answer(status, _json(out))
+
+    def list_pos(self, *, query: dict[str, list[str]], **_: Any) -> Answer:
+        return Answer(200, _json({"purchase_orders": self.purchasing.list(_q(query, "status"))}))
+
+    def get_po(self, po: str, **_: Any) -> Answer:
+        try:
+            return Answer(200, _json(self.purchasing.get(po)))
+        except PoError as exc:
+            raise ApiError(exc.status, exc.message) from exc
+
+    def po_action(self, po: str, action: str, *, body: bytes, **_: Any) -> Answer:
+        try:
+            if action == "release":
+                return Answer(202, _json(self.purchasing.release(po)))
+            doc = parse_json(body)
+            if action == "acknowledgements":
+                return Answer(200, _json(self.purchasing.acknowledge(po, doc)))
+            return Answer(200, _json(self.purchasing.transmitted(po, doc)))
+        except PoError as exc:
+            raise ApiError(exc.status, exc.message) from exc
+
     # .................................................................. GR / AP
 
     def post_document(self, table: str, prefix: str, *, body: bytes, **_: Any) -> Answer:
@@ -377,7 +421,7 @@ class ErpApi:
         return Answer(200, _json({"charges": self.state.charges()}))
 
     def get_state(self, **_: Any) -> Answer:
-        return Answer(200, _json(self.state.counts()))
+        return Answer(200, _json({**self.state.counts(), **self.purchasing.counts()}))
 
     def post_charge_item(self, *, body: bytes, headers: dict[str, str], **_: Any) -> Answer:
         from engine.sandbox.billing import charge_item

@@ -12,6 +12,7 @@ from twisted.protocols.policies import WrappingFactory
 
 from engine.sandbox.billing import BillingReceiver
 from engine.sandbox.erp import ErpApi, site
+from engine.sandbox.purchasing import ReleaseWebhook
 from engine.sandbox.state import SandboxState
 
 log = Logger()
@@ -33,6 +34,8 @@ class SandboxService:
         seed: str | Path | None = None,
         reseed: bool = False,
         reject_codes: Iterable[str] = (),
+        po_webhook: str | None = None,
+        po_webhook_token: str | None = None,
     ) -> None:
         self.state_path = Path(state_path)
         self.interface = interface
@@ -41,6 +44,9 @@ class SandboxService:
         self.seed = seed
         self.reseed = reseed
         self.reject_codes = tuple(reject_codes)
+        self.po_webhook = po_webhook
+        self.po_webhook_token = po_webhook_token
+        self.webhook: ReleaseWebhook | None = None
         self.state: SandboxState | None = None
         self.billing: BillingReceiver | None = None
         self.api: ErpApi | None = None
@@ -78,6 +84,14 @@ class SandboxService:
             self.state.close()
             raise
         self._factories = [web, mllp]
+        if self.po_webhook:
+            self.webhook = ReleaseWebhook(
+                self.api.purchasing,
+                self.po_webhook,
+                reactor=self.reactor,
+                token=self.po_webhook_token,
+            )
+            self.webhook.start()
         self.http_port = http_port.getHost().port
         self.mllp_port = mllp_port.getHost().port
         log.info(
@@ -90,6 +104,9 @@ class SandboxService:
         return defer.succeed(self)
 
     async def stop(self) -> None:
+        if self.webhook is not None:
+            self.webhook.stop()
+            self.webhook = None
         ports, self._ports = self._ports, []
         for port in ports:
             await port.stopListening()

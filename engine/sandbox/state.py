@@ -20,6 +20,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from engine.sandbox.purchasing import SCHEMA as PURCHASING_SCHEMA
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inventory (
     location TEXT NOT NULL,
@@ -115,6 +117,8 @@ TABLES = (
     "charges",
     "idempotency",
     "counters",
+    "purchase_orders",
+    "po_line_status",
 )
 
 #: Counters kept across restarts (``counts()`` reports them all, zero when never bumped).
@@ -153,6 +157,7 @@ class SandboxState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self.db.executescript(PURCHASING_SCHEMA)
         self._depth = 0
 
     def close(self) -> None:
