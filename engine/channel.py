@@ -84,6 +84,20 @@ class Channel:
         )
         self.par_policies = _par_policies(mappings, cfg.ledger.par_levels if cfg.ledger else None)
         ledger_dests = {d for d in vars(self.ledger_routes).values() if d}
+        self.procurement = cfg.procurement
+        self.procurement_routes = None
+        if cfg.procurement is not None:
+            from engine.x12.book import ProcurementRoutes
+
+            p = cfg.procurement
+            self.procurement_routes = ProcurementRoutes(
+                partner_out=p.partner_out,
+                po_status=p.po_status,
+                receipts=p.receipts,
+                ap=p.ap,
+                duplicate_window=p.duplicate_window,
+            )
+            ledger_dests |= {p.partner_out, p.po_status, p.receipts, p.ap} - {None}
         self.body_targets = [
             d for d in self.destinations if d != cfg.application_ack and d not in ledger_dests
         ]
@@ -140,7 +154,8 @@ class Channel:
                 body = step.fn(body, ctx)
             except TransformError as exc:
                 work = None
-                if isinstance(exc, MappingMiss) and self.ledger is not None:
+                held = self.ledger is not None or self.procurement is not None
+                if isinstance(exc, MappingMiss) and held:
                     work = ("MISSING_MAPPING", f"{exc.table}:{exc.key}", str(exc))
                 elif isinstance(exc, MissingLotSerial) and self.ledger is not None:
                     work = ("MISSING_LOT_SERIAL", f"{exc.item}:{exc.line}", str(exc))
@@ -179,13 +194,30 @@ class Channel:
                 else o
                 for o in outbound
             ]
-        if ctx.events and self.ledger is None:
+        if ctx.events and self.ledger is None and self.procurement is None:
             return parsed, Result(
                 ERROR,
-                error="transform booked ledger events but the channel has no `ledger:` section",
+                error="transform booked records but the channel has no `ledger:` or "
+                "`procurement:` section",
                 error_location=self.steps[-1].where,
             )
         return parsed, Result(SENT, transformed, outbound, ctx.keys, events=ctx.events)
+
+    def converter(self, partner: Any) -> Any:
+        """Unit conversions (``uom_conversions``) for the match, with the partner's vendor
+        rows first (``engine.x12.match.Converter``)."""
+        from engine.uom import UomGraph
+        from engine.x12.match import converter_from_graph
+
+        if getattr(self, "_uom_graph", None) is None:
+            table = (
+                self.mappings.table("uom_conversions")
+                if "uom_conversions" in self.mappings
+                else None
+            )
+            self._uom_graph = UomGraph.from_rows(table.rows if table is not None else [])
+        vendor = partner.vendors[0] if partner.vendors else None
+        return converter_from_graph(self._uom_graph, vendor)
 
     def charge_payload(self, event: Any) -> tuple[bytes, str]:
         if self.ledger is not None and self.ledger.charge_format.startswith("fhir"):

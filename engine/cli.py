@@ -202,6 +202,24 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """A new random bearer token (256 bits) and the SHA-256 that goes into the channel file."""
+    import hashlib
+    import secrets
+
+    token = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    print(f"token:  {token}")
+    print(f"sha256: {digest}")
+    print(f"yaml:   - {{name: {args.name}, sha256: {digest}}}")
+    print(
+        "Give the token to the sender over a safe channel; only its sha256 goes into the "
+        "channel file (auth.tokens). Wharf keeps no copy of the token.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.runner import run
 
@@ -274,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("work-items", help="open ledger work items (missing mappings, rejects)")
     w.add_argument("--kind", help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, ...")
     w.set_defaults(fn=cmd_work_items)
+
+    tk = sub.add_parser("token", help="make a bearer token and its sha256 for auth.tokens")
+    tk.add_argument("--name", default="sender", help="the token's name in the YAML line")
+    tk.set_defaults(fn=cmd_token)
 
     d = sub.add_parser("docs", help="generate the component reference")
     d.add_argument("--out", type=Path, default=Path("docs/reference"))

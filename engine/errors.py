@@ -6,10 +6,16 @@
      +-- ConfigError            a channel, route or mapping file is wrong (file:line:col, path)
      |    +-- LintFailed        several ConfigErrors found by one lint pass
      +-- CodecError             inbound bytes are not a valid message of the channel's codec
+     |    +-- X12Error          X12 bytes are wrong (carries the TA1 note code when one applies)
+     |         +-- X12EnvelopeError  ISA/GS/ST envelope broken: answer with a TA1 (ta1_code)
+     |         +-- X12DocumentError  a transaction set's content is wrong (segment, element)
      +-- TransformError         a transform step failed on a stored message
      |    +-- MappingMiss       a lookup key is missing from a mapping table
      |    +-- MissingField      a required field of the message is empty
      |    +-- MissingLotSerial  an implant without the lot/serial its item requires
+     |    +-- UomConversionMissing  no conversion between two units of an item
+     |    +-- UnmappedUnit      a unit has no code in a trading partner's UoM map
+     |    +-- X12WriteError     an outbound X12 document cannot be written as asked
      +-- StoreError             the store could not do what was asked
      |    +-- Overloaded        too many ingests waiting: refuse now, the sender retries later
      +-- DeliveryError          a destination call failed (carries retryable / ambiguous flags)
@@ -88,6 +94,47 @@ class CodecError(WharfError):
         self.code = code
 
 
+class X12Error(CodecError):
+    """X12 input that cannot be used.
+
+    ``ta1_code``: the TA105 note code that applies (``"022"`` invalid control structure…), or
+    None when the problem is inside a transaction set (then a 997/999 reports it).
+    ``offset``: character offset in the decoded text; ``segment``: segment id; ``position``:
+    segment position in its transaction set (ST = 1); ``element``: element position (1-based).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        ta1_code: str | None = None,
+        offset: int | None = None,
+        segment: str = "",
+        position: int | None = None,
+        element: int | None = None,
+        code: str = "x12",
+    ) -> None:
+        where = segment
+        if position is not None:
+            where = f"{segment}@{position}"
+        if element is not None:
+            where = f"{where}-{element:02d}"
+        super().__init__(message, location=where, code=code)
+        self.ta1_code = ta1_code
+        self.offset = offset
+        self.segment = segment
+        self.position = position
+        self.element = element
+
+
+class X12EnvelopeError(X12Error):
+    """The interchange envelope (ISA/IEA, GS/GE, ST/SE nesting) is broken: reply with a TA1."""
+
+
+class X12DocumentError(X12Error):
+    """A transaction set lacks a segment it needs or carries a value that is not valid."""
+
+
 class TransformError(WharfError):
     """A transform step could not produce its output for this message."""
 
@@ -115,14 +162,55 @@ class MissingField(TransformError):
 class MissingLotSerial(TransformError):
     """An implant whose item demands lot or serial tracking came without them."""
 
-    def __init__(self, item: str, line: str, missing: list[str]) -> None:
+    def __init__(
+        self, item: str, line: str, missing: list[str], carriers: str = "PRT, ZUD or UDI"
+    ) -> None:
         super().__init__(
             f"MissingLotSerial: item {item} (line {line}) requires {' and '.join(missing)} "
-            "but the message carries none (PRT, ZUD or UDI)"
+            f"but the message carries none ({carriers})"
         )
         self.item = item
         self.line = line
         self.missing = missing
+
+
+class UomConversionMissing(MappingMiss):
+    """No conversion from ``from_unit`` to ``to_unit`` for ``item``."""
+
+    def __init__(self, item: str, from_unit: str, to_unit: str) -> None:
+        super().__init__("uom_conversions", f"{item or '*'}:{from_unit}->{to_unit}")
+        self.item = item
+        self.from_unit = from_unit
+        self.to_unit = to_unit
+
+
+class UnmappedUnit(MappingMiss):
+    """Unit ``unit`` has no code in trading partner ``partner``'s UoM map (``direction``:
+    ``out`` ours → theirs, ``in`` theirs → ours)."""
+
+    def __init__(self, partner: str, unit: str, direction: str, known: list[str]) -> None:
+        TransformError.__init__(
+            self,
+            f"MappingMiss: unit {unit!r} has no {'X12' if direction == 'out' else 'own'} code "
+            f"for trading partner '{partner}' (expected one of: {', '.join(known) or 'none'}; "
+            "add it to the partner's uom map in mappings/trading_partners.yaml)",
+        )
+        self.table = f"trading_partners.{partner}.uom"
+        self.key = unit
+        self.partner = partner
+        self.unit = unit
+        self.direction = direction
+
+
+class X12WriteError(TransformError):
+    """An outbound X12 document cannot be written: a value holds a separator or is too long,
+    a required field is missing, a control number is out of range. ``field`` names the value
+    (``lines[1].description (PID05)``); nothing is emitted."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"X12WriteError: {field}: {message}")
+        self.field = field
+        self.reason = message
 
 
 class StoreError(WharfError):

@@ -84,6 +84,7 @@ class Mappings:
 
     def __init__(self, tables: Mapping[str, Table]) -> None:
         self.tables = dict(tables)
+        self.partners: Any = None  # X12 trading partners (engine.x12.partners), set by the loader
 
     def __contains__(self, name: str) -> bool:
         return name in self.tables

@@ -69,15 +69,18 @@ BUILTINS = (
     "engine.codecs.raw",
     "engine.codecs.hl7v2",
     "engine.codecs.fhir",
+    "engine.x12.codec",
     "engine.filters",
     "engine.sources.dropfolder",
     "engine.sources.mllp",
     "engine.sources.sftp_poll",
     "engine.sources.http_post",
+    "engine.sources.fhir_http",
     "engine.destinations.http",
     "engine.destinations.file",
     "engine.destinations.mllp",
     "engine.destinations.sftp",
+    "engine.destinations.x12_partner",
     "transforms",
 )
 

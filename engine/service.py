@@ -9,6 +9,7 @@ commits the result together with the outbox rows; delivery workers drain the out
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from engine.ledger.book import book_events
 from engine.model import Inbound
 from engine.registry import REGISTRY
 from engine.router import Listener
-from engine.sources import IngestOutcome
+from engine.sources import IngestOutcome, SourceServices
 from engine.store import SqliteStore, StoreExecutor
 
 log = Logger()
@@ -159,6 +160,7 @@ class Processor:
                     error_location=r.error_location,
                     book=_booker(channels[w.channel], w, r.events) if r.events else None,
                     work_item=r.work_item,
+                    durable=bool(r.events) and channels[w.channel].procurement is not None,
                 )
                 for w, r in results
             ]
@@ -220,6 +222,23 @@ def _record(store: SqliteStore, records: list[dict[str, Any]], now: float) -> No
 
 def _booker(channel: Channel, work: Work, events: list[Any]) -> Any:
     """The ledger booking of one message, run by the store inside that message's commit."""
+
+    if channel.procurement is not None:
+        from engine.x12.book import book_x12
+
+        def book_procurement(conn: Any) -> list[Any]:
+            return book_x12(
+                conn,
+                records=events,
+                channel=channel.name,
+                message_id=work.id,
+                correlation_id=work.correlation_id,
+                routes=channel.procurement_routes,
+                partners=channel.mappings.partners,
+                converter=channel.converter,
+            )
+
+        return book_procurement
 
     def book(conn: Any) -> list[Any]:
         return book_events(
@@ -398,14 +417,18 @@ class Engine:
     def _start_source(self, channel: Channel) -> None:
         src = channel.config.source
         factory = REGISTRY.get("source", src.name).factory
+        extra: dict[str, Any] = {}
+        if "services" in inspect.signature(factory).parameters:
+            extra["services"] = self._source_services(channel.name)
         source = factory(
             src.options,
             reactor=self.reactor,
             channel=channel.name,
             base_dir=self.root,
-            ingest=lambda raw, peer, c=channel.name: defer.ensureDeferred(
-                self.receive(c, raw, peer)
+            ingest=lambda raw, peer, c=channel.name, **kw: defer.ensureDeferred(
+                self.receive(c, raw, peer, **kw)
             ),
+            **extra,
         )
         self.sources[channel.name] = source
         source.start()
@@ -425,6 +448,22 @@ class Engine:
         )
         self.sources[f"listener:{config.name}"] = source
         source.start()
+
+    def _source_services(self, name: str) -> SourceServices:
+        """The codec, store reads and worker threads a source may use (see SourceServices)."""
+
+        def codec() -> Any:
+            channel = self.channels.get(name)
+            return channel.codec if channel is not None else None
+
+        def load(message_id: str) -> Any:
+            d = self.executor.submit(_load_many, self.store, [message_id])
+            return d.addCallback(lambda rows: rows[0])
+
+        def run(fn: Any, *args: Any) -> Any:
+            return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+        return SourceServices(codec=codec, load=load, run=run)
 
     def _answers(self, source_key: str) -> bool:
         """Whether this source replies to its sender (an MLLP listener does; a folder doesn't)."""
@@ -490,8 +529,19 @@ class Engine:
             return await threads.deferToThreadPool(self.reactor, self.pool, decode, raw)
         return decode(raw)
 
-    async def receive(self, source_key: str, raw: bytes, peer: str) -> IngestOutcome:
-        """What a source calls: one message, or an HL7 batch split into its messages."""
+    async def receive(
+        self,
+        source_key: str,
+        raw: bytes,
+        peer: str,
+        *,
+        parsed: Any = None,
+        min_dedup_window: float = 0.0,
+    ) -> IngestOutcome:
+        """What a source calls: one message, or an HL7 batch split into its messages.
+
+        ``parsed``, ``min_dedup_window``: see :data:`engine.sources.Ingest` (not used for
+        listeners, which decode and route with their own codec)."""
         answers = self._answers(source_key)
         if source_key.startswith("listener:"):
             name = source_key.removeprefix("listener:")
@@ -505,7 +555,15 @@ class Engine:
             codec = channel.codec if channel else None
 
             def one(data: bytes) -> Any:
-                return self.ingest(source_key, data, peer, answers=answers)
+                given = parsed if data is raw else None
+                return self.ingest(
+                    source_key,
+                    data,
+                    peer,
+                    parsed=given,
+                    answers=answers,
+                    min_dedup_window=min_dedup_window,
+                )
 
         if isinstance(codec, Hl7Codec) and is_batch(raw):
             return await self._receive_batch(raw, one, answers)
@@ -572,8 +630,13 @@ class Engine:
         parsed: Any = None,
         source: str | None = None,
         answers: bool = False,
+        min_dedup_window: float = 0.0,
     ) -> IngestOutcome:
         """Decode, validate and durably store one inbound message; the source answers after.
+
+        ``min_dedup_window``: duplicate detection for this message looks back at least this
+        long, even on a channel whose ``dedup.window`` is shorter or 0 (a FHIR conditional
+        create or Idempotency-Key asks for it).
 
         ``answers``: the source replies to the sender (MLLP), so the outcome carries the reply
         bytes: built before the commit and stored with the message (replayed byte for byte to
@@ -608,7 +671,7 @@ class Engine:
             peer=peer,
             control_id=parsed.control_id,
             dedup_key=parsed.dedup_key,
-            dedup_window=channel.dedup_window,
+            dedup_window=max(channel.dedup_window, min_dedup_window),
             response=response,
         )
         try:

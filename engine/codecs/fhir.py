@@ -1,6 +1,12 @@
-"""FHIR codec (groundwork for the HTTP/FHIR source): JSON resources and Bundles validated with
-fhir.resources (R5 by default, R4B for R4 peers), the required code bindings fhir.resources does
-not check, and OperationOutcome answers that name each problem's FHIRPath.
+"""FHIR codec: JSON resources and Bundles validated with fhir.resources (R5 by default, R4B for
+R4 peers), the required code bindings fhir.resources does not check, and OperationOutcome answers
+that name each problem's FHIRPath.
+
+The helpers below serve the ``fhir_http`` source: :func:`parse_json` (decimals kept exact,
+duplicate keys refused), :func:`dump_json` (compact, decimals as written), :func:`for_storage`
+(the server-managed ``id`` and ``meta`` versions dropped, so a resend stores the same bytes) and
+:func:`with_meta` (the id and ``meta`` a read-back shows). FHIR XML lives in
+:mod:`engine.codecs.fhir_xml`.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from engine.codecs.base import Parsed, sha256_key
@@ -70,19 +77,15 @@ class Issue:
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
-    """An OperationOutcome resource listing ``issues``."""
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [
-            {
-                "severity": i.severity,
-                "code": i.code,
-                "diagnostics": i.text,
-                "expression": [i.expression] if i.expression else [],
-            }
-            for i in issues
-        ],
-    }
+    """An OperationOutcome resource listing ``issues`` (an issue about no element has no
+    ``expression``: FHIR JSON arrays are never empty)."""
+    out = []
+    for i in issues:
+        issue: dict[str, Any] = {"severity": i.severity, "code": i.code, "diagnostics": i.text}
+        if i.expression:
+            issue["expression"] = [i.expression]
+        out.append(issue)
+    return {"resourceType": "OperationOutcome", "issue": out}
 
 
 class FhirInvalid(CodecError):
@@ -107,7 +110,7 @@ def _path(resource_type: str, loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part != "__root__":
+        elif part not in ("__root__", "root"):  # pydantic root-model levels
             out += f".{part}"
     return out
 
@@ -213,6 +216,129 @@ class FhirCodec:
             else sha256_key(raw)
         )
         return Parsed(data, CONTENT_TYPE, rtype, key if "|" in key else None, key)
+
+
+# -- JSON forms for the HTTP source ------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A FHIR JSON resource as a dict: UTF-8 (a BOM is tolerated), decimals kept exactly as
+    written (``Decimal``), duplicate keys and NaN/Infinity refused. CodecError ``not_fhir``
+    when the bytes are not a JSON object with a ``resourceType``."""
+    try:
+        text = raw.decode("utf-8-sig")
+        data = json.loads(
+            text,
+            parse_float=Decimal,
+            parse_constant=_no_constant,
+            object_pairs_hook=_no_duplicates,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CodecError(f"expected FHIR JSON ({exc})", code="not_fhir") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise CodecError(
+            "expected a FHIR resource: a JSON object with a resourceType", code="not_fhir"
+        )
+    return data
+
+
+def _dump(value: Any, out: list[str]) -> None:
+    if isinstance(value, dict):
+        out.append("{")
+        for i, (k, v) in enumerate(value.items()):
+            if i:
+                out.append(",")
+            out.append(json.dumps(k, ensure_ascii=False))
+            out.append(":")
+            _dump(v, out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for i, v in enumerate(value):
+            if i:
+                out.append(",")
+            _dump(v, out)
+        out.append("]")
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"a decimal must be finite (got {value})")
+        out.append(str(value))
+    else:
+        out.append(json.dumps(value, ensure_ascii=False, allow_nan=False))
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON; a ``Decimal`` is written as the number it holds (``2.50`` stays
+    ``2.50``)."""
+    out: list[str] = []
+    _dump(value, out)
+    return "".join(out).encode("utf-8")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (k != "resourceType", k))
+        return {k: _sorted(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def for_storage(data: dict[str, Any]) -> dict[str, Any]:
+    """The resource as stored: without the server-managed ``id``, ``meta.versionId`` and
+    ``meta.lastUpdated`` (a create ignores them), keys sorted (``resourceType`` first), so a
+    resend whose JSON differs only in key order, whitespace, id or meta versions, or which
+    came as XML the first time, stores the same bytes (and is recognised as the same)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "id":
+            continue
+        if key == "meta" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in ("versionId", "lastUpdated")}
+            if not value:
+                continue
+        out[key] = value
+    return _sorted(out)
+
+
+def with_meta(
+    data: dict[str, Any], resource_id: str, last_updated: str, version_id: str = "1"
+) -> dict[str, Any]:
+    """The resource as read back: ``id`` and ``meta.versionId``/``meta.lastUpdated`` set."""
+    meta = dict(data.get("meta") or {})
+    meta.update(versionId=version_id, lastUpdated=last_updated)
+    out: dict[str, Any] = {"resourceType": data["resourceType"], "id": resource_id, "meta": meta}
+    for key, value in data.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def model_class(version: str, resource_type: str) -> Any:
+    """The fhir.resources class of any resource type (ValueError when there is none)."""
+    base = "fhir.resources.R4B" if version == "R4B" else "fhir.resources"
+    return importlib.import_module(base).get_fhir_model_class(resource_type)
+
+
+def identifiers(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A resource's identifiers as a list (Bundle.identifier is a single one)."""
+    ident = data.get("identifier")
+    if isinstance(ident, dict):
+        return [ident]
+    return [i for i in ident if isinstance(i, dict)] if isinstance(ident, list) else []
 
 
 @codec("fhir", FHIR_SPEC)

@@ -140,6 +140,44 @@ LEDGER_SPEC = Spec(
     "  par_levels: par_levels",
 )
 
+PROCUREMENT_SPEC = Spec(
+    "procurement",
+    [
+        Field(
+            "partner_out",
+            NAME,
+            None,
+            "Destination that takes X12 files for trading partners (850, 997/999, TA1); an "
+            "`x12_partner` destination delivers each the way its partner is configured.",
+        ),
+        Field(
+            "po_status",
+            NAME,
+            None,
+            "Destination that takes PO transmissions and 855 line statuses (`{po_number}` and "
+            "`{action}` in its URL: `transmissions` or `acknowledgements`).",
+        ),
+        Field("receipts", NAME, None, "Destination that takes goods receipts (from 856s)."),
+        Field("ap", NAME, None, "Destination that takes matched invoices for accounts payable."),
+        Field(
+            "duplicate_window",
+            Duration(lo=0),
+            30 * 86400.0,
+            "An interchange with the same sender and ISA13 within this window is acknowledged "
+            "again and not applied again.",
+        ),
+    ],
+    description=(
+        "Apply the X12 records that transforms book (`ctx.book`): purchase orders sent as "
+        "850s with durable control numbers, and inbound interchanges acknowledged (TA1, "
+        "997/999) and applied once (855 PO statuses, 856 receipts, 810 three-way match to AP "
+        "or held as an INVOICE_HELD work item), in the same commit as the message. Trading "
+        "partners come from `mappings/trading_partners.yaml`."
+    ),
+    example="procurement:\n  partner_out: vendors\n  po_status: erp_po\n  receipts: erp_gr\n"
+    "  ap: erp_ap",
+)
+
 DEDUP_SPEC = Spec(
     "dedup",
     [
@@ -203,6 +241,16 @@ def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> Non
                     f"no destination '{dest}' in this channel (have: {', '.join(names) or 'none'})"
                     f"{did_you_mean(dest, names)}",
                 )
+    if config.procurement is not None:
+        for role in ("partner_out", "po_status", "receipts", "ap"):
+            dest = getattr(config.procurement, role)
+            if dest is not None and dest not in names:
+                ctx.error(
+                    node,
+                    f"procurement.{role}",
+                    f"no destination '{dest}' in this channel (have: {', '.join(names) or 'none'})"
+                    f"{did_you_mean(dest, names)}",
+                )
     if config.application_ack is not None and config.application_ack not in names:
         ctx.error(
             node,
@@ -241,6 +289,7 @@ CHANNEL_SPEC = Spec(
         Field("codec", Component("codec"), None, "How bytes are parsed (default `raw`)."),
         Field("dedup", DEDUP_SPEC, None, "Duplicate detection."),
         Field("ledger", LEDGER_SPEC, None, "Supply-ledger booking of consumption events."),
+        Field("procurement", PROCUREMENT_SPEC, None, "X12 purchasing and receipt-to-pay."),
         Field("filter", ListOf(Component("filter")), (), "Messages failing any filter stop."),
         Field("transformer", ListOf(STEP_SPEC), (), "Transform steps, in order."),
         Field("destinations", ListOf(DESTINATION_SPEC), (), "Where results go."),
@@ -435,6 +484,8 @@ def load_project(
         channels = {n: c for n, c in channels.items() if n in settings.channels}
     if settings is not INVALID:
         channels = _wire_listeners(settings, channels, errors)
+        mappings.partners = _partners(root, env, settings, errors)
+    errors += _source_checks(channels, registry)
     if errors:
         raise LintFailed(errors)
     return Project(root, settings, channels, mappings, seen)
@@ -451,6 +502,33 @@ def error_at(where: str, path: str, message: str) -> ConfigError:
         column=int(col) if col.isdigit() else None,
         path=path,
     )
+
+
+def _partners(root: Path, env: Mapping[str, str], settings: Any, errors: list) -> Any:
+    """The X12 trading partners (``mappings/trading_partners.yaml``), linted like the rest."""
+    from engine.x12.partners import PARTNERS_FILE, TradingPartners, load_partners
+
+    server = getattr(settings, "sftp_server", None)
+    accounts = [p.name for p in server.partners] if server is not None else None
+    try:
+        return load_partners(
+            root / PARTNERS_FILE, shown=PARTNERS_FILE, env=env, sftp_accounts=accounts
+        )
+    except LintFailed as exc:
+        errors.extend(exc.errors)
+        return TradingPartners({}, PARTNERS_FILE)
+
+
+def _source_checks(channels: dict[str, ChannelDef], registry: Registry) -> list[ConfigError]:
+    """Checks that span channels, by the source factories that define ``check_project(channels)``
+    (several ``fhir_http`` channels sharing one port must not mount the same base)."""
+    errors: list[ConfigError] = []
+    names = {d.config.source.name for d in channels.values() if d.config.source is not None}
+    for name in sorted(names):
+        check = getattr(registry.get("source", name).factory, "check_project", None)
+        if check is not None:
+            errors += check(channels)
+    return errors
 
 
 def _wire_listeners(

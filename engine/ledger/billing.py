@@ -91,9 +91,12 @@ def charge_dft(
 def charge_item(event: ConsumptionEvent, version: str = "R5") -> tuple[bytes, str]:
     """A FHIR ChargeItem (R5 or R4B shape) for ``event``, validated with fhir.resources: the
     CDM code, the patient, the encounter, the quantity in the billing unit, the item as the
-    product, and the usage line as the identifier (so a resend is recognisable)."""
+    product, and the usage line as the identifier (so a resend is recognisable). An event from
+    a FHIR SupplyDelivery (``source_ref`` set) gets :func:`_fhir_sourced_charge_item`."""
     import json
 
+    if event.source_ref is not None:
+        return _fhir_sourced_charge_item(event, version)
     qty = event.billing_quantity if event.billing_quantity is not None else event.quantity
     body: dict[str, object] = {
         "resourceType": "ChargeItem",
@@ -125,6 +128,98 @@ def charge_item(event: ConsumptionEvent, version: str = "R5") -> tuple[bytes, st
     )
     # FHIR decimals are JSON numbers: write the Decimal's digits, never a float's.
     text = json.dumps(body).replace('"__QTY__"', str(signed))
+    return text.encode(), "application/fhir+json"
+
+
+HCPCS_SYSTEM = "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+
+
+def _fhir_sourced_charge_item(event: ConsumptionEvent, version: str) -> tuple[bytes, str]:
+    """The ChargeItem for an event from a FHIR SupplyDelivery: the sender's own references for
+    subject, encounter (R4B ``context``) and ``account``; ``service`` back to the SupplyDelivery
+    and the Procedure (R5 CodeableReference, R4B Reference); the Device as ``product`` when
+    known (R5 with the item concept; R4B ``productReference``, else the item as
+    ``productCodeableConcept``); the CDM and HCPCS codes; the billing quantity; and the CDM
+    price: R5 ``unitPriceComponent`` / ``totalPriceComponent``, R4B ``priceOverride`` (the
+    total). Decimals are written with their exact digits. A credit is a negative quantity and
+    amount under its own identifier."""
+    import json
+    from decimal import Decimal
+
+    qty = event.billing_quantity if event.billing_quantity is not None else event.quantity
+    signed = -qty if event.kind == "credit" else qty
+    numbers: dict[str, Decimal] = {}
+
+    def number(value: Decimal) -> str:  # a placeholder, replaced by the digits at the end
+        token = f"__WHARF_DECIMAL_{len(numbers)}__"
+        numbers[token] = value
+        return token
+
+    codings = [{"system": "urn:wharf:cdm", "code": event.charge_code}]
+    if event.hcpcs:
+        codings.append({"system": HCPCS_SYSTEM, "code": event.hcpcs})
+    body: dict[str, object] = {
+        "resourceType": "ChargeItem",
+        "identifier": [{"system": "urn:wharf:usage-line", "value": event.business_key}],
+        "status": "billable",
+        "code": {"coding": codings},
+        "subject": event.patient_ref
+        or {"identifier": {"system": "urn:wharf:mrn", "value": event.patient or "unknown"}},
+        "occurrenceDateTime": _fhir_date(event.service_time),
+        "quantity": {"value": number(signed), "unit": event.billing_uom or event.uom},
+    }
+    encounter = event.encounter_ref or {
+        "identifier": {"system": "urn:wharf:encounter", "value": event.encounter}
+    }
+    concept = {"coding": [{"system": "urn:wharf:item", "code": event.item_id}]}
+    services = [ref for ref in (event.source_ref, event.procedure_ref) if ref]
+    total = None if event.unit_price is None else event.unit_price * signed
+    if version == "R4B":
+        from fhir.resources.R4B.chargeitem import ChargeItem
+
+        body["context"] = encounter
+        if total is not None:
+            body["priceOverride"] = {"value": number(total), "currency": event.currency}
+            body["overrideReason"] = "chargemaster price"
+        if event.device_ref:
+            body["productReference"] = event.device_ref
+        else:
+            body["productCodeableConcept"] = concept
+        body["service"] = services
+    else:
+        from fhir.resources.chargeitem import ChargeItem
+
+        body["encounter"] = encounter
+        if event.cost_center:
+            body["costCenter"] = {
+                "type": "Organization",
+                "identifier": {"system": "urn:wharf:cost-center", "value": event.cost_center},
+            }
+        if event.unit_price is not None and total is not None:
+            body["unitPriceComponent"] = {
+                "type": "base",
+                "amount": {"value": number(event.unit_price), "currency": event.currency},
+            }
+            body["totalPriceComponent"] = {
+                "type": "base",
+                "amount": {"value": number(total), "currency": event.currency},
+            }
+        body["service"] = [{"reference": ref} for ref in services]
+        product: dict[str, object] = {"concept": concept}
+        if event.device_ref:
+            product["reference"] = event.device_ref
+        body["product"] = [product]
+    if event.account:
+        body["account"] = [event.account]
+    text = json.dumps(body)
+
+    def exact(obj: dict[str, object]) -> dict[str, object]:
+        return {k: numbers.get(v, v) if isinstance(v, str) else v for k, v in obj.items()}
+
+    # raises on a shape the standard does not allow
+    ChargeItem.model_validate(json.loads(text, object_hook=exact))
+    for token, value in numbers.items():  # FHIR decimals are JSON numbers: exact digits
+        text = text.replace(f'"{token}"', format(value, "f"))
     return text.encode(), "application/fhir+json"
 
 

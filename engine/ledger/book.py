@@ -5,6 +5,8 @@ records the pipeline's result, and returns the outbound deliveries its effects n
 billing charge, requisition). A business key already booked is skipped: the same line, even in
 a new message, never moves stock, charges or orders twice. Idempotency keys are derived from the
 event, not the message, so an ERP sees the same key for the same effect whatever carried it.
+A :class:`~engine.ledger.records.RequisitionRequest` among the events (a FHIR SupplyRequest) is
+booked in the requisitions table and sent, once per its business key.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
-from engine.ledger.records import ConsumptionEvent, LedgerRoutes, ParPolicy
+from engine.ledger.records import (
+    ConsumptionEvent,
+    LedgerRoutes,
+    ParPolicy,
+    RequisitionRequest,
+)
 from engine.model import Outbound, to_json_bytes
 from engine.uom import round_up_to_pack
 
@@ -34,7 +41,7 @@ def book_events(
     message_id: str,
     correlation_id: str,
     channel: str,
-    events: Sequence[ConsumptionEvent],
+    events: Sequence[ConsumptionEvent | RequisitionRequest],
     routes: LedgerRoutes,
     policies: Mapping[tuple[str, str], ParPolicy],
     charge_payload: object = None,
@@ -47,10 +54,31 @@ def book_events(
     lines: list[dict[str, object]] = []
     issued: list[ConsumptionEvent] = []
     for ev in events:
+        if isinstance(ev, RequisitionRequest):
+            req = _book_request(conn, ev, message_id, correlation_id, now)
+            if req is not None and routes.requisition:
+                out.append(
+                    _outbound(
+                        channel,
+                        routes.requisition,
+                        ev,
+                        "requisition",
+                        to_json_bytes(req),
+                        "application/json",
+                    )
+                )
+            continue
         if conn.execute(
             "SELECT 1 FROM consumption_events WHERE business_key = ?", (ev.business_key,)
         ).fetchone():
             continue  # already booked: no second stock move, charge or requisition
+        if (
+            ev.reverses_if_booked
+            and not conn.execute(
+                "SELECT 1 FROM consumption_events WHERE business_key = ?", (ev.reverses,)
+            ).fetchone()
+        ):
+            continue  # nothing to reverse: the original was never booked
         cur = conn.execute(
             "INSERT INTO consumption_events (business_key, kind, item_id, location_id, quantity, "
             "uom, chargeable, encounter, service_time, reverses, lot, serial, detail, message_id, "
@@ -151,15 +179,23 @@ def book_events(
                     )
                 )
     if lines and routes.issue:
-        # One ERP issue per message with a line per newly booked event (a resend books
-        # nothing, so it sends nothing); its key is derived from those events.
-        issue = {
-            "type": "inventory_issue",
-            "encounter": issued[0].encounter,
-            "correlation_id": correlation_id,
-            "lines": lines,
-        }
-        out.insert(0, _issue_outbound(channel, routes.issue, issued, to_json_bytes(issue)))
+        # One ERP issue per message and encounter (a FHIR Bundle may carry several) with a
+        # line per newly booked event (a resend books nothing, so it sends nothing); its key
+        # is derived from those events.
+        groups: dict[str, tuple[list[dict[str, object]], list[ConsumptionEvent]]] = {}
+        for line, ev in zip(lines, issued, strict=True):
+            group = groups.setdefault(ev.encounter, ([], []))
+            group[0].append(line)
+            group[1].append(ev)
+        for n, (encounter, (group_lines, events_)) in enumerate(groups.items()):
+            issue = {
+                "type": "inventory_issue",
+                "encounter": encounter,
+                "correlation_id": correlation_id,
+                "lines": group_lines,
+            }
+            data = to_json_bytes(issue)
+            out.insert(n, _issue_outbound(channel, routes.issue, events_, data))
     return out
 
 
@@ -174,7 +210,7 @@ def _issue_outbound(
 def _outbound(
     channel: str,
     destination: str,
-    ev: ConsumptionEvent,
+    ev: ConsumptionEvent | RequisitionRequest,
     effect: str,
     data: bytes,
     content_type: str,
@@ -246,6 +282,50 @@ def _par_check(
         "order_quantity": str(quantity / policy.pack_size if policy.pack_size > 1 else quantity),
         "order_uom": policy.uom,
         "reason": f"on hand {on_hand} below reorder point {policy.reorder_point}",
+        "correlation_id": correlation_id,
+    }
+
+
+def _book_request(
+    conn: sqlite3.Connection,
+    req: RequisitionRequest,
+    message_id: str,
+    correlation_id: str,
+    now: float,
+) -> dict[str, object] | None:
+    """One open requisition per request business key; None when it was booked before."""
+    if conn.execute(
+        "SELECT 1 FROM requisitions WHERE business_key = ?", (req.business_key,)
+    ).fetchone():
+        return None
+    conn.execute(
+        "INSERT INTO requisitions (location_id, item_id, quantity, uom, status, event_id, "
+        "message_id, correlation_id, created_at, updated_at, business_key) "
+        "VALUES (?, ?, ?, ?, 'open', NULL, ?, ?, ?, ?, ?)",
+        (
+            req.location_id,
+            req.item_id,
+            str(req.quantity),
+            req.uom,
+            message_id,
+            correlation_id,
+            now,
+            now,
+            req.business_key,
+        ),
+    )
+    return {
+        "location_id": req.location_id,
+        "item_id": req.item_id,
+        "quantity": str(req.quantity),
+        "uom": req.uom,  # the stocking unit, as for a par requisition
+        "order_quantity": str(req.order_quantity),
+        "order_uom": req.order_uom,
+        "reason": req.reason,
+        "need_by": req.need_by,
+        "priority": req.priority,
+        "requester": req.requester,
+        "request_key": req.business_key,
         "correlation_id": correlation_id,
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,36 @@ class ConsumptionEvent:
     udi: str | None = None
     expiry: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # From a FHIR sender: FHIR References (``reference`` and/or ``identifier``) that the
+    # ChargeItem carries back (subject, encounter, account, service, product). None for HL7.
+    patient_ref: dict[str, Any] | None = None
+    encounter_ref: dict[str, Any] | None = None
+    account: dict[str, Any] | None = None
+    source_ref: dict[str, Any] | None = None  # the SupplyDelivery the event comes from
+    procedure_ref: dict[str, Any] | None = None
+    device_ref: dict[str, Any] | None = None
+    # A credit that only counts when the event it reverses was booked (a FHIR delivery marked
+    # entered-in-error): without the original it books nothing.
+    reverses_if_booked: bool = False
+
+
+@dataclass(frozen=True)
+class RequisitionRequest:
+    """A requisition a sender asked for (a FHIR SupplyRequest), booked once per business key
+    into the ledger's requisitions and sent to the requisition destination."""
+
+    business_key: str  # the request's identifier, system|value
+    item_id: str
+    location_id: str
+    quantity: Decimal  # in the stocking unit
+    uom: str
+    order_quantity: Decimal  # as asked for, in ``order_uom``
+    order_uom: str
+    need_by: str | None = None
+    priority: str | None = None
+    requester: str | None = None
+    reason: str = ""
+    source_ref: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

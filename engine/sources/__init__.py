@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,5 +22,23 @@ class IngestOutcome:
         return self.kind in ("stored", "duplicate", "conflict")
 
 
-#: ``await ingest(raw, peer)`` stores one inbound message and says what happened.
-Ingest = Callable[[bytes, str], Awaitable[IngestOutcome]]
+#: ``await ingest(raw, peer)`` stores one inbound message and says what happened. A source that
+#: decoded the bytes with the channel's codec itself may pass ``parsed=`` (the engine then skips
+#: its decode and uses that ``Parsed``, its ``dedup_key`` included), and ``min_dedup_window=``
+#: (seconds) to have a resend recognised even where the channel's ``dedup.window`` is shorter.
+Ingest = Callable[..., Awaitable[IngestOutcome]]
+
+
+@dataclass(frozen=True)
+class SourceServices:
+    """What the engine lends a source whose factory takes a ``services`` keyword.
+
+    ``codec()``: the channel's codec now (a hot reload may swap it while the source runs);
+    ``load(message_id)``: ``(MessageRow | None, raw bytes | None)``, read on the store thread;
+    ``run(fn, *args)``: CPU work (parsing a large body) on the pipeline pool. ``load`` and
+    ``run`` return Deferreds.
+    """
+
+    codec: Callable[[], Any]
+    load: Callable[[str], Awaitable[tuple[Any, bytes | None]]]
+    run: Callable[..., Awaitable[Any]]

@@ -320,8 +320,12 @@ class SqliteStore:
         error_location: str | None = None,
         book: Callable[[sqlite3.Connection], Sequence[Outbound]] | None = None,
         work_item: tuple[str, str, str] | None = None,
+        durable: bool = False,
     ) -> None:
         """Record a pipeline run in ONE transaction: content, business keys, outbox, status.
+
+        ``durable``: commit with ``synchronous=FULL`` (what the book allocates, X12 control
+        numbers, must never come back after a power loss).
 
         ``book(conn)`` runs inside that transaction (ledger effects) and returns more outbound
         deliveries to enqueue with the rest.
@@ -330,7 +334,7 @@ class SqliteStore:
         transformed content, business keys and unsent outbox rows are replaced; rows already
         sent are kept and their idempotency keys are not inserted again.
         """
-        with self._write(f"finish_processing({message_id})", durable=False) as conn:
+        with self._write(f"finish_processing({message_id})", durable=durable) as conn:
             self._finish(
                 conn,
                 message_id,
@@ -377,10 +381,12 @@ class SqliteStore:
 
     def finish_many(self, results: Sequence[dict[str, Any]], now: float) -> None:
         """Several pipeline runs in ONE transaction; each dict holds finish_processing's
-        keyword arguments plus ``message_id``. All or none are recorded."""
-        with self._write(f"finish_many({len(results)})", durable=False) as conn:
+        keyword arguments plus ``message_id``. All or none are recorded; with a full sync when
+        one of them asks for ``durable``."""
+        durable = any(r.get("durable") for r in results)
+        with self._write(f"finish_many({len(results)})", durable=durable) as conn:
             for result in results:
-                self._finish(conn, now=now, **result)
+                self._finish(conn, now=now, **{k: v for k, v in result.items() if k != "durable"})
 
     def _finish(
         self,

@@ -119,9 +119,10 @@ class HotReloadTest(unittest.TestCase):
         shutil.copy(REPO / "routes.yaml", self.root / "routes.yaml")
         for folder in ("channels", "mappings", "samples"):
             shutil.copytree(REPO / folder, self.root / folder)
-        # This test is about the drop-folder channel; the MLLP one would bind port 2575.
-        (self.root / "channels" / "usage_mllp.yaml").unlink()
-        (self.root / "channels" / "usage_ledger.yaml").unlink()
+        # This test is about the drop-folder channel; the others would bind ports (MLLP 2575...).
+        for other in (self.root / "channels").glob("*.yaml"):
+            if other.stem != CHANNEL:
+                other.unlink()
         routes = self.root / "routes.yaml"
         # reloads happen when the test calls reload_if_changed(), not on the 2 s timer
         routes.write_text(routes.read_text().replace("reload_interval: 2s", "reload_interval: 0"))

@@ -1,0 +1,300 @@
+"""FHIR over HTTP benchmark: SupplyDelivery POSTs per second, against a bare twisted.web resource.
+
+``wharf run`` serves one channel: the ``fhir_http`` source (bearer token, R5 base), the ``fhir``
+codec (fhir.resources validation), ``fhir_supply_to_ledger`` booking each delivery in the
+ledger, the ERP issue and the FHIR ChargeItem going to the sandbox (``wharf sandbox``) on the
+same machine. N concurrent HTTP/1.1 keep-alive clients (in 2 client processes) each POST a
+distinct SupplyDelivery and wait for the 201 (sent after the store's commit) before the next.
+
+Figures, for each N in ``--clients``:
+- accepted/s: 201 answers per second over ``--seconds`` (every answer must be 201);
+- end to end: the time until every accepted delivery is booked and delivered to the sandbox;
+- bare: the same clients against a bare twisted.web resource that reads the body and answers
+  201 without work, in the same run; and the ratio accepted/bare.
+
+    python bench/fhir_http.py [--clients 8,32] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench-" + os.urandom(16).hex()
+BASE = "/fhir/R5"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def delivery(tag: str, n: int) -> bytes:
+    """A completed SupplyDelivery of one box of sutures to the main OR, for one encounter."""
+    doc = {
+        "resourceType": "SupplyDelivery",
+        "identifier": [{"system": "urn:example:pou-transaction", "value": f"{tag}-{n}"}],
+        "status": "completed",
+        "patient": {"reference": "Patient/pat-1"},
+        "suppliedItem": [
+            {
+                "quantity": {
+                    "value": 1,
+                    "unit": "EA",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "{each}",
+                },
+                "itemCodeableConcept": {
+                    "coding": [{"system": "urn:wharf:item", "code": "ITEM-100456"}]
+                },
+            }
+        ],
+        "occurrenceDateTime": "2026-01-15T09:30:00Z",
+        "destination": {"reference": "Location/LOC-OR-MAIN"},
+        "extension": [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/workflow-encounter",
+                "valueReference": {"reference": f"Encounter/ENC-B{n % 97}"},
+            }
+        ],
+    }
+    return json.dumps(doc).encode()
+
+
+async def _client(port: int, tag: str, until: float, counts: dict) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    n = 0
+    try:
+        while time.perf_counter() < until:
+            body = delivery(tag, n)
+            n += 1
+            writer.write(
+                (
+                    f"POST {BASE}/SupplyDelivery HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/fhir+json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            if length:
+                await reader.readexactly(length)
+            counts[status] = counts.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+def _client_process(port: int, clients: int, seconds: float, tag: str, out: mp.Queue) -> None:
+    counts: dict[int, int] = {}
+
+    async def main() -> None:
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*[_client(port, f"{tag}-{i}", until, counts) for i in range(clients)])
+
+    asyncio.run(main())
+    out.put(counts)
+
+
+def load(port: int, clients: int, seconds: float, tag: str) -> tuple[float, dict[int, int]]:
+    """Run ``clients`` keep-alive clients in up to 2 processes; (answers per second, statuses)."""
+    procs = min(2, clients)
+    q: mp.Queue = mp.Queue()
+    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    ps = [
+        mp.Process(target=_client_process, args=(port, k, seconds, f"{tag}-p{i}", q))
+        for i, k in enumerate(shares)
+    ]
+    t0 = time.perf_counter()
+    for p in ps:
+        p.start()
+    total: dict[int, int] = {}
+    for _ in ps:
+        for status, k in q.get(timeout=seconds + 120).items():
+            total[status] = total.get(status, 0) + k
+    for p in ps:
+        p.join()
+    elapsed = max(time.perf_counter() - t0, seconds)
+    return sum(total.values()) / elapsed, total
+
+
+BARE = """
+import sys
+from twisted.internet import reactor
+from twisted.web import resource, server
+
+class Bare(resource.Resource):
+    isLeaf = True
+    def render_POST(self, request):
+        request.content.read()
+        request.setResponseCode(201)
+        request.setHeader(b"content-type", b"application/fhir+json")
+        request.setHeader(b"location", b"/fhir/R5/SupplyDelivery/1/_history/1")
+        return b'{"resourceType":"SupplyDelivery","id":"1"}'
+
+site = server.Site(Bare())
+site.log = lambda request: None
+reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
+reactor.run()
+"""
+
+
+def channel_yaml(port: int) -> str:
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    return f"""
+description: FHIR SupplyDelivery bench channel
+source:
+  fhir_http:
+    listen: tcp:{port}:interface=127.0.0.1
+    base: {BASE}
+    auth:
+      tokens:
+        - {{name: bench, sha256: {digest}, resources: [SupplyDelivery]}}
+codec:
+  fhir: {{version: R5, resources: [SupplyDelivery]}}
+transformer:
+  - transform: fhir_supply_to_ledger
+ledger:
+  issue: erp
+  charge: billing
+  charge_format: fhir_r5
+  par_levels: par_levels
+  onhand: onhand
+destinations:
+  - name: erp
+    http: {{url: '${{ERP_URL}}/inventory/issues'}}
+    retry: {{max_attempts: 20, initial: 1s, max_delay: 1m}}
+    concurrency: 16
+  - name: billing
+    http: {{url: '${{ERP_URL}}/fhir/ChargeItem'}}
+    retry: {{max_attempts: 20, initial: 1s, max_delay: 1m}}
+    concurrency: 16
+"""
+
+
+def pending(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        msgs = conn.execute(
+            "SELECT COUNT(*) FROM messages WHERE status IN ('received', 'queued')"
+        ).fetchone()[0]
+        out = conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'inflight')"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    return msgs + out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clients", default="8,32")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = p.parse_args()
+    levels = [int(x) for x in args.clients.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="wharf-fhir-bench-"))
+    project = tmp / "project"
+    (project / "channels").mkdir(parents=True)
+    (project / "routes.yaml").write_text("store: ${WHARF_DB}\npipeline_threads: 2\n")
+    shutil.copytree(ROOT / "mappings", project / "mappings")
+    fhir, http, billing, bare = free_port(), free_port(), free_port(), free_port()
+    (project / "channels/fhir_bench.yaml").write_text(channel_yaml(fhir))
+    db = tmp / "wharf.db"
+    env = {
+        **os.environ,
+        "ERP_URL": f"http://127.0.0.1:{http}",
+        "WHARF_DB": str(db),
+        "WHARF_LOG_LEVEL": "warn",
+    }
+    wharf = Path(sys.executable).parent / "wharf"
+    log = open(tmp / "bench.log", "w")
+    procs = [
+        subprocess.Popen(
+            [
+                str(wharf),
+                "sandbox",
+                "--http-port",
+                str(http),
+                "--mllp-port",
+                str(billing),
+                "--state",
+                str(tmp / "sandbox.db"),
+                "--seed",
+                str(project / "mappings/onhand.csv"),
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+        ),
+        subprocess.Popen(
+            [str(wharf), "--root", str(project), "run"], stdout=log, stderr=log, env=env
+        ),
+        subprocess.Popen([sys.executable, "-c", BARE, str(bare)], stdout=log, stderr=log),
+    ]
+    try:
+        for port in (http, fhir, bare):
+            wait_port(port)
+        print(f"FHIR SupplyDelivery POST, {args.seconds:g} s per run, HTTP/1.1 keep-alive clients")
+        print(f"{'clients':>8} {'accepted/s':>11} {'end to end':>11} {'bare/s':>9} {'ratio':>6}")
+        for n in levels:
+            rate, statuses = load(fhir, n, args.seconds, f"c{n}")
+            accepted = statuses.get(201, 0)
+            t_end = time.perf_counter()
+            while pending(db):
+                if time.perf_counter() - t_end > 600:
+                    raise RuntimeError("the pipeline did not drain in 600 s")
+                time.sleep(0.05)
+            drain = time.perf_counter() - t_end
+            bare_rate, bare_statuses = load(bare, n, args.seconds, f"b{n}")
+            if set(statuses) != {201} or set(bare_statuses) != {201}:
+                print(f"  unexpected statuses: wharf {statuses} bare {bare_statuses}")
+            e2e = accepted / (args.seconds + drain)
+            print(
+                f"{n:>8} {rate:>11.1f} {e2e:>9.1f}/s {bare_rate:>9.1f} {rate / bare_rate:>6.2f}"
+                f"   ({accepted} accepted; drained {drain:.1f} s after the last answer)"
+            )
+        return 0
+    except Exception:
+        log.flush()
+        print((tmp / "bench.log").read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+        log.close()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""X12 validation speed: pyx12 as shipped vs ``engine.x12.validate`` (cached maps, fast check).
+
+    .venv/bin/python bench/x12_validate.py                 # 10, 100, 1000, 10000 lines
+    .venv/bin/python bench/x12_validate.py --lines 10000 --repeat 5
+
+Prints, per 810 size (each IT1 line is IT1 + PID + REF):
+
+* ``x12n_document``: pyx12's own driver with the Wharf maps; it loads the maps (XML,
+  dataele.xml, codes.xml) on every call and writes its 997;
+* ``validate, slow check``: Wharf's driver with the maps cached, pyx12's segment validator on
+  every segment, 997 written;
+* ``validate``: as used by Wharf: maps cached and the fast segment check.
+
+Also the time to load the maps once (what every ``x12n_document`` call pays). Best of
+``--repeat`` runs; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import time
+
+import pyx12.map_if
+import pyx12.map_index
+import pyx12.params
+import pyx12.x12n_document
+
+from engine.x12 import validate as validate_mod
+from engine.x12.mapgen import MAP_PATH
+from engine.x12.samplegen import invoice_810
+from engine.x12.validate import load_maps, validate
+
+
+def best(fn, repeat: int) -> float:
+    out = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out = min(out, time.perf_counter() - t)
+    return out * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lines", default="10,100,1000,10000")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    logging.getLogger("pyx12").setLevel(logging.CRITICAL)
+    param = pyx12.params.ParamsBase()
+    path = str(MAP_PATH)
+
+    def load_once() -> None:
+        pyx12.map_index.map_index(path)
+        pyx12.map_if.load_map_file("x12.control.00401.xml", param, path)
+        pyx12.map_if.load_map_file("810.4010.xml", param, path)
+
+    print(f"map load per document (index + control + 810 map): {best(load_once, 5):7.1f} ms")
+    t = time.perf_counter()
+    load_maps(fresh=True).preload()
+    print(
+        f"preload all Wharf maps once:                         "
+        f"{(time.perf_counter() - t) * 1000:7.1f} ms"
+    )
+    print(
+        f"{'lines':>6} {'segments':>9} {'x12n_document':>14} {'validate slow':>14} {'validate':>9}"
+    )
+    real_check = validate_mod.segment_check
+    for n in (int(x) for x in args.lines.split(",")):
+        data = invoice_810(n)
+        text = data.decode()
+
+        def stock(text: str = text) -> None:
+            pyx12.x12n_document.x12n_document(
+                param, io.StringIO(text), io.StringIO(), None, map_path=path
+            )
+
+        def ours(data: bytes = data) -> None:
+            assert validate(data).ok
+
+        validate_mod.segment_check = lambda node: None
+        try:
+            slow = best(ours, args.repeat)
+        finally:
+            validate_mod.segment_check = real_check
+        print(
+            f"{n:>6} {3 * n + 14:>9} {best(stock, args.repeat):>11.0f} ms "
+            f"{slow:>11.0f} ms {best(ours, args.repeat):>6.0f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()

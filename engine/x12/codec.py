@@ -1,0 +1,65 @@
+"""The ``x12`` codec: an X12 file (one or more interchanges) taken as it came.
+
+Decoding only checks that the bytes are X12 (an ``ISA`` first) and within the size limit: an
+interchange with a broken envelope must still be stored, because it is answered with a TA1
+(``x12_inbound`` does the validation and the answers). The dedup key is the content's SHA-256:
+the same file dropped again is a duplicate and changes nothing; a re-sent interchange with new
+bytes is recognised by its sender and ISA13 when it is applied (the procurement book).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.codecs.base import Parsed, sha256_key
+from engine.errors import CodecError
+from engine.registry import codec
+from engine.spec import ByteSize, Field, Spec
+
+CONTENT_TYPE = "application/edi-x12"
+
+X12_SPEC = Spec(
+    "x12",
+    [Field("max_size", ByteSize(), 64 * 1024 * 1024, "Larger files are refused.")],
+    description=(
+        "ASC X12 (004010/005010): one or more interchanges per file. Bytes that do not start "
+        "with `ISA` are refused; everything else is stored and validated by the "
+        "`x12_inbound` transform, which answers with TA1 and 997/999. The dedup key is the "
+        "content's SHA-256."
+    ),
+    example="codec:\n  x12: {}",
+)
+
+
+class X12Codec:
+    content_type = CONTENT_TYPE
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def decode(self, raw: bytes) -> Parsed:
+        if len(raw) > self.options.max_size:
+            raise CodecError(
+                f"file is {len(raw)} bytes; the limit is {self.options.max_size}", code="too_large"
+            )
+        head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:106]
+        if not head.startswith(b"ISA"):
+            raise CodecError(
+                f"expected an X12 interchange starting with ISA (got {head[:12]!r})",
+                location="ISA",
+                code="not_x12",
+            )
+        control = None
+        if len(head) >= 106:
+            sep = head[3:4]
+            fields = head.split(sep)
+            if len(fields) > 13 and fields[13].strip().isdigit():
+                control = fields[13].decode("ascii", "replace").strip()
+        st = raw.find(b"ST" + head[3:4])
+        mtype = raw[st + 3 : st + 6].decode("ascii", "replace") if st > 0 else "ISA"
+        return Parsed(raw, CONTENT_TYPE, mtype, control, sha256_key(raw))
+
+
+@codec("x12", X12_SPEC)
+def make_x12(options: Any) -> X12Codec:
+    return X12Codec(options)

@@ -1,0 +1,845 @@
+"""The three-way match: purchase order × receipts × invoice (DOMAIN §4). Pure functions, no I/O.
+
+:func:`match_invoice` takes what the caller looked up (the PO, the cumulative receipts of its
+lines, what earlier invoices already billed, whether the vendor invoice number is a duplicate)
+and returns a :class:`MatchResult`: ``matched`` when nothing is out of tolerance, else ``held``
+with one :class:`Issue` per problem, each with a :class:`Reason` code.
+
+Rules (all limits in :class:`Tolerance`; "at the limit" passes, one cent/unit over fails):
+
+* Invoice lines find their PO line by number (``InvoiceLine.po_line``: the echoed PO101 in a
+  REF, else IT101) when the item ids agree, else by item id (vendor part, buyer item, GTIN).
+  None found, or the numbered line carries another item: ``ITEM``.
+* Quantities are converted to the item's base (stocking) unit and compared *cumulatively*:
+  prior invoiced + this invoice ≤ received × (1 + qty_received_pct) + qty_abs (``QTY_REC``) and
+  ≤ ordered × (1 + qty_ordered_pct) + qty_abs (``QTY_ORD``). Nothing received yet:
+  ``NO_RECEIPT`` and ``retry_on_receipt``. Lines with ``receipt_required=False`` (bill-only,
+  evaluated receipts) match two-way.
+* Price per base unit: ``|inv − po| ≤ max(po × price_pct %, price_abs)`` (``PRICE``).
+* A unit with no conversion to the base unit: ``UOM`` (the line's other checks are skipped).
+* Credits (BIG07 ``CR`` or a negative quantity) reduce what was invoiced: the credited quantity
+  must not exceed what earlier invoices billed for that PO line (``QTY_INV``); the price is
+  checked as for an invoice; receipts are not consulted.
+* Charges: freight codes up to ``max(freight_abs, freight_pct % of the subtotal)`` (or the PO's
+  own ``freight_allowed``), other charge codes per ``sac_rules`` (``FREIGHT`` / ``SAC``).
+* ``TOTAL``: TDS01 against lines + charges − allowances + tax, within ``total_abs``.
+* ``DUP`` when the caller found the vendor + invoice number before, ``NO_PO`` when there is no
+  PO (or another PO number than BIG04).
+
+Arithmetic is exact Decimal: price limits are compared cross-multiplied by the conversion
+factors, so nothing is divided before comparing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from engine.errors import ConfigError, MappingMiss, UomConversionMissing
+from engine.x12.documents import Invoice, InvoiceLine, PurchaseOrder, PurchaseOrderLine, gtin14
+
+__all__ = [
+    "Converter",
+    "Issue",
+    "LineResult",
+    "MatchResult",
+    "Order",
+    "OrderLine",
+    "Reason",
+    "Receipt",
+    "SacRule",
+    "Tolerance",
+    "converter_from_graph",
+    "converter_from_table",
+    "invoice_key",
+    "match_invoice",
+]
+
+ZERO = Decimal(0)
+HUNDRED = Decimal(100)
+CENT = Decimal("0.01")
+
+# (item_id, from_unit, to_unit) -> factor, meaning 1 from_unit = factor to_unit.
+# Raises MappingMiss (UomConversionMissing) when the units do not convert.
+Converter = Callable[[str, str, str], Decimal]
+
+
+class Reason(enum.StrEnum):
+    """Why a line or an invoice is held."""
+
+    PRICE = "PRICE"  # unit price outside tolerance
+    QTY_REC = "QTY_REC"  # invoiced (cumulative) more than received
+    QTY_ORD = "QTY_ORD"  # invoiced (cumulative) more than ordered
+    QTY_INV = "QTY_INV"  # a credit for more than earlier invoices billed
+    NO_RECEIPT = "NO_RECEIPT"  # nothing received yet: retry when a receipt arrives
+    UOM = "UOM"  # a unit without a conversion to the base unit
+    ITEM = "ITEM"  # line matches no PO line, or its item differs
+    DUP = "DUP"  # vendor + invoice number seen before
+    NO_PO = "NO_PO"  # no PO, or a different PO number
+    FREIGHT = "FREIGHT"  # freight over the rule
+    SAC = "SAC"  # another charge not allowed or over its rule
+    TOTAL = "TOTAL"  # TDS differs from lines + charges + tax
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem; ``line`` is the invoice line number (None: the invoice as a whole)."""
+
+    reason: Reason
+    message: str
+    line: str | None = None
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    """A PO line as the ERP holds it.
+
+    ``item_id``: the buyer's item, used for unit conversions (and as a buyer-item id when
+    ``product_ids`` has no ``IN``/``BP``). ``base_unit``: the item's stocking unit.
+    ``receipt_required=False``: a bill-only line with evaluated receipts (two-way match).
+    """
+
+    line_number: str
+    item_id: str
+    quantity: Decimal
+    unit: str
+    unit_price: Decimal | None
+    base_unit: str = "EA"
+    product_ids: tuple[tuple[str, str], ...] = ()
+    receipt_required: bool = True
+
+    @classmethod
+    def from_x12(
+        cls,
+        line: PurchaseOrderLine,
+        *,
+        item_id: str | None = None,
+        base_unit: str = "EA",
+        receipt_required: bool = True,
+    ) -> OrderLine:
+        """From an 850 line; ``item_id`` defaults to its buyer item (IN/BP), else vendor item."""
+        item = item_id or line.buyer_item or line.vendor_item or ""
+        return cls(
+            line_number=line.line_number,
+            item_id=item,
+            quantity=line.quantity if line.quantity is not None else ZERO,
+            unit=line.unit,
+            unit_price=line.unit_price,
+            base_unit=base_unit,
+            product_ids=line.product_ids,
+            receipt_required=receipt_required,
+        )
+
+
+@dataclass(frozen=True)
+class Order:
+    """The PO to match against. ``freight_allowed``: contract freight; replaces the rule."""
+
+    po_number: str
+    lines: tuple[OrderLine, ...]
+    vendor: str = ""
+    freight_allowed: Decimal | None = None
+
+    @classmethod
+    def from_x12(
+        cls,
+        po: PurchaseOrder,
+        *,
+        item_id: Callable[[PurchaseOrderLine], str | None] | None = None,
+        base_unit: Callable[[PurchaseOrderLine], str] | str = "EA",
+        receipt_required: bool | None = None,
+        vendor: str = "",
+    ) -> Order:
+        """From an 850. ``receipt_required`` None: False for bill-only lines, else True."""
+        lines = []
+        for line in po.lines:
+            base = base_unit(line) if callable(base_unit) else base_unit
+            required = receipt_required
+            if required is None:
+                required = line.bill_only is None
+            lines.append(
+                OrderLine.from_x12(
+                    line,
+                    item_id=item_id(line) if item_id else None,
+                    base_unit=base,
+                    receipt_required=required,
+                )
+            )
+        return cls(po_number=po.po_number, lines=tuple(lines), vendor=vendor)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Quantity received against a PO line (negative: returned to the vendor)."""
+
+    po_line: str
+    quantity: Decimal
+    unit: str
+    receipt_id: str = ""
+
+
+@dataclass(frozen=True)
+class SacRule:
+    """How much of one SAC charge code is accepted: ``max(max_amount, max_pct % of subtotal)``."""
+
+    max_amount: Decimal = ZERO
+    max_pct: Decimal = ZERO
+
+    def limit(self, subtotal: Decimal) -> Decimal:
+        return max(self.max_amount, abs(subtotal) * self.max_pct / HUNDRED)
+
+
+def _decimal_fields() -> tuple[str, ...]:
+    return (
+        "price_pct",
+        "price_abs",
+        "qty_received_pct",
+        "qty_ordered_pct",
+        "qty_abs",
+        "freight_abs",
+        "freight_pct",
+        "total_abs",
+    )
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Match tolerances (DOMAIN §4.2 practice defaults). Percentages are in percent (2 = 2 %).
+
+    ``price_abs`` is money per base unit; ``qty_abs`` is base units, added to both quantity
+    limits. Freight (``freight_codes``) is allowed up to ``max(freight_abs, freight_pct % of the
+    line subtotal)``; other charge codes need a ``sac_rules`` entry unless
+    ``allow_other_charges``. Allowances (SAC01 ``A``) are never held.
+    """
+
+    price_pct: Decimal = Decimal("2")
+    price_abs: Decimal = Decimal("1.00")
+    qty_received_pct: Decimal = ZERO
+    qty_ordered_pct: Decimal = ZERO
+    qty_abs: Decimal = ZERO
+    freight_abs: Decimal = Decimal("25.00")
+    freight_pct: Decimal = Decimal("5")
+    freight_codes: frozenset[str] = frozenset({"D240"})
+    sac_rules: Mapping[str, SacRule] = field(default_factory=dict)
+    allow_other_charges: bool = False
+    total_abs: Decimal = CENT
+    require_po_unit: bool = False  # hold (UOM) an invoice unit other than the PO's
+
+    def __post_init__(self) -> None:
+        for name in _decimal_fields():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Decimal | int):
+                raise ConfigError(
+                    f"'{name}' must be a Decimal >= 0 (got {value!r})", path=f"tolerance.{name}"
+                )
+            if not Decimal(value).is_finite() or value < 0:
+                raise ConfigError(
+                    f"'{name}' must be a number >= 0 (got {value})", path=f"tolerance.{name}"
+                )
+            object.__setattr__(self, name, Decimal(value))
+        object.__setattr__(self, "freight_codes", frozenset(self.freight_codes))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, path: str = "tolerance") -> Tolerance:
+        """From configuration (YAML): numbers as strings or ints, never floats."""
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            where = f"{path}.{key}"
+            if key not in known:
+                raise ConfigError(
+                    f"field not recognised (expected one of {', '.join(sorted(known))})",
+                    path=where,
+                )
+            if key in _decimal_fields():
+                kwargs[key] = _config_decimal(value, where)
+            elif key in ("allow_other_charges", "require_po_unit"):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"must be true or false (got {value!r})", path=where)
+                kwargs[key] = value
+            elif key == "freight_codes":
+                if isinstance(value, str) or not isinstance(value, Iterable):
+                    raise ConfigError(f"must be a list of SAC02 codes (got {value!r})", path=where)
+                kwargs[key] = frozenset(str(v) for v in value)
+            else:  # sac_rules
+                if not isinstance(value, Mapping):
+                    raise ConfigError(
+                        f"must map SAC02 codes to {{max_amount, max_pct}} (got {value!r})",
+                        path=where,
+                    )
+                rules = {}
+                for code, rule in value.items():
+                    rule = rule or {}
+                    extra = set(rule) - {"max_amount", "max_pct"}
+                    if extra:
+                        raise ConfigError(
+                            f"field not recognised: {sorted(extra)[0]!r} (expected max_amount, "
+                            "max_pct)",
+                            path=f"{where}.{code}",
+                        )
+                    rules[str(code)] = SacRule(
+                        **{k: _config_decimal(v, f"{where}.{code}.{k}") for k, v in rule.items()}
+                    )
+                kwargs[key] = rules
+        return cls(**kwargs)
+
+
+def _config_decimal(value: object, where: str) -> Decimal:
+    if isinstance(value, bool) or isinstance(value, float) or value is None:
+        raise ConfigError(
+            f"must be a number written as text or an integer, e.g. '2.5' (got {value!r})",
+            path=where,
+        )
+    try:
+        result = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConfigError(f"must be a number >= 0 (got {value!r})", path=where) from None
+    if not result.is_finite() or result < 0:
+        raise ConfigError(f"must be a number >= 0 (got {value!r})", path=where)
+    return result
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """The match of one invoice line. Quantities are in ``base_unit`` (None: not computed)."""
+
+    invoice_line: str
+    po_line: str | None
+    issues: tuple[Issue, ...] = ()
+    base_unit: str = ""
+    quantity: Decimal | None = None  # this line, signed (credit < 0)
+    ordered: Decimal | None = None
+    received: Decimal | None = None
+    invoiced_before: Decimal | None = None  # cumulative before this line
+    invoiced_after: Decimal | None = None  # cumulative including this line
+    price: Decimal | None = None  # invoice price per base unit
+    po_price: Decimal | None = None  # PO price per base unit
+
+    @property
+    def reasons(self) -> tuple[Reason, ...]:
+        return tuple(i.reason for i in self.issues)
+
+    @property
+    def matched(self) -> bool:
+        return not self.issues
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """The outcome. ``invoiced``: cumulative invoiced base quantity per PO line after this
+    invoice (store it as the next ``prior_invoiced`` once the invoice is posted)."""
+
+    status: str  # "matched" | "held"
+    invoice_number: str
+    po_number: str
+    issues: tuple[Issue, ...]  # invoice-level
+    lines: tuple[LineResult, ...]
+    retry_on_receipt: bool = False
+    is_credit: bool = False
+    invoiced: Mapping[str, Decimal] = field(default_factory=dict)
+    subtotal: Decimal = ZERO
+    charges: Decimal = ZERO  # charges − allowances
+    tax: Decimal = ZERO
+    computed_total: Decimal = ZERO
+    total: Decimal | None = None  # TDS01
+
+    @property
+    def matched(self) -> bool:
+        return self.status == "matched"
+
+    @property
+    def all_issues(self) -> tuple[Issue, ...]:
+        out = list(self.issues)
+        for line in self.lines:
+            out.extend(line.issues)
+        return tuple(out)
+
+    @property
+    def reasons(self) -> frozenset[Reason]:
+        return frozenset(i.reason for i in self.all_issues)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def invoice_key(vendor: str, invoice_number: str) -> tuple[str, str]:
+    """The duplicate-detection key: vendor and invoice number without case, spaces, punctuation
+    and leading zeros (``inv-00123`` and ``INV 123`` collide)."""
+    text = "".join(c for c in invoice_number.upper() if c.isalnum())
+    head = text.rstrip("0123456789")
+    digits = text[len(head) :].lstrip("0")
+    return vendor.strip().upper(), head + digits
+
+
+def converter_from_graph(graph: Any, vendor: str | None = None) -> Converter:
+    """A :data:`Converter` over an :class:`engine.uom.UomGraph` (factor = convert(1))."""
+
+    def convert(item: str, from_unit: str, to_unit: str) -> Decimal:
+        return graph.convert(Decimal(1), from_unit, to_unit, item, vendor)
+
+    return convert
+
+
+def converter_from_table(table: Mapping[tuple[str, str], Decimal]) -> Converter:
+    """A :data:`Converter` from ``{(item, unit): factor to the item's base unit}``.
+
+    Item ``""`` (or ``"*"``) applies to every item. Units convert through the base unit.
+    """
+
+    def to_base(item: str, unit: str) -> Decimal | None:
+        for key in ((item, unit), ("", unit), ("*", unit)):
+            if key in table:
+                return table[key]
+        return None
+
+    def convert(item: str, from_unit: str, to_unit: str) -> Decimal:
+        if from_unit == to_unit:
+            return Decimal(1)
+        a, b = to_base(item, from_unit), to_base(item, to_unit)
+        if a is None or b is None:
+            raise UomConversionMissing(item, from_unit, to_unit)
+        return a / b
+
+    return convert
+
+
+_GROUPS = {"VC": "V", "VN": "V", "VP": "V", "IN": "B", "BP": "B", "UK": "G", "EN": "G", "UP": "G"}
+_NOT_ITEM_IDS = frozenset(("LT", "SN", "PD"))  # lot, serial, description
+
+
+def _keys(product_ids: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    """Comparable item ids by group: vendor part (V), buyer item (B), GTIN-14 (G), else the
+    qualifier itself."""
+    out: dict[str, set[str]] = {}
+    for qual, value in product_ids:
+        if qual in _NOT_ITEM_IDS:
+            continue
+        group = _GROUPS.get(qual, qual)
+        if group == "G":
+            norm = gtin14(qual, value.strip())
+            if norm is None:
+                continue
+        else:
+            norm = value.strip().upper()
+        if norm:
+            out.setdefault(group, set()).add(norm)
+    return out
+
+
+def _conflict(a: dict[str, set[str]], b: dict[str, set[str]]) -> str | None:
+    """The first id group both sides carry with no value in common, else None."""
+    for group, values in b.items():
+        other = a.get(group)
+        if other is not None and not (other & values):
+            return group
+    return None
+
+
+def _line_no(text: str | None) -> str:
+    """A line number as compared: ``"001"`` and ``" 1"`` are line ``"1"``."""
+    if not text:
+        return ""
+    if text[0] not in "0 \t" and text[-1] not in " \t":
+        return text  # the common case, already normal
+    text = text.strip()
+    return (text.lstrip("0") or "0") if text.isdigit() else text
+
+
+def _ids_text(ids: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{q} {v}" for q, v in ids) or "no product ids"
+
+
+# --------------------------------------------------------------------------- the match
+
+
+class _Matcher:
+    def __init__(
+        self,
+        order: Order,
+        receipts: Iterable[Receipt],
+        prior_invoiced: Mapping[str, Decimal],
+        tolerance: Tolerance,
+        convert: Converter,
+    ) -> None:
+        self.order = order
+        self.tol = tolerance
+        self.convert = convert
+        self.by_number: dict[str, OrderLine] = {}
+        self.by_key: dict[tuple[str, str], list[OrderLine]] = {}
+        self.keys: dict[str, dict[str, set[str]]] = {}
+        self.rank: dict[int, int] = {}
+        for k, line in enumerate(order.lines):
+            self.rank[id(line)] = k
+            no = _line_no(line.line_number)
+            self.by_number.setdefault(no, line)
+            keys = _keys(line.product_ids)
+            if "B" not in keys and line.item_id:
+                keys["B"] = {line.item_id.strip().upper()}
+            self.keys[no] = keys
+            for group, values in keys.items():
+                for value in values:
+                    self.by_key.setdefault((group, value), []).append(line)
+        self.receipts: dict[str, list[Receipt]] = {}
+        for receipt in receipts:
+            self.receipts.setdefault(_line_no(receipt.po_line), []).append(receipt)
+        self.received: dict[str, Decimal | MappingMiss] = {}
+        self.invoiced: dict[str, Decimal] = {
+            _line_no(k): Decimal(v) for k, v in prior_invoiced.items()
+        }
+        self.factors: dict[tuple[str, str, str], Decimal | MappingMiss] = {}
+        self.retry = False
+
+    def factor(self, item: str, unit: str, base: str) -> Decimal:
+        key = (item, unit, base)
+        found = self.factors.get(key)
+        if found is None:
+            try:
+                found = Decimal(1) if unit == base else self.convert(item, unit, base)
+            except MappingMiss as exc:
+                found = exc
+            self.factors[key] = found
+        if isinstance(found, MappingMiss):
+            raise found
+        return found
+
+    def received_base(self, line: OrderLine) -> Decimal:
+        no = _line_no(line.line_number)
+        found = self.received.get(no)
+        if found is None:
+            total = ZERO
+            try:
+                for r in self.receipts.get(no, ()):
+                    total += r.quantity * self.factor(line.item_id, r.unit, line.base_unit)
+                found = total
+            except MappingMiss as exc:
+                found = exc
+            self.received[no] = found
+        if isinstance(found, MappingMiss):
+            raise found
+        return found
+
+    def find(self, inv: InvoiceLine) -> tuple[OrderLine | None, Issue | None]:
+        no = _line_no(inv.po_line or inv.line_number)
+        keys = _keys(inv.product_ids)
+        numbered = self.by_number.get(no)
+        clash = None
+        if numbered is not None:
+            clash = _conflict(self.keys[_line_no(numbered.line_number)], keys)
+            if clash is None:
+                return numbered, None
+        candidates: dict[int, OrderLine] = {}
+        for group, values in keys.items():
+            for value in values:
+                for line in self.by_key.get((group, value), ()):
+                    if _conflict(self.keys[_line_no(line.line_number)], keys) is None:
+                        candidates.setdefault(id(line), line)
+        if candidates:
+            # Several PO lines for the same item: the first one not yet fully invoiced.
+            ordered = sorted(candidates.values(), key=lambda line: self.rank[id(line)])
+            for line in ordered:
+                done = self.invoiced.get(_line_no(line.line_number), ZERO)
+                try:
+                    if done < line.quantity * self.factor(line.item_id, line.unit, line.base_unit):
+                        return line, None
+                except MappingMiss:
+                    return line, None
+            return ordered[0], None
+        label = inv.line_number or "?"
+        if numbered is not None:
+            theirs = _ids_text(numbered.product_ids) if numbered.product_ids else numbered.item_id
+            return None, Issue(
+                Reason.ITEM,
+                f"invoice line {label} bills PO line {numbered.line_number} but its item "
+                f"({_ids_text(inv.product_ids)}) differs from the PO line's "
+                f"({theirs})",
+                inv.line_number,
+            )
+        return None, Issue(
+            Reason.ITEM,
+            f"invoice line {label} (PO line {inv.po_line or '-'}, {_ids_text(inv.product_ids)}) "
+            f"matches no line of PO {self.order.po_number}",
+            inv.line_number,
+        )
+
+    def line(self, inv: InvoiceLine, credit_memo: bool) -> LineResult:
+        label = inv.line_number
+        po, issue = self.find(inv)
+        if po is None:
+            return LineResult(label, None, (issue,) if issue else ())
+        tol = self.tol
+        issues: list[Issue] = []
+        base = po.base_unit
+        unit = inv.unit or po.unit
+        if tol.require_po_unit and inv.unit and inv.unit != po.unit:
+            issues.append(
+                Issue(
+                    Reason.UOM,
+                    f"invoice line {label} is in {inv.unit}; PO line {po.line_number} orders "
+                    f"in {po.unit}",
+                    label,
+                )
+            )
+        try:
+            f_inv = self.factor(po.item_id, unit, base)
+            f_po = self.factor(po.item_id, po.unit, base)
+        except MappingMiss as exc:
+            issues.append(
+                Issue(
+                    Reason.UOM,
+                    f"invoice line {label}: item {po.item_id} has no conversion to its base "
+                    f"unit {base} ({exc.key})",
+                    label,
+                )
+            )
+            return LineResult(label, po.line_number, tuple(issues), base)
+        no = _line_no(po.line_number)
+        qty = inv.quantity if inv.quantity is not None else ZERO
+        if credit_memo and qty > 0:
+            qty = -qty  # a credit memo may send positive quantities: they are credited
+        q = qty * f_inv
+        before = self.invoiced.get(no, ZERO)
+        after = before + q
+        ordered = po.quantity * f_po
+        received = None
+        if q < 0:
+            if -q > before + tol.qty_abs:
+                issues.append(
+                    Issue(
+                        Reason.QTY_INV,
+                        f"invoice line {label} credits {-q} {base} of PO line {po.line_number} "
+                        f"but earlier invoices billed {before} {base}",
+                        label,
+                    )
+                )
+        else:
+            limit = ordered * (HUNDRED + tol.qty_ordered_pct) / HUNDRED + tol.qty_abs
+            over_order = after > limit
+            if over_order:
+                issues.append(
+                    Issue(
+                        Reason.QTY_ORD,
+                        f"invoice line {label}: {after} {base} invoiced in total for PO line "
+                        f"{po.line_number}, over the {ordered} {base} ordered (limit {limit})",
+                        label,
+                    )
+                )
+            if po.receipt_required:
+                try:
+                    received = self.received_base(po)
+                except MappingMiss as exc:
+                    issues.append(
+                        Issue(
+                            Reason.UOM,
+                            f"a receipt of PO line {po.line_number} is in a unit without a "
+                            f"conversion to {base} ({exc.key})",
+                            label,
+                        )
+                    )
+                else:
+                    if received <= 0 and q > 0:
+                        self.retry = True
+                        issues.append(
+                            Issue(
+                                Reason.NO_RECEIPT,
+                                f"invoice line {label}: nothing received yet for PO line "
+                                f"{po.line_number}; held until a receipt arrives",
+                                label,
+                            )
+                        )
+                    else:
+                        limit = received * (HUNDRED + tol.qty_received_pct) / HUNDRED + tol.qty_abs
+                        if after > limit:
+                            if not over_order:
+                                self.retry = True  # a further receipt can still clear it
+                            issues.append(
+                                Issue(
+                                    Reason.QTY_REC,
+                                    f"invoice line {label}: {after} {base} invoiced in total for "
+                                    f"PO line {po.line_number}, over the {received} {base} "
+                                    f"received (limit {limit})",
+                                    label,
+                                )
+                            )
+        self.invoiced[no] = after
+        price = po_price = None
+        if inv.unit_price is None:
+            if q != 0:
+                issues.append(Issue(Reason.PRICE, f"invoice line {label} has no price", label))
+        elif po.unit_price is not None:
+            inv_price = abs(inv.unit_price)
+            # |inv/f_inv − po/f_po| ≤ max(po/f_po × pct, abs), multiplied through by f_inv × f_po
+            lhs = abs(inv_price * f_po - po.unit_price * f_inv)
+            rhs = max(po.unit_price * f_inv * tol.price_pct / HUNDRED, tol.price_abs * f_inv * f_po)
+            price = inv_price / f_inv
+            po_price = po.unit_price / f_po
+            if lhs > rhs:
+                issues.append(
+                    Issue(
+                        Reason.PRICE,
+                        f"invoice line {label}: {_money(price)} per {base} against "
+                        f"{_money(po_price)} on PO line {po.line_number} (tolerance "
+                        f"{tol.price_pct}% or {tol.price_abs} per {base})",
+                        label,
+                    )
+                )
+        return LineResult(
+            invoice_line=label,
+            po_line=po.line_number,
+            issues=tuple(issues),
+            base_unit=base,
+            quantity=q,
+            ordered=ordered,
+            received=received,
+            invoiced_before=before,
+            invoiced_after=after,
+            price=price,
+            po_price=po_price,
+        )
+
+
+def _money(value: Decimal) -> str:
+    if value == value.quantize(CENT):
+        return str(value.quantize(CENT))
+    return str(value.normalize())
+
+
+def _charges(
+    invoice: Invoice, order: Order, tol: Tolerance, subtotal: Decimal
+) -> tuple[Decimal, list[Issue]]:
+    net = ZERO
+    freight = ZERO
+    per_code: dict[str, Decimal] = {}
+    issues: list[Issue] = []
+    for charge in invoice.all_charges:
+        net += charge.signed_amount
+        if charge.indicator != "C" or not charge.amount:
+            continue
+        if charge.code in tol.freight_codes:
+            freight += charge.amount
+        else:
+            per_code[charge.code] = per_code.get(charge.code, ZERO) + charge.amount
+    if invoice.is_credit:
+        return net, issues  # a credit memo returns money: its charges are not held
+    if freight:
+        if order.freight_allowed is not None:
+            limit, rule = order.freight_allowed, "the PO's contract freight"
+        else:
+            limit = max(tol.freight_abs, abs(subtotal) * tol.freight_pct / HUNDRED)
+            rule = f"max({tol.freight_abs}, {tol.freight_pct}% of {_money(subtotal)})"
+        if freight > limit:
+            issues.append(
+                Issue(
+                    Reason.FREIGHT,
+                    f"freight {_money(freight)} is over {_money(limit)} ({rule})",
+                )
+            )
+    for code, amount in per_code.items():
+        rule = tol.sac_rules.get(code)
+        if rule is None:
+            if not tol.allow_other_charges:
+                issues.append(
+                    Issue(
+                        Reason.SAC,
+                        f"charge {code} ({_money(amount)}) is not allowed without a rule "
+                        "(tolerance sac_rules)",
+                    )
+                )
+            continue
+        limit = rule.limit(subtotal)
+        if amount > limit:
+            issues.append(
+                Issue(Reason.SAC, f"charge {code} {_money(amount)} is over its limit {limit}")
+            )
+    return net, issues
+
+
+def match_invoice(
+    invoice: Invoice,
+    order: Order | None,
+    receipts: Iterable[Receipt] = (),
+    *,
+    convert: Converter,
+    prior_invoiced: Mapping[str, Decimal] | None = None,
+    tolerance: Tolerance | None = None,
+    duplicate_of: str | None = None,
+) -> MatchResult:
+    """Match ``invoice`` to ``order`` and the cumulative ``receipts`` of its lines.
+
+    ``prior_invoiced``: base quantity per PO line billed by earlier (posted) invoices, net of
+    credits. ``duplicate_of``: the id of an earlier invoice with the same :func:`invoice_key`
+    (the caller looks it up), None when there is none. ``convert``: see :data:`Converter`.
+    """
+    tol = tolerance or Tolerance()
+    header: list[Issue] = []
+    if duplicate_of is not None:
+        header.append(
+            Issue(
+                Reason.DUP,
+                f"invoice {invoice.invoice_number} was already received ({duplicate_of})",
+            )
+        )
+    subtotal = invoice.subtotal
+    tax = sum((t.amount or ZERO for t in invoice.taxes), ZERO)
+    for inv_line in invoice.lines:
+        tax += sum((t.amount or ZERO for t in inv_line.taxes), ZERO)
+    line_results: list[LineResult] = []
+    retry = False
+    invoiced: dict[str, Decimal] = {}
+    if order is None or (invoice.po_number and invoice.po_number != order.po_number):
+        got = f"PO {order.po_number} was given" if order else "no such PO was found"
+        header.append(
+            Issue(
+                Reason.NO_PO,
+                f"invoice {invoice.invoice_number} bills PO {invoice.po_number or '(none)'} "
+                f"but {got}",
+            )
+        )
+        charges = sum((c.signed_amount for c in invoice.all_charges), ZERO)
+    else:
+        matcher = _Matcher(order, receipts, prior_invoiced or {}, tol, convert)
+        credit_memo = invoice.transaction_type == "CR"
+        for inv_line in invoice.lines:
+            line_results.append(matcher.line(inv_line, credit_memo))
+        if not invoice.lines:
+            header.append(
+                Issue(Reason.ITEM, f"invoice {invoice.invoice_number} has no lines (IT1)")
+            )
+        retry = matcher.retry
+        invoiced = matcher.invoiced
+        charges, charge_issues = _charges(invoice, order, tol, subtotal)
+        header.extend(charge_issues)
+    computed = subtotal + charges + tax
+    if invoice.total is None:
+        header.append(Issue(Reason.TOTAL, "the invoice has no TDS01 total"))
+    else:
+        total, want = invoice.total, computed.quantize(CENT, ROUND_HALF_UP)
+        if invoice.is_credit:
+            total, want = abs(total), abs(want)
+        if abs(total - want) > tol.total_abs:
+            header.append(
+                Issue(
+                    Reason.TOTAL,
+                    f"TDS01 {_money(invoice.total)} differs from lines {_money(subtotal)} + "
+                    f"charges {_money(charges)} + tax {_money(tax)} = {_money(computed)} "
+                    f"(tolerance {tol.total_abs})",
+                )
+            )
+    held = bool(header) or any(r.issues for r in line_results)
+    return MatchResult(
+        status="held" if held else "matched",
+        invoice_number=invoice.invoice_number,
+        po_number=invoice.po_number,
+        issues=tuple(header),
+        lines=tuple(line_results),
+        retry_on_receipt=retry,
+        is_credit=invoice.is_credit,
+        invoiced=invoiced,
+        subtotal=subtotal,
+        charges=charges,
+        tax=tax,
+        computed_total=computed,
+        total=invoice.total,
+    )

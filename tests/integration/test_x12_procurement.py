@@ -1,0 +1,440 @@
+"""Requisition to order and receipt to pay, end to end, with OpenSSH's ``sftp`` as the vendor.
+
+The shipped channels ``po_to_vendor`` and ``x12_from_vendors`` run in a real engine with its
+SFTP server; the sandbox ERP releases a PO through its webhook. The vendor (OpenSSH ``sftp``
+with its key) collects the 850 from ``outbound/``, pyx12's ``x12valid`` accepts it, and the
+vendor drops its 999, 855, 856 and two 810s in ``inbound/``. The sandbox then holds the PO's
+status and line statuses, a goods receipt, one AP invoice (the invoice that matches); the
+other invoice is held with PRICE; every inbound interchange got a TA1 and a 999. The same files
+dropped again change nothing, and a resent interchange (new bytes, same ISA13) is only
+acknowledged again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import treq
+from twisted.internet import defer, reactor, task, threads
+from twisted.trial import unittest
+from twisted.web.client import HTTPConnectionPool
+
+from engine.sandbox.service import SandboxService
+from engine.service import Engine
+from engine.x12.documents import read_purchase_order
+from engine.x12.samplegen import Party, group, interchange, render, transaction_set
+from engine.x12.segments import transaction_sets
+
+REPO = Path(__file__).resolve().parents[2]
+SFTP = shutil.which("sftp")
+KEYGEN = shutil.which("ssh-keygen")
+X12VALID = Path(sys.executable).parent / "x12valid"
+TOKEN = "wharf-demo-erp-token"  # the shipped channel's default token (its SHA-256 is there)
+
+VENDOR = Party("ZZ", "ACMEMED")
+HOSPITAL = Party("ZZ", "GENHOSP")
+
+PO = {
+    "po_number": "4500012345",
+    "order_date": "2026-01-15",
+    "vendor": "VND-ACMEMED",
+    "currency": "USD",
+    "ship_to": {
+        "gln": "0614141000012",
+        "name": "GENERAL HOSPITAL OR DOCK",
+        "address": {
+            "street": ["100 MAIN ST"],
+            "city": "SPRINGFIELD",
+            "state": "IL",
+            "postal_code": "62701",
+            "country": "US",
+        },
+    },
+    "lines": [
+        {
+            "line": "1",
+            "item_id": "ITEM-100123",
+            "vendor_catalog": "ORTH-SCR-35",
+            "gtin": "10614141999993",
+            "description": "BONE SCREW 3.5MM BX/5",
+            "qty": "2",
+            "uom": "BX",
+            "unit_price": "125.00",
+        },
+        {
+            "line": "2",
+            "item_id": "ITEM-202042",
+            "vendor_catalog": "GLV-7",
+            "description": "GLOVE SURGICAL STERILE SZ7.0",
+            "qty": "5",
+            "uom": "PR",
+            "unit_price": "12.50",
+        },
+    ],
+}
+
+
+def vendor_file(functional_id: str, set_id: str, body: list[list[str]], control: int) -> bytes:
+    """One 005010 interchange from the vendor holding one set (TA1 asked for)."""
+    ts = transaction_set(set_id, "0001", body)
+    g = group(functional_id, control, [ts], version="005010", sender=VENDOR, receiver=HOSPITAL)
+    ic = interchange(
+        [g],
+        control=control,
+        version="005010",
+        sender=VENDOR,
+        receiver=HOSPITAL,
+        ack_requested=True,
+    )
+    return render(ic)
+
+
+def ack_999(gs06: str, st02: str) -> bytes:
+    body = [
+        ["AK1", "PO", gs06, "005010"],
+        ["AK2", "850", st02],
+        ["IK5", "A"],
+        ["AK9", "A", "1", "1", "1"],
+    ]
+    return vendor_file("FA", "999", body, 101)
+
+
+def po_ack_855() -> bytes:
+    body = [
+        ["BAK", "00", "AC", "4500012345", "20260115"],
+        ["PO1", "1", "2", "BX", "125", "PE", "VC", "ORTH-SCR-35"],
+        ["ACK", "IA", "2", "BX", "068", "20260117"],
+        ["PO1", "2", "5", "PR", "12.5", "PE", "VC", "GLV-7"],
+        ["ACK", "IB", "5", "PR"],
+        ["CTT", "2"],
+    ]
+    return vendor_file("PR", "855", body, 102)
+
+
+def ship_notice_856() -> bytes:
+    body = [
+        ["BSN", "00", "SHP778899", "20260116", "1400", "0001"],
+        ["HL", "1", "", "S"],
+        ["TD1", "CTN25", "1"],
+        ["TD5", "B", "2", "UPSN", "U"],
+        ["REF", "CN", "1Z999AA10123456784"],
+        ["DTM", "011", "20260116"],
+        ["N1", "ST", "GENERAL HOSPITAL OR DOCK", "UL", "0614141000012"],
+        ["HL", "2", "1", "O"],
+        ["PRF", "4500012345", "", "", "20260115"],
+        ["HL", "3", "2", "P"],
+        ["MAN", "GM", "00106141411234567897"],
+        ["HL", "4", "3", "I"],
+        ["LIN", "1", "VC", "ORTH-SCR-35", "UK", "10614141999993", "LT", "LOT2025A"],
+        ["SN1", "1", "2", "BX"],
+        ["DTM", "036", "20290630"],
+        ["HL", "5", "3", "I"],
+        ["LIN", "2", "VC", "GLV-7"],
+        ["SN1", "2", "3", "PR"],
+        ["CTT", "5"],
+    ]
+    return vendor_file("SH", "856", body, 103)
+
+
+def invoice_810(number: str, line: list[str], total_cents: int, control: int) -> bytes:
+    body = [
+        ["BIG", "20260117", number, "20260115", "4500012345"],
+        ["N1", "RE", "ACME MEDICAL SUPPLY INC", "92", "V0042"],
+        ["IT1", *line],
+        ["TDS", str(total_cents)],
+        ["CTT", "1"],
+    ]
+    return vendor_file("IN", "810", body, control)
+
+
+@pytest.mark.integration
+class ProcurementEndToEnd(unittest.TestCase):
+    timeout = 180
+
+    def setUp(self) -> Any:
+        if SFTP is None or KEYGEN is None:
+            raise unittest.SkipTest(
+                "needs OpenSSH's sftp and ssh-keygen (Debian package openssh-client)"
+            )
+        self.base = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.base, True)
+        self.root = self.base / "project"
+        (self.root / "channels").mkdir(parents=True)
+        for name in ("po_to_vendor.yaml", "x12_from_vendors.yaml"):
+            shutil.copy(REPO / "channels" / name, self.root / "channels" / name)
+        shutil.copytree(REPO / "mappings", self.root / "mappings")
+        self.key = self.base / "vendor_key"
+        subprocess.run([KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        pub = (self.base / "vendor_key.pub").read_text().strip()
+        (self.root / "routes.yaml").write_text(
+            "store: var/wharf.db\nreload_interval: 0\n"
+            "sftp_server:\n"
+            "  listen: tcp:0:interface=127.0.0.1\n"
+            "  host_key: var/sftp/host_key\n"
+            "  partners:\n"
+            "    - name: acmemed\n"
+            "      root: var/sftp/acmemed\n"
+            f"      authorized_keys: ['{pub}']\n"
+        )
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.sandbox = SandboxService(
+            self.base / "sandbox.db",
+            http_port=0,
+            mllp_port=0,
+            reactor=reactor,
+            po_webhook=None,
+        )
+        self.sandbox.start()
+        self.addCleanup(lambda: defer.ensureDeferred(self.sandbox.stop()))
+        with socket_port() as port:
+            self.po_port = port
+        saved = {k: os.environ.get(k) for k in ("ERP_URL", "PO_HTTP_PORT")}
+        os.environ["ERP_URL"] = self.sandbox.http_url
+        os.environ["PO_HTTP_PORT"] = str(self.po_port)
+        self.addCleanup(_restore, saved)
+        from engine.sandbox.purchasing import ReleaseWebhook
+
+        self.webhook = ReleaseWebhook(
+            self.sandbox.api.purchasing,
+            f"http://127.0.0.1:{self.po_port}/erp/purchase-orders",
+            reactor=reactor,
+            token=TOKEN,
+            retry_every=0.1,
+        )
+        self.engine = Engine(self.root, reactor)
+        d = defer.ensureDeferred(self.engine.start())
+        d.addCallback(lambda _: self.webhook.start())
+        self.addCleanup(self.webhook.stop)
+        self.addCleanup(lambda: defer.ensureDeferred(self.engine.stop()))
+        return d
+
+    # ------------------------------------------------------------------ helpers
+
+    def sftp(self, commands: list[str]) -> str:
+        port = self.engine.sftp.listening.getHost().port
+        known = self.base / "known_hosts"
+        pub = (self.root / "var/sftp/host_key.pub").read_text().split()
+        known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+        batch = self.base / "batch"
+        batch.write_text("\n".join(commands) + "\n")
+        done = subprocess.run(
+            [
+                SFTP,
+                "-b",
+                str(batch),
+                "-i",
+                str(self.key),
+                "-P",
+                str(port),
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                f"UserKnownHostsFile={known}",
+                "-o",
+                "BatchMode=yes",
+                "acmemed@127.0.0.1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.base,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    async def put(self, name: str, data: bytes) -> None:
+        local = self.base / "up" / name
+        local.parent.mkdir(exist_ok=True)
+        local.write_bytes(data)
+        await threads.deferToThread(self.sftp, [f"put {local} inbound/{name}"])
+        await self.until(lambda: (self.root / "var/sftp/acmemed/archive" / name).exists())
+        await self.settled()
+
+    async def until(self, check: Any, timeout: float = 30.0) -> None:
+        for _ in range(int(timeout / 0.05)):
+            if check():
+                return
+            await task.deferLater(reactor, 0.05, lambda: None)
+        rows = self.db("SELECT channel, status, error FROM messages ORDER BY received_at")
+        out = self.db("SELECT destination, status, last_error FROM outbox")
+        raise AssertionError(f"not reached in {timeout} s: messages {rows}, outbox {out}")
+
+    def db(self, sql: str, *args: Any) -> list[tuple]:
+        conn = sqlite3.connect(self.root / "var/wharf.db")
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    async def settled(self) -> None:
+        """Every message processed and every delivery done."""
+
+        def idle() -> bool:
+            (n,) = self.db("SELECT COUNT(*) FROM messages WHERE status IN ('received', 'queued')")[
+                0
+            ]
+            (o,) = self.db("SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'inflight')")[0]
+            return n == 0 and o == 0
+
+        await self.until(idle)
+
+    async def erp(self, path: str, doc: Any = None) -> Any:
+        if doc is None:
+            resp = await treq.get(self.sandbox.http_url + path, pool=self.pool)
+        else:
+            resp = await treq.post(
+                self.sandbox.http_url + path, data=json.dumps(doc).encode(), pool=self.pool
+            )
+        return json.loads(await resp.content())
+
+    def outbound(self) -> list[str]:
+        folder = self.root / "var/sftp/acmemed/outbound"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def snapshot(self) -> dict[str, Any]:
+        state = self.sandbox.state.counts()
+        return {
+            "gr": state["goods_receipts"],
+            "ap": state["ap_invoices"],
+            "receipts": self.db("SELECT COUNT(*), SUM(base_quantity) FROM receipts")[0],
+            "invoices": self.db("SELECT invoice_number, status FROM invoices ORDER BY id"),
+            "onhand": self.db(
+                "SELECT item_id, quantity FROM onhand WHERE location_id = 'LOC-OR-MAIN' "
+                "AND item_id IN ('ITEM-100123', 'ITEM-202042') ORDER BY item_id"
+            ),
+            "work": self.db("SELECT kind, subject FROM work_items ORDER BY id"),
+            "po_lines": self.db("SELECT line, status FROM po_lines ORDER BY line"),
+        }
+
+    # ------------------------------------------------------------------ the flow
+
+    @defer.inlineCallbacks
+    def test_po_out_and_vendor_documents_in(self) -> Any:
+        yield defer.ensureDeferred(self._flow())
+
+    async def _flow(self) -> None:
+        # 1. The ERP releases the PO; it leaves as an 850 the vendor collects.
+        await self.erp("/purchase-orders", PO)
+        await self.erp("/purchase-orders/4500012345/release", {})
+        await self.until(lambda: any(n.startswith("850_") for n in self.outbound()))
+        await self.settled()
+        (name,) = [n for n in self.outbound() if n.startswith("850_")]
+        await threads.deferToThread(self.sftp, [f"get outbound/{name} got_{name}"])
+        data = (self.base / f"got_{name}").read_bytes()
+        check = subprocess.run(
+            [
+                str(X12VALID),
+                "--map-path",
+                str(REPO / "engine/x12/maps"),
+                str(self.base / f"got_{name}"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert check.returncode == 0 and f"{name}: OK" in check.stdout + check.stderr, (
+            check.stdout + check.stderr
+        )
+        ((_ic, grp, ts),) = list(transaction_sets(data))
+        po = read_purchase_order(ts)
+        assert po.po_number == "4500012345" and [ln.unit for ln in po.lines] == ["BX", "PR"]
+        erp_po = await self.erp("/purchase-orders/4500012345")
+        assert erp_po["status"] == "sent"
+        assert erp_po["transmission"]["isa13"] == _ic.control_number
+
+        # 2. The vendor's 999 accepts our 850.
+        await self.put("999_1.x12", ack_999(grp.control_number, ts.control_number))
+        assert self.db("SELECT ack_status FROM x12_outbound WHERE document = '850'") == [
+            ("accepted",)
+        ]
+
+        # 3. 855: line 1 accepted, line 2 backordered: the ERP gets the line statuses.
+        await self.put("855_1.x12", po_ack_855())
+        erp_po = await self.erp("/purchase-orders/4500012345")
+        assert erp_po["status"] == "changed"
+        assert {k: v["status"] for k, v in erp_po["lines"].items()} == {
+            "1": "accepted",
+            "2": "backordered",
+        }
+
+        # 4. 856: 2 BX (10 EA) of screws and 3 of 5 pairs of gloves: receipts and on-hand.
+        before = dict(self.snapshot()["onhand"])
+        await self.put("856_1.x12", ship_notice_856())
+        snap = self.snapshot()
+        assert snap["gr"] == 1 and snap["receipts"][0] == 2
+        after = dict(snap["onhand"])
+        from decimal import Decimal
+
+        assert Decimal(after["ITEM-100123"]) - Decimal(before.get("ITEM-100123", "0")) == 10
+        assert Decimal(after["ITEM-202042"]) - Decimal(before.get("ITEM-202042", "0")) == 3
+        gr = (await self.erp("/goods-receipts"))["goods-receipts"][0]["doc"]
+        assert [(ln["po_line"], ln["quantity"], ln["lot"]) for ln in gr["lines"]] == [
+            ("1", "10", "LOT2025A"),
+            ("2", "3", None),
+        ]
+
+        # 5. Two invoices: one matches (to AP), one is priced over tolerance (held, PRICE).
+        good = invoice_810(
+            "INV-55501", ["1", "2", "BX", "125", "PE", "VC", "ORTH-SCR-35"], 25000, 104
+        )
+        dear = invoice_810("INV-55502", ["2", "3", "PR", "19", "PE", "VC", "GLV-7"], 5700, 105)
+        await self.put("810_1.x12", good)
+        await self.put("810_2.x12", dear)
+        snap = self.snapshot()
+        assert snap["invoices"] == [("INV-55501", "matched"), ("INV-55502", "held")]
+        assert snap["ap"] == 1
+        ap = (await self.erp("/ap-invoices"))["ap-invoices"][0]["doc"]
+        assert (ap["invoice_number"], ap["total"]) == ("INV-55501", "250.00")
+        held = self.db("SELECT detail FROM work_items WHERE kind = 'INVOICE_HELD'")
+        assert len(held) == 1 and held[0][0].startswith("PRICE line 2"), held
+
+        # Every inbound interchange got a TA1 (asked for) and a 999 in outbound/.
+        names = self.outbound()
+        assert sum(n.startswith("TA1_") for n in names) == 5
+        assert sum(n.startswith("999_") for n in names) == 4  # not for the 999 itself
+
+        # 6. The same files again: nothing changes. A resent 810 with new bytes but the same
+        #    ISA13 is acknowledged and not applied again.
+        before = self.snapshot()
+        for i, data in enumerate([po_ack_855(), ship_notice_856(), good, dear]):
+            await self.put(f"again_{i}.x12", data)
+        await self.put("resent_810.x12", good.replace(b"V0042", b"V0043"))
+        after = self.snapshot()
+        assert after == before
+        # a new interchange with the same invoice number is a duplicate, for a person
+        await self.put(
+            "dup_810.x12", invoice_810("INV-55501", ["1", "2", "BX", "125", "PE"], 25000, 106)
+        )
+        assert self.snapshot()["ap"] == 1
+        assert [k for k, _ in self.snapshot()["work"]].count("INVOICE_DUPLICATE") == 1
+
+
+class socket_port:
+    def __enter__(self) -> int:
+        import socket
+
+        self.s = socket.socket()
+        self.s.bind(("127.0.0.1", 0))
+        port = self.s.getsockname()[1]
+        self.s.close()
+        return port
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -1,0 +1,108 @@
+"""pyx12's own command-line validator, ``x12valid --map-path engine/x12/maps``, run as a
+subprocess: it accepts the good samples and every 997/999/TA1 that ``validate()`` writes, and
+it rejects the broken samples whose fault is inside a transaction set (DOMAIN §3)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from engine.x12.mapgen import MAP_PATH
+from engine.x12.validate import validate
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "samples" / "x12"
+X12VALID = Path(sys.executable).parent / "x12valid"
+STATUS = re.compile(r"^(?P<file>\S+): (?P<status>OK|Failure)$", re.MULTILINE)
+
+
+def x12valid(files: list[Path]) -> dict[str, str]:
+    """Run x12valid on ``files`` (in their folder, where it also writes ``<file>.997``)."""
+    proc = subprocess.run(
+        [str(X12VALID), "--map-path", str(MAP_PATH), *(p.name for p in files)],
+        cwd=files[0].parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    found = {m["file"]: m["status"] for m in STATUS.finditer(proc.stderr)}
+    missing = [p.name for p in files if p.name not in found]
+    assert not missing, f"x12valid gave no status for {missing}:\n{proc.stderr[-2000:]}"
+    return found
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="x12valid-"))
+
+
+def test_x12valid_accepts_the_good_samples() -> None:
+    """Every good 850/855/856/810 (004010 and 005010) and the 997/999/TA1 samples."""
+    tmp = workdir()
+    try:
+        names = [f"{s}_{v}.x12" for s in ("850", "855", "856", "810") for v in ("4010", "5010")]
+        names += ["997_4010.x12", "997_5010.x12", "999_5010.x12", "TA1_4010.x12", "TA1_5010.x12"]
+        files = []
+        for name in names:
+            shutil.copy(SAMPLES / name, tmp / name)
+            files.append(tmp / name)
+        assert x12valid(files) == {name: "OK" for name in names}
+    finally:
+        shutil.rmtree(tmp)
+
+
+def test_x12valid_accepts_every_acknowledgment_validate_writes() -> None:
+    """997 (004010 and 005010), 999 and TA1 written for all samples, good and broken."""
+    tmp = workdir()
+    try:
+        counter = itertools.count(1)
+        when = datetime(2026, 1, 17, 10, 30)
+        files = []
+        for path in sorted(SAMPLES.glob("*.x12")) + sorted((SAMPLES / "broken").glob("*.x12")):
+            for kind in ("997", "999"):
+                r = validate(path.read_bytes(), ack=kind, control_numbers=counter, now=when)
+                # one file per interchange: x12valid takes the version of a file from its
+                # first ISA, and an answer to two interchanges may mix 00401 and 00501
+                for what, docs in (("ack", r.acks), ("ta1", r.ta1s)):
+                    for n, data in enumerate(docs):
+                        out = tmp / f"{path.stem}.{kind}.{n}.{what}.x12"
+                        out.write_bytes(data)
+                        files.append(out)
+        kinds = {p.name.split(".")[-2] for p in files}
+        assert kinds == {"ack", "ta1"}
+        assert any(p.name.endswith(".ack.x12") and ".999." in p.name for p in files)
+        result = x12valid(files)
+        assert {name: status for name, status in result.items() if status != "OK"} == {}
+    finally:
+        shutil.rmtree(tmp)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "se_count_810_4010.x12",
+        "ge_control_mismatch_856_4010.x12",
+        "missing_element_850_5010.x12",
+        "invalid_qualifier_856_5010.x12",
+        "invalid_date_810_4010.x12",
+        "missing_segment_810_5010.x12",
+    ],
+)
+def test_x12valid_rejects_broken_samples_like_validate_does(name: str) -> None:
+    tmp = workdir()
+    try:
+        shutil.copy(SAMPLES / "broken" / name, tmp / name)
+        assert x12valid([tmp / name]) == {name: "Failure"}
+        assert not validate((tmp / name).read_bytes()).ok
+    finally:
+        shutil.rmtree(tmp)

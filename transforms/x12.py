@@ -1,0 +1,244 @@
+"""X12 transforms: a released ERP purchase order → an 850 for its vendor, and an inbound X12
+file (855, 856, 810, 997/999, TA1) → acknowledgements and documents for the procurement book.
+
+Both only read and check; what they produce is booked by the channel's ``procurement:``
+section in the message's own commit (:mod:`engine.x12.book`): control numbers, the 850 and
+the answers, PO statuses, receipts, the three-way match.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from engine.errors import MappingMiss, TransformError, X12Error
+from engine.registry import transform
+from engine.spec import Field, Spec, TableName
+from engine.transforming import TransformContext
+from engine.uom import UomGraph
+from engine.x12.documents import read_invoice, read_po_ack, read_ship_notice
+from engine.x12.po850 import segments_850
+from engine.x12.records import InboundInterchange, PoLine, PoRelease, ReceivedAck
+from engine.x12.segments import element, parse_interchanges
+from engine.x12.validate import validate
+
+PARTNERS = "trading_partners"
+
+PO_SPEC = Spec(
+    "erp_po_to_850",
+    [
+        Field("items", TableName(), "items", "Item master (stocking unit of each item)."),
+        Field("locations", TableName(), "locations", "Locations (ship-to GLN → location)."),
+        Field("uom_conversions", TableName(), "uom_conversions", "Unit conversions."),
+    ],
+    description=(
+        "A purchase order released by the ERP (JSON: po_number, vendor, ship_to, lines, "
+        "optional bill_only; see engine/x12/po850.py) becomes an X12 850 for the trading "
+        "partner serving its vendor (`mappings/trading_partners.yaml`): units through the "
+        "partner's map, ship-to by GLN, bill-only case data as the partner wants it. Every "
+        "field is checked here, so a PO that cannot be written is held naming the field; the "
+        "procurement book allocates the control numbers and sends it once per PO number."
+    ),
+    example="transformer:\n  - transform: erp_po_to_850\nprocurement:\n  partner_out: vendors",
+)
+
+INBOUND_SPEC = Spec(
+    "x12_inbound",
+    [],
+    description=(
+        "Validates an X12 file with pyx12 against Wharf's maps (engine/x12/maps), finds the "
+        "trading partner by ISA05/ISA06, and books the interchange: its TA1 and 997/999 (per "
+        "partner: 997 or 999, mirroring the inbound envelope and GS08), and the documents of "
+        "the accepted sets: 855 (PO line statuses), 856 (receipt lines), 810 (three-way "
+        "match), and 997/999/TA1 answering our own interchanges. A sender that is no trading "
+        "partner holds the message with a MISSING_MAPPING work item."
+    ),
+    example="codec:\n  x12: {}\ntransformer:\n  - transform: x12_inbound",
+)
+
+_graphs: dict[int, tuple[Any, UomGraph]] = {}
+
+
+def _graph(ctx: TransformContext, table_name: str) -> UomGraph:
+    table = ctx.mappings.table(table_name)
+    cached = _graphs.get(id(table))
+    if cached is None or cached[0] is not table:
+        cached = (table, UomGraph.from_rows(table.rows))
+        _graphs[id(table)] = cached
+    return cached[1]
+
+
+def _decimal(value: Any, field: str) -> Decimal:
+    try:
+        out = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise TransformError(f"{field} must be a decimal number (got {value!r})") from None
+    if not out.is_finite():
+        raise TransformError(f"{field} must be a decimal number (got {value!r})")
+    return out
+
+
+def _location(ctx: TransformContext, ship_to: dict[str, Any]) -> str:
+    if ship_to.get("location_id"):
+        return str(ship_to["location_id"])
+    gln = ship_to.get("gln")
+    table = ctx.mappings.table(ctx.options.locations)
+    for row in table.rows.values():
+        if gln and row.get("gln") == gln:
+            return str(row["location_id"])
+    raise MappingMiss(ctx.options.locations, f"gln {gln}")
+
+
+@transform("erp_po_to_850", PO_SPEC)
+def po_to_850(po: Any, ctx: TransformContext) -> dict[str, Any]:
+    if not isinstance(po, dict):
+        raise TransformError(f"expected the ERP's purchase order as JSON (got {type(po).__name__})")
+    partners = ctx.mappings.partners
+    vendor = str(po.get("vendor") or "")
+    partner = partners.by_vendor(vendor) if partners is not None else None
+    if partner is None:
+        raise MappingMiss(PARTNERS, f"vendor {vendor}")
+    segments = tuple(tuple(s) for s in segments_850(po, partner))  # checks every field
+    graph = _graph(ctx, ctx.options.uom_conversions)
+    lines = []
+    for i, line in enumerate(po.get("lines") or []):
+        item = ctx.lookup(ctx.options.items, line["item_id"])
+        qty = _decimal(line.get("qty"), f"lines[{i}].qty")
+        base_uom = item["stock_uom"]
+        base = (
+            qty
+            if line["uom"] == base_uom
+            else graph.convert(qty, line["uom"], base_uom, item["item_id"], vendor)
+        )
+        lines.append(
+            PoLine(
+                line=str(line["line"]),
+                item_id=item["item_id"],
+                quantity=qty,
+                uom=line["uom"],
+                unit_price=_decimal(line.get("unit_price"), f"lines[{i}].unit_price"),
+                base_quantity=base,
+                base_uom=base_uom,
+                vendor_item=str(line.get("vendor_catalog") or ""),
+                gtin=str(line.get("gtin") or ""),
+                bill_only=bool(po.get("bill_only")),
+            )
+        )
+    ship_to = po.get("ship_to") or {}
+    ctx.book(
+        PoRelease(
+            partner=partner.id,
+            po_number=str(po["po_number"]),
+            vendor=vendor,
+            location_id=_location(ctx, ship_to),
+            currency=str(po.get("currency") or "USD"),
+            lines=tuple(lines),
+            segments=segments,
+        )
+    )
+    ctx.key("po_number", po["po_number"])
+    return {"po_number": po["po_number"], "partner": partner.id, "lines": len(lines)}
+
+
+def _received_acks(ic: Any) -> list[ReceivedAck]:
+    """The partner's 997/999 and TA1 about our interchanges, found in this interchange."""
+    out = [
+        ReceivedAck("TA1", element(ta1, 1), element(ta1, 4), (element(ta1, 5),)) for ta1 in ic.ta1s
+    ]
+    for _group, ts in ic.sets():
+        if ts.id not in ("997", "999"):
+            continue
+        acked, code, details = "", "", []
+        for seg in ts.segments:
+            tag = seg[0]
+            if tag == "AK1":
+                acked = element(seg, 2)
+            elif tag == "AK9":
+                code = element(seg, 1)
+                details += [c for c in seg[5:] if c]
+            elif tag in ("AK3", "IK3", "AK4", "IK4", "AK5", "IK5"):
+                details.append("*".join(seg))
+        if acked and code:
+            out.append(ReceivedAck(ts.id, acked, code, tuple(details)))
+    return out
+
+
+_READERS = {"855": read_po_ack, "856": read_ship_notice, "810": read_invoice}
+
+
+@transform("x12_inbound", INBOUND_SPEC)
+def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
+    if not isinstance(raw, bytes | str):
+        raise TransformError(f"expected X12 bytes (codec x12) (got {type(raw).__name__})")
+    partners = ctx.mappings.partners
+    checked = validate(raw, ack="999")
+    try:
+        parsed = {(ic.sender_id.strip(), ic.control_number): ic for ic in parse_interchanges(raw)}
+        problem = ""
+    except X12Error as exc:  # an envelope pyx12 let through with a TA1 E: acknowledge only
+        parsed, problem = {}, f"envelope: {exc.message}"
+    summary: list[dict[str, Any]] = []
+    for res in checked.interchanges:
+        partner = partners.by_isa(*res.sender) if partners is not None else None
+        if partner is None:
+            raise MappingMiss(PARTNERS, f"ISA {res.sender[0]}/{res.sender[1]}")
+        ic = parsed.get((res.sender[1], res.control_number))
+        refused = ""
+        if res.ta1_ack == "R":
+            refused = f"interchange rejected (TA1 {res.ta1_code})"
+        elif ic is None:
+            refused = problem or "interchange could not be read"
+        ok_sets = {
+            (g.control_number, s.control_number)
+            for g in res.groups
+            for s in g.sets
+            if s.ok and g.ack_code in ("A", "E", "P")
+        }
+        documents: list[tuple[Any, Any]] = []
+        sets: list[tuple[str, str, str]] = []
+        if not refused and ic is not None:
+            for group, ts in ic.sets():
+                sets.append((group.control_number, ts.id, ts.control_number))
+                reader = _READERS.get(ts.id)
+                if reader is None or (group.control_number, ts.control_number) not in ok_sets:
+                    continue
+                try:
+                    doc = reader(ts)
+                except X12Error as exc:
+                    # pyx12 accepted it but the content cannot be used: held for a person.
+                    raise TransformError(
+                        f"{ts.id} {ts.control_number}: {exc.message} at {exc.location}"
+                    ) from exc
+                documents.append((doc, ts))
+                for name in ("po_number", "invoice_number", "shipment_id"):
+                    value = getattr(doc, name, None)
+                    if value:
+                        ctx.key(name, value)
+        ctx.book(
+            InboundInterchange(
+                partner=partner.id,
+                sender=res.sender,
+                receiver=res.receiver,
+                isa13=res.control_number,
+                sets=tuple(sets),
+                result=res,
+                documents=tuple(documents),
+                refused=refused,
+                received_acks=tuple(_received_acks(ic)) if ic is not None and not refused else (),
+            )
+        )
+        ctx.key("isa13", f"{res.sender[1]}:{res.control_number}")
+        summary.append(
+            {
+                "partner": partner.id,
+                "isa13": res.control_number,
+                "ta1": res.ta1_code,
+                "groups": [
+                    {"gs06": g.control_number, "ack": g.ack_code, "sets": len(g.sets)}
+                    for g in res.groups
+                ],
+                "applied": [type(d).__name__ for d, _ in documents],
+                "refused": refused,
+            }
+        )
+    return {"interchanges": summary}
