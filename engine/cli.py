@@ -1,4 +1,5 @@
-"""``wharf``: run, lint, test, messages, replay, prune, docs, status, demo-erp.
+"""``wharf``: run, lint, test, messages, replay, prune, work-items, invoices, receipts, token,
+docs, status, sandbox, demo-erp.
 
 Every command works on the project in the current folder (``routes.yaml``, ``channels/``,
 ``mappings/``) unless ``--root`` says otherwise.
@@ -184,6 +185,62 @@ def cmd_work_items(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_invoices(args: argparse.Namespace) -> int:
+    from engine.x12 import desk
+
+    store = _store(args.root)
+    try:
+        if args.action in ("release", "reject"):
+            if args.id is None:
+                print(f"invoices {args.action}: give the invoice id", file=sys.stderr)
+                return 2
+            if args.action == "release":
+                out = desk.release_invoice(
+                    store,
+                    _project(args.root),
+                    args.id,
+                    actor=args.user,
+                    note=args.note,
+                    now=time.time(),
+                )
+            else:
+                out = desk.reject_invoice(
+                    store, args.id, actor=args.user, note=args.note, now=time.time()
+                )
+            print(f"invoice {args.id} ({out['invoice']}): {out['status']}")
+            return 0
+        rows = desk.invoices(store._conn(), args.status)
+        for r in rows:
+            why = "; ".join(
+                f"{x['reason']}" + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
+            )
+            print(
+                f"{r['id']:>6}  {r['partner']:<10} {r['invoice_number']:<14} "
+                f"PO {r['po_number']:<12} {r['status']:<9} {r['total'] or '':>10}  {why}"
+            )
+        print(f"{len(rows)} invoice(s)", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_receipts(args: argparse.Namespace) -> int:
+    from engine.x12 import desk
+
+    store = _store(args.root)
+    try:
+        rows = desk.unmatched_receipts(store._conn(), older_than=args.older_than, now=time.time())
+        for r in rows:
+            print(
+                f"PO {r['po_number']:<12} line {r['po_line']:<4} {r['item_id']:<14} "
+                f"uninvoiced {r['uninvoiced']:>8}  received {r['age_days']} day(s) ago"
+            )
+        print(f"{len(rows)} unmatched receipt line(s)", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     store = _store(args.root)
     try:
@@ -292,6 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("work-items", help="open ledger work items (missing mappings, rejects)")
     w.add_argument("--kind", help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, ...")
     w.set_defaults(fn=cmd_work_items)
+
+    inv = sub.add_parser("invoices", help="X12 invoices: list, release or reject held ones")
+    inv.add_argument("action", nargs="?", choices=("list", "release", "reject"), default="list")
+    inv.add_argument("id", nargs="?", type=int, help="invoice id (from the list)")
+    inv.add_argument("--status", help="with list: matched, held, released, rejected, duplicate")
+    inv.add_argument("--note", default="", help="why (kept in the audit log)")
+    inv.set_defaults(fn=cmd_invoices)
+
+    rc = sub.add_parser("receipts", help="receipts not yet invoiced (GR/IR), oldest first")
+    rc.add_argument("--unmatched", action="store_true", help="(the default and only listing)")
+    rc.add_argument("--older-than", type=_duration, default=0.0, help="e.g. 30d")
+    rc.set_defaults(fn=cmd_receipts)
 
     tk = sub.add_parser("token", help="make a bearer token and its sha256 for auth.tokens")
     tk.add_argument("--name", default="sender", help="the token's name in the YAML line")

@@ -292,6 +292,7 @@ class Engine:
         self._reloading = False
         self._sweep: task.LoopingCall | None = None
         self._unbilled: task.LoopingCall | None = None
+        self._acks: task.LoopingCall | None = None
         self._leases: task.LoopingCall | None = None
         self.sftp: Any = None
         self.rejected_fingerprint: dict[str, Any] | None = None
@@ -334,6 +335,9 @@ class Engine:
         self._leases = task.LoopingCall(lambda: defer.ensureDeferred(self._release_expired()))
         self._leases.clock = self.reactor
         self._leases.start(30.0, now=False)
+        self._acks = task.LoopingCall(lambda: defer.ensureDeferred(self._overdue_acks()))
+        self._acks.clock = self.reactor
+        self._acks.start(60.0, now=False)
         if self.project.settings.unbilled_after:
             self._unbilled = task.LoopingCall(lambda: defer.ensureDeferred(self._find_unbilled()))
             self._unbilled.clock = self.reactor
@@ -357,6 +361,8 @@ class Engine:
             self._sweep.stop()
         if self._unbilled is not None and self._unbilled.running:
             self._unbilled.stop()
+        if self._acks is not None and self._acks.running:
+            self._acks.stop()
         if self._leases is not None and self._leases.running:
             self._leases.stop()
         for name in list(self.listeners):
@@ -394,6 +400,15 @@ class Engine:
             log.warn("{n} delivery lease(s) expired; queued again", n=n)
             for channel in list(self.channels):
                 self.wake_destinations(channel)
+        return n
+
+    async def _overdue_acks(self) -> int:
+        """The X12 acknowledgement watch: an 850 without its 997/999 in time is an alert."""
+        from engine.x12.book import flag_overdue_acks
+
+        n = await self.executor.submit(flag_overdue_acks, self.store, time.time())
+        if n:
+            log.error("x12: {n} interchange(s) without their 997/999 in time (ACK_OVERDUE)", n=n)
         return n
 
     async def _find_unbilled(self) -> int:

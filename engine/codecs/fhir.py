@@ -57,14 +57,6 @@ BINDINGS: dict[str, dict[str, frozenset[str]]] = {
     },
 }
 
-_MODULES = {
-    "SupplyDelivery": "supplydelivery",
-    "SupplyRequest": "supplyrequest",
-    "ChargeItem": "chargeitem",
-    "Bundle": "bundle",
-    "Device": "device",
-}
-
 
 @dataclass(frozen=True)
 class Issue:
@@ -97,12 +89,15 @@ class FhirInvalid(CodecError):
 
 
 def _model(version: str, resource_type: str) -> Any:
-    module = _MODULES.get(resource_type)
-    if module is None:
+    """The fhir.resources class of a resource type, or None when FHIR has no such resource
+    (which types a channel takes is the codec's ``resources``; a Bundle's entries may be of
+    any type: a transaction carries its Device and Procedure with the SupplyDelivery)."""
+    try:
+        model = model_class(version, resource_type)
+        base = model_class(version, "Resource")
+    except (ValueError, KeyError, ImportError, AttributeError):
         return None
-    base = "fhir.resources.R4B" if version == "R4B" else "fhir.resources"
-    mod = importlib.import_module(f"{base}.{module}")
-    return getattr(mod, resource_type)
+    return model if isinstance(model, type) and issubclass(model, base) else None
 
 
 def _path(resource_type: str, loc: tuple[Any, ...]) -> str:
@@ -122,7 +117,7 @@ def validate_resource(data: dict[str, Any], version: str = "R5") -> list[Issue]:
         return [Issue("structure", "expected a resourceType", "")]
     model = _model(version, rtype)
     if model is None:
-        return [Issue("not-supported", f"resource type {rtype} is not taken here", rtype)]
+        return [Issue("not-supported", f"{rtype} is not a FHIR {version} resource type", rtype)]
     issues: list[Issue] = []
     try:
         model.model_validate(data)
@@ -157,7 +152,8 @@ def validate_resource(data: dict[str, Any], version: str = "R5") -> list[Issue]:
                         resource.get("resourceType", ""), f"Bundle.entry[{i}].resource", 1
                     )
                     issues.append(Issue(issue.code, issue.text, expr, issue.severity))
-    return issues
+    # the Bundle's own validation already saw its entries' structure: each problem once
+    return list(dict.fromkeys(issues))
 
 
 FHIR_SPEC = Spec(

@@ -291,7 +291,11 @@ class FhirEndpoint:
         if n == 1 and segments[0] == "metadata":
             return allow(Route("metadata"), "GET")
         rtype = segments[0]
-        if rtype not in types:
+        # an entry of a stored transaction (id <message>.<n>) may be of any type (its Device)
+        entry_read = (
+            n in (2, 4) and "." in segments[1] and "Bundle" in types and _TYPE.fullmatch(rtype)
+        )
+        if rtype not in types and not entry_read:
             served = ", ".join(types) or "none"
             return problem(
                 404,
@@ -323,7 +327,9 @@ class FhirEndpoint:
                 "http.Authorization",
                 headers=(("WWW-Authenticate", 'Bearer realm="wharf", error="invalid_token"'),),
             )
-        wanted = "Bundle" if route.kind == "system" else route.type
+        wanted = route.type
+        if route.kind == "system" or route.type not in self.types():
+            wanted = "Bundle"  # a batch or transaction, or an entry of a stored transaction
         if not self.token_allows(token, wanted):
             return token, problem(
                 403,
@@ -637,14 +643,17 @@ class FhirEndpoint:
         entries = data.get("entry") or []
         if not isinstance(entries, list):
             return problem(400, "expected a list of entries", "Bundle.entry")
-        checks = [self._check_entry(i, e, token) for i, e in enumerate(entries)]
+        checks = [self._check_entry(i, e, token, btype) for i, e in enumerate(entries)]
         if btype == "transaction":
             return await self._transaction(call, token, fmt, codec, data, checks)
         return await self._batch(call, token, fmt, codec, entries, checks)
 
-    def _check_entry(self, i: int, entry: Any, token: Any) -> tuple[int, list[Issue]]:
-        """``(status, issues)`` of one entry's shape: a resource of a served type, created
-        with POST to its type, which the token may use; ``(0, [])`` when fine."""
+    def _check_entry(self, i: int, entry: Any, token: Any, kind: str) -> tuple[int, list[Issue]]:
+        """``(status, issues)`` of one entry's shape: a resource created with POST to its
+        type, which the token may use if it is one of the channel's types. In a batch (each
+        entry its own message) the type must be one the channel takes; a transaction is one
+        message, a Bundle, whose entries may be of any type (the Device and Procedure that go
+        with a SupplyDelivery). ``(0, [])`` when fine."""
         at = f"Bundle.entry[{i}]"
         if not isinstance(entry, dict):
             return 400, [Issue("structure", "expected an object", at)]
@@ -673,6 +682,19 @@ class FhirEndpoint:
                     f"{at}.request.url",
                 )
             ]
+        forbidden = (
+            403,
+            [
+                Issue(
+                    "forbidden",
+                    f"token '{getattr(token, 'name', '')}' may not use {rtype}",
+                    f"{at}.resource",
+                )
+            ],
+        )
+        if kind == "transaction":  # the channel's own types still need the token's leave
+            taken = rtype in self.types() and rtype != "Bundle"
+            return forbidden if taken and not self.token_allows(token, rtype) else (0, [])
         if rtype == "Bundle" or rtype not in self.types():
             served = ", ".join(t for t in self.types() if t != "Bundle")
             return 422, [
@@ -683,9 +705,7 @@ class FhirEndpoint:
                 )
             ]
         if not self.token_allows(token, rtype):
-            return 403, [
-                Issue("forbidden", f"token '{token.name}' may not use {rtype}", f"{at}.resource")
-            ]
+            return forbidden
         return 0, []
 
     async def _transaction(

@@ -677,6 +677,45 @@ class _Book:
         self._work_item("INVOICE_HELD", subject, detail)
 
 
+def flag_overdue_acks(store: Any, now: float | None = None) -> int:
+    """One ``ACK_OVERDUE`` work item per interchange of ours whose 997/999 is late; the number
+    of new ones (the caller alerts on them)."""
+    now = time.time() if now is None else now
+    new = 0
+    with store._write("flag_overdue_acks", durable=False) as conn:
+        for rec in control.overdue_acks(conn, now):
+            subject = f"{rec.partner}:{rec.document}:{rec.isa13:09d}"
+            if conn.execute(
+                "SELECT 1 FROM work_items WHERE kind = 'ACK_OVERDUE' AND subject = ?", (subject,)
+            ).fetchone():
+                continue
+            late = (now - (rec.ack_due_at or now)) / 60
+            conn.execute(
+                "INSERT INTO work_items (kind, subject, detail, status, message_id, "
+                "correlation_id, created_at, updated_at) VALUES "
+                "('ACK_OVERDUE', ?, ?, 'open', ?, NULL, ?, ?)",
+                (
+                    subject,
+                    f"no 997/999 from {rec.partner} for our {rec.document} "
+                    f"({rec.business_key}, ISA13 {rec.isa13:09d}, GS06 {rec.gs06}), due "
+                    f"{late:.0f} min ago",
+                    rec.message_id,
+                    now,
+                    now,
+                ),
+            )
+            new += 1
+        # An ack that came late closes its alert.
+        conn.execute(
+            "UPDATE work_items SET status = 'resolved', updated_at = ? WHERE kind = "
+            "'ACK_OVERDUE' AND status = 'open' AND subject IN (SELECT partner || ':' || "
+            "document || ':' || printf('%09d', isa13) FROM x12_outbound WHERE ack_status != "
+            "'none')",
+            (now,),
+        )
+    return new
+
+
 def ap_invoice(
     partner: Partner, invoice: Invoice, result: MatchResult, correlation_id: str
 ) -> dict[str, Any]:
@@ -751,4 +790,4 @@ def _set_from_json(text: str) -> TransactionSet:
     )
 
 
-__all__ = ["ProcurementRoutes", "ap_invoice", "book_x12"]
+__all__ = ["ProcurementRoutes", "ap_invoice", "book_x12", "flag_overdue_acks"]

@@ -15,6 +15,12 @@ Conventions:
 * Code lists hold the codes used in healthcare supply chain, not the whole X12 code list (for
   example 355 units, 128 reference qualifiers). A code outside the list is an "invalid code
   value" (997 AK403 / 999 IK403 = 7). Add codes here when a partner needs them.
+* Each transaction lists the segments of DOMAIN §3.2 plus the usual companions (N2-N4, PER,
+  FOB, ITD, TD1/TD5, MAN, TXI, SAC, N9/MSG, PO4, MEA, SCH…) in standard order and with the
+  standard repeats. A standard segment not listed (TAX, CTP, PKG, SLN…) is "segment not
+  found" (AK304 = 1); add it to the structure when a partner sends it.
+* The HEADER/DETAIL/SUMMARY tables are written flattened into ST_LOOP (see
+  :func:`engine.x12.mapgen._flatten`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ __all__ = [
     "Element",
     "Loop",
     "SegmentDef",
+    "Transaction",
     "Use",
     "transaction_loop",
 ]

@@ -709,6 +709,43 @@ def test_a_good_transaction_is_one_message_with_an_id_per_entry(h: Harness) -> N
     assert len(h.messages()) == 1
 
 
+def test_a_transaction_carries_its_device_and_procedure_which_read_back_by_entry_id(
+    h: Harness,
+) -> None:
+    """A transaction's entries may be of types the channel does not take on their own (the
+    implant's Device, the Procedure): validated, stored with the SupplyDelivery as one
+    message, each readable at its entry id; a bad Device date is 422 at its entry."""
+    device = {
+        "resourceType": "Device",
+        "udiCarrier": [
+            {
+                "deviceIdentifier": "00844588003288",
+                "issuer": "http://hl7.org/fhir/NamingSystem/gs1-di",
+            }
+        ],
+        "lotNumber": "L-77",
+        "expirationDate": "2027-01-31",
+    }
+    procedure = {
+        "resourceType": "Procedure",
+        "status": "completed",
+        "subject": {"reference": "Patient/p1"},
+    }
+    tx = bundle("transaction", device, procedure, delivery("TX-IMPLANT"))
+    a = h.call("POST", "", tx)
+    assert a.status == 200, a.resource
+    (row,) = h.messages()
+    read = h.call("GET", f"Device/{row.id}.0")
+    assert read.status == 200 and read.resource["lotNumber"] == "L-77"
+    assert h.call("GET", f"Procedure/{row.id}.1").resource["status"] == "completed"
+    assert h.call("GET", f"Device/{row.id}.1").status == 404  # entry 1 is the Procedure
+    assert h.call("GET", f"Device/{row.id}").status == 404  # only entries, by entry id
+    bad = bundle("transaction", {**device, "expirationDate": "soon"}, delivery("TX-2"))
+    a = h.call("POST", "", bad)
+    assert a.status == 422 and expressions(a) == ["Bundle.entry[0].resource.expirationDate"]
+    assert len(h.messages()) == 1
+
+
 def test_a_transaction_entry_the_token_may_not_use_is_403() -> None:
     """A token may post Bundles but not ChargeItems: a transaction holding one is 403."""
     harness = Harness()

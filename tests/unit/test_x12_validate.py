@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from pyx12.nodeCounter import NodeCounter
 
 from engine.x12 import mapgen, samplegen
 from engine.x12 import validate as validate_mod
@@ -470,16 +472,20 @@ def _mutations() -> list[bytes]:
         ("CTT*4*3", "CTT*4*3*****" + "X" * 90),  # CTT07 too long
         ("DTM*036*20310101", "DTM*036*20310101*1261"),  # bad time
         ("BSN*00*SHP778950*20260117*0900*0004", "BSN*00*SHP778950*20260117*0900*0004**ABC"),
+        ("DTM*011*20260117", "~\n".join(["DTM*011*20260117"] * 11)),  # DTM max use 10
+        ("HL*4*2*I*0", "HL*4*2*I*0~\nHL*5*4*I*0"),  # an item under an item: HL counts
     ]
     return [base.replace(old, new, 1).encode() for old, new in swaps]
 
 
-def test_fast_check_changes_nothing_pyx12_reports(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast segment check only skips pyx12's validator for valid segments: with it turned
-    off (pyx12 validates every segment) the issues are exactly the same."""
+def test_speedups_change_nothing_pyx12_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast segment check only skips pyx12's validator for valid segments, and the string
+    keyed loop counter counts like pyx12's: with both turned off (pyx12's validator on every
+    segment, its own NodeCounter) the issues are exactly the same."""
     docs = [p.read_bytes() for p in _all_samples()] + _mutations()
     fast = [run(d, ack="999").issues for d in docs]
     monkeypatch.setattr(validate_mod, "segment_check", lambda node: None)
+    monkeypatch.setattr(validate_mod, "PathCounter", NodeCounter)
     slow = [run(d, ack="999").issues for d in docs]
     assert fast == slow
     assert sum(1 for f in fast if f) >= 20  # the comparison covers many errors
@@ -556,8 +562,20 @@ def test_big_invoice_validates_with_all_lines() -> None:
 
 
 def test_big_invoice_with_one_bad_line_names_its_position() -> None:
+    """Line 2999's IT1 sits at set position 2 + 6 + 3 * 2998 (ST = 1, six heading segments,
+    three segments per line); in the file it is two segments later (ISA, GS)."""
     data = invoice_810(3000).replace(b"IT1*2999*11*EA", b"IT1*2999*11*ZZ")
     r = run(data)
-    assert [(i.segment, i.position, i.element, i.code, i.value) for i in r.issues] == [
-        ("IT1", 2 + 6 + 3 * 2998, 3, "7", "ZZ")
+    position = 2 + 6 + 3 * 2998
+    assert [(i.segment, i.position, i.element, i.code, i.value, i.ordinal) for i in r.issues] == [
+        ("IT1", position, 3, "7", "ZZ", position + 2)
     ]
+
+
+def test_concurrent_validation_gives_the_sequential_answers() -> None:
+    """The shared maps are read-only: four threads validating at once answer as one does."""
+    docs = [p.read_bytes() for p in _all_samples()] + [invoice_810(400)]
+    sequential = [run(d, ack="999") for d in docs]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda d: run(d, ack="999"), docs * 3))
+    assert parallel == sequential * 3

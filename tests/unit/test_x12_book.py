@@ -1,0 +1,177 @@
+"""The procurement book on a real store: a PO sent once with control numbers that are never
+reused, late 997/999 alerts, receipts, held invoices released or rejected by a person, and the
+receipts nobody invoiced."""
+
+from __future__ import annotations
+
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.channel import Channel
+from engine.config.project import load_project
+from engine.errors import StoreError
+from engine.store import SqliteStore
+from engine.x12 import desk
+from engine.x12.book import book_x12, flag_overdue_acks
+from engine.x12.control import record_ack
+from engine.x12.documents import read_invoice, read_ship_notice
+from engine.x12.po850 import segments_850
+from engine.x12.records import InboundInterchange, PoLine, PoRelease
+from engine.x12.samplegen import Party, group, interchange, render, transaction_set
+from engine.x12.segments import transaction_sets
+
+REPO = Path(__file__).resolve().parents[2]
+VENDOR, HOSPITAL = Party("ZZ", "ACMEMED"), Party("ZZ", "GENHOSP")
+PO = {
+    "po_number": "PO-1",
+    "vendor": "VND-ACMEMED",
+    "order_date": "2026-01-15",
+    "ship_to": {"gln": "0614141000012", "name": "GENERAL HOSPITAL"},
+    "lines": [
+        {"line": "1", "item_id": "ITEM-100123", "qty": "2", "uom": "BX", "unit_price": "125.00"}
+    ],
+}
+
+
+@pytest.fixture()
+def env() -> Any:
+    project = load_project(REPO, env={})
+    channel = Channel(project.channels["x12_from_vendors"], project.mappings)
+    store = SqliteStore(Path(tempfile.mkdtemp()) / "w.db").open()
+    # the book runs inside a message's commit: give it messages to point at
+    with store._write("seed") as conn:
+        for mid in ("m-po", "m-asn", "m-inv"):
+            conn.execute(
+                "INSERT INTO messages (id, channel, source, content_type, received_at, "
+                "updated_at, sha256, size, status) "
+                "VALUES (?, 'x12_from_vendors', 'test', 'x', 0, 0, '', 0, 'sent')",
+                (mid,),
+            )
+    yield project, channel, store
+    store.close()
+
+
+def book(store: Any, channel: Channel, project: Any, records: list, mid: str, now: float) -> list:
+    with store._write("book") as conn:
+        return book_x12(
+            conn,
+            records=records,
+            channel=channel.name,
+            message_id=mid,
+            correlation_id=mid,
+            routes=channel.procurement_routes,
+            partners=project.mappings.partners,
+            converter=channel.converter,
+            now=now,
+        )
+
+
+def release(project: Any) -> PoRelease:
+    partner = project.mappings.partners["acmemed"]
+    line = PoLine("1", "ITEM-100123", Decimal(2), "BX", Decimal("125.00"), Decimal(10), "EA")
+    return PoRelease(
+        "acmemed",
+        "PO-1",
+        "VND-ACMEMED",
+        "LOC-OR-MAIN",
+        "USD",
+        (line,),
+        tuple(tuple(s) for s in segments_850(PO, partner)),
+    )
+
+
+def inbound(set_id: str, fid: str, body: list[list[str]], control: int) -> InboundInterchange:
+    data = render(
+        interchange(
+            [group(fid, control, [transaction_set(set_id, "0001", body)], version="005010")],
+            control=control,
+            version="005010",
+        )
+    )
+    ((ic, _g, ts),) = list(transaction_sets(data))
+    reader = {"856": read_ship_notice, "810": read_invoice}[set_id]
+    return InboundInterchange(
+        "acmemed",
+        ("ZZ", "ACMEMED"),
+        ("ZZ", "GENHOSP"),
+        ic.control_number,
+        ((_g.control_number, ts.id, ts.control_number),),
+        None,
+        ((reader(ts), ts),),
+    )
+
+
+def test_po_sent_once_and_late_ack_alerted(env: Any) -> None:
+    project, channel, store = env
+    out = book(store, channel, project, [release(project)], "m-po", 1000.0)
+    assert [o.destination for o in out] == ["vendors", "erp_po"]
+    assert out[0].meta["filename"] == "850_acmemed_000000001.x12"
+    assert book(store, channel, project, [release(project)], "m-po", 1001.0) == []
+    four_hours = 4 * 3600
+    assert flag_overdue_acks(store, 1000.0 + four_hours - 1) == 0
+    assert flag_overdue_acks(store, 1000.0 + four_hours + 1) == 1
+    assert flag_overdue_acks(store, 1000.0 + four_hours + 60) == 0  # alerted once
+    conn = store._conn()
+    assert conn.execute(
+        "SELECT COUNT(*) FROM work_items WHERE kind = 'ACK_OVERDUE' AND status = 'open'"
+    ).fetchone() == (1,)
+    with store._write("ack") as c:
+        record_ack(c, "acmemed", 1, "accepted")
+    flag_overdue_acks(store, 1000.0 + four_hours + 120)
+    assert conn.execute(
+        "SELECT COUNT(*) FROM work_items WHERE kind = 'ACK_OVERDUE' AND status = 'open'"
+    ).fetchone() == (0,)
+
+
+def test_held_invoice_released_and_unmatched_receipts(env: Any) -> None:
+    project, channel, store = env
+    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    asn = [
+        ["BSN", "00", "S1", "20260116", "1400", "0001"],
+        ["HL", "1", "", "S"],
+        ["HL", "2", "1", "O"],
+        ["PRF", "PO-1"],
+        ["HL", "3", "2", "I"],
+        ["LIN", "1", "VC", "X"],
+        ["SN1", "1", "1", "BX"],
+        ["CTT", "3"],
+    ]
+    out = book(store, channel, project, [inbound("856", "SH", asn, 5)], "m-asn", 2000.0)
+    assert [o.destination for o in out] == ["erp_receipts"]  # no validation result: no acks
+    # 5 EA received, nothing invoiced: listed once older than a day
+    assert desk.unmatched_receipts(store._conn(), older_than=86400, now=2000.0 + 3600) == []
+    (row,) = desk.unmatched_receipts(store._conn(), older_than=86400, now=2000.0 + 2 * 86400)
+    assert (row["po_number"], row["po_line"], row["uninvoiced"]) == ("PO-1", "1", "5")
+    # an invoice for 2 BX (10 EA) when 1 BX came: held, QTY_REC
+    inv = [
+        ["BIG", "20260117", "INV-9", "", "PO-1"],
+        ["IT1", "1", "2", "BX", "125", "PE"],
+        ["TDS", "25000"],
+        ["CTT", "1"],
+    ]
+    out = book(store, channel, project, [inbound("810", "IN", inv, 6)], "m-inv", 3000.0)
+    assert "erp_ap" not in [o.destination for o in out]
+    (held,) = desk.invoices(store._conn(), "held")
+    assert [r["reason"] for r in held["reasons"]] == ["QTY_REC"]
+    with pytest.raises(StoreError, match="no invoice 999"):
+        desk.reject_invoice(store, 999, actor="x", note="", now=0)
+    done = desk.release_invoice(store, project, held["id"], actor="ap.clerk", note="ok", now=4000.0)
+    assert done["status"] == "released"
+    conn = store._conn()
+    (payload,) = conn.execute(
+        "SELECT payload FROM outbox WHERE destination = 'erp_ap' AND message_id = 'm-inv'"
+    ).fetchone()
+    assert b'"released_by": "ap.clerk"' in payload or b'"released_by":"ap.clerk"' in payload
+    assert conn.execute(
+        "SELECT COUNT(*) FROM work_items WHERE kind = 'INVOICE_HELD' AND status = 'open'"
+    ).fetchone() == (0,)
+    audit = [e["action"] for e in store.audit_entries(10)]
+    assert "invoice.release" in audit
+    with pytest.raises(StoreError, match="is released"):
+        desk.release_invoice(store, project, held["id"], actor="x", note="", now=4001.0)
+    # released counts as invoiced: nothing left unmatched for PO-1 line 1
+    assert desk.unmatched_receipts(store._conn(), older_than=0, now=10**6) == []
