@@ -102,6 +102,7 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
         (name, engine.sources[name].folder)
         for name in engine.sources
         if hasattr(engine.sources[name], "folder")
+        and getattr(engine.channels.get(name), "codec_name", "") == "hl7v2"
     ]
     if not targets:
         print("demo: no drop-folder channel is running")

@@ -365,6 +365,9 @@ class ProcurementEndToEnd(unittest.TestCase):
             "1": "accepted",
             "2": "backordered",
         }
+        assert self.db("SELECT kind, detail FROM work_items WHERE kind = 'PO_CHANGED'") == [
+            ("PO_CHANGED", "855 AC for PO 4500012345: line 2 backordered (IB)")
+        ]
 
         # 4. 856: 2 BX (10 EA) of screws and 3 of 5 pairs of gloves: receipts and on-hand.
         before = dict(self.snapshot()["onhand"])

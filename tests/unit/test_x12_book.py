@@ -175,3 +175,67 @@ def test_held_invoice_released_and_unmatched_receipts(env: Any) -> None:
         desk.release_invoice(store, project, held["id"], actor="x", note="", now=4001.0)
     # released counts as invoiced: nothing left unmatched for PO-1 line 1
     assert desk.unmatched_receipts(store._conn(), older_than=0, now=10**6) == []
+
+
+ASN_1BX = [
+    ["BSN", "00", "S1", "20260116", "1400", "0001"],
+    ["HL", "1", "", "S"],
+    ["HL", "2", "1", "O"],
+    ["PRF", "PO-1"],
+    ["HL", "3", "2", "I"],
+    ["LIN", "1", "VC", "X"],
+    ["SN1", "1", "2", "BX"],
+    ["CTT", "3"],
+]
+INV_2BX = [
+    ["BIG", "20260117", "INV-7", "", "PO-1"],
+    ["IT1", "1", "2", "BX", "125", "PE"],
+    ["TDS", "25000"],
+    ["CTT", "1"],
+]
+
+
+def test_invoice_before_receipt_is_held_then_matched_when_the_receipt_comes(env: Any) -> None:
+    project, channel, store = env
+    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    out = book(store, channel, project, [inbound("810", "IN", INV_2BX, 6)], "m-inv", 2000.0)
+    assert [o.destination for o in out] == []
+    (held,) = desk.invoices(store._conn(), "held")
+    assert [r["reason"] for r in held["reasons"]] == ["NO_RECEIPT"]
+    out = book(store, channel, project, [inbound("856", "SH", ASN_1BX, 7)], "m-asn", 3000.0)
+    # the receipt posts, and the invoice waiting for it goes to AP in the same commit
+    assert [o.destination for o in out] == ["erp_receipts", "erp_ap"]
+    assert desk.invoices(store._conn(), "held") == []
+    assert [i["invoice_number"] for i in desk.invoices(store._conn(), "matched")] == ["INV-7"]
+    conn = store._conn()
+    assert conn.execute("SELECT status FROM work_items WHERE kind = 'INVOICE_HELD'").fetchall() == [
+        ("resolved",)
+    ]
+    # the same invoice number again, in a new interchange: a duplicate for a person, not AP
+    out = book(store, channel, project, [inbound("810", "IN", INV_2BX, 8)], "m-inv", 4000.0)
+    assert [o.destination for o in out] == []
+    assert conn.execute(
+        "SELECT COUNT(*) FROM work_items WHERE kind = 'INVOICE_DUPLICATE' AND status = 'open'"
+    ).fetchone() == (1,)
+
+
+def test_a_rejecting_999_opens_a_work_item(env: Any) -> None:
+    from engine.x12.records import ReceivedAck
+
+    project, channel, store = env
+    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    ic = InboundInterchange(
+        "acmemed",
+        ("ZZ", "ACMEMED"),
+        ("ZZ", "GENHOSP"),
+        "000000077",
+        (("77", "999", "0001"),),
+        received_acks=(ReceivedAck("999", "1", "R", ("IK3*PO1*7**8", "IK5*R*5")),),
+    )
+    book(store, channel, project, [ic], "m-asn", 2000.0)
+    conn = store._conn()
+    (detail,) = conn.execute(
+        "SELECT detail FROM work_items WHERE kind = 'ACK_REJECTED' AND status = 'open'"
+    ).fetchone()
+    assert "999 R for our 850" in detail and "IK3*PO1*7**8" in detail
+    assert conn.execute("SELECT ack_status FROM x12_outbound").fetchall() == [("rejected",)]
