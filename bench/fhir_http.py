@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,35 +54,22 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+SAMPLE = json.loads((ROOT / "samples/fhir/r5_supplydelivery_code.json").read_text())
+
+
 def delivery(tag: str, n: int) -> bytes:
-    """A completed SupplyDelivery of one box of sutures to the main OR, for one encounter."""
-    doc = {
-        "resourceType": "SupplyDelivery",
-        "identifier": [{"system": "urn:example:pou-transaction", "value": f"{tag}-{n}"}],
-        "status": "completed",
-        "patient": {"reference": "Patient/pat-1"},
-        "suppliedItem": [
-            {
-                "quantity": {
-                    "value": 1,
-                    "unit": "EA",
-                    "system": "http://unitsofmeasure.org",
-                    "code": "{each}",
-                },
-                "itemCodeableConcept": {
-                    "coding": [{"system": "urn:wharf:item", "code": "ITEM-100456"}]
-                },
-            }
-        ],
-        "occurrenceDateTime": "2026-01-15T09:30:00Z",
-        "destination": {"reference": "Location/LOC-OR-MAIN"},
-        "extension": [
-            {
-                "url": "http://hl7.org/fhir/StructureDefinition/workflow-encounter",
-                "valueReference": {"reference": f"Encounter/ENC-B{n % 97}"},
-            }
-        ],
-    }
+    """The shipped sample (2 Foley trays by charge code on 4 West, chargeable, encounter and
+    account extensions) with its own identifier and one of 97 encounters."""
+    doc = dict(SAMPLE)
+    doc.pop("id", None)
+    doc["identifier"] = [{"system": "urn:genhosp:pou:transaction", "value": f"{tag}-{n}"}]
+    doc["extension"] = [
+        {
+            "url": "urn:wharf:extension:encounter",
+            "valueReference": {"reference": f"Encounter/ENC-B{n % 97}"},
+        },
+        SAMPLE["extension"][1],
+    ]
     return json.dumps(doc).encode()
 
 
@@ -167,37 +155,25 @@ reactor.run()
 """
 
 
-def channel_yaml(port: int) -> str:
-    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
-    return f"""
-description: FHIR SupplyDelivery bench channel
-source:
-  fhir_http:
-    listen: tcp:{port}:interface=127.0.0.1
-    base: {BASE}
-    auth:
-      tokens:
-        - {{name: bench, sha256: {digest}, resources: [SupplyDelivery]}}
-codec:
-  fhir: {{version: R5, resources: [SupplyDelivery]}}
-transformer:
-  - transform: fhir_supply_to_ledger
-ledger:
-  issue: erp
-  charge: billing
-  charge_format: fhir_r5
-  par_levels: par_levels
-  onhand: onhand
-destinations:
-  - name: erp
-    http: {{url: '${{ERP_URL}}/inventory/issues'}}
-    retry: {{max_attempts: 20, initial: 1s, max_delay: 1m}}
-    concurrency: 16
-  - name: billing
-    http: {{url: '${{ERP_URL}}/fhir/ChargeItem'}}
-    retry: {{max_attempts: 20, initial: 1s, max_delay: 1m}}
-    concurrency: 16
-"""
+SHIPPED = "fhir_supply.yaml"
+
+
+def sandbox_state(port: int) -> dict[str, int]:
+    """The sandbox's counters (``GET /state``): issues, issue_lines, charges, requisitions."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/state", timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def failed(db: Path) -> list[tuple[str, str, int]]:
+    """(status, error, count) of the messages that did not end ``sent``."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(
+            "SELECT status, substr(error, 1, 200), COUNT(*) FROM messages "
+            "WHERE status != 'sent' GROUP BY 1, 2"
+        ).fetchall()
+    finally:
+        conn.close()
 
 
 def pending(db: Path) -> int:
@@ -224,14 +200,20 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="wharf-fhir-bench-"))
     project = tmp / "project"
     (project / "channels").mkdir(parents=True)
-    (project / "routes.yaml").write_text("store: ${WHARF_DB}\npipeline_threads: 2\n")
+    (project / "routes.yaml").write_text(
+        "store: ${WHARF_DB}\nreload_interval: 0s\npipeline_threads: 2\n"
+    )
     shutil.copytree(ROOT / "mappings", project / "mappings")
+    shutil.copytree(ROOT / "samples" / "fhir", project / "samples" / "fhir")
+    shutil.copy(ROOT / "channels" / SHIPPED, project / "channels" / SHIPPED)  # as shipped
     fhir, http, billing, bare = free_port(), free_port(), free_port(), free_port()
-    (project / "channels/fhir_bench.yaml").write_text(channel_yaml(fhir))
     db = tmp / "wharf.db"
     env = {
         **os.environ,
+        "FHIR_PORT": str(fhir),
+        "POU_TOKEN_SHA256": hashlib.sha256(TOKEN.encode()).hexdigest(),
         "ERP_URL": f"http://127.0.0.1:{http}",
+        "BILLING_FHIR_URL": f"http://127.0.0.1:{http}/fhir",
         "WHARF_DB": str(db),
         "WHARF_LOG_LEVEL": "warn",
     }
@@ -265,6 +247,7 @@ def main() -> int:
             wait_port(port)
         print(f"FHIR SupplyDelivery POST, {args.seconds:g} s per run, HTTP/1.1 keep-alive clients")
         print(f"{'clients':>8} {'accepted/s':>11} {'end to end':>11} {'bare/s':>9} {'ratio':>6}")
+        before = sandbox_state(http)
         for n in levels:
             rate, statuses = load(fhir, n, args.seconds, f"c{n}")
             accepted = statuses.get(201, 0)
@@ -276,7 +259,19 @@ def main() -> int:
             drain = time.perf_counter() - t_end
             bare_rate, bare_statuses = load(bare, n, args.seconds, f"b{n}")
             if set(statuses) != {201} or set(bare_statuses) != {201}:
-                print(f"  unexpected statuses: wharf {statuses} bare {bare_statuses}")
+                raise RuntimeError(f"expected only 201: wharf {statuses}, bare {bare_statuses}")
+            bad = failed(db)
+            if bad:
+                raise RuntimeError(f"messages not sent: {bad}")
+            after = sandbox_state(http)
+            issued = after["issue_lines"] - before["issue_lines"]
+            charged = after["charges"] - before["charges"]
+            if issued != accepted or charged != accepted:
+                raise RuntimeError(
+                    f"expected {accepted} issue lines and ChargeItems in the sandbox "
+                    f"(got {issued} and {charged})"
+                )
+            before = after
             e2e = accepted / (args.seconds + drain)
             print(
                 f"{n:>8} {rate:>11.1f} {e2e:>9.1f}/s {bare_rate:>9.1f} {rate / bare_rate:>6.2f}"

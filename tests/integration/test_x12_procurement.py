@@ -341,9 +341,9 @@ class ProcurementEndToEnd(unittest.TestCase):
             text=True,
             timeout=60,
         )
-        assert check.returncode == 0 and f"{name}: OK" in check.stdout + check.stderr, (
-            check.stdout + check.stderr
-        )
+        # x12valid's console script exits with sys.exit(main()) and main() returns True on
+        # success: its exit code is 1 then. Its verdict is the "<file>: OK" line.
+        assert f"got_{name}: OK" in check.stdout + check.stderr, check.stdout + check.stderr
         ((_ic, grp, ts),) = list(transaction_sets(data))
         po = read_purchase_order(ts)
         assert po.po_number == "4500012345" and [ln.unit for ln in po.lines] == ["BX", "PR"]
