@@ -1,18 +1,24 @@
 """FHIR over HTTP benchmark: SupplyDelivery POSTs per second, against a bare twisted.web resource.
 
-``wharf run`` serves one channel: the ``fhir_http`` source (bearer token, R5 base), the ``fhir``
-codec (fhir.resources validation), ``fhir_supply_to_ledger`` booking each delivery in the
-ledger, the ERP issue and the FHIR ChargeItem going to the sandbox (``wharf sandbox``) on the
-same machine. N concurrent HTTP/1.1 keep-alive clients (in 2 client processes) each POST a
-distinct SupplyDelivery and wait for the 201 (sent after the store's commit) before the next.
+``wharf run`` serves the shipped ``channels/fhir_supply.yaml`` as it is (copied with
+``routes.yaml`` settings of its own, ``mappings/`` and ``samples/fhir``): the ``fhir_http``
+source (bearer token, R5 base), the ``fhir`` codec (fhir.resources validation),
+``fhir_supply_to_ledger`` booking each delivery in the ledger, the ERP issue and the FHIR
+ChargeItem (ordered per encounter) going to the sandbox (``wharf sandbox``) on the same machine.
+The token is the bench's own (``POU_TOKEN_SHA256``). N concurrent HTTP/1.1 keep-alive clients
+(in 2 client processes) each POST a distinct SupplyDelivery (the shipped Foley sample with its own
+identifier and one of 97 encounters) and wait for the 201 (sent after the store's commit) before
+the next.
 
 Figures, for each N in ``--clients``:
-- accepted/s: 201 answers per second over ``--seconds`` (every answer must be 201);
-- end to end: the time until every accepted delivery is booked and delivered to the sandbox;
+- accepted/s: 201 answers per second over ``--seconds`` (any other answer stops the bench);
+- end to end: accepted deliveries per second from the first POST until every one is booked and
+  delivered (no message left ``received``/``queued``, no delivery pending); every message must
+  end ``sent`` and the sandbox must have one issue line and one ChargeItem per delivery;
 - bare: the same clients against a bare twisted.web resource that reads the body and answers
   201 without work, in the same run; and the ratio accepted/bare.
 
-    python bench/fhir_http.py [--clients 8,32] [--seconds 5]
+    python bench/fhir_http.py [--clients 8,32] [--seconds 5] [--profile out.pstat]
 """
 
 from __future__ import annotations
@@ -158,6 +164,21 @@ reactor.run()
 SHIPPED = "fhir_supply.yaml"
 
 
+PROFILED = """
+import sys, yappi
+from engine.cli import main
+yappi.set_clock_type(sys.argv[3])
+yappi.start(profile_threads=True)
+try:
+    main(["--root", sys.argv[1], "run"])
+finally:
+    yappi.stop()
+    yappi.get_func_stats().save(sys.argv[2], type="pstat")
+    with open(sys.argv[2] + ".threads.txt", "w") as out:
+        yappi.get_thread_stats().print_all(out=out)
+"""
+
+
 def sandbox_state(port: int) -> dict[str, int]:
     """The sandbox's counters (``GET /state``): issues, issue_lines, charges, requisitions."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/state", timeout=30) as resp:
@@ -195,6 +216,12 @@ def main() -> int:
     p.add_argument("--clients", default="8,32")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run wharf under yappi; write pstats to FILE and thread totals to FILE.threads.txt",
+    )
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="yappi clock")
     args = p.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="wharf-fhir-bench-"))
@@ -219,6 +246,10 @@ def main() -> int:
     }
     wharf = Path(sys.executable).parent / "wharf"
     log = open(tmp / "bench.log", "w")
+    run_cmd = [str(wharf), "--root", str(project), "run"]
+    if args.profile:
+        profile = str(Path(args.profile).resolve())
+        run_cmd = [sys.executable, "-c", PROFILED, str(project), profile, args.clock]
     procs = [
         subprocess.Popen(
             [
@@ -237,9 +268,7 @@ def main() -> int:
             stderr=log,
             env=env,
         ),
-        subprocess.Popen(
-            [str(wharf), "--root", str(project), "run"], stdout=log, stderr=log, env=env
-        ),
+        subprocess.Popen(run_cmd, stdout=log, stderr=log, env=env),
         subprocess.Popen([sys.executable, "-c", BARE, str(bare)], stdout=log, stderr=log),
     ]
     try:

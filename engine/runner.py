@@ -20,6 +20,8 @@ from twisted.logger import (
 )
 
 DEMO_PORT = 8089
+DEMO_PO_TOKEN = "wharf-demo-erp-token"  # channels/po_to_vendor.yaml holds its SHA-256
+DEMO_POU_TOKEN = "wharf-demo-pou-token"  # channels/fhir_supply*.yaml hold its SHA-256
 BILLING_PORT = 2576
 MLLP_SAMPLES = ("dft_p03_stent_cath.hl7", "dft_p03_latin1.hl7", "broken/unsupported_version.hl7")
 
@@ -52,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
             mllp_port=BILLING_PORT,
             reactor=reactor,
             seed=root / "mappings" / "onhand.csv",
+            # released purchase orders go to the po_to_vendor channel (its demo token)
+            po_webhook=f"http://127.0.0.1:{os.environ.get('PO_HTTP_PORT', '8091')}"
+            "/erp/purchase-orders",
+            po_webhook_token=os.environ.get("WHARF_PO_TOKEN", DEMO_PO_TOKEN),
         )
         sandbox.start()
         print(
@@ -157,11 +163,109 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
                 f"{req.get('item')} for {req.get('location')} "
                 f"({req.get('reason')}, {req.get('status')})"
             )
+    fhir_ok = await demo_fhir(engine, root, reactor)
+    po_ok = await demo_purchasing(engine, root, reactor, sandbox)
     print(
         f"demo: {sent} message(s) delivered. Look at: `wharf messages`, var/out/, "
-        "`wharf sandbox` state in var/sandbox.db. Drop more files into the inbox, or Ctrl-C."
+        "`wharf work-items`, `wharf invoices`, the sandbox state in var/sandbox.db. Drop more "
+        "files into the inbox, or Ctrl-C."
     )
-    return sent > 0
+    return sent > 0 and fhir_ok and po_ok
+
+
+async def demo_fhir(engine: Any, root: Path, reactor: Any) -> bool:
+    """A point-of-use system posts a SupplyDelivery over FHIR; read it back."""
+    import json
+
+    import treq
+    from twisted.web.client import HTTPConnectionPool
+
+    src = engine.sources.get("fhir_supply")
+    if src is None:
+        return True
+    port = os.environ.get("FHIR_PORT", "8090")
+    base = f"http://127.0.0.1:{port}/fhir/R5"
+    sample = root / "samples/fhir/r5_supplydelivery_code.json"
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    headers = {
+        b"authorization": [f"Bearer {os.environ.get('WHARF_POU_TOKEN', DEMO_POU_TOKEN)}".encode()],
+        b"content-type": [b"application/fhir+json"],
+    }
+    resp = await treq.post(
+        f"{base}/SupplyDelivery", data=sample.read_bytes(), headers=headers, pool=pool
+    )
+    await resp.content()
+    location = (resp.headers.getRawHeaders(b"location") or [b"-"])[0].decode()
+    print(f"demo: FHIR POST {sample.name} to {base}/SupplyDelivery: {resp.code} {location}")
+    if resp.code not in (200, 201):
+        return False
+    back = await treq.get(
+        f"http://127.0.0.1:{port}{location.split('/_history')[0]}",
+        headers={b"authorization": headers[b"authorization"]},
+        pool=pool,
+    )
+    doc = json.loads(await back.content())
+    print(
+        f"demo: read back: {back.code} {doc.get('resourceType')}/{doc.get('id')} "
+        f"status {doc.get('status')}, version {doc.get('meta', {}).get('versionId')}"
+    )
+    return back.code == 200
+
+
+async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -> bool:
+    """The sandbox ERP releases a PO: it leaves as an 850 for ACME MEDICAL; the vendor's
+    answers (999, 855, 856, two 810s) land in its inbound folder as its SFTP upload would."""
+    import json
+
+    from engine.x12.samplegen import vendor_answers
+    from engine.x12.segments import transaction_sets
+
+    src = engine.sources.get("x12_from_vendors")
+    if sandbox is None or src is None or "po_to_vendor" not in engine.channels:
+        return True
+    po = json.loads((root / "samples/erp/purchase_order_4500012345.json").read_text())
+    number = po["po_number"]
+    sandbox.api.purchasing.create(po)
+    sandbox.api.purchasing.release(number)
+    outbound = src.folder.parent / "outbound"
+    print(f"demo: the ERP released PO {number} for {po['vendor']}")
+    x850: list[Path] = []
+    for _ in range(200):
+        x850 = sorted(outbound.glob("850_*.x12")) if outbound.is_dir() else []
+        if x850:
+            break
+        await task.deferLater(reactor, 0.1, lambda: None)
+    if not x850:
+        print("demo: no 850 left for the vendor (see the log)")
+        return False
+    print(f"demo: 850 written for the vendor to collect: {x850[-1].relative_to(root)}")
+    ((_ic, grp, ts),) = list(transaction_sets(x850[-1].read_bytes()))
+    for name, data in vendor_answers(number, grp.control_number, ts.control_number).items():
+        tmp = src.folder / f".{name}.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, src.folder / name)
+        for _ in range(200):
+            await task.deferLater(reactor, 0.1, lambda: None)
+            if (src.folder.parent / "archive" / name).exists():
+                break
+        print(f"demo: the vendor dropped {name}")
+    await task.deferLater(reactor, 2.0, lambda: None)  # deliveries to the sandbox
+    state = sandbox.api.purchasing.get(number)
+    lines = ", ".join(f"line {k} {v['status']}" for k, v in state["lines"].items())
+    counts = sandbox.state.counts()
+    print(
+        f"demo: PO {number} is {state['status']} ({lines}); the ERP holds "
+        f"{counts['goods_receipts']} goods receipt(s) and {counts['ap_invoices']} AP invoice(s)"
+    )
+    from engine.x12 import desk
+
+    rows = await engine.executor.submit(lambda: desk.invoices(engine.store._conn()))
+    for r in rows:
+        why = "; ".join(x["message"] for x in r["reasons"]) or "three-way match"
+        print(f"  invoice {r['invoice_number']}: {r['status']} ({why})")
+    acks = sorted(p.name.split("_")[0] for p in outbound.glob("*.x12"))
+    print(f"demo: answers left for the vendor: {', '.join(acks)}")
+    return counts["ap_invoices"] >= 1
 
 
 async def send_over_mllp(channel: str, port: int, paths: list[Path], reactor: Any) -> None:

@@ -198,3 +198,103 @@ def invoice_810(
         separators=separators,
     )
     return render(doc, separators, newline)
+
+
+def _vendor_file(functional_id: str, set_id: str, body: list[Segment], control: int) -> bytes:
+    """One 005010 interchange from the vendor holding one set, TA1 asked for."""
+    g = group(
+        functional_id,
+        control,
+        [transaction_set(set_id, "0001", body)],
+        version="005010",
+        sender=VENDOR,
+        receiver=HOSPITAL,
+    )
+    ic = interchange(
+        [g],
+        control=control,
+        version="005010",
+        sender=VENDOR,
+        receiver=HOSPITAL,
+        ack_requested=True,
+    )
+    return render(ic)
+
+
+def vendor_answers(po_number: str, gs06: str, st02: str) -> dict[str, bytes]:
+    """What ACME MEDICAL sends back for ``samples/erp/purchase_order_4500012345.json`` (2 BX of
+    bone screws, 5 PR of gloves), in order: a 999 accepting our 850 (its GS06/ST02), an 855
+    (line 1 accepted, line 2 backordered), an 856 (2 BX with lot and SSCC, 3 of the 5 PR), and
+    two 810s: one that matches (the screws) and one priced over tolerance (the gloves)."""
+    return {
+        "999_for_850.x12": _vendor_file(
+            "FA",
+            "999",
+            [
+                ["AK1", "PO", gs06, "005010"],
+                ["AK2", "850", st02],
+                ["IK5", "A"],
+                ["AK9", "A", "1", "1", "1"],
+            ],
+            101,
+        ),
+        "855_ack.x12": _vendor_file(
+            "PR",
+            "855",
+            [
+                ["BAK", "00", "AC", po_number, "20260115"],
+                ["PO1", "1", "2", "BX", "125", "PE", "VC", "ORTH-SCR-35"],
+                ["ACK", "IA", "2", "BX", "068", "20260117"],
+                ["PO1", "2", "5", "PR", "12.5", "PE", "VC", "GLV-7"],
+                ["ACK", "IB", "5", "PR"],
+                ["CTT", "2"],
+            ],
+            102,
+        ),
+        "856_asn.x12": _vendor_file(
+            "SH",
+            "856",
+            [
+                ["BSN", "00", "SHP778899", "20260116", "1400", "0001"],
+                ["HL", "1", "", "S"],
+                ["TD1", "CTN25", "1"],
+                ["TD5", "B", "2", "UPSN", "U"],
+                ["REF", "CN", "1Z999AA10123456784"],
+                ["DTM", "011", "20260116"],
+                ["N1", "ST", "GENERAL HOSPITAL OR DOCK", "UL", "0614141000012"],
+                ["HL", "2", "1", "O"],
+                ["PRF", po_number, "", "", "20260115"],
+                ["HL", "3", "2", "P"],
+                ["MAN", "GM", "00106141411234567897"],
+                ["HL", "4", "3", "I"],
+                ["LIN", "1", "VC", "ORTH-SCR-35", "UK", "10614141999993", "LT", "LOT2025A"],
+                ["SN1", "1", "2", "BX"],
+                ["DTM", "036", "20290630"],
+                ["HL", "5", "3", "I"],
+                ["LIN", "2", "VC", "GLV-7"],
+                ["SN1", "2", "3", "PR"],
+                ["CTT", "5"],
+            ],
+            103,
+        ),
+        "810_matching.x12": vendor_invoice(
+            po_number, "INV-55501", ["1", "2", "BX", "125", "PE", "VC", "ORTH-SCR-35"], 25000, 104
+        ),
+        "810_overpriced.x12": vendor_invoice(
+            po_number, "INV-55502", ["2", "3", "PR", "19", "PE", "VC", "GLV-7"], 5700, 105
+        ),
+    }
+
+
+def vendor_invoice(
+    po_number: str, number: str, it1: list[str], total_cents: int, control: int
+) -> bytes:
+    """A one-line 005010 810 from the vendor (IT1 elements as given, TDS in cents)."""
+    body = [
+        ["BIG", "20260117", number, "20260115", po_number],
+        ["N1", "RE", "ACME MEDICAL SUPPLY INC", "92", "V0042"],
+        ["IT1", *it1],
+        ["TDS", str(total_cents)],
+        ["CTT", "1"],
+    ]
+    return _vendor_file("IN", "810", body, control)

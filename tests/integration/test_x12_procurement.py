@@ -31,7 +31,7 @@ from twisted.web.client import HTTPConnectionPool
 from engine.sandbox.service import SandboxService
 from engine.service import Engine
 from engine.x12.documents import read_purchase_order
-from engine.x12.samplegen import Party, group, interchange, render, transaction_set
+from engine.x12.samplegen import vendor_answers, vendor_invoice
 from engine.x12.segments import transaction_sets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,120 +40,7 @@ KEYGEN = shutil.which("ssh-keygen")
 X12VALID = Path(sys.executable).parent / "x12valid"
 TOKEN = "wharf-demo-erp-token"  # the shipped channel's default token (its SHA-256 is there)
 
-VENDOR = Party("ZZ", "ACMEMED")
-HOSPITAL = Party("ZZ", "GENHOSP")
-
-PO = {
-    "po_number": "4500012345",
-    "order_date": "2026-01-15",
-    "vendor": "VND-ACMEMED",
-    "currency": "USD",
-    "ship_to": {
-        "gln": "0614141000012",
-        "name": "GENERAL HOSPITAL OR DOCK",
-        "address": {
-            "street": ["100 MAIN ST"],
-            "city": "SPRINGFIELD",
-            "state": "IL",
-            "postal_code": "62701",
-            "country": "US",
-        },
-    },
-    "lines": [
-        {
-            "line": "1",
-            "item_id": "ITEM-100123",
-            "vendor_catalog": "ORTH-SCR-35",
-            "gtin": "10614141999993",
-            "description": "BONE SCREW 3.5MM BX/5",
-            "qty": "2",
-            "uom": "BX",
-            "unit_price": "125.00",
-        },
-        {
-            "line": "2",
-            "item_id": "ITEM-202042",
-            "vendor_catalog": "GLV-7",
-            "description": "GLOVE SURGICAL STERILE SZ7.0",
-            "qty": "5",
-            "uom": "PR",
-            "unit_price": "12.50",
-        },
-    ],
-}
-
-
-def vendor_file(functional_id: str, set_id: str, body: list[list[str]], control: int) -> bytes:
-    """One 005010 interchange from the vendor holding one set (TA1 asked for)."""
-    ts = transaction_set(set_id, "0001", body)
-    g = group(functional_id, control, [ts], version="005010", sender=VENDOR, receiver=HOSPITAL)
-    ic = interchange(
-        [g],
-        control=control,
-        version="005010",
-        sender=VENDOR,
-        receiver=HOSPITAL,
-        ack_requested=True,
-    )
-    return render(ic)
-
-
-def ack_999(gs06: str, st02: str) -> bytes:
-    body = [
-        ["AK1", "PO", gs06, "005010"],
-        ["AK2", "850", st02],
-        ["IK5", "A"],
-        ["AK9", "A", "1", "1", "1"],
-    ]
-    return vendor_file("FA", "999", body, 101)
-
-
-def po_ack_855() -> bytes:
-    body = [
-        ["BAK", "00", "AC", "4500012345", "20260115"],
-        ["PO1", "1", "2", "BX", "125", "PE", "VC", "ORTH-SCR-35"],
-        ["ACK", "IA", "2", "BX", "068", "20260117"],
-        ["PO1", "2", "5", "PR", "12.5", "PE", "VC", "GLV-7"],
-        ["ACK", "IB", "5", "PR"],
-        ["CTT", "2"],
-    ]
-    return vendor_file("PR", "855", body, 102)
-
-
-def ship_notice_856() -> bytes:
-    body = [
-        ["BSN", "00", "SHP778899", "20260116", "1400", "0001"],
-        ["HL", "1", "", "S"],
-        ["TD1", "CTN25", "1"],
-        ["TD5", "B", "2", "UPSN", "U"],
-        ["REF", "CN", "1Z999AA10123456784"],
-        ["DTM", "011", "20260116"],
-        ["N1", "ST", "GENERAL HOSPITAL OR DOCK", "UL", "0614141000012"],
-        ["HL", "2", "1", "O"],
-        ["PRF", "4500012345", "", "", "20260115"],
-        ["HL", "3", "2", "P"],
-        ["MAN", "GM", "00106141411234567897"],
-        ["HL", "4", "3", "I"],
-        ["LIN", "1", "VC", "ORTH-SCR-35", "UK", "10614141999993", "LT", "LOT2025A"],
-        ["SN1", "1", "2", "BX"],
-        ["DTM", "036", "20290630"],
-        ["HL", "5", "3", "I"],
-        ["LIN", "2", "VC", "GLV-7"],
-        ["SN1", "2", "3", "PR"],
-        ["CTT", "5"],
-    ]
-    return vendor_file("SH", "856", body, 103)
-
-
-def invoice_810(number: str, line: list[str], total_cents: int, control: int) -> bytes:
-    body = [
-        ["BIG", "20260117", number, "20260115", "4500012345"],
-        ["N1", "RE", "ACME MEDICAL SUPPLY INC", "92", "V0042"],
-        ["IT1", *line],
-        ["TDS", str(total_cents)],
-        ["CTT", "1"],
-    ]
-    return vendor_file("IN", "810", body, control)
+PO = json.loads((REPO / "samples/erp/purchase_order_4500012345.json").read_text())
 
 
 @pytest.mark.integration
@@ -351,14 +238,15 @@ class ProcurementEndToEnd(unittest.TestCase):
         assert erp_po["status"] == "sent"
         assert erp_po["transmission"]["isa13"] == _ic.control_number
 
+        answers = vendor_answers("4500012345", grp.control_number, ts.control_number)
         # 2. The vendor's 999 accepts our 850.
-        await self.put("999_1.x12", ack_999(grp.control_number, ts.control_number))
+        await self.put("999_1.x12", answers["999_for_850.x12"])
         assert self.db("SELECT ack_status FROM x12_outbound WHERE document = '850'") == [
             ("accepted",)
         ]
 
         # 3. 855: line 1 accepted, line 2 backordered: the ERP gets the line statuses.
-        await self.put("855_1.x12", po_ack_855())
+        await self.put("855_1.x12", answers["855_ack.x12"])
         erp_po = await self.erp("/purchase-orders/4500012345")
         assert erp_po["status"] == "changed"
         assert {k: v["status"] for k, v in erp_po["lines"].items()} == {
@@ -371,7 +259,7 @@ class ProcurementEndToEnd(unittest.TestCase):
 
         # 4. 856: 2 BX (10 EA) of screws and 3 of 5 pairs of gloves: receipts and on-hand.
         before = dict(self.snapshot()["onhand"])
-        await self.put("856_1.x12", ship_notice_856())
+        await self.put("856_1.x12", answers["856_asn.x12"])
         snap = self.snapshot()
         assert snap["gr"] == 1 and snap["receipts"][0] == 2
         after = dict(snap["onhand"])
@@ -386,10 +274,7 @@ class ProcurementEndToEnd(unittest.TestCase):
         ]
 
         # 5. Two invoices: one matches (to AP), one is priced over tolerance (held, PRICE).
-        good = invoice_810(
-            "INV-55501", ["1", "2", "BX", "125", "PE", "VC", "ORTH-SCR-35"], 25000, 104
-        )
-        dear = invoice_810("INV-55502", ["2", "3", "PR", "19", "PE", "VC", "GLV-7"], 5700, 105)
+        good, dear = answers["810_matching.x12"], answers["810_overpriced.x12"]
         await self.put("810_1.x12", good)
         await self.put("810_2.x12", dear)
         snap = self.snapshot()
@@ -408,15 +293,14 @@ class ProcurementEndToEnd(unittest.TestCase):
         # 6. The same files again: nothing changes. A resent 810 with new bytes but the same
         #    ISA13 is acknowledged and not applied again.
         before = self.snapshot()
-        for i, data in enumerate([po_ack_855(), ship_notice_856(), good, dear]):
+        for i, data in enumerate([answers["855_ack.x12"], answers["856_asn.x12"], good, dear]):
             await self.put(f"again_{i}.x12", data)
         await self.put("resent_810.x12", good.replace(b"V0042", b"V0043"))
         after = self.snapshot()
         assert after == before
         # a new interchange with the same invoice number is a duplicate, for a person
-        await self.put(
-            "dup_810.x12", invoice_810("INV-55501", ["1", "2", "BX", "125", "PE"], 25000, 106)
-        )
+        again = vendor_invoice("4500012345", "INV-55501", ["1", "2", "BX", "125", "PE"], 25000, 106)
+        await self.put("dup_810.x12", again)
         assert self.snapshot()["ap"] == 1
         assert [k for k, _ in self.snapshot()["work"]].count("INVOICE_DUPLICATE") == 1
 
