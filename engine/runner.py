@@ -199,11 +199,10 @@ async def demo_fhir(engine: Any, root: Path, reactor: Any) -> bool:
     print(f"demo: FHIR POST {sample.name} to {base}/SupplyDelivery: {resp.code} {location}")
     if resp.code not in (200, 201):
         return False
-    back = await treq.get(
-        f"http://127.0.0.1:{port}{location.split('/_history')[0]}",
-        headers={b"authorization": headers[b"authorization"]},
-        pool=pool,
-    )
+    url = location.split("/_history")[0]
+    if not url.startswith("http"):
+        url = f"http://127.0.0.1:{port}{url}"
+    back = await treq.get(url, headers={b"authorization": headers[b"authorization"]}, pool=pool)
     doc = json.loads(await back.content())
     print(
         f"demo: read back: {back.code} {doc.get('resourceType')}/{doc.get('id')} "
