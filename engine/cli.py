@@ -261,11 +261,12 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """A new random bearer token (256 bits) and the SHA-256 that goes into the channel file."""
-    import hashlib
     import secrets
 
+    from engine.tokens import token_sha256
+
     token = secrets.token_urlsafe(32)
-    digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    digest = token_sha256(token)
     print(f"token:  {token}")
     print(f"sha256: {digest}")
     print(f"yaml:   - {{name: {args.name}, sha256: {digest}}}")

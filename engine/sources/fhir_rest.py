@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import email.utils
-import hashlib
-import hmac
 import http
 import re
 import time
@@ -47,6 +45,7 @@ from engine.codecs.fhir_xml import parse_xml, to_xml
 from engine.errors import CodecError
 from engine.model import CONFLICT
 from engine.sources import Ingest, IngestOutcome, SourceServices
+from engine.tokens import bearer_holder, token_sha256  # noqa: F401 (re-exported)
 
 #: FHIR version of a codec -> (CapabilityStatement.fhirVersion, fhirVersion media type values).
 VERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -204,25 +203,7 @@ def render(answer: Answer, fmt: str, version: str) -> tuple[str, bytes]:
     return ANSWER_TYPES["json"] + "; charset=utf-8", dump_json(answer.resource)
 
 
-# -- tokens -----------------------------------------------------------------------------------
-
-
-def token_sha256(token: str | bytes) -> str:
-    raw = token.encode("utf-8") if isinstance(token, str) else token
-    return hashlib.sha256(raw).hexdigest()
-
-
-def bearer_holder(header: str | None, tokens: Sequence[Any]) -> Any:
-    """The configured token (``name``, ``sha256``, ``resources``) an ``Authorization: Bearer``
-    header carries, else None. Every configured hash is compared, in constant time."""
-    if not header or header[:7].lower() != "bearer ":
-        return None
-    digest = token_sha256(header[7:].strip())
-    found = None
-    for tok in tokens:
-        if hmac.compare_digest(digest, tok.sha256.lower()):
-            found = tok
-    return found
+# -- tokens: engine.tokens (token_sha256, bearer_holder) ------------------------------------
 
 
 # -- the endpoint -----------------------------------------------------------------------------

@@ -9,8 +9,6 @@ a valid bearer token, 503 with ``Retry-After`` when the store cannot take more. 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from twisted.web import resource, server
 from engine.registry import source
 from engine.sources import Ingest, IngestOutcome
 from engine.spec import ByteSize, Duration, Field, ListOf, Spec, Str
+from engine.tokens import bearer_holder
 
 log = Logger()
 
@@ -72,22 +71,6 @@ HTTP_SPEC = Spec(
 )
 
 _STATUS = {"stored": 202, "duplicate": 200, "conflict": 409, "rejected": 400}
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def bearer_holder(header: bytes | None, tokens: Any) -> str | None:
-    """The name of the configured token this ``Authorization`` header carries, else None."""
-    if not header or not header[:7].lower() == b"bearer ":
-        return None
-    digest = hashlib.sha256(header[7:].strip()).hexdigest()
-    found = None
-    for tok in tokens:
-        if hmac.compare_digest(digest, tok.sha256.lower()):
-            found = tok.name
-    return found
 
 
 class PostResource(resource.Resource):

@@ -19,8 +19,9 @@ from twisted.web.client import HTTPConnectionPool
 
 from engine.sandbox.service import SandboxService
 from engine.sources import IngestOutcome
-from engine.sources.http_post import HTTP_SPEC, HttpPostSource, token_hash
+from engine.sources.http_post import HTTP_SPEC, HttpPostSource
 from engine.spec import Context
+from engine.tokens import token_sha256
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,7 @@ class PoReleaseTest(unittest.TestCase):
             options(
                 listen="tcp:0:interface=127.0.0.1",
                 path="/erp/purchase-orders",
-                tokens=[{"name": "erp", "sha256": token_hash(TOKEN)}],
+                tokens=[{"name": "erp", "sha256": token_sha256(TOKEN)}],
                 max_body="1KiB",
             ),
             reactor=reactor,
