@@ -194,7 +194,7 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
             for s in g.sets
             if s.ok and g.ack_code in ("A", "E", "P")
         }
-        documents: list[tuple[Any, Any]] = []
+        documents: list[tuple[Any, Any, str]] = []
         sets: list[tuple[str, str, str]] = []
         if not refused and ic is not None:
             for group, ts in ic.sets():
@@ -209,7 +209,7 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
                     raise TransformError(
                         f"{ts.id} {ts.control_number}: {exc.message} at {exc.location}"
                     ) from exc
-                documents.append((doc, ts))
+                documents.append((doc, ts, group.control_number))
                 for name in ("po_number", "invoice_number", "shipment_id"):
                     value = getattr(doc, name, None)
                     if value:
@@ -237,7 +237,7 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
                     {"gs06": g.control_number, "ack": g.ack_code, "sets": len(g.sets)}
                     for g in res.groups
                 ],
-                "applied": [type(d).__name__ for d, _ in documents],
+                "applied": [type(d).__name__ for d, _, _ in documents],
                 "refused": refused,
             }
         )

@@ -264,35 +264,36 @@ class _Book:
             self._acknowledge(partner, ic)
         if ic.refused or partner is None:
             return
-        sender = f"{ic.sender[0]}:{ic.sender[1].strip()}"
-        if control.seen_inbound(
-            self.conn, sender, ic.isa13, None, None, self.routes.duplicate_window, self.now
-        ):
-            return  # acknowledged again, applied once
-        for gs06, _st01, st02 in ic.sets:
+        sender = (ic.sender[0], ic.sender[1].strip())
+        window = self.routes.duplicate_window
+        if control.seen_inbound(self.conn, sender, ic.isa13, None, None, window, self.now):
+            return  # the same interchange again: acknowledged again, applied once
+        # A group sent before under another ISA13 (a re-enveloped resend) is not applied again.
+        seen_groups = {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT DISTINCT gs06 FROM x12_inbound WHERE sender_qualifier = ? AND "
+                "sender_id = ? AND received_at >= ? AND gs06 IS NOT NULL",
+                (sender[0], sender[1], self.now - window),
+            )
+        }
+        receiver = (ic.receiver[0], ic.receiver[1].strip())
+        for gs06, _st01, st02 in ic.sets or ((None, "", None),):
             control.record_inbound(
                 self.conn,
                 sender,
                 ic.isa13,
                 gs06,
                 st02,
-                receiver=f"{ic.receiver[0]}:{ic.receiver[1].strip()}",
-                message_id=self.message_id,
-                received_at=self.now,
-            )
-        if not ic.sets:
-            control.record_inbound(
-                self.conn,
-                sender,
-                ic.isa13,
-                None,
-                None,
+                receiver=receiver,
                 message_id=self.message_id,
                 received_at=self.now,
             )
         for ack in ic.received_acks:
             self._received_ack(partner, ack)
-        for doc, ts in ic.documents:
+        for doc, ts, gs06 in ic.documents:
+            if gs06 in seen_groups:
+                continue
             if isinstance(doc, PurchaseOrderAck):
                 self._po_ack(partner, doc)
             elif isinstance(doc, ShipNotice):

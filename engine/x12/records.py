@@ -55,8 +55,9 @@ class InboundInterchange:
     sets: tuple[tuple[str, str, str], ...]  # (GS06, ST01, ST02) of every set
     # engine.x12.validate.InterchangeResult: what the acknowledgements are written from
     result: Any = None
-    # accepted documents with their sets: (PurchaseOrderAck | ShipNotice | Invoice, set)
-    documents: tuple[tuple[Any, Any], ...] = ()
+    # accepted documents with their set and group: (PurchaseOrderAck | ShipNotice | Invoice,
+    # the TransactionSet, GS06)
+    documents: tuple[tuple[Any, Any, str], ...] = ()
     refused: str = ""  # why nothing of it is applied (a broken envelope)
     received_acks: tuple[ReceivedAck, ...] = ()
 

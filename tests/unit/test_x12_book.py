@@ -84,10 +84,16 @@ def release(project: Any) -> PoRelease:
     )
 
 
-def inbound(set_id: str, fid: str, body: list[list[str]], control: int) -> InboundInterchange:
+def inbound(
+    set_id: str, fid: str, body: list[list[str]], control: int, gs06: int | None = None
+) -> InboundInterchange:
     data = render(
         interchange(
-            [group(fid, control, [transaction_set(set_id, "0001", body)], version="005010")],
+            [
+                group(
+                    fid, gs06 or control, [transaction_set(set_id, "0001", body)], version="005010"
+                )
+            ],
             control=control,
             version="005010",
         )
@@ -101,7 +107,7 @@ def inbound(set_id: str, fid: str, body: list[list[str]], control: int) -> Inbou
         ic.control_number,
         ((_g.control_number, ts.id, ts.control_number),),
         None,
-        ((reader(ts), ts),),
+        ((reader(ts), ts, _g.control_number),),
     )
 
 
@@ -239,3 +245,14 @@ def test_a_rejecting_999_opens_a_work_item(env: Any) -> None:
     ).fetchone()
     assert "999 R for our 850" in detail and "IK3*PO1*7**8" in detail
     assert conn.execute("SELECT ack_status FROM x12_outbound").fetchall() == [("rejected",)]
+
+
+def test_a_group_resent_under_a_new_isa13_is_not_applied_again(env: Any) -> None:
+    project, channel, store = env
+    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    book(store, channel, project, [inbound("856", "SH", ASN_1BX, 7)], "m-asn", 2000.0)
+    out = book(store, channel, project, [inbound("856", "SH", ASN_1BX, 8, gs06=7)], "m-asn", 2100.0)
+    assert out == []  # re-enveloped: same sender and GS06, new ISA13
+    assert store._conn().execute("SELECT COUNT(*) FROM receipts").fetchone() == (1,)
+    out = book(store, channel, project, [inbound("856", "SH", ASN_1BX, 9)], "m-asn", 2200.0)
+    assert out == []  # a new group with the same shipment lines: the receipt keys hold
