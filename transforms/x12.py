@@ -18,7 +18,14 @@ from engine.transforming import TransformContext
 from engine.uom import UomGraph
 from engine.x12.documents import read_invoice, read_po_ack, read_ship_notice
 from engine.x12.po850 import segments_850
-from engine.x12.records import InboundInterchange, PoLine, PoRelease, ReceivedAck
+from engine.x12.records import (
+    ErpReceipt,
+    ErpReceiptLine,
+    InboundInterchange,
+    PoLine,
+    PoRelease,
+    ReceivedAck,
+)
 from engine.x12.segments import element, parse_interchanges
 from engine.x12.validate import validate
 
@@ -242,3 +249,43 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
             }
         )
     return {"interchanges": summary}
+
+
+RECEIPT_SPEC = Spec(
+    "erp_receipt",
+    [],
+    description=(
+        "A goods receipt the ERP posts (JSON: receipt_id, po_number, lines of po_line, qty, "
+        "uom in our units, optional lot, serial, expiry) for a PO Wharf sent: receipt lines "
+        "(once per receipt line), on-hand at the PO's ship-to location, and the invoices of "
+        "that PO held for want of a receipt matched again. For partners whose 856 is not the "
+        "receipt (`asn_is_receipt: false`)."
+    ),
+    example="transformer:\n  - transform: erp_receipt\nprocurement:\n  ap: erp_ap",
+)
+
+
+@transform("erp_receipt", RECEIPT_SPEC)
+def erp_receipt(doc: Any, ctx: TransformContext) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise TransformError(f"expected the ERP's goods receipt as JSON (got {type(doc).__name__})")
+    for key in ("receipt_id", "po_number", "lines"):
+        if not doc.get(key):
+            raise TransformError(f"{key}: required (got {doc.get(key)!r})")
+    lines = []
+    for i, line in enumerate(doc["lines"]):
+        if not isinstance(line, dict) or not line.get("po_line") or not line.get("uom"):
+            raise TransformError(f"lines[{i}]: expected po_line, qty and uom")
+        lines.append(
+            ErpReceiptLine(
+                po_line=str(line["po_line"]),
+                quantity=_decimal(line.get("qty"), f"lines[{i}].qty"),
+                uom=str(line["uom"]),
+                lot=line.get("lot"),
+                serial=line.get("serial"),
+                expiry=line.get("expiry"),
+            )
+        )
+    ctx.book(ErpReceipt(str(doc["receipt_id"]), str(doc["po_number"]), tuple(lines)))
+    ctx.key("po_number", doc["po_number"])
+    return {"receipt_id": doc["receipt_id"], "lines": len(lines)}

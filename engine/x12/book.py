@@ -45,7 +45,7 @@ from engine.x12.match import (
     match_invoice,
 )
 from engine.x12.partners import Partner, TradingPartners
-from engine.x12.records import InboundInterchange, PoRelease, ReceivedAck
+from engine.x12.records import ErpReceipt, InboundInterchange, PoRelease, ReceivedAck
 from engine.x12.segments import Separators, TransactionSet
 from engine.x12.writer import FunctionalGroup, write_interchange
 from engine.x12.writer import TransactionSet as OutSet
@@ -85,6 +85,8 @@ def book_x12(
             book.release(record)
         elif isinstance(record, InboundInterchange):
             book.inbound(record)
+        elif isinstance(record, ErpReceipt):
+            book.erp_receipt(record)
         else:
             raise TypeError(f"procurement book: expected an X12 record (got {type(record)!r})")
     return book.out
@@ -518,9 +520,60 @@ class _Book:
             for po_number in sorted(touched):
                 self._retry_held(partner, po_number)
 
-    def receive(self, partner: Partner, po_number: str) -> None:
-        """A receipt arrived from elsewhere (the ERP): re-try the invoices waiting for it."""
-        self._retry_held(partner, po_number)
+    def erp_receipt(self, receipt: ErpReceipt) -> None:
+        """A receipt the ERP posted: receipt lines (once per receipt line), on-hand, and the
+        invoices of that PO waiting for a receipt are matched again."""
+        po = self.conn.execute(
+            "SELECT partner, location_id FROM purchase_orders WHERE po_number = ?",
+            (receipt.po_number,),
+        ).fetchone()
+        if po is None:
+            self._work_item(
+                "RECEIPT_UNMATCHED",
+                f"erp:{receipt.receipt_id}",
+                f"ERP receipt {receipt.receipt_id} names PO {receipt.po_number}, which Wharf "
+                "never sent",
+            )
+            return
+        partner = self.partners[po[0]]
+        convert = self.converter(partner)
+        for n, line in enumerate(receipt.lines, 1):
+            row = self.conn.execute(
+                "SELECT item_id, base_uom FROM po_lines WHERE po_number = ? AND line = ?",
+                (receipt.po_number, line.po_line),
+            ).fetchone()
+            if row is None:
+                self._work_item(
+                    "RECEIPT_UNMATCHED",
+                    f"erp:{receipt.receipt_id}:{n}",
+                    f"ERP receipt {receipt.receipt_id}: no PO line "
+                    f"{receipt.po_number}/{line.po_line}",
+                )
+                continue
+            item, base_uom = row
+            base = line.quantity * convert(item, line.uom, base_uom)
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO receipts (business_key, po_number, po_line, item_id, "
+                "quantity, uom, base_quantity, lot, serial, expiry, sscc, source, message_id, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 'erp', ?, ?)",
+                (
+                    f"erp|{receipt.receipt_id}|{n}",
+                    receipt.po_number,
+                    line.po_line,
+                    item,
+                    str(line.quantity),
+                    line.uom,
+                    str(base),
+                    line.lot,
+                    line.serial,
+                    line.expiry,
+                    self.message_id,
+                    self.now,
+                ),
+            )
+            if cur.rowcount:
+                _move_stock(self.conn, po[1], item, base, base_uom, self.now)
+        self._retry_held(partner, receipt.po_number)
 
     def _retry_held(self, partner: Partner, po_number: str) -> None:
         rows = self.conn.execute(

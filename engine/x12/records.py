@@ -70,3 +70,24 @@ class ReceivedAck:
     control_number: str  # AK102 (our GS06) or TA101 (our ISA13)
     code: str  # AK901/IK901 (A, E, P, R...) or TA104 (A, E, R)
     details: tuple[str, ...] = field(default_factory=tuple)  # AK3/AK4/IK3/IK4 or TA105 text
+
+
+@dataclass(frozen=True)
+class ErpReceiptLine:
+    """One PO line received at the dock, in one of our units."""
+
+    po_line: str
+    quantity: Decimal
+    uom: str
+    lot: str | None = None
+    serial: str | None = None
+    expiry: str | None = None
+
+
+@dataclass(frozen=True)
+class ErpReceipt:
+    """A goods receipt the ERP posted (for partners whose ASN is not the receipt)."""
+
+    receipt_id: str
+    po_number: str
+    lines: tuple[ErpReceiptLine, ...]

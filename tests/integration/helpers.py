@@ -60,7 +60,8 @@ def wharf_env(tmp_path: Path, erp_port: int) -> dict[str, str]:
         MLLP_PORT=str(free_port()),  # the shipped MLLP channels run too: keep them off
         LEDGER_MLLP_PORT=str(free_port()),  # the default ports 2575 and 2577
         BILLING_PORT=str(free_port()),
-        PO_HTTP_PORT=str(free_port()),  # and the PO webhook (8091), FHIR (8090), SFTP (2222)
+        PO_HTTP_PORT=str(free_port()),
+        RECEIPT_HTTP_PORT=str(free_port()),  # and the PO webhook (8091), FHIR (8090), SFTP (2222)
         FHIR_PORT=str(free_port()),
         SFTP_PORT=str(free_port()),
         ACMEMED_INBOUND=str(tmp_path / "acmemed" / "inbound"),

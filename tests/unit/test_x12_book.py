@@ -256,3 +256,28 @@ def test_a_group_resent_under_a_new_isa13_is_not_applied_again(env: Any) -> None
     assert store._conn().execute("SELECT COUNT(*) FROM receipts").fetchone() == (1,)
     out = book(store, channel, project, [inbound("856", "SH", ASN_1BX, 9)], "m-asn", 2200.0)
     assert out == []  # a new group with the same shipment lines: the receipt keys hold
+
+
+def test_an_erp_receipt_books_on_hand_and_releases_the_waiting_invoice(env: Any) -> None:
+    from engine.x12.records import ErpReceipt, ErpReceiptLine
+
+    project, channel, store = env
+    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    book(store, channel, project, [inbound("810", "IN", INV_2BX, 6)], "m-inv", 2000.0)
+    assert [i["status"] for i in desk.invoices(store._conn())] == ["held"]
+    receipt = ErpReceipt("GR-77", "PO-1", (ErpReceiptLine("1", Decimal(10), "EA", lot="L1"),))
+    out = book(store, channel, project, [receipt], "m-asn", 3000.0)
+    assert [o.destination for o in out] == ["erp_ap"]
+    assert [i["status"] for i in desk.invoices(store._conn())] == ["matched"]
+    conn = store._conn()
+    assert conn.execute(
+        "SELECT quantity FROM onhand WHERE location_id = 'LOC-OR-MAIN' AND item_id = 'ITEM-100123'"
+    ).fetchone() == ("10",)
+    # the same receipt posted again: nothing more
+    assert book(store, channel, project, [receipt], "m-asn", 3100.0) == []
+    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (1,)
+    unknown = ErpReceipt("GR-78", "PO-404", (ErpReceiptLine("1", Decimal(1), "EA"),))
+    book(store, channel, project, [unknown], "m-asn", 3200.0)
+    assert conn.execute(
+        "SELECT COUNT(*) FROM work_items WHERE kind = 'RECEIPT_UNMATCHED'"
+    ).fetchone() == (1,)
