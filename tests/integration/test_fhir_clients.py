@@ -37,6 +37,7 @@ from fhirclient import client as fhirclient_client
 from fhirclient.models.bundle import Bundle as FcBundle
 from fhirclient.models.supplydelivery import SupplyDelivery as FcSupplyDelivery
 from fhirclient.models.supplyrequest import SupplyRequest as FcSupplyRequest
+from fhirclient.server import FHIRUnauthorizedException
 from lxml import etree
 
 from engine.sources.fhir_rest import token_sha256
@@ -176,6 +177,24 @@ def test_fhirclient_reads_the_r4_capability_statement(stack: Stack) -> None:
     assert server.ready  # no SMART OAuth2 in the security statement: nothing to authorize
     raw = server.request_json("metadata")
     assert CapabilityStatementR4B.model_validate(raw).fhirVersion == "4.3.0"
+
+
+def test_fhirclient_without_the_token_is_refused_and_stores_nothing(stack: Stack) -> None:
+    """Without the bearer token fhirclient's create raises its FHIRUnauthorizedException (401,
+    with WWW-Authenticate Bearer) and nothing is stored; the CapabilityStatement stays public."""
+    smart = fhirclient_client.FHIRClient(
+        settings={"app_id": "wharf-integration", "api_base": stack.base("R4")}
+    )
+    value = f"PX-NOAUTH-{uuid.uuid4().hex[:8]}"
+    data = sample("r4b_supplydelivery_code.json")
+    data.pop("id")
+    data["identifier"] = [{"system": POU_SYSTEM, "value": value}]
+    with pytest.raises(FHIRUnauthorizedException) as refused:
+        FcSupplyDelivery(jsondict=data).create(smart.server)
+    assert refused.value.response.status_code == 401
+    assert refused.value.response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert smart.server.capabilityStatement.fhirVersion == "4.3.0"
+    assert stored_with(stack.db, "fhir_supply_r4", value) == []
 
 
 @pytest.mark.parametrize(
