@@ -467,7 +467,14 @@ class DeliveryWorker:
             error = DeliveryError(f"{type(e).__name__}: {e}", retryable=True)
         else:
             now = self.clock.seconds()
-            await self.executor.submit(self.store.delivery_succeeded, delivery.id, response, now)
+            grouped = getattr(self.executor, "submit_grouped", None)
+            many = getattr(self.store, "deliveries_succeeded", None)
+            if grouped is not None and many is not None:  # one commit for many completions
+                await grouped(many, (delivery.id, response, now))
+            else:
+                await self.executor.submit(
+                    self.store.delivery_succeeded, delivery.id, response, now
+                )
             self._log(delivery, attempt, "sent")
             return
 

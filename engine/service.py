@@ -707,7 +707,10 @@ class Engine:
             )
             self.processor.enqueue(work)
         if not answers:
-            return IngestOutcome(result.outcome, result.message_id, result.response)
+            when = inbound.received_at if result.outcome == "stored" else None
+            return IngestOutcome(
+                result.outcome, result.message_id, result.response, received_at=when
+            )
         if result.outcome == "conflict":
             reply = responder.conflict(parsed)
             await self.executor.submit(self.store.set_response, result.message_id, reply)

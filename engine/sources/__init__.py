@@ -15,6 +15,7 @@ class IngestOutcome:
     message_id: str | None = None
     response: bytes | None = None
     reason: str = ""
+    received_at: float | None = None  # for a message stored now: its ingest time
 
     @property
     def accepted(self) -> bool:

@@ -576,22 +576,28 @@ class FhirEndpoint:
         if result.kind == "conflict":
             return conflict(rtype, where)
         assert self.services is not None and result.message_id is not None
-        row, raw = await self.services.load(result.message_id)
-        if row is None or raw is None:
-            return unavailable("the stored message cannot be read back; send it again")
-        if row.status == CONFLICT:  # a resend of content that was itself a conflict
-            return conflict(rtype, where)
-        stored = data if result.kind == "stored" else parse_json(raw)
-        resource = with_meta(stored, row.id, instant(row.received_at))
-        location = f"{call.base_url}/{stored['resourceType']}/{row.id}/_history/1"
-        headers = (("Location", location), *_version_headers(row.received_at))
+        if result.kind == "stored" and result.received_at is not None:
+            # Stored by this request: what was sent is what is stored (no read-back).
+            stored, message_id, received_at = data, result.message_id, result.received_at
+        else:
+            row, raw = await self.services.load(result.message_id)
+            if row is None or raw is None:
+                return unavailable("the stored message cannot be read back; send it again")
+            if row.status == CONFLICT:  # a resend of content that was itself a conflict
+                return conflict(rtype, where)
+            stored, message_id, received_at = parse_json(raw), row.id, row.received_at
+        resource = with_meta(stored, message_id, instant(received_at))
+        location = f"{call.base_url}/{stored['resourceType']}/{message_id}/_history/1"
+        headers = (("Location", location), *_version_headers(received_at))
         status = 201 if result.kind == "stored" else 200
         prefer = _prefer(call.headers)
         if prefer == "minimal":
             return Answer(status, None, headers)
         if prefer == "OperationOutcome":
             done = "created" if status == 201 else "already stored; not processed again"
-            info = Issue("informational", f"{rtype}/{row.id} {done}", "", severity="information")
+            info = Issue(
+                "informational", f"{rtype}/{message_id} {done}", "", severity="information"
+            )
             return Answer(status, operation_outcome([info]), headers)
         return Answer(status, resource, headers)
 

@@ -68,6 +68,7 @@ class StoreExecutor:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._stopped: list[Deferred] = []
+        self._groups: dict[Any, tuple[list[Any], list[Deferred]]] = {}
 
     # ------------------------------------------------------------------ reactor side
 
@@ -131,6 +132,51 @@ class StoreExecutor:
             self._jobs.append((next(self._seq), fn, args, kwargs, d))
             self._cond.notify()
         return d
+
+    def submit_grouped(self, fn_many: Callable[[list[Any]], Any], item: Any) -> Deferred:
+        """Queue ``item`` for ``fn_many(items)``; fires (with None) once it is done.
+
+        Items queued for the same ``fn_many`` while its call has not started yet join that
+        call: one transaction for many (delivery completions under load), as ingests do.
+        """
+        with self._cond:
+            if self._stopping:
+                name = getattr(fn_many, "__name__", repr(fn_many))
+                return fail(StoreError(f"store executor is stopped; {name}() refused"))
+            d: Deferred = Deferred()
+            group = self._groups.get(fn_many)
+            if group is None:
+                group = ([], [])
+                self._groups[fn_many] = group
+                self._jobs.append(
+                    (next(self._seq), self._run_group, (fn_many, group), {}, Deferred())
+                )
+                self._cond.notify()
+            group[0].append(item)
+            group[1].append(d)
+        return d
+
+    def _run_group(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> None:
+        with self._cond:
+            if self._groups.get(fn_many) is group:
+                del self._groups[fn_many]
+            items, waiters = list(group[0]), list(group[1])
+        try:
+            fn_many(items)
+        except Exception:
+            if len(items) == 1:
+                self.reactor.callFromThread(waiters[0].errback, Failure())
+                return
+            # One bad item must not fail the others: each alone, in its own transaction.
+            for item, d in zip(items, waiters, strict=True):
+                try:
+                    fn_many([item])
+                except Exception:
+                    self.reactor.callFromThread(d.errback, Failure())
+                else:
+                    self.reactor.callFromThread(d.callback, None)
+            return
+        self.reactor.callFromThread(_fire_all, [(d, None) for d in waiters])
 
     # ------------------------------------------------------------------ writer thread
 

@@ -398,6 +398,11 @@ _V7_PROCUREMENT: list[str] = [
     )
     """,
 ]
+# Claiming due deliveries reads only pending rows of one destination, oldest first: a partial
+# index keeps that cheap however many sent rows the outbox holds.
+_V8_PENDING_OUTBOX: list[str] = [
+    "CREATE INDEX idx_outbox_pending ON outbox(channel, destination, id) WHERE status = 'pending'",
+]
 
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
@@ -407,6 +412,7 @@ MIGRATIONS: list[Migration] = [
     (5, "requisitions asked for by a sender: business key", _V5_REQUESTED_REQUISITIONS),
     (6, "x12 control numbers, outbound interchanges and acks, inbound sets", _X12_CONTROL),
     (7, "procurement: purchase orders, lines, receipts, invoices and their match", _V7_PROCUREMENT),
+    (8, "partial index of pending outbox rows for claims", _V8_PENDING_OUTBOX),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -526,9 +526,12 @@ class SqliteStore:
         """
         blocking = _OPEN + (_FAILED if block_on_dead else ())
         marks = _placeholders(blocking)
+        # 'pending' is written out (not bound) so that SQLite can use the partial index
+        # idx_outbox_pending, which holds only pending rows.
+        assert model.PENDING == "pending"
         sql = (
-            f"SELECT {_DELIVERY_COLUMNS} FROM outbox AS o "
-            "WHERE o.channel = ? AND o.destination = ? AND o.status = ? "
+            f"SELECT {_DELIVERY_COLUMNS} FROM outbox AS o INDEXED BY idx_outbox_pending "
+            "WHERE o.channel = ? AND o.destination = ? AND o.status = 'pending' "
             "AND o.next_attempt_at <= ? AND (o.order_key IS NULL OR NOT EXISTS ("
             "  SELECT 1 FROM outbox AS p WHERE p.channel = o.channel "
             "  AND p.destination = o.destination AND p.order_key = o.order_key "
@@ -536,9 +539,7 @@ class SqliteStore:
             "ORDER BY o.id LIMIT ?"
         )
         with self._write(f"claim_deliveries({channel}/{destination})", durable=False) as conn:
-            rows = conn.execute(
-                sql, (channel, destination, model.PENDING, now, *blocking, limit)
-            ).fetchall()
+            rows = conn.execute(sql, (channel, destination, now, *blocking, limit)).fetchall()
             conn.executemany(
                 "UPDATE outbox SET status = ?, lease_until = ?, updated_at = ? WHERE id = ?",
                 [(model.INFLIGHT, now + lease, now, row[0]) for row in rows],
@@ -555,15 +556,20 @@ class SqliteStore:
 
     def delivery_succeeded(self, delivery_id: int, response: bytes | None, now: float) -> None:
         """Mark an outbox row sent (keeping the destination's response) and roll up."""
-        with self._write(f"delivery_succeeded({delivery_id})", durable=False) as conn:
-            message_id = self._outbox_message(conn, delivery_id)
-            conn.execute(
-                "UPDATE outbox SET status = ?, response = ?, attempts = attempts + 1, "
-                "lease_until = NULL, updated_at = ? WHERE id = ?",
-                (model.DELIVERED, response, now, delivery_id),
-            )
-            charge_outcome(conn, delivery_id, "accepted", None, now)
-            self._roll_up(conn, message_id, now)
+        self.deliveries_succeeded([(delivery_id, response, now)])
+
+    def deliveries_succeeded(self, done: Sequence[tuple[int, bytes | None, float]]) -> None:
+        """:meth:`delivery_succeeded` for several rows in one transaction."""
+        with self._write(f"deliveries_succeeded({len(done)})", durable=False) as conn:
+            for delivery_id, response, now in done:
+                message_id = self._outbox_message(conn, delivery_id)
+                conn.execute(
+                    "UPDATE outbox SET status = ?, response = ?, attempts = attempts + 1, "
+                    "lease_until = NULL, updated_at = ? WHERE id = ?",
+                    (model.DELIVERED, response, now, delivery_id),
+                )
+                charge_outcome(conn, delivery_id, "accepted", None, now)
+                self._roll_up(conn, message_id, now)
 
     def delivery_retry(
         self, delivery_id: int, error: str, next_attempt_at: float, now: float

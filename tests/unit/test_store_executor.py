@@ -274,3 +274,53 @@ def test_stop_without_start_fails_queued_work(reactor: FakeReactor) -> None:
     stopped = Outcome(executor.stop())
     assert stopped.fired and stopped.failure is None
     assert queued.fired and queued.failure is not None and queued.failure.check(StoreError)
+
+
+def test_grouped_items_share_one_call_and_a_bad_one_fails_alone() -> None:
+    """Items queued for the same function while its call waits go in one call; when that call
+    fails, each item is tried alone so only the bad one fails."""
+    import threading as _threading
+
+    from twisted.internet.defer import Deferred as _Deferred
+
+    calls: list[list[int]] = []
+    gate = _threading.Event()
+
+    class Store:
+        def ingest_batch(self, items, now):
+            return []
+
+    def many(items: list[int]) -> None:
+        gate.wait(5)
+        calls.append(list(items))
+        if 13 in items:
+            raise ValueError("bad item")
+
+    class Reactor:
+        def callFromThread(self, f, *a, **kw):
+            f(*a, **kw)
+
+    ex = StoreExecutor(Store(), Reactor())
+    blocker = ex.submit(gate.wait, 5)  # holds the writer thread while the items queue up
+    ex.start()
+    results: dict[int, str] = {}
+    ds: list[_Deferred] = []
+    for i in (1, 2, 13, 4):
+        d = ex.submit_grouped(many, i)
+        d.addCallbacks(
+            lambda _, i=i: results.__setitem__(i, "ok"),
+            lambda f, i=i: results.__setitem__(i, f.getErrorMessage()),
+        )
+        ds.append(d)
+    gate.set()
+    stopped = ex.stop()
+    for _ in range(500):
+        if stopped.called:
+            break
+        import time as _time
+
+        _time.sleep(0.01)
+    assert blocker.called
+    assert calls[0] == [1, 2, 13, 4]  # one call for all four
+    assert calls[1:] == [[1], [2], [13], [4]]  # then each alone after the failure
+    assert results == {1: "ok", 2: "ok", 13: "bad item", 4: "ok"}
