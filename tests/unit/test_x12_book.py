@@ -281,3 +281,33 @@ def test_an_erp_receipt_books_on_hand_and_releases_the_waiting_invoice(env: Any)
     assert conn.execute(
         "SELECT COUNT(*) FROM work_items WHERE kind = 'RECEIPT_UNMATCHED'"
     ).fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("sample", "answer"),
+    [
+        ("separator_component_equals_element.x12", b"*R*027"),
+        ("isa_short_sender.x12", b"*R*006"),
+        ("missing_iea_810_4010.x12", b"*R*023"),
+        ("stray_segment_810_4010.x12", b"*R*024"),
+        ("se_count_810_4010.x12", b"AK5*R*4"),
+        ("invalid_date_810_4010.x12", b"AK4*1*373*8*20260231"),
+        ("missing_segment_810_5010.x12", b"IK3*TDS*14**3"),
+    ],
+)
+def test_broken_samples_through_the_channel_are_answered_and_not_applied(
+    env: Any, sample: str, answer: bytes
+) -> None:
+    """The shipped x12_from_vendors channel, as the pipeline runs it (codec, x12_inbound, the
+    book): each broken sample gets its TA1 or 997/999 for the vendor and changes nothing."""
+    project, channel, store = env
+    raw = (REPO / "samples/x12/broken" / sample).read_bytes()
+    result = channel.process(raw, "m-inv", "m-inv")
+    assert result.status == "sent", result.error
+    out = book(store, channel, project, result.events, "m-inv", 5000.0)
+    files = b"".join(o.payload for o in out if o.destination == "vendors")
+    assert answer in files, files
+    assert [o.destination for o in out if o.destination != "vendors"] == []
+    conn = store._conn()
+    assert conn.execute("SELECT COUNT(*) FROM invoices").fetchone() == (0,)
+    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (0,)
