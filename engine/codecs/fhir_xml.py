@@ -6,7 +6,9 @@ FHIR XML → JSON mapping (FHIR R5 §2.6 "XML Representation": primitive values 
 attributes, ``id``/``url`` attributes, primitive extensions as ``_name``, contained resources
 wrapped in their element, the narrative ``div`` as XHTML text) driven by the fhir.resources
 models, so that the JSON form is validated like any JSON body and problems are named by their
-FHIRPath. Out: fhir.resources' own ``model_dump_xml``.
+FHIRPath. Out: the JSON → XML mapping the other way round, driven by the same models (elements in
+FHIR order, ``elements_sequence()``), every primitive value written as the JSON holds it (a
+decimal keeps its digits: ``2.50`` stays ``2.50``, ``1`` stays ``1``; an instant keeps its form).
 
 Everything else in the project stays JSON: the store keeps the JSON form of what came as XML.
 """
@@ -247,6 +249,159 @@ class _Reader:
 
 
 def to_xml(data: dict[str, Any], version: str = "R5") -> bytes:
-    """The FHIR XML of a (valid) resource in its JSON form."""
-    model = model_class(version, data["resourceType"]).model_validate(data)
-    return model.model_dump_xml()
+    """The FHIR XML (UTF-8, with an XML declaration) of a resource in its JSON form.
+
+    Values are written exactly as the JSON holds them (``Decimal`` → its own digits), elements in
+    FHIR order whatever the JSON key order. ValueError for what FHIR XML cannot carry: an element
+    the resource does not have, a value of the wrong shape, a narrative ``div`` that is not one
+    XHTML ``div``.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise ValueError("expected a FHIR resource: a dict with a resourceType")
+    root = _Writer(version).resource(data, None, data["resourceType"])
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _fhir(parent: Any, name: str) -> Any:
+    return etree.SubElement(parent, f"{{{FHIR_NS}}}{name}")
+
+
+class _Writer:
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.prefix = "R4." if version == "R4B" else ""
+
+    def resource(self, data: Any, parent: Any, path: str) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+            raise ValueError(f"{path}: expected a resource (an object with a resourceType)")
+        rtype = data["resourceType"]
+        klass = model_class(self.version, rtype)
+        tag = f"{{{FHIR_NS}}}{rtype}"
+        if parent is None:
+            el = etree.Element(tag, nsmap={None: FHIR_NS})
+        else:
+            el = etree.SubElement(parent, tag)
+        self._children(data, klass, el, path, skip=("resourceType",))
+        return el
+
+    def _children(
+        self, data: dict[str, Any], klass: Any, el: Any, path: str, skip: tuple[str, ...] = ()
+    ) -> None:
+        aliases = klass.get_alias_mapping()
+        sequence = klass.elements_sequence()
+        known = set(sequence)
+        for key in data:
+            if key not in skip and key.removeprefix("_") not in known:
+                raise ValueError(f"{path}: unknown element {key!r}")
+        for name in sequence:
+            if name in skip:
+                continue
+            value = data.get(name)
+            ext = data.get(f"_{name}")
+            if value is None and ext is None:
+                continue
+            where = f"{path}.{name}"
+            field = klass.model_fields[aliases[name]]
+            type_name = get_fhir_type_name(field, prefix=self.prefix)
+            many = is_list_type(field)
+            if type_name == "xhtml":
+                if ext is not None:
+                    raise ValueError(f"{where}: the narrative div cannot carry extensions")
+                self._xhtml(value, el, where)
+            elif is_primitive_type(field):
+                if many:
+                    self._primitives(value, ext, name, el, where)
+                else:
+                    self._primitive(value, ext, name, el, where)
+            else:
+                if ext is not None:
+                    raise ValueError(f"{path}: unknown element '_{name}'")
+                items = self._items(value, many, where)
+                for i, item in enumerate(items):
+                    at = f"{where}[{i}]" if many else where
+                    if type_name in _RESOURCE_TYPES:
+                        self.resource(item, _fhir(el, name), at)
+                    else:
+                        self._complex(item, type_name, _fhir(el, name), at)
+
+    @staticmethod
+    def _items(value: Any, many: bool, path: str) -> list[Any]:
+        if many:
+            if not isinstance(value, list):
+                raise ValueError(f"{path}: expected an array")
+            return value
+        if isinstance(value, list):
+            raise ValueError(f"{path}: expected a single value, not an array")
+        return [value]
+
+    def _complex(self, data: Any, type_name: str, el: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected an object")
+        attributes = ("id", "url") if type_name == "Extension" else ("id",)
+        for name in attributes:
+            if name in data:
+                el.set(name, self._text(data[name], path + "." + name))
+        self._children(data, model_class(self.version, type_name), el, path, skip=attributes)
+
+    def _primitives(self, values: Any, exts: Any, name: str, el: Any, path: str) -> None:
+        if values is not None and not isinstance(values, list):
+            raise ValueError(f"{path}: expected an array")
+        if exts is not None and not isinstance(exts, list):
+            raise ValueError(f"{path}: expected an array in '_{name}'")
+        if values is not None and exts is not None and len(values) != len(exts):
+            raise ValueError(f"{path}: '{name}' and '_{name}' differ in length")
+        count = len(values) if values is not None else len(exts)
+        for i in range(count):
+            value = values[i] if values is not None else None
+            ext = exts[i] if exts is not None else None
+            self._primitive(value, ext, name, el, f"{path}[{i}]")
+
+    def _primitive(self, value: Any, ext: Any, name: str, el: Any, path: str) -> None:
+        if isinstance(value, list) or isinstance(ext, list):
+            raise ValueError(f"{path}: expected a single value, not an array")
+        if value is None and ext is None:
+            raise ValueError(f"{path}: a primitive element needs a value or extensions")
+        child = _fhir(el, name)
+        if ext is not None:
+            if not isinstance(ext, dict):
+                raise ValueError(f"{path}: expected an object in '_{name}'")
+            if "id" in ext:
+                child.set("id", self._text(ext["id"], path + ".id"))
+        if value is not None:
+            child.set("value", self._text(value, path))
+        if ext is not None:
+            self._children(ext, model_class(self.version, "Element"), child, path, skip=("id",))
+
+    @staticmethod
+    def _text(value: Any, path: str) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                raise ValueError(f"{path}: a decimal must be finite (got {value})")
+            return str(value)
+        if isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"{path}: a decimal must be finite (got {value})")
+            return repr(value)
+        raise ValueError(f"{path}: expected a primitive value (got {type(value).__name__})")
+
+    @staticmethod
+    def _xhtml(value: Any, el: Any, path: str) -> None:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: expected the XHTML of the narrative as a string")
+        raw = value.encode("utf-8")
+        if any(f in raw for f in _FORBIDDEN):
+            raise ValueError(f"{path}: a DOCTYPE or ENTITY declaration is not allowed")
+        try:
+            div = etree.fromstring(raw, parser=hardened_parser())
+        except etree.XMLSyntaxError as exc:
+            raise ValueError(f"{path}: expected XHTML ({exc})") from exc
+        if div.tag != f"{{{XHTML_NS}}}div":
+            raise ValueError(f"{path}: expected one <div> in {XHTML_NS}")
+        div.tail = None
+        el.append(div)

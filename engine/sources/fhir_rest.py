@@ -192,7 +192,7 @@ def answer_format(
 
 def render(answer: Answer, fmt: str, version: str) -> tuple[str, bytes]:
     """``(Content-Type, body)`` of an answer in ``fmt``; an answer without resource has no
-    body. XML that fhir.resources cannot write falls back to JSON."""
+    body. XML that the writer (engine.codecs.fhir_xml.to_xml) cannot carry falls back to JSON."""
     if answer.resource is None:
         return "", b""
     if fmt == "xml":
