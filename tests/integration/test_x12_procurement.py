@@ -59,6 +59,7 @@ class ProcurementEndToEnd(unittest.TestCase):
         for name in ("po_to_vendor.yaml", "x12_from_vendors.yaml"):
             shutil.copy(REPO / "channels" / name, self.root / "channels" / name)
         shutil.copytree(REPO / "mappings", self.root / "mappings")
+        shutil.copytree(REPO / "samples", self.root / "samples")  # the channels' tests name them
         self.key = self.base / "vendor_key"
         subprocess.run([KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
         pub = (self.base / "vendor_key.pub").read_text().strip()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -27,71 +28,11 @@ STATUS = re.compile(r"^(?P<file>\S+): (?P<status>OK|Failure)$", re.MULTILINE)
 
 pytestmark = pytest.mark.integration
 
-PO: dict[str, Any] = {
-    "po_number": "4500012345",
-    "order_date": "2026-01-15",
-    "currency": "USD",
-    "department": "OR-SURG",
-    "buyer": {"name": "JANE BUYER", "phone": "5555550100"},
-    "need_by": "2026-01-20",
-    "bill_to": {"gln": "0614141000012", "name": "GENERAL HOSPITAL"},
-    "ship_to": {
-        "gln": "0614141000029",
-        "name": "GENERAL HOSPITAL OR DOCK",
-        "address": {
-            "street": ["100 MAIN ST"],
-            "city": "SPRINGFIELD",
-            "state": "IL",
-            "postal_code": "62701",
-            "country": "US",
-        },
-    },
-    "lines": [
-        {
-            "line": "1",
-            "item_id": "ITEM-100123",
-            "vendor_catalog": "ORTH-SCR-35",
-            "gtin": "10614141999993",
-            "description": "BONE SCREW 3.5MM BX/5",
-            "qty": "2",
-            "uom": "BX",
-            "unit_price": "125.00",
-            "pack": {"qty": 5, "uom": "EA"},
-        },
-        {
-            "line": "2",
-            "item_id": "ITEM-202042",
-            "vendor_catalog": "GLV-7",
-            "description": "GLOVE SURGICAL STERILE SZ7.0",
-            "qty": 5,
-            "uom": "PR",
-            "unit_price": "12.5",
-        },
-    ],
-}
-BILL_ONLY: dict[str, Any] = {
-    **PO,
-    "po_number": "4500012399",
-    "bill_only": {
-        "case_id": "CASE-2026-0042",
-        "patient": {"mrn": "MRN12345"},
-        "procedure_date": "2026-01-14",
-        "surgeon": {"name": "SAM SURGEON", "npi": "1234567893"},
-    },
-    "lines": [
-        {
-            "line": "1",
-            "item_id": "ITEM-100999",
-            "vendor_catalog": "FEM-5R",
-            "description": "KNEE FEMORAL COMPONENT SZ 5 RIGHT",
-            "qty": "1",
-            "uom": "EA",
-            "unit_price": "2310.00",
-            "lot": "LOT2025A",
-            "serial": "SN000123",
-        },
-    ],
-}
+# The ERP's POs as the samples hold them: a standard PO and a bill-only implant PO.
+PO: dict[str, Any] = json.loads((ROOT / "samples/erp/purchase_order_4500012345.json").read_text())
+BILL_ONLY: dict[str, Any] = json.loads(
+    (ROOT / "samples/erp/purchase_order_bill_only.json").read_text()
+)
 
 
 def test_x12valid_accepts_the_850s_wharf_writes() -> None:
