@@ -31,6 +31,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from engine.errors import MappingMiss
 from engine.ledger.book import _move_stock, effect_key
 from engine.model import Outbound, to_json_bytes
 from engine.x12 import control
@@ -157,15 +158,12 @@ class _Book:
         document: str,
         business_key: str,
         ack_within: float | None,
-        version: str | None = None,
     ) -> control.ControlNumbers:
         """Allocate numbers (committed with this transaction, a full sync: never reused), write one
         interchange holding ``groups`` (functional id, set id, body) and send it."""
         numbers = control.allocate_envelope(self.conn, partner.id, sets=len(groups))
         gs06 = numbers.gs06
         header = partner.outbound_header()
-        if version is not None and version != header.version:
-            header = _with_version(header, version)
         fgroups = []
         for i, (fid, set_id, body) in enumerate(groups):
             # One set per group (acks mirror each inbound group); extra groups take new GS06s.
@@ -437,14 +435,15 @@ class _Book:
                 )
                 continue
             item, base_uom, location = row
-            unit = partner.our_unit(line.unit) if line.unit else base_uom
+            unit = line.unit or base_uom
             try:
+                unit = partner.our_unit(line.unit) if line.unit else base_uom
                 base = line.quantity * convert(item, unit, base_uom)
-            except Exception as exc:  # MappingMiss: held for a person, the rest goes on
+            except MappingMiss as exc:  # held for a person; the other lines go on
                 self._work_item(
                     "MISSING_MAPPING",
-                    f"uom:{item}:{unit}->{base_uom}",
-                    f"856 {asn.shipment_id}: {exc}",
+                    f"uom:{partner.id}:{item}:{unit}->{base_uom}",
+                    f"856 {asn.shipment_id} line {n}: {exc}",
                 )
                 continue
             key = "|".join(
@@ -586,38 +585,6 @@ class _Book:
 
     # ------------------------------------------------------------------ 810 match
 
-    def _order(self, po_number: str) -> Order | None:
-        rows = self.conn.execute(
-            "SELECT line, item_id, quantity, uom, unit_price, base_uom, vendor_item, gtin, "
-            "bill_only FROM po_lines WHERE po_number = ? ORDER BY rowid",
-            (po_number,),
-        ).fetchall()
-        if not rows:
-            return None
-        vendor = self.conn.execute(
-            "SELECT vendor FROM purchase_orders WHERE po_number = ?", (po_number,)
-        ).fetchone()[0]
-        lines = []
-        for line, item, qty, uom, price, base_uom, vitem, gtin, bill_only in rows:
-            ids = [("IN", item)]
-            if vitem:
-                ids.append(("VC", vitem))
-            if gtin:
-                ids.append(("UK", gtin))
-            lines.append(
-                OrderLine(
-                    line_number=line,
-                    item_id=item,
-                    quantity=Decimal(qty),
-                    unit=uom,
-                    unit_price=Decimal(price),
-                    base_unit=base_uom,
-                    product_ids=tuple(ids),
-                    receipt_required=not bill_only,
-                )
-            )
-        return Order(po_number=po_number, lines=tuple(lines), vendor=vendor)
-
     def _match(self, partner: Partner, invoice: Invoice, invoice_id: int | None, body: str) -> None:
         vendor_key, inv_key = invoice_key(partner.id, invoice.invoice_number)
         duplicate_of = None
@@ -629,7 +596,7 @@ class _Book:
             ).fetchone()
             if prior is not None:
                 duplicate_of = prior[1]
-        order = self._order(invoice.po_number)
+        order = order_from_store(self.conn, invoice.po_number)
         base_units = {ln.line_number: ln.base_unit for ln in order.lines} if order else {}
         receipts = [
             Receipt(po_line, Decimal(qty), base_units.get(po_line, "EA"), str(rid))
@@ -770,6 +737,40 @@ def flag_overdue_acks(store: Any, now: float | None = None) -> int:
     return new
 
 
+def order_from_store(conn: sqlite3.Connection, po_number: str) -> Order | None:
+    """The PO as Wharf sent it (lines with item, unit, price, stocking unit), for the match."""
+    rows = conn.execute(
+        "SELECT line, item_id, quantity, uom, unit_price, base_uom, vendor_item, gtin, "
+        "bill_only FROM po_lines WHERE po_number = ? ORDER BY rowid",
+        (po_number,),
+    ).fetchall()
+    if not rows:
+        return None
+    vendor = conn.execute(
+        "SELECT vendor FROM purchase_orders WHERE po_number = ?", (po_number,)
+    ).fetchone()[0]
+    lines = []
+    for line, item, qty, uom, price, base_uom, vitem, gtin, bill_only in rows:
+        ids = [("IN", item)]
+        if vitem:
+            ids.append(("VC", vitem))
+        if gtin:
+            ids.append(("UK", gtin))
+        lines.append(
+            OrderLine(
+                line_number=line,
+                item_id=item,
+                quantity=Decimal(qty),
+                unit=uom,
+                unit_price=Decimal(price),
+                base_unit=base_uom,
+                product_ids=tuple(ids),
+                receipt_required=not bill_only,
+            )
+        )
+    return Order(po_number=po_number, lines=tuple(lines), vendor=vendor)
+
+
 def ap_invoice(
     partner: Partner, invoice: Invoice, result: MatchResult, correlation_id: str
 ) -> dict[str, Any]:
@@ -814,12 +815,6 @@ def _their_units(partner: Partner, convert: Converter) -> Converter:
     return inner
 
 
-def _with_version(header: Any, version: str) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(header, version=version)
-
-
 # A held invoice keeps its transaction set (segments and separators) to be read again when a
 # receipt arrives.
 
@@ -844,4 +839,10 @@ def _set_from_json(text: str) -> TransactionSet:
     )
 
 
-__all__ = ["ProcurementRoutes", "ap_invoice", "book_x12", "flag_overdue_acks"]
+__all__ = [
+    "ProcurementRoutes",
+    "ap_invoice",
+    "book_x12",
+    "flag_overdue_acks",
+    "order_from_store",
+]

@@ -96,7 +96,7 @@ def release_invoice(
 ) -> dict[str, Any]:
     """Post a held invoice to AP as it is, through its channel's ``procurement.ap``."""
     from engine.channel import Channel
-    from engine.x12.book import _set_from_json, _their_units, ap_invoice
+    from engine.x12.book import _set_from_json, _their_units, ap_invoice, order_from_store
     from engine.x12.documents import read_invoice
     from engine.x12.match import match_invoice
 
@@ -110,18 +110,7 @@ def release_invoice(
         ch = Channel(defn, project.mappings)
         partner = project.mappings.partners[partner_id]
         invoice = read_invoice(_set_from_json(body))
-        from engine.x12.book import _Book
-
-        order = _Book(
-            conn,
-            channel,
-            message_id,
-            correlation_id,
-            ch.procurement_routes,
-            project.mappings.partners,
-            ch.converter,
-            now,
-        )._order(po)
+        order = order_from_store(conn, po)
         result = match_invoice(
             invoice,
             order,

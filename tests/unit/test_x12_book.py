@@ -311,3 +311,23 @@ def test_broken_samples_through_the_channel_are_answered_and_not_applied(
     conn = store._conn()
     assert conn.execute("SELECT COUNT(*) FROM invoices").fetchone() == (0,)
     assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (0,)
+
+
+def test_an_856_line_in_a_unit_the_partner_map_lacks_is_held_the_others_go_on(env: Any) -> None:
+    project, channel, store = env
+    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    asn = [
+        *ASN_1BX[:-1],
+        ["HL", "4", "2", "I"],
+        ["LIN", "1", "VC", "X"],
+        ["SN1", "2", "1", "ZZ"],
+        ["CTT", "4"],
+    ]
+    out = book(store, channel, project, [inbound("856", "SH", asn, 7)], "m-asn", 2000.0)
+    assert [o.destination for o in out] == ["erp_receipts"]  # the good line posts
+    conn = store._conn()
+    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (1,)
+    (detail,) = conn.execute(
+        "SELECT detail FROM work_items WHERE kind = 'MISSING_MAPPING'"
+    ).fetchone()
+    assert "line 2" in detail and "'ZZ'" in detail and "acmemed" in detail
