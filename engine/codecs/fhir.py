@@ -170,8 +170,9 @@ FHIR_SPEC = Spec(
     ],
     description=(
         "FHIR JSON validated with fhir.resources, plus the required status bindings that "
-        "fhir.resources does not check. The dedup key is the first identifier "
-        "(system|value), else the content's SHA-256."
+        "fhir.resources does not check. The dedup key is the first identifier (system|value) "
+        "with the status (a resource moving on is a new message; the same identifier and "
+        "status with other content is a conflict), else the content's SHA-256."
     ),
     example="codec:\n  fhir: {version: R4B}",
 )
@@ -206,12 +207,16 @@ class FhirCodec:
             raise FhirInvalid(issues)
         ident = data.get("identifier") or [{}]
         first = ident[0] if isinstance(ident, list) and ident else ident
-        key = (
-            f"{first.get('system', '')}|{first['value']}"
-            if isinstance(first, dict) and first.get("value")
-            else sha256_key(raw)
-        )
-        return Parsed(data, CONTENT_TYPE, rtype, key if "|" in key else None, key)
+        if isinstance(first, dict) and first.get("value"):
+            control = f"{first.get('system', '')}|{first['value']}"
+            # The status is part of the key: a resource moving on (in-progress, completed,
+            # entered-in-error) is a new message; the same identifier and status with other
+            # content is a conflict for a person.
+            status = data.get("status")
+            key = f"{control}|{status}" if isinstance(status, str) else control
+            return Parsed(data, CONTENT_TYPE, rtype, control, key)
+        key = sha256_key(raw)
+        return Parsed(data, CONTENT_TYPE, rtype, None, key)
 
 
 # -- JSON forms for the HTTP source ------------------------------------------------------------

@@ -276,10 +276,10 @@ def test_each_error_status_with_an_operation_outcome_naming_the_element(engine: 
     assert status == 404
     value = uid("CF")
     assert engine.post(sd, delivery(value))[0] == 201
-    status, _, o = engine.post(sd, delivery(value, status="abandoned"))
+    status, _, o = engine.post(sd, delivery(value, occurrenceDateTime="2026-01-16T09:30:00Z"))
     assert status == 409 and expressions(o) == ["SupplyDelivery.identifier[0]"]
     conflicts = [m for m in engine.messages("fhir_r5") if m.status == "conflict"]
-    assert any(m.dedup_key == f"urn:pou:line|{value}" for m in conflicts)
+    assert any(m.dedup_key == f"urn:pou:line|{value}|completed" for m in conflicts)
     status, _, o = engine.post(sd, delivery(uid("X"), note=[{"text": "x" * MAX_BODY}]))
     assert status == 413 and expressions(o) == ["http.Content-Length"]
     status, _, o = engine.post(sd, json.dumps(delivery(uid("T"))), ctype="text/plain")

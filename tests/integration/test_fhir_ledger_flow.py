@@ -89,7 +89,7 @@ class FhirLedgerFlowTests(unittest.TestCase):
         for _ in range(500):
             c = await self.engine.executor.submit(self.engine.store.counts)
             if (
-                set(c["messages"]) <= {"sent", "error", "filtered"}
+                set(c["messages"]) <= {"sent", "error", "filtered", "conflict"}
                 and not c["deliveries"].get("pending")
                 and not c["deliveries"].get("inflight")
             ):
@@ -109,10 +109,14 @@ class FhirLedgerFlowTests(unittest.TestCase):
         """Two deliveries, each sent twice (the same bytes, then inside a new transaction
         Bundle): the sandbox ERP gets one issue per delivery and the billing side one
         ChargeItem per delivery, with the encounter, account and service from FHIR."""
-        for raw in (FOLEY, DRESSING, FOLEY, in_transaction(FOLEY, "B-9"), DRESSING):
+        sends = (FOLEY, DRESSING, FOLEY, in_transaction(FOLEY, "B-9"), DRESSING)
+        kinds = []
+        for raw in sends:
             outcome = yield defer.ensureDeferred(self.send(raw))
-            # Message dedup is off in this channel: each is a message; the ledger dedupes.
-            self.assertEqual(outcome.kind, "stored", outcome.reason)
+            kinds.append(outcome.kind)
+        # The same bytes again are a duplicate (not processed again); the delivery inside a new
+        # transaction Bundle is a new message, which the ledger's business keys book nothing for.
+        self.assertEqual(kinds, ["stored", "stored", "duplicate", "stored", "duplicate"])
         yield defer.ensureDeferred(self.settle())
         self.assertEqual({s for s, _ in self.messages()}, {"sent"}, self.messages())
         issues = self.state().issues()
@@ -164,13 +168,18 @@ class FhirLedgerFlowTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_supply_request_is_one_requisition(self) -> Any:
         """An active SupplyRequest, sent twice and once more with a new meta (other bytes,
-        same identifier): one requisition in the sandbox ERP, 10 EA of sheaths for the lab."""
+        same identifier and status): one requisition in the sandbox ERP, 10 EA of sheaths for
+        the lab. Straight into the engine the third is a conflict kept for a person (the HTTP
+        source stores the canonical form without meta, where it is a plain resend)."""
         again = copy.deepcopy(json.loads(REQUEST))
         again["meta"] = {"lastUpdated": "2026-01-19T06:06:00-05:00"}
+        kinds = []
         for raw in (REQUEST, REQUEST, json.dumps(again).encode()):
-            yield defer.ensureDeferred(self.send(raw))
+            outcome = yield defer.ensureDeferred(self.send(raw))
+            kinds.append(outcome.kind)
+        self.assertEqual(kinds, ["stored", "duplicate", "conflict"])
         yield defer.ensureDeferred(self.settle())
-        self.assertEqual({s for s, _ in self.messages()}, {"sent"}, self.messages())
+        self.assertEqual(sorted(s for s, _ in self.messages()), ["conflict", "sent"])
         reqs = self.state().requisitions(None, None, None)
         self.assertEqual(
             [(r["location"], r["item"], r["quantity"], r["uom"]) for r in reqs],

@@ -39,11 +39,15 @@ def codec(**kw: Any) -> Any:
     return make_fhir(options.__class__(**{**options.__dict__, **kw}))
 
 
-def test_valid_supply_delivery_decodes_with_identifier_as_dedup_key() -> None:
-    """A valid R5 SupplyDelivery decodes; its first identifier is the dedup key."""
+def test_valid_supply_delivery_decodes_with_identifier_and_status_as_dedup_key() -> None:
+    """A valid R5 SupplyDelivery decodes; its first identifier (the control id) with its status
+    is the dedup key, so the same delivery moving on to another status is a new message."""
     parsed = codec().decode(json.dumps(DELIVERY).encode())
     assert parsed.message_type == "SupplyDelivery"
-    assert parsed.dedup_key == "urn:pou:line|CU-7f3a9c"
+    assert parsed.control_id == "urn:pou:line|CU-7f3a9c"
+    assert parsed.dedup_key == f"urn:pou:line|CU-7f3a9c|{DELIVERY['status']}"
+    moved = codec().decode(json.dumps({**DELIVERY, "status": "entered-in-error"}).encode())
+    assert moved.dedup_key == "urn:pou:line|CU-7f3a9c|entered-in-error"
 
 
 def test_bogus_status_is_caught_with_its_fhirpath() -> None:

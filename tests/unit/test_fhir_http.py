@@ -497,9 +497,10 @@ def test_a_resend_returns_the_original_with_200_and_is_stored_once(h: Harness) -
 
 def test_the_same_identifier_with_other_content_is_409_and_kept_as_a_conflict(h: Harness) -> None:
     """Same identifier, different content: 409 naming SupplyDelivery.identifier[0]; the store
-    keeps a conflict row for a person; resending that conflicting content is 409 again."""
+    keeps a conflict row for a person; resending that conflicting content is 409 again. (A
+    status change is not a conflict: the status is part of the key.)"""
     h.call("POST", "SupplyDelivery", delivery())
-    changed = delivery(status="in-progress")
+    changed = delivery(occurrenceDateTime="2026-01-16T09:30:00Z")
     a = h.call("POST", "SupplyDelivery", changed)
     assert a.status == 409 and expressions(a) == ["SupplyDelivery.identifier[0]"]
     assert len(h.messages("conflict")) == 1
