@@ -546,6 +546,16 @@ def _wire_listeners(
                 )
             )
         names[listener.name] = i
+        if listener.source.name == "fhir_http":
+            errors.append(
+                error_at(
+                    listener.positions["source"],
+                    f"{base}.source",
+                    "expected a source that a listener can share (mllp, dropfolder, ...) "
+                    "(got fhir_http): each FHIR channel declares `fhir_http` itself, and "
+                    "channels with the same `listen` share one port",
+                )
+            )
         for j, route in enumerate(listener.routes):
             path = f"{base}.routes[{j}].channel"
             defn = channels.get(route.channel)

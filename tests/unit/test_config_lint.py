@@ -212,3 +212,27 @@ def test_inconsistent_uom_conversions_are_lint_errors(project_dir: Path) -> None
     assert any(
         e.startswith(f"mappings/uom_conversions.csv:{n - 1}:1:") and "UC-BAD" in e for e in errors
     ), errors
+
+
+def test_fhir_http_cannot_be_a_shared_listener(project_dir: Path) -> None:
+    """A routes.yaml listener with the fhir_http source is refused where it is written (each
+    FHIR channel declares its own; channels with the same `listen` share the port)."""
+    routes = project_dir / "routes.yaml"
+    text = routes.read_text()
+    routes.write_text(
+        text
+        + "listeners:\n"
+        + "  - name: fhir_shared\n"
+        + "    source:\n"
+        + "      fhir_http: {listen: 'tcp:8099', base: /fhir/X, auth: none}\n"
+        + "    routes:\n"
+        + "      - {channel: usage_to_erp}\n"
+    )
+    errors = lint_errors(project_dir)
+    line = line_of(routes, "fhir_http: {listen")
+    assert any(
+        e.startswith(f"routes.yaml:{line}:")
+        and "listeners[0].source: expected a source that a listener can share" in e
+        and "(got fhir_http)" in e
+        for e in errors
+    ), errors
