@@ -8,9 +8,11 @@ Every command works on the project in the current folder (``routes.yaml``, ``cha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,15 @@ def _store(root: Path) -> Any:
     store = SqliteStore(root / project.settings.store)
     store.open()
     return store
+
+
+@contextlib.contextmanager
+def _opened_store(root: Path) -> Iterator[Any]:
+    store = _store(root)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _duration(text: str) -> float:
@@ -188,31 +199,25 @@ def cmd_work_items(args: argparse.Namespace) -> int:
 def cmd_invoices(args: argparse.Namespace) -> int:
     from engine.x12 import desk
 
-    store = _store(args.root)
-    try:
+    with _opened_store(args.root) as store:
         if args.action in ("release", "reject"):
             if args.id is None:
                 print(f"invoices {args.action}: give the invoice id", file=sys.stderr)
                 return 2
+            now = time.time()
             if args.action == "release":
+                project = _project(args.root)
                 out = desk.release_invoice(
-                    store,
-                    _project(args.root),
-                    args.id,
-                    actor=args.user,
-                    note=args.note,
-                    now=time.time(),
+                    store, project, args.id, actor=args.user, note=args.note, now=now
                 )
             else:
-                out = desk.reject_invoice(
-                    store, args.id, actor=args.user, note=args.note, now=time.time()
-                )
+                out = desk.reject_invoice(store, args.id, actor=args.user, note=args.note, now=now)
             print(f"invoice {args.id} ({out['invoice']}): {out['status']}")
             return 0
         rows = desk.invoices(store._conn(), args.status)
         for r in rows:
             why = "; ".join(
-                f"{x['reason']}" + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
+                x["reason"] + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
             )
             print(
                 f"{r['id']:>6}  {r['partner']:<10} {r['invoice_number']:<14} "
@@ -220,15 +225,12 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             )
         print(f"{len(rows)} invoice(s)", file=sys.stderr)
         return 0
-    finally:
-        store.close()
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
     from engine.x12 import desk
 
-    store = _store(args.root)
-    try:
+    with _opened_store(args.root) as store:
         rows = desk.unmatched_receipts(store._conn(), older_than=args.older_than, now=time.time())
         for r in rows:
             print(
@@ -237,8 +239,6 @@ def cmd_receipts(args: argparse.Namespace) -> int:
             )
         print(f"{len(rows)} unmatched receipt line(s)", file=sys.stderr)
         return 0
-    finally:
-        store.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

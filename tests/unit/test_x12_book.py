@@ -331,3 +331,60 @@ def test_an_856_line_in_a_unit_the_partner_map_lacks_is_held_the_others_go_on(en
         "SELECT detail FROM work_items WHERE kind = 'MISSING_MAPPING'"
     ).fetchone()
     assert "line 2" in detail and "'ZZ'" in detail and "acmemed" in detail
+
+
+def test_wharf_invoices_and_receipts_commands(
+    project_dir: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """`wharf invoices`, `wharf invoices release N` and `wharf receipts --unmatched` on the
+    project's own store, as an AP clerk runs them."""
+    from engine.cli import main
+
+    db = project_dir / "var" / "cli.db"
+    monkeypatch.setenv("WHARF_DB", str(db))
+    project = load_project(project_dir)
+    channel = Channel(project.channels["x12_from_vendors"], project.mappings)
+    store = SqliteStore(db).open()
+    with store._write("seed") as conn:
+        for mid in ("m-po", "m-asn", "m-inv"):
+            conn.execute(
+                "INSERT INTO messages (id, channel, source, content_type, received_at, "
+                "updated_at, sha256, size, status) "
+                "VALUES (?, 'x12_from_vendors', 'test', 'x', 0, 0, '', 0, 'sent')",
+                (mid,),
+            )
+    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    book(store, channel, project, [inbound("856", "SH", ASN_1BX, 7)], "m-asn", 2000.0)
+    inv = [
+        ["BIG", "20260117", "INV-8", "", "PO-1"],
+        ["IT1", "1", "2", "BX", "160", "PE"],
+        ["TDS", "28000"],
+        ["CTT", "1"],
+    ]
+    book(store, channel, project, [inbound("810", "IN", inv, 8)], "m-inv", 3000.0)
+    store.close()
+    assert main(["--root", str(project_dir), "invoices"]) == 0
+    out = capsys.readouterr().out
+    assert "INV-8" in out and "held" in out and "PRICE line 1" in out
+    (invoice_id,) = [int(line.split()[0]) for line in out.splitlines() if "INV-8" in line]
+    assert (
+        main(
+            [
+                "--root",
+                str(project_dir),
+                "--user",
+                "ap.clerk",
+                "invoices",
+                "release",
+                str(invoice_id),
+                "--note",
+                "contract price",
+            ]
+        )
+        == 0
+    )
+    assert "released" in capsys.readouterr().out
+    assert main(["--root", str(project_dir), "invoices", "--status", "released"]) == 0
+    assert "INV-8" in capsys.readouterr().out
+    assert main(["--root", str(project_dir), "receipts", "--unmatched"]) == 0
+    assert capsys.readouterr().out == ""  # received 10 EA, invoiced (released) 10 EA
