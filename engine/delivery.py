@@ -480,6 +480,7 @@ class DeliveryWorker:
 
         now = self.clock.seconds()
         text = error.message or type(error).__name__
+        logged = error.log_text or text  # the store keeps ``text``; the log may not
         if error.response is not None:
             # What the peer answered (an MLLP AE/AR, an HTTP error body) is kept with the row.
             await self.executor.submit(self.store.record_response, delivery.id, error.response)
@@ -489,28 +490,28 @@ class DeliveryWorker:
                 f"(check the receiver before resending): {text}"
             )
             await self.executor.submit(self.store.delivery_quarantined, delivery.id, reason, now)
-            self._log(delivery, attempt, "quarantined", reason, level="warn")
+            self._log(delivery, attempt, "quarantined", reason.replace(text, logged), level="warn")
         elif not error.retryable:
             reason = f"permanent failure: {text}"
             await self.executor.submit(self.store.delivery_dead, delivery.id, reason, now)
-            self._log(delivery, attempt, "dead", reason, level="warn")
+            self._log(delivery, attempt, "dead", reason.replace(text, logged), level="warn")
         elif attempt >= self.policy.max_attempts:
             reason = f"gave up after {attempt} attempts: {text}"
             await self.executor.submit(self.store.delivery_dead, delivery.id, reason, now)
-            self._log(delivery, attempt, "dead", reason, level="warn")
+            self._log(delivery, attempt, "dead", reason.replace(text, logged), level="warn")
         elif self.policy.max_age and now - delivery.created_at >= self.policy.max_age:
             reason = (
                 f"gave up after max_age {_seconds(self.policy.max_age)} "
                 f"({attempt} attempts): {text}"
             )
             await self.executor.submit(self.store.delivery_dead, delivery.id, reason, now)
-            self._log(delivery, attempt, "dead", reason, level="warn")
+            self._log(delivery, attempt, "dead", reason.replace(text, logged), level="warn")
         else:
             delay = max(backoff(self.policy, attempt, self.rng), error.retry_after or 0.0)
             await self.executor.submit(
                 self.store.delivery_retry, delivery.id, text, now + delay, now
             )
-            self._log(delivery, attempt, f"retry in {delay:.1f}s", text)
+            self._log(delivery, attempt, f"retry in {delay:.1f}s", logged)
 
     def _log(
         self, delivery: Delivery, attempt: int, outcome: str, error: str = "", level: str = "info"

@@ -698,12 +698,18 @@ class MLLPDestination:
                 return block
             text = _ack_text(ack)
             detail = f"{self.peer} answered {code}{': ' + text if text else ''}"
+            # The peer's text (MSA-3, ERR-8) stays in the store; the log gets codes only.
+            logged = f"{self.peer} answered {code}" + (
+                " (its error text is kept with the delivery)" if text else ""
+            )
             if code in ERROR_CODES:
                 retry = bool(self.options.retry_on_ae)
-                return_text = detail if retry else detail + " (not retried: fix the content)"
-                raise DeliveryError(return_text, retryable=retry, response=block)
+                tail = "" if retry else " (not retried: fix the content)"
+                raise DeliveryError(
+                    detail + tail, retryable=retry, response=block, log_text=logged + tail
+                )
             if code in REJECT_CODES:
-                raise DeliveryError(detail, retryable=True, response=block)
+                raise DeliveryError(detail, retryable=True, response=block, log_text=logged)
             raise DeliveryError(
                 f"{self.peer}: ACK has MSA-1 {code or 'empty'!r}, expected one of AA, AE, AR, "
                 f"CA, CE, CR (the message may have been processed)",

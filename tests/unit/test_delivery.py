@@ -334,6 +334,36 @@ class WorkerTests(unittest.SynchronousTestCase):
         self.assertEqual(self.store.rows[1].error, "gave up after 3 attempts: HTTP 500")
         self.assertEqual(len(self.dest.sent), 3)
 
+    def test_the_peer_s_free_text_is_stored_not_logged(self) -> None:
+        """An error quoting the peer's own text (an MLLP ERR-8 could name the patient) is kept
+        whole with the row; the log lines get the error's log_text instead."""
+        from twisted.logger import globalLogPublisher
+
+        lines: list[str] = []
+
+        def observe(event: dict) -> None:
+            from twisted.logger import formatEvent
+
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.store.add(1)
+        self.store.add(2)
+        peer = "billing:2576 answered AE: ERR-3 207 patient DOE^JANE MRN12345 unknown"
+        logged = "billing:2576 answered AE (its error text is kept with the delivery)"
+
+        def script(d: Delivery) -> Any:
+            raise DeliveryError(peer, retryable=d.id == 2, log_text=logged)
+
+        self.make(script, max_attempts=5).start()
+        self.assertEqual(self.store.rows[1].error, f"permanent failure: {peer}")
+        self.assertEqual(self.store.rows[2].error, peer)  # retry, the full text kept
+        text = "\n".join(lines)
+        self.assertIn(logged, text)
+        self.assertNotIn("DOE^JANE", text)
+        self.assertNotIn("MRN12345", text)
+
     def test_dead_after_max_age(self) -> None:
         """A row older than max_age is dead at its next failure, with a reason naming max_age."""
         self.store.add(1, created_at=0)
