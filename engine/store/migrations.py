@@ -403,6 +403,13 @@ _V7_PROCUREMENT: list[str] = [
 _V8_PENDING_OUTBOX: list[str] = [
     "CREATE INDEX idx_outbox_pending ON outbox(channel, destination, id) WHERE status = 'pending'",
 ]
+# Lookups that ran on every accepted charge, work item and lease check (found with EXPLAIN
+# QUERY PLAN: full scans of charges, work_items and outbox that grew with the tables).
+_V9_HOT_LOOKUPS: list[str] = [
+    "CREATE INDEX idx_charges_event ON charges(event_id)",
+    "CREATE INDEX idx_work_items_subject ON work_items(kind, subject)",
+    "CREATE INDEX idx_outbox_inflight ON outbox(lease_until) WHERE status = 'inflight'",
+]
 
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
@@ -413,6 +420,7 @@ MIGRATIONS: list[Migration] = [
     (6, "x12 control numbers, outbound interchanges and acks, inbound sets", _X12_CONTROL),
     (7, "procurement: purchase orders, lines, receipts, invoices and their match", _V7_PROCUREMENT),
     (8, "partial index of pending outbox rows for claims", _V8_PENDING_OUTBOX),
+    (9, "indexes for charge outcomes, work items and expired leases", _V9_HOT_LOOKUPS),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -358,10 +358,13 @@ class SqliteStore:
         """Claimed deliveries whose lease ran out (their worker never reported) become pending
         again, due now; they keep their idempotency key. Returns how many."""
         with self._write("release_expired", durable=False) as conn:
+            # 'inflight' written out: the partial index idx_outbox_inflight holds only those.
+            assert model.INFLIGHT == "inflight"
             cur = conn.execute(
                 "UPDATE outbox SET status = ?, next_attempt_at = ?, lease_until = NULL, "
-                "updated_at = ? WHERE status = ? AND lease_until IS NOT NULL AND lease_until < ?",
-                (model.PENDING, now, now, model.INFLIGHT, now),
+                "updated_at = ? WHERE status = 'inflight' AND lease_until IS NOT NULL "
+                "AND lease_until < ?",
+                (model.PENDING, now, now, now),
             )
             return cur.rowcount
 

@@ -469,6 +469,30 @@ def test_plan_check_detects_a_table_scan(store: SqliteStore) -> None:
     assert _scans_messages(plan), plan
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # claim_deliveries (every claim), through the partial index of pending rows
+        "SELECT id FROM outbox AS o INDEXED BY idx_outbox_pending WHERE o.channel = 'c' "
+        "AND o.destination = 'd' AND o.status = 'pending' AND o.next_attempt_at <= 1 "
+        "ORDER BY o.id LIMIT 10",
+        # charge_outcome (every accepted or rejected charge)
+        "UPDATE charges SET status = 'accepted', updated_at = 1 WHERE event_id = 7",
+        # work items opened by the ledger and the procurement book
+        "SELECT 1 FROM work_items WHERE kind = 'INVOICE_HELD' AND subject = 'a:b'",
+        # release_expired (every 30 s)
+        "UPDATE outbox SET status = 'pending', next_attempt_at = 1, lease_until = NULL, "
+        "updated_at = 1 WHERE status = 'inflight' AND lease_until IS NOT NULL "
+        "AND lease_until < 1",
+    ],
+)
+def test_hot_store_statements_use_an_index(store: SqliteStore, sql: str) -> None:
+    """What runs for every delivery, charge and work item looks rows up through an index (a
+    full scan of charges, work_items or outbox grew with the tables)."""
+    plan = [r[-1] for r in store._conn().execute("EXPLAIN QUERY PLAN " + sql)]
+    assert not any(line.startswith("SCAN") for line in plan), plan
+
+
 # ---------------------------------------------------------------------- replay
 
 
