@@ -30,7 +30,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,25 +38,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ledger_flow import free_port, wait_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-" + os.urandom(16).hex()
 BASE = "/fhir/R5"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 SAMPLE = json.loads((ROOT / "samples/fhir/r5_supplydelivery_code.json").read_text())

@@ -206,18 +206,15 @@ class Channel:
     def converter(self, partner: Any) -> Any:
         """Unit conversions (``uom_conversions``) for the match, with the partner's vendor
         rows first (``engine.x12.match.Converter``)."""
-        from engine.uom import UomGraph
+        from engine.uom import UomGraph, graph_of
         from engine.x12.match import converter_from_graph
 
-        if getattr(self, "_uom_graph", None) is None:
-            table = (
-                self.mappings.table("uom_conversions")
-                if "uom_conversions" in self.mappings
-                else None
-            )
-            self._uom_graph = UomGraph.from_rows(table.rows if table is not None else [])
+        if "uom_conversions" in self.mappings:
+            graph = graph_of(self.mappings.table("uom_conversions"))
+        else:
+            graph = UomGraph([])
         vendor = partner.vendors[0] if partner.vendors else None
-        return converter_from_graph(self._uom_graph, vendor)
+        return converter_from_graph(graph, vendor)
 
     def charge_payload(self, event: Any) -> tuple[bytes, str]:
         if self.ledger is not None and self.ledger.charge_format.startswith("fhir"):

@@ -19,6 +19,7 @@ context) whose product of factors is not 1, which would make the answer depend o
 from __future__ import annotations
 
 import heapq
+import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -377,6 +378,21 @@ def _context(item_id: str | None, vendor: str | None) -> str:
     if vendor:
         parts.append(f"vendor {vendor}")
     return ", ".join(parts) or "all items"
+
+
+_graphs: dict[int, tuple[Any, UomGraph]] = {}
+_graphs_lock = threading.Lock()
+
+
+def graph_of(table: Any) -> UomGraph:
+    """The conversion graph of a ``uom_conversions`` mapping table, built once per table object
+    (a reload makes a new table, hence a new graph); safe from several threads."""
+    with _graphs_lock:
+        cached = _graphs.get(id(table))
+        if cached is None or cached[0] is not table:
+            cached = (table, UomGraph.from_rows(table.rows))
+            _graphs[id(table)] = cached
+        return cached[1]
 
 
 def round_up_to_pack(qty: Decimal, pack: int) -> Decimal:

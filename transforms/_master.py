@@ -3,14 +3,13 @@ location, and unit conversion through the ``uom_conversions`` table (plain Pytho
 
 from __future__ import annotations
 
-import threading
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from engine.errors import TransformError
 from engine.spec import Field, TableName
 from engine.transforming import TransformContext
-from engine.uom import UomGraph
+from engine.uom import UomGraph, graph_of
 
 FIELDS = [
     Field("items", TableName(), "items", "Item master keyed by item id."),
@@ -19,16 +18,16 @@ FIELDS = [
     Field("uom_conversions", TableName(), "uom_conversions", "Unit conversions."),
 ]
 
-_graphs: dict[int, tuple[Any, UomGraph]] = {}
-_lock = threading.Lock()
-
 
 def decimal_field(text: str, field: str) -> Decimal:
     """A numeric HL7 field as a Decimal; TransformError naming the field otherwise."""
     try:
-        return Decimal(text)
+        value = Decimal(text)
     except InvalidOperation:
-        raise TransformError(f"{field} must be a number (got {text!r})") from None
+        value = None
+    if value is None or not value.is_finite():
+        raise TransformError(f"{field} must be a number (got {text!r})")
+    return value
 
 
 def item_for_code(ctx: TransformContext, code: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -46,10 +45,4 @@ def to_stock_unit(ctx: TransformContext, qty: Decimal, uom: str, item: dict[str,
 
 
 def _graph(ctx: TransformContext) -> UomGraph:
-    table = ctx.mappings.table(ctx.options.uom_conversions)
-    with _lock:
-        cached = _graphs.get(id(table))
-        if cached is None or cached[0] is not table:  # a reload makes a new table object
-            cached = (table, UomGraph.from_rows(table.rows))
-            _graphs[id(table)] = cached
-        return cached[1]
+    return graph_of(ctx.mappings.table(ctx.options.uom_conversions))

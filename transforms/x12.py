@@ -8,14 +8,13 @@ the answers, PO statuses, receipts, the three-way match.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from engine.errors import MappingMiss, TransformError, X12Error
 from engine.registry import transform
 from engine.spec import Field, Spec, TableName
 from engine.transforming import TransformContext
-from engine.uom import UomGraph
+from engine.uom import graph_of
 from engine.x12.documents import read_invoice, read_po_ack, read_ship_notice
 from engine.x12.po850 import segments_850
 from engine.x12.records import (
@@ -28,6 +27,7 @@ from engine.x12.records import (
 )
 from engine.x12.segments import element, parse_interchanges
 from engine.x12.validate import validate
+from transforms._master import decimal_field
 
 PARTNERS = "trading_partners"
 
@@ -63,27 +63,6 @@ INBOUND_SPEC = Spec(
     example="codec:\n  x12: {}\ntransformer:\n  - transform: x12_inbound",
 )
 
-_graphs: dict[int, tuple[Any, UomGraph]] = {}
-
-
-def _graph(ctx: TransformContext, table_name: str) -> UomGraph:
-    table = ctx.mappings.table(table_name)
-    cached = _graphs.get(id(table))
-    if cached is None or cached[0] is not table:
-        cached = (table, UomGraph.from_rows(table.rows))
-        _graphs[id(table)] = cached
-    return cached[1]
-
-
-def _decimal(value: Any, field: str) -> Decimal:
-    try:
-        out = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise TransformError(f"{field} must be a decimal number (got {value!r})") from None
-    if not out.is_finite():
-        raise TransformError(f"{field} must be a decimal number (got {value!r})")
-    return out
-
 
 def _location(ctx: TransformContext, ship_to: dict[str, Any]) -> str:
     if ship_to.get("location_id"):
@@ -106,11 +85,11 @@ def po_to_850(po: Any, ctx: TransformContext) -> dict[str, Any]:
     if partner is None:
         raise MappingMiss(PARTNERS, f"vendor {vendor}")
     segments = tuple(tuple(s) for s in segments_850(po, partner))  # checks every field
-    graph = _graph(ctx, ctx.options.uom_conversions)
+    graph = graph_of(ctx.mappings.table(ctx.options.uom_conversions))
     lines = []
     for i, line in enumerate(po.get("lines") or []):
         item = ctx.lookup(ctx.options.items, line["item_id"])
-        qty = _decimal(line.get("qty"), f"lines[{i}].qty")
+        qty = decimal_field(str(line.get("qty")), f"lines[{i}].qty")
         base_uom = item["stock_uom"]
         base = (
             qty
@@ -123,7 +102,7 @@ def po_to_850(po: Any, ctx: TransformContext) -> dict[str, Any]:
                 item_id=item["item_id"],
                 quantity=qty,
                 uom=line["uom"],
-                unit_price=_decimal(line.get("unit_price"), f"lines[{i}].unit_price"),
+                unit_price=decimal_field(str(line.get("unit_price")), f"lines[{i}].unit_price"),
                 base_quantity=base,
                 base_uom=base_uom,
                 vendor_item=str(line.get("vendor_catalog") or ""),
@@ -279,7 +258,7 @@ def erp_receipt(doc: Any, ctx: TransformContext) -> dict[str, Any]:
         lines.append(
             ErpReceiptLine(
                 po_line=str(line["po_line"]),
-                quantity=_decimal(line.get("qty"), f"lines[{i}].qty"),
+                quantity=decimal_field(str(line.get("qty")), f"lines[{i}].qty"),
                 uom=str(line["uom"]),
                 lot=line.get("lot"),
                 serial=line.get("serial"),
