@@ -30,6 +30,7 @@ from engine.errors import CodecError, LintFailed, Overloaded, StoreError
 from engine.ledger.book import book_events
 from engine.model import Inbound
 from engine.registry import REGISTRY
+from engine.resources import Resources, snapshot_of
 from engine.router import Listener
 from engine.sources import IngestOutcome, SourceServices
 from engine.store import SqliteStore, StoreExecutor
@@ -282,6 +283,7 @@ class Engine:
         self.project = project or load_project(self.root)
         self.store = SqliteStore(self.root / self.project.settings.store)
         self.executor = StoreExecutor(self.store, reactor)
+        self.resources = Resources.of_project(self.project)
         self.channels: dict[str, Channel] = {}
         self.sources: dict[str, Any] = {}
         self.listeners: dict[str, Listener] = {}
@@ -326,6 +328,7 @@ class Engine:
                 root=self.root,
                 reactor=self.reactor,
                 audit=self._audit,
+                uploads=self.resources.uploads,
             )
             await self.sftp.start()
         self.processor.wake()
@@ -433,8 +436,11 @@ class Engine:
         src = channel.config.source
         factory = REGISTRY.get("source", src.name).factory
         extra: dict[str, Any] = {}
-        if "services" in inspect.signature(factory).parameters:
+        params = inspect.signature(factory).parameters
+        if "services" in params:
             extra["services"] = self._source_services(channel.name)
+        if "resources" in params:
+            extra["resources"] = self.resources
         source = factory(
             src.options,
             reactor=self.reactor,
@@ -452,6 +458,9 @@ class Engine:
         listener = Listener(config, REGISTRY)
         self.listeners[config.name] = listener
         factory = REGISTRY.get("source", config.source.name).factory
+        extra: dict[str, Any] = {}
+        if "resources" in inspect.signature(factory).parameters:
+            extra["resources"] = self.resources
         source = factory(
             config.source.options,
             reactor=self.reactor,
@@ -460,6 +469,7 @@ class Engine:
             ingest=lambda raw, peer, n=config.name: defer.ensureDeferred(
                 self.receive(f"listener:{n}", raw, peer)
             ),
+            **extra,
         )
         self.sources[f"listener:{config.name}"] = source
         source.start()
@@ -786,6 +796,7 @@ class Engine:
     async def apply(self, project: Project) -> None:
         old = self.project
         self.project = project
+        self.resources.refresh(snapshot_of(project))
         self.rejected_fingerprint = None
         wanted = {n: d for n, d in project.channels.items() if d.config.enabled}
         new_listeners = {c.name: c for c in project.settings.listeners}

@@ -64,8 +64,8 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python import components
 from zope.interface import implementer
 
-from engine import uploads
 from engine.sftp import jail
+from engine.uploads import OpenUploads
 
 log = Logger(namespace="wharf.sftp.server")
 
@@ -128,8 +128,16 @@ class Partner:
 class ServerContext:
     """What every connection shares: partners, the audit function, lockouts, the clock."""
 
-    def __init__(self, partners: dict[str, Partner], config: Any, audit: Audit, clock: Any):
+    def __init__(
+        self,
+        partners: dict[str, Partner],
+        config: Any,
+        audit: Audit,
+        clock: Any,
+        uploads: OpenUploads | None = None,
+    ):
         self.partners = partners
+        self.uploads = uploads if uploads is not None else OpenUploads()
         self.config = config
         self._audit = audit
         self.clock = clock
@@ -745,8 +753,9 @@ class UploadFile:
         folder = self.partner.root / target.strip("/").rsplit("/", 1)[0]
         self.final_path = folder / name
         self.tmp_path = folder / tmp
-        uploads.opened(self.final_path)
-        uploads.opened(self.tmp_path)
+        self.uploads = server.ctx.uploads
+        self.uploads.opened(self.final_path)
+        self.uploads.opened(self.tmp_path)
         self.partner.open_uploads.add(self)
         self.opened_at = time.monotonic()
 
@@ -825,5 +834,5 @@ class UploadFile:
                 self.fd = -1
             os.close(self.dfd)
             self.partner.open_uploads.discard(self)
-            uploads.closed(self.tmp_path)
-            uploads.closed(self.final_path)
+            self.uploads.closed(self.tmp_path)
+            self.uploads.closed(self.final_path)

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from engine.errors import ConfigError
 from engine.sftp.server import PART_SUFFIX, Partner, ServerContext, WharfSSHFactory
+from engine.uploads import OpenUploads
 
 log = Logger(namespace="wharf.sftp")
 
@@ -89,8 +90,10 @@ class SftpServerService:
         root: Path,
         reactor: Any,
         audit: Callable[[str, str, str, dict], Any],
+        uploads: OpenUploads | None = None,
     ) -> None:
         self.config = config
+        self.uploads = uploads if uploads is not None else OpenUploads()
         self.root = Path(root).resolve()
         self.reactor = reactor
         self.audit = audit
@@ -141,7 +144,7 @@ class SftpServerService:
 
     def start(self) -> defer.Deferred:
         self.host_key = ensure_host_key(self._path(self.config.host_key), self.config.host_key_type)
-        ctx = ServerContext(self.partners(), self.config, self.audit, self.reactor)
+        ctx = ServerContext(self.partners(), self.config, self.audit, self.reactor, self.uploads)
         self.factory = WharfSSHFactory(ctx, self.host_key, self.config)
         endpoint = serverFromString(self.reactor, self.config.listen)
         d = endpoint.listen(self.factory)

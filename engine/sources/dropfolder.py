@@ -18,10 +18,11 @@ from typing import Any
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from engine import uploads
 from engine.registry import source
+from engine.resources import Resources
 from engine.sources import Ingest, IngestOutcome
 from engine.spec import ByteSize, Duration, Field, Int, Spec, Str
+from engine.uploads import OpenUploads
 
 log = Logger()
 
@@ -52,9 +53,18 @@ DROPFOLDER_SPEC = Spec(
 
 class DropFolderSource:
     def __init__(
-        self, options: Any, *, reactor: Any, channel: str, base_dir: Path, ingest: Ingest
+        self,
+        options: Any,
+        *,
+        reactor: Any,
+        channel: str,
+        base_dir: Path,
+        ingest: Ingest,
+        resources: Resources | None = None,
     ) -> None:
         self.options = options
+        # files our own SFTP server is still writing (none without a runtime: a bare source)
+        self.uploads = resources.uploads if resources is not None else OpenUploads()
         self.reactor = reactor
         self.channel = channel
         self.ingest = ingest
@@ -103,7 +113,7 @@ class DropFolderSource:
                     continue
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                if uploads.is_open(entry.path):
+                if self.uploads.is_open(entry.path):
                     continue  # still being written by our own SFTP server
                 st = entry.stat(follow_symlinks=False)
                 if now - st.st_mtime < self.options.min_age:
@@ -170,8 +180,19 @@ class DropFolderSource:
 
 @source("dropfolder", DROPFOLDER_SPEC)
 def make_dropfolder(
-    options: Any, *, reactor: Any, channel: str, base_dir: Path, ingest: Ingest
+    options: Any,
+    *,
+    reactor: Any,
+    channel: str,
+    base_dir: Path,
+    ingest: Ingest,
+    resources: Resources | None = None,
 ) -> DropFolderSource:
     return DropFolderSource(
-        options, reactor=reactor, channel=channel, base_dir=base_dir, ingest=ingest
+        options,
+        reactor=reactor,
+        channel=channel,
+        base_dir=base_dir,
+        ingest=ingest,
+        resources=resources,
     )

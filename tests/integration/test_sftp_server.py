@@ -24,7 +24,6 @@ from twisted.conch.ssh.filetransfer import SFTPError
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from engine import uploads
 from engine.service import Engine
 from engine.sftp import HostKeyError, Remote, SftpSession, connect
 from engine.sftp.config import parse_server_config
@@ -618,9 +617,9 @@ class PickupTests(SftpServerBase):
                     [n for n in os.listdir(self.acme_root / "inbound") if not n.startswith(".")],
                     [],
                 )
-                self.assertTrue(uploads.is_open(self.acme_root / "inbound/slow.hl7"))
+                self.assertTrue(self.service.uploads.is_open(self.acme_root / "inbound/slow.hl7"))
             await f.close()
-            self.assertFalse(uploads.is_open(self.acme_root / "inbound/slow.hl7"))
+            self.assertFalse(self.service.uploads.is_open(self.acme_root / "inbound/slow.hl7"))
             data = b"".join(pieces)
             deadline = time.time() + 10
             while time.time() < deadline and not (self.acme_root / "archive/slow.hl7").exists():
