@@ -101,9 +101,7 @@ class Transaction(Protocol):
     dialect: str
     connection: Any
 
-    def enqueue(
-        self, message_id: str, outbound: Sequence[Outbound], now: float
-    ) -> list[int]: ...
+    def enqueue(self, message_id: str, outbound: Sequence[Outbound], now: float) -> list[int]: ...
 
     def audit(
         self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
