@@ -92,7 +92,7 @@ async def run_wharf(reactor: Any, root: Path, n: int, timeout: float) -> dict[st
     """Start the Engine on ``root`` and wait until ``n`` messages are sent."""
     from twisted.internet import task
 
-    from engine.service import Engine
+    from engine.runtime import Engine
 
     engine = Engine(root, reactor)
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from twisted.internet import defer, reactor, task, threads  # noqa: E402
 
-from engine.service import Engine  # noqa: E402
+from engine.runtime import Engine  # noqa: E402
 from engine.sftp.config import parse_server_config  # noqa: E402
 from engine.sftp.service import SftpServerService  # noqa: E402
 from tests.integration.sftp_helpers import (  # noqa: E402

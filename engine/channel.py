@@ -1,15 +1,18 @@
-"""A runnable channel built from its YAML: codec, filters, transform steps, destination names.
+"""A runnable channel built from its YAML: codec, filters, transform steps, destination names,
+and the domains bound to it.
 
 ``Channel.process`` is the synchronous, I/O-free part of the pipeline: it decodes stored bytes,
 runs the filters and the transform steps, and returns what to commit. It runs on a worker
-thread, never on the reactor.
+thread, never on the reactor. Records the transforms book (``ctx.book``) are grouped by the
+domain binding that takes them (:meth:`Channel.bookings`); the runtime books them inside the
+message's commit. The channel names no domain: it asks the registry which ones exist.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from engine import responder
@@ -17,12 +20,12 @@ from engine.codecs.base import Parsed
 from engine.codecs.hl7ack import is_enhanced
 from engine.codecs.hl7v2 import CONTENT_TYPE, Hl7Message
 from engine.config.project import ChannelDef
-from engine.errors import CodecError, MappingMiss, MissingLotSerial, TransformError, WharfError
-from engine.ledger.billing import charge_dft, charge_item
-from engine.ledger.records import LedgerRoutes, ParPolicy
+from engine.errors import CodecError, TransformError, WharfError
+from engine.interfaces import Binding
 from engine.mappings import Mappings
 from engine.model import ERROR, FILTERED, SENT, Outbound
 from engine.registry import REGISTRY, Registry
+from engine.resources import Snapshot
 from engine.transforming import TransformContext, encode_payload, outbound_for
 
 
@@ -48,12 +51,22 @@ class Result:
 
 
 class Channel:
-    def __init__(self, defn: ChannelDef, mappings: Mappings, registry: Registry = REGISTRY) -> None:
+    def __init__(
+        self,
+        defn: ChannelDef,
+        mappings: Mappings,
+        registry: Registry = REGISTRY,
+        *,
+        extras: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``extras``: what the domains loaded with the project (the trading partners)."""
         cfg = defn.config
         self.defn = defn
         self.name = defn.name
         self.config = cfg
         self.mappings = mappings
+        self.extras: Mapping[str, Any] = dict(extras or {})
+        self.registry = registry
         if cfg.codec is None:
             codec_reg, codec_opts = (
                 registry.get("codec", "raw"),
@@ -76,32 +89,36 @@ class Channel:
         ]
         self.destinations = [d.name for d in cfg.destinations]
         self.order_by = {d.name: d.order_by for d in cfg.destinations if d.order_by}
-        self.ledger = cfg.ledger
-        self.ledger_routes = LedgerRoutes(
-            issue=cfg.ledger.issue if cfg.ledger else None,
-            charge=cfg.ledger.charge if cfg.ledger else None,
-            requisition=cfg.ledger.requisition if cfg.ledger else None,
-        )
-        self.par_policies = _par_policies(mappings, cfg.ledger.par_levels if cfg.ledger else None)
-        ledger_dests = {d for d in vars(self.ledger_routes).values() if d}
-        self.procurement = cfg.procurement
-        self.procurement_routes = None
-        if cfg.procurement is not None:
-            from engine.x12.book import ProcurementRoutes
-
-            p = cfg.procurement
-            self.procurement_routes = ProcurementRoutes(
-                partner_out=p.partner_out,
-                po_status=p.po_status,
-                receipts=p.receipts,
-                ap=p.ap,
-                duplicate_window=p.duplicate_window,
-            )
-            ledger_dests |= {p.partner_out, p.po_status, p.receipts, p.ap} - {None}
+        snapshot = Snapshot(mappings=mappings, extras=self.extras)
+        self.bindings: list[Binding] = [
+            domain.bind(self.name, getattr(cfg, domain.name), snapshot)
+            for domain in registry.domains()
+            if getattr(cfg, domain.name, None) is not None
+        ]
+        domain_dests = {d for b in self.bindings for d in b.destinations}
         self.body_targets = [
-            d for d in self.destinations if d != cfg.application_ack and d not in ledger_dests
+            d for d in self.destinations if d != cfg.application_ack and d not in domain_dests
         ]
         self.dedup_window = cfg.dedup.window if cfg.dedup is not None else 7 * 86400.0
+
+    @classmethod
+    def of(cls, project: Any, name: str, registry: Registry = REGISTRY) -> Channel:
+        """Channel ``name`` of a loaded project, with what its domains loaded."""
+        return cls(project.channels[name], project.mappings, registry, extras=project.extras)
+
+    @property
+    def durable(self) -> bool:
+        """Whether booking on this channel allocates what must survive a power loss."""
+        return any(b.domain.durable for b in self.bindings)
+
+    def bookings(self, records: list[Any]) -> list[tuple[Binding, list[Any]]]:
+        """The booked records grouped by the binding that takes them, in binding order."""
+        out: list[tuple[Binding, list[Any]]] = []
+        for binding in self.bindings:
+            taken = [r for r in records if binding.accepts(r)]
+            if taken:
+                out.append((binding, taken))
+        return out
 
     def decode(self, raw: bytes) -> Parsed:
         return self.codec.decode(raw)
@@ -147,18 +164,18 @@ class Channel:
             if not predicate(parsed):
                 return parsed, Result(FILTERED, error_location=f"{f.where} filter ({f.name})")
         body: Any = parsed.value
-        ctx = TransformContext(None, self.mappings, self.name, message_id, correlation_id)
+        ctx = TransformContext(
+            None, self.mappings, self.name, message_id, correlation_id, extras=self.extras
+        )
         for step in self.steps:
             ctx.options = step.options
             try:
                 body = step.fn(body, ctx)
             except TransformError as exc:
-                work = None
-                held = self.ledger is not None or self.procurement is not None
-                if isinstance(exc, MappingMiss) and held:
-                    work = ("MISSING_MAPPING", f"{exc.table}:{exc.key}", str(exc))
-                elif isinstance(exc, MissingLotSerial) and self.ledger is not None:
-                    work = ("MISSING_LOT_SERIAL", f"{exc.item}:{exc.line}", str(exc))
+                # a domain holds the message for a person (a missing mapping...)
+                work = next(
+                    (w for b in self.bindings if (w := b.work_item_for(exc)) is not None), None
+                )
                 return parsed, Result(
                     ERROR, error=str(exc), error_location=step.where, work_item=work
                 )
@@ -194,52 +211,19 @@ class Channel:
                 else o
                 for o in outbound
             ]
-        if ctx.events and self.ledger is None and self.procurement is None:
+        taken = {id(r) for _, records in self.bookings(ctx.events) for r in records}
+        unbooked = [r for r in ctx.events if id(r) not in taken]
+        if unbooked:
+            kinds = sorted({type(r).__name__ for r in unbooked})
+            sections = " or ".join(f"`{d.name}:`" for d in self.registry.domains())
             return parsed, Result(
                 ERROR,
-                error="transform booked records but the channel has no `ledger:` or "
-                "`procurement:` section",
+                error=f"transform booked records ({', '.join(kinds)}) but the channel has no "
+                f"section that takes them ({sections or 'no domain is registered'})",
                 error_location=self.steps[-1].where,
             )
         return parsed, Result(SENT, transformed, outbound, ctx.keys, events=ctx.events)
 
-    def converter(self, partner: Any) -> Any:
-        """Unit conversions (``uom_conversions``) for the match, with the partner's vendor
-        rows first (``engine.x12.match.Converter``)."""
-        from engine.uom import UomGraph, graph_of
-        from engine.x12.match import converter_from_graph
-
-        if "uom_conversions" in self.mappings:
-            graph = graph_of(self.mappings.table("uom_conversions"))
-        else:
-            graph = UomGraph([])
-        vendor = partner.vendors[0] if partner.vendors else None
-        return converter_from_graph(graph, vendor)
-
-    def charge_payload(self, event: Any) -> tuple[bytes, str]:
-        if self.ledger is not None and self.ledger.charge_format.startswith("fhir"):
-            return charge_item(event, "R4B" if self.ledger.charge_format == "fhir_r4b" else "R5")
-        app = self.ledger.billing_application if self.ledger else "BILLING"
-        return charge_dft(event, receiving_application=app)
-
 
 def _text(value: object) -> str | None:
     return None if value in (None, "") else str(value)
-
-
-def _par_policies(mappings: Mappings, table: str | None) -> dict[tuple[str, str], ParPolicy]:
-    if table is None:
-        return {}
-    out = {}
-    for row in mappings.table(table).rows.values():
-        policy = ParPolicy(
-            location_id=str(row["location_id"]),
-            item_id=str(row["item_id"]),
-            par=Decimal(str(row["par"])),
-            reorder_point=Decimal(str(row["reorder_point"])),
-            order_qty=Decimal(str(row["order_qty"])),
-            uom=str(row.get("order_uom") or "EA"),
-            pack_size=int(row.get("pack_size") or 1),
-        )
-        out[(policy.location_id, policy.item_id)] = policy
-    return out

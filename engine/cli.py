@@ -26,12 +26,10 @@ def _project(root: Path) -> Any:
 
 
 def _store(root: Path) -> Any:
-    from engine.store import SqliteStore
+    from engine.runtime.store import open_store
 
     project = _project(root)
-    store = SqliteStore(root / project.settings.store)
-    store.open()
-    return store
+    return open_store(root / project.settings.store)
 
 
 @contextlib.contextmanager
@@ -180,11 +178,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_work_items(args: argparse.Namespace) -> int:
-    from engine.ledger.book import open_work_items
-
     store = _store(args.root)
     try:
-        items = open_work_items(store._conn(), args.kind)
+        items = store.open_work_items(args.kind)
         for w in items:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["created_at"]))
             print(
@@ -214,7 +210,8 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 out = desk.reject_invoice(store, args.id, actor=args.user, note=args.note, now=now)
             print(f"invoice {args.id} ({out['invoice']}): {out['status']}")
             return 0
-        rows = desk.invoices(store._conn(), args.status)
+        with store.reading() as rd:
+            rows = desk.invoices(rd.connection, args.status)
         for r in rows:
             why = "; ".join(
                 x["reason"] + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
@@ -231,7 +228,10 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     from engine.x12 import desk
 
     with _opened_store(args.root) as store:
-        rows = desk.unmatched_receipts(store._conn(), older_than=args.older_than, now=time.time())
+        with store.reading() as rd:
+            rows = desk.unmatched_receipts(
+                rd.connection, older_than=args.older_than, now=time.time()
+            )
         for r in rows:
             print(
                 f"PO {r['po_number']:<12} line {r['po_line']:<4} {r['item_id']:<14} "

@@ -101,7 +101,14 @@ class Transaction(Protocol):
     dialect: str
     connection: Any
 
-    def enqueue(self, message_id: str, outbound: Sequence[Outbound], now: float) -> list[int]: ...
+    def enqueue(
+        self,
+        message_id: str,
+        outbound: Sequence[Outbound],
+        now: float,
+        *,
+        correlation_id: str | None = None,
+    ) -> list[int]: ...
 
     def audit(
         self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
@@ -188,17 +195,31 @@ class Domain(Protocol):
     spec: Spec
     description: str
     settings: Sequence[Field]
-    migrations: Sequence[Migration]
     durable: bool
 
-    def roles(self, section: Any) -> Mapping[str, str | None]: ...
+    def migrations(self, dialect: str) -> Sequence[Migration]:
+        """Its own schema history for the store's dialect."""
+        ...
+
+    def roles(self, section: Any) -> Mapping[str, str | None]:
+        """Which destination of the channel takes each of its effects (lint checks them)."""
+        ...
 
     def load(
         self, root: Any, env: Mapping[str, str], settings: Any
-    ) -> tuple[Mapping[str, Any], list[ConfigError]]: ...
+    ) -> tuple[Mapping[str, Any], list[ConfigError]]:
+        """Files of its own beside the mappings (trading partners), linted like the rest;
+        what it returns is what the runtime lends components by name."""
+        ...
 
-    def bind(self, channel: str, section: Any, resources: Any) -> Binding: ...
+    def bind(self, channel: str, section: Any, snapshot: Any) -> Binding:
+        """Its section of one channel, with the configuration version it runs with."""
+        ...
 
-    def jobs(self, settings: Any) -> Sequence[Job]: ...
+    def jobs(self, settings: Any) -> Sequence[Job]:
+        """Its periodic jobs for these ``routes.yaml`` settings."""
+        ...
 
-    def start(self, tx: Transaction, project: Any, now: float) -> int: ...
+    def start(self, tx: Transaction, sections: Mapping[str, Any], snapshot: Any, now: float) -> int:
+        """Once when the runtime starts, with every running channel's section by channel."""
+        ...

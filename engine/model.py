@@ -36,6 +36,16 @@ def idempotency_key(channel: str, destination: str, message_id: str, index: int)
     return str(uuid.uuid5(_NS, f"{channel}\x1f{destination}\x1f{message_id}\x1f{index}"))
 
 
+_EFFECTS = uuid.UUID("0b1c6f2e-5a9d-4c43-8d2b-6c6564676572")
+
+
+def effect_key(channel: str, destination: str, business_key: str, effect: str) -> str:
+    """The idempotency key of one effect of a domain record (a charge for a usage line, the
+    850 of a PO): stable across messages and replays, so a destination sees the same key for
+    the same effect whatever message carried it."""
+    return str(uuid.uuid5(_EFFECTS, f"{channel}\x1f{destination}\x1f{business_key}\x1f{effect}"))
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 

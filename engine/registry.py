@@ -1,21 +1,26 @@
-"""Named components (sources, codecs, filters, transforms, destinations) and their specs.
+"""Named components (sources, codecs, filters, transforms, destinations, domains) and their
+specs.
 
 Built-ins register on import of their modules; third-party plugins come in through the
 ``engine.<kind>s`` entry-point groups of ``setup.cfg`` (``engine.transforms``, ...), each entry
-pointing at a module whose import registers its components.
+pointing at a module whose import registers its components. Every registration is checked
+against its kind's contract in :mod:`engine.interfaces`: a factory must take the keywords the
+runtime passes; a domain must have what :class:`~engine.interfaces.Domain` names.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.interfaces import COMPONENT_KEYWORDS, Domain
 from engine.spec import Spec
 
-KINDS = ("source", "codec", "filter", "transform", "destination")
+KINDS = ("source", "codec", "filter", "transform", "destination", "domain")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Registry:
     def register(self, kind: str, name: str, spec: Spec, factory: Callable[..., Any]) -> None:
         if kind not in self._items:
             raise ValueError(f"'kind' must be one of {', '.join(KINDS)} (got {kind!r})")
+        check_contract(kind, name, factory)
         module = getattr(factory, "__module__", "?")
         old = self._items[kind].get(name)
         if old is not None and old.module != module:
@@ -48,6 +54,11 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         self.load()
         return sorted(self._items[kind])
+
+    def domains(self) -> list[Domain]:
+        """The registered domains, by name."""
+        self.load()
+        return [r.factory() for r in sorted(self._items["domain"].values(), key=lambda r: r.name)]
 
     def all(self) -> list[Registration]:
         self.load()
@@ -81,10 +92,50 @@ BUILTINS = (
     "engine.destinations.mllp",
     "engine.destinations.sftp",
     "engine.destinations.x12_partner",
+    "engine.domains.ledger.domain",
+    "engine.domains.procurement.domain",
     "transforms",
 )
 
 REGISTRY = Registry()
+
+
+def check_contract(kind: str, name: str, factory: Any) -> None:
+    """Refuse a registration that breaks its kind's contract (:mod:`engine.interfaces`)."""
+    if not callable(factory):
+        raise TypeError(f"{kind} '{name}': expected a callable factory (got {factory!r})")
+    if kind == "domain":
+        made = factory()
+        if not isinstance(made, Domain):
+            wanted = [n for n in ("name", "spec", "bind", "roles", "jobs") if not hasattr(made, n)]
+            raise TypeError(
+                f"domain '{name}': expected an engine.interfaces.Domain (missing: "
+                f"{', '.join(wanted) or 'a method of the protocol'})"
+            )
+        if made.name != name:
+            raise TypeError(f"domain '{name}': its name attribute is {made.name!r}")
+        return
+    wanted = COMPONENT_KEYWORDS[kind]
+    if not wanted:
+        return
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: nothing to read
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [k for k in wanted if k not in params]
+    if missing:
+        raise TypeError(
+            f"{kind} '{name}': the factory must take the keywords "
+            f"{', '.join(wanted)} (missing: {', '.join(missing)})"
+        )
+
+
+def register_domain(domain: Any) -> Any:
+    """Register a business domain object (see :class:`engine.interfaces.Domain`)."""
+    REGISTRY.register("domain", domain.name, domain.spec, lambda: domain)
+    return domain
 
 
 def _decorator(kind: str, name: str, spec: Spec) -> Callable[[Any], Any]:

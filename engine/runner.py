@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
     from engine.errors import LintFailed
-    from engine.service import Engine
+    from engine.runtime import Engine
 
     _start_logging()
     root: Path = args.root
@@ -258,7 +258,11 @@ async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -
     )
     from engine.x12 import desk
 
-    rows = await engine.executor.submit(lambda: desk.invoices(engine.store._conn()))
+    def held() -> list[dict[str, Any]]:
+        with engine.store.reading() as rd:
+            return desk.invoices(rd.connection)
+
+    rows = await engine.executor.submit(held)
     for r in rows:
         why = "; ".join(x["message"] for x in r["reasons"]) or "three-way match"
         print(f"  invoice {r['invoice_number']}: {r['status']} ({why})")

@@ -8,6 +8,7 @@ returns the new body (handed to the next step and, by default, to every destinat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +28,15 @@ class TransformContext:
     )
     keys: list[tuple[str, str]] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
+    extras: Mapping[str, Any] = field(default_factory=dict)  # what domains loaded, by name
 
     def lookup(self, table: str, key: Any, default: Any = MISSING) -> Any:
         """The row for ``key`` in mapping table ``table``; raises MappingMiss without a default."""
         return self.mappings.lookup(table, key, default)
+
+    def resource(self, name: str) -> Any:
+        """What a domain loaded with the project (``trading_partners``); None when absent."""
+        return self.extras.get(name)
 
     def emit(
         self,
@@ -45,8 +51,9 @@ class TransformContext:
         self.emitted.append((destination, payload, order_key, content_type, dict(meta or {})))
 
     def book(self, event: Any) -> None:
-        """Hand a ledger record (a ConsumptionEvent) to the channel's ledger; it is booked in
-        the same commit as this message's result, once per business key."""
+        """Hand a record (a ConsumptionEvent, a PoRelease...) to the channel's domain section
+        that takes it (``ledger:``, ``procurement:``); it is booked in the same commit as this
+        message's result, once per business key."""
         self.events.append(event)
 
     def key(self, name: str, value: Any) -> None:

@@ -1,6 +1,7 @@
 """FHIR SupplyRequest (R5 or R4B) → a requisition in the supply ledger, once per identifier.
 
-An ``active`` SupplyRequest becomes a :class:`~engine.ledger.records.RequisitionRequest`: the
+An ``active`` SupplyRequest becomes a
+:class:`~engine.domains.ledger.records.RequisitionRequest`: the
 item (R5 ``item`` concept or reference, R4B ``itemCodeableConcept`` / ``itemReference``), the
 quantity converted to the stocking unit, ``deliverTo`` through the locations table, the need-by
 date from ``occurrence[x]``, ``priority`` and ``requester``. The ledger records it in its
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.domains.ledger.records import RequisitionRequest
 from engine.errors import MissingField, TransformError
-from engine.ledger.records import RequisitionRequest
 from engine.registry import transform
 from engine.spec import Spec
 from engine.transforming import TransformContext

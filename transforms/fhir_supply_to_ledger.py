@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.domains.ledger.records import ConsumptionEvent
 from engine.errors import MissingField, MissingLotSerial, TransformError
-from engine.ledger.records import ConsumptionEvent
 from engine.registry import transform
 from engine.spec import Field, Spec, Str
 from engine.transforming import TransformContext

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.codecs.hl7v2 import Hl7Message, Segment
+from engine.domains.ledger.records import ConsumptionEvent
 from engine.errors import MissingField, MissingLotSerial, TransformError
-from engine.ledger.records import ConsumptionEvent
 from engine.registry import transform
 from engine.spec import Enum, Field, MapOf, Spec, Str
 from engine.transforming import TransformContext

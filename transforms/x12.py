@@ -79,7 +79,7 @@ def _location(ctx: TransformContext, ship_to: dict[str, Any]) -> str:
 def po_to_850(po: Any, ctx: TransformContext) -> dict[str, Any]:
     if not isinstance(po, dict):
         raise TransformError(f"expected the ERP's purchase order as JSON (got {type(po).__name__})")
-    partners = ctx.mappings.partners
+    partners = ctx.resource(PARTNERS)
     vendor = str(po.get("vendor") or "")
     partner = partners.by_vendor(vendor) if partners is not None else None
     if partner is None:
@@ -156,7 +156,7 @@ _READERS = {"855": read_po_ack, "856": read_ship_notice, "810": read_invoice}
 def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
     if not isinstance(raw, bytes | str):
         raise TransformError(f"expected X12 bytes (codec x12) (got {type(raw).__name__})")
-    partners = ctx.mappings.partners
+    partners = ctx.resource(PARTNERS)
     checked = validate(raw, ack="999")
     try:
         parsed = {(ic.sender_id.strip(), ic.control_number): ic for ic in parse_interchanges(raw)}

@@ -7,6 +7,7 @@ a :class:`Project`, or raises :class:`~engine.errors.LintFailed` with every erro
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ from engine.spec import (
     MapOf,
     Spec,
     Str,
-    TableName,
     did_you_mean,
     join,
 )
@@ -102,82 +102,6 @@ STEP_SPEC = Spec(
     dispatch=("transform", "transform"),
 )
 
-LEDGER_SPEC = Spec(
-    "ledger",
-    [
-        Field("issue", NAME, None, "Destination that takes ERP inventory issues."),
-        Field("charge", NAME, None, "Destination that takes billing charges (DFT^P03)."),
-        Field("requisition", NAME, None, "Destination that takes requisitions."),
-        Field(
-            "par_levels",
-            TableName(),
-            None,
-            "Mapping table of par policies: location_id, item_id, par, reorder_point, "
-            "order_qty, order_uom, pack_size.",
-        ),
-        Field(
-            "onhand",
-            TableName(),
-            None,
-            "Mapping table with the starting on-hand snapshot (location_id, item_id, on_hand, "
-            "uom); applied at start where the ledger has no figure yet.",
-        ),
-        Field("billing_application", Str(), "BILLING", "MSH-5 of the charges sent."),
-        Field(
-            "charge_format",
-            Enum("hl7_dft", "fhir_r5", "fhir_r4b"),
-            "hl7_dft",
-            "Charges as an HL7 DFT^P03 (for an MLLP destination) or a FHIR ChargeItem "
-            "(R5, or R4B for R4 servers; for an HTTP destination).",
-        ),
-    ],
-    description=(
-        "Book the consumption events that transforms produce (`ctx.book`) in the supply "
-        "ledger, in the same commit as the message: perpetual on-hand, an ERP issue, a charge "
-        "for chargeable items, and one requisition per par breach — once per business key."
-    ),
-    example="ledger:\n  issue: erp\n  charge: billing\n  requisition: erp_requisitions\n"
-    "  par_levels: par_levels",
-)
-
-PROCUREMENT_SPEC = Spec(
-    "procurement",
-    [
-        Field(
-            "partner_out",
-            NAME,
-            None,
-            "Destination that takes X12 files for trading partners (850, 997/999, TA1); an "
-            "`x12_partner` destination delivers each the way its partner is configured.",
-        ),
-        Field(
-            "po_status",
-            NAME,
-            None,
-            "Destination that takes PO transmissions and 855 line statuses (`{po_number}` and "
-            "`{action}` in its URL: `transmissions` or `acknowledgements`).",
-        ),
-        Field("receipts", NAME, None, "Destination that takes goods receipts (from 856s)."),
-        Field("ap", NAME, None, "Destination that takes matched invoices for accounts payable."),
-        Field(
-            "duplicate_window",
-            Duration(lo=0),
-            30 * 86400.0,
-            "An interchange with the same sender and ISA13 within this window is acknowledged "
-            "again and not applied again.",
-        ),
-    ],
-    description=(
-        "Apply the X12 records that transforms book (`ctx.book`): purchase orders sent as "
-        "850s with durable control numbers, and inbound interchanges acknowledged (TA1, "
-        "997/999) and applied once (855 PO statuses, 856 receipts, 810 three-way match to AP "
-        "or held as an INVOICE_HELD work item), in the same commit as the message. Trading "
-        "partners come from `mappings/trading_partners.yaml`."
-    ),
-    example="procurement:\n  partner_out: vendors\n  po_status: erp_po\n  receipts: erp_gr\n"
-    "  ap: erp_ap",
-)
-
 DEDUP_SPEC = Spec(
     "dedup",
     [
@@ -231,23 +155,15 @@ def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> Non
     for i, name in enumerate(names):
         if name in names[:i]:
             ctx.error(node, join(join(path, "destinations"), i), f"destination '{name}' twice")
-    if config.ledger is not None:
-        for role in ("issue", "charge", "requisition"):
-            dest = getattr(config.ledger, role)
+    for domain in ctx.registry.domains():
+        section = getattr(config, domain.name, None)
+        if section is None:
+            continue
+        for role, dest in domain.roles(section).items():
             if dest is not None and dest not in names:
                 ctx.error(
                     node,
-                    f"ledger.{role}",
-                    f"no destination '{dest}' in this channel (have: {', '.join(names) or 'none'})"
-                    f"{did_you_mean(dest, names)}",
-                )
-    if config.procurement is not None:
-        for role in ("partner_out", "po_status", "receipts", "ap"):
-            dest = getattr(config.procurement, role)
-            if dest is not None and dest not in names:
-                ctx.error(
-                    node,
-                    f"procurement.{role}",
+                    f"{domain.name}.{role}",
                     f"no destination '{dest}' in this channel (have: {', '.join(names) or 'none'})"
                     f"{did_you_mean(dest, names)}",
                 )
@@ -279,44 +195,40 @@ def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> Non
             ctx.error(node, f"tests[{i}].input", f"sample file not found: {t.input}")
 
 
-CHANNEL_SPEC = Spec(
-    "channel",
-    [
-        Field("name", NAME, None, "Channel name (default: the file name without .yaml)."),
-        Field("description", Str(nonempty=False), "", "What this channel is for."),
-        Field("enabled", Bool(), True, "A disabled channel is linted but not run."),
-        Field("source", Component("source"), None, "Where messages come from."),
-        Field("codec", Component("codec"), None, "How bytes are parsed (default `raw`)."),
-        Field("dedup", DEDUP_SPEC, None, "Duplicate detection."),
-        Field("ledger", LEDGER_SPEC, None, "Supply-ledger booking of consumption events."),
-        Field("procurement", PROCUREMENT_SPEC, None, "X12 purchasing and receipt-to-pay."),
-        Field("filter", ListOf(Component("filter")), (), "Messages failing any filter stop."),
-        Field("transformer", ListOf(STEP_SPEC), (), "Transform steps, in order."),
-        Field("destinations", ListOf(DESTINATION_SPEC), (), "Where results go."),
-        Field(
-            "respond_from",
-            Enum("after_store", "after_transform", "destinations_completed"),
-            "after_store",
-            "When a source that answers (MLLP) gives its answer in original mode: after the "
-            "commit (AA), after the transform (AA/AE), or when every destination finished.",
-        ),
-        Field(
-            "respond_timeout",
-            Duration(lo=0.01),
-            30.0,
-            "How long after_transform / destinations_completed wait; then AR (send again).",
-        ),
-        Field(
-            "application_ack",
-            NAME,
-            None,
-            "Destination (MLLP) that takes enhanced-mode application ACKs when MSH-16 asks.",
-        ),
-        Field("tests", ListOf(TEST_SPEC), (), "Channel tests, run by `wharf test` and pytest."),
-    ],
-    description="One channel per file in `channels/`.",
-    check=_check_channel,
-)
+_CHANNEL_HEAD = [
+    Field("name", NAME, None, "Channel name (default: the file name without .yaml)."),
+    Field("description", Str(nonempty=False), "", "What this channel is for."),
+    Field("enabled", Bool(), True, "A disabled channel is linted but not run."),
+    Field("source", Component("source"), None, "Where messages come from."),
+    Field("codec", Component("codec"), None, "How bytes are parsed (default `raw`)."),
+    Field("dedup", DEDUP_SPEC, None, "Duplicate detection."),
+]
+# (then one section per registered domain: `ledger:`, `procurement:`...)
+_CHANNEL_TAIL = [
+    Field("filter", ListOf(Component("filter")), (), "Messages failing any filter stop."),
+    Field("transformer", ListOf(STEP_SPEC), (), "Transform steps, in order."),
+    Field("destinations", ListOf(DESTINATION_SPEC), (), "Where results go."),
+    Field(
+        "respond_from",
+        Enum("after_store", "after_transform", "destinations_completed"),
+        "after_store",
+        "When a source that answers (MLLP) gives its answer in original mode: after the "
+        "commit (AA), after the transform (AA/AE), or when every destination finished.",
+    ),
+    Field(
+        "respond_timeout",
+        Duration(lo=0.01),
+        30.0,
+        "How long after_transform / destinations_completed wait; then AR (send again).",
+    ),
+    Field(
+        "application_ack",
+        NAME,
+        None,
+        "Destination (MLLP) that takes enhanced-mode application ACKs when MSH-16 asks.",
+    ),
+    Field("tests", ListOf(TEST_SPEC), (), "Channel tests, run by `wharf test` and pytest."),
+]
 
 RETENTION_SPEC = Spec(
     "retention_rule",
@@ -359,32 +271,65 @@ LISTENER_SPEC = Spec(
     "      - channel: other_hl7",
 )
 
-ROUTES_SPEC = Spec(
-    "routes",
-    [
-        Field("listeners", ListOf(LISTENER_SPEC), (), "Shared sources with content-based routes."),
-        Field("store", Str(), "var/wharf.db", "SQLite store file, relative to the project root."),
-        Field("retention", ListOf(RETENTION_SPEC), (), "Pruning rules run by `wharf prune`."),
-        Field("reload_interval", Duration(), 2.0, "How often to look for changed files (0 = off)."),
-        Field("pipeline_threads", Int(1, 64), 2, "Threads that run codecs and transforms."),
-        Field(
-            "unbilled_after",
-            Duration(),
-            4 * 3600.0,
-            "Chargeable usage with no accepted charge after this long opens an UNBILLED_USAGE "
-            "work item (checked every minute; 0 = off).",
-        ),
-        Field("channels", ListOf(NAME), None, "Channels to run (default: every file)."),
-        Field(
-            "sftp_server",
-            SFTP_SERVER_SPEC,
-            None,
-            "Wharf's own SFTP server: a chrooted inbound/outbound/archive folder per trading "
-            "partner; channels pick files up with a dropfolder source on a partner's inbound/.",
-        ),
-    ],
-    description="`routes.yaml`: engine settings and which channels run.",
-)
+_ROUTES_HEAD = [
+    Field("listeners", ListOf(LISTENER_SPEC), (), "Shared sources with content-based routes."),
+    Field("store", Str(), "var/wharf.db", "SQLite store file, relative to the project root."),
+    Field("retention", ListOf(RETENTION_SPEC), (), "Pruning rules run by `wharf prune`."),
+    Field("reload_interval", Duration(), 2.0, "How often to look for changed files (0 = off)."),
+    Field("pipeline_threads", Int(1, 64), 2, "Threads that run codecs and transforms."),
+]
+# (then the settings each registered domain adds: `unbilled_after`...)
+_ROUTES_TAIL = [
+    Field("channels", ListOf(NAME), None, "Channels to run (default: every file)."),
+    Field(
+        "sftp_server",
+        SFTP_SERVER_SPEC,
+        None,
+        "Wharf's own SFTP server: a chrooted inbound/outbound/archive folder per trading "
+        "partner; channels pick files up with a dropfolder source on a partner's inbound/.",
+    ),
+]
+
+_SPECS: dict[tuple[str, int, tuple[str, ...]], Spec] = {}
+
+
+def channel_spec(registry: Registry = REGISTRY) -> Spec:
+    """The spec of a channel file: the spine's fields and one section per registered domain,
+    parsed by that domain's own spec."""
+    domains = registry.domains()
+    key = ("channel", id(registry), tuple(d.name for d in domains))
+    if key not in _SPECS:
+        sections = [Field(d.name, d.spec, None, d.description) for d in domains]
+        _SPECS[key] = Spec(
+            "channel",
+            [*_CHANNEL_HEAD, *sections, *_CHANNEL_TAIL],
+            description="One channel per file in `channels/`.",
+            check=_check_channel,
+        )
+    return _SPECS[key]
+
+
+def routes_spec(registry: Registry = REGISTRY) -> Spec:
+    """The spec of ``routes.yaml``: the engine's settings and those the domains add."""
+    domains = registry.domains()
+    key = ("routes", id(registry), tuple(d.name for d in domains))
+    if key not in _SPECS:
+        added = [f for d in domains for f in d.settings]
+        _SPECS[key] = Spec(
+            "routes",
+            [*_ROUTES_HEAD, *added, *_ROUTES_TAIL],
+            description="`routes.yaml`: engine settings and which channels run.",
+        )
+    return _SPECS[key]
+
+
+def __getattr__(name: str) -> Any:
+    """``CHANNEL_SPEC`` and ``ROUTES_SPEC``: the specs with the registered domains."""
+    if name == "CHANNEL_SPEC":
+        return channel_spec()
+    if name == "ROUTES_SPEC":
+        return routes_spec()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -401,6 +346,8 @@ class Project:
     channels: dict[str, ChannelDef]
     mappings: Mappings
     fingerprint: dict[str, tuple[int, int]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # what domains load, by name
+    version: str = ""  # content hash of routes.yaml, channels/ and mappings/
 
 
 def fingerprint(root: Path) -> dict[str, tuple[int, int]]:
@@ -449,14 +396,14 @@ def load_project(
 
     routes_file = root / "routes.yaml"
     if routes_file.exists():
-        settings = parse(ROUTES_SPEC, routes_file)
+        settings = parse(routes_spec(registry), routes_file)
     else:
-        settings = ROUTES_SPEC.defaults()
+        settings = routes_spec(registry).defaults()
     channels: dict[str, ChannelDef] = {}
     channel_dir = root / "channels"
     files = sorted(channel_dir.glob("*.yaml")) if channel_dir.is_dir() else []
     for path in files:
-        config = parse(CHANNEL_SPEC, path)
+        config = parse(channel_spec(registry), path)
         if config is INVALID:
             continue
         name = config.name or path.stem
@@ -482,13 +429,30 @@ def load_project(
                     )
                 )
         channels = {n: c for n, c in channels.items() if n in settings.channels}
+    extras: dict[str, Any] = {}
     if settings is not INVALID:
         channels = _wire_listeners(settings, channels, errors)
-        mappings.partners = _partners(root, env, settings, errors)
+        for domain in registry.domains():
+            loaded, problems = domain.load(root, env, settings)
+            extras.update(loaded)
+            errors += problems
     errors += _source_checks(channels, registry)
     if errors:
         raise LintFailed(errors)
-    return Project(root, settings, channels, mappings, seen)
+    return Project(root, settings, channels, mappings, seen, extras, content_version(root))
+
+
+def content_version(root: Path) -> str:
+    """A short hash of what the configuration says (routes.yaml, channels/, mappings/), the
+    same on every node that has the same files."""
+    digest = hashlib.sha256()
+    for rel in sorted(fingerprint(root)):
+        try:
+            data = (root / rel).read_bytes()
+        except OSError:  # removed while we read: the next reload sees it
+            continue
+        digest.update(rel.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def error_at(where: str, path: str, message: str) -> ConfigError:
@@ -502,21 +466,6 @@ def error_at(where: str, path: str, message: str) -> ConfigError:
         column=int(col) if col.isdigit() else None,
         path=path,
     )
-
-
-def _partners(root: Path, env: Mapping[str, str], settings: Any, errors: list) -> Any:
-    """The X12 trading partners (``mappings/trading_partners.yaml``), linted like the rest."""
-    from engine.x12.partners import PARTNERS_FILE, TradingPartners, load_partners
-
-    server = getattr(settings, "sftp_server", None)
-    accounts = [p.name for p in server.partners] if server is not None else None
-    try:
-        return load_partners(
-            root / PARTNERS_FILE, shown=PARTNERS_FILE, env=env, sftp_accounts=accounts
-        )
-    except LintFailed as exc:
-        errors.extend(exc.errors)
-        return TradingPartners({}, PARTNERS_FILE)
 
 
 def _source_checks(channels: dict[str, ChannelDef], registry: Registry) -> list[ConfigError]:

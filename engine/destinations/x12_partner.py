@@ -8,12 +8,13 @@
   pinned, atomic upload, retried with backoff).
 
 The delivery's ``partner`` and ``filename`` come from the procurement book. The same delivery
-sent again rewrites the same file with the same bytes.
+sent again rewrites the same file with the same bytes. The trading partners and the SFTP
+server's settings are read from the runtime's resources at each delivery, so a reloaded
+``mappings/trading_partners.yaml`` counts from the next file on, without a restart.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 from typing import Any
 
@@ -21,9 +22,10 @@ from twisted.internet.threads import deferToThreadPool
 
 from engine.destinations.file import write_atomically
 from engine.destinations.sftp import SftpDestination
-from engine.errors import ConfigError, DeliveryError
+from engine.errors import DeliveryError
 from engine.model import Delivery
 from engine.registry import destination
+from engine.resources import Resources
 from engine.spec import Bool, Field, Spec
 
 X12_PARTNER_SPEC = Spec(
@@ -41,38 +43,35 @@ X12_PARTNER_SPEC = Spec(
 
 class X12PartnerDestination:
     def __init__(
-        self, options: Any, *, reactor: Any, channel: str, name: str, base_dir: pathlib.Path
+        self,
+        options: Any,
+        *,
+        reactor: Any,
+        channel: str,
+        name: str,
+        base_dir: pathlib.Path,
+        resources: Resources,
     ) -> None:
         self.options = options
         self.reactor = reactor
         self.channel = channel
         self.name = name
         self.base_dir = pathlib.Path(base_dir)
-        self._project: Any = None
-        self._remote: dict[str, SftpDestination] = {}
-
-    def _settings(self) -> Any:
-        if self._project is None:
-            from engine.config.project import load_project
-
-            try:
-                self._project = load_project(self.base_dir, dict(os.environ))
-            except ConfigError as exc:
-                raise DeliveryError(f"project does not load: {exc}", retryable=True) from exc
-        return self._project
+        self.resources = resources
+        self._remote: dict[str, tuple[Any, SftpDestination]] = {}
 
     async def send(self, delivery: Delivery) -> bytes | None:
         from engine.x12.partners import OurSftpServer, PartnerSftp
 
-        project = self._settings()
+        partners = self.resources.get("trading_partners")
         pid = delivery.meta.get("partner")
         filename = str(delivery.meta.get("filename") or f"{delivery.idempotency_key}.x12")
-        partner = project.mappings.partners.get(pid) if pid else None
+        partner = partners.get(pid) if pid and partners is not None else None
         if partner is None:
             raise DeliveryError(f"no trading partner {pid!r} for this X12 file", retryable=False)
         how = partner.delivery
         if isinstance(how, OurSftpServer):
-            server = project.settings.sftp_server
+            server = self.resources.settings.sftp_server
             if server is None:
                 raise DeliveryError(
                     f"partner {pid} collects from our SFTP server, but routes.yaml has no "
@@ -98,8 +97,10 @@ class X12PartnerDestination:
                 ) from exc
             return None
         if isinstance(how, PartnerSftp):
-            remote = self._remote.get(pid)
-            if remote is None:
+            known = self._remote.get(pid)
+            if known is None or known[0] != how.options:  # new, or reloaded with other settings
+                if known is not None:
+                    known[1].close()
                 remote = SftpDestination(
                     how.options,
                     reactor=self.reactor,
@@ -107,20 +108,31 @@ class X12PartnerDestination:
                     name=f"{self.name}:{pid}",
                     base_dir=self.base_dir,
                 )
-                self._remote[pid] = remote
-            return await remote.send(delivery)
+                self._remote[pid] = (how.options, remote)
+            return await self._remote[pid][1].send(delivery)
         raise DeliveryError(f"trading partner {pid} has no delivery configured", retryable=False)
 
     def close(self) -> None:
-        for remote in self._remote.values():
+        for _, remote in self._remote.values():
             remote.close()
         self._remote.clear()
 
 
 @destination("x12_partner", X12_PARTNER_SPEC)
 def make_x12_partner(
-    options: Any, *, reactor: Any, channel: str, name: str, base_dir: pathlib.Path
+    options: Any,
+    *,
+    reactor: Any,
+    channel: str,
+    name: str,
+    base_dir: pathlib.Path,
+    resources: Resources,
 ) -> X12PartnerDestination:
     return X12PartnerDestination(
-        options, reactor=reactor, channel=channel, name=name, base_dir=base_dir
+        options,
+        reactor=reactor,
+        channel=channel,
+        name=name,
+        base_dir=base_dir,
+        resources=resources,
     )

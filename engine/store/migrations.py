@@ -145,93 +145,14 @@ def _v3_backfill_correlation(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE messages SET correlation_id = id WHERE correlation_id IS NULL")
 
 
-_V4_LEDGER: list[str] = [
+# v4 to v7 created the supply ledger's and procurement's tables; those tables now belong to
+# their domains (engine/domains/*/schema.py), which create them with the same statements
+# under their own histories (table ``component_versions``). What stays here is the one
+# spine table v4 created, work items for people, written so that a database that already has
+# it (every database past v4) is left as it is.
+_V4_WORK_ITEMS: list[str] = [
     """
-    CREATE TABLE consumption_events (
-        id INTEGER PRIMARY KEY,
-        business_key TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        location_id TEXT NOT NULL,
-        quantity TEXT NOT NULL,
-        uom TEXT NOT NULL,
-        chargeable INTEGER NOT NULL,
-        encounter TEXT NOT NULL,
-        service_time TEXT NOT NULL,
-        reverses TEXT,
-        lot TEXT,
-        serial TEXT,
-        detail TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        correlation_id TEXT NOT NULL,
-        created_at REAL NOT NULL
-    )
-    """,
-    "CREATE INDEX idx_events_encounter ON consumption_events(encounter)",
-    "CREATE INDEX idx_events_item_location ON consumption_events(item_id, location_id)",
-    "CREATE INDEX idx_events_correlation ON consumption_events(correlation_id)",
-    """
-    CREATE TABLE inventory_transactions (
-        id INTEGER PRIMARY KEY,
-        event_id INTEGER NOT NULL REFERENCES consumption_events(id),
-        location_id TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        delta TEXT NOT NULL,
-        uom TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        correlation_id TEXT NOT NULL,
-        created_at REAL NOT NULL
-    )
-    """,
-    "CREATE INDEX idx_inv_tx_item_location ON inventory_transactions(item_id, location_id)",
-    """
-    CREATE TABLE onhand (
-        location_id TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        quantity TEXT NOT NULL,
-        uom TEXT NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (location_id, item_id)
-    )
-    """,
-    """
-    CREATE TABLE charges (
-        id INTEGER PRIMARY KEY,
-        event_id INTEGER NOT NULL REFERENCES consumption_events(id),
-        encounter TEXT NOT NULL,
-        charge_code TEXT NOT NULL,
-        quantity TEXT NOT NULL,
-        uom TEXT NOT NULL,
-        transaction_type TEXT NOT NULL,
-        amount TEXT,
-        currency TEXT,
-        status TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        correlation_id TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    )
-    """,
-    "CREATE INDEX idx_charges_encounter ON charges(encounter)",
-    "CREATE INDEX idx_charges_status ON charges(status, created_at)",
-    """
-    CREATE TABLE requisitions (
-        id INTEGER PRIMARY KEY,
-        location_id TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        quantity TEXT NOT NULL,
-        uom TEXT NOT NULL,
-        status TEXT NOT NULL,
-        event_id INTEGER REFERENCES consumption_events(id),
-        message_id TEXT NOT NULL,
-        correlation_id TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    )
-    """,
-    "CREATE INDEX idx_requisitions_open ON requisitions(location_id, item_id, status)",
-    """
-    CREATE TABLE work_items (
+    CREATE TABLE IF NOT EXISTS work_items (
         id INTEGER PRIMARY KEY,
         kind TEXT NOT NULL,
         subject TEXT NOT NULL,
@@ -243,161 +164,10 @@ _V4_LEDGER: list[str] = [
         updated_at REAL NOT NULL
     )
     """,
-    "CREATE INDEX idx_work_items_open ON work_items(status, kind)",
+    "CREATE INDEX IF NOT EXISTS idx_work_items_open ON work_items(status, kind)",
 ]
+_MOVED_TO_A_DOMAIN: list[str] = []
 
-# A requisition a sender asked for (FHIR SupplyRequest) is booked once per request identifier.
-_V5_REQUESTED_REQUISITIONS: list[str] = [
-    "ALTER TABLE requisitions ADD COLUMN business_key TEXT",
-    "CREATE UNIQUE INDEX idx_requisitions_business_key ON requisitions(business_key) "
-    "WHERE business_key IS NOT NULL",
-]
-
-# X12: control numbers per partner and kind, interchanges sent and their acks, inbound sets
-# seen (duplicate detection). Used by engine/x12/control.py.
-_X12_CONTROL: list[str] = [
-    """
-    CREATE TABLE x12_control (
-        partner TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('isa13', 'gs06', 'st02')),
-        last INTEGER NOT NULL CHECK (last BETWEEN 0 AND 999999999),
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (partner, kind)
-    )
-    """,
-    """
-    CREATE TABLE x12_outbound (
-        id INTEGER PRIMARY KEY,
-        partner TEXT NOT NULL,
-        isa13 INTEGER NOT NULL,
-        gs06 INTEGER NOT NULL,
-        st02 TEXT NOT NULL,
-        document TEXT NOT NULL,
-        business_key TEXT NOT NULL,
-        message_id TEXT,
-        sent_at REAL NOT NULL,
-        ack_due_at REAL,
-        ack_status TEXT NOT NULL DEFAULT 'none'
-            CHECK (ack_status IN ('none', 'accepted', 'rejected', 'partial')),
-        ack_codes TEXT,
-        ack_at REAL,
-        ta1_status TEXT,
-        ta1_code TEXT,
-        ta1_at REAL
-    )
-    """,
-    "CREATE INDEX idx_x12_outbound_gs06 ON x12_outbound(partner, gs06)",
-    "CREATE INDEX idx_x12_outbound_isa13 ON x12_outbound(partner, isa13)",
-    "CREATE INDEX idx_x12_outbound_ack ON x12_outbound(ack_status, ack_due_at)",
-    "CREATE INDEX idx_x12_outbound_key ON x12_outbound(business_key)",
-    """
-    CREATE TABLE x12_inbound (
-        id INTEGER PRIMARY KEY,
-        sender_qualifier TEXT NOT NULL,
-        sender_id TEXT NOT NULL,
-        receiver_qualifier TEXT,
-        receiver_id TEXT,
-        isa13 TEXT NOT NULL,
-        gs06 TEXT,
-        st02 TEXT,
-        received_at REAL NOT NULL,
-        message_id TEXT
-    )
-    """,
-    "CREATE INDEX idx_x12_inbound_key ON x12_inbound(sender_qualifier, sender_id, isa13, "
-    "received_at)",
-    "CREATE INDEX idx_x12_inbound_received ON x12_inbound(received_at)",
-]
-
-# Procurement: purchase orders sent as 850s, their lines (with 855 statuses), receipts (856 or
-# ERP), invoices (810) and their match. Used by engine/x12/book.py.
-_V7_PROCUREMENT: list[str] = [
-    """
-    CREATE TABLE purchase_orders (
-        po_number TEXT PRIMARY KEY,
-        partner TEXT NOT NULL,
-        vendor TEXT NOT NULL,
-        location_id TEXT NOT NULL,
-        currency TEXT NOT NULL,
-        status TEXT NOT NULL,
-        message_id TEXT,
-        correlation_id TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE po_lines (
-        po_number TEXT NOT NULL,
-        line TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        quantity TEXT NOT NULL,
-        uom TEXT NOT NULL,
-        unit_price TEXT NOT NULL,
-        base_quantity TEXT NOT NULL,
-        base_uom TEXT NOT NULL,
-        vendor_item TEXT,
-        gtin TEXT,
-        bill_only INTEGER NOT NULL DEFAULT 0,
-        status TEXT NOT NULL DEFAULT 'ordered',
-        ack_detail TEXT,
-        PRIMARY KEY (po_number, line)
-    )
-    """,
-    """
-    CREATE TABLE receipts (
-        id INTEGER PRIMARY KEY,
-        business_key TEXT NOT NULL UNIQUE,
-        po_number TEXT NOT NULL,
-        po_line TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        quantity TEXT NOT NULL,
-        uom TEXT NOT NULL,
-        base_quantity TEXT NOT NULL,
-        lot TEXT,
-        serial TEXT,
-        expiry TEXT,
-        sscc TEXT,
-        source TEXT NOT NULL,
-        message_id TEXT,
-        created_at REAL NOT NULL
-    )
-    """,
-    "CREATE INDEX idx_receipts_po ON receipts(po_number, po_line)",
-    "CREATE INDEX idx_receipts_age ON receipts(created_at)",
-    """
-    CREATE TABLE invoices (
-        id INTEGER PRIMARY KEY,
-        partner TEXT NOT NULL,
-        vendor_key TEXT NOT NULL,
-        invoice_key TEXT NOT NULL,
-        invoice_number TEXT NOT NULL,
-        po_number TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('matched', 'held', 'released', 'rejected',
-                                               'duplicate')),
-        reasons TEXT NOT NULL,
-        retry_on_receipt INTEGER NOT NULL DEFAULT 0,
-        total TEXT,
-        body TEXT NOT NULL,
-        message_id TEXT,
-        correlation_id TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    )
-    """,
-    "CREATE UNIQUE INDEX idx_invoices_key ON invoices(vendor_key, invoice_key) "
-    "WHERE status != 'duplicate'",
-    "CREATE INDEX idx_invoices_po ON invoices(po_number, status)",
-    """
-    CREATE TABLE invoice_lines (
-        invoice_id INTEGER NOT NULL,
-        line TEXT NOT NULL,
-        po_line TEXT,
-        base_quantity TEXT NOT NULL,
-        PRIMARY KEY (invoice_id, line)
-    )
-    """,
-]
 # Claiming due deliveries reads only pending rows of one destination, oldest first: a partial
 # index keeps that cheap however many sent rows the outbox holds.
 _V8_PENDING_OUTBOX: list[str] = [
@@ -405,32 +175,53 @@ _V8_PENDING_OUTBOX: list[str] = [
 ]
 # Lookups that ran on every accepted charge, work item and lease check (found with EXPLAIN
 # QUERY PLAN: full scans of charges, work_items and outbox that grew with the tables).
+# (Its index on the ledger's charges moved to the ledger domain's history.)
 _V9_HOT_LOOKUPS: list[str] = [
-    "CREATE INDEX idx_charges_event ON charges(event_id)",
-    "CREATE INDEX idx_work_items_subject ON work_items(kind, subject)",
-    "CREATE INDEX idx_outbox_inflight ON outbox(lease_until) WHERE status = 'inflight'",
+    "CREATE INDEX IF NOT EXISTS idx_work_items_subject ON work_items(kind, subject)",
+    "CREATE INDEX IF NOT EXISTS idx_outbox_inflight ON outbox(lease_until) "
+    "WHERE status = 'inflight'",
+]
+# Each component with tables of its own (a domain) keeps its own schema history here.
+_V10_COMPONENT_VERSIONS: list[str] = [
+    """
+    CREATE TABLE component_versions (
+        component TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        description TEXT NOT NULL,
+        applied_at REAL NOT NULL,
+        PRIMARY KEY (component, version)
+    )
+    """,
 ]
 
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
     (3, "backfill correlation_id with the message id", _v3_backfill_correlation),
-    (4, "supply ledger: events, stock, on-hand, charges, requisitions, work items", _V4_LEDGER),
-    (5, "requisitions asked for by a sender: business key", _V5_REQUESTED_REQUISITIONS),
-    (6, "x12 control numbers, outbound interchanges and acks, inbound sets", _X12_CONTROL),
-    (7, "procurement: purchase orders, lines, receipts, invoices and their match", _V7_PROCUREMENT),
+    (4, "work items (the supply ledger's tables: its own history)", _V4_WORK_ITEMS),
+    (5, "moved to the supply ledger's history", _MOVED_TO_A_DOMAIN),
+    (6, "moved to procurement's history", _MOVED_TO_A_DOMAIN),
+    (7, "moved to procurement's history", _MOVED_TO_A_DOMAIN),
     (8, "partial index of pending outbox rows for claims", _V8_PENDING_OUTBOX),
-    (9, "indexes for charge outcomes, work items and expired leases", _V9_HOT_LOOKUPS),
+    (9, "indexes for work items and expired leases", _V9_HOT_LOOKUPS),
+    (10, "schema histories of components with their own tables", _V10_COMPONENT_VERSIONS),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]
 
 
-def current_version(conn: sqlite3.Connection) -> int:
-    """Highest applied schema version, 0 for an empty database."""
-    if not Database(conn)["schema_version"].exists():
-        return 0
-    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+def current_version(conn: sqlite3.Connection, component: str | None = None) -> int:
+    """Highest applied schema version (of the store, or of ``component``), 0 for none."""
+    if component is None:
+        if not Database(conn)["schema_version"].exists():
+            return 0
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    else:
+        if not Database(conn)["component_versions"].exists():
+            return 0
+        row = conn.execute(
+            "SELECT MAX(version) FROM component_versions WHERE component = ?", (component,)
+        ).fetchone()
     return int(row[0] or 0)
 
 
@@ -439,26 +230,33 @@ def apply_migrations(
     migrations: Sequence[Migration] = MIGRATIONS,
     *,
     target: int | None = None,
+    component: str | None = None,
 ) -> int:
     """Apply every migration above the current version up to ``target`` (default: all).
+
+    Without ``component`` these are the store's own (``schema_version``); with it, the
+    history of that component (a domain), recorded in ``component_versions``, which the store's
+    own migrations must have created first.
 
     ``conn`` must be in autocommit mode (``isolation_level=None``). Each migration runs in
     its own ``BEGIN IMMEDIATE`` transaction; a failure rolls that one back and raises
     :class:`StoreError`. Returns the version reached.
     """
     _check_history(migrations)
-    conn.execute(_SCHEMA_VERSION_DDL)
-    version = current_version(conn)
+    if component is None:
+        conn.execute(_SCHEMA_VERSION_DDL)
+    version = current_version(conn, component)
     latest = migrations[-1][0] if migrations else 0
+    whose = f"{component}'s schema" if component else "database schema"
     if version > latest:
         raise StoreError(
-            f"database schema is version {version} but this Wharf knows versions up to "
+            f"{whose} is version {version} but this Wharf knows versions up to "
             f"{latest}; upgrade Wharf before opening this store"
         )
     for number, description, step in migrations:
         if number <= version or (target is not None and number > target):
             continue
-        _apply_one(conn, number, description, step)
+        _apply_one(conn, number, description, step, component)
         version = number
     return version
 
@@ -471,7 +269,11 @@ def _check_history(migrations: Sequence[Migration]) -> None:
 
 
 def _apply_one(
-    conn: sqlite3.Connection, number: int, description: str, step: MigrationStep
+    conn: sqlite3.Connection,
+    number: int,
+    description: str,
+    step: MigrationStep,
+    component: str | None = None,
 ) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -480,13 +282,23 @@ def _apply_one(
         else:
             for statement in step:
                 conn.execute(statement)
-        conn.execute(
-            "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-            (number, description, time.time()),
-        )
+        if component is None:
+            conn.execute(
+                "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                (number, description, time.time()),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO component_versions (component, version, description, applied_at) "
+                "VALUES (?, ?, ?, ?)",
+                (component, number, description, time.time()),
+            )
     except sqlite3.Error as exc:
         conn.execute("ROLLBACK")
-        raise StoreError(f"schema migration v{number} ({description}) failed: {exc}") from exc
+        whose = f"{component} " if component else ""
+        raise StoreError(
+            f"{whose}schema migration v{number} ({description}) failed: {exc}"
+        ) from exc
     except BaseException:
         conn.execute("ROLLBACK")
         raise

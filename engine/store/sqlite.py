@@ -4,6 +4,12 @@ Synchronous and thread-safe: each thread gets its own ``sqlite3`` connection (au
 explicit ``BEGIN IMMEDIATE`` for every write). In production one thread (the
 :class:`~engine.store.executor.StoreExecutor`) does all writes; readers such as the CLI may
 use other threads. Every ``sqlite3.Error`` surfaces as :class:`~engine.errors.StoreError`.
+
+Writes go through :meth:`SqliteStore.transaction`, which hands out the public write API
+(:class:`~engine.store.transaction.SqliteTransaction`); the methods below that write are that
+API in a transaction of their own. The store knows no business domain: a domain keeps its own
+tables (its migrations: :meth:`SqliteStore.migrate`) and books inside a transaction the runtime
+opened.
 """
 
 from __future__ import annotations
@@ -13,18 +19,21 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from engine import model
 from engine.errors import StoreError
-from engine.ledger.book import charge_outcome, work_items
 from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
 from engine.store.migrations import apply_migrations, current_version
-
-GENESIS_HASH = "0" * 64
+from engine.store.transaction import (
+    GENESIS_HASH,
+    SqliteTransaction,
+    audit_hash,
+    placeholders,
+)
 
 _MESSAGE_COLUMNS = (
     "id, channel, source, peer, content_type, received_at, updated_at, sha256, size, "
@@ -36,20 +45,7 @@ _DELIVERY_COLUMNS = (
 )
 _FAILED = (model.DEAD, model.QUARANTINED)
 _OPEN = (model.PENDING, model.INFLIGHT)
-
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON text: sorted keys, no spaces, UTF-8 kept (hash input of the audit)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def audit_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    """sha256 hex of ``prev_hash`` followed by the canonical JSON of ``row``."""
-    return hashlib.sha256((prev_hash + canonical_json(row)).encode()).hexdigest()
-
-
-def _placeholders(values: Sequence[Any]) -> str:
-    return ", ".join("?" for _ in values)
+_placeholders = placeholders
 
 
 class SqliteStore:
@@ -132,14 +128,20 @@ class SqliteStore:
         return conn
 
     @contextmanager
-    def _write(self, what: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction; sqlite errors become StoreError naming ``what``.
+    def transaction(self, what: str, durable: bool = True) -> Iterator[SqliteTransaction]:
+        """One ``BEGIN IMMEDIATE`` transaction, handed out as the store's public write API;
+        sqlite errors become StoreError naming ``what``.
 
         ``durable=False`` commits with ``synchronous=NORMAL``: in WAL mode that survives a crash
         of the process (kill -9) and is lost only with the machine's power, which is safe for
         work that recovery redoes with the same keys (pipeline results, delivery bookkeeping).
         Ingests, stored answers and the audit log stay ``synchronous=FULL``.
         """
+        with self._write(what, durable) as conn:
+            yield SqliteTransaction(conn)
+
+    @contextmanager
+    def _write(self, what: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
         if not durable:
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -164,6 +166,16 @@ class SqliteStore:
         finally:
             if not durable:
                 conn.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
+    def reading(self) -> Iterator[SqliteTransaction]:
+        """This thread's connection for reads (a domain's queries, the CLI), no transaction
+        opened; it has the same ``dialect``/``connection`` a domain's repository needs."""
+        yield SqliteTransaction(self._conn())
+
+    def migrate(self, component: str, migrations: Sequence[Any]) -> int:
+        """Apply a component's (a domain's) own schema history; returns the version reached."""
+        return apply_migrations(self._conn(), migrations, component=component)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -198,7 +210,7 @@ class SqliteStore:
             earlier = self._dedup_candidates(conn, item, now)
             for row_id, row_status, row_corr, row_sha in earlier:
                 if row_sha == digest:
-                    response = self._content(conn, row_id, "response")
+                    response = SqliteTransaction(conn).content(row_id, "response")
                     return IngestResult(row_id, "duplicate", row_status, row_corr, response)
             if earlier:
                 status = model.CONFLICT
@@ -228,9 +240,10 @@ class SqliteStore:
             raise StoreError(
                 f"message id {message_id!r} must be new but is already stored ({exc})"
             ) from exc
-        self._put_content(conn, message_id, "raw", item.raw, now)
+        tx = SqliteTransaction(conn)
+        tx.put_content(message_id, "raw", item.raw, now)
         if item.response is not None:
-            self._put_content(conn, message_id, "response", item.response, now)
+            tx.put_content(message_id, "response", item.response, now)
         outcome = "conflict" if status == model.CONFLICT else "stored"
         return IngestResult(message_id, outcome, status, correlation_id, None)
 
@@ -246,33 +259,12 @@ class SqliteStore:
             (item.channel, item.dedup_key, now - item.dedup_window),
         ).fetchall()
 
-    @staticmethod
-    def _put_content(
-        conn: sqlite3.Connection, message_id: str, stage: str, data: bytes, now: float
-    ) -> None:
-        conn.execute(
-            "INSERT INTO contents (message_id, stage, data, created_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (message_id, stage) DO UPDATE SET data = excluded.data, "
-            "created_at = excluded.created_at",
-            (message_id, stage, bytes(data), now),
-        )
-
-    @staticmethod
-    def _content(conn: sqlite3.Connection, message_id: str, stage: str) -> bytes | None:
-        row = conn.execute(
-            "SELECT data FROM contents WHERE message_id = ? AND stage = ?", (message_id, stage)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
     def set_response(self, message_id: str, response: bytes, now: float | None = None) -> None:
         """Store (or replace) the response the source gave for this message (e.g. the ACK)."""
-        with self._write(f"set_response({message_id})") as conn:
-            row = conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if row is None:
+        with self.transaction(f"set_response({message_id})") as tx:
+            if tx.message_channel(message_id) is None:
                 raise StoreError(f"set_response: no message with id {message_id!r}")
-            self._put_content(
-                conn, message_id, "response", response, time.time() if now is None else now
-            )
+            tx.put_content(message_id, "response", response, time.time() if now is None else now)
 
     # ------------------------------------------------------------------ reads
 
@@ -318,25 +310,15 @@ class SqliteStore:
         business_keys: Iterable[tuple[str, str]] = (),
         error: str | None = None,
         error_location: str | None = None,
-        book: Callable[[sqlite3.Connection], Sequence[Outbound]] | None = None,
         work_item: tuple[str, str, str] | None = None,
         durable: bool = False,
     ) -> None:
-        """Record a pipeline run in ONE transaction: content, business keys, outbox, status.
+        """Record a pipeline run in ONE transaction (:meth:`SqliteTransaction.finish`).
 
-        ``durable``: commit with ``synchronous=FULL`` (what the book allocates, X12 control
-        numbers, must never come back after a power loss).
-
-        ``book(conn)`` runs inside that transaction (ledger effects) and returns more outbound
-        deliveries to enqueue with the rest.
-
-        Safe to call again for the same message (a re-run after replay): the previous
-        transformed content, business keys and unsent outbox rows are replaced; rows already
-        sent are kept and their idempotency keys are not inserted again.
+        ``durable``: commit with ``synchronous=FULL``.
         """
-        with self._write(f"finish_processing({message_id})", durable=durable) as conn:
-            self._finish(
-                conn,
+        with self.transaction(f"finish_processing({message_id})", durable=durable) as tx:
+            tx.finish(
                 message_id,
                 status=status,
                 now=now,
@@ -345,7 +327,6 @@ class SqliteStore:
                 business_keys=business_keys,
                 error=error,
                 error_location=error_location,
-                book=book,
                 work_item=work_item,
             )
 
@@ -368,147 +349,14 @@ class SqliteStore:
             )
             return cur.rowcount
 
-    def seed_onhand(self, rows: Sequence[tuple[str, str, Any, str]], now: float) -> int:
-        """Seed the ledger's on-hand where it has no figure yet (see engine.ledger.book)."""
-        from engine.ledger.book import seed_onhand
-
-        with self._write("seed_onhand") as conn:
-            return seed_onhand(conn, rows, now)
-
-    def find_unbilled(self, *, older_than: float, now: float) -> int:
-        """Open UNBILLED_USAGE work items (see engine.ledger.book.find_unbilled)."""
-        from engine.ledger.book import find_unbilled
-
-        with self._write("find_unbilled", durable=False) as conn:
-            return find_unbilled(conn, older_than=older_than, now=now)
-
     def finish_many(self, results: Sequence[dict[str, Any]], now: float) -> None:
         """Several pipeline runs in ONE transaction; each dict holds finish_processing's
         keyword arguments plus ``message_id``. All or none are recorded; with a full sync when
         one of them asks for ``durable``."""
         durable = any(r.get("durable") for r in results)
-        with self._write(f"finish_many({len(results)})", durable=durable) as conn:
+        with self.transaction(f"finish_many({len(results)})", durable=durable) as tx:
             for result in results:
-                self._finish(conn, now=now, **{k: v for k, v in result.items() if k != "durable"})
-
-    def _finish(
-        self,
-        conn: sqlite3.Connection,
-        message_id: str,
-        *,
-        status: str,
-        now: float,
-        transformed: bytes | None = None,
-        outbound: Sequence[Outbound] = (),
-        business_keys: Iterable[tuple[str, str]] = (),
-        error: str | None = None,
-        error_location: str | None = None,
-        book: Callable[[sqlite3.Connection], Sequence[Outbound]] | None = None,
-        work_item: tuple[str, str, str] | None = None,
-    ) -> None:
-        if status not in model.MESSAGE_STATUSES:
-            raise ValueError(f"status must be one of {model.MESSAGE_STATUSES} (got {status!r})")
-        message = conn.execute(
-            "SELECT channel, correlation_id FROM messages WHERE id = ?", (message_id,)
-        ).fetchone()
-        if message is None:
-            raise StoreError(f"finish_processing: no message with id {message_id!r}")
-        channel, correlation_id = message
-        conn.execute(
-            "DELETE FROM contents WHERE message_id = ? AND stage = 'transformed'",
-            (message_id,),
-        )
-        if transformed is not None:
-            self._put_content(conn, message_id, "transformed", transformed, now)
-        self._replace_business_keys(conn, message_id, business_keys)
-        if book is not None and status != model.ERROR:
-            # Ledger effects commit together with the message's own result.
-            outbound = [*outbound, *book(conn)]
-        work_items(conn, message_id, correlation_id, status, work_item, now)
-        self._replace_outbox(conn, message_id, channel, correlation_id, outbound, now)
-        # A pipeline error stays an error even when something (an application ACK) goes out.
-        if outbound and status != model.ERROR:
-            final = self._rolled_up_status(conn, message_id)
-        else:
-            final = status
-        conn.execute(
-            "UPDATE messages SET status = ?, error = ?, error_location = ?, updated_at = ? "
-            "WHERE id = ?",
-            (final, error, error_location, now, message_id),
-        )
-
-    @staticmethod
-    def _replace_business_keys(
-        conn: sqlite3.Connection, message_id: str, keys: Iterable[tuple[str, str]]
-    ) -> None:
-        conn.execute("DELETE FROM business_keys WHERE message_id = ?", (message_id,))
-        conn.executemany(
-            "INSERT OR IGNORE INTO business_keys (message_id, name, value) VALUES (?, ?, ?)",
-            [(message_id, str(name), str(value)) for name, value in keys],
-        )
-
-    def _replace_outbox(
-        self,
-        conn: sqlite3.Connection,
-        message_id: str,
-        channel: str,
-        correlation_id: str,
-        outbound: Sequence[Outbound],
-        now: float,
-    ) -> None:
-        unsent = [
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM outbox WHERE message_id = ? AND status != ?",
-                (message_id, model.DELIVERED),
-            )
-        ]
-        if unsent:
-            marks = _placeholders(unsent)
-            conn.execute(
-                f"UPDATE dead_letters SET replayed_at = ? "
-                f"WHERE outbox_id IN ({marks}) AND replayed_at IS NULL",
-                (now, *unsent),
-            )
-            conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", unsent)
-        sent_keys = {
-            row[0]
-            for row in conn.execute(
-                "SELECT idempotency_key FROM outbox WHERE message_id = ?", (message_id,)
-            )
-        }
-        per_destination: dict[str, int] = {}
-        for out in outbound:
-            idx = per_destination.get(out.destination, 0)
-            per_destination[out.destination] = idx + 1
-            # An effect of a ledger event carries its own key (stable across messages).
-            key = out.meta.get("idempotency_key") or model.idempotency_key(
-                channel, out.destination, message_id, idx
-            )
-            if key in sent_keys:
-                continue
-            conn.execute(
-                "INSERT INTO outbox (message_id, channel, destination, idx, payload, "
-                "content_type, meta, idempotency_key, correlation_id, order_key, status, "
-                "attempts, next_attempt_at, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                (
-                    message_id,
-                    channel,
-                    out.destination,
-                    idx,
-                    bytes(out.payload),
-                    out.content_type,
-                    canonical_json(out.meta),
-                    key,
-                    correlation_id,
-                    out.order_key,
-                    model.PENDING,
-                    now,
-                    now,
-                    now,
-                ),
-            )
+                tx.finish(now=now, **{k: v for k, v in result.items() if k != "durable"})
 
     # ------------------------------------------------------------------ deliveries
 
@@ -563,29 +411,16 @@ class SqliteStore:
 
     def deliveries_succeeded(self, done: Sequence[tuple[int, bytes | None, float]]) -> None:
         """:meth:`delivery_succeeded` for several rows in one transaction."""
-        with self._write(f"deliveries_succeeded({len(done)})", durable=False) as conn:
+        with self.transaction(f"deliveries_succeeded({len(done)})", durable=False) as tx:
             for delivery_id, response, now in done:
-                message_id = self._outbox_message(conn, delivery_id)
-                conn.execute(
-                    "UPDATE outbox SET status = ?, response = ?, attempts = attempts + 1, "
-                    "lease_until = NULL, updated_at = ? WHERE id = ?",
-                    (model.DELIVERED, response, now, delivery_id),
-                )
-                charge_outcome(conn, delivery_id, "accepted", None, now)
-                self._roll_up(conn, message_id, now)
+                tx.delivery_succeeded(delivery_id, response, now)
 
     def delivery_retry(
         self, delivery_id: int, error: str, next_attempt_at: float, now: float
     ) -> None:
         """Put an outbox row back to pending, due at ``next_attempt_at``."""
-        with self._write(f"delivery_retry({delivery_id})", durable=False) as conn:
-            message_id = self._outbox_message(conn, delivery_id)
-            conn.execute(
-                "UPDATE outbox SET status = ?, last_error = ?, next_attempt_at = ?, "
-                "attempts = attempts + 1, lease_until = NULL, updated_at = ? WHERE id = ?",
-                (model.PENDING, error, next_attempt_at, now, delivery_id),
-            )
-            self._roll_up(conn, message_id, now)
+        with self.transaction(f"delivery_retry({delivery_id})", durable=False) as tx:
+            tx.delivery_retry(delivery_id, error, next_attempt_at, now)
 
     def delivery_dead(self, delivery_id: int, reason: str, now: float) -> None:
         """Give up on an outbox row: status dead plus a dead letter of kind 'dead'."""
@@ -599,66 +434,8 @@ class SqliteStore:
     def _fail_delivery(
         self, delivery_id: int, reason: str, now: float, status: str, kind: str
     ) -> None:
-        with self._write(f"delivery_{kind}({delivery_id})") as conn:
-            message_id = self._outbox_message(conn, delivery_id)
-            conn.execute(
-                "UPDATE outbox SET status = ?, last_error = ?, attempts = attempts + 1, "
-                "lease_until = NULL, updated_at = ? WHERE id = ?",
-                (status, reason, now, delivery_id),
-            )
-            conn.execute(
-                "INSERT INTO dead_letters (outbox_id, message_id, channel, destination, kind, "
-                "reason, created_at) SELECT id, message_id, channel, destination, ?, ?, ? "
-                "FROM outbox WHERE id = ?",
-                (kind, reason, now, delivery_id),
-            )
-            charge_outcome(conn, delivery_id, "rejected", reason, now)
-            self._roll_up(conn, message_id, now)
-
-    @staticmethod
-    def _outbox_message(conn: sqlite3.Connection, delivery_id: int) -> str:
-        row = conn.execute("SELECT message_id FROM outbox WHERE id = ?", (delivery_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"no outbox row with id {delivery_id!r}")
-        return row[0]
-
-    @staticmethod
-    def _rolled_up_status(conn: sqlite3.Connection, message_id: str) -> str:
-        """'sent' when every row is sent, 'error' when a row failed and none is open,
-        otherwise 'queued'."""
-        by_status = dict(
-            conn.execute(
-                "SELECT status, COUNT(*) FROM outbox WHERE message_id = ? GROUP BY status",
-                (message_id,),
-            ).fetchall()
-        )
-        if by_status and set(by_status) == {model.DELIVERED}:
-            return model.SENT
-        failed = any(by_status.get(s) for s in _FAILED)
-        still_open = any(by_status.get(s) for s in _OPEN)
-        if failed and not still_open:
-            return model.ERROR
-        return model.QUEUED
-
-    def _roll_up(self, conn: sqlite3.Connection, message_id: str, now: float) -> None:
-        current = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
-        if current is None or current[0] != model.QUEUED:
-            return  # only a message waiting on its deliveries takes their outcome
-        status = self._rolled_up_status(conn, message_id)
-        error = location = None
-        if status == model.ERROR:
-            first = conn.execute(
-                "SELECT reason, destination FROM dead_letters "
-                "WHERE message_id = ? AND replayed_at IS NULL ORDER BY id LIMIT 1",
-                (message_id,),
-            ).fetchone()
-            if first is not None:
-                error, location = first
-        conn.execute(
-            "UPDATE messages SET status = ?, error = ?, error_location = ?, updated_at = ? "
-            "WHERE id = ?",
-            (status, error, location, now, message_id),
-        )
+        with self.transaction(f"delivery_{kind}({delivery_id})") as tx:
+            tx.delivery_failed(delivery_id, reason, now, status=status, kind=kind)
 
     def next_due(self, channel: str, destination: str) -> float | None:
         """Earliest ``next_attempt_at`` of the destination's pending rows, None when idle."""
@@ -845,7 +622,7 @@ class SqliteStore:
                 "outbox_ids": ids,
                 "reprocess": reprocess,
             }
-            self._append_audit(conn, actor, "replay", message_id, detail, now)
+            SqliteTransaction(conn).audit(actor, "replay", message_id, detail, now)
         return {"requeued": len(ids), "reprocess": reprocess}
 
     @staticmethod
@@ -921,37 +698,22 @@ class SqliteStore:
         self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
     ) -> int:
         """Append one hash-chained audit row; returns its id."""
-        with self._write(f"audit({action})") as conn:
-            return self._append_audit(conn, actor, action, target, detail, now)
+        with self.transaction(f"audit({action})") as tx:
+            return tx.audit(actor, action, target, detail, now)
 
-    @staticmethod
-    def _append_audit(
-        conn: sqlite3.Connection,
-        actor: str,
-        action: str,
-        target: str,
-        detail: dict[str, Any],
-        now: float,
-    ) -> int:
-        last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-        audit_id, prev_hash = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
-        detail_text = canonical_json(detail)
-        # Hash exactly what reading the row back yields (REAL time, decoded detail).
-        row = {
-            "id": audit_id,
-            "at": float(now),
-            "actor": str(actor),
-            "action": str(action),
-            "target": str(target),
-            "detail": json.loads(detail_text),
-        }
-        digest = audit_hash(prev_hash, row)
-        conn.execute(
-            "INSERT INTO audit (id, at, actor, action, target, detail, prev_hash, hash) "
-            "VALUES (:id, :at, :actor, :action, :target, :detail_text, :prev_hash, :digest)",
-            {**row, "detail_text": detail_text, "prev_hash": prev_hash, "digest": digest},
+    def open_work_items(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Work items still open for a person (oldest first), of one kind or all."""
+        sql = (
+            "SELECT id, kind, subject, detail, message_id, created_at FROM work_items "
+            "WHERE status = 'open'"
         )
-        return audit_id
+        args: tuple[str, ...] = ()
+        if kind:
+            sql += " AND kind = ?"
+            args = (kind,)
+        cols = ("id", "kind", "subject", "detail", "message_id", "created_at")
+        rows = self._query("open_work_items", sql + " ORDER BY id", args)
+        return [dict(zip(cols, row, strict=True)) for row in rows]
 
     def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest audit rows first, ``detail`` decoded."""

@@ -71,7 +71,7 @@ def run_test(project: Project, defn: ChannelDef, index: int) -> TestOutcome:
         raw = (project.root / test.input).read_bytes()
     else:
         raw = test.input_text.encode("utf-8")
-    channel = Channel(defn, project.mappings)
+    channel = Channel(defn, project.mappings, extras=project.extras)
     message_id = new_id()
     result = channel.process(raw, message_id, message_id)
     exp = test.expect

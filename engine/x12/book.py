@@ -31,9 +31,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from engine.domains.ledger.domain import add_to_onhand
 from engine.errors import MappingMiss
-from engine.ledger.book import _move_stock, effect_key
-from engine.model import Outbound, to_json_bytes
+from engine.model import Outbound, effect_key, to_json_bytes
 from engine.x12 import control
 from engine.x12.documents import Invoice, PurchaseOrderAck, ShipNotice, read_invoice
 from engine.x12.match import (
@@ -497,7 +497,7 @@ class _Book:
             )
             touched.add(line.po_number)
             if partner.asn_is_receipt:
-                _move_stock(self.conn, location, item, base, base_uom, self.now)
+                add_to_onhand(self.conn, location, item, base, base_uom, self.now)
         if not posted:
             return
         receipt = {
@@ -571,7 +571,7 @@ class _Book:
                 ),
             )
             if cur.rowcount:
-                _move_stock(self.conn, po[1], item, base, base_uom, self.now)
+                add_to_onhand(self.conn, po[1], item, base, base_uom, self.now)
         self._retry_held(partner, receipt.po_number)
 
     def _retry_held(self, partner: Partner, po_number: str) -> None:

@@ -14,9 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from engine.errors import StoreError
-from engine.ledger.book import effect_key
-from engine.model import PENDING, to_json_bytes
-from engine.store.sqlite import canonical_json
+from engine.model import Outbound, effect_key, to_json_bytes
 
 
 def invoices(conn: sqlite3.Connection, status: str | None = None) -> list[dict[str, Any]]:
@@ -95,55 +93,38 @@ def release_invoice(
     store: Any, project: Any, invoice_id: int, *, actor: str, note: str, now: float
 ) -> dict[str, Any]:
     """Post a held invoice to AP as it is, through its channel's ``procurement.ap``."""
-    from engine.channel import Channel
+    from engine.domains.procurement.domain import PARTNERS, converter
     from engine.x12.book import _set_from_json, _their_units, ap_invoice, order_from_store
     from engine.x12.documents import read_invoice
     from engine.x12.match import match_invoice
 
-    with store._write(f"release_invoice({invoice_id})") as conn:
+    with store.transaction(f"release_invoice({invoice_id})") as tx:
+        conn = tx.connection
         partner_id, number, po, _s, body, message_id, correlation_id, channel = _held(
             conn, invoice_id
         )
         defn = project.channels.get(channel)
         if defn is None or defn.config.procurement is None or not defn.config.procurement.ap:
             raise StoreError(f"channel {channel!r} of invoice {invoice_id} has no procurement.ap")
-        ch = Channel(defn, project.mappings)
-        partner = project.mappings.partners[partner_id]
+        partner = project.extras[PARTNERS][partner_id]
         invoice = read_invoice(_set_from_json(body))
         order = order_from_store(conn, po)
         result = match_invoice(
             invoice,
             order,
             (),
-            convert=_their_units(partner, ch.converter(partner)),
+            convert=_their_units(partner, converter(project.mappings, partner)),
             tolerance=partner.tolerance,
         )
         doc = ap_invoice(partner, invoice, result, correlation_id or "")
         doc.update(match="released", released_by=actor, note=note)
         dest = defn.config.procurement.ap
         key = effect_key(channel, dest, f"810:{partner_id}:{number}", "ap_invoice")
-        conn.execute(
-            "INSERT INTO outbox (message_id, channel, destination, idx, payload, content_type, "
-            "meta, idempotency_key, correlation_id, order_key, status, attempts, "
-            "next_attempt_at, created_at, updated_at) "
-            "VALUES (?, ?, ?, 0, ?, 'application/json', ?, ?, ?, NULL, ?, 0, ?, ?, ?)",
-            (
-                message_id,
-                channel,
-                dest,
-                to_json_bytes(doc),
-                canonical_json({"idempotency_key": key, "effect": "ap_invoice"}),
-                key,
-                correlation_id,
-                PENDING,
-                now,
-                now,
-                now,
-            ),
-        )
+        meta = {"idempotency_key": key, "effect": "ap_invoice"}
+        delivery = Outbound(dest, to_json_bytes(doc), "application/json", None, meta)
+        tx.enqueue(message_id, [delivery], now, correlation_id=correlation_id)
         _close(conn, invoice_id, "released", f"{partner_id}:{number}", now)
-        store._append_audit(
-            conn,
+        tx.audit(
             actor,
             "invoice.release",
             str(invoice_id),
@@ -157,11 +138,10 @@ def reject_invoice(
     store: Any, invoice_id: int, *, actor: str, note: str, now: float
 ) -> dict[str, Any]:
     """Close a held invoice without posting it (the vendor is asked for a corrected one)."""
-    with store._write(f"reject_invoice({invoice_id})") as conn:
-        partner_id, number, *_ = _held(conn, invoice_id)
-        _close(conn, invoice_id, "rejected", f"{partner_id}:{number}", now)
-        store._append_audit(
-            conn,
+    with store.transaction(f"reject_invoice({invoice_id})") as tx:
+        partner_id, number, *_ = _held(tx.connection, invoice_id)
+        _close(tx.connection, invoice_id, "rejected", f"{partner_id}:{number}", now)
+        tx.audit(
             actor,
             "invoice.reject",
             str(invoice_id),

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from engine.codecs.hl7v2 import tokenize
 from engine.errors import Overloaded
-from engine.service import Engine
+from engine.runtime import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The shipped sample asks for enhanced mode (MSH-15=AL, MSH-16=NE); these tests start from

@@ -17,8 +17,8 @@ import yaml
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from engine.runtime import Engine
 from engine.sandbox.service import SandboxService
-from engine.service import Engine
 
 pytestmark = pytest.mark.integration
 

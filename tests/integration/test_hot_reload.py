@@ -25,7 +25,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial import unittest
 from twisted.web import resource, server
 
-from engine.service import Engine
+from engine.runtime import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from engine.codecs.hl7v2 import tokenize
-from engine.service import Engine
+from engine.runtime import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 KNEE = (ROOT / "samples/hl7/dft_p03_knee_and_sutures.hl7").read_bytes()

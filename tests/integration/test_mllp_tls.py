@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from engine.codecs.hl7v2 import tokenize
-from engine.service import Engine
+from engine.runtime import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 STENT = (ROOT / "samples/hl7/dft_p03_stent_cath.hl7").read_bytes()

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from engine.config.project import load_project
 from engine.errors import LintFailed
-from engine.service import Engine
+from engine.runtime import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 

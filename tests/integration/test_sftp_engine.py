@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from engine.service import Engine
+from engine.runtime import Engine
 
 SFTP = shutil.which("sftp")
 KEYGEN = shutil.which("ssh-keygen")

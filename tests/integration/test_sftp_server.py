@@ -24,7 +24,7 @@ from twisted.conch.ssh.filetransfer import SFTPError
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from engine.service import Engine
+from engine.runtime import Engine
 from engine.sftp import HostKeyError, Remote, SftpSession, connect
 from engine.sftp.config import parse_server_config
 from engine.sftp.service import SftpServerService
@@ -673,7 +673,7 @@ RUNNER = """\
 import sys, time
 from pathlib import Path
 from twisted.internet import defer, reactor
-from engine.service import Engine
+from engine.runtime import Engine
 from engine.sftp.config import parse_server_config
 from engine.sftp.service import SftpServerService
 

@@ -16,9 +16,11 @@ import pytest
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from engine.config.project import load_project
 from engine.destinations.x12_partner import X12_PARTNER_SPEC, X12PartnerDestination
 from engine.errors import DeliveryError
 from engine.model import Delivery
+from engine.resources import Resources
 from tests.conftest import copy_project
 from tests.integration.sftp_helpers import OpenSshServer, keygen, missing_openssh
 
@@ -88,6 +90,7 @@ class PartnerServerTests(unittest.TestCase):
             channel="po_to_vendor",
             name="vendors",
             base_dir=self.project,
+            resources=Resources.of_project(load_project(self.project)),
         )
         self.addCleanup(self.dest.close)
 

@@ -28,8 +28,8 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
+from engine.runtime import Engine
 from engine.sandbox.service import SandboxService
-from engine.service import Engine
 from engine.x12.documents import read_purchase_order
 from engine.x12.samplegen import vendor_answers, vendor_invoice
 from engine.x12.segments import transaction_sets

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from engine.domains.ledger.billing import charge_item
+from engine.domains.ledger.domain import LEDGER, repository
+from engine.domains.ledger.records import ConsumptionEvent, LedgerRoutes, RequisitionRequest
+from engine.domains.ledger.rules import book_events
 from engine.errors import CodecError, MappingMiss, MissingField, MissingLotSerial, TransformError
-from engine.ledger.billing import charge_item
-from engine.ledger.book import book_events
-from engine.ledger.records import ConsumptionEvent, LedgerRoutes, RequisitionRequest
 from engine.mappings import load_mappings
 from engine.model import Inbound
 from engine.registry import REGISTRY
@@ -551,6 +552,7 @@ class Ledger:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp())
         self.store = SqliteStore(self.dir / "w.db").open()
+        self.store.migrate("ledger", LEDGER.migrations("sqlite"))
         self.n = 0
 
     def close(self) -> None:
@@ -564,9 +566,9 @@ class Ledger:
         (result,) = self.store.ingest_batch([item], now)
         mid = result.message_id
 
-        def book(conn: Any) -> Any:
-            return book_events(
-                conn,
+        with self.store.transaction("book") as tx:
+            out = book_events(
+                repository(tx),
                 message_id=mid,
                 correlation_id=mid,
                 channel="fhir",
@@ -576,8 +578,7 @@ class Ledger:
                 charge_payload=lambda ev: charge_item(ev, "R5"),
                 now=now,
             )
-
-        self.store.finish_processing(mid, status="sent", now=now, book=book)
+            tx.finish(mid, status="sent", now=now, outbound=out)
         return self.store.deliveries_for(mid)
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:

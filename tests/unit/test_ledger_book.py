@@ -7,9 +7,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from engine.ledger.book import book_events, effect_key, round_up_to_pack, seed_onhand
-from engine.ledger.records import ConsumptionEvent, LedgerRoutes, ParPolicy
-from engine.model import Inbound
+import pytest
+import yaml
+
+from engine.domains.ledger import rules
+from engine.domains.ledger.domain import LEDGER, repository
+from engine.domains.ledger.memory import InMemoryLedgerRepository
+from engine.domains.ledger.records import ConsumptionEvent, LedgerRoutes, ParPolicy
+from engine.domains.ledger.rules import book_events, effect_key, round_up_to_pack
+from engine.model import Inbound, Outbound
+from engine.runtime.outcomes import DeliveryBook
+from engine.spec import Context
 from engine.store import SqliteStore
 
 ROUTES = LedgerRoutes(issue="erp", charge="billing", requisition="erp_req")
@@ -42,9 +50,26 @@ def charge(ev: ConsumptionEvent) -> tuple[bytes, str]:
     return f"DFT for {ev.business_key}".encode(), "x-application/hl7-v2+er7"
 
 
+def _book(repo: Any, mid: str, events: Any, now: float) -> list[Outbound]:
+    return book_events(
+        repo,
+        message_id=mid,
+        correlation_id=mid,
+        channel="usage",
+        events=events,
+        routes=ROUTES,
+        policies=POLICIES,
+        charge_payload=charge,
+        now=now,
+    )
+
+
 class Ledger:
+    """The ledger's rules over the store's SQLite repository, booked in the message's commit."""
+
     def __init__(self, tmp: Path) -> None:
         self.store = SqliteStore(tmp / "w.db").open()
+        self.store.migrate("ledger", LEDGER.migrations("sqlite"))
         self.n = 0
 
     def book(self, *events: ConsumptionEvent) -> tuple[str, list[dict[str, Any]]]:
@@ -54,22 +79,19 @@ class Ledger:
         item = Inbound("usage", "t", f"msg {self.n}".encode(), "text/plain", now)
         (result,) = self.store.ingest_batch([item], now)
         mid = result.message_id
+        with self.store.transaction("book") as tx:
+            tx.finish(mid, status="sent", now=now, outbound=_book(repository(tx), mid, events, now))
+        return mid, self.store.deliveries_for(mid)
 
-        def book(conn: Any) -> Any:
-            return book_events(
-                conn,
-                message_id=mid,
-                correlation_id=mid,
-                channel="usage",
-                events=events,
-                routes=ROUTES,
-                policies=POLICIES,
-                charge_payload=charge,
-                now=now,
+    def seed(self, quantity: int) -> None:
+        with self.store.transaction("seed") as tx:
+            rules.seed_onhand(
+                repository(tx), [("LOC-CATH", "STENT", Decimal(quantity), "EA")], time.time()
             )
 
-        self.store.finish_processing(mid, status="sent", now=now, book=book)
-        return mid, self.store.deliveries_for(mid)
+    def unbilled(self, *, older_than: float, now: float) -> int:
+        with self.store.transaction("unbilled") as tx:
+            return rules.find_unbilled(repository(tx), older_than=older_than, now=now)
 
     def onhand(self) -> Decimal:
         row = (
@@ -82,26 +104,84 @@ class Ledger:
     def count(self, table: str) -> int:
         return self.store._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
+    def charge_types(self) -> list[str]:
+        rows = self.store._conn().execute("SELECT transaction_type FROM charges ORDER BY id")
+        return [r[0] for r in rows]
 
-def test_usage_moves_stock_issues_and_charges_in_the_message_commit(tmp_path: Path) -> None:
+    def requisitions(self) -> list[tuple[str, str]]:
+        return self.store._conn().execute("SELECT quantity, status FROM requisitions").fetchall()
+
+
+class MemoryLedger:
+    """The same rules over the in-memory repository (no SQL at all)."""
+
+    def __init__(self) -> None:
+        self.repo = InMemoryLedgerRepository()
+        self.n = 0
+        self.sent: set[str] = set()
+
+    def book(self, *events: ConsumptionEvent) -> tuple[str, list[dict[str, Any]]]:
+        self.n += 1
+        mid = f"m{self.n}"
+        out = _book(self.repo, mid, events, time.time())
+        deliveries = [
+            {"destination": o.destination, "idempotency_key": o.meta["idempotency_key"]}
+            for o in out
+            if o.meta["idempotency_key"] not in self.sent
+        ]
+        self.sent |= {d["idempotency_key"] for d in deliveries}
+        return mid, deliveries
+
+    def seed(self, quantity: int) -> None:
+        rules.seed_onhand(self.repo, [("LOC-CATH", "STENT", Decimal(quantity), "EA")], 0.0)
+
+    def unbilled(self, *, older_than: float, now: float) -> int:
+        return rules.find_unbilled(self.repo, older_than=older_than, now=now)
+
+    def onhand(self) -> Decimal:
+        found = self.repo.onhand("LOC-CATH", "STENT")
+        assert found is not None
+        return found
+
+    def count(self, table: str) -> int:
+        return len(
+            {
+                "consumption_events": self.repo.events,
+                "charges": self.repo.charges,
+                "requisitions": self.repo.requisitions,
+            }[table]
+        )
+
+    def charge_types(self) -> list[str]:
+        return [c["transaction_type"] for _, c in sorted(self.repo.charges.items())]
+
+    def requisitions(self) -> list[tuple[str, str]]:
+        return [(str(r["quantity"]), r["status"]) for r in self.repo.requisitions]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def ledger(request: Any, tmp_path: Path) -> Any:
+    """The rules run against both repositories and must give the same answers."""
+    return Ledger(tmp_path) if request.param == "sqlite" else MemoryLedger()
+
+
+def test_usage_moves_stock_issues_and_charges_in_the_message_commit(ledger: Any) -> None:
     """One chargeable line: stock down, an ERP issue and a billing charge queued, keyed by the
     event; the message waits on those deliveries."""
-    ledger = Ledger(tmp_path)
-    with ledger.store._write("seed") as conn:
-        seed_onhand(conn, [("LOC-CATH", "STENT", Decimal(20), "EA")], time.time())
+    ledger.seed(20)
     mid, deliveries = ledger.book(event("CU-1", qty="2"))
     assert ledger.onhand() == Decimal(18)
     assert sorted(d["destination"] for d in deliveries) == ["billing", "erp"]
     keys = {d["destination"]: d["idempotency_key"] for d in deliveries}
     assert keys["erp"] == effect_key("usage", "erp", "CU-1|STENT|20260116", "issue")
-    assert ledger.store.get_message(mid).status == "queued"
+    if isinstance(ledger, Ledger):
+        assert ledger.store.get_message(mid).status == "queued"
     assert ledger.count("charges") == 1
 
 
-def test_the_same_line_in_a_new_message_changes_nothing(tmp_path: Path) -> None:
+def test_the_same_line_in_a_new_message_changes_nothing(ledger: Any) -> None:
     """A resent line (new message, same FT1-2, item and date) moves no stock and charges
     nothing a second time."""
-    ledger = Ledger(tmp_path)
     ledger.book(event("CU-1"))
     _, deliveries = ledger.book(event("CU-1"))
     assert deliveries == []
@@ -109,43 +189,35 @@ def test_the_same_line_in_a_new_message_changes_nothing(tmp_path: Path) -> None:
     assert (ledger.count("consumption_events"), ledger.count("charges")) == (1, 1)
 
 
-def test_non_chargeable_usage_is_kept_without_a_charge(tmp_path: Path) -> None:
+def test_non_chargeable_usage_is_kept_without_a_charge(ledger: Any) -> None:
     """A non-chargeable item is booked and issued, never charged."""
-    ledger = Ledger(tmp_path)
     _, deliveries = ledger.book(event("CU-2", item="GAUZE", chargeable=False))
     assert [d["destination"] for d in deliveries] == ["erp"]
     assert (ledger.count("consumption_events"), ledger.count("charges")) == (1, 0)
 
 
-def test_par_breach_orders_once_rounded_to_the_pack(tmp_path: Path) -> None:
+def test_par_breach_orders_once_rounded_to_the_pack(ledger: Any) -> None:
     """Below the reorder point: one requisition for max(order qty, par - on hand) rounded up
     to the pack; no second one while it is open."""
-    ledger = Ledger(tmp_path)
-    with ledger.store._write("seed") as conn:
-        seed_onhand(conn, [("LOC-CATH", "STENT", Decimal(5), "EA")], time.time())
+    ledger.seed(5)
     _, first = ledger.book(event("CU-3", qty="2"))  # on hand 3 < 4: breach
     reqs = [d for d in first if d["destination"] == "erp_req"]
     assert len(reqs) == 1
-    row = ledger.store._conn().execute("SELECT quantity, status FROM requisitions").fetchone()
+    (row,) = ledger.requisitions()
     assert row == ("10", "open")  # par 10 - on hand 3 = 7 -> 2 packs of 5
     _, second = ledger.book(event("CU-4", qty="1"))
     assert [d for d in second if d["destination"] == "erp_req"] == []
     assert ledger.count("requisitions") == 1
 
 
-def test_a_credit_puts_stock_back_and_credits_the_charge(tmp_path: Path) -> None:
+def test_a_credit_puts_stock_back_and_credits_the_charge(ledger: Any) -> None:
     """A credit line (FT1-6 CD) returns stock and sends a CD charge referencing the original."""
-    ledger = Ledger(tmp_path)
     ledger.book(event("CU-5", qty="2"))
     _, deliveries = ledger.book(
         event("CU-5R", qty="2", kind="credit", reverses="CU-5|STENT|20260116")
     )
     assert ledger.onhand() == Decimal(0)
-    ttypes = [
-        r[0]
-        for r in ledger.store._conn().execute("SELECT transaction_type FROM charges ORDER BY id")
-    ]
-    assert ttypes == ["CG", "CD"]
+    assert ledger.charge_types() == ["CG", "CD"]
     assert sorted(d["destination"] for d in deliveries) == ["billing", "erp"]
 
 
@@ -165,10 +237,11 @@ def test_billing_answer_updates_the_charge_and_a_rejection_opens_a_work_item(
     ledger.book(event("CU-6"))
     ledger.book(event("CU-7"))
     store, now = ledger.store, time.time()
+    book = delivery_book(store)  # the outcomes as the runtime records them, hooks included
     (first,) = store.claim_deliveries("usage", "billing", 10, now, 60)  # ordered per encounter
-    store.delivery_succeeded(first.id, b"MSA|AA", now)
+    book.delivery_succeeded(first.id, b"MSA|AA", now)
     (second,) = store.claim_deliveries("usage", "billing", 10, now, 60)
-    store.delivery_dead(second.id, "billing answered AE: unknown encounter", now)
+    book.delivery_dead(second.id, "billing answered AE: unknown encounter", now)
     rows = store._conn().execute("SELECT status FROM charges ORDER BY id").fetchall()
     assert rows == [("accepted",), ("rejected",)]
     items = store._conn().execute("SELECT kind, subject, detail FROM work_items").fetchall()
@@ -183,17 +256,17 @@ def test_unbilled_usage_opens_one_work_item_per_event(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     ledger.book(event("CU-8"))
     ledger.book(event("CU-9", item="GAUZE", chargeable=False))
-    store = ledger.store
-    assert store.find_unbilled(older_than=3600, now=time.time()) == 0  # not old enough yet
+    store, book = ledger.store, delivery_book(ledger.store)
+    assert ledger.unbilled(older_than=3600, now=time.time()) == 0  # not old enough yet
     later = time.time() + 7200
-    assert store.find_unbilled(older_than=3600, now=later) == 1
-    assert store.find_unbilled(older_than=3600, now=later) == 0  # already open
+    assert ledger.unbilled(older_than=3600, now=later) == 1
+    assert ledger.unbilled(older_than=3600, now=later) == 0  # already open
     (delivery,) = store.claim_deliveries("usage", "billing", 10, later, 60)
-    store.delivery_succeeded(delivery.id, b"MSA|AA", later)
+    book.delivery_succeeded(delivery.id, b"MSA|AA", later)
     ledger.book(event("CU-10"))
     (second,) = store.claim_deliveries("usage", "billing", 10, later, 60)
-    store.delivery_succeeded(second.id, b"MSA|AA", later)
-    assert store.find_unbilled(older_than=3600, now=later + 7200) == 0
+    book.delivery_succeeded(second.id, b"MSA|AA", later)
+    assert ledger.unbilled(older_than=3600, now=later + 7200) == 0
     kinds = store._conn().execute("SELECT kind, subject FROM work_items").fetchall()
     assert kinds == [("UNBILLED_USAGE", "CU-8|STENT|20260116")]
 
@@ -206,7 +279,7 @@ def test_fhir_charge_items_validate_in_both_versions() -> None:
     from fhir.resources.chargeitem import ChargeItem as R5
     from fhir.resources.R4B.chargeitem import ChargeItem as R4B
 
-    from engine.ledger.billing import charge_item
+    from engine.domains.ledger.billing import charge_item
 
     ev = event("CU-11", qty="2", patient="MRN1", billing_quantity=Decimal("2.5"), billing_uom="EA")
     r5 = json.loads(charge_item(ev, "R5")[0])
@@ -217,3 +290,51 @@ def test_fhir_charge_items_validate_in_both_versions() -> None:
     R4B.model_validate(r4b)
     assert r4b["context"]["identifier"]["value"] == "ENC-1"
     assert r4b["identifier"][0]["value"] == "CU-11|STENT|20260116"
+
+
+def delivery_book(store: SqliteStore) -> DeliveryBook:
+    """The runtime's delivery outcomes for a channel ``usage`` whose ledger section is ROUTES."""
+    section = LEDGER.spec.parse(
+        yaml.compose("{issue: erp, charge: billing, requisition: erp_req}"),
+        Context("<test>"),
+        "",
+    )
+    binding = LEDGER.bind("usage", section, _NoMappings())
+    return DeliveryBook(store, lambda channel: [binding] if channel == "usage" else [])
+
+
+class _NoMappings:
+    mappings = None
+
+
+def test_the_rules_hold_on_the_in_memory_repository_without_sql() -> None:
+    """The in-memory repository answers what the rules ask: a charge accepted and then a
+    second one rejected, the rejection opening one CHARGE_REJECTED item; unbilled usage once."""
+    repo = InMemoryLedgerRepository()
+    _book(repo, "m1", [event("CU-12"), event("CU-13")], 0.0)
+    charge_meta = {"effect": "charge", "event_key": "CU-12|STENT|20260116"}
+    assert rules.charge_outcome(
+        repo, charge_meta, "accepted", None, 1.0, message_id="m1", correlation_id="m1"
+    )
+    rejected = {"effect": "charge", "event_key": "CU-13|STENT|20260116"}
+    assert rules.charge_outcome(
+        repo, rejected, "rejected", "AE", 1.0, message_id="m1", correlation_id="m1"
+    )
+    assert not rules.charge_outcome(
+        repo, {"effect": "issue"}, "accepted", None, 1.0, message_id="m1", correlation_id="m1"
+    )
+    assert [c["status"] for _, c in sorted(repo.charges.items())] == ["accepted", "rejected"]
+    assert [(w["kind"], w["subject"]) for w in repo.work_items] == [
+        ("CHARGE_REJECTED", "CU-13|STENT|20260116")
+    ]
+    assert rules.find_unbilled(repo, older_than=10, now=100.0) == 1  # CU-13 only
+    assert rules.find_unbilled(repo, older_than=10, now=100.0) == 0
+
+
+def test_the_charge_outcome_update_uses_an_index(tmp_path: Path) -> None:
+    """What runs for every accepted or rejected charge looks its row up through an index (a
+    full scan of charges grew with the table; moved here from the store's tests)."""
+    store = Ledger(tmp_path).store
+    sql = "UPDATE charges SET status = 'accepted', updated_at = 1 WHERE event_id = 7"
+    plan = [r[-1] for r in store._conn().execute("EXPLAIN QUERY PLAN " + sql)]
+    assert not any(line.startswith("SCAN") for line in plan), plan

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from engine.model import Inbound, Outbound
-from engine.service import _record
+from engine.runtime.processor import Outcome, record
 from engine.store import SqliteStore
 
 
@@ -18,7 +18,7 @@ def test_a_result_the_store_refuses_goes_to_error_and_the_rest_commit(tmp_path: 
     ids = [r.message_id for r in store.ingest_batch(items, now)]
     good = dict(message_id=ids[0], status="sent", outbound=[Outbound("d", b"{}")])
     bad = dict(message_id=ids[1], status="bogus", outbound=[Outbound("d", b"{}")])
-    _record(store, [good, bad], now)
+    record(store, [Outcome(**good), Outcome(**bad)], now)
     assert store.get_message(ids[0]).status == "queued"
     row = store.get_message(ids[1])
     assert row.status == "error"

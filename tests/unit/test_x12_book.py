@@ -14,7 +14,7 @@ import pytest
 from engine.channel import Channel
 from engine.config.project import load_project
 from engine.errors import StoreError
-from engine.store import SqliteStore
+from engine.runtime.store import open_store
 from engine.x12 import desk
 from engine.x12.book import book_x12, flag_overdue_acks
 from engine.x12.control import record_ack
@@ -40,8 +40,8 @@ PO = {
 @pytest.fixture()
 def env() -> Any:
     project = load_project(REPO, env={})
-    channel = Channel(project.channels["x12_from_vendors"], project.mappings)
-    store = SqliteStore(Path(tempfile.mkdtemp()) / "w.db").open()
+    channel = Channel.of(project, "x12_from_vendors")
+    store = open_store(Path(tempfile.mkdtemp()) / "w.db")
     # the book runs inside a message's commit: give it messages to point at
     with store._write("seed") as conn:
         for mid in ("m-po", "m-asn", "m-inv"):
@@ -63,15 +63,15 @@ def book(store: Any, channel: Channel, project: Any, records: list, mid: str, no
             channel=channel.name,
             message_id=mid,
             correlation_id=mid,
-            routes=channel.procurement_routes,
-            partners=project.mappings.partners,
-            converter=channel.converter,
+            routes=channel.bindings[0].routes,
+            partners=project.extras["trading_partners"],
+            converter=channel.bindings[0].converter,
             now=now,
         )
 
 
 def release(project: Any) -> PoRelease:
-    partner = project.mappings.partners["acmemed"]
+    partner = project.extras["trading_partners"]["acmemed"]
     line = PoLine("1", "ITEM-100123", Decimal(2), "BX", Decimal("125.00"), Decimal(10), "EA")
     return PoRelease(
         "acmemed",
@@ -343,8 +343,8 @@ def test_wharf_invoices_and_receipts_commands(
     db = project_dir / "var" / "cli.db"
     monkeypatch.setenv("WHARF_DB", str(db))
     project = load_project(project_dir)
-    channel = Channel(project.channels["x12_from_vendors"], project.mappings)
-    store = SqliteStore(db).open()
+    channel = Channel.of(project, "x12_from_vendors")
+    store = open_store(db)
     with store._write("seed") as conn:
         for mid in ("m-po", "m-asn", "m-inv"):
             conn.execute(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import SqliteStore
-from engine.store.migrations import MIGRATIONS
+from engine.domains.procurement.schema import SQLITE_MIGRATIONS
+from engine.runtime.store import open_store
 from engine.x12 import control
 from engine.x12.control import (
     ControlNumbers,
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def new_db() -> Path:
     path = Path(tempfile.mkdtemp()) / "wharf.db"
-    SqliteStore(path).open().close()  # WAL + every migration, as the engine opens it
+    open_store(path).close()  # WAL + every migration, as the engine opens it
     return path
 
 
@@ -47,12 +47,17 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def test_migration_creates_the_tables() -> None:
-    number = MIGRATIONS[-1][0]
-    assert any("x12 control numbers" in description for _, description, _ in MIGRATIONS)
+    number = SQLITE_MIGRATIONS[-1][0]
+    assert any("x12 control numbers" in description for _, description, _ in SQLITE_MIGRATIONS)
     conn = connect(new_db())
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"x12_control", "x12_outbound", "x12_inbound"} <= tables
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == number
+    assert (
+        conn.execute(
+            "SELECT MAX(version) FROM component_versions WHERE component = 'procurement'"
+        ).fetchone()[0]
+        == number
+    )
 
 
 def test_allocation_is_monotonic_per_partner_and_kind() -> None:

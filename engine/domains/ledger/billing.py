@@ -6,7 +6,7 @@ import hashlib
 import time
 
 from engine.codecs.hl7v2 import CONTENT_TYPE, Separators, escape
-from engine.ledger.records import ConsumptionEvent
+from engine.domains.ledger.records import ConsumptionEvent
 
 SEP = Separators()
 

@@ -1,0 +1,239 @@
+"""The supply ledger as a domain plugged into the spine (:class:`engine.interfaces.Domain`).
+
+A channel with a ``ledger:`` section books the consumption events its transforms hand over
+(``ctx.book``) in the message's own commit: perpetual on-hand, an ERP issue, a charge for
+chargeable items and one requisition per par breach, once per business key. The billing
+system's answer to a charge comes back through :meth:`LedgerBinding.settled`; the unbilled-usage
+sweep is the domain's :class:`~engine.interfaces.Job`; the starting on-hand is seeded at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from engine.domains.ledger import rules, schema
+from engine.domains.ledger.billing import charge_dft, charge_item
+from engine.domains.ledger.records import (
+    ConsumptionEvent,
+    LedgerRoutes,
+    ParPolicy,
+    RequisitionRequest,
+)
+from engine.domains.ledger.repository import LedgerRepository, SqliteLedgerRepository
+from engine.errors import MappingMiss, MissingLotSerial
+from engine.interfaces import Booking, Job, Migration, Transaction
+from engine.model import Outbound
+from engine.registry import register_domain
+from engine.spec import Duration, Enum, Field, Spec, Str, TableName
+
+NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
+
+LEDGER_SPEC = Spec(
+    "ledger",
+    [
+        Field("issue", NAME, None, "Destination that takes ERP inventory issues."),
+        Field("charge", NAME, None, "Destination that takes billing charges (DFT^P03)."),
+        Field("requisition", NAME, None, "Destination that takes requisitions."),
+        Field(
+            "par_levels",
+            TableName(),
+            None,
+            "Mapping table of par policies: location_id, item_id, par, reorder_point, "
+            "order_qty, order_uom, pack_size.",
+        ),
+        Field(
+            "onhand",
+            TableName(),
+            None,
+            "Mapping table with the starting on-hand snapshot (location_id, item_id, on_hand, "
+            "uom); applied at start where the ledger has no figure yet.",
+        ),
+        Field("billing_application", Str(), "BILLING", "MSH-5 of the charges sent."),
+        Field(
+            "charge_format",
+            Enum("hl7_dft", "fhir_r5", "fhir_r4b"),
+            "hl7_dft",
+            "Charges as an HL7 DFT^P03 (for an MLLP destination) or a FHIR ChargeItem "
+            "(R5, or R4B for R4 servers; for an HTTP destination).",
+        ),
+    ],
+    description=(
+        "Book the consumption events that transforms produce (`ctx.book`) in the supply "
+        "ledger, in the same commit as the message: perpetual on-hand, an ERP issue, a charge "
+        "for chargeable items, and one requisition per par breach — once per business key."
+    ),
+    example="ledger:\n  issue: erp\n  charge: billing\n  requisition: erp_requisitions\n"
+    "  par_levels: par_levels",
+)
+
+UNBILLED_AFTER = Field(
+    "unbilled_after",
+    Duration(),
+    4 * 3600.0,
+    "Chargeable usage with no accepted charge after this long opens an UNBILLED_USAGE "
+    "work item (checked every minute; 0 = off).",
+)
+
+
+def repository(tx: Transaction) -> LedgerRepository:
+    """The ledger's repository for the store that opened ``tx``."""
+    if tx.dialect == "sqlite":
+        return SqliteLedgerRepository(tx)
+    raise ValueError(f"the ledger has a repository for sqlite (got {tx.dialect!r})")
+
+
+def add_to_onhand(
+    tx: Any, location: str, item: str, quantity: Decimal, uom: str, now: float
+) -> Decimal:
+    """Goods received at a location (procurement's receipts): the ledger's on-hand grows.
+    ``tx`` is the store transaction (or, for now, its SQLite connection)."""
+    if not hasattr(tx, "dialect"):
+        from engine.store.transaction import SqliteTransaction
+
+        tx = SqliteTransaction(tx)
+    return repository(tx).move_stock(location, item, quantity, uom, now)
+
+
+def par_policies(mappings: Any, table: str | None) -> dict[tuple[str, str], ParPolicy]:
+    """The par policies of mapping table ``table`` by (location, item)."""
+    if table is None:
+        return {}
+    out = {}
+    for row in mappings.table(table).rows.values():
+        policy = ParPolicy(
+            location_id=str(row["location_id"]),
+            item_id=str(row["item_id"]),
+            par=Decimal(str(row["par"])),
+            reorder_point=Decimal(str(row["reorder_point"])),
+            order_qty=Decimal(str(row["order_qty"])),
+            uom=str(row.get("order_uom") or "EA"),
+            pack_size=int(row.get("pack_size") or 1),
+        )
+        out[(policy.location_id, policy.item_id)] = policy
+    return out
+
+
+class LedgerBinding:
+    """The ``ledger:`` section of one channel."""
+
+    def __init__(self, domain: LedgerDomain, channel: str, section: Any, mappings: Any) -> None:
+        self.domain = domain
+        self.channel = channel
+        self.section = section
+        self.routes = LedgerRoutes(
+            issue=section.issue, charge=section.charge, requisition=section.requisition
+        )
+        self.policies = par_policies(mappings, section.par_levels)
+        self.destinations = frozenset(d for d in vars(self.routes).values() if d)
+
+    def accepts(self, record: Any) -> bool:
+        return isinstance(record, ConsumptionEvent | RequisitionRequest)
+
+    def charge_payload(self, event: ConsumptionEvent) -> tuple[bytes, str]:
+        fmt = self.section.charge_format
+        if fmt.startswith("fhir"):
+            return charge_item(event, "R4B" if fmt == "fhir_r4b" else "R5")
+        return charge_dft(event, receiving_application=self.section.billing_application)
+
+    def book(self, tx: Transaction, message: Booking, records: Sequence[Any]) -> list[Outbound]:
+        return rules.book_events(
+            repository(tx),
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            channel=message.channel,
+            events=records,
+            routes=self.routes,
+            policies=self.policies,
+            charge_payload=self.charge_payload,
+            now=message.now,
+        )
+
+    def work_item_for(self, error: Exception) -> tuple[str, str, str] | None:
+        if isinstance(error, MappingMiss):
+            return ("MISSING_MAPPING", f"{error.table}:{error.key}", str(error))
+        if isinstance(error, MissingLotSerial):
+            return ("MISSING_LOT_SERIAL", f"{error.item}:{error.line}", str(error))
+        return None
+
+    def settled(
+        self, tx: Transaction, delivery: Any, outcome: str, reason: str | None, now: float
+    ) -> None:
+        """A charge accepted by billing, or given up on (dead, quarantined): the ledger's
+        charge status follows; a retry changes nothing."""
+        if outcome == "retry" or delivery.destination != self.routes.charge:
+            return
+        rules.charge_outcome(
+            repository(tx),
+            delivery.meta,
+            "accepted" if outcome == "delivered" else "rejected",
+            reason,
+            now,
+            message_id=delivery.message_id,
+            correlation_id=delivery.correlation_id,
+        )
+
+
+class LedgerDomain:
+    """The supply ledger (see the module docstring)."""
+
+    name = "ledger"
+    spec = LEDGER_SPEC
+    description = "Supply-ledger booking of consumption events."
+    settings: Sequence[Field] = (UNBILLED_AFTER,)
+    durable = False
+
+    def migrations(self, dialect: str) -> Sequence[Migration]:
+        return schema.migrations(dialect)
+
+    def roles(self, section: Any) -> Mapping[str, str | None]:
+        return {
+            "issue": section.issue,
+            "charge": section.charge,
+            "requisition": section.requisition,
+        }
+
+    def load(
+        self, root: Any, env: Mapping[str, str], settings: Any
+    ) -> tuple[Mapping[str, Any], list[Any]]:
+        return {}, []  # everything it reads is a mapping table
+
+    def bind(self, channel: str, section: Any, snapshot: Any) -> LedgerBinding:
+        return LedgerBinding(self, channel, section, snapshot.mappings)
+
+    def jobs(self, settings: Any) -> Sequence[Job]:
+        older_than = getattr(settings, "unbilled_after", 0) or 0
+        if not older_than:
+            return []
+
+        def unbilled(tx: Transaction, now: float) -> int:
+            return rules.find_unbilled(repository(tx), older_than=older_than, now=now)
+
+        return [
+            Job(
+                "unbilled usage",
+                60.0,
+                unbilled,
+                alert="unbilled usage: {n} new UNBILLED_USAGE work item(s)",
+            )
+        ]
+
+    def start(self, tx: Transaction, sections: Mapping[str, Any], snapshot: Any, now: float) -> int:
+        """Starting on-hand from each channel's ``onhand`` table, where the ledger has none."""
+        rows = []
+        for section in sections.values():
+            if section.onhand:
+                for row in snapshot.mappings.table(section.onhand).rows.values():
+                    rows.append(
+                        (
+                            str(row["location_id"]),
+                            str(row["item_id"]),
+                            Decimal(str(row["on_hand"])),
+                            str(row.get("uom") or "EA"),
+                        )
+                    )
+        return rules.seed_onhand(repository(tx), rows, now) if rows else 0
+
+
+LEDGER = register_domain(LedgerDomain())

@@ -1,0 +1,195 @@
+"""An in-memory :class:`~engine.domains.ledger.repository.LedgerRepository`, for the rules'
+unit tests: the same answers as the SQLite repository, kept in dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from engine.domains.ledger.records import ConsumptionEvent
+from engine.domains.ledger.repository import Unbilled
+
+
+@dataclass
+class _Event:
+    id: int
+    event: ConsumptionEvent
+    message_id: str
+    correlation_id: str
+    created_at: float
+
+
+@dataclass
+class InMemoryLedgerRepository:
+    """Events, stock moves, on-hand, charges, requisitions and work items in plain Python."""
+
+    events: dict[str, _Event] = field(default_factory=dict)
+    stock_moves: list[dict[str, Any]] = field(default_factory=list)
+    stock: dict[tuple[str, str], tuple[Decimal, str]] = field(default_factory=dict)
+    charges: dict[int, dict[str, Any]] = field(default_factory=dict)
+    requisitions: list[dict[str, Any]] = field(default_factory=list)
+    work_items: list[dict[str, Any]] = field(default_factory=list)
+
+    def event_booked(self, business_key: str) -> bool:
+        return business_key in self.events
+
+    def add_event(
+        self, ev: ConsumptionEvent, message_id: str, correlation_id: str, now: float
+    ) -> int:
+        if ev.business_key in self.events:
+            raise ValueError(f"event {ev.business_key!r} is already booked")
+        event_id = len(self.events) + 1
+        self.events[ev.business_key] = _Event(event_id, ev, message_id, correlation_id, now)
+        return event_id
+
+    def move_stock(
+        self,
+        location: str,
+        item: str,
+        delta: Decimal,
+        uom: str,
+        now: float,
+        *,
+        event_id: int | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Decimal:
+        if event_id is not None:
+            self.stock_moves.append(
+                {"event_id": event_id, "location_id": location, "item_id": item, "delta": delta}
+            )
+        quantity = self.stock.get((location, item), (Decimal(0), uom))[0] + delta
+        self.stock[(location, item)] = (quantity, uom)
+        return quantity
+
+    def add_charge(
+        self,
+        event_id: int,
+        ev: ConsumptionEvent,
+        quantity: Decimal,
+        transaction_type: str,
+        message_id: str,
+        correlation_id: str,
+        now: float,
+    ) -> None:
+        self.charges[event_id] = {
+            "encounter": ev.encounter,
+            "charge_code": ev.charge_code,
+            "quantity": quantity,
+            "uom": ev.billing_uom or ev.uom,
+            "transaction_type": transaction_type,
+            "amount": None if ev.unit_price is None else ev.unit_price * quantity,
+            "status": "pending",
+        }
+
+    def has_open_requisition(self, location: str, item: str) -> bool:
+        return any(
+            r["location_id"] == location and r["item_id"] == item and r["status"] == "open"
+            for r in self.requisitions
+        )
+
+    def requisition_requested(self, business_key: str) -> bool:
+        return any(r["business_key"] == business_key for r in self.requisitions)
+
+    def add_requisition(
+        self,
+        location: str,
+        item: str,
+        quantity: Decimal,
+        uom: str,
+        message_id: str,
+        correlation_id: str,
+        now: float,
+        *,
+        event_id: int | None = None,
+        business_key: str | None = None,
+    ) -> None:
+        self.requisitions.append(
+            {
+                "location_id": location,
+                "item_id": item,
+                "quantity": quantity,
+                "uom": uom,
+                "status": "open",
+                "event_id": event_id,
+                "business_key": business_key,
+            }
+        )
+
+    def set_charge_status(self, event_key: str, status: str, now: float) -> bool:
+        booked = self.events.get(event_key)
+        if booked is None:
+            return False
+        if booked.id in self.charges:
+            self.charges[booked.id]["status"] = status
+        return True
+
+    def seed_onhand(self, rows: Sequence[tuple[str, str, Decimal, str]], now: float) -> int:
+        n = 0
+        for location, item, quantity, uom in rows:
+            if (location, item) not in self.stock:
+                self.stock[(location, item)] = (Decimal(quantity), uom)
+                n += 1
+        return n
+
+    def unbilled(self, created_before: float) -> list[Unbilled]:
+        flagged = {
+            w["subject"]
+            for w in self.work_items
+            if w["kind"] == "UNBILLED_USAGE" and w["status"] == "open"
+        }
+        out = []
+        for key, booked in self.events.items():
+            ev = booked.event
+            status = self.charges.get(booked.id, {}).get("status", "none")
+            if (
+                ev.chargeable
+                and ev.kind == "usage"
+                and booked.created_at < created_before
+                and status != "accepted"
+                and key not in flagged
+            ):
+                out.append(
+                    Unbilled(
+                        key,
+                        booked.message_id,
+                        booked.correlation_id,
+                        ev.encounter,
+                        ev.item_id,
+                        status,
+                    )
+                )
+        return out
+
+    def onhand(self, location: str, item: str) -> Decimal | None:
+        held = self.stock.get((location, item))
+        return None if held is None else held[0]
+
+    def open_work_item(
+        self,
+        kind: str,
+        subject: str,
+        detail: str,
+        message_id: str | None,
+        correlation_id: str | None,
+        now: float,
+    ) -> None:
+        if any(
+            w["kind"] == kind
+            and w["subject"] == subject
+            and w["message_id"] == message_id
+            and w["status"] == "open"
+            for w in self.work_items
+        ):
+            return
+        self.work_items.append(
+            {
+                "kind": kind,
+                "subject": subject,
+                "detail": detail,
+                "message_id": message_id,
+                "status": "open",
+            }
+        )

@@ -1,0 +1,310 @@
+"""Where the supply ledger keeps its records: the repository its rules talk to.
+
+:class:`LedgerRepository` is everything :mod:`engine.domains.ledger.rules` reads and writes;
+:class:`SqliteLedgerRepository` keeps it in the store's SQLite file, inside the transaction
+the runtime opened for the message (so stock, charges and requisitions commit with the
+message's result), and :class:`~engine.domains.ledger.memory.InMemoryLedgerRepository` keeps
+it in dicts for the rules' unit tests. Quantities cross this boundary as :class:`Decimal`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+from engine.domains.ledger.records import ConsumptionEvent
+from engine.model import to_json_bytes
+
+
+@dataclass(frozen=True)
+class Unbilled:
+    """A chargeable usage event whose charge was never accepted."""
+
+    business_key: str
+    message_id: str
+    correlation_id: str
+    encounter: str
+    item_id: str
+    charge_status: str  # none | pending | rejected
+
+
+class LedgerRepository(Protocol):
+    """The ledger's records, inside one store transaction."""
+
+    def event_booked(self, business_key: str) -> bool: ...
+
+    def add_event(
+        self, ev: ConsumptionEvent, message_id: str, correlation_id: str, now: float
+    ) -> int: ...
+
+    def move_stock(
+        self,
+        location: str,
+        item: str,
+        delta: Decimal,
+        uom: str,
+        now: float,
+        *,
+        event_id: int | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Decimal: ...
+
+    def add_charge(
+        self,
+        event_id: int,
+        ev: ConsumptionEvent,
+        quantity: Decimal,
+        transaction_type: str,
+        message_id: str,
+        correlation_id: str,
+        now: float,
+    ) -> None: ...
+
+    def has_open_requisition(self, location: str, item: str) -> bool: ...
+
+    def requisition_requested(self, business_key: str) -> bool: ...
+
+    def add_requisition(
+        self,
+        location: str,
+        item: str,
+        quantity: Decimal,
+        uom: str,
+        message_id: str,
+        correlation_id: str,
+        now: float,
+        *,
+        event_id: int | None = None,
+        business_key: str | None = None,
+    ) -> None: ...
+
+    def set_charge_status(self, event_key: str, status: str, now: float) -> bool: ...
+
+    def seed_onhand(self, rows: Sequence[tuple[str, str, Decimal, str]], now: float) -> int: ...
+
+    def unbilled(self, created_before: float) -> list[Unbilled]: ...
+
+    def onhand(self, location: str, item: str) -> Decimal | None: ...
+
+    def open_work_item(
+        self,
+        kind: str,
+        subject: str,
+        detail: str,
+        message_id: str | None,
+        correlation_id: str | None,
+        now: float,
+    ) -> None: ...
+
+
+class SqliteLedgerRepository:
+    """:class:`LedgerRepository` over the store's SQLite connection (tables: schema.py)."""
+
+    def __init__(self, tx: Any) -> None:
+        self.tx = tx
+        self.conn = tx.connection
+
+    def event_booked(self, business_key: str) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM consumption_events WHERE business_key = ?", (business_key,)
+            ).fetchone()
+            is not None
+        )
+
+    def add_event(
+        self, ev: ConsumptionEvent, message_id: str, correlation_id: str, now: float
+    ) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO consumption_events (business_key, kind, item_id, location_id, quantity, "
+            "uom, chargeable, encounter, service_time, reverses, lot, serial, detail, message_id, "
+            "correlation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ev.business_key,
+                ev.kind,
+                ev.item_id,
+                ev.location_id,
+                str(ev.quantity),
+                ev.uom,
+                int(ev.chargeable),
+                ev.encounter,
+                ev.service_time,
+                ev.reverses,
+                ev.lot,
+                ev.serial,
+                to_json_bytes(ev).decode(),
+                message_id,
+                correlation_id,
+                now,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def move_stock(
+        self,
+        location: str,
+        item: str,
+        delta: Decimal,
+        uom: str,
+        now: float,
+        *,
+        event_id: int | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Decimal:
+        """Change on-hand by ``delta``; with an event, the inventory transaction too."""
+        if event_id is not None:
+            self.conn.execute(
+                "INSERT INTO inventory_transactions (event_id, location_id, item_id, delta, uom, "
+                "message_id, correlation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event_id, location, item, str(delta), uom, message_id, correlation_id, now),
+            )
+        row = self.conn.execute(
+            "SELECT quantity FROM onhand WHERE location_id = ? AND item_id = ?", (location, item)
+        ).fetchone()
+        quantity = (Decimal(row[0]) if row else Decimal(0)) + delta
+        self.conn.execute(
+            "INSERT INTO onhand (location_id, item_id, quantity, uom, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (location_id, item_id) DO UPDATE SET "
+            "quantity = excluded.quantity, updated_at = excluded.updated_at",
+            (location, item, str(quantity), uom, now),
+        )
+        return quantity
+
+    def add_charge(
+        self,
+        event_id: int,
+        ev: ConsumptionEvent,
+        quantity: Decimal,
+        transaction_type: str,
+        message_id: str,
+        correlation_id: str,
+        now: float,
+    ) -> None:
+        priced = ev.unit_price is not None
+        self.conn.execute(
+            "INSERT INTO charges (event_id, encounter, charge_code, quantity, uom, "
+            "transaction_type, amount, currency, status, message_id, correlation_id, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+            (
+                event_id,
+                ev.encounter,
+                ev.charge_code,
+                str(quantity),
+                ev.billing_uom or ev.uom,
+                transaction_type,
+                str(ev.unit_price * quantity) if ev.unit_price is not None else None,
+                ev.currency if priced else None,
+                message_id,
+                correlation_id,
+                now,
+                now,
+            ),
+        )
+
+    def has_open_requisition(self, location: str, item: str) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM requisitions WHERE location_id = ? AND item_id = ? "
+                "AND status = 'open'",
+                (location, item),
+            ).fetchone()
+            is not None
+        )
+
+    def requisition_requested(self, business_key: str) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM requisitions WHERE business_key = ?", (business_key,)
+            ).fetchone()
+            is not None
+        )
+
+    def add_requisition(
+        self,
+        location: str,
+        item: str,
+        quantity: Decimal,
+        uom: str,
+        message_id: str,
+        correlation_id: str,
+        now: float,
+        *,
+        event_id: int | None = None,
+        business_key: str | None = None,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO requisitions (location_id, item_id, quantity, uom, status, event_id, "
+            "message_id, correlation_id, created_at, updated_at, business_key) "
+            "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+            (
+                location,
+                item,
+                str(quantity),
+                uom,
+                event_id,
+                message_id,
+                correlation_id,
+                now,
+                now,
+                business_key,
+            ),
+        )
+
+    def set_charge_status(self, event_key: str, status: str, now: float) -> bool:
+        event = self.conn.execute(
+            "SELECT id FROM consumption_events WHERE business_key = ?", (event_key,)
+        ).fetchone()
+        if event is None:
+            return False
+        self.conn.execute(
+            "UPDATE charges SET status = ?, updated_at = ? WHERE event_id = ?",
+            (status, now, event[0]),
+        )
+        return True
+
+    def seed_onhand(self, rows: Sequence[tuple[str, str, Decimal, str]], now: float) -> int:
+        n = 0
+        for location, item, quantity, uom in rows:
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO onhand (location_id, item_id, quantity, uom, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (location, item, str(quantity), uom, now),
+            )
+            n += cur.rowcount
+        return n
+
+    def unbilled(self, created_before: float) -> list[Unbilled]:
+        """Chargeable usage before ``created_before`` without an accepted charge, and without
+        an open UNBILLED_USAGE work item already."""
+        rows = self.conn.execute(
+            "SELECT e.business_key, e.message_id, e.correlation_id, e.encounter, e.item_id, "
+            "COALESCE(c.status, 'none') FROM consumption_events e "
+            "LEFT JOIN charges c ON c.event_id = e.id "
+            "WHERE e.chargeable = 1 AND e.kind = 'usage' AND e.created_at < ? "
+            "AND COALESCE(c.status, 'none') != 'accepted' "
+            "AND NOT EXISTS (SELECT 1 FROM work_items w WHERE w.kind = 'UNBILLED_USAGE' "
+            "AND w.subject = e.business_key AND w.status = 'open')",
+            (created_before,),
+        ).fetchall()
+        return [Unbilled(*row) for row in rows]
+
+    def onhand(self, location: str, item: str) -> Decimal | None:
+        row = self.conn.execute(
+            "SELECT quantity FROM onhand WHERE location_id = ? AND item_id = ?", (location, item)
+        ).fetchone()
+        return None if row is None else Decimal(row[0])
+
+    def open_work_item(
+        self,
+        kind: str,
+        subject: str,
+        detail: str,
+        message_id: str | None,
+        correlation_id: str | None,
+        now: float,
+    ) -> None:
+        self.tx.open_work_item(kind, subject, detail, message_id, correlation_id, now)

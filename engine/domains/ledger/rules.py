@@ -1,0 +1,295 @@
+"""The supply ledger's rules: booking consumption events, and what follows from them.
+
+:func:`book_events` runs inside the transaction the runtime opened for the message's result
+(the same commit that enqueues the ERP issue, the billing charge and, past a reorder point, the
+requisition) and returns the outbound deliveries its effects need. A business key already
+booked is skipped: the same line, even in a new message, never moves stock, charges or orders
+twice. Idempotency keys are derived from the event, not the message, so an ERP sees the same
+key for the same effect whatever carried it. A :class:`RequisitionRequest` among the events (a
+FHIR SupplyRequest) is booked in the requisitions and sent, once per its business key.
+
+Every rule talks to a :class:`~engine.domains.ledger.repository.LedgerRepository`, never to
+SQL: the store's SQLite repository in production, an in-memory one in the rules' unit tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+
+from engine.domains.ledger.records import (
+    ConsumptionEvent,
+    LedgerRoutes,
+    ParPolicy,
+    RequisitionRequest,
+)
+from engine.domains.ledger.repository import LedgerRepository
+from engine.model import Outbound, effect_key, to_json_bytes
+from engine.uom import round_up_to_pack
+
+__all__ = [
+    "book_events",
+    "charge_outcome",
+    "effect_key",
+    "find_unbilled",
+    "round_up_to_pack",
+    "seed_onhand",
+]
+
+ChargePayload = Callable[[ConsumptionEvent], tuple[bytes, str]]
+
+
+def book_events(
+    repo: LedgerRepository,
+    *,
+    message_id: str,
+    correlation_id: str,
+    channel: str,
+    events: Sequence[ConsumptionEvent | RequisitionRequest],
+    routes: LedgerRoutes,
+    policies: Mapping[tuple[str, str], ParPolicy],
+    charge_payload: ChargePayload | None = None,
+    now: float | None = None,
+) -> list[Outbound]:
+    """Book ``events`` and return the deliveries their effects need.
+    ``charge_payload(event) -> (bytes, content_type)`` builds the billing call."""
+    now = time.time() if now is None else now
+    out: list[Outbound] = []
+    issued: list[tuple[dict[str, object], ConsumptionEvent]] = []
+    for ev in events:
+        if isinstance(ev, RequisitionRequest):
+            req = _book_request(repo, ev, message_id, correlation_id, now)
+            if req is not None and routes.requisition:
+                out.append(
+                    _outbound(
+                        channel,
+                        routes.requisition,
+                        ev,
+                        "requisition",
+                        to_json_bytes(req),
+                        "application/json",
+                    )
+                )
+            continue
+        if repo.event_booked(ev.business_key):
+            continue  # already booked: no second stock move, charge or requisition
+        if ev.reverses_if_booked and not repo.event_booked(ev.reverses or ""):
+            continue  # nothing to reverse: the original was never booked
+        event_id = repo.add_event(ev, message_id, correlation_id, now)
+        delta = ev.quantity if ev.kind == "credit" else -ev.quantity
+        on_hand = repo.move_stock(
+            ev.location_id,
+            ev.item_id,
+            delta,
+            ev.uom,
+            now,
+            event_id=event_id,
+            message_id=message_id,
+            correlation_id=correlation_id,
+        )
+        if routes.issue:
+            issued.append((_issue_line(ev, delta), ev))
+        if ev.chargeable and routes.charge and ev.charge_code:
+            ttype = "CD" if ev.kind == "credit" else "CG"
+            qty = ev.billing_quantity if ev.billing_quantity is not None else ev.quantity
+            repo.add_charge(event_id, ev, qty, ttype, message_id, correlation_id, now)
+            if charge_payload is not None:
+                data, ctype = charge_payload(ev)
+                out.append(
+                    _outbound(
+                        channel, routes.charge, ev, "charge", data, ctype, order_key=ev.encounter
+                    )
+                )
+        if ev.kind == "usage" and routes.requisition:
+            req = _par_check(repo, ev, on_hand, policies, event_id, message_id, correlation_id, now)
+            if req is not None:
+                out.append(
+                    _outbound(
+                        channel,
+                        routes.requisition,
+                        ev,
+                        "requisition",
+                        to_json_bytes(req),
+                        "application/json",
+                    )
+                )
+    if issued and routes.issue:
+        # One ERP issue per message and encounter (a FHIR Bundle may carry several) with a
+        # line per newly booked event (a resend books nothing, so it sends nothing); its key
+        # is derived from those events.
+        groups: dict[str, tuple[list[dict[str, object]], list[ConsumptionEvent]]] = {}
+        for line, ev in issued:
+            group = groups.setdefault(ev.encounter, ([], []))
+            group[0].append(line)
+            group[1].append(ev)
+        for n, (encounter, (group_lines, events_)) in enumerate(groups.items()):
+            issue = {
+                "type": "inventory_issue",
+                "encounter": encounter,
+                "correlation_id": correlation_id,
+                "lines": group_lines,
+            }
+            out.insert(n, _issue_outbound(channel, routes.issue, events_, to_json_bytes(issue)))
+    return out
+
+
+def _issue_line(ev: ConsumptionEvent, delta: Decimal) -> dict[str, object]:
+    return {
+        "usage_id": ev.source_line,
+        "event_key": ev.business_key,
+        "item_id": ev.item_id,
+        "quantity": str(-delta),
+        "uom": ev.uom,
+        "location_id": ev.location_id,
+        "cost_center": ev.cost_center,
+        "gl_account": ev.gl_account,
+        "service_date": ev.service_time,
+        "lot": ev.lot,
+        "serial": ev.serial,
+    }
+
+
+def _issue_outbound(
+    channel: str, destination: str, events: list[ConsumptionEvent], data: bytes
+) -> Outbound:
+    keys = ",".join(ev.business_key for ev in events)
+    meta = {"idempotency_key": effect_key(channel, destination, keys, "issue"), "effect": "issue"}
+    return Outbound(destination, data, "application/json", None, meta)
+
+
+def _outbound(
+    channel: str,
+    destination: str,
+    ev: ConsumptionEvent | RequisitionRequest,
+    effect: str,
+    data: bytes,
+    content_type: str,
+    order_key: str | None = None,
+) -> Outbound:
+    key = effect_key(channel, destination, ev.business_key, effect)
+    meta = {"idempotency_key": key, "effect": effect, "event_key": ev.business_key}
+    return Outbound(destination, data, content_type, order_key, meta)
+
+
+def _par_check(
+    repo: LedgerRepository,
+    ev: ConsumptionEvent,
+    on_hand: Decimal,
+    policies: Mapping[tuple[str, str], ParPolicy],
+    event_id: int,
+    message_id: str,
+    correlation_id: str,
+    now: float,
+) -> dict[str, str] | None:
+    """One requisition per breach: none while one is open for the location and item."""
+    policy = policies.get((ev.location_id, ev.item_id))
+    if policy is None or on_hand >= policy.reorder_point:
+        return None
+    if repo.has_open_requisition(ev.location_id, ev.item_id):
+        return None
+    wanted = max(policy.order_qty, policy.par - on_hand)
+    quantity = round_up_to_pack(wanted, policy.pack_size)
+    repo.add_requisition(
+        ev.location_id,
+        ev.item_id,
+        quantity,
+        ev.uom,
+        message_id,
+        correlation_id,
+        now,
+        event_id=event_id,
+    )
+    return {
+        "location_id": ev.location_id,
+        "item_id": ev.item_id,
+        "quantity": str(quantity),
+        "uom": ev.uom,  # the quantity is in the stocking unit, a whole number of packs
+        "order_quantity": str(quantity / policy.pack_size if policy.pack_size > 1 else quantity),
+        "order_uom": policy.uom,
+        "reason": f"on hand {on_hand} below reorder point {policy.reorder_point}",
+        "correlation_id": correlation_id,
+    }
+
+
+def _book_request(
+    repo: LedgerRepository,
+    req: RequisitionRequest,
+    message_id: str,
+    correlation_id: str,
+    now: float,
+) -> dict[str, object] | None:
+    """One open requisition per request business key; None when it was booked before."""
+    if repo.requisition_requested(req.business_key):
+        return None
+    repo.add_requisition(
+        req.location_id,
+        req.item_id,
+        req.quantity,
+        req.uom,
+        message_id,
+        correlation_id,
+        now,
+        business_key=req.business_key,
+    )
+    return {
+        "location_id": req.location_id,
+        "item_id": req.item_id,
+        "quantity": str(req.quantity),
+        "uom": req.uom,  # the stocking unit, as for a par requisition
+        "order_quantity": str(req.order_quantity),
+        "order_uom": req.order_uom,
+        "reason": req.reason,
+        "need_by": req.need_by,
+        "priority": req.priority,
+        "requester": req.requester,
+        "request_key": req.business_key,
+        "correlation_id": correlation_id,
+    }
+
+
+def seed_onhand(
+    repo: LedgerRepository, rows: Sequence[tuple[str, str, Decimal, str]], now: float
+) -> int:
+    """Set the starting on-hand from a snapshot (location, item, quantity, uom); only where the
+    ledger has no figure yet, so a restart never resets perpetual inventory."""
+    return repo.seed_onhand(rows, now)
+
+
+def charge_outcome(
+    repo: LedgerRepository,
+    meta: Mapping[str, object],
+    status: str,
+    reason: str | None,
+    now: float,
+    *,
+    message_id: str,
+    correlation_id: str,
+) -> bool:
+    """The billing system's answer to a charge updates the ledger: accepted, or rejected with a
+    CHARGE_REJECTED work item for a person. Deliveries of other effects are left alone; True
+    when it was a charge of a booked event."""
+    if meta.get("effect") != "charge":
+        return False
+    key = str(meta.get("event_key") or "")
+    if not repo.set_charge_status(key, status, now):
+        return False
+    if status == "rejected":
+        repo.open_work_item("CHARGE_REJECTED", key, reason or "", message_id, correlation_id, now)
+    return True
+
+
+def find_unbilled(repo: LedgerRepository, *, older_than: float, now: float) -> int:
+    """Open an UNBILLED_USAGE work item for each chargeable event older than ``older_than``
+    seconds whose charge was never accepted (missing, pending or rejected). Returns how many."""
+    rows = repo.unbilled(now - older_than)
+    for row in rows:
+        repo.open_work_item(
+            "UNBILLED_USAGE",
+            row.business_key,
+            f"chargeable {row.item_id} on encounter {row.encounter}: charge {row.charge_status}",
+            row.message_id,
+            row.correlation_id,
+            now,
+        )
+    return len(rows)

@@ -1,0 +1,130 @@
+"""The supply ledger's tables, as its own schema history (``component_versions``, component
+``ledger``).
+
+The statements are those of the store's former migrations v4, v5 and v9, written so that a
+database that already has the objects (every store past v4) is left as it is: the history is
+then only recorded. Work items are the spine's (store migration v4), not the ledger's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from engine.interfaces import Migration
+
+_TABLES: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS consumption_events (
+        id INTEGER PRIMARY KEY,
+        business_key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        location_id TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        chargeable INTEGER NOT NULL,
+        encounter TEXT NOT NULL,
+        service_time TEXT NOT NULL,
+        reverses TEXT,
+        lot TEXT,
+        serial TEXT,
+        detail TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_events_encounter ON consumption_events(encounter)",
+    "CREATE INDEX IF NOT EXISTS idx_events_item_location "
+    "ON consumption_events(item_id, location_id)",
+    "CREATE INDEX IF NOT EXISTS idx_events_correlation ON consumption_events(correlation_id)",
+    """
+    CREATE TABLE IF NOT EXISTS inventory_transactions (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES consumption_events(id),
+        location_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        delta TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_inv_tx_item_location "
+    "ON inventory_transactions(item_id, location_id)",
+    """
+    CREATE TABLE IF NOT EXISTS onhand (
+        location_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (location_id, item_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS charges (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES consumption_events(id),
+        encounter TEXT NOT NULL,
+        charge_code TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        transaction_type TEXT NOT NULL,
+        amount TEXT,
+        currency TEXT,
+        status TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_charges_encounter ON charges(encounter)",
+    "CREATE INDEX IF NOT EXISTS idx_charges_status ON charges(status, created_at)",
+    """
+    CREATE TABLE IF NOT EXISTS requisitions (
+        id INTEGER PRIMARY KEY,
+        location_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        status TEXT NOT NULL,
+        event_id INTEGER REFERENCES consumption_events(id),
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_requisitions_open "
+    "ON requisitions(location_id, item_id, status)",
+]
+
+
+def _requested_requisitions(conn: sqlite3.Connection) -> None:
+    """A requisition a sender asked for (FHIR SupplyRequest) is booked once per request id."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requisitions)")}
+    if "business_key" not in columns:
+        conn.execute("ALTER TABLE requisitions ADD COLUMN business_key TEXT")
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_requisitions_business_key "
+        "ON requisitions(business_key) WHERE business_key IS NOT NULL"
+    )
+
+
+# Every accepted or rejected charge finds its row by event (a full scan before).
+_CHARGE_EVENT_INDEX = ["CREATE INDEX IF NOT EXISTS idx_charges_event ON charges(event_id)"]
+
+SQLITE_MIGRATIONS: list[Migration] = [
+    (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
+    (2, "requisitions asked for by a sender: business key", _requested_requisitions),
+    (3, "index of charges by event", _CHARGE_EVENT_INDEX),
+]
+
+
+def migrations(dialect: str) -> list[Migration]:
+    if dialect != "sqlite":
+        raise ValueError(f"the ledger's schema exists for sqlite (got {dialect!r})")
+    return SQLITE_MIGRATIONS

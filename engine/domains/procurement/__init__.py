@@ -1,0 +1,2 @@
+"""Procurement: purchase orders out as X12 850s, vendors' 855/856/810 in, the three-way match
+and the AP desk. ``domain`` plugs it into the spine."""

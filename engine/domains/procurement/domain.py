@@ -1,0 +1,208 @@
+"""Procurement as a domain plugged into the spine (:class:`engine.interfaces.Domain`).
+
+A channel with a ``procurement:`` section applies the X12 records its transforms hand over
+(``ctx.book``) in the message's own commit: purchase orders sent as 850s with durable control
+numbers, inbound interchanges acknowledged (TA1, 997/999) and applied once (855 PO statuses,
+856 receipts, 810 three-way match to AP or held as an INVOICE_HELD work item). Its trading
+partners (``mappings/trading_partners.yaml``) are loaded and linted with the project and lent to
+components as the ``trading_partners`` resource; the overdue-acknowledgement watch is its job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, LintFailed, MappingMiss
+from engine.interfaces import Booking, Job, Migration, Transaction
+from engine.model import Outbound
+from engine.registry import register_domain
+from engine.spec import Duration, Field, Spec, Str
+
+NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
+DAY = 86400.0
+PARTNERS = "trading_partners"
+
+PROCUREMENT_SPEC = Spec(
+    "procurement",
+    [
+        Field(
+            "partner_out",
+            NAME,
+            None,
+            "Destination that takes X12 files for trading partners (850, 997/999, TA1); an "
+            "`x12_partner` destination delivers each the way its partner is configured.",
+        ),
+        Field(
+            "po_status",
+            NAME,
+            None,
+            "Destination that takes PO transmissions and 855 line statuses (`{po_number}` and "
+            "`{action}` in its URL: `transmissions` or `acknowledgements`).",
+        ),
+        Field("receipts", NAME, None, "Destination that takes goods receipts (from 856s)."),
+        Field("ap", NAME, None, "Destination that takes matched invoices for accounts payable."),
+        Field(
+            "duplicate_window",
+            Duration(lo=0),
+            30 * DAY,
+            "An interchange with the same sender and ISA13 within this window is acknowledged "
+            "again and not applied again.",
+        ),
+    ],
+    description=(
+        "Apply the X12 records that transforms book (`ctx.book`): purchase orders sent as "
+        "850s with durable control numbers, and inbound interchanges acknowledged (TA1, "
+        "997/999) and applied once (855 PO statuses, 856 receipts, 810 three-way match to AP "
+        "or held as an INVOICE_HELD work item), in the same commit as the message. Trading "
+        "partners come from `mappings/trading_partners.yaml`."
+    ),
+    example="procurement:\n  partner_out: vendors\n  po_status: erp_po\n  receipts: erp_gr\n"
+    "  ap: erp_ap",
+)
+
+
+def converter(mappings: Any, partner: Any) -> Any:
+    """Unit conversions (``uom_conversions``) for the match, with the partner's vendor rows
+    first."""
+    from engine.uom import UomGraph, graph_of
+    from engine.x12.match import converter_from_graph
+
+    if "uom_conversions" in mappings:
+        graph = graph_of(mappings.table("uom_conversions"))
+    else:
+        graph = UomGraph([])
+    vendor = partner.vendors[0] if partner.vendors else None
+    return converter_from_graph(graph, vendor)
+
+
+class ProcurementBinding:
+    """The ``procurement:`` section of one channel."""
+
+    def __init__(self, domain: ProcurementDomain, channel: str, section: Any, snapshot: Any):
+        from engine.x12.book import ProcurementRoutes
+
+        self.domain = domain
+        self.channel = channel
+        self.section = section
+        self.mappings = snapshot.mappings
+        self.partners = snapshot.extras.get(PARTNERS)
+        self.routes = ProcurementRoutes(
+            partner_out=section.partner_out,
+            po_status=section.po_status,
+            receipts=section.receipts,
+            ap=section.ap,
+            duplicate_window=section.duplicate_window,
+        )
+        self.destinations = frozenset(
+            d for d in (section.partner_out, section.po_status, section.receipts, section.ap) if d
+        )
+
+    def accepts(self, record: Any) -> bool:
+        from engine.x12.records import ErpReceipt, InboundInterchange, PoRelease
+
+        return isinstance(record, PoRelease | InboundInterchange | ErpReceipt)
+
+    def converter(self, partner: Any) -> Any:
+        return converter(self.mappings, partner)
+
+    def book(self, tx: Transaction, message: Booking, records: Sequence[Any]) -> list[Outbound]:
+        from engine.x12.book import book_x12
+
+        return book_x12(
+            tx.connection,
+            records=records,
+            channel=message.channel,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            routes=self.routes,
+            partners=self.partners,
+            converter=self.converter,
+            now=message.now,
+        )
+
+    def work_item_for(self, error: Exception) -> tuple[str, str, str] | None:
+        if isinstance(error, MappingMiss):
+            return ("MISSING_MAPPING", f"{error.table}:{error.key}", str(error))
+        return None
+
+    def settled(
+        self, tx: Transaction, delivery: Any, outcome: str, reason: str | None, now: float
+    ) -> None:
+        return None  # procurement follows its documents' acknowledgements, not deliveries
+
+
+class _InTransaction:
+    """What :func:`engine.x12.book.flag_overdue_acks` writes through: the job's transaction."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+
+    def _write(self, what: str, durable: bool = True) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext(self.tx.connection)
+
+
+class ProcurementDomain:
+    """Procurement (see the module docstring)."""
+
+    name = "procurement"
+    spec = PROCUREMENT_SPEC
+    description = "X12 purchasing and receipt-to-pay."
+    settings: Sequence[Field] = ()
+    durable = True  # control numbers never come back after a power loss
+
+    def migrations(self, dialect: str) -> Sequence[Migration]:
+        from engine.domains.procurement import schema
+
+        return schema.migrations(dialect)
+
+    def roles(self, section: Any) -> Mapping[str, str | None]:
+        return {
+            "partner_out": section.partner_out,
+            "po_status": section.po_status,
+            "receipts": section.receipts,
+            "ap": section.ap,
+        }
+
+    def load(
+        self, root: Any, env: Mapping[str, str], settings: Any
+    ) -> tuple[Mapping[str, Any], list[ConfigError]]:
+        """The trading partners (``mappings/trading_partners.yaml``), linted like the rest."""
+        from engine.x12.partners import PARTNERS_FILE, TradingPartners, load_partners
+
+        server = getattr(settings, "sftp_server", None)
+        accounts = [p.name for p in server.partners] if server is not None else None
+        try:
+            partners = load_partners(
+                Path(root) / PARTNERS_FILE, shown=PARTNERS_FILE, env=env, sftp_accounts=accounts
+            )
+        except LintFailed as exc:
+            return {PARTNERS: TradingPartners({}, PARTNERS_FILE)}, list(exc.errors)
+        return {PARTNERS: partners}, []
+
+    def bind(self, channel: str, section: Any, snapshot: Any) -> ProcurementBinding:
+        return ProcurementBinding(self, channel, section, snapshot)
+
+    def jobs(self, settings: Any) -> Sequence[Job]:
+        def overdue(tx: Transaction, now: float) -> int:
+            from engine.x12.book import flag_overdue_acks
+
+            return flag_overdue_acks(_InTransaction(tx), now)
+
+        return [
+            Job(
+                "x12 acknowledgement watch",
+                60.0,
+                overdue,
+                alert="x12: {n} interchange(s) without their 997/999 in time (ACK_OVERDUE)",
+            )
+        ]
+
+    def start(self, tx: Transaction, sections: Mapping[str, Any], snapshot: Any, now: float) -> int:
+        return 0
+
+
+PROCUREMENT = register_domain(ProcurementDomain())

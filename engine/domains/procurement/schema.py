@@ -1,0 +1,165 @@
+"""Procurement's tables, as its own schema history (``component_versions``, component
+``procurement``).
+
+The statements are those of the store's former migrations v6 (X12 control numbers, outbound
+interchanges and their acknowledgements, inbound sets seen) and v7 (purchase orders, lines,
+receipts, invoices and their match), written so that a database that already has the objects is
+left as it is: the history is then only recorded.
+"""
+
+from __future__ import annotations
+
+from engine.interfaces import Migration
+
+_X12_CONTROL: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS x12_control (
+        partner TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('isa13', 'gs06', 'st02')),
+        last INTEGER NOT NULL CHECK (last BETWEEN 0 AND 999999999),
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (partner, kind)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS x12_outbound (
+        id INTEGER PRIMARY KEY,
+        partner TEXT NOT NULL,
+        isa13 INTEGER NOT NULL,
+        gs06 INTEGER NOT NULL,
+        st02 TEXT NOT NULL,
+        document TEXT NOT NULL,
+        business_key TEXT NOT NULL,
+        message_id TEXT,
+        sent_at REAL NOT NULL,
+        ack_due_at REAL,
+        ack_status TEXT NOT NULL DEFAULT 'none'
+            CHECK (ack_status IN ('none', 'accepted', 'rejected', 'partial')),
+        ack_codes TEXT,
+        ack_at REAL,
+        ta1_status TEXT,
+        ta1_code TEXT,
+        ta1_at REAL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_x12_outbound_gs06 ON x12_outbound(partner, gs06)",
+    "CREATE INDEX IF NOT EXISTS idx_x12_outbound_isa13 ON x12_outbound(partner, isa13)",
+    "CREATE INDEX IF NOT EXISTS idx_x12_outbound_ack ON x12_outbound(ack_status, ack_due_at)",
+    "CREATE INDEX IF NOT EXISTS idx_x12_outbound_key ON x12_outbound(business_key)",
+    """
+    CREATE TABLE IF NOT EXISTS x12_inbound (
+        id INTEGER PRIMARY KEY,
+        sender_qualifier TEXT NOT NULL,
+        sender_id TEXT NOT NULL,
+        receiver_qualifier TEXT,
+        receiver_id TEXT,
+        isa13 TEXT NOT NULL,
+        gs06 TEXT,
+        st02 TEXT,
+        received_at REAL NOT NULL,
+        message_id TEXT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_x12_inbound_key "
+    "ON x12_inbound(sender_qualifier, sender_id, isa13, received_at)",
+    "CREATE INDEX IF NOT EXISTS idx_x12_inbound_received ON x12_inbound(received_at)",
+]
+
+_PROCUREMENT: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS purchase_orders (
+        po_number TEXT PRIMARY KEY,
+        partner TEXT NOT NULL,
+        vendor TEXT NOT NULL,
+        location_id TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        status TEXT NOT NULL,
+        message_id TEXT,
+        correlation_id TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS po_lines (
+        po_number TEXT NOT NULL,
+        line TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        unit_price TEXT NOT NULL,
+        base_quantity TEXT NOT NULL,
+        base_uom TEXT NOT NULL,
+        vendor_item TEXT,
+        gtin TEXT,
+        bill_only INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'ordered',
+        ack_detail TEXT,
+        PRIMARY KEY (po_number, line)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS receipts (
+        id INTEGER PRIMARY KEY,
+        business_key TEXT NOT NULL UNIQUE,
+        po_number TEXT NOT NULL,
+        po_line TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        base_quantity TEXT NOT NULL,
+        lot TEXT,
+        serial TEXT,
+        expiry TEXT,
+        sscc TEXT,
+        source TEXT NOT NULL,
+        message_id TEXT,
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_receipts_po ON receipts(po_number, po_line)",
+    "CREATE INDEX IF NOT EXISTS idx_receipts_age ON receipts(created_at)",
+    """
+    CREATE TABLE IF NOT EXISTS invoices (
+        id INTEGER PRIMARY KEY,
+        partner TEXT NOT NULL,
+        vendor_key TEXT NOT NULL,
+        invoice_key TEXT NOT NULL,
+        invoice_number TEXT NOT NULL,
+        po_number TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('matched', 'held', 'released', 'rejected',
+                                               'duplicate')),
+        reasons TEXT NOT NULL,
+        retry_on_receipt INTEGER NOT NULL DEFAULT 0,
+        total TEXT,
+        body TEXT NOT NULL,
+        message_id TEXT,
+        correlation_id TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_invoices_key ON invoices(vendor_key, invoice_key) "
+    "WHERE status != 'duplicate'",
+    "CREATE INDEX IF NOT EXISTS idx_invoices_po ON invoices(po_number, status)",
+    """
+    CREATE TABLE IF NOT EXISTS invoice_lines (
+        invoice_id INTEGER NOT NULL,
+        line TEXT NOT NULL,
+        po_line TEXT,
+        base_quantity TEXT NOT NULL,
+        PRIMARY KEY (invoice_id, line)
+    )
+    """,
+]
+
+SQLITE_MIGRATIONS: list[Migration] = [
+    (1, "x12 control numbers, outbound interchanges and acks, inbound sets", _X12_CONTROL),
+    (2, "purchase orders, lines, receipts, invoices and their match", _PROCUREMENT),
+]
+
+
+def migrations(dialect: str) -> list[Migration]:
+    if dialect != "sqlite":
+        raise ValueError(f"procurement's schema exists for sqlite (got {dialect!r})")
+    return SQLITE_MIGRATIONS

@@ -1,0 +1,437 @@
+"""Wharf running one project, as a tree of Twisted services.
+
+::
+
+    Engine (OrderedServices, the root: store, executor, pipeline pool, resources)
+     +-- processor                    Processor: stored messages through their channel
+     +-- channel:<name>               OrderedServices: one WorkerService per destination, then
+     |                                 its SourceService (stops first: no new message, then
+     |                                 the workers drain)
+     +-- listener:<name>              SourceService of a shared listener (routes.yaml)
+     +-- job:sweep, job:leases        JobService: received messages swept, expired leases
+     +-- job:<domain job>             JobService per Job a domain contributes
+     +-- job:reload                   JobService: changed files linted and applied
+     +-- sftp-server                  Wharf's SFTP server for trading partners
+
+Children stop newest first, one after the other. A hot reload replaces the child services
+whose configuration changed (a channel's source, one destination's worker, a listener, the
+domains' jobs) and swaps the resources every component reads from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from engine.channel import Channel
+from engine.config.project import Project, fingerprint, load_project
+from engine.errors import LintFailed
+from engine.interfaces import Binding
+from engine.registry import REGISTRY, Registry
+from engine.resources import Resources, snapshot_of
+from engine.router import Listener
+from engine.runtime.ingest import FrontDoor
+from engine.runtime.outcomes import DeliveryBook
+from engine.runtime.processor import Processor
+from engine.runtime.services import (
+    JobService,
+    OrderedServices,
+    SourceService,
+    WorkerService,
+    domain_job,
+    make_source,
+    make_worker,
+)
+from engine.runtime.store import migrate_domains
+from engine.sources import IngestOutcome
+from engine.store import SqliteStore, StoreExecutor
+
+log = Logger(namespace="wharf.engine")
+
+
+class Engine(OrderedServices):
+    """Wharf running one project: ``await start()``, ``await stop()`` (or start and stop it as
+    a child of another Twisted service)."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        reactor: Any,
+        *,
+        project: Project | None = None,
+        registry: Registry = REGISTRY,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).resolve()
+        self.reactor = reactor
+        self.registry = registry
+        self.project = project or load_project(self.root, registry=registry)
+        self.store = SqliteStore(self.root / self.project.settings.store)
+        self.executor = StoreExecutor(self.store, reactor)
+        self.resources = Resources.of_project(self.project)
+        threads_ = self.project.settings.pipeline_threads
+        self.pool = ThreadPool(1, threads_, name="wharf-pipeline")
+        self.channels: dict[str, Channel] = {}
+        self.listeners: dict[str, Listener] = {}
+        self.sources: dict[str, Any] = {}
+        self.book = DeliveryBook(self.store, self._bindings)
+        self.processor = Processor(
+            reactor=reactor,
+            store=self.store,
+            executor=self.executor,
+            pool=self.pool,
+            parallel=threads_ * 2,
+            channels=lambda: self.channels,
+            delivered=self.wake_destinations,
+        )
+        self.door = FrontDoor(
+            reactor=reactor,
+            store=self.store,
+            executor=self.executor,
+            pool=self.pool,
+            processor=self.processor,
+            channels=lambda: self.channels,
+            listeners=lambda: self.listeners,
+            sources=lambda: self.sources,
+        )
+        self.sftp: Any = None
+        self.rejected_fingerprint: dict[str, Any] | None = None
+        self._reloading = False
+        self._started: defer.Deferred | None = None
+        self._closed = False
+
+    # -- the front door (what sources and tests call) ----------------------------------------
+    async def receive(self, source_key: str, raw: bytes, peer: str, **kw: Any) -> IngestOutcome:
+        return await self.door.receive(source_key, raw, peer, **kw)
+
+    async def route(self, listener: str, raw: bytes, peer: str, **kw: Any) -> IngestOutcome:
+        return await self.door.route(listener, raw, peer, **kw)
+
+    async def ingest(self, channel: str, raw: bytes, peer: str, **kw: Any) -> IngestOutcome:
+        return await self.door.ingest(channel, raw, peer, **kw)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._started = defer.ensureDeferred(self._start())
+
+    async def start(self) -> None:
+        if not self.running:
+            self.startService()
+        assert self._started is not None
+        await self._started
+
+    async def _start(self) -> None:
+        self.store.open()
+        self.executor.start()
+        self.pool.start()
+        await self.executor.submit(migrate_domains, self.store, self.registry)
+        counts = await self.executor.submit(self.store.recover, time.time())
+        log.info("recovery: {counts}", counts=counts)
+        await self._audit("start", {"channels": sorted(self.project.channels)})
+        for defn in self.project.channels.values():
+            if defn.config.enabled:
+                self.channels[defn.name] = self._channel(defn)
+        await self._start_domains()
+        self.processor.setServiceParent(self)
+        for channel in self.channels.values():
+            self._add_channel(channel)
+        for config in self.project.settings.listeners:
+            self._add_listener(config)
+        clock = self.reactor
+        JobService("sweep", 2.0, self.processor.sweep, clock).setServiceParent(self)  # replays
+        JobService("leases", 30.0, self._release_expired, clock).setServiceParent(self)
+        for job in self._domain_jobs():
+            job.setServiceParent(self)
+        interval = self.project.settings.reload_interval
+        if interval:
+            JobService("reload", interval, self.reload_if_changed, clock).setServiceParent(self)
+        if self.project.settings.sftp_server is not None:
+            await self._start_sftp()
+        self.processor.sweep()
+
+    def stopService(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._stop())
+
+    async def stop(self) -> None:
+        await self.stopService()
+
+    async def _stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._started is not None:
+            try:
+                await self._started
+            except Exception:
+                pass  # a failed start still leaves what it opened to close
+        service.Service.stopService(self)
+        await self._stop_children()
+        await self.executor.stop()
+        self.pool.stop()
+        self.store.close()
+
+    # -- children ------------------------------------------------------------------------------
+    def _channel(self, defn: Any, project: Project | None = None) -> Channel:
+        project = project or self.project
+        return Channel(defn, project.mappings, self.registry, extras=project.extras)
+
+    def _bindings(self, channel: str) -> list[Binding]:
+        running = self.channels.get(channel)
+        return running.bindings if running is not None else []
+
+    def _lent(self, key: str) -> dict[str, Any]:
+        """What the runtime lends a component whose factory asks for it."""
+        return {"services": lambda: self.door.source_services(key), "resources": self.resources}
+
+    def _source(self, key: str, chosen: Any) -> SourceService:
+        source = make_source(
+            self.registry,
+            chosen,
+            key=key,
+            lend=self._lent(key),
+            reactor=self.reactor,
+            base_dir=self.root,
+            ingest=self.door.ingest_for(key),
+        )
+        self.sources[key] = source
+        return SourceService("source", source, chosen)
+
+    def _worker(self, channel: str, dest: Any) -> WorkerService:
+        return make_worker(
+            self.registry,
+            channel,
+            dest,
+            reactor=self.reactor,
+            base_dir=self.root,
+            book=self.book,
+            executor=self.executor,
+            lend={"resources": self.resources},
+        )
+
+    def _add_channel(self, channel: Channel) -> None:
+        tree = OrderedServices()
+        tree.setName(f"channel:{channel.name}")
+        for dest in channel.config.destinations:
+            self._worker(channel.name, dest).setServiceParent(tree)
+        if channel.config.source is not None:
+            self._source(channel.name, channel.config.source).setServiceParent(tree)
+        tree.setServiceParent(self)
+
+    def _add_listener(self, config: Any) -> None:
+        self.listeners[config.name] = Listener(config, self.registry)
+        key = f"listener:{config.name}"
+        svc = self._source(key, config.source)
+        svc.setName(key)
+        svc.setServiceParent(self)
+
+    def _tree(self, channel: str) -> OrderedServices:
+        return self.getServiceNamed(f"channel:{channel}")  # type: ignore[return-value]
+
+    @property
+    def workers(self) -> dict[tuple[str, str], Any]:
+        """The delivery workers by (channel, destination)."""
+        out = {}
+        for name in self.channels:
+            for child in self._tree(name):
+                if isinstance(child, WorkerService):
+                    out[(name, child.worker.name)] = child.worker
+        return out
+
+    def wake_destinations(self, channel: str) -> None:
+        try:
+            tree = self._tree(channel)
+        except KeyError:
+            return
+        for child in tree:
+            if isinstance(child, WorkerService):
+                child.worker.wake()
+
+    async def _start_sftp(self) -> None:
+        from engine.sftp.service import SftpServerService
+
+        self.sftp = SftpServerService(
+            self.project.settings.sftp_server,
+            root=self.root,
+            reactor=self.reactor,
+            audit=self._audit_for,
+            uploads=self.resources.uploads,
+        )
+        wrapper = _SftpService(self.sftp)
+        wrapper.setServiceParent(self)
+        await wrapper.listening
+
+    def _audit_for(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> Any:
+        """Audit from a component (the SFTP server): written through the store thread."""
+        return self.executor.submit(self.store.audit, actor, action, target, detail, time.time())
+
+    async def _audit(self, action: str, detail: dict[str, Any]) -> None:
+        await self._audit_for("wharf", action, str(self.root), detail)
+
+    # -- domains -------------------------------------------------------------------------------
+    def _sections(self, domain: Any) -> dict[str, Any]:
+        return {
+            name: getattr(ch.config, domain.name)
+            for name, ch in self.channels.items()
+            if getattr(ch.config, domain.name, None) is not None
+        }
+
+    async def _start_domains(self) -> None:
+        snapshot = self.resources.snapshot
+        for domain in self.registry.domains():
+            sections = self._sections(domain)
+            if not sections:
+                continue
+
+            def start(domain: Any = domain, sections: dict[str, Any] = sections) -> int:
+                with self.store.transaction(f"{domain.name} start") as tx:
+                    return domain.start(tx, sections, snapshot, time.time())
+
+            n = await self.executor.submit(start)
+            if n:
+                log.info("{domain}: {n} record(s) set up at start", domain=domain.name, n=n)
+
+    def _domain_jobs(self) -> list[JobService]:
+        jobs = []
+        for domain in self.registry.domains():
+            for job in domain.jobs(self.project.settings):
+                svc = domain_job(job, store=self.store, executor=self.executor, clock=self.reactor)
+                svc.setName(f"job:{domain.name}:{job.name}")
+                jobs.append(svc)
+        return jobs
+
+    async def _release_expired(self) -> int:
+        """Deliveries claimed longer than their lease go back to pending (same key)."""
+        n = await self.executor.submit(self.store.release_expired, time.time())
+        if n:
+            log.warn("{n} delivery lease(s) expired; queued again", n=n)
+            for channel in list(self.channels):
+                self.wake_destinations(channel)
+        return n
+
+    # -- hot reload ----------------------------------------------------------------------------
+    async def reload_if_changed(self) -> bool:
+        """Lint and swap in changed channels and mappings; a change that fails lint is refused."""
+        if self._reloading:
+            return False
+        self._reloading = True
+        try:
+            pool = self.reactor.getThreadPool()
+            current = await threads.deferToThreadPool(self.reactor, pool, fingerprint, self.root)
+            if current == self.project.fingerprint or current == self.rejected_fingerprint:
+                return False
+            try:
+                project = await threads.deferToThreadPool(
+                    self.reactor, pool, load_project, self.root, None, self.registry
+                )
+            except LintFailed as exc:
+                self.rejected_fingerprint = current
+                log.error(
+                    "reload refused; the running configuration stays:\n{errors}", errors=str(exc)
+                )
+                return False
+            await self.apply(project)
+            return True
+        finally:
+            self._reloading = False
+
+    async def apply(self, project: Project) -> None:
+        """Run ``project`` from now on, replacing the services whose configuration changed."""
+        old = self.project
+        self.project = project
+        self.resources.refresh(snapshot_of(project))
+        self.rejected_fingerprint = None
+        wanted = {n: d for n, d in project.channels.items() if d.config.enabled}
+        new_listeners = {c.name: c for c in project.settings.listeners}
+        for name, listener in list(self.listeners.items()):
+            if name not in new_listeners or _strip(listener.config) != _strip(new_listeners[name]):
+                await self.replace(f"listener:{name}", None)
+                self.listeners.pop(name, None)
+                self.sources.pop(f"listener:{name}", None)
+        for name in list(self.channels):
+            if name not in wanted:
+                await self.replace(f"channel:{name}", None)
+                self.channels.pop(name, None)
+                self.sources.pop(name, None)
+        for name, defn in wanted.items():
+            new = self._channel(defn, project)
+            prev = self.channels.get(name)
+            self.channels[name] = new  # messages processed from now on use the new version
+            if prev is None:
+                self._add_channel(new)
+                continue
+            await self._update_channel(prev, new)
+        for lname, lconfig in new_listeners.items():
+            if lname not in self.listeners:
+                self._add_listener(lconfig)
+        for child in [c for c in self if (c.name or "").startswith("job:")]:
+            if child.name.count(":") == 2:  # a domain's job: rebuilt with the new settings
+                await self.replace(child.name, None)
+        for job in self._domain_jobs():
+            job.setServiceParent(self)
+        await self._audit(
+            "reload",
+            {"channels": sorted(wanted), "changed": _changed(old.fingerprint, project.fingerprint)},
+        )
+        log.info("reloaded: {n} channel(s) running", n=len(self.channels))
+        self.processor.wake()
+
+    async def _update_channel(self, prev: Channel, new: Channel) -> None:
+        tree = self._tree(new.name)
+        if _strip(prev.config.source) != _strip(new.config.source):
+            self.sources.pop(new.name, None)
+            source = self._source(new.name, new.config.source) if new.config.source else None
+            await tree.replace("source", source)
+        old_dests = {d.name: d for d in prev.config.destinations}
+        new_dests = {d.name: d for d in new.config.destinations}
+        for dname, dcfg in old_dests.items():
+            if dname not in new_dests or _strip(dcfg) != _strip(new_dests[dname]):
+                await tree.replace(f"destination:{dname}", None)
+        running = {c.name for c in tree}
+        for dname, dcfg in new_dests.items():
+            if f"destination:{dname}" not in running:
+                self._worker(new.name, dcfg).setServiceParent(tree)
+
+
+class _SftpService(service.Service):
+    """Wharf's SFTP server as a child service; ``listening`` fires once it listens."""
+
+    def __init__(self, server: Any) -> None:
+        self.setName("sftp-server")
+        self.server = server
+        self.listening: defer.Deferred = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.server.start()
+        d.chainDeferred(self.listening)
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.ensureDeferred(self.server.stop())
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _strip(config: Any) -> Any:
+    """A config without its source positions, so moving lines is not a change."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return tuple(
+            (f.name, _strip(getattr(config, f.name)))
+            for f in dataclasses.fields(config)
+            if f.name not in ("where", "positions")
+        )
+    if isinstance(config, tuple | list):
+        return tuple(_strip(c) for c in config)
+    if isinstance(config, dict):
+        return tuple(sorted((k, _strip(v)) for k, v in config.items()))
+    return config

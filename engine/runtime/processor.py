@@ -1,0 +1,312 @@
+"""The pipeline processor: stored messages through their channel, off the reactor thread, and
+their results (with what the channel's domains book) recorded in one commit per batch.
+
+Fresh ingests are handed over in memory (no store read); a sweep of the store finds what a
+crash, a replay or an unloaded channel left in ``received``. Each batch is two store jobs at
+most (load, for swept messages only; record, one commit for the whole batch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from engine.channel import Channel, Result
+from engine.interfaces import Binding, Booking
+from engine.model import ERROR, Outbound
+
+log = Logger(namespace="wharf.pipeline")
+
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Work:
+    """A stored message waiting for the pipeline."""
+
+    id: str
+    channel: str
+    correlation_id: str
+    raw: bytes
+    parsed: Any = None  # the ingest's decode, reused when the channel did not change since
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One pipeline result to record, with the domain bookings that commit with it."""
+
+    message_id: str
+    status: str
+    transformed: bytes | None = None
+    outbound: Sequence[Outbound] = ()
+    business_keys: Sequence[tuple[str, str]] = ()
+    error: str | None = None
+    error_location: str | None = None
+    work_item: tuple[str, str, str] | None = None
+    bookings: Sequence[tuple[Binding, list[Any]]] = field(default_factory=tuple)
+    channel: str = ""
+    correlation_id: str = ""
+    durable: bool = False  # a booking allocated what must survive a power loss
+
+
+def outcome_of(work: Work, channel: Channel, result: Result) -> Outcome:
+    bookings = channel.bookings(result.events) if result.events else []
+    return Outcome(
+        message_id=work.id,
+        status=result.status,
+        transformed=result.transformed,
+        outbound=result.outbound,
+        business_keys=result.keys,
+        error=result.error,
+        error_location=result.error_location,
+        work_item=result.work_item,
+        bookings=bookings,
+        channel=work.channel,
+        correlation_id=work.correlation_id,
+        durable=any(binding.domain.durable for binding, _ in bookings),
+    )
+
+
+def _finish(tx: Any, outcome: Outcome, now: float) -> None:
+    """One result in an open transaction: the domains book first, their deliveries join the
+    message's own, then the spine records it all."""
+    outbound = list(outcome.outbound)
+    if outcome.status != ERROR:
+        booking = Booking(outcome.message_id, outcome.correlation_id, outcome.channel, now)
+        for binding, records in outcome.bookings:
+            outbound += binding.book(tx, booking, records)
+    tx.finish(
+        outcome.message_id,
+        status=outcome.status,
+        now=now,
+        transformed=outcome.transformed,
+        outbound=outbound,
+        business_keys=outcome.business_keys,
+        error=outcome.error,
+        error_location=outcome.error_location,
+        work_item=outcome.work_item,
+    )
+
+
+def record(store: Any, outcomes: Sequence[Outcome], now: float) -> None:
+    """Runs on the store thread: one commit for the batch; if the store refuses it, record
+    message by message, and put a message whose own result cannot be stored in error rather
+    than retrying it forever."""
+    durable = any(o.durable for o in outcomes)
+    try:
+        with store.transaction(f"finish_many({len(outcomes)})", durable=durable) as tx:
+            for outcome in outcomes:
+                _finish(tx, outcome, now)
+        return
+    except Exception as exc:
+        if len(outcomes) == 1:
+            failures = [(outcomes[0], exc)]
+        else:
+            log.warn(
+                "a batch of {n} results was refused ({error}); recording them one by one",
+                n=len(outcomes),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            failures = []
+            for outcome in outcomes:
+                try:
+                    with store.transaction(
+                        f"finish_processing({outcome.message_id})", durable=outcome.durable
+                    ) as tx:
+                        _finish(tx, outcome, now)
+                except Exception as one:
+                    failures.append((outcome, one))
+    for outcome, exc in failures:
+        log.error(
+            "message {id}: the store refused its result: {error}",
+            id=outcome.message_id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        with store.transaction(f"finish_processing({outcome.message_id})") as tx:
+            tx.finish(
+                outcome.message_id,
+                status=ERROR,
+                now=now,
+                error=f"the store refused this message's result: {exc}",
+                error_location="pipeline",
+            )
+
+
+def _load_many(store: Any, ids: list[str]) -> list[tuple[Any, bytes | None]]:
+    out = []
+    for message_id in ids:
+        row = store.get_message(message_id)
+        out.append((row, store.get_content(message_id, "raw") if row else None))
+    return out
+
+
+def _process_all(jobs: list[tuple[Channel, Work]]) -> list[tuple[Work, Channel, Result]]:
+    """Runs on a pipeline thread: the I/O-free part of each message, one after another."""
+    out = []
+    for channel, w in jobs:
+        # A decode made by the same channel object at ingest is reused; after a reload, redo it.
+        parsed = w.parsed[1] if w.parsed and w.parsed[0] is channel else None
+        out.append((w, channel, channel.process(w.raw, w.id, w.correlation_id, parsed=parsed)))
+    return out
+
+
+class Processor(service.Service):
+    """Runs stored messages through their channel (see the module docstring).
+
+    ``channels()`` gives the running channels by name (a reload swaps them);
+    ``delivered(channel)`` is told when a batch queued deliveries for that channel.
+    """
+
+    name = "processor"
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        store: Any,
+        executor: Any,
+        pool: ThreadPool,
+        parallel: int,
+        channels: Callable[[], dict[str, Channel]],
+        delivered: Callable[[str], None],
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.executor = executor
+        self.pool = pool
+        self.parallel = parallel
+        self.channels = channels
+        self.delivered = delivered
+        self.inflight: set[str] = set()
+        self.queue: deque[Work] = deque()
+        self._sweep = True  # the first pass is a recovery sweep
+        self._running: defer.Deferred | None = None
+        self._again = False
+        self.stopped = True
+        self.processed = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self.stopped = False
+        self.wake()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.ensureDeferred(self.stop())
+
+    async def stop(self) -> None:
+        self.stopped = True
+        while self._running is not None:
+            await self._running
+
+    # -- work ------------------------------------------------------------------------------
+    def enqueue(self, work: Work) -> None:
+        """A message just committed: process it without reading it back."""
+        self.inflight.add(work.id)
+        self.queue.append(work)
+        self.wake()
+
+    def sweep(self) -> None:
+        """Look in the store for messages still ``received`` (recovery, replays)."""
+        self._sweep = True
+        self.wake()
+
+    def wake(self) -> None:
+        if self.stopped:
+            return
+        if self._running is not None:
+            self._again = True
+            return
+        self._running = defer.ensureDeferred(self._run())
+        self._running.addErrback(lambda f: log.failure("pipeline pass failed", f))
+        self._running.addBoth(self._finished)
+
+    def _finished(self, _: Any) -> None:
+        self._running = None
+        if self._again and not self.stopped:
+            self._again = False
+            self.wake()
+
+    async def _run(self) -> None:
+        while not self.stopped:
+            self._again = False
+            batches: list[list[Work]] = []
+            while self.queue and len(batches) < self.parallel:
+                n = min(BATCH, len(self.queue))
+                batches.append([self.queue.popleft() for _ in range(n)])
+            if not batches and self._sweep:
+                self._sweep = False
+                batches = await self._swept()
+            if not batches:
+                return
+            work = [defer.ensureDeferred(self._batch(b)) for b in batches]
+            await defer.gatherResults(work, consumeErrors=True)
+
+    async def _swept(self) -> list[list[Work]]:
+        channels = self.channels()
+        ids: list[str] = []
+        for name in list(channels):
+            ids += await self.executor.submit(self.store.received_ids, 256, name)
+        ids = [i for i in ids if i not in self.inflight]
+        if not ids:
+            return []
+        self.inflight.update(ids)
+        try:
+            loaded = await self.executor.submit(_load_many, self.store, ids)
+        except Exception:
+            self.inflight.difference_update(ids)
+            raise
+        found = []
+        for message_id, (row, raw) in zip(ids, loaded, strict=True):
+            if row is not None and row.status == "received" and raw is not None:
+                found.append(Work(row.id, row.channel, row.correlation_id, raw))
+            else:
+                self.inflight.discard(message_id)
+        if len(ids) == 256 * max(1, len(channels)):
+            self._sweep = True  # more may wait
+        return [found[i : i + BATCH] for i in range(0, len(found), BATCH)]
+
+    async def _batch(self, batch: list[Work]) -> None:
+        """Process a batch on a pipeline thread, then record it in one commit."""
+        try:
+            channels = self.channels()
+            jobs = [(channels[w.channel], w) for w in batch if w.channel in channels]
+            # (a message of a channel not running now stays received for a later sweep)
+            if not jobs:
+                return
+            results = await threads.deferToThreadPool(self.reactor, self.pool, _process_all, jobs)
+            outcomes = [outcome_of(w, channel, r) for w, channel, r in results]
+            await self.executor.submit(record, self.store, outcomes, time.time())
+            self.processed += len(results)
+            woken: set[str] = set()
+            for w, _, r in results:
+                if r.work_item:
+                    log.error(
+                        "work item {kind} for message {id} on {channel}: {subject}",
+                        kind=r.work_item[0],
+                        id=w.id,
+                        channel=w.channel,
+                        subject=r.work_item[1],
+                    )
+                elif r.error:
+                    log.warn(
+                        "message {id} on {channel}: {status} at {where}",
+                        id=w.id,
+                        channel=w.channel,
+                        status=r.status,
+                        where=r.error_location,
+                    )
+                if (r.outbound or r.events) and w.channel not in woken:
+                    woken.add(w.channel)
+                    self.delivered(w.channel)
+        finally:
+            self.inflight.difference_update(w.id for w in batch)
