@@ -4,8 +4,8 @@
 - ``sftp_server: {account: NAME}``: the file is left in that account's ``outbound/`` folder on
   our own SFTP server (written atomically under a hidden name, then renamed, so the partner
   never downloads half a file);
-- ``sftp: {...}``: uploaded to the partner's own server with the ``sftp`` destination (host key
-  pinned, atomic upload, retried with backoff).
+- ``sftp: {...}``: uploaded to the partner's own server as the ``sftp`` destination does it
+  (:class:`engine.net.sftp.SftpUploader`: host key pinned, atomic upload, retried with backoff).
 
 The delivery's ``partner`` and ``filename`` come from the procurement book. The same delivery
 sent again rewrites the same file with the same bytes.
@@ -19,10 +19,10 @@ from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 
-from engine.destinations.file import write_atomically
-from engine.destinations.sftp import SftpDestination
 from engine.errors import ConfigError, DeliveryError
 from engine.model import Delivery
+from engine.net.files import write_atomically
+from engine.net.sftp import SftpUploader
 from engine.registry import destination
 from engine.spec import Bool, Field, Spec
 
@@ -49,7 +49,7 @@ class X12PartnerDestination:
         self.name = name
         self.base_dir = pathlib.Path(base_dir)
         self._project: Any = None
-        self._remote: dict[str, SftpDestination] = {}
+        self._remote: dict[str, SftpUploader] = {}
 
     def _settings(self) -> Any:
         if self._project is None:
@@ -100,12 +100,11 @@ class X12PartnerDestination:
         if isinstance(how, PartnerSftp):
             remote = self._remote.get(pid)
             if remote is None:
-                remote = SftpDestination(
+                remote = SftpUploader(
                     how.options,
                     reactor=self.reactor,
-                    channel=self.channel,
-                    name=f"{self.name}:{pid}",
                     base_dir=self.base_dir,
+                    label=f"sftp destination {self.channel}/{self.name}:{pid}",
                 )
                 self._remote[pid] = remote
             return await remote.send(delivery)
