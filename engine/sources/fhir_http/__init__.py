@@ -3,7 +3,7 @@ systems POST.
 
 Channels whose ``listen`` strings are equal share one port (one :class:`FhirSite`); each mounts
 its own ``base`` (``/fhir/R5`` and ``/fhir/R4`` on 8090). The interactions themselves live in
-:mod:`engine.sources.fhir_rest`; this module is the HTTP side:
+:mod:`engine.sources.fhir_http.rest`; this module is the HTTP side:
 
 * everything that can be decided on the request head (path, method, bearer token, media type,
   ``Content-Length`` over ``max_body``) is answered before a body byte is read, so an
@@ -38,7 +38,7 @@ from engine.errors import ConfigError
 from engine.net.endpoints import check_listen, peer_name, server_endpoint
 from engine.registry import source
 from engine.sources import Ingest, SourceServices
-from engine.sources.fhir_rest import (
+from engine.sources.fhir_http.rest import (
     MEDIA_TYPES,
     Answer,
     Call,
