@@ -27,6 +27,7 @@ from engine.codecs.hl7ack import (
 )
 from engine.codecs.hl7v2 import Hl7Message, tokenize
 from engine.errors import CodecError
+from engine.net.mllp import minimal_nak
 
 #: A reply that says nothing: the source keeps the connection and sends no ACK (MSH-15 NE/SU/ER).
 NO_REPLY = b""
@@ -67,6 +68,16 @@ def rejected(raw: bytes, exc: CodecError) -> bytes:
     except CodecError:
         return nak_without_message(raw, error)
     return make_ack(msg, code, error, commit=is_enhanced(msg))
+
+
+def oversize_nak(prefix: bytes, limit: int) -> bytes:
+    """AR (ERR) for a frame over ``limit`` bytes, from the start of the frame (its MSH); the
+    ``oversize_reply`` an MLLP listener (:class:`engine.net.mllp.MLLPServerFactory`) is given."""
+    text = f"frame is larger than the {limit}-byte limit; not stored"
+    try:
+        return rejected(prefix, CodecError(text, code="too_large"))
+    except Exception:
+        return minimal_nak(prefix, text)
 
 
 def refused(raw: bytes, parsed: Parsed | None, reason: str) -> bytes:

@@ -277,7 +277,7 @@ async def send_over_mllp(channel: str, port: int, paths: list[Path], reactor: An
     from twisted.internet import endpoints
 
     from engine.codecs.hl7v2 import tokenize
-    from engine.destinations.mllp import MLLPClientProtocol
+    from engine.net.mllp import MLLPClientProtocol
 
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     client = await endpoints.connectProtocol(endpoint, MLLPClientProtocol())

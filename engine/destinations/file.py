@@ -1,53 +1,30 @@
 """The ``file`` destination: write each delivery's payload to a file in a directory, atomically.
 
 The payload goes to a temporary file (name starting with ``.``) in the target directory, is
-fsynced, renamed over the final name with :func:`os.replace` and the directory is fsynced. The
-default file name is the delivery's idempotency key, so a redelivery rewrites the same file with
-the same bytes: delivering twice is harmless. Blocking I/O runs in a thread pool, never on the
-reactor thread.
+fsynced, renamed over the final name with :func:`os.replace` and the directory is fsynced
+(:func:`engine.net.files.write_atomically`). The default file name is the delivery's
+idempotency key, so a redelivery rewrites the same file with the same bytes: delivering twice is
+harmless. Blocking I/O runs in a thread pool, never on the reactor thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from engine.delivery import check_template, render_template, template_values
 from engine.errors import DeliveryError
 from engine.model import Delivery
+from engine.net.files import extension_for, write_atomically
 from engine.registry import destination
 from engine.spec import Bool, Context, Field, Spec, Str, join
+from engine.templating import check_template, render_template, template_values
 
 log = Logger(namespace="wharf.destination.file")
-
-EXTENSIONS = {
-    "application/json": ".json",
-    "x-application/hl7-v2+er7": ".hl7",
-    "application/hl7-v2": ".hl7",
-    "application/edi-x12": ".x12",
-    "application/xml": ".xml",
-    "text/xml": ".xml",
-}
-
-
-def extension_for(content_type: str) -> str:
-    """File extension for a content type: ``.json``, ``.hl7``, ``.x12``, ``.xml`` or ``.bin``."""
-    base = content_type.split(";", 1)[0].strip().lower()
-    if base in EXTENSIONS:
-        return EXTENSIONS[base]
-    if base.endswith("+xml") or base.endswith("/xml"):
-        return ".xml"
-    if base.endswith("+json"):
-        return ".json"
-    return ".bin"
 
 
 def _check(config: Any, ctx: Context, node: Any, path: str) -> None:
@@ -102,37 +79,6 @@ file:
 """,
     check=_check,
 )
-
-
-def write_atomically(directory: pathlib.Path, filename: str, data: bytes, fsync: bool) -> None:
-    """Write ``data`` to ``directory/filename`` so that readers see the old file or the whole
-    new one, never a part. Blocking: call it off the reactor thread."""
-    directory.mkdir(parents=True, exist_ok=True)
-    # A crash between mkstemp and rename leaves a temp file; this delivery is held by one
-    # worker under its lease, so an earlier attempt's leftovers are safe to remove now.
-    for stale in directory.glob(f".{glob.escape(filename)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, directory / filename)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if fsync:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 class FileDestination:

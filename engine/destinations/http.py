@@ -33,22 +33,19 @@ import treq
 from OpenSSL import SSL
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
-from engine.delivery import check_template, render_template, template_values, url_quote
-from engine.errors import ConfigError, DeliveryError
+from engine.errors import DeliveryError
 from engine.model import Delivery
+from engine.net.tls import tls_policy
 from engine.registry import destination
 from engine.spec import Bool, ByteSize, Context, Duration, Enum, Field, MapOf, Spec, Str, join
+from engine.templating import check_template, render_template, template_values, url_quote
 
 log = Logger(namespace="wharf.destination.http")
 
@@ -193,65 +190,6 @@ http:
 """,
     check=_check,
 )
-
-
-# --------------------------------------------------------------------------- TLS policies
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _NoVerifyCreator:
-    """A TLS client connection that checks neither certificate nor host name (test rigs)."""
-
-    def __init__(self, hostname: bytes) -> None:
-        self._hostname = hostname
-        self._ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        self._ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        conn = SSL.Connection(self._ctx, None)
-        conn.set_app_data(tlsProtocol)
-        if not re.fullmatch(rb"[0-9.]+|.*:.*", self._hostname):
-            conn.set_tlsext_host_name(self._hostname)
-        conn.set_connect_state()
-        return conn
-
-
-@implementer(IPolicyForHTTPS)
-class InsecurePolicy:
-    """Accepts any server certificate. For test rigs only (``tls_verify: false``)."""
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return _NoVerifyCreator(hostname)
-
-
-def load_ca_bundle(path: pathlib.Path) -> list[Certificate]:
-    """Every certificate of a PEM bundle; ConfigError when unreadable or empty."""
-    try:
-        text = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"'ca_file' must be a readable PEM file (got {str(path)!r}: {e})") from e
-    blocks = re.findall(
-        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, flags=re.DOTALL
-    )
-    if not blocks:
-        raise ConfigError(f"'ca_file' must hold PEM certificates (got none in {str(path)!r})")
-    try:
-        return [Certificate.loadPEM(block) for block in blocks]
-    except Exception as e:
-        raise ConfigError(f"'ca_file' holds a bad certificate ({str(path)!r}: {e})") from e
-
-
-def tls_policy(options: Any, base_dir: pathlib.Path) -> Any:
-    """The :class:`IPolicyForHTTPS` for ``options``: platform trust, the ``ca_file`` bundle,
-    or (``tls_verify: false``) no verification."""
-    if not options.tls_verify:
-        return InsecurePolicy()
-    if options.ca_file:
-        path = pathlib.Path(options.ca_file)
-        if not path.is_absolute():
-            path = base_dir / path
-        return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(load_ca_bundle(path)))
-    return BrowserLikePolicyForHTTPS()
 
 
 # --------------------------------------------------------------------------- body reading

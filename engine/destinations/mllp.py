@@ -24,40 +24,38 @@ MSH-10 goes back to the idle pool and is reused by the next send; one that error
 answered for another MSH-10 or sent an unsolicited block is dropped. Idle connections are closed
 after :data:`IDLE_TIMEOUT` and dropped as soon as the peer closes them.
 
+The framing (:class:`~engine.net.mllp.MLLPClientProtocol`) and client TLS
+(:func:`~engine.net.tls.tls_creator`) live in :mod:`engine.net`.
+
 Payloads and ACK contents are never logged: log lines carry host:port, the delivery id and MSA-1.
 (The error text of an AE/AR carries the peer's MSA-3/ERR text, as the operator needs it.)
 """
 
 from __future__ import annotations
 
-import ipaddress
 import pathlib
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
-from OpenSSL import SSL
-from twisted.internet import endpoints, error, ssl, task
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import Protocol
+from twisted.internet import endpoints, error, task
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from engine.codecs.hl7v2 import Hl7Message, tokenize
-from engine.destinations.http import load_ca_bundle
-from engine.errors import CodecError, ConfigError, DeliveryError
+from engine.errors import CodecError, DeliveryError
 from engine.model import Delivery
+from engine.net.mllp import (
+    FS,
+    SB,
+    MLLPClientProtocol,
+    MLLPConnectionLost,
+    MLLPNotConnected,
+    MLLPProtocolError,
+)
+from engine.net.tls import tls_creator
 from engine.registry import destination
 from engine.spec import Bool, ByteSize, Context, Duration, Field, Int, Spec, Str, join
 
 log = Logger(namespace="wharf.destination.mllp")
-
-#: MLLP Release 2 block: start block, end block (FS CR).
-SB = b"\x0b"
-FS = b"\x1c"
-EB = b"\x1c\x0d"
 
 #: Seconds an idle pooled connection is kept before Wharf closes it (below common receiver
 #: idle limits, so a send rarely lands on a connection the peer is closing: that is ambiguous).
@@ -185,280 +183,6 @@ destinations:
 """,
     check=_check,
 )
-
-
-# --------------------------------------------------------------------------- protocol
-
-
-class MLLPConnectionLost(Exception):
-    """The connection closed while an ACK was outstanding.
-
-    ``reason``: the Failure given to ``connectionLost``; ``received``: bytes that arrived for
-    the outstanding ACK (0 means the peer said nothing at all)."""
-
-    def __init__(self, reason: Failure | None, received: int) -> None:
-        super().__init__(_reason_text(reason))
-        self.reason = reason
-        self.received = received
-
-
-class MLLPProtocolError(Exception):
-    """The peer broke the framing contract (oversized ACK, unsolicited block); the connection
-    has been dropped."""
-
-
-class MLLPNotConnected(Exception):
-    """The connection (or its TLS handshake) failed before anything was sent."""
-
-    def __init__(self, reason: Failure | None, tls: bool) -> None:
-        super().__init__(_reason_text(reason))
-        self.reason = reason
-        self.tls = tls
-
-
-def _reason_text(reason: Failure | None) -> str:
-    if reason is None:
-        return "connection closed"
-    value = reason.value
-    text = str(value).strip()
-    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
-        text = "; ".join(str(part[-1]) for part in value.args[0] if part) or text
-    return f"{type(value).__name__}: {text}" if text else type(value).__name__
-
-
-@implementer(IHandshakeListener)
-class MLLPClientProtocol(Protocol):
-    """The client side of an MLLP connection: frames what is sent, unframes what comes back.
-
-    :meth:`send` writes one block and returns a Deferred that fires with the payload of the
-    next block the peer sends (its ACK), in order, one Deferred per outstanding ACK. Bytes
-    outside a block (junk before the start block, between blocks) are ignored; a block may
-    arrive in any number of reads. A block larger than ``max_ack`` or a block nobody waits
-    for drops the connection.
-
-    ``ready`` fires with the protocol once it can send: at ``connectionMade`` for plain TCP,
-    at ``handshakeCompleted`` when ``tls`` is true; it fails with :class:`MLLPNotConnected`
-    when the connection closes first (so nothing was sent).
-    """
-
-    def __init__(self, max_ack: int = 1024 * 1024, *, tls: bool = False) -> None:
-        self.max_ack = max_ack
-        self.tls = tls
-        self.ready: Deferred[MLLPClientProtocol] = Deferred(self._cancel_ready)
-        self.lost = False
-        self.lost_reason: Failure | None = None
-        self.written = 0  # blocks written
-        self.received = 0  # bytes received since the oldest outstanding send
-        self._buf = bytearray()
-        self._in_block = False
-        self._scan = 0
-        self._waiting: deque[Deferred[bytes]] = deque()
-        self._closed: list[Deferred[None]] = []
-        #: Called with the protocol when the connection closes (the pool listens).
-        self.on_lost: Callable[[MLLPClientProtocol], None] | None = None
-        #: ``seconds()`` when the pool last put this connection back (idle since).
-        self.released_at: float | None = None
-
-    # ------------------------------------------------------------------ connection state
-
-    def connectionMade(self) -> None:
-        if not self.tls:
-            self._set_ready()
-
-    def handshakeCompleted(self) -> None:
-        # A failed host name check aborts the connection inside the handshake; the TLS layer
-        # still reports completion, so look at the transport before trusting it.
-        if getattr(self.transport, "disconnecting", False):
-            return
-        self._set_ready()
-
-    def _set_ready(self) -> None:
-        if not self.ready.called:
-            self.ready.callback(self)
-
-    def _cancel_ready(self, d: Deferred[Any]) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.lost = True
-        self.lost_reason = reason
-        if not self.ready.called:
-            self.ready.errback(MLLPNotConnected(reason, self.tls))
-        waiting, self._waiting = self._waiting, deque()
-        received = self.received
-        for d in waiting:
-            d.errback(MLLPConnectionLost(reason, received))
-            received = 0
-        closed, self._closed = self._closed, []
-        for d in closed:
-            d.callback(None)
-        if self.on_lost is not None:
-            self.on_lost(self)
-
-    def when_closed(self) -> Deferred[None]:
-        """A Deferred that fires (with None) once the connection is closed."""
-        if self.lost:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._closed.append(d)
-        return d
-
-    def abort(self) -> None:
-        """Drop the connection now (it can no longer be trusted to be in step)."""
-        if not self.lost and self.transport is not None:
-            self.transport.abortConnection()
-
-    @property
-    def outstanding(self) -> int:
-        """ACKs waited for."""
-        return len(self._waiting)
-
-    # ------------------------------------------------------------------ sending
-
-    def send(self, payload: bytes) -> Deferred[bytes]:
-        """Write ``payload`` as one block; the Deferred fires with the next ACK block's payload
-        (framing removed), or fails with :class:`MLLPConnectionLost` /
-        :class:`MLLPProtocolError`. Cancelling it drops the connection."""
-        if self.lost:  # nothing written
-            return _failed(MLLPNotConnected(self.lost_reason, self.tls))
-        d: Deferred[bytes] = Deferred(self._cancel_wait)
-        if not self._waiting:
-            self.received = 0
-        self._waiting.append(d)
-        self.written += 1
-        self.transport.write(SB + payload + EB)
-        return d
-
-    def _cancel_wait(self, d: Deferred[bytes]) -> None:
-        # A late ACK would be taken for the next message's: this connection is done.
-        try:
-            self._waiting.remove(d)
-        except ValueError:
-            pass
-        self.abort()
-
-    # ------------------------------------------------------------------ receiving
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._waiting:
-            self.received += len(data)
-        self._buf += data
-        while self._buf and not self.lost:
-            if not self._in_block:
-                start = self._buf.find(SB)
-                if start < 0:
-                    self._buf.clear()  # junk outside a block
-                    return
-                del self._buf[:start]
-                self._in_block = True
-                self._scan = 1
-            end = self._buf.find(EB, self._scan)
-            if end < 0:
-                restart = self._buf.rfind(SB, self._scan)
-                if restart > 0:  # a new start block: what came before it was junk
-                    del self._buf[:restart]
-                # keep a trailing FS for the CR of the next read
-                self._scan = max(len(self._buf) - 1, 1)
-                if len(self._buf) - 1 > self.max_ack:
-                    self._protocol_error(f"ACK longer than max_ack ({self.max_ack} bytes)")
-                return
-            block = bytes(self._buf[1:end])
-            del self._buf[: end + len(EB)]
-            self._in_block = False
-            self._scan = 0
-            restart = block.rfind(SB)
-            if restart >= 0:
-                block = block[restart + 1 :]
-            if len(block) > self.max_ack:
-                self._protocol_error(f"ACK longer than max_ack ({self.max_ack} bytes)")
-                return
-            self._deliver(block)
-
-    def _deliver(self, block: bytes) -> None:
-        if not self._waiting:
-            self._protocol_error("the peer sent a block nobody was waiting for")
-            return
-        d = self._waiting.popleft()
-        self.received = len(self._buf) if self._waiting else 0
-        d.callback(block)
-
-    def _protocol_error(self, text: str) -> None:
-        waiting, self._waiting = self._waiting, deque()
-        self._buf.clear()
-        self.abort()
-        for d in waiting:
-            d.errback(MLLPProtocolError(text))
-
-
-def _failed(exc: BaseException) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(exc)
-    return d
-
-
-# --------------------------------------------------------------------------- TLS
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _NoVerifyCreator:
-    """TLS that checks neither certificate nor host name (``tls_verify: false``, test rigs);
-    presents ``client`` (a PrivateCertificate) when given."""
-
-    def __init__(self, hostname: str, client: ssl.PrivateCertificate | None) -> None:
-        self._hostname = hostname
-        self._ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        self._ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
-        if client is not None:
-            self._ctx.use_certificate(client.original.to_cryptography())
-            self._ctx.use_privatekey(client.privateKey.original.to_cryptography_key())
-            self._ctx.check_privatekey()
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        conn = SSL.Connection(self._ctx, None)
-        conn.set_app_data(tlsProtocol)
-        if not _is_ip(self._hostname):
-            conn.set_tlsext_host_name(self._hostname.encode("idna"))
-        conn.set_connect_state()
-        return conn
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def tls_creator(options: Any, base_dir: pathlib.Path) -> Any:
-    """The client TLS connection creator for ``options``; ConfigError when a PEM file is
-    missing or unreadable."""
-
-    def resolve(value: str) -> pathlib.Path:
-        path = pathlib.Path(value)
-        return path if path.is_absolute() else pathlib.Path(base_dir) / path
-
-    client = None
-    if options.client_certificate:
-        path = resolve(options.client_certificate)
-        try:
-            client = ssl.PrivateCertificate.loadPEM(path.read_bytes())
-        except OSError as e:
-            raise ConfigError(
-                f"'client_certificate' must be a readable PEM file (got {str(path)!r}: {e})"
-            ) from e
-        except Exception as e:
-            raise ConfigError(
-                f"'client_certificate' must hold a certificate and its private key "
-                f"(got {str(path)!r}: {type(e).__name__})"
-            ) from e
-    if not options.tls_verify:
-        return _NoVerifyCreator(options.host, client)
-    trust = None
-    if options.ca_file:
-        trust = ssl.trustRootFromCertificates(load_ca_bundle(resolve(options.ca_file)))
-    return ssl.optionsForClientTLS(options.host, trustRoot=trust, clientCertificate=client)
 
 
 # --------------------------------------------------------------------------- the destination

@@ -4,8 +4,8 @@
 - ``sftp_server: {account: NAME}``: the file is left in that account's ``outbound/`` folder on
   our own SFTP server (written atomically under a hidden name, then renamed, so the partner
   never downloads half a file);
-- ``sftp: {...}``: uploaded to the partner's own server with the ``sftp`` destination (host key
-  pinned, atomic upload, retried with backoff).
+- ``sftp: {...}``: uploaded to the partner's own server as the ``sftp`` destination does it
+  (:class:`engine.net.sftp.SftpUploader`: host key pinned, atomic upload, retried with backoff).
 
 The delivery's ``partner`` and ``filename`` come from the procurement book. The same delivery
 sent again rewrites the same file with the same bytes. The trading partners and the SFTP
@@ -20,10 +20,10 @@ from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 
-from engine.destinations.file import write_atomically
-from engine.destinations.sftp import SftpDestination
 from engine.errors import DeliveryError
 from engine.model import Delivery
+from engine.net.files import write_atomically
+from engine.net.sftp import SftpUploader
 from engine.registry import destination
 from engine.resources import Resources
 from engine.spec import Bool, Field, Spec
@@ -58,7 +58,7 @@ class X12PartnerDestination:
         self.name = name
         self.base_dir = pathlib.Path(base_dir)
         self.resources = resources
-        self._remote: dict[str, tuple[Any, SftpDestination]] = {}
+        self._remote: dict[str, tuple[Any, SftpUploader]] = {}
 
     async def send(self, delivery: Delivery) -> bytes | None:
         from engine.x12.partners import OurSftpServer, PartnerSftp
@@ -101,12 +101,11 @@ class X12PartnerDestination:
             if known is None or known[0] != how.options:  # new, or reloaded with other settings
                 if known is not None:
                     known[1].close()
-                remote = SftpDestination(
+                remote = SftpUploader(
                     how.options,
                     reactor=self.reactor,
-                    channel=self.channel,
-                    name=f"{self.name}:{pid}",
                     base_dir=self.base_dir,
+                    label=f"sftp destination {self.channel}/{self.name}:{pid}",
                 )
                 self._remote[pid] = (how.options, remote)
             return await self._remote[pid][1].send(delivery)

@@ -31,8 +31,8 @@ from twisted.conch.ssh.filetransfer import SFTPError
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from engine.net.sftp import Outage, SftpSession, connect, connection_fields, remote_of
 from engine.registry import source
-from engine.sftp import Remote, SftpSession, connect
 from engine.sources import Ingest
 from engine.spec import ByteSize, Context, Duration, Enum, Field, Int, Spec, Str, join
 
@@ -49,42 +49,6 @@ def _check(config: Any, ctx: Context, node: Any, path: str) -> None:
         )
     if config.after == "move" and not config.move_to:
         ctx.error(node, join(path, "move_to"), "required when after is 'move'")
-
-
-def connection_fields() -> list[Field]:
-    """Fields shared by ``sftp_poll`` and the ``sftp`` destination."""
-    return [
-        Field("host", Str(), description="The partner's SFTP server.", example="sftp.acme.com"),
-        Field("port", Int(1, 65535), 22, "TCP port."),
-        Field("user", Str(), description="Login name."),
-        Field(
-            "private_key",
-            Str(),
-            description="Private key file (OpenSSH or PEM, unencrypted); relative to the "
-            "project root.",
-        ),
-        Field(
-            "known_hosts",
-            Str(),
-            None,
-            "OpenSSH known_hosts file holding the server's key (`[host]:port` for a port other "
-            "than 22).",
-        ),
-        Field(
-            "host_key_fingerprint",
-            Str(),
-            None,
-            "Pinned host key fingerprint as `ssh-keygen -lf` prints it (`SHA256:...`).",
-        ),
-        Field("remote_dir", Str(), description="Remote folder.", example="/outbound"),
-        Field("connect_timeout", Duration(lo=0.1), 15.0, "Connect and login deadline."),
-        Field(
-            "alert_after",
-            Duration(),
-            900.0,
-            "Log an error once when the server stays unreachable for this long.",
-        ),
-    ]
 
 
 SFTP_POLL_SPEC = Spec(
@@ -117,67 +81,6 @@ SFTP_POLL_SPEC = Spec(
     move_to: /outbound/done""",
     check=_check,
 )
-
-
-def remote_of(options: Any, base_dir: Path) -> Remote:
-    def path(p: str | None) -> str | None:
-        if p is None:
-            return None
-        q = Path(p)
-        return str(q if q.is_absolute() else base_dir / q)
-
-    return Remote(
-        host=options.host,
-        port=options.port,
-        user=options.user,
-        private_key=path(options.private_key) or "",
-        known_hosts=path(options.known_hosts),
-        host_key_fingerprint=options.host_key_fingerprint,
-        connect_timeout=options.connect_timeout,
-    )
-
-
-class Outage:
-    """Tracks one partner's unreachability: backoff delays and the single alert per outage."""
-
-    def __init__(self, what: str, alert_after: float, initial: float, maximum: float) -> None:
-        self.what = what
-        self.alert_after = alert_after
-        self.initial = initial
-        self.maximum = maximum
-        self.since: float | None = None
-        self.failures = 0
-        self.alerted = False
-
-    def failed(self, reason: str, now: float | None = None) -> float:
-        """Record a failure; the delay before the next attempt."""
-        now = time.time() if now is None else now
-        if self.since is None:
-            self.since = now
-            log.warn("{what}: unreachable ({reason})", what=self.what, reason=reason)
-        self.failures += 1
-        down = now - self.since
-        if not self.alerted and down >= self.alert_after:
-            self.alerted = True
-            log.error(
-                "{what}: partner server down for {duration:.0f}s ({reason})",
-                what=self.what,
-                duration=down,
-                reason=reason,
-            )
-        return min(self.initial * 2 ** (self.failures - 1), self.maximum)
-
-    def ok(self, now: float | None = None) -> None:
-        if self.since is not None:
-            now = time.time() if now is None else now
-            log.info(
-                "{what}: reachable again after {duration:.0f}s",
-                what=self.what,
-                duration=now - self.since,
-            )
-        self.since = None
-        self.failures = 0
-        self.alerted = False
 
 
 class SftpPollSource:

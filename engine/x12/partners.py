@@ -265,7 +265,7 @@ BILL_ONLY_SPEC = Spec(
 
 
 def _sftp_dest_spec() -> Spec:
-    from engine.destinations.sftp import SFTP_DEST_SPEC
+    from engine.net.sftp import SFTP_UPLOAD_SPEC as SFTP_DEST_SPEC
 
     return SFTP_DEST_SPEC
 

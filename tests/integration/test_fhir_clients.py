@@ -40,7 +40,7 @@ from fhirclient.models.supplyrequest import SupplyRequest as FcSupplyRequest
 from fhirclient.server import FHIRUnauthorizedException
 from lxml import etree
 
-from engine.sources.fhir_rest import token_sha256
+from engine.sources.fhir_http.rest import token_sha256
 from tests.integration.helpers import (
     WHARF,
     Proc,

@@ -30,7 +30,7 @@ from fhir.resources.capabilitystatement import CapabilityStatement
 from fhir.resources.operationoutcome import OperationOutcome
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement as CapabilityStatementR4B
 
-from engine.sources.fhir_rest import token_sha256
+from engine.sources.fhir_http.rest import token_sha256
 from tests.integration.helpers import Processes, free_port, open_store, port_open, wait_until
 
 pytestmark = pytest.mark.integration

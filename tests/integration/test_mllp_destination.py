@@ -15,9 +15,10 @@ from twisted.internet import defer, protocol, reactor, threads
 from twisted.trial import unittest
 
 from engine.codecs.hl7v2 import tokenize
-from engine.destinations.mllp import EB, MLLP_DEST_SPEC, SB, MLLPDestination
+from engine.destinations.mllp import MLLP_DEST_SPEC, MLLPDestination
 from engine.errors import DeliveryError
 from engine.model import Delivery
+from engine.net.mllp import EB, SB
 from engine.spec import Context
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -35,9 +35,10 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import defer, endpoints, protocol, reactor, task, threads, utils
 from twisted.trial import unittest
 
+from engine.net.mllp import EB, SB
 from engine.registry import REGISTRY
 from engine.sources import IngestOutcome
-from engine.sources.mllp import EB, MLLP_SPEC, SB, MLLPSource, make_mllp
+from engine.sources.mllp import MLLP_SPEC, MLLPSource, make_mllp
 from engine.spec import Context
 
 MLLP_SEND = Path(sys.executable).parent / "mllp_send"

@@ -17,8 +17,8 @@ from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from engine.codecs.hl7v2 import tokenize
+from engine.net.mllp import EB, SB
 from engine.sandbox.service import SandboxService
-from engine.sources.mllp import EB, SB
 
 SEED = "location,item,on_hand,uom\nLOC-OR-MAIN,ITEM-100123,10,EA\nLOC-CATH-1,ITEM-300789,4,EA\n"
 

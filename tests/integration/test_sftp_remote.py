@@ -27,7 +27,7 @@ from twisted.trial import unittest
 from engine.destinations.sftp import SFTP_DEST_SPEC, SftpDestination
 from engine.errors import DeliveryError
 from engine.model import Delivery
-from engine.sftp import HostKeyError, fingerprint
+from engine.net.sftp import HostKeyError, fingerprint
 from engine.sources import IngestOutcome
 from engine.sources.sftp_poll import SFTP_POLL_SPEC, SftpPollSource
 from engine.spec import Context

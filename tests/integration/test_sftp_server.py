@@ -24,8 +24,8 @@ from twisted.conch.ssh.filetransfer import SFTPError
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from engine.net.sftp import HostKeyError, Remote, SftpSession, connect
 from engine.runtime import Engine
-from engine.sftp import HostKeyError, Remote, SftpSession, connect
 from engine.sftp.config import parse_server_config
 from engine.sftp.service import SftpServerService
 from tests.integration.sftp_helpers import (
@@ -382,7 +382,7 @@ class ConchClientTraversalTests(SftpServerBase):
         it: the partner never sees nor reads the temporary file."""
 
         async def run() -> None:
-            from engine.destinations.file import write_atomically
+            from engine.net.files import write_atomically
 
             s = await self.conch()
             (self.acme_root / "outbound/.ack.x12.abc.tmp").write_bytes(b"half")

@@ -13,9 +13,10 @@ from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
-from engine.destinations.file import FILE_SPEC, FileDestination, extension_for
+from engine.destinations.file import FILE_SPEC, FileDestination
 from engine.errors import DeliveryError
 from engine.model import Delivery
+from engine.net.files import extension_for
 from engine.spec import Context
 
 
@@ -166,7 +167,7 @@ class FileDestinationTests(unittest.SynchronousTestCase):
 
 def test_leftover_temp_files_of_a_crashed_attempt_are_removed(tmp_path: pathlib.Path) -> None:
     """A temp file left by a crash between write and rename is cleaned up by the next attempt."""
-    from engine.destinations.file import write_atomically
+    from engine.net.files import write_atomically
 
     (tmp_path / ".k1.json.abc123.tmp").write_bytes(b"half")
     (tmp_path / ".other.json.x.tmp").write_bytes(b"not ours")

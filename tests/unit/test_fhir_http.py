@@ -1,4 +1,4 @@
-"""The ``fhir_http`` source without sockets: the FHIR interactions (engine.sources.fhir_rest)
+"""The ``fhir_http`` source without sockets: the FHIR interactions (engine.sources.fhir_http.rest)
 over a real SqliteStore in a temp folder (the engine's ingest reproduced without its threads),
 and the HTTP side (engine.sources.fhir_http) driven byte by byte through StringTransport and
 MemoryReactorClock: head checks before the body, body caps, deadlines, the connection cap.
@@ -37,7 +37,7 @@ from engine.model import Inbound
 from engine.registry import REGISTRY
 from engine.sources import IngestOutcome, SourceServices
 from engine.sources.fhir_http import FHIR_HTTP_SPEC, FhirSite
-from engine.sources.fhir_rest import Answer, Call, FhirEndpoint, bearer_holder, token_sha256
+from engine.sources.fhir_http.rest import Answer, Call, FhirEndpoint, bearer_holder, token_sha256
 from engine.spec import Context
 from engine.store import SqliteStore
 

@@ -18,20 +18,17 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from engine.destinations.mllp import (
+from engine.destinations.mllp import IDLE_TIMEOUT, MLLP_DEST_SPEC, PROBE_DELAY, MLLPDestination
+from engine.errors import DeliveryError
+from engine.model import Delivery
+from engine.net.mllp import (
     EB,
-    IDLE_TIMEOUT,
-    MLLP_DEST_SPEC,
-    PROBE_DELAY,
     SB,
     MLLPClientProtocol,
     MLLPConnectionLost,
-    MLLPDestination,
     MLLPNotConnected,
     MLLPProtocolError,
 )
-from engine.errors import DeliveryError
-from engine.model import Delivery
 from engine.spec import INVALID, Context
 
 ROOT = Path(__file__).resolve().parents[2]

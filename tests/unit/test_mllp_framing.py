@@ -12,15 +12,10 @@ import yaml
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
+from engine.net.mllp import EB, SB, MLLPServerFactory, minimal_nak
 from engine.registry import REGISTRY
-from engine.sources.mllp import (
-    EB,
-    MLLP_SPEC,
-    SB,
-    MLLPServerFactory,
-    minimal_nak,
-    oversize_nak,
-)
+from engine.responder import oversize_nak
+from engine.sources.mllp import MLLP_SPEC
 from engine.spec import Context
 
 MSG = b"MSH|^~\\&|SEND|FAC|RECV|RFAC|20260101||DFT^P03|X1|P|2.5.1\rPID|1\r"

@@ -3,7 +3,7 @@ systems POST.
 
 Channels whose ``listen`` strings are equal share one port (one :class:`FhirSite`); each mounts
 its own ``base`` (``/fhir/R5`` and ``/fhir/R4`` on 8090). The interactions themselves live in
-:mod:`engine.sources.fhir_rest`; this module is the HTTP side:
+:mod:`engine.sources.fhir_http.rest`; this module is the HTTP side:
 
 * everything that can be decided on the request head (path, method, bearer token, media type,
   ``Content-Length`` over ``max_body``) is answered before a body byte is read, so an
@@ -35,9 +35,10 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from engine.errors import ConfigError
+from engine.net.endpoints import check_listen, peer_name, server_endpoint
 from engine.registry import source
 from engine.sources import Ingest, SourceServices
-from engine.sources.fhir_rest import (
+from engine.sources.fhir_http.rest import (
     MEDIA_TYPES,
     Answer,
     Call,
@@ -48,8 +49,6 @@ from engine.sources.fhir_rest import (
     reason,
     render,
 )
-from engine.sources.mllp import MLLPSource, peer_name
-from engine.sources.mllp import _check as _check_listen
 from engine.spec import (
     ByteSize,
     Context,
@@ -127,7 +126,7 @@ AUTH_SPEC = AuthSpec(
 
 
 def _check(config: Any, ctx: Context, node: yaml.Node, path: str) -> None:
-    _check_listen(config, ctx, node, path)
+    check_listen(config, ctx, node, path)
     if config.header_timeout > config.request_timeout:
         ctx.error(
             node,
@@ -737,19 +736,6 @@ class FhirSite(server.Site):
 # -- shared ports -----------------------------------------------------------------------------
 
 
-class _Endpoint:
-    """The MLLP source's listen-string handling (endpoint strings, TLS 1.2+, mutual TLS)."""
-
-    endpoint = MLLPSource.endpoint
-    tls_options = MLLPSource.tls_options
-    _path = MLLPSource._path
-
-    def __init__(self, options: Any, reactor: Any, base_dir: Path) -> None:
-        self.options = options
-        self.reactor = reactor
-        self.base_dir = Path(base_dir)
-
-
 class SharedPort:
     """One listening port and its site, shared by the sources with the same listen string."""
 
@@ -762,7 +748,8 @@ class SharedPort:
         self._result: Any = None  # the port, or a Failure, once known
         self._done = False
         try:
-            d = _Endpoint(options, reactor, base_dir).endpoint().listen(self.site)
+            endpoint = server_endpoint(reactor, options.listen, options.client_ca, base_dir)
+            d = endpoint.listen(self.site)
         except Exception as exc:  # bad PEM files, bad endpoint string
             d = defer.fail(exc)
         d.addBoth(self._listened)
