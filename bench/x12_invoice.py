@@ -6,7 +6,7 @@ EA at 1.25..80.00, freight, TDS) against a PO with the same lines and a receipt 
 - validate: ``engine.x12.validate.validate`` (pyx12 with Wharf's maps, loaded once) and the
   997 it writes;
 - read: the tokenizer and the 810 reader (``engine.x12.documents.read_invoice``);
-- match: ``engine.x12.match.match_invoice`` (three ways, cumulative, in the base unit).
+- match: ``engine.domains.procurement.match.match_invoice`` (three ways, cumulative, in the base unit).
 
 Baseline in the same run: the 10-line invoice's cost per line; the ratio column is the cost per
 line at each size over that baseline (1.0 = linear). The target is a 10,000-line invoice in
@@ -21,8 +21,8 @@ import argparse
 import time
 from decimal import Decimal
 
+from engine.domains.procurement.match import Order, OrderLine, Receipt, Tolerance, match_invoice
 from engine.x12.documents import read_invoice
-from engine.x12.match import Order, OrderLine, Receipt, Tolerance, match_invoice
 from engine.x12.samplegen import invoice_810
 from engine.x12.segments import transaction_sets
 from engine.x12.validate import load_maps, validate

@@ -87,7 +87,7 @@ class Channel:
         self.procurement = cfg.procurement
         self.procurement_routes = None
         if cfg.procurement is not None:
-            from engine.x12.book import ProcurementRoutes
+            from engine.domains.procurement.book import ProcurementRoutes
 
             p = cfg.procurement
             self.procurement_routes = ProcurementRoutes(
@@ -206,8 +206,8 @@ class Channel:
     def converter(self, partner: Any) -> Any:
         """Unit conversions (``uom_conversions``) for the match, with the partner's vendor
         rows first (``engine.x12.match.Converter``)."""
+        from engine.domains.procurement.match import converter_from_graph
         from engine.uom import UomGraph, graph_of
-        from engine.x12.match import converter_from_graph
 
         if "uom_conversions" in self.mappings:
             graph = graph_of(self.mappings.table("uom_conversions"))

@@ -197,7 +197,7 @@ def cmd_work_items(args: argparse.Namespace) -> int:
 
 
 def cmd_invoices(args: argparse.Namespace) -> int:
-    from engine.x12 import desk
+    from engine.domains.procurement import desk
 
     with _opened_store(args.root) as store:
         if args.action in ("release", "reject"):
@@ -228,7 +228,7 @@ def cmd_invoices(args: argparse.Namespace) -> int:
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
-    from engine.x12 import desk
+    from engine.domains.procurement import desk
 
     with _opened_store(args.root) as store:
         rows = desk.unmatched_receipts(store._conn(), older_than=args.older_than, now=time.time())

@@ -225,7 +225,7 @@ def _booker(channel: Channel, work: Work, events: list[Any]) -> Any:
     """The ledger booking of one message, run by the store inside that message's commit."""
 
     if channel.procurement is not None:
-        from engine.x12.book import book_x12
+        from engine.domains.procurement.book import book_x12
 
         def book_procurement(conn: Any) -> list[Any]:
             return book_x12(
@@ -407,7 +407,7 @@ class Engine:
 
     async def _overdue_acks(self) -> int:
         """The X12 acknowledgement watch: an 850 without its 997/999 in time is an alert."""
-        from engine.x12.book import flag_overdue_acks
+        from engine.domains.procurement.book import flag_overdue_acks
 
         n = await self.executor.submit(flag_overdue_acks, self.store, time.time())
         if n:

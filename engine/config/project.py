@@ -506,7 +506,7 @@ def error_at(where: str, path: str, message: str) -> ConfigError:
 
 def _partners(root: Path, env: Mapping[str, str], settings: Any, errors: list) -> Any:
     """The X12 trading partners (``mappings/trading_partners.yaml``), linted like the rest."""
-    from engine.x12.partners import PARTNERS_FILE, TradingPartners, load_partners
+    from engine.domains.procurement.partners import PARTNERS_FILE, TradingPartners, load_partners
 
     server = getattr(settings, "sftp_server", None)
     accounts = [p.name for p in server.partners] if server is not None else None

@@ -62,7 +62,7 @@ class X12PartnerDestination:
         return self._project
 
     async def send(self, delivery: Delivery) -> bytes | None:
-        from engine.x12.partners import OurSftpServer, PartnerSftp
+        from engine.domains.procurement.partners import OurSftpServer, PartnerSftp
 
         project = self._settings()
         pid = delivery.meta.get("partner")

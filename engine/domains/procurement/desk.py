@@ -96,9 +96,14 @@ def release_invoice(
 ) -> dict[str, Any]:
     """Post a held invoice to AP as it is, through its channel's ``procurement.ap``."""
     from engine.channel import Channel
-    from engine.x12.book import _set_from_json, _their_units, ap_invoice, order_from_store
+    from engine.domains.procurement.book import (
+        _set_from_json,
+        _their_units,
+        ap_invoice,
+        order_from_store,
+    )
+    from engine.domains.procurement.match import match_invoice
     from engine.x12.documents import read_invoice
-    from engine.x12.match import match_invoice
 
     with store._write(f"release_invoice({invoice_id})") as conn:
         partner_id, number, po, _s, body, message_id, correlation_id, channel = _held(

@@ -1,6 +1,7 @@
 """What the X12 transforms hand to the procurement book (``ctx.book``), booked in the message's
-own commit by :mod:`engine.x12.book`: a purchase order to send as an 850, and an inbound
-interchange (its acknowledgement to send, the documents to apply, or the reason it is refused).
+own commit by :mod:`engine.domains.procurement.book`: a purchase order to send as an 850, and an
+inbound interchange (its acknowledgement to send, the documents to apply, or the reason it is
+refused).
 """
 
 from __future__ import annotations
