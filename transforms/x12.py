@@ -157,7 +157,7 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
     if not isinstance(raw, bytes | str):
         raise TransformError(f"expected X12 bytes (codec x12) (got {type(raw).__name__})")
     partners = ctx.mappings.partners
-    checked = validate(raw, ack="999")
+    checked = validate(raw)
     try:
         parsed = {(ic.sender_id.strip(), ic.control_number): ic for ic in parse_interchanges(raw)}
         problem = ""

@@ -54,7 +54,7 @@ class InboundInterchange:
     receiver: tuple[str, str]  # ISA07, ISA08
     isa13: str
     sets: tuple[tuple[str, str, str], ...]  # (GS06, ST01, ST02) of every set
-    # engine.x12.validate.InterchangeResult: what the acknowledgements are written from
+    # engine.x12.results.InterchangeResult: what the acknowledgements are written from
     result: Any = None
     # accepted documents with their set and group: (PurchaseOrderAck | ShipNotice | Invoice,
     # the TransactionSet, GS06)
