@@ -25,7 +25,8 @@ from engine.spec import Field, Spec, TableName
 from engine.transforming import TransformContext
 from engine.uom import graph_of
 from engine.x12.documents import read_invoice, read_po_ack, read_ship_notice
-from engine.x12.segments import element, parse_interchanges
+from engine.x12.scan import scan
+from engine.x12.segments import element
 from engine.x12.validate import validate
 from transforms._master import decimal_field
 
@@ -157,9 +158,10 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
     if not isinstance(raw, bytes | str):
         raise TransformError(f"expected X12 bytes (codec x12) (got {type(raw).__name__})")
     partners = ctx.mappings.partners
-    checked = validate(raw)
+    scanned = scan(raw)  # decoded and tokenized once, for pyx12 and for the readers
+    checked = validate(scanned)
     try:
-        parsed = {(ic.sender_id.strip(), ic.control_number): ic for ic in parse_interchanges(raw)}
+        parsed = {(ic.sender_id.strip(), ic.control_number): ic for ic in scanned.interchanges}
         problem = ""
     except X12Error as exc:  # an envelope pyx12 let through with a TA1 E: acknowledge only
         parsed, problem = {}, f"envelope: {exc.message}"

@@ -8,7 +8,8 @@
     answers = acknowledge(result, kind="999")   # engine.x12.ack: the 997/999 and TA1 bytes
 
 One call takes a whole file: several interchanges, each with its own separators, several
-groups and sets. For each interchange:
+groups and sets, delimited by :func:`engine.x12.scan.scan` (which also tokenizes them once for
+the document readers). For each interchange:
 
 1. its ISA is checked here (:mod:`engine.x12.ta1`); a broken header is answered with a TA1
    ``R`` and nothing else of that interchange is read;
@@ -33,8 +34,6 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyx12.error_handler
@@ -47,7 +46,8 @@ from pyx12.map_walker import apply_walk_errors, walk_tree
 
 from engine.x12.fastcheck import PathCounter, segment_check
 from engine.x12.results import GroupResult, InterchangeResult, Issue, SetResult, Validation
-from engine.x12.ta1 import Header, check_header, ta1_ack_code
+from engine.x12.scan import ScannedFile, Span, scan
+from engine.x12.ta1 import Header, ta1_ack_code
 
 __all__ = ["DEFAULT_MAP_PATH", "MapSet", "load_maps", "validate"]
 
@@ -388,82 +388,7 @@ def _pick_note(codes: list[str]) -> str:
     return rejecting[0] if rejecting else codes[0]
 
 
-# --------------------------------------------------------------------------- envelope walk
-@dataclass
-class _Span:
-    header: Header
-    end: int  # offset just past the interchange
-    text: str
-
-
-def _find_end(text: str, h: Header) -> int:
-    """Offset just past the IEA of the interchange whose ISA is ``h`` (or of the next ISA /
-    the data end when the IEA is missing)."""
-    term, sep = h.segment, h.element
-    pos = h.end
-    n = len(text)
-    while pos < n:
-        nxt = text.find(term, pos)
-        if nxt < 0:
-            return n
-        seg = text[pos:nxt].lstrip(_WS)
-        if seg.startswith("IEA" + sep) or seg == "IEA":
-            return nxt + 1
-        if seg.startswith("ISA" + sep) and pos != h.end:
-            return pos  # the next interchange starts: this one has no IEA
-        pos = nxt + 1
-    return n
-
-
-def _split(text: str) -> Iterator[_Span]:
-    pos, n = 0, len(text)
-    while pos < n:
-        while pos < n and text[pos] in _WS:
-            pos += 1
-        if pos >= n:
-            return
-        if not text.startswith("ISA", pos):
-            h = Header(
-                pos,
-                None,
-                "",
-                "",
-                "",
-                n,
-                (
-                    (
-                        "022",
-                        f"the data must start with an ISA segment (got {text[pos : pos + 3]!r})",
-                    ),
-                ),
-            )
-            yield _Span(h, n, text[pos:])
-            return
-        h = check_header(text, pos)
-        if h.fields is None or not h.segment or h.segment.isalnum():
-            nxt = text.find("ISA", pos + 3)
-            end = nxt if nxt > 0 else n
-        else:
-            end = _find_end(text, h)
-        yield _Span(h, end, text[pos:end])
-        pos = end
-
-
-def _decode(raw: bytes | str) -> str:
-    if isinstance(raw, str):
-        text = raw
-    elif isinstance(raw, bytes | bytearray | memoryview):
-        data = bytes(raw)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("latin-1")
-    else:
-        raise TypeError(f"'raw' must be bytes or str (got {type(raw).__name__})")
-    return text[1:] if text.startswith("\ufeff") else text
-
-
-def _interchange(span: _Span, maps: MapSet, base: int, seen: set) -> InterchangeResult:
+def _interchange(span: Span, maps: MapSet, base: int, seen: set) -> InterchangeResult:
     h = span.header
     f = h.field
     issues = [Issue("interchange", code, msg, "ISA", ordinal=base + 1) for code, msg in h.problems]
@@ -559,7 +484,7 @@ def _interchange(span: _Span, maps: MapSet, base: int, seen: set) -> Interchange
     )
 
 
-def _check_first_segment(span: _Span, base: int) -> list[Issue]:
+def _check_first_segment(span: Span, base: int) -> list[Issue]:
     """The segment after the ISA must be GS, TA1 or IEA written with the ISA's separators;
     otherwise the separators of the data differ from the ones the ISA declares."""
     h = span.header
@@ -591,25 +516,27 @@ def _check_first_segment(span: _Span, base: int) -> list[Issue]:
     return [Issue("interchange", code, msg, "ISA", ordinal=base + 2)]
 
 
-def validate(raw: bytes | str, *, map_path: str | Path | None = None) -> Validation:
+def validate(raw: bytes | str | ScannedFile, *, map_path: str | Path | None = None) -> Validation:
     """Validate every interchange of ``raw``; what was found, per interchange, group and set.
 
-    ``map_path``: the pyx12 map folder (default: Wharf's ``engine/x12/maps``). Nothing is
-    written here: :func:`engine.x12.ack.acknowledge` writes the 997/999 and TA1 from the result.
+    ``raw``: the file, or what :func:`engine.x12.scan.scan` made of it (a caller that also
+    reads the documents scans once and passes the result here). ``map_path``: the pyx12 map
+    folder (default: Wharf's ``engine/x12/maps``). Nothing is written here:
+    :func:`engine.x12.ack.acknowledge` writes the 997/999 and TA1 from the result.
     """
     maps = load_maps(map_path)
-    text = _decode(raw)
+    scanned = raw if isinstance(raw, ScannedFile) else scan(raw)
     results: list[InterchangeResult] = []
     seen: set = set()
     base = 0
-    for span in _split(text):
+    for span in scanned.spans:
         results.append(_interchange(span, maps, base, seen))
         sep = span.header.segment or "~"
         base += span.text.count(sep) if sep else 0
     if not results:
         results.append(
             _interchange(
-                _Span(
+                Span(
                     Header(0, None, "", "", "", 0, (("023", "the data holds no interchange"),)),
                     0,
                     "",
