@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from engine.codecs.hl7ack import AckError, make_ack
 from engine.codecs.hl7v2 import Hl7Message, tokenize
 from engine.errors import CodecError
-from engine.sandbox.erp import ApiError, invalid
+from engine.sandbox.api_error import ApiError, invalid
 from engine.sandbox.state import SandboxState, decimal_text, sha256
 from engine.sources.mllp import MLLPServerFactory, oversize_nak
 
