@@ -4,9 +4,10 @@ For each size, one 810 (``engine.x12.samplegen.invoice_810``: each line IT1 + PI
 EA at 1.25..80.00, freight, TDS) against a PO with the same lines and a receipt per line:
 
 - validate: ``engine.x12.validate.validate`` (pyx12 with Wharf's maps, loaded once) and the
-  997 it writes;
+  997 ``engine.x12.ack.acknowledge`` writes from its result;
 - read: the tokenizer and the 810 reader (``engine.x12.documents.read_invoice``);
-- match: ``engine.x12.match.match_invoice`` (three ways, cumulative, in the base unit).
+- match: ``engine.domains.procurement.match.match_invoice`` (three ways, cumulative, in the base
+  unit).
 
 Baseline in the same run: the 10-line invoice's cost per line; the ratio column is the cost per
 line at each size over that baseline (1.0 = linear). The target is a 10,000-line invoice in
@@ -21,8 +22,9 @@ import argparse
 import time
 from decimal import Decimal
 
+from engine.domains.procurement.match import Order, OrderLine, Receipt, Tolerance, match_invoice
+from engine.x12.ack import acknowledge
 from engine.x12.documents import read_invoice
-from engine.x12.match import Order, OrderLine, Receipt, Tolerance, match_invoice
 from engine.x12.samplegen import invoice_810
 from engine.x12.segments import transaction_sets
 from engine.x12.validate import load_maps, validate
@@ -43,7 +45,8 @@ def order_for(lines: int) -> tuple[Order, list[Receipt]]:
 
 def one(data: bytes, order: Order, receipts: list[Receipt]) -> tuple[float, float, float, str]:
     t0 = time.perf_counter()
-    checked = validate(data, ack="997")
+    checked = validate(data)
+    answers = acknowledge(checked, kind="997")
     t1 = time.perf_counter()
     ((_ic, _g, ts),) = list(transaction_sets(data))
     invoice = read_invoice(ts)
@@ -56,7 +59,7 @@ def one(data: bytes, order: Order, receipts: list[Receipt]) -> tuple[float, floa
         tolerance=Tolerance(),
     )
     t3 = time.perf_counter()
-    if not checked.ok or not checked.ack or not result.matched:
+    if not checked.ok or not answers.ack or not result.matched:
         raise RuntimeError(f"expected a valid, matched invoice ({result.reasons})")
     return t1 - t0, t2 - t1, t3 - t2, result.status
 

@@ -193,7 +193,7 @@ def cmd_work_items(args: argparse.Namespace) -> int:
 
 
 def cmd_invoices(args: argparse.Namespace) -> int:
-    from engine.x12 import desk
+    from engine.domains.procurement import desk
 
     with _opened_store(args.root) as store:
         if args.action in ("release", "reject"):
@@ -225,7 +225,7 @@ def cmd_invoices(args: argparse.Namespace) -> int:
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
-    from engine.x12 import desk
+    from engine.domains.procurement import desk
 
     with _opened_store(args.root) as store:
         with store.reading() as rd:

@@ -84,7 +84,8 @@ class Mappings:
 
     def __init__(self, tables: Mapping[str, Table]) -> None:
         self.tables = dict(tables)
-        self.partners: Any = None  # X12 trading partners (engine.x12.partners), set by the loader
+        # X12 trading partners (engine.domains.procurement.partners), set by the loader
+        self.partners: Any = None
 
     def __contains__(self, name: str) -> bool:
         return name in self.tables

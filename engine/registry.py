@@ -80,7 +80,7 @@ BUILTINS = (
     "engine.codecs.raw",
     "engine.codecs.hl7v2",
     "engine.codecs.fhir",
-    "engine.x12.codec",
+    "engine.codecs.x12",
     "engine.filters",
     "engine.sources.dropfolder",
     "engine.sources.mllp",

@@ -256,7 +256,7 @@ async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -
         f"demo: PO {number} is {state['status']} ({lines}); the ERP holds "
         f"{counts['goods_receipts']} goods receipt(s) and {counts['ap_invoices']} AP invoice(s)"
     )
-    from engine.x12 import desk
+    from engine.domains.procurement import desk
 
     def held() -> list[dict[str, Any]]:
         with engine.store.reading() as rd:

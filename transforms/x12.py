@@ -2,22 +2,16 @@
 file (855, 856, 810, 997/999, TA1) → acknowledgements and documents for the procurement book.
 
 Both only read and check; what they produce is booked by the channel's ``procurement:``
-section in the message's own commit (:mod:`engine.x12.book`): control numbers, the 850 and
-the answers, PO statuses, receipts, the three-way match.
+section in the message's own commit (:mod:`engine.domains.procurement.book`): control numbers,
+the 850 and the answers, PO statuses, receipts, the three-way match.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import MappingMiss, TransformError, X12Error
-from engine.registry import transform
-from engine.spec import Field, Spec, TableName
-from engine.transforming import TransformContext
-from engine.uom import graph_of
-from engine.x12.documents import read_invoice, read_po_ack, read_ship_notice
-from engine.x12.po850 import segments_850
-from engine.x12.records import (
+from engine.domains.procurement.po850 import segments_850
+from engine.domains.procurement.records import (
     ErpReceipt,
     ErpReceiptLine,
     InboundInterchange,
@@ -25,7 +19,14 @@ from engine.x12.records import (
     PoRelease,
     ReceivedAck,
 )
-from engine.x12.segments import element, parse_interchanges
+from engine.errors import MappingMiss, TransformError, X12Error
+from engine.registry import transform
+from engine.spec import Field, Spec, TableName
+from engine.transforming import TransformContext
+from engine.uom import graph_of
+from engine.x12.documents import read_invoice, read_po_ack, read_ship_notice
+from engine.x12.scan import scan
+from engine.x12.segments import element
 from engine.x12.validate import validate
 from transforms._master import decimal_field
 
@@ -40,11 +41,11 @@ PO_SPEC = Spec(
     ],
     description=(
         "A purchase order released by the ERP (JSON: po_number, vendor, ship_to, lines, "
-        "optional bill_only; see engine/x12/po850.py) becomes an X12 850 for the trading "
-        "partner serving its vendor (`mappings/trading_partners.yaml`): units through the "
-        "partner's map, ship-to by GLN, bill-only case data as the partner wants it. Every "
-        "field is checked here, so a PO that cannot be written is held naming the field; the "
-        "procurement book allocates the control numbers and sends it once per PO number."
+        "optional bill_only; see engine/domains/procurement/po850.py) becomes an X12 850 for "
+        "the trading partner serving its vendor (`mappings/trading_partners.yaml`): units "
+        "through the partner's map, ship-to by GLN, bill-only case data as the partner wants "
+        "it. Every field is checked here, so a PO that cannot be written is held naming the "
+        "field; the procurement book allocates the control numbers and sends it once per PO number."
     ),
     example="transformer:\n  - transform: erp_po_to_850\nprocurement:\n  partner_out: vendors",
 )
@@ -157,9 +158,10 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
     if not isinstance(raw, bytes | str):
         raise TransformError(f"expected X12 bytes (codec x12) (got {type(raw).__name__})")
     partners = ctx.resource(PARTNERS)
-    checked = validate(raw, ack="999")
+    scanned = scan(raw)  # decoded and tokenized once, for pyx12 and for the readers
+    checked = validate(scanned)
     try:
-        parsed = {(ic.sender_id.strip(), ic.control_number): ic for ic in parse_interchanges(raw)}
+        parsed = {(ic.sender_id.strip(), ic.control_number): ic for ic in scanned.interchanges}
         problem = ""
     except X12Error as exc:  # an envelope pyx12 let through with a TA1 E: acknowledge only
         parsed, problem = {}, f"envelope: {exc.message}"

@@ -61,7 +61,7 @@ class X12PartnerDestination:
         self._remote: dict[str, tuple[Any, SftpUploader]] = {}
 
     async def send(self, delivery: Delivery) -> bytes | None:
-        from engine.x12.partners import OurSftpServer, PartnerSftp
+        from engine.domains.procurement.partners import OurSftpServer, PartnerSftp
 
         partners = self.resources.get("trading_partners")
         pid = delivery.meta.get("partner")

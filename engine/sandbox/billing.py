@@ -28,7 +28,7 @@ from engine.codecs.hl7v2 import Hl7Message, tokenize
 from engine.errors import CodecError
 from engine.net.mllp import MLLPServerFactory
 from engine.responder import oversize_nak
-from engine.sandbox.erp import ApiError, invalid
+from engine.sandbox.api_error import ApiError, invalid
 from engine.sandbox.state import SandboxState, decimal_text, sha256
 
 log = Logger()

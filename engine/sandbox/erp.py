@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, unquote
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from engine.sandbox.api_error import ApiError, invalid
 from engine.sandbox.purchasing import PoError, Purchasing
 from engine.sandbox.state import SandboxState, decimal_text, sha256
 
@@ -44,20 +45,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 MAX_BODY = 5 * 1024 * 1024
-
-
-class ApiError(Exception):
-    """An answer other than success: status and a message (naming the field for 422)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-def invalid(field_name: str, problem: str) -> ApiError:
-    return ApiError(422, f"{field_name}: {problem}")
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""Write 997, 999 and TA1 acknowledgments from the results of :mod:`engine.x12.validate`.
+"""Write 997, 999 and TA1 acknowledgments from what :func:`engine.x12.validate.validate` found
+(the results of :mod:`engine.x12.results`).
+
+:func:`acknowledge` answers a whole file (control numbers from a counter, for tools and tests);
+:func:`functional_ack` and :func:`ta1_interchange` answer one interchange, for a caller that
+allocates its own control numbers (the procurement book).
 
 pyx12 ships 997/999 writers, but they answer only the last interchange of a file, use a clock
 based ISA13 and a random GS06, put ``00401`` in GS08 of the 997, and drop AK3 notes for its
@@ -20,17 +25,26 @@ the response (no separators, no control or non-X12 characters, at most 99 charac
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
+from engine.x12.results import GroupResult, InterchangeResult, Issue, SetResult, Validation
 from engine.x12.ta1 import ta1_segment
 
-if TYPE_CHECKING:
-    from engine.x12.validate import GroupResult, InterchangeResult, Issue, SetResult
+__all__ = [
+    "ACK_KINDS",
+    "Acknowledgments",
+    "ack_version",
+    "acknowledge",
+    "functional_ack",
+    "render",
+    "ta1_interchange",
+]
 
-__all__ = ["ack_version", "functional_ack", "render", "ta1_interchange"]
+ACK_KINDS = ("997", "999")
 
 _DEFAULT_SEPARATORS = ("*", ">", "~", "^")
 _SEG_ID = re.compile(r"[A-Z0-9]{2,3}")
@@ -237,3 +251,61 @@ def ta1_interchange(ic: InterchangeResult, control: int, now: datetime) -> bytes
         ["IEA", "0", f"{control % 1_000_000_000:09d}"],
     ]
     return render(segments, seps)
+
+
+@dataclass(frozen=True)
+class Acknowledgments:
+    """The answers to one file: ``acks`` holds one 997/999 interchange per inbound interchange
+    that gets one (each in the version and with the separators of the interchange it answers),
+    ``ta1s`` one TA1 interchange per inbound interchange that gets one. ``ack``/``ta1`` join
+    them into one file each."""
+
+    acks: tuple[bytes, ...]
+    ta1s: tuple[bytes, ...]
+
+    @property
+    def ack(self) -> bytes:
+        return b"".join(self.acks)
+
+    @property
+    def ta1(self) -> bytes:
+        return b"".join(self.ta1s)
+
+
+def _counter(control_numbers: Iterator[int] | Callable[[], int] | None) -> Callable[[], int]:
+    if control_numbers is None:
+        it = itertools.count(1)
+        return lambda: next(it)
+    if callable(control_numbers):
+        return control_numbers
+    return lambda: next(control_numbers)
+
+
+def acknowledge(
+    validation: Validation,
+    *,
+    kind: str = "997",
+    control_numbers: Iterator[int] | Callable[[], int] | None = None,
+    now: datetime | None = None,
+) -> Acknowledgments:
+    """The TA1 and 997/999 answering every interchange of ``validation``, in file order.
+
+    ``kind``: ``"997"`` or ``"999"`` — what a 005010 group gets (a 004010 group always gets a
+    997 004010). ``control_numbers``: where the ISA13/GS06 of the answers come from, one number
+    per envelope, in order (an iterator or a callable; default 1, 2, 3…): for each interchange
+    its TA1's ISA13 first, then the 997/999's ISA13 and GS06s. ``now``: the date and time
+    written in the envelopes (default: the local time).
+    """
+    if kind not in ACK_KINDS:
+        raise ValueError(f"'kind' must be one of {', '.join(ACK_KINDS)} (got {kind!r})")
+    next_control = _counter(control_numbers)
+    when = now or datetime.now()
+    acks: list[bytes] = []
+    ta1s: list[bytes] = []
+    for ic in validation.interchanges:
+        if ic.ta1_sent:
+            ta1s.append(ta1_interchange(ic, next_control(), when))
+        doc = functional_ack(ic, kind=kind, next_control=next_control, now=when)
+        if doc is not None:
+            acks.append(doc)
+    return Acknowledgments(tuple(acks), tuple(ta1s))

@@ -34,6 +34,7 @@ __all__ = [
     "element",
     "line_col",
     "parse_interchanges",
+    "read_interchange",
     "transaction_sets",
 ]
 
@@ -386,7 +387,11 @@ def _content_error(message: str, offset: int, segment: str) -> X12EnvelopeError:
     return X12EnvelopeError(message, ta1_code=TA1_INVALID_CONTENT, offset=offset, segment=segment)
 
 
-def _read_interchange(text: str, start: int) -> Interchange:
+def read_interchange(text: str, start: int = 0) -> Interchange:
+    """The interchange whose ISA starts at ``start`` in ``text`` (decoded), tokenized.
+
+    Raises :class:`X12EnvelopeError` with its TA1 note code when the envelope is broken.
+    """
     seps, isa = detect_separators(text, start)
     sep, term = seps.element, seps.segment
     iea_at = _find_iea(text, start, sep, term)
@@ -479,6 +484,10 @@ def _read_interchange(text: str, start: int) -> Interchange:
                 raise _content_error("TA1 must be outside functional groups", at, tag)
             ta1s.append(els)
         elif tag == "IEA":
+            if len(els) < 2:  # a bare IEA before the trailer (found by "IEA" + separator)
+                raise _content_error(
+                    f"expected IEA01 and IEA02 in the IEA (got {piece!r})", at, tag
+                )
             if in_set or gs is not None:
                 raise _content_error("IEA before the open group was closed (GE missing)", at, tag)
             iea = els
@@ -521,7 +530,7 @@ def parse_interchanges(data: str | bytes) -> tuple[Interchange, ...]:
             pos += 1
         if pos >= n:
             break
-        interchange = _read_interchange(text, pos)
+        interchange = read_interchange(text, pos)
         out.append(interchange)
         pos = interchange.end
     if not out:

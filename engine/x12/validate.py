@@ -1,24 +1,23 @@
-"""Validate inbound X12 with pyx12 against the Wharf maps, and write the 997/999 and TA1.
+"""Validate inbound X12 with pyx12 against the Wharf maps: what is wrong, and where.
 
 ::
 
-    result = validate(data, ack="999")
+    result = validate(data)
     result.ok                       # every interchange, group and set accepted
     result.interchanges[0].groups[0].sets[0].issues   # what pyx12 found, with positions
-    result.ack                      # 997/999 interchanges to send back (bytes, may be b"")
-    result.ta1                      # TA1 interchanges to send back (bytes, may be b"")
+    answers = acknowledge(result, kind="999")   # engine.x12.ack: the 997/999 and TA1 bytes
 
 One call takes a whole file: several interchanges, each with its own separators, several
-groups and sets. For each interchange:
+groups and sets, delimited by :func:`engine.x12.scan.scan` (which also tokenizes them once for
+the document readers). For each interchange:
 
 1. its ISA is checked here (:mod:`engine.x12.ta1`); a broken header is answered with a TA1
    ``R`` and nothing else of that interchange is read;
 2. pyx12 walks the interchange with the map chosen from (ISA12, GS08, GS01) in ``maps.xml``,
    exactly as its ``x12n_document`` does, and records every error in its error tree;
-3. the tree becomes :class:`Issue` records (pyx12's codes, segment id and position, element
-   position, data element number, bad value) and the acknowledgments are written from them
-   (:mod:`engine.x12.ack`): a 997 for a 004010 group, a 999 (``ack="999"``) or 997 for a
-   005010 group; a TA1 when ISA14 = 1 or the interchange envelope is wrong.
+3. the tree becomes :class:`~engine.x12.results.Issue` records (pyx12's codes, segment id and
+   position, element position, data element number, bad value) in the results of
+   :mod:`engine.x12.results`, from which :mod:`engine.x12.ack` writes the acknowledgments.
 
 Maps are loaded once per process and map folder (:func:`load_maps`); pyx12 itself re-reads
 the map XML, ``dataele.xml`` and ``codes.xml`` for every document. Per document state (loop
@@ -33,12 +32,8 @@ to CRITICAL on first use so no message content reaches the logs (the errors are 
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pyx12.error_handler
@@ -49,156 +44,17 @@ import pyx12.x12file
 from pyx12.map_if._segment import apply_segment_errors
 from pyx12.map_walker import apply_walk_errors, walk_tree
 
-from engine.x12 import ack as _ack
 from engine.x12.fastcheck import PathCounter, segment_check
-from engine.x12.ta1 import Header, check_header, ta1_ack_code
+from engine.x12.results import GroupResult, InterchangeResult, Issue, SetResult, Validation
+from engine.x12.scan import ScannedFile, Span, scan
+from engine.x12.ta1 import Header, ta1_ack_code
 
-__all__ = [
-    "ACK_KINDS",
-    "DEFAULT_MAP_PATH",
-    "GroupResult",
-    "InterchangeResult",
-    "Issue",
-    "MapSet",
-    "SetResult",
-    "Validation",
-    "load_maps",
-    "validate",
-]
+__all__ = ["DEFAULT_MAP_PATH", "MapSet", "load_maps", "validate"]
 
 DEFAULT_MAP_PATH = Path(__file__).resolve().parent / "maps"
-ACK_KINDS = ("997", "999")
 _WS = " \t\r\n"
 _ENVELOPE_IDS = frozenset(("ISA", "IEA", "GS", "GE", "TA1"))
 _log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class Issue:
-    """One problem found in the data.
-
-    ``level``: ``interchange`` (TA1), ``group`` (AK9), ``set`` (AK5/IK5), ``segment``
-    (AK3/IK3) or ``element`` (AK4/IK4). ``code`` is pyx12's code for it: the TA105 note, the
-    AK905, AK502, AK304 or AK403 code (pyx12 also has ``HL1``/``HL2`` for a wrong HL01/HL02 and
-    ``SEG1`` for trailing separators: acknowledged as AK304 = 8). ``position`` is the segment
-    position in its transaction set (ST = 1, as AK302), ``element``/``component`` 1-based,
-    ``data_element`` the element reference number (AK402), ``value`` the bad value,
-    ``ordinal`` the segment's number in the file (the first ISA is 1).
-    """
-
-    level: str
-    code: str
-    message: str
-    segment: str = ""
-    position: int | None = None
-    element: int | None = None
-    component: int | None = None
-    data_element: str = ""
-    value: str | None = None
-    ordinal: int | None = None
-
-
-@dataclass(frozen=True)
-class SetResult:
-    id: str  # ST01
-    control_number: str  # ST02
-    implementation: str  # ST03 ("" when absent)
-    ack_code: str  # AK501/IK501: A or R
-    codes: tuple[str, ...]  # AK502..AK506 / IK502..IK506
-    issues: tuple[Issue, ...]
-
-    @property
-    def ok(self) -> bool:
-        return self.ack_code == "A"
-
-
-@dataclass(frozen=True)
-class GroupResult:
-    functional_id: str  # GS01
-    sender: str  # GS02
-    receiver: str  # GS03
-    control_number: str  # GS06
-    version: str  # GS08
-    declared_sets: int | None  # GE01 (None when GE is missing or not a number)
-    received_sets: int  # sets found (AK903); more than ``len(sets)`` when the group had no map
-    ack_code: str  # AK901: A, P (partially accepted) or R
-    codes: tuple[str, ...]  # AK905..AK909
-    issues: tuple[Issue, ...]  # group level only; set issues are in ``sets``
-    sets: tuple[SetResult, ...]
-
-    @property
-    def ok(self) -> bool:
-        return self.ack_code == "A"
-
-    @property
-    def accepted_sets(self) -> int:
-        return sum(1 for s in self.sets if s.ok)
-
-
-@dataclass(frozen=True)
-class InterchangeResult:
-    control_number: str  # ISA13
-    version: str  # ISA12
-    sender: tuple[str, str]  # (ISA05, ISA06 stripped)
-    receiver: tuple[str, str]  # (ISA07, ISA08 stripped)
-    date: str  # ISA09
-    time: str  # ISA10
-    usage: str  # ISA15
-    ack_requested: bool  # ISA14 = 1
-    ta1_code: str  # TA105 note code; "000" when the envelope is fine
-    ta1_sent: bool  # a TA1 answers this interchange (ISA14 = 1, or ta1_code != "000")
-    issues: tuple[Issue, ...]  # interchange level
-    groups: tuple[GroupResult, ...]
-    separators: tuple[str, str, str, str | None]  # element, component, segment, repetition
-
-    @property
-    def ta1_ack(self) -> str:
-        """TA104: A, E (processed, trailer wrong) or R (rejected, not processed)."""
-        return ta1_ack_code(self.ta1_code)
-
-    @property
-    def ok(self) -> bool:
-        return self.ta1_code == "000" and all(g.ok for g in self.groups)
-
-
-@dataclass(frozen=True)
-class Validation:
-    """The result of :func:`validate`.
-
-    ``acks``: one 997/999 interchange per inbound interchange that gets one (each in the
-    version and with the separators of the interchange it answers); ``ta1s``: one TA1
-    interchange per inbound interchange that gets one. ``ack``/``ta1`` join them into one
-    file each.
-    """
-
-    interchanges: tuple[InterchangeResult, ...]
-    acks: tuple[bytes, ...]
-    ta1s: tuple[bytes, ...]
-    ack_kind: str  # what was asked for 005010 groups: "997" or "999"
-
-    @property
-    def ack(self) -> bytes:
-        return b"".join(self.acks)
-
-    @property
-    def ta1(self) -> bytes:
-        return b"".join(self.ta1s)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.interchanges) and all(i.ok for i in self.interchanges)
-
-    @property
-    def issues(self) -> tuple[Issue, ...]:
-        out: list[Issue] = []
-        for ic in self.interchanges:
-            out += ic.issues
-            for g in ic.groups:
-                out += g.issues
-                for s in g.sets:
-                    out += s.issues
-        return tuple(out)
 
 
 # --------------------------------------------------------------------------- map cache
@@ -532,82 +388,7 @@ def _pick_note(codes: list[str]) -> str:
     return rejecting[0] if rejecting else codes[0]
 
 
-# --------------------------------------------------------------------------- envelope walk
-@dataclass
-class _Span:
-    header: Header
-    end: int  # offset just past the interchange
-    text: str
-
-
-def _find_end(text: str, h: Header) -> int:
-    """Offset just past the IEA of the interchange whose ISA is ``h`` (or of the next ISA /
-    the data end when the IEA is missing)."""
-    term, sep = h.segment, h.element
-    pos = h.end
-    n = len(text)
-    while pos < n:
-        nxt = text.find(term, pos)
-        if nxt < 0:
-            return n
-        seg = text[pos:nxt].lstrip(_WS)
-        if seg.startswith("IEA" + sep) or seg == "IEA":
-            return nxt + 1
-        if seg.startswith("ISA" + sep) and pos != h.end:
-            return pos  # the next interchange starts: this one has no IEA
-        pos = nxt + 1
-    return n
-
-
-def _split(text: str) -> Iterator[_Span]:
-    pos, n = 0, len(text)
-    while pos < n:
-        while pos < n and text[pos] in _WS:
-            pos += 1
-        if pos >= n:
-            return
-        if not text.startswith("ISA", pos):
-            h = Header(
-                pos,
-                None,
-                "",
-                "",
-                "",
-                n,
-                (
-                    (
-                        "022",
-                        f"the data must start with an ISA segment (got {text[pos : pos + 3]!r})",
-                    ),
-                ),
-            )
-            yield _Span(h, n, text[pos:])
-            return
-        h = check_header(text, pos)
-        if h.fields is None or not h.segment or h.segment.isalnum():
-            nxt = text.find("ISA", pos + 3)
-            end = nxt if nxt > 0 else n
-        else:
-            end = _find_end(text, h)
-        yield _Span(h, end, text[pos:end])
-        pos = end
-
-
-def _decode(raw: bytes | str) -> str:
-    if isinstance(raw, str):
-        text = raw
-    elif isinstance(raw, bytes | bytearray | memoryview):
-        data = bytes(raw)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("latin-1")
-    else:
-        raise TypeError(f"'raw' must be bytes or str (got {type(raw).__name__})")
-    return text[1:] if text.startswith("\ufeff") else text
-
-
-def _interchange(span: _Span, maps: MapSet, base: int, seen: set) -> InterchangeResult:
+def _interchange(span: Span, maps: MapSet, base: int, seen: set) -> InterchangeResult:
     h = span.header
     f = h.field
     issues = [Issue("interchange", code, msg, "ISA", ordinal=base + 1) for code, msg in h.problems]
@@ -703,7 +484,7 @@ def _interchange(span: _Span, maps: MapSet, base: int, seen: set) -> Interchange
     )
 
 
-def _check_first_segment(span: _Span, base: int) -> list[Issue]:
+def _check_first_segment(span: Span, base: int) -> list[Issue]:
     """The segment after the ISA must be GS, TA1 or IEA written with the ISA's separators;
     otherwise the separators of the data differ from the ones the ISA declares."""
     h = span.header
@@ -735,48 +516,27 @@ def _check_first_segment(span: _Span, base: int) -> list[Issue]:
     return [Issue("interchange", code, msg, "ISA", ordinal=base + 2)]
 
 
-def _counter(control_numbers: Iterator[int] | Callable[[], int] | None) -> Callable[[], int]:
-    if control_numbers is None:
-        it = itertools.count(1)
-        return lambda: next(it)
-    if callable(control_numbers):
-        return control_numbers
-    return lambda: next(control_numbers)
+def validate(raw: bytes | str | ScannedFile, *, map_path: str | Path | None = None) -> Validation:
+    """Validate every interchange of ``raw``; what was found, per interchange, group and set.
 
-
-def validate(
-    raw: bytes | str,
-    *,
-    ack: str = "997",
-    map_path: str | Path | None = None,
-    control_numbers: Iterator[int] | Callable[[], int] | None = None,
-    now: datetime | None = None,
-) -> Validation:
-    """Validate every interchange of ``raw`` and write the acknowledgments.
-
-    ``ack``: ``"997"`` or ``"999"`` — what a 005010 group gets (a 004010 group always gets a
-    997 004010). ``map_path``: the pyx12 map folder (default: Wharf's ``engine/x12/maps``).
-    ``control_numbers``: where the ISA13/GS06 of the acknowledgments come from, one number
-    per envelope, in order (an iterator or a callable; default 1, 2, 3…). ``now``: the date
-    and time written in the acknowledgment envelopes (default: the local time).
+    ``raw``: the file, or what :func:`engine.x12.scan.scan` made of it (a caller that also
+    reads the documents scans once and passes the result here). ``map_path``: the pyx12 map
+    folder (default: Wharf's ``engine/x12/maps``). Nothing is written here:
+    :func:`engine.x12.ack.acknowledge` writes the 997/999 and TA1 from the result.
     """
-    if ack not in ACK_KINDS:
-        raise ValueError(f"'ack' must be one of {', '.join(ACK_KINDS)} (got {ack!r})")
     maps = load_maps(map_path)
-    text = _decode(raw)
-    next_control = _counter(control_numbers)
-    when = now or datetime.now()
+    scanned = raw if isinstance(raw, ScannedFile) else scan(raw)
     results: list[InterchangeResult] = []
     seen: set = set()
     base = 0
-    for span in _split(text):
+    for span in scanned.spans:
         results.append(_interchange(span, maps, base, seen))
         sep = span.header.segment or "~"
         base += span.text.count(sep) if sep else 0
     if not results:
         results.append(
             _interchange(
-                _Span(
+                Span(
                     Header(0, None, "", "", "", 0, (("023", "the data holds no interchange"),)),
                     0,
                     "",
@@ -786,12 +546,4 @@ def validate(
                 seen,
             )
         )
-    acks: list[bytes] = []
-    ta1s: list[bytes] = []
-    for ic in results:
-        if ic.ta1_sent:
-            ta1s.append(_ack.ta1_interchange(ic, next_control(), when))
-        doc = _ack.functional_ack(ic, kind=ack, next_control=next_control, now=when)
-        if doc is not None:
-            acks.append(doc)
-    return Validation(tuple(results), tuple(acks), tuple(ta1s), ack)
+    return Validation(tuple(results))

@@ -1,6 +1,7 @@
 """pyx12's own command-line validator, ``x12valid --map-path engine/x12/maps``, run as a
-subprocess: it accepts the good samples and every 997/999/TA1 that ``validate()`` writes, and
-it rejects the broken samples whose fault is inside a transaction set (DOMAIN §3)."""
+subprocess: it accepts the good samples and every 997/999/TA1 that ``acknowledge()`` writes from
+what ``validate()`` found, and it rejects the broken samples whose fault is inside a transaction
+set (DOMAIN §3)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.x12.ack import acknowledge
 from engine.x12.mapgen import MAP_PATH
 from engine.x12.validate import validate
 
@@ -70,7 +72,9 @@ def test_x12valid_accepts_every_acknowledgment_validate_writes() -> None:
         files = []
         for path in sorted(SAMPLES.glob("*.x12")) + sorted((SAMPLES / "broken").glob("*.x12")):
             for kind in ("997", "999"):
-                r = validate(path.read_bytes(), ack=kind, control_numbers=counter, now=when)
+                r = acknowledge(
+                    validate(path.read_bytes()), kind=kind, control_numbers=counter, now=when
+                )
                 # one file per interchange: x12valid takes the version of a file from its
                 # first ISA, and an answer to two interchanges may mix 00401 and 00501
                 for what, docs in (("ack", r.acks), ("ta1", r.ta1s)):

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from engine.x12.control import ControlNumbers
-from engine.x12.partners import BillOnlyRules, load_partners
-from engine.x12.po850 import build_850
+from engine.domains.procurement.control import ControlNumbers
+from engine.domains.procurement.partners import BillOnlyRules, load_partners
+from engine.domains.procurement.po850 import build_850
 
 ROOT = Path(__file__).resolve().parents[2]
 X12VALID = Path(sys.executable).parent / "x12valid"

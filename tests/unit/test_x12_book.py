@@ -13,14 +13,14 @@ import pytest
 
 from engine.channel import Channel
 from engine.config.project import load_project
+from engine.domains.procurement import desk
+from engine.domains.procurement.book import book_x12, flag_overdue_acks
+from engine.domains.procurement.control import record_ack
+from engine.domains.procurement.po850 import segments_850
+from engine.domains.procurement.records import InboundInterchange, PoLine, PoRelease
 from engine.errors import StoreError
 from engine.runtime.store import open_store
-from engine.x12 import desk
-from engine.x12.book import book_x12, flag_overdue_acks
-from engine.x12.control import record_ack
 from engine.x12.documents import read_invoice, read_ship_notice
-from engine.x12.po850 import segments_850
-from engine.x12.records import InboundInterchange, PoLine, PoRelease
 from engine.x12.samplegen import Party, group, interchange, render, transaction_set
 from engine.x12.segments import transaction_sets
 
@@ -226,7 +226,7 @@ def test_invoice_before_receipt_is_held_then_matched_when_the_receipt_comes(env:
 
 
 def test_a_rejecting_999_opens_a_work_item(env: Any) -> None:
-    from engine.x12.records import ReceivedAck
+    from engine.domains.procurement.records import ReceivedAck
 
     project, channel, store = env
     book(store, channel, project, [release(project)], "m-po", 1000.0)
@@ -259,7 +259,7 @@ def test_a_group_resent_under_a_new_isa13_is_not_applied_again(env: Any) -> None
 
 
 def test_an_erp_receipt_books_on_hand_and_releases_the_waiting_invoice(env: Any) -> None:
-    from engine.x12.records import ErpReceipt, ErpReceiptLine
+    from engine.domains.procurement.records import ErpReceipt, ErpReceiptLine
 
     project, channel, store = env
     book(store, channel, project, [release(project)], "m-po", 1000.0)

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.domains.procurement.schema import SQLITE_MIGRATIONS
-from engine.runtime.store import open_store
-from engine.x12 import control
-from engine.x12.control import (
+from engine.domains.procurement import control
+from engine.domains.procurement.control import (
     ControlNumbers,
     ack_status_for,
     allocate,
@@ -30,6 +28,8 @@ from engine.x12.control import (
     record_ta1,
     seen_inbound,
 )
+from engine.domains.procurement.schema import SQLITE_MIGRATIONS
+from engine.runtime.store import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,7 +88,7 @@ def test_numbers_survive_reopening_the_file() -> None:
 
 CRASH = """
 import os, sqlite3, sys
-from engine.x12.control import allocate
+from engine.domains.procurement.control import allocate
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
 conn.execute("PRAGMA synchronous=FULL")
 print(allocate(conn, "acme", "isa13")[0], flush=True)

@@ -9,17 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.uom import UomGraph
-from engine.x12.documents import (
-    Charge,
-    Invoice,
-    InvoiceLine,
-    read_invoice,
-    read_purchase_order,
-    read_ship_notice,
-)
-from engine.x12.match import (
+from engine.domains.procurement.match import (
     MatchResult,
     Order,
     OrderLine,
@@ -31,6 +21,16 @@ from engine.x12.match import (
     converter_from_table,
     invoice_key,
     match_invoice,
+)
+from engine.errors import ConfigError
+from engine.uom import UomGraph
+from engine.x12.documents import (
+    Charge,
+    Invoice,
+    InvoiceLine,
+    read_invoice,
+    read_purchase_order,
+    read_ship_notice,
 )
 from engine.x12.segments import transaction_sets
 

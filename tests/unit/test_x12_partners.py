@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.domains.procurement.partners import OurSftpServer, PartnerSftp, load_partners
 from engine.errors import LintFailed, UnmappedUnit
-from engine.x12.partners import OurSftpServer, PartnerSftp, load_partners
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "mappings" / "trading_partners.yaml"
@@ -97,7 +97,7 @@ def test_defaults_follow_the_version() -> None:
     old = text.replace('"005010"', '"004010"').replace(', repetition: "^"', "")
     q = load_partners(write(old), shown=FILE, env={})["acme"]
     assert q.ack == "997" and q.separators.repetition is None
-    from engine.x12.match import Tolerance
+    from engine.domains.procurement.match import Tolerance
 
     assert p.tolerance == Tolerance()  # the match's own defaults
 
@@ -293,7 +293,7 @@ def test_tolerance_profile_feeds_the_match() -> None:
     """The partner's tolerance is the match's Tolerance, read from YAML without floats."""
     from decimal import Decimal
 
-    from engine.x12.match import SacRule, Tolerance
+    from engine.domains.procurement.match import SacRule, Tolerance
 
     text = GOOD.replace(
         "ack_within: 4h",

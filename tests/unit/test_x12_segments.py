@@ -229,6 +229,7 @@ ISA_OK = EX_850.splitlines()[0]
         ),
         ("XSA" + EX_850[3:], "022", "ISA"),
         ("", "023", "empty"),
+        (EX_850.replace("GE*1*1~\n", "GE*1*1~\nIEA~\n"), "024", "expected IEA01 and IEA02"),
     ],
     ids=[
         "isa-receiver-short",
@@ -251,6 +252,7 @@ ISA_OK = EX_850.splitlines()[0]
         "gs-too-short",
         "not-isa",
         "empty",
+        "bare-iea-before-the-trailer",
     ],
 )
 def test_envelope_errors_carry_the_ta1_code(text: str, ta1: str, words: str) -> None:

@@ -1,10 +1,13 @@
-"""X12 validation with pyx12 and the Wharf maps: results, 997/999 and TA1 (DOMAIN §3)."""
+"""X12 validation with pyx12 and the Wharf maps: results, and the 997/999 and TA1 written from
+them (DOMAIN §3)."""
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from pyx12.nodeCounter import NodeCounter
 
 from engine.x12 import mapgen, samplegen
 from engine.x12 import validate as validate_mod
+from engine.x12.ack import Acknowledgments, acknowledge
+from engine.x12.results import InterchangeResult, Issue, Validation
 from engine.x12.samplegen import (
     HOSPITAL,
     VENDOR,
@@ -34,7 +39,7 @@ GOOD = ("850", "855", "856", "810")
 
 
 def segments(data: bytes) -> list[list[str]]:
-    """The segments of an acknowledgment written by ``validate`` (separators from its ISA)."""
+    """The segments of an acknowledgment written by ``acknowledge`` (separators from its ISA)."""
     text = data.decode()
     out: list[list[str]] = []
     pos = 0
@@ -57,8 +62,43 @@ def ids(segs: list[list[str]], tag: str) -> list[list[str]]:
     return [s for s in segs if s[0] == tag]
 
 
-def run(data: bytes | str, ack: str = "997"):
-    return validate(data, ack=ack, control_numbers=itertools.count(1), now=NOW)
+@dataclass(frozen=True)
+class Answer:
+    """What ``validate`` found in a file and the 997/999 and TA1 ``acknowledge`` wrote from it."""
+
+    validation: Validation
+    answers: Acknowledgments
+
+    @property
+    def ok(self) -> bool:
+        return self.validation.ok
+
+    @property
+    def issues(self) -> tuple[Issue, ...]:
+        return self.validation.issues
+
+    @property
+    def interchanges(self) -> tuple[InterchangeResult, ...]:
+        return self.validation.interchanges
+
+    @property
+    def ack(self) -> bytes:
+        return self.answers.ack
+
+    @property
+    def ta1(self) -> bytes:
+        return self.answers.ta1
+
+
+def answer(
+    data: bytes | str, ack: str, control_numbers: Iterator[int] | Callable[[], int]
+) -> Answer:
+    checked = validate(data)
+    return Answer(checked, acknowledge(checked, kind=ack, control_numbers=control_numbers, now=NOW))
+
+
+def run(data: bytes | str, ack: str = "997") -> Answer:
+    return answer(data, ack, itertools.count(1))
 
 
 # --- good samples ---------------------------------------------------------------------------
@@ -299,7 +339,7 @@ def test_several_interchanges_with_their_own_separators() -> None:
     b_seps = Separators(element="|", component="^", segment="\n", repetition="{")
     b = render(_po(12, "005010", "PO-B", separators=b_seps), b_seps, newline="")
     c = render(_po(13, "004010", "PO-C", uom="QQ"))
-    r = validate(a + b + c, ack="999", control_numbers=itertools.count(500), now=NOW)
+    r = answer(a + b + c, "999", itertools.count(500))
     assert [ic.control_number for ic in r.interchanges] == ["000000011", "000000012", "000000013"]
     assert [ic.ok for ic in r.interchanges] == [True, True, False]
     bad = r.interchanges[2].groups[0].sets[0]
@@ -332,8 +372,8 @@ def test_005010_group_gets_997_when_asked_and_004010_always_997() -> None:
 
 
 def test_ack_kind_must_be_997_or_999() -> None:
-    with pytest.raises(ValueError, match=r"'ack' must be one of 997, 999 \(got '998'\)"):
-        validate(b"", ack="998")
+    with pytest.raises(ValueError, match=r"'kind' must be one of 997, 999 \(got '998'\)"):
+        acknowledge(validate(b""), kind="998")
 
 
 def test_partially_accepted_group_is_p() -> None:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from engine.domains.procurement.control import ControlNumbers
+from engine.domains.procurement.partners import BillOnlyRules, Partner, load_partners
+from engine.domains.procurement.po850 import build_850, segments_850
 from engine.errors import UnmappedUnit, X12WriteError
-from engine.x12.control import ControlNumbers
-from engine.x12.partners import BillOnlyRules, Partner, load_partners
-from engine.x12.po850 import build_850, segments_850
 from engine.x12.segments import parse_interchanges
 from engine.x12.writer import (
     FunctionalGroup,

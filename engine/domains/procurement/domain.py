@@ -66,8 +66,8 @@ PROCUREMENT_SPEC = Spec(
 def converter(mappings: Any, partner: Any) -> Any:
     """Unit conversions (``uom_conversions``) for the match, with the partner's vendor rows
     first."""
+    from engine.domains.procurement.match import converter_from_graph
     from engine.uom import UomGraph, graph_of
-    from engine.x12.match import converter_from_graph
 
     if "uom_conversions" in mappings:
         graph = graph_of(mappings.table("uom_conversions"))
@@ -81,7 +81,7 @@ class ProcurementBinding:
     """The ``procurement:`` section of one channel."""
 
     def __init__(self, domain: ProcurementDomain, channel: str, section: Any, snapshot: Any):
-        from engine.x12.book import ProcurementRoutes
+        from engine.domains.procurement.book import ProcurementRoutes
 
         self.domain = domain
         self.channel = channel
@@ -100,7 +100,7 @@ class ProcurementBinding:
         )
 
     def accepts(self, record: Any) -> bool:
-        from engine.x12.records import ErpReceipt, InboundInterchange, PoRelease
+        from engine.domains.procurement.records import ErpReceipt, InboundInterchange, PoRelease
 
         return isinstance(record, PoRelease | InboundInterchange | ErpReceipt)
 
@@ -108,7 +108,7 @@ class ProcurementBinding:
         return converter(self.mappings, partner)
 
     def book(self, tx: Transaction, message: Booking, records: Sequence[Any]) -> list[Outbound]:
-        from engine.x12.book import book_x12
+        from engine.domains.procurement.book import book_x12
 
         return book_x12(
             tx.connection,
@@ -134,7 +134,7 @@ class ProcurementBinding:
 
 
 class _InTransaction:
-    """What :func:`engine.x12.book.flag_overdue_acks` writes through: the job's transaction."""
+    """What :func:`~engine.domains.procurement.book.flag_overdue_acks` writes through."""
 
     def __init__(self, tx: Transaction) -> None:
         self.tx = tx
@@ -171,7 +171,11 @@ class ProcurementDomain:
         self, root: Any, env: Mapping[str, str], settings: Any
     ) -> tuple[Mapping[str, Any], list[ConfigError]]:
         """The trading partners (``mappings/trading_partners.yaml``), linted like the rest."""
-        from engine.x12.partners import PARTNERS_FILE, TradingPartners, load_partners
+        from engine.domains.procurement.partners import (
+            PARTNERS_FILE,
+            TradingPartners,
+            load_partners,
+        )
 
         server = getattr(settings, "sftp_server", None)
         accounts = [p.name for p in server.partners] if server is not None else None
@@ -188,7 +192,7 @@ class ProcurementDomain:
 
     def jobs(self, settings: Any) -> Sequence[Job]:
         def overdue(tx: Transaction, now: float) -> int:
-            from engine.x12.book import flag_overdue_acks
+            from engine.domains.procurement.book import flag_overdue_acks
 
             return flag_overdue_acks(_InTransaction(tx), now)
 

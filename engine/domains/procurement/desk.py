@@ -93,10 +93,15 @@ def release_invoice(
     store: Any, project: Any, invoice_id: int, *, actor: str, note: str, now: float
 ) -> dict[str, Any]:
     """Post a held invoice to AP as it is, through its channel's ``procurement.ap``."""
+    from engine.domains.procurement.book import (
+        _set_from_json,
+        _their_units,
+        ap_invoice,
+        order_from_store,
+    )
     from engine.domains.procurement.domain import PARTNERS, converter
-    from engine.x12.book import _set_from_json, _their_units, ap_invoice, order_from_store
+    from engine.domains.procurement.match import match_invoice
     from engine.x12.documents import read_invoice
-    from engine.x12.match import match_invoice
 
     with store.transaction(f"release_invoice({invoice_id})") as tx:
         conn = tx.connection

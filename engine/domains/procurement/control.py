@@ -1,8 +1,8 @@
 """Durable X12 control numbers, the outbound log with its acknowledgements, inbound duplicates.
 
 Plain functions over a ``sqlite3`` connection of the store (tables ``x12_control``,
-``x12_outbound`` and ``x12_inbound``, store migration v6). Like :mod:`engine.ledger.book`,
-they run inside the caller's transaction when there is one (``conn.in_transaction``);
+``x12_outbound`` and ``x12_inbound``, procurement's schema v1). Like the ledger's rules, they
+run inside the caller's transaction when there is one (``conn.in_transaction``);
 otherwise each opens and commits its own ``BEGIN IMMEDIATE`` transaction, so a number is on
 disk before the call returns.
 

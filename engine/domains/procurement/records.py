@@ -1,6 +1,7 @@
 """What the X12 transforms hand to the procurement book (``ctx.book``), booked in the message's
-own commit by :mod:`engine.x12.book`: a purchase order to send as an 850, and an inbound
-interchange (its acknowledgement to send, the documents to apply, or the reason it is refused).
+own commit by :mod:`engine.domains.procurement.book`: a purchase order to send as an 850, and an
+inbound interchange (its acknowledgement to send, the documents to apply, or the reason it is
+refused).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class InboundInterchange:
     receiver: tuple[str, str]  # ISA07, ISA08
     isa13: str
     sets: tuple[tuple[str, str, str], ...]  # (GS06, ST01, ST02) of every set
-    # engine.x12.validate.InterchangeResult: what the acknowledgements are written from
+    # engine.x12.results.InterchangeResult: what the acknowledgements are written from
     result: Any = None
     # accepted documents with their set and group: (PurchaseOrderAck | ShipNotice | Invoice,
     # the TransactionSet, GS06)

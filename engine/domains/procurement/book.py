@@ -1,18 +1,18 @@
 """The procurement book: X12 records applied in the message's own commit.
 
 Runs inside the store's transaction for the message (like the supply ledger's
-:func:`engine.ledger.book.book_events`), so a purchase order, its control numbers, the 850 in
-the outbox, a receipt and the invoices it releases, an invoice and its match all commit together
-with the message's result, or not at all. It returns the deliveries those effects need:
+:func:`engine.domains.ledger.rules.book_events`), so a purchase order, its control numbers, the
+850 in the outbox, a receipt and the invoices it releases, an invoice and its match all commit
+together with the message's result, or not at all. It returns the deliveries those effects need:
 
-- a :class:`~engine.x12.records.PoRelease` allocates ISA13/GS06/ST02 for the partner (never
-  reused: a number is committed with the 850 that carries it), writes the 850, records it as
-  awaiting its 997/999, and sends it to the partner (``partner_out``) and the transmission to
-  the ERP (``po_status``) — once per PO number;
-- an :class:`~engine.x12.records.InboundInterchange` is acknowledged (TA1 and/or 997/999 in a
-  new interchange with our own control numbers) and, unless an interchange with the same sender
-  and ISA13 was applied within the duplicate window, its documents are applied: an 855 updates
-  the PO lines and sends them to the ERP (a change, backorder or rejection opens a
+- a :class:`~engine.domains.procurement.records.PoRelease` allocates ISA13/GS06/ST02 for the
+  partner (never reused: a number is committed with the 850 that carries it), writes the 850,
+  records it as awaiting its 997/999, and sends it to the partner (``partner_out``) and the
+  transmission to the ERP (``po_status``) — once per PO number;
+- an :class:`~engine.domains.procurement.records.InboundInterchange` is acknowledged (TA1 and/or
+  997/999 in a new interchange with our own control numbers) and, unless an interchange with the
+  same sender and ISA13 was applied within the duplicate window, its documents are applied: an
+  855 updates the PO lines and sends them to the ERP (a change, backorder or rejection opens a
   ``PO_CHANGED`` work item); an 856 becomes receipt lines (posted to the ERP and added to the
   ledger's on-hand when the partner's ASN counts as the receipt) and re-tries invoices held for
   want of a receipt; an 810 is matched three ways and posted to AP, or held with its reasons as
@@ -32,11 +32,8 @@ from decimal import Decimal
 from typing import Any
 
 from engine.domains.ledger.domain import add_to_onhand
-from engine.errors import MappingMiss
-from engine.model import Outbound, effect_key, to_json_bytes
-from engine.x12 import control
-from engine.x12.documents import Invoice, PurchaseOrderAck, ShipNotice, read_invoice
-from engine.x12.match import (
+from engine.domains.procurement import control
+from engine.domains.procurement.match import (
     Converter,
     MatchResult,
     Order,
@@ -45,8 +42,16 @@ from engine.x12.match import (
     invoice_key,
     match_invoice,
 )
-from engine.x12.partners import Partner, TradingPartners
-from engine.x12.records import ErpReceipt, InboundInterchange, PoRelease, ReceivedAck
+from engine.domains.procurement.partners import Partner, TradingPartners
+from engine.domains.procurement.records import (
+    ErpReceipt,
+    InboundInterchange,
+    PoRelease,
+    ReceivedAck,
+)
+from engine.errors import MappingMiss
+from engine.model import Outbound, effect_key, to_json_bytes
+from engine.x12.documents import Invoice, PurchaseOrderAck, ShipNotice, read_invoice
 from engine.x12.segments import Separators, TransactionSet
 from engine.x12.writer import FunctionalGroup, write_interchange
 from engine.x12.writer import TransactionSet as OutSet

@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from engine.config.yamlnodes import compose_file, empty_mapping, mapping_get
+from engine.domains.procurement.match import SacRule, Tolerance
 from engine.errors import ConfigError, LintFailed, UnmappedUnit, X12WriteError
 from engine.sftp.config import PARTNER_NAME
 from engine.spec import (
@@ -61,7 +62,6 @@ from engine.spec import (
     join,
 )
 from engine.x12.documents import BillOnlyMap
-from engine.x12.match import SacRule, Tolerance
 from engine.x12.writer import InterchangeHeader, Separators, check_separators, check_text
 
 __all__ = [
@@ -199,7 +199,8 @@ SAC_RULE_SPEC = Spec(
 
 
 def _tolerance_spec() -> Spec:
-    """The fields of :class:`engine.x12.match.Tolerance`, with its defaults (one source)."""
+    """The fields of :class:`engine.domains.procurement.match.Tolerance`, with its defaults
+    (one source)."""
     defaults = Tolerance()
     fields = []
     for f in dataclasses.fields(Tolerance):
@@ -219,7 +220,7 @@ def _tolerance_spec() -> Spec:
         "tolerance",
         fields,
         description="Three-way match tolerances for this vendor "
-        "(engine.x12.match.Tolerance; DOMAIN §4.2 practice defaults).",
+        "(engine.domains.procurement.match.Tolerance; DOMAIN §4.2 practice defaults).",
     )
 
 
