@@ -122,6 +122,8 @@ class Transaction(Protocol):
         message_id: str | None,
         correlation_id: str | None,
         now: float,
+        *,
+        once: str = "per_message",
     ) -> bool: ...
 
     def resolve_work_items(

@@ -344,21 +344,31 @@ class SqliteTransaction:
         message_id: str | None,
         correlation_id: str | None,
         now: float,
+        *,
+        once: str = "per_message",
     ) -> bool:
-        """Open a work item for a person, unless one of the same kind and subject is open for
-        the same message (or, without a message, at all). True when one was opened."""
+        """Open a work item for a person. ``once``: ``per_message`` (default) opens none while
+        one of the same kind and subject is open for the same message; ``while_open``, none
+        while one of that kind and subject is open at all; ``ever``, none if one of that kind
+        and subject ever existed (an alert that fires once). True when one was opened."""
         conn = self.connection
-        if message_id is None:
-            exists = conn.execute(
-                "SELECT 1 FROM work_items WHERE kind = ? AND subject = ? AND status = 'open'",
-                (kind, subject),
-            ).fetchone()
-        else:
+        if once == "per_message" and message_id is not None:
             exists = conn.execute(
                 "SELECT 1 FROM work_items WHERE message_id = ? AND kind = ? AND subject = ? "
                 "AND status = 'open'",
                 (message_id, kind, subject),
             ).fetchone()
+        elif once in ("per_message", "while_open"):
+            exists = conn.execute(
+                "SELECT 1 FROM work_items WHERE kind = ? AND subject = ? AND status = 'open'",
+                (kind, subject),
+            ).fetchone()
+        elif once == "ever":
+            exists = conn.execute(
+                "SELECT 1 FROM work_items WHERE kind = ? AND subject = ?", (kind, subject)
+            ).fetchone()
+        else:
+            raise ValueError(f"'once' must be per_message, while_open or ever (got {once!r})")
         if exists:
             return False
         conn.execute(
