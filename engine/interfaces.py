@@ -5,7 +5,7 @@ when the component registers (its signature takes the keywords the runtime passe
 runtime checks the object it gets back (``isinstance`` against the runtime-checkable protocol)
 before it uses it. ``docs/architecture.md`` draws how they fit together.
 
-- :class:`Codec`: bytes in, a :class:`~engine.codecs.base.Parsed` out, no I/O.
+- :class:`Codec`: bytes in, a :class:`~engine.model.Parsed` out, no I/O.
 - :class:`Source`: frames bytes from a transport and hands them to ``ingest``.
 - a **filter** is ``predicate(parsed) -> bool``; a **transform** is ``run(body, ctx) -> body``
   (plain functions: :data:`Filter`, :data:`Transform`).
@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from engine.codecs.base import Parsed
     from engine.errors import ConfigError
-    from engine.model import Delivery, Outbound
+    from engine.model import Delivery, Outbound, Parsed
     from engine.spec import Field, Spec
 
 __all__ = [

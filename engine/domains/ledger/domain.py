@@ -89,11 +89,16 @@ def add_to_onhand(
 ) -> Decimal:
     """Goods received at a location (procurement's receipts): the ledger's on-hand grows.
     ``tx`` is the store transaction (or, for now, its SQLite connection)."""
-    if not hasattr(tx, "dialect"):
-        from engine.store.transaction import SqliteTransaction
-
-        tx = SqliteTransaction(tx)
+    if not hasattr(tx, "dialect"):  # a bare SQLite connection (procurement's book, for now)
+        tx = _Connection(tx)
     return repository(tx).move_stock(location, item, quantity, uom, now)
+
+
+class _Connection:
+    dialect = "sqlite"
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
 
 
 def par_policies(mappings: Any, table: str | None) -> dict[tuple[str, str], ParPolicy]:
