@@ -231,6 +231,7 @@ class DeliveryWorker:
         self._cycle: Deferred[None] | None = None
         self._timer: IDelayedCall | None = None
         self._inflight: dict[int, Deferred[None] | None] = {}
+        self._reserved = 0  # slots promised to rows a pipeline commit is claiming for us
 
     # ----------------------------------------------------------------- control
 
@@ -242,6 +243,28 @@ class DeliveryWorker:
     @property
     def running(self) -> bool:
         return self._running
+
+    def reserve(self, wanted: int) -> int:
+        """Promise up to ``wanted`` send slots to rows that the pipeline's commit will claim
+        for this worker (no claim of our own for them); returns how many were promised."""
+        if not self._running:
+            return 0
+        granted = max(
+            0, min(wanted, self.policy.concurrency - len(self._inflight) - self._reserved)
+        )
+        self._reserved += granted
+        return granted
+
+    def take(self, deliveries: list[Delivery], reserved: int) -> None:
+        """Send rows claimed for us by a commit we reserved ``reserved`` slots for; the slots
+        not used are given back (and a claim cycle looks for other due rows)."""
+        self._reserved = max(0, self._reserved - reserved)
+        if not self._running:
+            return  # their leases expire and they are claimed again
+        for delivery in deliveries:
+            self._launch(delivery)
+        if len(deliveries) < reserved:
+            self._kick()
 
     def start(self) -> None:
         """Begin claiming (an immediate claim, then as rows fall due)."""
@@ -298,7 +321,7 @@ class DeliveryWorker:
         try:
             while self._running:
                 self._again = False
-                room = self.policy.concurrency - len(self._inflight)
+                room = self.policy.concurrency - len(self._inflight) - self._reserved
                 if room <= 0:
                     return  # a finishing send kicks the loop again
                 now = self.clock.seconds()

@@ -90,6 +90,7 @@ class Engine(OrderedServices):
             parallel=threads_ * 2,
             channels=lambda: self.channels,
             delivered=self.wake_destinations,
+            workers=self._workers_of,
         )
         self.door = FrontDoor(
             reactor=reactor,
@@ -244,6 +245,13 @@ class Engine(OrderedServices):
                 if isinstance(child, WorkerService):
                     out[(name, child.worker.name)] = child.worker
         return out
+
+    def _workers_of(self, channel: str) -> dict[str, Any]:
+        try:
+            tree = self._tree(channel)
+        except KeyError:
+            return {}
+        return {c.worker.name: c.worker for c in tree if isinstance(c, WorkerService)}
 
     def wake_destinations(self, channel: str) -> None:
         try:

@@ -3,7 +3,10 @@ their results (with what the channel's domains book) recorded in one commit per 
 
 Fresh ingests are handed over in memory (no store read); a sweep of the store finds what a
 crash, a replay or an unloaded channel left in ``received``. Each batch is two store jobs at
-most (load, for swept messages only; record, one commit for the whole batch).
+most (load, for swept messages only; record, one commit for the whole batch). The deliveries a
+batch queues are claimed in that same commit for the workers that promised room for them
+(:meth:`~engine.delivery.DeliveryWorker.reserve`) and handed over in memory: a message costs
+no claim commit of its own.
 """
 
 from __future__ import annotations
@@ -75,15 +78,34 @@ def outcome_of(work: Work, channel: Channel, result: Result) -> Outcome:
     )
 
 
-def _finish(tx: Any, outcome: Outcome, now: float) -> None:
+@dataclass(frozen=True)
+class Claim:
+    """Room a worker promised for rows this commit queues: at most ``limit``, leased so."""
+
+    limit: int
+    lease: float
+    block_on_dead: bool = False
+
+
+Claims = dict[tuple[str, str], Claim]
+Claimed = dict[tuple[str, str], list[Any]]
+
+
+def _finish(
+    tx: Any,
+    outcome: Outcome,
+    now: float,
+    claims: Claims | None = None,
+    claimed: Claimed | None = None,
+) -> None:
     """One result in an open transaction: the domains book first, their deliveries join the
-    message's own, then the spine records it all."""
+    message's own, then the spine records it all and claims what the workers have room for."""
     outbound = list(outcome.outbound)
     if outcome.status != ERROR:
         booking = Booking(outcome.message_id, outcome.correlation_id, outcome.channel, now)
         for binding, records in outcome.bookings:
             outbound += binding.book(tx, booking, records)
-    tx.finish(
+    queued = tx.finish(
         outcome.message_id,
         status=outcome.status,
         now=now,
@@ -94,18 +116,38 @@ def _finish(tx: Any, outcome: Outcome, now: float) -> None:
         error_location=outcome.error_location,
         work_item=outcome.work_item,
     )
+    if not claims or claimed is None:
+        return
+    by_destination: dict[str, list[int]] = {}
+    for destination, row_id in queued:
+        by_destination.setdefault(destination, []).append(row_id)
+    for destination, ids in by_destination.items():
+        key = (outcome.channel, destination)
+        claim = claims.get(key)
+        taken = claimed.setdefault(key, [])
+        if claim is not None and len(taken) < claim.limit:
+            taken += tx.claim(
+                ids,
+                now,
+                claim.lease,
+                limit=claim.limit - len(taken),
+                block_on_dead=claim.block_on_dead,
+            )
 
 
-def record(store: Any, outcomes: Sequence[Outcome], now: float) -> None:
+def record(
+    store: Any, outcomes: Sequence[Outcome], now: float, claims: Claims | None = None
+) -> Claimed:
     """Runs on the store thread: one commit for the batch; if the store refuses it, record
     message by message, and put a message whose own result cannot be stored in error rather
-    than retrying it forever."""
+    than retrying it forever. Returns the deliveries claimed for the workers (``claims``)."""
     durable = any(o.durable for o in outcomes)
+    claimed: Claimed = {}
     try:
         with store.transaction(f"finish_many({len(outcomes)})", durable=durable) as tx:
             for outcome in outcomes:
-                _finish(tx, outcome, now)
-        return
+                _finish(tx, outcome, now, claims, claimed)
+        return claimed
     except Exception as exc:
         if len(outcomes) == 1:
             failures = [(outcomes[0], exc)]
@@ -138,6 +180,7 @@ def record(store: Any, outcomes: Sequence[Outcome], now: float) -> None:
                 error=f"the store refused this message's result: {exc}",
                 error_location="pipeline",
             )
+    return {}  # recorded one by one: the workers claim what was queued themselves
 
 
 def _load_many(store: Any, ids: list[str]) -> list[tuple[Any, bytes | None]]:
@@ -177,6 +220,7 @@ class Processor(service.Service):
         parallel: int,
         channels: Callable[[], dict[str, Channel]],
         delivered: Callable[[str], None],
+        workers: Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -185,6 +229,7 @@ class Processor(service.Service):
         self.parallel = parallel
         self.channels = channels
         self.delivered = delivered
+        self.workers = workers or (lambda channel: {})
         self.inflight: set[str] = set()
         self.queue: deque[Work] = deque()
         self._sweep = True  # the first pass is a recovery sweep
@@ -275,6 +320,26 @@ class Processor(service.Service):
             self._sweep = True  # more may wait
         return [found[i : i + BATCH] for i in range(0, len(found), BATCH)]
 
+    def _reserve(self, results: list[tuple[Work, Channel, Result]]) -> dict[tuple[str, str], Any]:
+        """Room promised by the workers of the destinations this batch sends to (before the
+        commit, so the commit can claim the rows it queues for them)."""
+        wanted: dict[tuple[str, str], int] = {}
+        for w, _channel, r in results:
+            if r.outbound or r.events:
+                for name in self.workers(w.channel):
+                    wanted[(w.channel, name)] = wanted.get((w.channel, name), 0) + BATCH
+        promised: dict[tuple[str, str], Any] = {}
+        for (channel, name), n in wanted.items():
+            worker = self.workers(channel).get(name)
+            if worker is None:
+                continue
+            granted = worker.reserve(n)
+            if granted:
+                policy = worker.policy
+                block = policy.ordered and policy.on_poison == "block"
+                promised[(channel, name)] = (worker, Claim(granted, policy.lease, block))
+        return promised
+
     async def _batch(self, batch: list[Work]) -> None:
         """Process a batch on a pipeline thread, then record it in one commit."""
         try:
@@ -285,7 +350,16 @@ class Processor(service.Service):
                 return
             results = await threads.deferToThreadPool(self.reactor, self.pool, _process_all, jobs)
             outcomes = [outcome_of(w, channel, r) for w, channel, r in results]
-            await self.executor.submit(record, self.store, outcomes, time.time())
+            promised = self._reserve(results)
+            claimed: Claimed = {}
+            try:
+                claims = {key: claim for key, (_, claim) in promised.items()}
+                claimed = await self.executor.submit(
+                    record, self.store, outcomes, time.time(), claims
+                )
+            finally:
+                for key, (worker, claim) in promised.items():
+                    worker.take(claimed.get(key, []), claim.limit)
             self.processed += len(results)
             woken: set[str] = set()
             for w, _, r in results:

@@ -69,6 +69,7 @@ class StoreExecutor:
         self._stopping = False
         self._stopped: list[Deferred] = []
         self._groups: dict[Any, tuple[list[Any], list[Deferred]]] = {}
+        self._held_groups: list[tuple[Any, tuple[list[Any], list[Deferred]]]] = []
 
     # ------------------------------------------------------------------ reactor side
 
@@ -93,6 +94,9 @@ class StoreExecutor:
         """Refuse new work, drain the queue, and fire when the writer thread has exited."""
         with self._cond:
             self._stopping = True
+            held, self._held_groups = self._held_groups, []
+            for fn_many, group in held:  # queued before stop: done before the thread exits
+                self._queue_group(fn_many, group)
             if self._thread is None or not self._thread.is_alive():
                 self._fail_leftovers()
                 return succeed(None)
@@ -137,7 +141,10 @@ class StoreExecutor:
         """Queue ``item`` for ``fn_many(items)``; fires (with None) once it is done.
 
         Items queued for the same ``fn_many`` while its call has not started yet join that
-        call: one transaction for many (delivery completions under load), as ingests do.
+        call: one transaction for many (delivery completions under load), as ingests do. Called
+        on the reactor thread, a new group waits for the end of the reactor's turn before it is
+        queued, so what completes in one turn (two destinations answering together) always
+        shares one commit.
         """
         with self._cond:
             if self._stopping:
@@ -148,13 +155,26 @@ class StoreExecutor:
             if group is None:
                 group = ([], [])
                 self._groups[fn_many] = group
-                self._jobs.append(
-                    (next(self._seq), self._run_group, (fn_many, group), {}, Deferred())
-                )
-                self._cond.notify()
+                later = getattr(self.reactor, "callLater", None)
+                if later is None:
+                    self._queue_group(fn_many, group)
+                else:
+                    self._held_groups.append((fn_many, group))
+                    later(0, self._release_groups)
             group[0].append(item)
             group[1].append(d)
         return d
+
+    def _queue_group(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> None:
+        """(Caller holds the lock.) The group's one call joins the jobs."""
+        self._jobs.append((next(self._seq), self._run_group, (fn_many, group), {}, Deferred()))
+        self._cond.notify()
+
+    def _release_groups(self) -> None:
+        with self._cond:
+            held, self._held_groups = self._held_groups, []
+            for fn_many, group in held:
+                self._queue_group(fn_many, group)
 
     def _run_group(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> None:
         with self._cond:

@@ -29,9 +29,11 @@ from engine.errors import StoreError
 from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
 from engine.store.migrations import apply_migrations, current_version
 from engine.store.transaction import (
+    DELIVERY_COLUMNS,
     GENESIS_HASH,
     SqliteTransaction,
     audit_hash,
+    delivery_of,
     placeholders,
 )
 
@@ -39,10 +41,7 @@ _MESSAGE_COLUMNS = (
     "id, channel, source, peer, content_type, received_at, updated_at, sha256, size, "
     "control_id, dedup_key, correlation_id, status, error, error_location"
 )
-_DELIVERY_COLUMNS = (
-    "id, message_id, channel, destination, payload, content_type, idempotency_key, "
-    "correlation_id, order_key, attempts, created_at, meta"
-)
+_DELIVERY_COLUMNS = DELIVERY_COLUMNS
 _FAILED = (model.DEAD, model.QUARANTINED)
 _OPEN = (model.PENDING, model.INFLIGHT)
 _placeholders = placeholders
@@ -389,8 +388,11 @@ class SqliteStore:
             f"  AND p.id < o.id AND p.status IN ({marks}))) "
             "ORDER BY o.id LIMIT ?"
         )
+        params = (channel, destination, now, *blocking, limit)
+        if not self._query("claim_deliveries", sql, params):
+            return []  # nothing due: no write transaction (an idle worker costs no commit)
         with self._write(f"claim_deliveries({channel}/{destination})", durable=False) as conn:
-            rows = conn.execute(sql, (channel, destination, now, *blocking, limit)).fetchall()
+            rows = conn.execute(sql, params).fetchall()
             conn.executemany(
                 "UPDATE outbox SET status = ?, lease_until = ?, updated_at = ? WHERE id = ?",
                 [(model.INFLIGHT, now + lease, now, row[0]) for row in rows],
@@ -399,11 +401,7 @@ class SqliteStore:
 
     @staticmethod
     def _delivery(row: Sequence[Any]) -> Delivery:
-        names = [c.strip() for c in _DELIVERY_COLUMNS.split(",")]
-        fields = dict(zip(names, row, strict=True))
-        fields["payload"] = bytes(fields["payload"])
-        fields["meta"] = json.loads(fields["meta"])
-        return Delivery(**fields)
+        return delivery_of(row)
 
     def delivery_succeeded(self, delivery_id: int, response: bytes | None, now: float) -> None:
         """Mark an outbox row sent (keeping the destination's response) and roll up."""

@@ -56,6 +56,21 @@ class Settled:
     meta: dict[str, Any]
 
 
+DELIVERY_COLUMNS = (
+    "id, message_id, channel, destination, payload, content_type, idempotency_key, "
+    "correlation_id, order_key, attempts, created_at, meta"
+)
+
+
+def delivery_of(row: Sequence[Any]) -> model.Delivery:
+    """A :class:`~engine.model.Delivery` from a row of :data:`DELIVERY_COLUMNS`."""
+    names = [c.strip() for c in DELIVERY_COLUMNS.split(",")]
+    fields = dict(zip(names, row, strict=True))
+    fields["payload"] = bytes(fields["payload"])
+    fields["meta"] = json.loads(fields["meta"])
+    return model.Delivery(**fields)
+
+
 class SqliteTransaction:
     """The spine's writes inside one open SQLite transaction (see the module docstring)."""
 
@@ -100,8 +115,9 @@ class SqliteTransaction:
         error: str | None = None,
         error_location: str | None = None,
         work_item: tuple[str, str, str] | None = None,
-    ) -> None:
+    ) -> list[tuple[str, int]]:
         """Record one pipeline run: content, business keys, work items, outbox, status.
+        Returns the outbox rows it queued as (destination, row id).
 
         Safe to call again for the same message (a re-run after replay): the previous
         transformed content, business keys and unsent outbox rows are replaced; rows already
@@ -132,7 +148,7 @@ class SqliteTransaction:
         elif status != model.ERROR:
             # held for a missing mapping, replayed after the mapping was added: done
             self.resolve_work_items("MISSING_MAPPING", message_id=message_id, now=now)
-        self._replace_outbox(message_id, channel, correlation_id, outbound, now)
+        queued = self._replace_outbox(message_id, channel, correlation_id, outbound, now)
         # A pipeline error stays an error even when something (an application ACK) goes out.
         final = self._rolled_up_status(message_id) if outbound and status != model.ERROR else status
         conn.execute(
@@ -140,6 +156,7 @@ class SqliteTransaction:
             "WHERE id = ?",
             (final, error, error_location, now, message_id),
         )
+        return queued
 
     # ------------------------------------------------------------------ outbox
 
@@ -160,7 +177,7 @@ class SqliteTransaction:
         if row is None:
             raise StoreError(f"enqueue: no message with id {message_id!r}")
         chain = correlation_id or row[1]
-        return self._insert_outbox(message_id, row[0], chain, outbound, now)
+        return [i for _, i in self._insert_outbox(message_id, row[0], chain, outbound, now)]
 
     def _replace_outbox(
         self,
@@ -169,7 +186,7 @@ class SqliteTransaction:
         correlation_id: str,
         outbound: Sequence[Outbound],
         now: float,
-    ) -> None:
+    ) -> list[tuple[str, int]]:
         conn = self.connection
         unsent = [
             row[0]
@@ -186,7 +203,7 @@ class SqliteTransaction:
                 (now, *unsent),
             )
             conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", unsent)
-        self._insert_outbox(message_id, channel, correlation_id, outbound, now)
+        return self._insert_outbox(message_id, channel, correlation_id, outbound, now)
 
     def _insert_outbox(
         self,
@@ -195,7 +212,7 @@ class SqliteTransaction:
         correlation_id: str,
         outbound: Sequence[Outbound],
         now: float,
-    ) -> list[int]:
+    ) -> list[tuple[str, int]]:
         conn = self.connection
         keys = {
             row[0]
@@ -203,7 +220,7 @@ class SqliteTransaction:
                 "SELECT idempotency_key FROM outbox WHERE message_id = ?", (message_id,)
             )
         }
-        ids: list[int] = []
+        ids: list[tuple[str, int]] = []
         index: dict[str, int] = {}
         for out in outbound:
             idx = index.get(out.destination, 0)
@@ -236,8 +253,42 @@ class SqliteTransaction:
                     now,
                 ),
             )
-            ids.append(int(cur.lastrowid or 0))
+            ids.append((out.destination, int(cur.lastrowid or 0)))
         return ids
+
+    # ------------------------------------------------------------------ claims
+
+    def claim(
+        self,
+        ids: Sequence[int],
+        now: float,
+        lease: float,
+        *,
+        limit: int,
+        block_on_dead: bool = False,
+    ) -> list[model.Delivery]:
+        """Claim, in this transaction, up to ``limit`` of the pending rows ``ids`` (rows this
+        transaction queued, handed to their worker without a claim of its own), oldest first,
+        with the same ordering rule as :meth:`SqliteStore.claim_deliveries`."""
+        if not ids or limit <= 0:
+            return []
+        blocking = _OPEN + (_FAILED if block_on_dead else ())
+        marks = placeholders(ids)
+        assert model.PENDING == "pending"
+        rows = self.connection.execute(
+            f"SELECT {DELIVERY_COLUMNS} FROM outbox AS o WHERE o.id IN ({marks}) "
+            "AND o.status = 'pending' AND o.next_attempt_at <= ? AND (o.order_key IS NULL "
+            "OR NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.channel = o.channel "
+            "AND p.destination = o.destination AND p.order_key = o.order_key "
+            f"AND p.id < o.id AND p.status IN ({placeholders(blocking)}))) "
+            "ORDER BY o.id LIMIT ?",
+            (*ids, now, *blocking, limit),
+        ).fetchall()
+        self.connection.executemany(
+            "UPDATE outbox SET status = ?, lease_until = ?, updated_at = ? WHERE id = ?",
+            [(model.INFLIGHT, now + lease, now, row[0]) for row in rows],
+        )
+        return [delivery_of(row) for row in rows]
 
     # ------------------------------------------------------------------ delivery outcomes
 
