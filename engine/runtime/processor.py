@@ -358,8 +358,16 @@ class Processor(service.Service):
                     record, self.store, outcomes, time.time(), claims
                 )
             finally:
+                orphans = []
                 for key, (worker, claim) in promised.items():
-                    worker.take(claimed.get(key, []), claim.limit)
+                    rows = claimed.get(key, [])
+                    if worker.running:
+                        worker.take(rows, claim.limit)
+                    else:  # stopped meanwhile (a reload replaced it): back to pending now
+                        worker.take([], claim.limit)
+                        orphans += [d.id for d in rows]
+                if orphans:
+                    await self.executor.submit(self.store.release_claims, orphans, time.time())
             self.processed += len(results)
             woken: set[str] = set()
             for w, _, r in results:

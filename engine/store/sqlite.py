@@ -348,6 +348,18 @@ class SqliteStore:
             )
             return cur.rowcount
 
+    def release_claims(self, ids: Sequence[int], now: float) -> int:
+        """Claimed rows whose worker went away before it took them become pending again, due
+        now (same idempotency key). Returns how many."""
+        if not ids:
+            return 0
+        with self._write("release_claims", durable=False) as conn:
+            return conn.execute(
+                f"UPDATE outbox SET status = ?, next_attempt_at = ?, lease_until = NULL, "
+                f"updated_at = ? WHERE status = ? AND id IN ({_placeholders(ids)})",
+                (model.PENDING, now, now, model.INFLIGHT, *ids),
+            ).rowcount
+
     def finish_many(self, results: Sequence[dict[str, Any]], now: float) -> None:
         """Several pipeline runs in ONE transaction; each dict holds finish_processing's
         keyword arguments plus ``message_id``. All or none are recorded; with a full sync when

@@ -437,6 +437,40 @@ class WorkerTests(unittest.SynchronousTestCase):
             d.callback(b"ok")
         self.assertEqual({self.status(i) for i in range(1, 6)}, {DELIVERED})
 
+    def test_reserved_room_is_kept_for_rows_a_commit_claims_for_the_worker(self) -> None:
+        """Room promised to a pipeline commit is not claimed by the worker meanwhile; the rows
+        handed over are sent; what was promised and not used is given back."""
+        pending: list[defer.Deferred[bytes]] = []
+
+        def script(d: Delivery) -> Any:
+            pending.append(defer.Deferred())
+            return pending[-1]
+
+        worker = self.make(script, concurrency=3)
+        self.assertEqual(worker.reserve(5), 0)  # not running: nothing promised
+        worker.start()
+        self.assertEqual(worker.reserve(2), 2)
+        self.assertEqual(worker.reserve(5), 1)  # 3 in all
+        self.assertEqual(worker.reserve(1), 0)
+        for i in (1, 2):
+            self.store.add(i)
+        worker.wake()
+        self.assertEqual(self.dest.sent, [])  # the room is promised: no claim of its own
+        handed = self.store.claim_deliveries("ch", "dest", 1, self.clock.seconds(), 30)
+        # the first commit claimed one row for its two slots: the spare slot goes back and
+        # the worker claims row 2 with it; the second commit's slot is still promised
+        worker.take(handed, 2)
+        self.assertEqual([i for i, _ in self.dest.sent], [1, 2])
+        self.store.add(3)
+        worker.wake()
+        self.assertEqual(len(self.dest.sent), 2)  # 2 in flight + 1 promised = concurrency 3
+        worker.take([], 1)  # the second commit queued nothing for us: row 3 goes now
+        self.assertEqual([i for i, _ in self.dest.sent], [1, 2, 3])
+        self.assertEqual(worker.inflight, 3)
+        for d in pending:
+            d.callback(b"ok")
+        self.assertEqual({self.status(i) for i in (1, 2, 3)}, {DELIVERED})
+
     def test_ordered_key_waits_for_retrying_head_other_keys_flow(self) -> None:
         """While A (key p1) is retrying, B (key p1) is not sent; C (key p2) flows. Once A
         succeeds, B goes."""

@@ -324,6 +324,48 @@ def test_claim_oldest_first_and_limit(store: SqliteStore) -> None:
     assert [d.message_id for d in got] == ids[:3]
 
 
+def test_a_commit_claims_the_rows_it_queues_with_the_same_ordering(store: SqliteStore) -> None:
+    """Rows queued in a transaction are claimed in it (inflight, leased) up to the limit, and a
+    row behind an open row of its order key stays pending; release_claims puts claimed rows
+    back to pending when their worker went away."""
+    first = queued_message(store, [Outbound("erp", b"A", order_key="K")], raw=b"a")
+    mid = store_one(store, b"b")
+    with store.transaction("finish") as tx:
+        queued = tx.finish(
+            mid,
+            status=model.QUEUED,
+            now=T0,
+            outbound=[
+                Outbound("erp", b"B", order_key="K"),
+                Outbound("erp", b"C"),
+                Outbound("erp", b"D"),
+            ],
+        )
+        assert [dest for dest, _ in queued] == ["erp", "erp", "erp"]
+        claimed = tx.claim([i for _, i in queued], T0, 30, limit=1)
+    assert [d.payload for d in claimed] == [b"C"]  # B waits behind A (same key, still pending)
+    rows = {r["payload"]: r for r in store.deliveries_for(mid)}
+    assert rows[b"C"]["status"] == "inflight" and rows[b"C"]["lease_until"] == T0 + 30
+    assert rows[b"B"]["status"] == rows[b"D"]["status"] == "pending"
+    assert store.release_claims([claimed[0].id], T0 + 1) == 1
+    assert {r["status"] for r in store.deliveries_for(mid)} == {"pending"}
+    assert [d.message_id for d in store.claim_deliveries("adt", "erp", 1, T0 + 1, 30)] == [first]
+
+
+def test_an_idle_claim_writes_nothing(store: SqliteStore) -> None:
+    """Nothing due: a claim reads and commits nothing (an idle worker costs no transaction)."""
+    commits: list[str] = []
+    store._conn().set_trace_callback(
+        lambda sql: commits.append(sql) if sql.upper().startswith(("BEGIN", "COMMIT")) else None
+    )
+    assert store.claim_deliveries("adt", "erp", 10, T0, 30) == []
+    assert commits == []
+    queued_message(store, [Outbound("erp", b"a")])
+    commits.clear()
+    assert len(store.claim_deliveries("adt", "erp", 10, T0, 30)) == 1
+    assert commits == ["BEGIN IMMEDIATE", "COMMIT"]
+
+
 def test_order_key_blocks_later_row_while_earlier_inflight(store: SqliteStore) -> None:
     """B (same order key as A) waits while A is inflight; other keys flow; B comes after A."""
     a = queued_message(store, [Outbound("erp", b"A", order_key="PO-1")], raw=b"a")
