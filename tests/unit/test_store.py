@@ -721,3 +721,42 @@ def test_expired_leases_are_released_with_their_key(tmp_path: Path) -> None:
     assert store.release_expired(now + 61) == 1
     (again,) = store.claim_deliveries("c", "d", 10, now + 62, lease=60)
     assert again.id == claimed.id and again.idempotency_key == claimed.idempotency_key
+
+
+def test_a_store_from_before_the_domain_histories_opens_unchanged(tmp_path: Path) -> None:
+    """A store whose schema v4-v9 created the ledger's and procurement's tables (every store
+    before they had histories of their own) opens: its rows stay, the domains' migrations only
+    record their versions, and it ends with the same objects as a new store."""
+    from engine.domains.ledger.schema import SQLITE_MIGRATIONS as LEDGER
+    from engine.domains.procurement.schema import SQLITE_MIGRATIONS as PROCUREMENT
+    from engine.runtime.store import open_store
+
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    apply_migrations(conn, target=9)  # the store's own history up to v9 ...
+    for _, _, step in [*LEDGER, *PROCUREMENT]:  # ... and what v4-v7 and v9 made then
+        if callable(step):
+            step(conn)
+        else:
+            for statement in step:
+                conn.execute(statement)
+    conn.execute(
+        "INSERT INTO onhand (location_id, item_id, quantity, uom, updated_at) "
+        "VALUES ('LOC', 'ITEM', '7', 'EA', 0)"
+    )
+    conn.close()
+    store = open_store(old)
+    try:
+        rows = raw_sql(store, "SELECT component, MAX(version) FROM component_versions GROUP BY 1")
+        assert dict(rows) == {"ledger": LEDGER[-1][0], "procurement": PROCUREMENT[-1][0]}
+        assert raw_sql(store, "SELECT quantity FROM onhand") == [("7",)]
+    finally:
+        store.close()
+    fresh = open_store(tmp_path / "new.db")
+    fresh.close()
+
+    def objects(path: Path) -> set[tuple[str, str]]:
+        with sqlite3.connect(path) as c:
+            return set(c.execute("SELECT type, name FROM sqlite_master").fetchall())
+
+    assert objects(old) == objects(tmp_path / "new.db")
