@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +189,12 @@ class Engine(OrderedServices):
         running = self.channels.get(channel)
         return running.bindings if running is not None else []
 
-    def _lent(self, key: str) -> dict[str, Any]:
+    def _lent(self, key: str) -> dict[str, Callable[[], Any]]:
         """What the runtime lends a component whose factory asks for it."""
-        return {"services": lambda: self.door.source_services(key), "resources": self.resources}
+        return {
+            "services": lambda: self.door.source_services(key),
+            "resources": lambda: self.resources,
+        }
 
     def _source(self, key: str, chosen: Any) -> SourceService:
         source = make_source(
@@ -214,7 +218,7 @@ class Engine(OrderedServices):
             base_dir=self.root,
             book=self.book,
             executor=self.executor,
-            lend={"resources": self.resources},
+            lend={"resources": lambda: self.resources},
         )
 
     def _add_channel(self, channel: Channel) -> None:

@@ -91,11 +91,12 @@ class WorkerService(service.Service):
 def make_source(
     registry: Registry, chosen: Any, *, key: str, lend: dict[str, Any], **keywords: Any
 ) -> Source:
-    """Build a source from its chosen config; optional keywords (``services``, ``resources``)
-    are passed only to a factory that takes them."""
+    """Build a source from its chosen config. ``lend`` holds what the runtime lends, as
+    makers (``services``, ``resources``): each is made and passed only to a factory that takes
+    that keyword."""
     factory = registry.get("source", chosen.name).factory
     params = inspect.signature(factory).parameters
-    extra = {k: v() if callable(v) else v for k, v in lend.items() if k in params}
+    extra = {k: make() for k, make in lend.items() if k in params}
     return factory(chosen.options, channel=key, **keywords, **extra)
 
 
@@ -113,7 +114,7 @@ def make_worker(
     comp = dest.component
     factory = registry.get("destination", comp.name).factory
     params = inspect.signature(factory).parameters
-    extra = {k: v for k, v in lend.items() if k in params}
+    extra = {k: make() for k, make in lend.items() if k in params}
     destination = factory(
         comp.options, reactor=reactor, channel=channel, name=dest.name, base_dir=base_dir, **extra
     )
