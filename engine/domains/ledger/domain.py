@@ -85,14 +85,10 @@ def repository(tx: Transaction) -> LedgerRepository:
 
 
 def add_to_onhand(
-    tx: Any, location: str, item: str, quantity: Decimal, uom: str, now: float
+    tx: Transaction, location: str, item: str, quantity: Decimal, uom: str, now: float
 ) -> Decimal:
-    """Goods received at a location (procurement's receipts): the ledger's on-hand grows.
-    ``tx`` is the store transaction (or, for now, its SQLite connection)."""
-    if not hasattr(tx, "dialect"):
-        from engine.store.transaction import SqliteTransaction
-
-        tx = SqliteTransaction(tx)
+    """Goods received at a location (procurement's receipts): the ledger's on-hand grows, in
+    the store transaction ``tx``."""
     return repository(tx).move_stock(location, item, quantity, uom, now)
 
 
