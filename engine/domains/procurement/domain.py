@@ -6,7 +6,8 @@ numbers, inbound interchanges acknowledged (TA1, 997/999) and applied once (855 
 856 receipts, 810 three-way match to AP or held as an INVOICE_HELD work item). Its trading
 partners (``mappings/trading_partners.yaml``) are loaded and linted with the project and lent to
 components as the ``trading_partners`` resource; the overdue-acknowledgement watch is its job.
-Its records are kept behind :func:`repository` (SQLite for the store's dialect).
+Its records are kept behind :func:`repository` (SQLite for the store's dialect); the
+``x12_partner`` destination that takes its X12 files registers with it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+# Procurement's own component: imported here so that it registers with the domain.
+from engine.domains.procurement import x12_partner  # noqa: F401
 from engine.domains.procurement.repository import (
     ProcurementRepository,
     SqliteProcurementRepository,
