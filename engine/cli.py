@@ -194,6 +194,7 @@ def cmd_work_items(args: argparse.Namespace) -> int:
 
 def cmd_invoices(args: argparse.Namespace) -> int:
     from engine.domains.procurement import desk
+    from engine.domains.procurement.domain import repository
 
     with _opened_store(args.root) as store:
         if args.action in ("release", "reject"):
@@ -211,7 +212,7 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             print(f"invoice {args.id} ({out['invoice']}): {out['status']}")
             return 0
         with store.reading() as rd:
-            rows = desk.invoices(rd.connection, args.status)
+            rows = desk.invoices(repository(rd), args.status)
         for r in rows:
             why = "; ".join(
                 x["reason"] + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
@@ -226,11 +227,12 @@ def cmd_invoices(args: argparse.Namespace) -> int:
 
 def cmd_receipts(args: argparse.Namespace) -> int:
     from engine.domains.procurement import desk
+    from engine.domains.procurement.domain import repository
 
     with _opened_store(args.root) as store:
         with store.reading() as rd:
             rows = desk.unmatched_receipts(
-                rd.connection, older_than=args.older_than, now=time.time()
+                repository(rd), older_than=args.older_than, now=time.time()
             )
         for r in rows:
             print(

@@ -91,7 +91,6 @@ BUILTINS = (
     "engine.destinations.file",
     "engine.destinations.mllp",
     "engine.destinations.sftp",
-    "engine.destinations.x12_partner",
     "engine.domains.ledger.domain",
     "engine.domains.procurement.domain",
     "transforms",

@@ -257,10 +257,11 @@ async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -
         f"{counts['goods_receipts']} goods receipt(s) and {counts['ap_invoices']} AP invoice(s)"
     )
     from engine.domains.procurement import desk
+    from engine.domains.procurement.domain import repository
 
     def held() -> list[dict[str, Any]]:
         with engine.store.reading() as rd:
-            return desk.invoices(rd.connection)
+            return desk.invoices(repository(rd))
 
     rows = await engine.executor.submit(held)
     for r in rows:

@@ -7,9 +7,9 @@ the same transaction; it records a delivery's outcome (:meth:`delivery_succeeded
 the domains hear it in the same transaction. The store itself never calls into a domain.
 
 The outbox (:meth:`enqueue`), the audit (:meth:`audit`) and work items for people
-(:meth:`open_work_item`, :meth:`resolve_work_items`) are the spine's; a domain uses them here
-and keeps its own tables behind its own repository (``connection`` and ``dialect`` let it pick
-one).
+(:meth:`open_work_item`, :meth:`refresh_work_items`, :meth:`resolve_work_items`) are the
+spine's; a domain uses them here and keeps its own tables behind its own repository
+(``connection`` and ``dialect`` let it pick one).
 """
 
 from __future__ import annotations
@@ -444,6 +444,15 @@ class SqliteTransaction:
             sql += "AND subject = ? "
             params.append(subject)
         return self.connection.execute(sql + "AND status = 'open'", params).rowcount
+
+    def refresh_work_items(self, kind: str, *, subject: str, detail: str, now: float) -> int:
+        """Give the open work items of ``kind`` for ``subject`` a new ``detail`` (what is wrong
+        changed while it stayed open); the number changed."""
+        return self.connection.execute(
+            "UPDATE work_items SET detail = ?, updated_at = ? WHERE kind = ? AND subject = ? "
+            "AND status = 'open'",
+            (detail, now, kind, subject),
+        ).rowcount
 
     # ------------------------------------------------------------------ audit
 

@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from engine.config.project import load_project
-from engine.destinations.x12_partner import X12_PARTNER_SPEC, X12PartnerDestination
+from engine.domains.procurement.x12_partner import X12_PARTNER_SPEC, X12PartnerDestination
 from engine.errors import DeliveryError
 from engine.model import Delivery
 from engine.resources import Resources

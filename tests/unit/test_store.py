@@ -533,6 +533,31 @@ def test_hot_store_statements_use_an_index(store: SqliteStore, sql: str) -> None
     assert not any(line.startswith("SCAN") for line in plan), plan
 
 
+# ---------------------------------------------------------------------- work items
+
+
+def test_work_items_open_once_refresh_and_resolve(store: SqliteStore) -> None:
+    """``while_open``: one open item per kind and subject whichever message; ``ever``: never a
+    second one; a refresh gives the open one a new detail, a resolved one keeps its own."""
+    first, second = store_one(store, b"MSH|1"), store_one(store, b"MSH|2")
+    with store.transaction("work items") as tx:
+        assert tx.open_work_item("HELD", "a:b", "NO_RECEIPT", first, None, T0, once="while_open")
+        assert not tx.open_work_item("HELD", "a:b", "x", second, None, T0, once="while_open")
+        assert tx.open_work_item("HELD", "a:b", "x", second, None, T0)  # per message
+        assert tx.refresh_work_items("HELD", subject="a:b", detail="QTY_REC", now=T0 + 1) == 2
+        assert tx.resolve_work_items("HELD", subject="a:b", now=T0 + 2) == 2
+        assert tx.refresh_work_items("HELD", subject="a:b", detail="later", now=T0 + 3) == 0
+        assert tx.open_work_item("LATE", "p:850:1", "due", first, None, T0, once="ever")
+        assert tx.resolve_work_items("LATE", subject="p:850:1", now=T0 + 1) == 1
+        assert not tx.open_work_item("LATE", "p:850:1", "due", first, None, T0, once="ever")
+    rows = raw_sql(store, "SELECT kind, detail, status, updated_at FROM work_items ORDER BY id")
+    assert rows == [
+        ("HELD", "QTY_REC", "resolved", T0 + 2),
+        ("HELD", "QTY_REC", "resolved", T0 + 2),
+        ("LATE", "due", "resolved", T0 + 1),
+    ]
+
+
 # ---------------------------------------------------------------------- replay
 
 

@@ -1,10 +1,13 @@
-"""The procurement book on a real store: a PO sent once with control numbers that are never
+"""The procurement book against both of its repositories (the store's SQLite one, booked in a
+transaction, and the in-memory one): a PO sent once with control numbers that are never
 reused, late 997/999 alerts, receipts, held invoices released or rejected by a person, and the
-receipts nobody invoiced."""
+receipts nobody invoiced. Checks only SQL can make (the outbox, the audit) run on SQLite."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,14 @@ from engine.config.project import load_project
 from engine.domains.procurement import desk
 from engine.domains.procurement.book import book_x12, flag_overdue_acks
 from engine.domains.procurement.control import record_ack
+from engine.domains.procurement.domain import converter, repository
+from engine.domains.procurement.memory import InMemoryProcurementRepository
+from engine.domains.procurement.numbers import ControlNumbers
 from engine.domains.procurement.po850 import segments_850
 from engine.domains.procurement.records import InboundInterchange, PoLine, PoRelease
+from engine.domains.procurement.repository import ProcurementRepository
 from engine.errors import StoreError
+from engine.model import Outbound
 from engine.runtime.store import open_store
 from engine.x12.documents import read_invoice, read_ship_notice
 from engine.x12.samplegen import Party, group, interchange, render, transaction_set
@@ -37,37 +45,209 @@ PO = {
 }
 
 
-@pytest.fixture()
-def env() -> Any:
-    project = load_project(REPO, env={})
-    channel = Channel.of(project, "x12_from_vendors")
-    store = open_store(Path(tempfile.mkdtemp()) / "w.db")
-    # the book runs inside a message's commit: give it messages to point at
-    with store._write("seed") as conn:
-        for mid in ("m-po", "m-asn", "m-inv"):
-            conn.execute(
-                "INSERT INTO messages (id, channel, source, content_type, received_at, "
-                "updated_at, sha256, size, status) "
-                "VALUES (?, 'x12_from_vendors', 'test', 'x', 0, 0, '', 0, 'sent')",
-                (mid,),
-            )
-    yield project, channel, store
-    store.close()
+class Book:
+    """What both kinds of book share: the channel's routes, partners and unit conversions."""
 
+    store: Any = None
 
-def book(store: Any, channel: Channel, project: Any, records: list, mid: str, now: float) -> list:
-    with store._write("book") as conn:
+    def __init__(self, project: Any, channel: Channel) -> None:
+        self.project = project
+        self.channel = channel
+
+    def _book(self, repo: ProcurementRepository, records: list, mid: str, now: float) -> list:
         return book_x12(
-            conn,
+            repo,
             records=records,
-            channel=channel.name,
+            channel=self.channel.name,
             message_id=mid,
             correlation_id=mid,
-            routes=channel.bindings[0].routes,
-            partners=project.extras["trading_partners"],
-            converter=channel.bindings[0].converter,
+            routes=self.channel.bindings[0].routes,
+            partners=self.project.extras["trading_partners"],
+            converter=self.channel.bindings[0].converter,
             now=now,
         )
+
+
+class SqliteBook(Book):
+    """The book over the store's SQLite repository, each booking in its own transaction (as
+    the runtime books a message), with messages for it to point at."""
+
+    def __init__(self, project: Any, channel: Channel, store: Any) -> None:
+        super().__init__(project, channel)
+        self.store = store
+        # the book runs inside a message's commit: give it messages to point at
+        with store._write("seed") as conn:
+            for mid in ("m-po", "m-asn", "m-inv"):
+                conn.execute(
+                    "INSERT INTO messages (id, channel, source, content_type, received_at, "
+                    "updated_at, sha256, size, status) "
+                    "VALUES (?, 'x12_from_vendors', 'test', 'x', 0, 0, '', 0, 'sent')",
+                    (mid,),
+                )
+
+    def book(self, records: list, mid: str, now: float) -> list:
+        with self.store.transaction("book") as tx:
+            return self._book(repository(tx), records, mid, now)
+
+    @contextmanager
+    def repository(self) -> Iterator[ProcurementRepository]:
+        with self.store.transaction("repository") as tx:
+            yield repository(tx)
+
+    def flag_overdue(self, now: float) -> int:
+        with self.store.transaction("flag_overdue_acks", durable=False) as tx:
+            return flag_overdue_acks(repository(tx), now)
+
+    def record_ack(self, partner: str, gs06: int, status: str) -> None:
+        with self.store._write("ack") as c:
+            record_ack(c, partner, gs06, status)
+
+    def invoices(self, status: str | None = None) -> list[dict[str, Any]]:
+        with self.store.reading() as rd:
+            return desk.invoices(repository(rd), status)
+
+    def unmatched_receipts(self, *, older_than: float, now: float) -> list[dict[str, Any]]:
+        with self.store.reading() as rd:
+            return desk.unmatched_receipts(repository(rd), older_than=older_than, now=now)
+
+    def release(self, invoice_id: int, *, actor: str, note: str, now: float) -> dict[str, Any]:
+        return desk.release_invoice(
+            self.store, self.project, invoice_id, actor=actor, note=note, now=now
+        )
+
+    def reject(self, invoice_id: int, *, actor: str, note: str, now: float) -> dict[str, Any]:
+        return desk.reject_invoice(self.store, invoice_id, actor=actor, note=note, now=now)
+
+    def sql(self, sql: str, *params: Any) -> list[tuple]:
+        return [tuple(r) for r in self.store._conn().execute(sql, params).fetchall()]
+
+    def open_work_items(self, kind: str) -> int:
+        (row,) = self.sql(
+            "SELECT COUNT(*) FROM work_items WHERE kind = ? AND status = 'open'", kind
+        )
+        return row[0]
+
+    def work_item_statuses(self, kind: str) -> list[tuple]:
+        return self.sql("SELECT status FROM work_items WHERE kind = ?", kind)
+
+    def work_item_details(self, kind: str, status: str | None = None) -> list[str]:
+        if status is None:
+            return [r[0] for r in self.sql("SELECT detail FROM work_items WHERE kind = ?", kind)]
+        rows = self.sql("SELECT detail FROM work_items WHERE kind = ? AND status = ?", kind, status)
+        return [r[0] for r in rows]
+
+    def ack_statuses(self) -> list[tuple]:
+        return self.sql("SELECT ack_status FROM x12_outbound")
+
+    def count(self, table: str) -> int:
+        return self.sql(f"SELECT COUNT(*) FROM {table}")[0][0]
+
+    def onhand(self, location: str, item: str) -> tuple | None:
+        rows = self.sql(
+            "SELECT quantity FROM onhand WHERE location_id = ? AND item_id = ?", location, item
+        )
+        return rows[0] if rows else None
+
+    def released_to_ap(self, mid: str) -> bytes:
+        (payload,) = (
+            self.store._conn()
+            .execute(
+                "SELECT payload FROM outbox WHERE destination = 'erp_ap' AND message_id = ?", (mid,)
+            )
+            .fetchone()
+        )
+        return bytes(payload)
+
+
+class MemoryBook(Book):
+    """The same book over the in-memory repository (no SQL at all); what the AP desk releases
+    is kept as the outbox would keep it."""
+
+    def __init__(self, project: Any, channel: Channel) -> None:
+        super().__init__(project, channel)
+        self.repo = InMemoryProcurementRepository()
+        self.outbox: list[tuple[str | None, Outbound]] = []
+
+    def book(self, records: list, mid: str, now: float) -> list:
+        return self._book(self.repo, records, mid, now)
+
+    @contextmanager
+    def repository(self) -> Iterator[ProcurementRepository]:
+        yield self.repo
+
+    def flag_overdue(self, now: float) -> int:
+        return flag_overdue_acks(self.repo, now)
+
+    def record_ack(self, partner: str, gs06: int, status: str) -> None:
+        self.repo.record_ack(partner, gs06, status)
+
+    def invoices(self, status: str | None = None) -> list[dict[str, Any]]:
+        return desk.invoices(self.repo, status)
+
+    def unmatched_receipts(self, *, older_than: float, now: float) -> list[dict[str, Any]]:
+        return desk.unmatched_receipts(self.repo, older_than=older_than, now=now)
+
+    def release(self, invoice_id: int, *, actor: str, note: str, now: float) -> dict[str, Any]:
+        held = desk.held_invoice(self.repo, invoice_id)
+        partner = self.project.extras["trading_partners"][held.partner]
+        ap = self.channel.bindings[0].routes.ap
+        delivery = desk.ap_release(
+            self.repo,
+            held,
+            partner,
+            converter(self.project.mappings, partner),
+            channel=self.channel.name,
+            destination=ap,
+            actor=actor,
+            note=note,
+        )
+        self.outbox.append((held.message_id, delivery))
+        desk.close(self.repo, held, "released", now)
+        return {"invoice": held.invoice_number, "status": "released", "ap_destination": ap}
+
+    def reject(self, invoice_id: int, *, actor: str, note: str, now: float) -> dict[str, Any]:
+        held = desk.held_invoice(self.repo, invoice_id)
+        desk.close(self.repo, held, "rejected", now)
+        return {"invoice": held.invoice_number, "status": "rejected"}
+
+    def _items(self, kind: str) -> list[dict[str, Any]]:
+        return [w for w in self.repo.work_items if w["kind"] == kind]
+
+    def open_work_items(self, kind: str) -> int:
+        return sum(w["status"] == "open" for w in self._items(kind))
+
+    def work_item_statuses(self, kind: str) -> list[tuple]:
+        return [(w["status"],) for w in self._items(kind)]
+
+    def work_item_details(self, kind: str, status: str | None = None) -> list[str]:
+        return [w["detail"] for w in self._items(kind) if status in (None, w["status"])]
+
+    def ack_statuses(self) -> list[tuple]:
+        return [(r.ack_status,) for r in self.repo.outbound]
+
+    def count(self, table: str) -> int:
+        return len({"receipts": self.repo.receipts, "invoices": self.repo.invoice_rows}[table])
+
+    def onhand(self, location: str, item: str) -> tuple | None:
+        held = self.repo.onhand.get((location, item))
+        return None if held is None else (str(held[0]),)
+
+    def released_to_ap(self, mid: str) -> bytes:
+        (payload,) = [o.payload for m, o in self.outbox if m == mid and o.destination == "erp_ap"]
+        return payload
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def env(request: Any) -> Any:
+    """The book against both repositories: the same scenarios, the same answers."""
+    project = load_project(REPO, env={})
+    channel = Channel.of(project, "x12_from_vendors")
+    if request.param == "memory":
+        yield MemoryBook(project, channel)
+        return
+    store = open_store(Path(tempfile.mkdtemp()) / "w.db")
+    yield SqliteBook(project, channel, store)
+    store.close()
 
 
 def release(project: Any) -> PoRelease:
@@ -111,31 +291,77 @@ def inbound(
     )
 
 
+def test_control_numbers_the_interchange_log_and_inbound_sets(env: Any) -> None:
+    """What the book asks of the repository about X12 numbers: both give the same answers."""
+    with env.repository() as repo:
+        assert repo.allocate("acme", "isa13") == [1]
+        assert repo.allocate("acme", "isa13", 3) == [2, 3, 4]
+        assert repo.allocate("harbor", "isa13") == [1]
+        numbers = repo.allocate_envelope("acme", sets=2)
+        assert numbers == ControlNumbers(5, 1, (1, 2))
+        with pytest.raises(ValueError, match=r"'kind' must be one of isa13, gs06, st02"):
+            repo.allocate("acme", "ISA13")
+        with pytest.raises(ValueError, match=r"'n' must be an integer in 1..10000 \(got 0\)"):
+            repo.allocate("acme", "gs06", 0)
+        for po, sent in (("PO-1", 1000.0), ("PO-2", 1010.0)):
+            repo.record_outbound(
+                partner="acme",
+                numbers=numbers,
+                document="850",
+                business_key=po,
+                sent_at=sent,
+                ack_within=60.0,
+                message_id="m-po",
+            )
+        assert repo.overdue_acks(1059.0) == []
+        assert [r.business_key for r in repo.overdue_acks(1070.0)] == ["PO-1", "PO-2"]
+        # the same numbers twice (a wrap): the latest sent is the one answered
+        rec = repo.record_ta1("acme", 5, "R", "025")
+        assert rec is not None and rec.business_key == "PO-2"
+        assert (rec.ta1_status, rec.ack_status, rec.ack_codes) == ("R", "rejected", ("TA1:025",))
+        rec = repo.record_ack("acme", 1, "partial", ["AK9:P"])
+        assert rec is not None and (rec.business_key, rec.ack_codes) == ("PO-2", ("AK9:P",))
+        assert [r.business_key for r in repo.overdue_acks(2000.0)] == ["PO-1"]
+        assert repo.record_ack("acme", 99, "accepted") is None
+        assert repo.record_ack("harbor", 1, "accepted") is None
+        repo.record_inbound(
+            ("ZZ", "ACMEMED  "),
+            "000000042",
+            "0007",
+            "0001",
+            receiver=("ZZ", "GENHOSP"),
+            message_id="m-asn",
+            received_at=1000.0,
+        )
+        assert repo.seen_interchange(("ZZ", "ACMEMED"), "42", 60.0, 1060.0)
+        assert not repo.seen_interchange(("ZZ", "ACMEMED"), "42", 60.0, 1061.0)
+        assert not repo.seen_interchange(("ZZ", "ACMEMED"), "43", 60.0, 1000.0)
+        assert repo.seen_groups(("ZZ", "ACMEMED"), 1000.0) == {"7"}
+        assert repo.seen_groups(("ZZ", "ACMEMED"), 1000.5) == set()
+
+
 def test_po_sent_once_and_late_ack_alerted(env: Any) -> None:
-    project, channel, store = env
-    out = book(store, channel, project, [release(project)], "m-po", 1000.0)
+    project = env.project
+    out = env.book([release(project)], "m-po", 1000.0)
     assert [o.destination for o in out] == ["vendors", "erp_po"]
     assert out[0].meta["filename"] == "850_acmemed_000000001.x12"
-    assert book(store, channel, project, [release(project)], "m-po", 1001.0) == []
+    assert env.book([release(project)], "m-po", 1001.0) == []
     four_hours = 4 * 3600
-    assert flag_overdue_acks(store, 1000.0 + four_hours - 1) == 0
-    assert flag_overdue_acks(store, 1000.0 + four_hours + 1) == 1
-    assert flag_overdue_acks(store, 1000.0 + four_hours + 60) == 0  # alerted once
-    conn = store._conn()
-    assert conn.execute(
-        "SELECT COUNT(*) FROM work_items WHERE kind = 'ACK_OVERDUE' AND status = 'open'"
-    ).fetchone() == (1,)
-    with store._write("ack") as c:
-        record_ack(c, "acmemed", 1, "accepted")
-    flag_overdue_acks(store, 1000.0 + four_hours + 120)
-    assert conn.execute(
-        "SELECT COUNT(*) FROM work_items WHERE kind = 'ACK_OVERDUE' AND status = 'open'"
-    ).fetchone() == (0,)
+    assert env.flag_overdue(1000.0 + four_hours - 1) == 0
+    assert env.flag_overdue(1000.0 + four_hours + 1) == 1
+    assert env.flag_overdue(1000.0 + four_hours + 60) == 0  # alerted once
+    assert env.open_work_items("ACK_OVERDUE") == 1
+    env.record_ack("acmemed", 1, "accepted")
+    env.flag_overdue(1000.0 + four_hours + 120)
+    assert env.open_work_items("ACK_OVERDUE") == 0
+    # resolved, it never comes back: the alert fires once per interchange, ever
+    assert env.flag_overdue(1000.0 + four_hours + 180) == 0
+    assert env.work_item_statuses("ACK_OVERDUE") == [("resolved",)]
 
 
 def test_held_invoice_released_and_unmatched_receipts(env: Any) -> None:
-    project, channel, store = env
-    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
     asn = [
         ["BSN", "00", "S1", "20260116", "1400", "0001"],
         ["HL", "1", "", "S"],
@@ -146,11 +372,11 @@ def test_held_invoice_released_and_unmatched_receipts(env: Any) -> None:
         ["SN1", "1", "1", "BX"],
         ["CTT", "3"],
     ]
-    out = book(store, channel, project, [inbound("856", "SH", asn, 5)], "m-asn", 2000.0)
+    out = env.book([inbound("856", "SH", asn, 5)], "m-asn", 2000.0)
     assert [o.destination for o in out] == ["erp_receipts"]  # no validation result: no acks
     # 5 EA received, nothing invoiced: listed once older than a day
-    assert desk.unmatched_receipts(store._conn(), older_than=86400, now=2000.0 + 3600) == []
-    (row,) = desk.unmatched_receipts(store._conn(), older_than=86400, now=2000.0 + 2 * 86400)
+    assert env.unmatched_receipts(older_than=86400, now=2000.0 + 3600) == []
+    (row,) = env.unmatched_receipts(older_than=86400, now=2000.0 + 2 * 86400)
     assert (row["po_number"], row["po_line"], row["uninvoiced"]) == ("PO-1", "1", "5")
     # an invoice for 2 BX (10 EA) when 1 BX came: held, QTY_REC
     inv = [
@@ -159,28 +385,42 @@ def test_held_invoice_released_and_unmatched_receipts(env: Any) -> None:
         ["TDS", "25000"],
         ["CTT", "1"],
     ]
-    out = book(store, channel, project, [inbound("810", "IN", inv, 6)], "m-inv", 3000.0)
+    out = env.book([inbound("810", "IN", inv, 6)], "m-inv", 3000.0)
     assert "erp_ap" not in [o.destination for o in out]
-    (held,) = desk.invoices(store._conn(), "held")
+    (held,) = env.invoices("held")
     assert [r["reason"] for r in held["reasons"]] == ["QTY_REC"]
     with pytest.raises(StoreError, match="no invoice 999"):
-        desk.reject_invoice(store, 999, actor="x", note="", now=0)
-    done = desk.release_invoice(store, project, held["id"], actor="ap.clerk", note="ok", now=4000.0)
+        env.reject(999, actor="x", note="", now=0)
+    done = env.release(held["id"], actor="ap.clerk", note="ok", now=4000.0)
     assert done["status"] == "released"
-    conn = store._conn()
-    (payload,) = conn.execute(
-        "SELECT payload FROM outbox WHERE destination = 'erp_ap' AND message_id = 'm-inv'"
-    ).fetchone()
+    payload = env.released_to_ap("m-inv")
     assert b'"released_by": "ap.clerk"' in payload or b'"released_by":"ap.clerk"' in payload
-    assert conn.execute(
-        "SELECT COUNT(*) FROM work_items WHERE kind = 'INVOICE_HELD' AND status = 'open'"
-    ).fetchone() == (0,)
-    audit = [e["action"] for e in store.audit_entries(10)]
-    assert "invoice.release" in audit
+    assert env.open_work_items("INVOICE_HELD") == 0
+    if env.store is not None:
+        audit = [e["action"] for e in env.store.audit_entries(10)]
+        assert "invoice.release" in audit
     with pytest.raises(StoreError, match="is released"):
-        desk.release_invoice(store, project, held["id"], actor="x", note="", now=4001.0)
+        env.release(held["id"], actor="x", note="", now=4001.0)
     # released counts as invoiced: nothing left unmatched for PO-1 line 1
-    assert desk.unmatched_receipts(store._conn(), older_than=0, now=10**6) == []
+    assert env.unmatched_receipts(older_than=0, now=10**6) == []
+
+
+def test_a_held_invoice_rejected_by_a_person_is_closed_and_not_posted(env: Any) -> None:
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
+    env.book([inbound("810", "IN", INV_2BX, 6)], "m-inv", 2000.0)
+    (held,) = env.invoices("held")
+    done = env.reject(held["id"], actor="ap.clerk", note="ask for a credit", now=3000.0)
+    assert done == {"invoice": "INV-7", "status": "rejected"}
+    assert [i["status"] for i in env.invoices()] == ["rejected"]
+    assert env.open_work_items("INVOICE_HELD") == 0
+    # rejected, it is not matched again when the receipt comes
+    out = env.book([inbound("856", "SH", ASN_1BX, 7)], "m-asn", 4000.0)
+    assert [o.destination for o in out] == ["erp_receipts"]
+    with pytest.raises(StoreError, match="is rejected"):
+        env.reject(held["id"], actor="x", note="", now=4001.0)
+    if env.store is not None:
+        assert "invoice.reject" in [e["action"] for e in env.store.audit_entries(10)]
 
 
 ASN_1BX = [
@@ -202,34 +442,49 @@ INV_2BX = [
 
 
 def test_invoice_before_receipt_is_held_then_matched_when_the_receipt_comes(env: Any) -> None:
-    project, channel, store = env
-    book(store, channel, project, [release(project)], "m-po", 1000.0)
-    out = book(store, channel, project, [inbound("810", "IN", INV_2BX, 6)], "m-inv", 2000.0)
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
+    out = env.book([inbound("810", "IN", INV_2BX, 6)], "m-inv", 2000.0)
     assert [o.destination for o in out] == []
-    (held,) = desk.invoices(store._conn(), "held")
+    (held,) = env.invoices("held")
     assert [r["reason"] for r in held["reasons"]] == ["NO_RECEIPT"]
-    out = book(store, channel, project, [inbound("856", "SH", ASN_1BX, 7)], "m-asn", 3000.0)
+    out = env.book([inbound("856", "SH", ASN_1BX, 7)], "m-asn", 3000.0)
     # the receipt posts, and the invoice waiting for it goes to AP in the same commit
     assert [o.destination for o in out] == ["erp_receipts", "erp_ap"]
-    assert desk.invoices(store._conn(), "held") == []
-    assert [i["invoice_number"] for i in desk.invoices(store._conn(), "matched")] == ["INV-7"]
-    conn = store._conn()
-    assert conn.execute("SELECT status FROM work_items WHERE kind = 'INVOICE_HELD'").fetchall() == [
-        ("resolved",)
-    ]
+    assert env.invoices("held") == []
+    assert [i["invoice_number"] for i in env.invoices("matched")] == ["INV-7"]
+    assert env.work_item_statuses("INVOICE_HELD") == [("resolved",)]
     # the same invoice number again, in a new interchange: a duplicate for a person, not AP
-    out = book(store, channel, project, [inbound("810", "IN", INV_2BX, 8)], "m-inv", 4000.0)
+    out = env.book([inbound("810", "IN", INV_2BX, 8)], "m-inv", 4000.0)
     assert [o.destination for o in out] == []
-    assert conn.execute(
-        "SELECT COUNT(*) FROM work_items WHERE kind = 'INVOICE_DUPLICATE' AND status = 'open'"
-    ).fetchone() == (1,)
+    assert env.open_work_items("INVOICE_DUPLICATE") == 1
+
+
+def test_a_held_invoice_matched_again_short_keeps_one_work_item_with_the_new_reason(
+    env: Any,
+) -> None:
+    """Held for want of a receipt, then 1 BX of 2 comes: still held, now for the quantity; the
+    same INVOICE_HELD work item says so (no second one)."""
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
+    env.book([inbound("810", "IN", INV_2BX, 6)], "m-inv", 2000.0)
+    (before,) = env.work_item_details("INVOICE_HELD", "open")
+    assert before.startswith("NO_RECEIPT")
+    short = [row if row[0] != "SN1" else ["SN1", "1", "1", "BX"] for row in ASN_1BX]
+    out = env.book([inbound("856", "SH", short, 7)], "m-asn", 3000.0)
+    assert [o.destination for o in out] == ["erp_receipts"]
+    (held,) = env.invoices("held")
+    assert [r["reason"] for r in held["reasons"]] == ["QTY_REC"]
+    (after,) = env.work_item_details("INVOICE_HELD", "open")
+    assert after.startswith("QTY_REC")
+    assert env.work_item_statuses("INVOICE_HELD") == [("open",)]
 
 
 def test_a_rejecting_999_opens_a_work_item(env: Any) -> None:
     from engine.domains.procurement.records import ReceivedAck
 
-    project, channel, store = env
-    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
     ic = InboundInterchange(
         "acmemed",
         ("ZZ", "ACMEMED"),
@@ -238,49 +493,41 @@ def test_a_rejecting_999_opens_a_work_item(env: Any) -> None:
         (("77", "999", "0001"),),
         received_acks=(ReceivedAck("999", "1", "R", ("IK3*PO1*7**8", "IK5*R*5")),),
     )
-    book(store, channel, project, [ic], "m-asn", 2000.0)
-    conn = store._conn()
-    (detail,) = conn.execute(
-        "SELECT detail FROM work_items WHERE kind = 'ACK_REJECTED' AND status = 'open'"
-    ).fetchone()
+    env.book([ic], "m-asn", 2000.0)
+    (detail, *_) = env.work_item_details("ACK_REJECTED", "open")
     assert "999 R for our 850" in detail and "IK3*PO1*7**8" in detail
-    assert conn.execute("SELECT ack_status FROM x12_outbound").fetchall() == [("rejected",)]
+    assert env.ack_statuses() == [("rejected",)]
 
 
 def test_a_group_resent_under_a_new_isa13_is_not_applied_again(env: Any) -> None:
-    project, channel, store = env
-    book(store, channel, project, [release(project)], "m-po", 1000.0)
-    book(store, channel, project, [inbound("856", "SH", ASN_1BX, 7)], "m-asn", 2000.0)
-    out = book(store, channel, project, [inbound("856", "SH", ASN_1BX, 8, gs06=7)], "m-asn", 2100.0)
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
+    env.book([inbound("856", "SH", ASN_1BX, 7)], "m-asn", 2000.0)
+    out = env.book([inbound("856", "SH", ASN_1BX, 8, gs06=7)], "m-asn", 2100.0)
     assert out == []  # re-enveloped: same sender and GS06, new ISA13
-    assert store._conn().execute("SELECT COUNT(*) FROM receipts").fetchone() == (1,)
-    out = book(store, channel, project, [inbound("856", "SH", ASN_1BX, 9)], "m-asn", 2200.0)
+    assert env.count("receipts") == 1
+    out = env.book([inbound("856", "SH", ASN_1BX, 9)], "m-asn", 2200.0)
     assert out == []  # a new group with the same shipment lines: the receipt keys hold
 
 
 def test_an_erp_receipt_books_on_hand_and_releases_the_waiting_invoice(env: Any) -> None:
     from engine.domains.procurement.records import ErpReceipt, ErpReceiptLine
 
-    project, channel, store = env
-    book(store, channel, project, [release(project)], "m-po", 1000.0)
-    book(store, channel, project, [inbound("810", "IN", INV_2BX, 6)], "m-inv", 2000.0)
-    assert [i["status"] for i in desk.invoices(store._conn())] == ["held"]
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
+    env.book([inbound("810", "IN", INV_2BX, 6)], "m-inv", 2000.0)
+    assert [i["status"] for i in env.invoices()] == ["held"]
     receipt = ErpReceipt("GR-77", "PO-1", (ErpReceiptLine("1", Decimal(10), "EA", lot="L1"),))
-    out = book(store, channel, project, [receipt], "m-asn", 3000.0)
+    out = env.book([receipt], "m-asn", 3000.0)
     assert [o.destination for o in out] == ["erp_ap"]
-    assert [i["status"] for i in desk.invoices(store._conn())] == ["matched"]
-    conn = store._conn()
-    assert conn.execute(
-        "SELECT quantity FROM onhand WHERE location_id = 'LOC-OR-MAIN' AND item_id = 'ITEM-100123'"
-    ).fetchone() == ("10",)
+    assert [i["status"] for i in env.invoices()] == ["matched"]
+    assert env.onhand("LOC-OR-MAIN", "ITEM-100123") == ("10",)
     # the same receipt posted again: nothing more
-    assert book(store, channel, project, [receipt], "m-asn", 3100.0) == []
-    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (1,)
+    assert env.book([receipt], "m-asn", 3100.0) == []
+    assert env.count("receipts") == 1
     unknown = ErpReceipt("GR-78", "PO-404", (ErpReceiptLine("1", Decimal(1), "EA"),))
-    book(store, channel, project, [unknown], "m-asn", 3200.0)
-    assert conn.execute(
-        "SELECT COUNT(*) FROM work_items WHERE kind = 'RECEIPT_UNMATCHED'"
-    ).fetchone() == (1,)
+    env.book([unknown], "m-asn", 3200.0)
+    assert len(env.work_item_statuses("RECEIPT_UNMATCHED")) == 1
 
 
 @pytest.mark.parametrize(
@@ -300,22 +547,20 @@ def test_broken_samples_through_the_channel_are_answered_and_not_applied(
 ) -> None:
     """The shipped x12_from_vendors channel, as the pipeline runs it (codec, x12_inbound, the
     book): each broken sample gets its TA1 or 997/999 for the vendor and changes nothing."""
-    project, channel, store = env
     raw = (REPO / "samples/x12/broken" / sample).read_bytes()
-    result = channel.process(raw, "m-inv", "m-inv")
+    result = env.channel.process(raw, "m-inv", "m-inv")
     assert result.status == "sent", result.error
-    out = book(store, channel, project, result.events, "m-inv", 5000.0)
+    out = env.book(result.events, "m-inv", 5000.0)
     files = b"".join(o.payload for o in out if o.destination == "vendors")
     assert answer in files, files
     assert [o.destination for o in out if o.destination != "vendors"] == []
-    conn = store._conn()
-    assert conn.execute("SELECT COUNT(*) FROM invoices").fetchone() == (0,)
-    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (0,)
+    assert env.count("invoices") == 0
+    assert env.count("receipts") == 0
 
 
 def test_an_856_line_in_a_unit_the_partner_map_lacks_is_held_the_others_go_on(env: Any) -> None:
-    project, channel, store = env
-    book(store, channel, project, [release(project)], "m-po", 1000.0)
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
     asn = [
         *ASN_1BX[:-1],
         ["HL", "4", "2", "I"],
@@ -323,13 +568,10 @@ def test_an_856_line_in_a_unit_the_partner_map_lacks_is_held_the_others_go_on(en
         ["SN1", "2", "1", "ZZ"],
         ["CTT", "4"],
     ]
-    out = book(store, channel, project, [inbound("856", "SH", asn, 7)], "m-asn", 2000.0)
+    out = env.book([inbound("856", "SH", asn, 7)], "m-asn", 2000.0)
     assert [o.destination for o in out] == ["erp_receipts"]  # the good line posts
-    conn = store._conn()
-    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (1,)
-    (detail,) = conn.execute(
-        "SELECT detail FROM work_items WHERE kind = 'MISSING_MAPPING'"
-    ).fetchone()
+    assert env.count("receipts") == 1
+    (detail, *_) = env.work_item_details("MISSING_MAPPING")
     assert "line 2" in detail and "'ZZ'" in detail and "acmemed" in detail
 
 
@@ -345,23 +587,16 @@ def test_wharf_invoices_and_receipts_commands(
     project = load_project(project_dir)
     channel = Channel.of(project, "x12_from_vendors")
     store = open_store(db)
-    with store._write("seed") as conn:
-        for mid in ("m-po", "m-asn", "m-inv"):
-            conn.execute(
-                "INSERT INTO messages (id, channel, source, content_type, received_at, "
-                "updated_at, sha256, size, status) "
-                "VALUES (?, 'x12_from_vendors', 'test', 'x', 0, 0, '', 0, 'sent')",
-                (mid,),
-            )
-    book(store, channel, project, [release(project)], "m-po", 1000.0)
-    book(store, channel, project, [inbound("856", "SH", ASN_1BX, 7)], "m-asn", 2000.0)
+    book = SqliteBook(project, channel, store)
+    book.book([release(project)], "m-po", 1000.0)
+    book.book([inbound("856", "SH", ASN_1BX, 7)], "m-asn", 2000.0)
     inv = [
         ["BIG", "20260117", "INV-8", "", "PO-1"],
         ["IT1", "1", "2", "BX", "160", "PE"],
         ["TDS", "28000"],
         ["CTT", "1"],
     ]
-    book(store, channel, project, [inbound("810", "IN", inv, 8)], "m-inv", 3000.0)
+    book.book([inbound("810", "IN", inv, 8)], "m-inv", 3000.0)
     store.close()
     assert main(["--root", str(project_dir), "invoices"]) == 0
     out = capsys.readouterr().out

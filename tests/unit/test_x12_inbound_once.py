@@ -25,6 +25,7 @@ from engine import model
 from engine.channel import Channel
 from engine.config.project import load_project
 from engine.domains.procurement.book import book_x12
+from engine.domains.procurement.domain import repository
 from engine.registry import REGISTRY
 from engine.runtime.store import open_store
 
@@ -110,14 +111,14 @@ def inbound_and_book(raw: bytes) -> list[Any]:
     assert len(result.events) == 1
     store = open_store(Path(tempfile.mkdtemp()) / "w.db")
     try:
-        with store._write("book") as conn:
-            conn.execute(
+        with store.transaction("book") as tx:
+            tx.connection.execute(
                 "INSERT INTO messages (id, channel, source, content_type, received_at, "
                 "updated_at, sha256, size, status) "
                 "VALUES ('m-810', 'x12_from_vendors', 'test', 'x', 0, 0, '', 0, 'sent')"
             )
             return book_x12(
-                conn,
+                repository(tx),
                 records=result.events,
                 channel=channel.name,
                 message_id="m-810",

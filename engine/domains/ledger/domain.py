@@ -85,20 +85,11 @@ def repository(tx: Transaction) -> LedgerRepository:
 
 
 def add_to_onhand(
-    tx: Any, location: str, item: str, quantity: Decimal, uom: str, now: float
+    tx: Transaction, location: str, item: str, quantity: Decimal, uom: str, now: float
 ) -> Decimal:
-    """Goods received at a location (procurement's receipts): the ledger's on-hand grows.
-    ``tx`` is the store transaction (or, for now, its SQLite connection)."""
-    if not hasattr(tx, "dialect"):  # a bare SQLite connection (procurement's book, for now)
-        tx = _Connection(tx)
+    """Goods received at a location (procurement's receipts): the ledger's on-hand grows, in
+    the store transaction ``tx``."""
     return repository(tx).move_stock(location, item, quantity, uom, now)
-
-
-class _Connection:
-    dialect = "sqlite"
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
 
 
 def par_policies(mappings: Any, table: str | None) -> dict[tuple[str, str], ParPolicy]:

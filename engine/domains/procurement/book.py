@@ -1,9 +1,11 @@
 """The procurement book: X12 records applied in the message's own commit.
 
-Runs inside the store's transaction for the message (like the supply ledger's
-:func:`engine.domains.ledger.rules.book_events`), so a purchase order, its control numbers, the
-850 in the outbox, a receipt and the invoices it releases, an invoice and its match all commit
-together with the message's result, or not at all. It returns the deliveries those effects need:
+The business rules only, over a
+:class:`~engine.domains.procurement.repository.ProcurementRepository` (no SQL here, like the
+supply ledger's :mod:`engine.domains.ledger.rules`). The runtime hands the book the SQLite
+repository of the message's transaction, so a purchase order, its control numbers, the 850 in
+the outbox, a receipt and the invoices it releases, an invoice and its match all commit together
+with the message's result, or not at all. It returns the deliveries those effects need:
 
 - a :class:`~engine.domains.procurement.records.PoRelease` allocates ISA13/GS06/ST02 for the
   partner (never reused: a number is committed with the 850 that carries it), writes the 850,
@@ -18,12 +20,14 @@ together with the message's result, or not at all. It returns the deliveries tho
   want of a receipt; an 810 is matched three ways and posted to AP, or held with its reasons as
   an ``INVOICE_HELD`` work item; a 997/999/TA1 records the partner's answer to our interchange
   (a rejection opens an ``ACK_REJECTED`` work item).
+
+:func:`flag_overdue_acks` (procurement's periodic job) alerts once per interchange whose
+997/999 is late and closes the alert when the answer comes.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,23 +35,26 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from engine.domains.ledger.domain import add_to_onhand
-from engine.domains.procurement import control
 from engine.domains.procurement.match import (
     Converter,
     MatchResult,
-    Order,
-    OrderLine,
     Receipt,
     invoice_key,
     match_invoice,
 )
+from engine.domains.procurement.numbers import ControlNumbers, ack_status_for
 from engine.domains.procurement.partners import Partner, TradingPartners
 from engine.domains.procurement.records import (
     ErpReceipt,
     InboundInterchange,
     PoRelease,
     ReceivedAck,
+)
+from engine.domains.procurement.repository import (
+    NewInvoice,
+    NewReceipt,
+    ProcurementRepository,
+    ack_overdue_subject,
 )
 from engine.errors import MappingMiss
 from engine.model import Outbound, effect_key, to_json_bytes
@@ -72,7 +79,7 @@ class ProcurementRoutes:
 
 
 def book_x12(
-    conn: sqlite3.Connection,
+    repo: ProcurementRepository,
     *,
     records: Sequence[Any],
     channel: str,
@@ -85,7 +92,7 @@ def book_x12(
 ) -> list[Outbound]:
     """Apply ``records`` in the caller's transaction; the deliveries they need."""
     now = time.time() if now is None else now
-    book = _Book(conn, channel, message_id, correlation_id, routes, partners, converter, now)
+    book = _Book(repo, channel, message_id, correlation_id, routes, partners, converter, now)
     for record in records:
         if isinstance(record, PoRelease):
             book.release(record)
@@ -101,7 +108,7 @@ def book_x12(
 class _Book:
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        repo: ProcurementRepository,
         channel: str,
         message_id: str,
         correlation_id: str,
@@ -110,7 +117,7 @@ class _Book:
         converter: Callable[[Partner], Converter],
         now: float,
     ) -> None:
-        self.conn = conn
+        self.repo = repo
         self.channel = channel
         self.message_id = message_id
         self.correlation_id = correlation_id
@@ -145,16 +152,16 @@ class _Book:
         )
 
     def _work_item(self, kind: str, subject: str, detail: str) -> None:
-        exists = self.conn.execute(
-            "SELECT 1 FROM work_items WHERE kind = ? AND subject = ? AND status = 'open'",
-            (kind, subject),
-        ).fetchone()
-        if not exists:
-            self.conn.execute(
-                "INSERT INTO work_items (kind, subject, detail, status, message_id, "
-                "correlation_id, created_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?, ?)",
-                (kind, subject, detail, self.message_id, self.correlation_id, self.now, self.now),
-            )
+        """One open work item per kind and subject, whichever message opened it."""
+        self.repo.open_work_item(
+            kind,
+            subject,
+            detail,
+            self.message_id,
+            self.correlation_id,
+            self.now,
+            once="while_open",
+        )
 
     def _send_x12(
         self,
@@ -163,23 +170,22 @@ class _Book:
         document: str,
         business_key: str,
         ack_within: float | None,
-    ) -> control.ControlNumbers:
+    ) -> ControlNumbers:
         """Allocate numbers (committed with this transaction, a full sync: never reused), write one
         interchange holding ``groups`` (functional id, set id, body) and send it."""
-        numbers = control.allocate_envelope(self.conn, partner.id, sets=len(groups))
+        numbers = self.repo.allocate_envelope(partner.id, sets=len(groups))
         gs06 = numbers.gs06
         header = partner.outbound_header()
         fgroups = []
         for i, (fid, set_id, body) in enumerate(groups):
             # One set per group (acks mirror each inbound group); extra groups take new GS06s.
             if i:
-                (gs06,) = control.allocate(self.conn, partner.id, "gs06")
+                (gs06,) = self.repo.allocate(partner.id, "gs06")
             fgroups.append(FunctionalGroup(fid, gs06, (OutSet(set_id, numbers.st02[i], body),)))
         data = write_interchange(
             header, numbers.isa13, fgroups, now=datetime.fromtimestamp(self.now)
         )
-        control.record_outbound(
-            self.conn,
+        self.repo.record_outbound(
             partner=partner.id,
             numbers=numbers,
             document=document,
@@ -194,48 +200,10 @@ class _Book:
     # ------------------------------------------------------------------ 850 out
 
     def release(self, po: PoRelease) -> None:
-        if self.conn.execute(
-            "SELECT 1 FROM purchase_orders WHERE po_number = ?", (po.po_number,)
-        ).fetchone():
+        if self.repo.po_sent(po.po_number):
             return  # sent before: never a second 850 (nor new control numbers) for it
         partner = self.partners[po.partner]
-        self.conn.execute(
-            "INSERT INTO purchase_orders (po_number, partner, vendor, location_id, currency, "
-            "status, message_id, correlation_id, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?)",
-            (
-                po.po_number,
-                po.partner,
-                po.vendor,
-                po.location_id,
-                po.currency,
-                self.message_id,
-                self.correlation_id,
-                self.now,
-                self.now,
-            ),
-        )
-        self.conn.executemany(
-            "INSERT INTO po_lines (po_number, line, item_id, quantity, uom, unit_price, "
-            "base_quantity, base_uom, vendor_item, gtin, bill_only) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    po.po_number,
-                    ln.line,
-                    ln.item_id,
-                    str(ln.quantity),
-                    ln.uom,
-                    str(ln.unit_price),
-                    str(ln.base_quantity),
-                    ln.base_uom,
-                    ln.vendor_item,
-                    ln.gtin,
-                    int(ln.bill_only),
-                )
-                for ln in po.lines
-            ],
-        )
+        self.repo.add_po(po, self.message_id, self.correlation_id, self.now)
         numbers = self._send_x12(
             partner,
             [("PO", "850", po.segments)],
@@ -271,21 +239,13 @@ class _Book:
             return
         sender = (ic.sender[0], ic.sender[1].strip())
         window = self.routes.duplicate_window
-        if control.seen_inbound(self.conn, sender, ic.isa13, None, None, window, self.now):
+        if self.repo.seen_interchange(sender, ic.isa13, window, self.now):
             return  # the same interchange again: acknowledged again, applied once
         # A group sent before under another ISA13 (a re-enveloped resend) is not applied again.
-        seen_groups = {
-            row[0]
-            for row in self.conn.execute(
-                "SELECT DISTINCT gs06 FROM x12_inbound WHERE sender_qualifier = ? AND "
-                "sender_id = ? AND received_at >= ? AND gs06 IS NOT NULL",
-                (sender[0], sender[1], self.now - window),
-            )
-        }
+        seen_groups = self.repo.seen_groups(sender, self.now - window)
         receiver = (ic.receiver[0], ic.receiver[1].strip())
         for gs06, _st01, st02 in ic.sets or ((None, "", None),):
-            control.record_inbound(
-                self.conn,
+            self.repo.record_inbound(
                 sender,
                 ic.isa13,
                 gs06,
@@ -316,13 +276,13 @@ class _Book:
             return
         when = datetime.fromtimestamp(self.now)
         if res.ta1_sent or partner.ta1:
-            (isa13,) = control.allocate(self.conn, partner.id, "isa13")
+            (isa13,) = self.repo.allocate(partner.id, "isa13")
             self._emit_file(partner, "TA1", isa13, x12ack.ta1_interchange(res, isa13, when))
         allocated: list[int] = []
 
         def next_control() -> int:
             kind = "gs06" if allocated else "isa13"
-            (n,) = control.allocate(self.conn, partner.id, kind)
+            (n,) = self.repo.allocate(partner.id, kind)
             allocated.append(n)
             return n
 
@@ -349,11 +309,11 @@ class _Book:
         except ValueError:
             return
         if ack.kind == "TA1":
-            rec = control.record_ta1(self.conn, partner.id, number, ack.code, *ack.details[:1])
+            rec = self.repo.record_ta1(partner.id, number, ack.code, *ack.details[:1])
             rejected = ack.code == "R"
         else:
-            status = control.ack_status_for(ack.code)
-            rec = control.record_ack(self.conn, partner.id, number, status, ack.details)
+            status = ack_status_for(ack.code)
+            rec = self.repo.record_ack(partner.id, number, status, ack.details)
             rejected = status != "accepted"
         if rec is not None and rejected:
             self._work_item(
@@ -381,20 +341,14 @@ class _Book:
                 "unit_price": None if line.unit_price is None else str(line.unit_price),
                 "ship_date": line.ship_date.isoformat() if line.ship_date else None,
             }
-            self.conn.execute(
-                "UPDATE po_lines SET status = ?, ack_detail = ? WHERE po_number = ? AND line = ?",
-                (status, json.dumps(detail), ack.po_number, line.line_number),
-            )
+            self.repo.set_line_ack(ack.po_number, line.line_number, status, detail)
             lines.append({"line": line.line_number, "status": status, **detail})
             if status in ("changed", "backordered", "rejected"):
                 changed.append(f"line {line.line_number} {status} ({line.status})")
         po_status = (
             "rejected" if ack.ack_type == "RJ" else ("changed" if changed else "acknowledged")
         )
-        self.conn.execute(
-            "UPDATE purchase_orders SET status = ?, updated_at = ? WHERE po_number = ?",
-            (po_status, self.now, ack.po_number),
-        )
+        self.repo.set_po_status(ack.po_number, po_status, self.now)
         if changed or ack.ack_type == "RJ":
             self._work_item(
                 "PO_CHANGED",
@@ -427,11 +381,7 @@ class _Book:
                     f"856 {asn.shipment_id} line {n} names no PO line (PRF/LIN)",
                 )
                 continue
-            row = self.conn.execute(
-                "SELECT l.item_id, l.base_uom, p.location_id FROM po_lines l JOIN "
-                "purchase_orders p USING (po_number) WHERE l.po_number = ? AND l.line = ?",
-                (line.po_number, line.po_line),
-            ).fetchone()
+            row = self.repo.po_line(line.po_number, line.po_line)
             if row is None:
                 self._work_item(
                     "ASN_UNMATCHED",
@@ -439,7 +389,7 @@ class _Book:
                     f"856 {asn.shipment_id}: no PO line {line.po_number}/{line.po_line}",
                 )
                 continue
-            item, base_uom, location = row
+            item, base_uom, location = row.item_id, row.base_uom, row.location_id
             unit = line.unit or base_uom
             try:
                 unit = partner.our_unit(line.unit) if line.unit else base_uom
@@ -463,28 +413,25 @@ class _Book:
                     line.sscc or "",
                 )
             )
-            cur = self.conn.execute(
-                "INSERT OR IGNORE INTO receipts (business_key, po_number, po_line, item_id, "
-                "quantity, uom, base_quantity, lot, serial, expiry, sscc, source, message_id, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key,
-                    line.po_number,
-                    line.po_line,
-                    item,
-                    str(line.quantity),
-                    unit,
-                    str(base),
-                    line.lot,
-                    line.serial,
-                    line.expiry.isoformat() if line.expiry else None,
-                    line.sscc,
-                    "asn" if partner.asn_is_receipt else "asn_expected",
-                    self.message_id,
-                    self.now,
-                ),
+            taken = self.repo.add_receipt(
+                NewReceipt(
+                    business_key=key,
+                    po_number=line.po_number,
+                    po_line=line.po_line,
+                    item_id=item,
+                    quantity=line.quantity,
+                    uom=unit,
+                    base_quantity=base,
+                    lot=line.lot,
+                    serial=line.serial,
+                    expiry=line.expiry.isoformat() if line.expiry else None,
+                    sscc=line.sscc,
+                    source="asn" if partner.asn_is_receipt else "asn_expected",
+                    message_id=self.message_id,
+                    created_at=self.now,
+                )
             )
-            if not cur.rowcount:
+            if not taken:
                 continue  # this ASN line was taken before
             posted.append(
                 {
@@ -502,7 +449,7 @@ class _Book:
             )
             touched.add(line.po_number)
             if partner.asn_is_receipt:
-                add_to_onhand(self.conn, location, item, base, base_uom, self.now)
+                self.repo.add_to_onhand(location, item, base, base_uom, self.now)
         if not posted:
             return
         receipt = {
@@ -527,10 +474,7 @@ class _Book:
     def erp_receipt(self, receipt: ErpReceipt) -> None:
         """A receipt the ERP posted: receipt lines (once per receipt line), on-hand, and the
         invoices of that PO waiting for a receipt are matched again."""
-        po = self.conn.execute(
-            "SELECT partner, location_id FROM purchase_orders WHERE po_number = ?",
-            (receipt.po_number,),
-        ).fetchone()
+        po = self.repo.purchase_order(receipt.po_number)
         if po is None:
             self._work_item(
                 "RECEIPT_UNMATCHED",
@@ -539,13 +483,10 @@ class _Book:
                 "never sent",
             )
             return
-        partner = self.partners[po[0]]
+        partner = self.partners[po.partner]
         convert = self.converter(partner)
         for n, line in enumerate(receipt.lines, 1):
-            row = self.conn.execute(
-                "SELECT item_id, base_uom FROM po_lines WHERE po_number = ? AND line = ?",
-                (receipt.po_number, line.po_line),
-            ).fetchone()
+            row = self.repo.po_line(receipt.po_number, line.po_line)
             if row is None:
                 self._work_item(
                     "RECEIPT_UNMATCHED",
@@ -554,38 +495,32 @@ class _Book:
                     f"{receipt.po_number}/{line.po_line}",
                 )
                 continue
-            item, base_uom = row
+            item, base_uom = row.item_id, row.base_uom
             base = line.quantity * convert(item, line.uom, base_uom)
-            cur = self.conn.execute(
-                "INSERT OR IGNORE INTO receipts (business_key, po_number, po_line, item_id, "
-                "quantity, uom, base_quantity, lot, serial, expiry, sscc, source, message_id, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 'erp', ?, ?)",
-                (
-                    f"erp|{receipt.receipt_id}|{n}",
-                    receipt.po_number,
-                    line.po_line,
-                    item,
-                    str(line.quantity),
-                    line.uom,
-                    str(base),
-                    line.lot,
-                    line.serial,
-                    line.expiry,
-                    self.message_id,
-                    self.now,
-                ),
+            taken = self.repo.add_receipt(
+                NewReceipt(
+                    business_key=f"erp|{receipt.receipt_id}|{n}",
+                    po_number=receipt.po_number,
+                    po_line=line.po_line,
+                    item_id=item,
+                    quantity=line.quantity,
+                    uom=line.uom,
+                    base_quantity=base,
+                    lot=line.lot,
+                    serial=line.serial,
+                    expiry=line.expiry,
+                    sscc=None,
+                    source="erp",
+                    message_id=self.message_id,
+                    created_at=self.now,
+                )
             )
-            if cur.rowcount:
-                add_to_onhand(self.conn, po[1], item, base, base_uom, self.now)
+            if taken:
+                self.repo.add_to_onhand(po.location_id, item, base, base_uom, self.now)
         self._retry_held(partner, receipt.po_number)
 
     def _retry_held(self, partner: Partner, po_number: str) -> None:
-        rows = self.conn.execute(
-            "SELECT id, body FROM invoices WHERE po_number = ? AND partner = ? AND status = "
-            "'held' AND retry_on_receipt = 1 ORDER BY id",
-            (po_number, partner.id),
-        ).fetchall()
-        for invoice_id, body in rows:
+        for invoice_id, body in self.repo.held_for_receipt(po_number, partner.id):
             self._match(partner, read_invoice(_set_from_json(body)), invoice_id, body)
 
     # ------------------------------------------------------------------ 810 match
@@ -594,31 +529,14 @@ class _Book:
         vendor_key, inv_key = invoice_key(partner.id, invoice.invoice_number)
         duplicate_of = None
         if invoice_id is None:
-            prior = self.conn.execute(
-                "SELECT id, invoice_number FROM invoices WHERE vendor_key = ? AND invoice_key = ? "
-                "AND status != 'duplicate'",
-                (vendor_key, inv_key),
-            ).fetchone()
-            if prior is not None:
-                duplicate_of = prior[1]
-        order = order_from_store(self.conn, invoice.po_number)
+            duplicate_of = self.repo.invoice_on_file(vendor_key, inv_key)
+        order = self.repo.order(invoice.po_number)
         base_units = {ln.line_number: ln.base_unit for ln in order.lines} if order else {}
         receipts = [
-            Receipt(po_line, Decimal(qty), base_units.get(po_line, "EA"), str(rid))
-            for rid, po_line, qty in self.conn.execute(
-                "SELECT id, po_line, base_quantity FROM receipts WHERE po_number = ? "
-                "AND source IN ('asn', 'erp')",
-                (invoice.po_number,),
-            )
+            Receipt(po_line, qty, base_units.get(po_line, "EA"), str(rid))
+            for rid, po_line, qty in self.repo.receipts_for(invoice.po_number)
         ]
-        prior_invoiced: dict[str, Decimal] = {}
-        for po_line, qty in self.conn.execute(
-            "SELECT l.po_line, l.base_quantity FROM invoice_lines l JOIN invoices i "
-            "ON i.id = l.invoice_id WHERE i.po_number = ? AND i.status IN ('matched', "
-            "'released') AND l.po_line IS NOT NULL AND i.id != ?",
-            (invoice.po_number, invoice_id or -1),
-        ):
-            prior_invoiced[po_line] = prior_invoiced.get(po_line, Decimal(0)) + Decimal(qty)
+        prior_invoiced = self.repo.invoiced(invoice.po_number, excluding=invoice_id)
         result = match_invoice(
             invoice,
             order,
@@ -634,51 +552,34 @@ class _Book:
             for i in result.all_issues
         ]
         if invoice_id is None:
-            cur = self.conn.execute(
-                "INSERT INTO invoices (partner, vendor_key, invoice_key, invoice_number, "
-                "po_number, status, reasons, retry_on_receipt, total, body, message_id, "
-                "correlation_id, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    partner.id,
-                    vendor_key,
-                    inv_key,
-                    invoice.invoice_number,
-                    invoice.po_number,
-                    status,
-                    json.dumps(reasons),
-                    int(result.retry_on_receipt),
-                    None if invoice.total is None else str(invoice.total),
-                    body,
-                    self.message_id,
-                    self.correlation_id,
-                    self.now,
-                    self.now,
-                ),
+            invoice_id = self.repo.add_invoice(
+                NewInvoice(
+                    partner=partner.id,
+                    vendor_key=vendor_key,
+                    invoice_key=inv_key,
+                    invoice_number=invoice.invoice_number,
+                    po_number=invoice.po_number,
+                    status=status,
+                    reasons=reasons,
+                    retry_on_receipt=result.retry_on_receipt,
+                    total=invoice.total,
+                    body=body,
+                    message_id=self.message_id,
+                    correlation_id=self.correlation_id,
+                    created_at=self.now,
+                )
             )
-            invoice_id = int(cur.lastrowid or 0)
         else:
-            self.conn.execute(
-                "UPDATE invoices SET status = ?, reasons = ?, retry_on_receipt = ?, "
-                "updated_at = ? WHERE id = ?",
-                (status, json.dumps(reasons), int(result.retry_on_receipt), self.now, invoice_id),
+            self.repo.rematch_invoice(
+                invoice_id, status, reasons, result.retry_on_receipt, self.now
             )
-        self.conn.execute("DELETE FROM invoice_lines WHERE invoice_id = ?", (invoice_id,))
-        self.conn.executemany(
-            "INSERT INTO invoice_lines (invoice_id, line, po_line, base_quantity) "
-            "VALUES (?, ?, ?, ?)",
-            [
-                (invoice_id, ln.invoice_line, ln.po_line, str(ln.quantity or 0))
-                for ln in result.lines
-            ],
+        self.repo.set_invoice_lines(
+            invoice_id,
+            [(ln.invoice_line, ln.po_line, ln.quantity or Decimal(0)) for ln in result.lines],
         )
         subject = f"{partner.id}:{invoice.invoice_number}"
         if result.matched:
-            self.conn.execute(
-                "UPDATE work_items SET status = 'resolved', updated_at = ? WHERE kind = "
-                "'INVOICE_HELD' AND subject = ? AND status = 'open'",
-                (self.now, subject),
-            )
+            self.repo.resolve_work_items("INVOICE_HELD", subject=subject, now=self.now)
             self._emit(
                 self.routes.ap,
                 to_json_bytes(ap_invoice(partner, invoice, result, self.correlation_id)),
@@ -695,85 +596,34 @@ class _Book:
         if status == "duplicate":
             self._work_item("INVOICE_DUPLICATE", f"{subject}:{self.message_id}", detail)
             return
-        self.conn.execute(
-            "UPDATE work_items SET detail = ?, updated_at = ? WHERE kind = 'INVOICE_HELD' "
-            "AND subject = ? AND status = 'open'",
-            (detail, self.now, subject),
-        )
+        # Matched again for other reasons (a receipt came, not enough): the same work item says
+        # what is wrong now.
+        self.repo.refresh_work_items("INVOICE_HELD", subject=subject, detail=detail, now=self.now)
         self._work_item("INVOICE_HELD", subject, detail)
 
 
-def flag_overdue_acks(store: Any, now: float | None = None) -> int:
-    """One ``ACK_OVERDUE`` work item per interchange of ours whose 997/999 is late; the number
-    of new ones (the caller alerts on them)."""
+def flag_overdue_acks(repo: ProcurementRepository, now: float | None = None) -> int:
+    """One ``ACK_OVERDUE`` work item per interchange of ours whose 997/999 is late (once ever:
+    a resolved alert does not come back), and the open ones whose answer came late are resolved;
+    the number of new ones (the caller alerts on them)."""
     now = time.time() if now is None else now
     new = 0
-    with store._write("flag_overdue_acks", durable=False) as conn:
-        for rec in control.overdue_acks(conn, now):
-            subject = f"{rec.partner}:{rec.document}:{rec.isa13:09d}"
-            if conn.execute(
-                "SELECT 1 FROM work_items WHERE kind = 'ACK_OVERDUE' AND subject = ?", (subject,)
-            ).fetchone():
-                continue
-            late = (now - (rec.ack_due_at or now)) / 60
-            conn.execute(
-                "INSERT INTO work_items (kind, subject, detail, status, message_id, "
-                "correlation_id, created_at, updated_at) VALUES "
-                "('ACK_OVERDUE', ?, ?, 'open', ?, NULL, ?, ?)",
-                (
-                    subject,
-                    f"no 997/999 from {rec.partner} for our {rec.document} "
-                    f"({rec.business_key}, ISA13 {rec.isa13:09d}, GS06 {rec.gs06}), due "
-                    f"{late:.0f} min ago",
-                    rec.message_id,
-                    now,
-                    now,
-                ),
-            )
+    for rec in repo.overdue_acks(now):
+        late = (now - (rec.ack_due_at or now)) / 60
+        detail = (
+            f"no 997/999 from {rec.partner} for our {rec.document} "
+            f"({rec.business_key}, ISA13 {rec.isa13:09d}, GS06 {rec.gs06}), due "
+            f"{late:.0f} min ago"
+        )
+        subject = ack_overdue_subject(rec.partner, rec.document, rec.isa13)
+        if repo.open_work_item(
+            "ACK_OVERDUE", subject, detail, rec.message_id, None, now, once="ever"
+        ):
             new += 1
-        # An ack that came late closes its alert.
-        conn.execute(
-            "UPDATE work_items SET status = 'resolved', updated_at = ? WHERE kind = "
-            "'ACK_OVERDUE' AND status = 'open' AND subject IN (SELECT partner || ':' || "
-            "document || ':' || printf('%09d', isa13) FROM x12_outbound WHERE ack_status != "
-            "'none')",
-            (now,),
-        )
+    # An ack that came late closes its alert.
+    for subject in repo.answered_overdue_alerts():
+        repo.resolve_work_items("ACK_OVERDUE", subject=subject, now=now)
     return new
-
-
-def order_from_store(conn: sqlite3.Connection, po_number: str) -> Order | None:
-    """The PO as Wharf sent it (lines with item, unit, price, stocking unit), for the match."""
-    rows = conn.execute(
-        "SELECT line, item_id, quantity, uom, unit_price, base_uom, vendor_item, gtin, "
-        "bill_only FROM po_lines WHERE po_number = ? ORDER BY rowid",
-        (po_number,),
-    ).fetchall()
-    if not rows:
-        return None
-    vendor = conn.execute(
-        "SELECT vendor FROM purchase_orders WHERE po_number = ?", (po_number,)
-    ).fetchone()[0]
-    lines = []
-    for line, item, qty, uom, price, base_uom, vitem, gtin, bill_only in rows:
-        ids = [("IN", item)]
-        if vitem:
-            ids.append(("VC", vitem))
-        if gtin:
-            ids.append(("UK", gtin))
-        lines.append(
-            OrderLine(
-                line_number=line,
-                item_id=item,
-                quantity=Decimal(qty),
-                unit=uom,
-                unit_price=Decimal(price),
-                base_unit=base_uom,
-                product_ids=tuple(ids),
-                receipt_required=not bill_only,
-            )
-        )
-    return Order(po_number=po_number, lines=tuple(lines), vendor=vendor)
 
 
 def ap_invoice(
@@ -849,5 +699,4 @@ __all__ = [
     "ap_invoice",
     "book_x12",
     "flag_overdue_acks",
-    "order_from_store",
 ]

@@ -1,10 +1,13 @@
-"""Durable X12 control numbers, the outbound log with its acknowledgements, inbound duplicates.
+"""Durable X12 control numbers, the outbound log with its acknowledgements, inbound duplicates,
+in SQLite.
 
 Plain functions over a ``sqlite3`` connection of the store (tables ``x12_control``,
-``x12_outbound`` and ``x12_inbound``, procurement's schema v1). Like the ledger's rules, they
-run inside the caller's transaction when there is one (``conn.in_transaction``);
-otherwise each opens and commits its own ``BEGIN IMMEDIATE`` transaction, so a number is on
-disk before the call returns.
+``x12_outbound`` and ``x12_inbound``, procurement's schema v1): the helpers of
+:class:`~engine.domains.procurement.repository.SqliteProcurementRepository` (the book sees only
+the repository; the values and rules both repositories share are in
+:mod:`engine.domains.procurement.numbers`). They run inside the caller's transaction when
+there is one (``conn.in_transaction``); otherwise each opens and commits its own
+``BEGIN IMMEDIATE`` transaction, so a number is on disk before the call returns.
 
 **Control numbers** (``isa13``, ``gs06``, ``st02``) are counted per partner and kind in
 ``x12_control``. :func:`allocate` takes the next ``n`` and stores the new last value in the
@@ -36,10 +39,22 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from engine.x12.writer import MAX_CONTROL
+from engine.domains.procurement.numbers import (
+    ACK_STATUSES,
+    KINDS,
+    MAX_CONTROL,
+    ControlNumbers,
+    OutboundRecord,
+    ack_status_for,
+    check_ack_status,
+    check_count,
+    check_kind,
+    check_ta1,
+    control_key,
+    next_numbers,
+)
 
 __all__ = [
     "ACK_STATUSES",
@@ -62,9 +77,6 @@ __all__ = [
     "seen_inbound",
 ]
 
-KINDS = ("isa13", "gs06", "st02")
-ACK_STATUSES = ("none", "accepted", "rejected", "partial")
-
 T = TypeVar("T")
 
 
@@ -82,26 +94,13 @@ def _write(conn: sqlite3.Connection, work: Callable[[], T]) -> T:
     return result
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"'kind' must be one of {', '.join(KINDS)} (got {kind!r})")
-
-
-def _step(last: int, n: int) -> list[int]:
-    out = []
-    for _ in range(n):
-        last = 1 if last >= MAX_CONTROL else last + 1
-        out.append(last)
-    return out
-
-
 def _allocate_in(
     conn: sqlite3.Connection, partner: str, kind: str, n: int, now: float
 ) -> list[int]:
     row = conn.execute(
         "SELECT last FROM x12_control WHERE partner = ? AND kind = ?", (partner, kind)
     ).fetchone()
-    numbers = _step(int(row[0]) if row else 0, n)
+    numbers = next_numbers(int(row[0]) if row else 0, n)
     conn.execute(
         "INSERT INTO x12_control (partner, kind, last, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (partner, kind) DO UPDATE SET last = excluded.last, "
@@ -116,28 +115,17 @@ def allocate(
 ) -> list[int]:
     """The next ``n`` control numbers of ``kind`` (``isa13``, ``gs06``, ``st02``) for
     ``partner``, stored before returning (see the module docstring). Wraps 999999999 → 1."""
-    _check_kind(kind)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10000:
-        raise ValueError(f"'n' must be an integer in 1..10000 (got {n!r})")
+    check_kind(kind)
+    check_count("n", n)
     stamp = time.time() if now is None else now
     return _write(conn, lambda: _allocate_in(conn, partner, kind, n, stamp))
-
-
-@dataclass(frozen=True)
-class ControlNumbers:
-    """The numbers of one interchange holding one group: ISA13, GS06 and the ST02 of each set."""
-
-    isa13: int
-    gs06: int
-    st02: tuple[int, ...]
 
 
 def allocate_envelope(
     conn: sqlite3.Connection, partner: str, sets: int = 1, *, now: float | None = None
 ) -> ControlNumbers:
     """ISA13, GS06 and ``sets`` ST02 numbers for ``partner``, in one transaction."""
-    if isinstance(sets, bool) or not isinstance(sets, int) or not 1 <= sets <= 10000:
-        raise ValueError(f"'sets' must be an integer in 1..10000 (got {sets!r})")
+    check_count("sets", sets)
     stamp = time.time() if now is None else now
 
     def work() -> ControlNumbers:
@@ -150,7 +138,7 @@ def allocate_envelope(
 
 def last_allocated(conn: sqlite3.Connection, partner: str, kind: str) -> int:
     """The last number of ``kind`` handed out for ``partner`` (0: none yet)."""
-    _check_kind(kind)
+    check_kind(kind)
     row = conn.execute(
         "SELECT last FROM x12_control WHERE partner = ? AND kind = ?", (partner, kind)
     ).fetchone()
@@ -162,7 +150,7 @@ def raise_floor(
 ) -> int:
     """Make the next number at least ``last + 1`` (e.g. taking over from an old translator).
     Never lowers the counter, so it cannot cause a reuse. Returns the stored last value."""
-    _check_kind(kind)
+    check_kind(kind)
     if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last <= MAX_CONTROL:
         raise ValueError(f"'last' must be an integer in 0..{MAX_CONTROL} (got {last!r})")
     stamp = time.time() if now is None else now
@@ -177,28 +165,6 @@ def raise_floor(
         return last_allocated(conn, partner, kind)
 
     return _write(conn, work)
-
-
-@dataclass(frozen=True)
-class OutboundRecord:
-    """One interchange we sent, and what came back for it."""
-
-    id: int
-    partner: str
-    isa13: int
-    gs06: int
-    st02: tuple[int, ...]
-    document: str  # "850"
-    business_key: str  # e.g. the PO number
-    message_id: str | None
-    sent_at: float
-    ack_due_at: float | None
-    ack_status: str  # none | accepted | rejected | partial
-    ack_codes: tuple[str, ...]
-    ack_at: float | None
-    ta1_status: str | None  # A | E | R
-    ta1_code: str | None  # TA105
-    ta1_at: float | None
 
 
 _OUT_COLUMNS = (
@@ -265,17 +231,6 @@ def record_outbound(
     return _write(conn, work)
 
 
-def ack_status_for(code: str) -> str:
-    """The outbound ack status for a 997/999 AK9-01 (or AK5/IK5-01) code:
-    A and E (accepted with errors) → accepted, P → partial, R, M, W, X → rejected."""
-    status = {"A": "accepted", "E": "accepted", "P": "partial"}.get(code)
-    if status is None:
-        if code not in ("R", "M", "W", "X"):
-            raise ValueError(f"'code' must be one of A, E, P, R, M, W, X (got {code!r})")
-        status = "rejected"
-    return status
-
-
 def _latest(conn: sqlite3.Connection, partner: str, column: str, value: int) -> int | None:
     # After a wrap two rows may share a number: the latest sent is the one acknowledged.
     row = conn.execute(
@@ -298,8 +253,7 @@ def record_ack(
     """Record the 997/999 for our group ``gs06`` (AK1-02): ``status`` is one of accepted,
     rejected, partial (see :func:`ack_status_for`), ``codes`` the AK5/IK5/AK9 codes to keep.
     Returns the updated record, or None when no interchange of ours has that GS06."""
-    if status not in ACK_STATUSES[1:]:
-        raise ValueError(f"'status' must be one of {', '.join(ACK_STATUSES[1:])} (got {status!r})")
+    check_ack_status(status)
     stamp = time.time() if at is None else at
     kept = json.dumps([str(c) for c in codes])
 
@@ -328,8 +282,7 @@ def record_ta1(
     """Record a TA1 for our interchange ``isa13`` (TA101): ``ta104`` A, E or R, ``ta105`` the
     note code. An R also sets the ack status to rejected (no 997/999 follows a rejected
     interchange). None when no interchange of ours has that ISA13."""
-    if ta104 not in ("A", "E", "R"):
-        raise ValueError(f"'ta104' must be one of A, E, R (got {ta104!r})")
+    check_ta1(ta104)
     stamp = time.time() if at is None else at
 
     def work() -> OutboundRecord | None:
@@ -369,14 +322,6 @@ def overdue_acks(conn: sqlite3.Connection, now: float | None = None) -> list[Out
     return [_record(r) for r in rows]
 
 
-def _key(value: int | str | None) -> str | None:
-    """Control numbers compare as integers: ``000000042`` and ``42`` are the same number."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    return str(int(text)) if text.isdigit() else text
-
-
 def record_inbound(
     conn: sqlite3.Connection,
     sender: tuple[str, str],
@@ -404,9 +349,9 @@ def record_inbound(
                 sender_id,
                 r_qual,
                 r_id,
-                _key(isa13),
-                _key(gs06),
-                _key(st02),
+                control_key(isa13),
+                control_key(gs06),
+                control_key(st02),
                 stamp,
                 message_id,
             ),
@@ -438,14 +383,14 @@ def seen_inbound(
         "SELECT 1 FROM x12_inbound WHERE sender_qualifier = ? AND sender_id = ? AND isa13 = ? "
         "AND received_at >= ?"
     )
-    args: list[Any] = [sender[0].strip(), sender[1].strip(), _key(isa13), stamp - window]
+    args: list[Any] = [sender[0].strip(), sender[1].strip(), control_key(isa13), stamp - window]
     if receiver is not None:
         sql += " AND receiver_qualifier = ? AND receiver_id = ?"
         args += [receiver[0].strip(), receiver[1].strip()]
     for column, value in (("gs06", gs06), ("st02", st02)):
         if value is not None:
             sql += f" AND {column} = ?"
-            args.append(_key(value))
+            args.append(control_key(value))
     return conn.execute(sql + " LIMIT 1", args).fetchone() is not None
 
 

@@ -4,47 +4,41 @@
 posts a held invoice to accounts payable as it is (the person accepts the variance) and
 ``wharf invoices reject N`` closes it without posting; both are audited with who and why.
 ``wharf receipts --unmatched --older-than 30d`` lists received quantities not yet invoiced.
+
+The reads take a :class:`~engine.domains.procurement.repository.ProcurementRepository` (the
+caller's ``repository(store.reading())``); :func:`release_invoice` and :func:`reject_invoice`
+open a store transaction and work through the repository and the spine's outbox, audit and
+work items. :func:`held_invoice`, :func:`ap_release` and :func:`close` are their steps, over the
+repository only.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from decimal import Decimal
 from typing import Any
 
+from engine.domains.procurement.book import _set_from_json, _their_units, ap_invoice
+from engine.domains.procurement.domain import PARTNERS, converter, repository
+from engine.domains.procurement.match import Converter, match_invoice
+from engine.domains.procurement.partners import Partner
+from engine.domains.procurement.repository import ProcurementRepository, StoredInvoice
 from engine.errors import StoreError
 from engine.model import Outbound, effect_key, to_json_bytes
+from engine.x12.documents import read_invoice
 
 
-def invoices(conn: sqlite3.Connection, status: str | None = None) -> list[dict[str, Any]]:
-    sql = (
-        "SELECT id, partner, invoice_number, po_number, status, reasons, total, created_at "
-        "FROM invoices"
-    )
-    args: tuple[str, ...] = ()
-    if status:
-        sql += " WHERE status = ?"
-        args = (status,)
-    cols = ("id", "partner", "invoice_number", "po_number", "status", "reasons", "total", "at")
-    out = []
-    for row in conn.execute(sql + " ORDER BY id", args):
-        item = dict(zip(cols, row, strict=True))
-        item["reasons"] = json.loads(item["reasons"])
-        out.append(item)
-    return out
+def invoices(repo: ProcurementRepository, status: str | None = None) -> list[dict[str, Any]]:
+    """Every invoice (or those with ``status``) with its reasons, oldest first."""
+    return repo.invoices(status)
 
 
 def unmatched_receipts(
-    conn: sqlite3.Connection, *, older_than: float, now: float
+    repo: ProcurementRepository, *, older_than: float, now: float
 ) -> list[dict[str, Any]]:
     """Per PO line: received (base unit) minus invoiced by matched or released invoices, for
     lines whose oldest receipt is older than ``older_than`` seconds and still not covered."""
     received: dict[tuple[str, str], dict[str, Any]] = {}
-    for po, line, item, qty, at in conn.execute(
-        "SELECT po_number, po_line, item_id, base_quantity, created_at FROM receipts "
-        "WHERE source IN ('asn', 'erp')"
-    ):
+    for po, line, item, qty, at in repo.received_lines():
         r = received.setdefault(
             (po, line),
             {
@@ -55,14 +49,11 @@ def unmatched_receipts(
                 "oldest": at,
             },
         )
-        r["received"] += Decimal(qty)
+        r["received"] += qty
         r["oldest"] = min(r["oldest"], at)
-    for po, line, qty in conn.execute(
-        "SELECT i.po_number, l.po_line, l.base_quantity FROM invoice_lines l JOIN invoices i "
-        "ON i.id = l.invoice_id WHERE i.status IN ('matched', 'released') AND l.po_line IS NOT NULL"
-    ):
+    for po, line, qty in repo.invoiced_lines():
         if (po, line) in received:
-            received[(po, line)]["received"] -= Decimal(qty)
+            received[(po, line)]["received"] -= qty
     out = []
     for r in received.values():
         if r["received"] > 0 and now - r["oldest"] >= older_than:
@@ -72,71 +63,89 @@ def unmatched_receipts(
     return sorted(out, key=lambda r: r["oldest"])
 
 
-def _held(conn: sqlite3.Connection, invoice_id: int) -> tuple:
-    row = conn.execute(
-        "SELECT i.partner, i.invoice_number, i.po_number, i.status, i.body, i.message_id, "
-        "i.correlation_id, m.channel FROM invoices i LEFT JOIN messages m ON m.id = i.message_id "
-        "WHERE i.id = ?",
-        (invoice_id,),
-    ).fetchone()
-    if row is None:
+def held_invoice(repo: ProcurementRepository, invoice_id: int) -> StoredInvoice:
+    """The invoice ``invoice_id``; a StoreError unless it is held."""
+    found = repo.invoice(invoice_id)
+    if found is None:
         raise StoreError(f"no invoice {invoice_id}")
-    if row[3] != "held":
+    if found.status != "held":
         raise StoreError(
-            f"invoice {invoice_id} ({row[1]}) is {row[3]}: only a held invoice can be released "
-            "or rejected"
+            f"invoice {invoice_id} ({found.invoice_number}) is {found.status}: only a held "
+            "invoice can be released or rejected"
         )
-    return row
+    return found
+
+
+def ap_release(
+    repo: ProcurementRepository,
+    held: StoredInvoice,
+    partner: Partner,
+    convert: Converter,
+    *,
+    channel: str,
+    destination: str,
+    actor: str,
+    note: str,
+) -> Outbound:
+    """The AP invoice for a held invoice posted as it is, by ``actor`` (the same idempotency
+    key as the book's, so AP never gets the invoice twice)."""
+    invoice = read_invoice(_set_from_json(held.body))
+    result = match_invoice(
+        invoice,
+        repo.order(held.po_number),
+        (),
+        convert=_their_units(partner, convert),
+        tolerance=partner.tolerance,
+    )
+    doc = ap_invoice(partner, invoice, result, held.correlation_id or "")
+    doc.update(match="released", released_by=actor, note=note)
+    key = effect_key(
+        channel, destination, f"810:{held.partner}:{held.invoice_number}", "ap_invoice"
+    )
+    meta = {"idempotency_key": key, "effect": "ap_invoice"}
+    return Outbound(destination, to_json_bytes(doc), "application/json", None, meta)
+
+
+def close(repo: ProcurementRepository, held: StoredInvoice, status: str, now: float) -> None:
+    """Close a held invoice (``released`` or ``rejected``) and its INVOICE_HELD work item."""
+    repo.close_invoice(held.id, status, now)
+    subject = f"{held.partner}:{held.invoice_number}"
+    repo.resolve_work_items("INVOICE_HELD", subject=subject, now=now)
 
 
 def release_invoice(
     store: Any, project: Any, invoice_id: int, *, actor: str, note: str, now: float
 ) -> dict[str, Any]:
     """Post a held invoice to AP as it is, through its channel's ``procurement.ap``."""
-    from engine.domains.procurement.book import (
-        _set_from_json,
-        _their_units,
-        ap_invoice,
-        order_from_store,
-    )
-    from engine.domains.procurement.domain import PARTNERS, converter
-    from engine.domains.procurement.match import match_invoice
-    from engine.x12.documents import read_invoice
-
     with store.transaction(f"release_invoice({invoice_id})") as tx:
-        conn = tx.connection
-        partner_id, number, po, _s, body, message_id, correlation_id, channel = _held(
-            conn, invoice_id
-        )
+        repo = repository(tx)
+        held = held_invoice(repo, invoice_id)
+        channel = tx.message_channel(held.message_id) if held.message_id else None
         defn = project.channels.get(channel)
         if defn is None or defn.config.procurement is None or not defn.config.procurement.ap:
             raise StoreError(f"channel {channel!r} of invoice {invoice_id} has no procurement.ap")
-        partner = project.extras[PARTNERS][partner_id]
-        invoice = read_invoice(_set_from_json(body))
-        order = order_from_store(conn, po)
-        result = match_invoice(
-            invoice,
-            order,
-            (),
-            convert=_their_units(partner, converter(project.mappings, partner)),
-            tolerance=partner.tolerance,
-        )
-        doc = ap_invoice(partner, invoice, result, correlation_id or "")
-        doc.update(match="released", released_by=actor, note=note)
+        partner = project.extras[PARTNERS][held.partner]
         dest = defn.config.procurement.ap
-        key = effect_key(channel, dest, f"810:{partner_id}:{number}", "ap_invoice")
-        meta = {"idempotency_key": key, "effect": "ap_invoice"}
-        delivery = Outbound(dest, to_json_bytes(doc), "application/json", None, meta)
-        tx.enqueue(message_id, [delivery], now, correlation_id=correlation_id)
-        _close(conn, invoice_id, "released", f"{partner_id}:{number}", now)
+        delivery = ap_release(
+            repo,
+            held,
+            partner,
+            converter(project.mappings, partner),
+            channel=channel,
+            destination=dest,
+            actor=actor,
+            note=note,
+        )
+        tx.enqueue(held.message_id, [delivery], now, correlation_id=held.correlation_id)
+        close(repo, held, "released", now)
         tx.audit(
             actor,
             "invoice.release",
             str(invoice_id),
-            {"invoice": number, "partner": partner_id, "note": note},
+            {"invoice": held.invoice_number, "partner": held.partner, "note": note},
             now,
         )
-    return {"invoice": number, "status": "released", "ap_destination": dest}
+    return {"invoice": held.invoice_number, "status": "released", "ap_destination": dest}
 
 
 def reject_invoice(
@@ -144,27 +153,14 @@ def reject_invoice(
 ) -> dict[str, Any]:
     """Close a held invoice without posting it (the vendor is asked for a corrected one)."""
     with store.transaction(f"reject_invoice({invoice_id})") as tx:
-        partner_id, number, *_ = _held(tx.connection, invoice_id)
-        _close(tx.connection, invoice_id, "rejected", f"{partner_id}:{number}", now)
+        repo = repository(tx)
+        held = held_invoice(repo, invoice_id)
+        close(repo, held, "rejected", now)
         tx.audit(
             actor,
             "invoice.reject",
             str(invoice_id),
-            {"invoice": number, "partner": partner_id, "note": note},
+            {"invoice": held.invoice_number, "partner": held.partner, "note": note},
             now,
         )
-    return {"invoice": number, "status": "rejected"}
-
-
-def _close(
-    conn: sqlite3.Connection, invoice_id: int, status: str, subject: str, now: float
-) -> None:
-    conn.execute(
-        "UPDATE invoices SET status = ?, retry_on_receipt = 0, updated_at = ? WHERE id = ?",
-        (status, now, invoice_id),
-    )
-    conn.execute(
-        "UPDATE work_items SET status = 'resolved', updated_at = ? WHERE kind = 'INVOICE_HELD' "
-        "AND subject = ? AND status = 'open'",
-        (now, subject),
-    )
+    return {"invoice": held.invoice_number, "status": "rejected"}

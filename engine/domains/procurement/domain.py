@@ -6,6 +6,8 @@ numbers, inbound interchanges acknowledged (TA1, 997/999) and applied once (855 
 856 receipts, 810 three-way match to AP or held as an INVOICE_HELD work item). Its trading
 partners (``mappings/trading_partners.yaml``) are loaded and linted with the project and lent to
 components as the ``trading_partners`` resource; the overdue-acknowledgement watch is its job.
+Its records are kept behind :func:`repository` (SQLite for the store's dialect); the
+``x12_partner`` destination that takes its X12 files registers with it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+# Procurement's own component: imported here so that it registers with the domain.
+from engine.domains.procurement import x12_partner  # noqa: F401
+from engine.domains.procurement.repository import (
+    ProcurementRepository,
+    SqliteProcurementRepository,
+)
 from engine.errors import ConfigError, LintFailed, MappingMiss
 from engine.interfaces import Booking, Job, Migration, Transaction
 from engine.model import Outbound
@@ -61,6 +69,14 @@ PROCUREMENT_SPEC = Spec(
     example="procurement:\n  partner_out: vendors\n  po_status: erp_po\n  receipts: erp_gr\n"
     "  ap: erp_ap",
 )
+
+
+def repository(tx: Transaction) -> ProcurementRepository:
+    """Procurement's repository for the store that opened ``tx`` (a transaction, or the
+    read-only handle of ``store.reading()``)."""
+    if tx.dialect == "sqlite":
+        return SqliteProcurementRepository(tx)
+    raise ValueError(f"procurement has a repository for sqlite (got {tx.dialect!r})")
 
 
 def converter(mappings: Any, partner: Any) -> Any:
@@ -111,7 +127,7 @@ class ProcurementBinding:
         from engine.domains.procurement.book import book_x12
 
         return book_x12(
-            tx.connection,
+            repository(tx),
             records=records,
             channel=message.channel,
             message_id=message.message_id,
@@ -131,18 +147,6 @@ class ProcurementBinding:
         self, tx: Transaction, delivery: Any, outcome: str, reason: str | None, now: float
     ) -> None:
         return None  # procurement follows its documents' acknowledgements, not deliveries
-
-
-class _InTransaction:
-    """What :func:`~engine.domains.procurement.book.flag_overdue_acks` writes through."""
-
-    def __init__(self, tx: Transaction) -> None:
-        self.tx = tx
-
-    def _write(self, what: str, durable: bool = True) -> Any:
-        from contextlib import nullcontext
-
-        return nullcontext(self.tx.connection)
 
 
 class ProcurementDomain:
@@ -194,7 +198,7 @@ class ProcurementDomain:
         def overdue(tx: Transaction, now: float) -> int:
             from engine.domains.procurement.book import flag_overdue_acks
 
-            return flag_overdue_acks(_InTransaction(tx), now)
+            return flag_overdue_acks(repository(tx), now)
 
         return [
             Job(

@@ -57,7 +57,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from engine.domains.procurement.control import ControlNumbers
+from engine.domains.procurement.numbers import ControlNumbers
 from engine.domains.procurement.partners import Partner
 from engine.errors import X12WriteError
 from engine.udi import gln_valid, gtin_valid
@@ -394,9 +394,8 @@ def build_850(
     now: datetime | None = None,
 ) -> bytes:
     """The whole interchange (ISA … IEA) holding this PO as one 850, for ``partner``, with the
-    control numbers allocated (and committed) beforehand by
-    :func:`engine.domains.procurement.control.allocate_envelope`. ``numbers.st02`` must hold
-    exactly one number."""
+    control numbers allocated (and committed) beforehand (a procurement repository's
+    ``allocate_envelope``). ``numbers.st02`` must hold exactly one number."""
     if len(numbers.st02) != 1:
         raise X12WriteError("ST02", f"expected one set control number (got {numbers.st02!r})")
     body = tuple(segments_850(po, partner))

@@ -11,6 +11,9 @@ The delivery's ``partner`` and ``filename`` come from the procurement book. The 
 sent again rewrites the same file with the same bytes. The trading partners and the SFTP
 server's settings are read from the runtime's resources at each delivery, so a reloaded
 ``mappings/trading_partners.yaml`` counts from the next file on, without a restart.
+
+A component only procurement uses: it lives in the domain's package and registers when
+:mod:`engine.domains.procurement.domain` is imported.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 
+from engine.domains.procurement.partners import OurSftpServer, PartnerSftp
 from engine.errors import DeliveryError
 from engine.model import Delivery
 from engine.net.files import write_atomically
@@ -61,8 +65,6 @@ class X12PartnerDestination:
         self._remote: dict[str, tuple[Any, SftpUploader]] = {}
 
     async def send(self, delivery: Delivery) -> bytes | None:
-        from engine.domains.procurement.partners import OurSftpServer, PartnerSftp
-
         partners = self.resources.get("trading_partners")
         pid = delivery.meta.get("partner")
         filename = str(delivery.meta.get("filename") or f"{delivery.idempotency_key}.x12")

@@ -1,0 +1,664 @@
+"""Where procurement keeps its records: the repository its book and its AP desk talk to.
+
+:class:`ProcurementRepository` is everything :mod:`engine.domains.procurement.book` (and
+:mod:`~engine.domains.procurement.desk`) reads and writes: X12 control numbers, the
+interchanges we sent and what came back for them, the inbound sets seen, purchase orders and
+their lines, receipts, invoices and their match, goods added to the ledger's on-hand and work
+items for people. :class:`SqliteProcurementRepository` keeps them in the store's SQLite file,
+inside the transaction the runtime opened for the message (so control numbers, the 850 in the
+outbox, a receipt and the invoices it releases commit with the message's result; the control
+number SQL is :mod:`~engine.domains.procurement.control`), and
+:class:`~engine.domains.procurement.memory.InMemoryProcurementRepository` keeps them in dicts
+for the book's unit tests. Work items are the spine's: the SQLite repository hands them to the
+transaction (``tx.open_work_item``...). Quantities cross this boundary as :class:`Decimal`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+from engine.domains.ledger.domain import add_to_onhand
+from engine.domains.procurement import control
+from engine.domains.procurement.match import Order, OrderLine
+from engine.domains.procurement.numbers import ControlNumbers, OutboundRecord
+from engine.domains.procurement.records import PoRelease
+
+
+@dataclass(frozen=True)
+class PoHeader:
+    """A purchase order Wharf sent: to which partner and vendor, for which location."""
+
+    partner: str
+    vendor: str
+    location_id: str
+
+
+@dataclass(frozen=True)
+class PoLineRef:
+    """What a receipt needs of a PO line: the item, its stocking unit, where it goes."""
+
+    item_id: str
+    base_uom: str
+    location_id: str
+
+
+@dataclass(frozen=True)
+class NewReceipt:
+    """One received line (an 856 line or an ERP receipt line), once per ``business_key``."""
+
+    business_key: str
+    po_number: str
+    po_line: str
+    item_id: str
+    quantity: Decimal
+    uom: str
+    base_quantity: Decimal
+    lot: str | None
+    serial: str | None
+    expiry: str | None
+    sscc: str | None
+    source: str  # asn | asn_expected | erp
+    message_id: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewInvoice:
+    """An 810 as first matched: its keys, status and the reasons it is not matched."""
+
+    partner: str
+    vendor_key: str
+    invoice_key: str
+    invoice_number: str
+    po_number: str
+    status: str  # matched | held | duplicate
+    reasons: list[dict[str, Any]]
+    retry_on_receipt: bool
+    total: Decimal | None
+    body: str  # the transaction set as JSON, to be read again
+    message_id: str
+    correlation_id: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class StoredInvoice:
+    """An invoice as the AP desk sees it."""
+
+    id: int
+    partner: str
+    invoice_number: str
+    po_number: str
+    status: str
+    body: str
+    message_id: str | None
+    correlation_id: str | None
+
+
+#: An invoice line after the match: (invoice line, PO line or None, quantity in the base unit).
+InvoiceLineRow = tuple[str, str | None, Decimal]
+
+
+def ack_overdue_subject(partner: str, document: str, isa13: int) -> str:
+    """The subject of the ACK_OVERDUE work item of one interchange we sent."""
+    return f"{partner}:{document}:{isa13:09d}"
+
+
+class ProcurementRepository(Protocol):
+    """Procurement's records, inside one store transaction (or a read-only handle)."""
+
+    # -- control numbers and the interchanges we sent
+    def allocate(self, partner: str, kind: str, n: int = 1) -> list[int]: ...
+
+    def allocate_envelope(self, partner: str, sets: int = 1) -> ControlNumbers: ...
+
+    def record_outbound(
+        self,
+        *,
+        partner: str,
+        numbers: ControlNumbers,
+        document: str,
+        business_key: str,
+        sent_at: float,
+        ack_within: float | None,
+        message_id: str | None,
+    ) -> int: ...
+
+    def record_ack(
+        self, partner: str, gs06: int, status: str, codes: Sequence[str] = ()
+    ) -> OutboundRecord | None: ...
+
+    def record_ta1(
+        self, partner: str, isa13: int, ta104: str, ta105: str = "000"
+    ) -> OutboundRecord | None: ...
+
+    def overdue_acks(self, now: float) -> list[OutboundRecord]: ...
+
+    # -- inbound sets seen
+    def seen_interchange(
+        self, sender: tuple[str, str], isa13: str, window: float, now: float
+    ) -> bool: ...
+
+    def seen_groups(self, sender: tuple[str, str], since: float) -> set[str]: ...
+
+    def record_inbound(
+        self,
+        sender: tuple[str, str],
+        isa13: str,
+        gs06: str | None,
+        st02: str | None,
+        *,
+        receiver: tuple[str, str],
+        message_id: str,
+        received_at: float,
+    ) -> None: ...
+
+    # -- purchase orders
+    def po_sent(self, po_number: str) -> bool: ...
+
+    def add_po(self, po: PoRelease, message_id: str, correlation_id: str, now: float) -> None: ...
+
+    def purchase_order(self, po_number: str) -> PoHeader | None: ...
+
+    def po_line(self, po_number: str, line: str) -> PoLineRef | None: ...
+
+    def order(self, po_number: str) -> Order | None: ...
+
+    def set_line_ack(
+        self, po_number: str, line: str, status: str, detail: dict[str, Any]
+    ) -> None: ...
+
+    def set_po_status(self, po_number: str, status: str, now: float) -> None: ...
+
+    # -- receipts and on-hand
+    def add_receipt(self, receipt: NewReceipt) -> bool: ...
+
+    def receipts_for(self, po_number: str) -> list[tuple[int, str, Decimal]]: ...
+
+    def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]: ...
+
+    def add_to_onhand(
+        self, location: str, item: str, quantity: Decimal, uom: str, now: float
+    ) -> None: ...
+
+    # -- invoices
+    def invoice_on_file(self, vendor_key: str, invoice_key: str) -> str | None: ...
+
+    def invoiced(self, po_number: str, excluding: int | None) -> dict[str, Decimal]: ...
+
+    def invoiced_lines(self) -> list[tuple[str, str, Decimal]]: ...
+
+    def add_invoice(self, invoice: NewInvoice) -> int: ...
+
+    def rematch_invoice(
+        self,
+        invoice_id: int,
+        status: str,
+        reasons: list[dict[str, Any]],
+        retry_on_receipt: bool,
+        now: float,
+    ) -> None: ...
+
+    def set_invoice_lines(self, invoice_id: int, lines: Sequence[InvoiceLineRow]) -> None: ...
+
+    def held_for_receipt(self, po_number: str, partner: str) -> list[tuple[int, str]]: ...
+
+    def invoices(self, status: str | None = None) -> list[dict[str, Any]]: ...
+
+    def invoice(self, invoice_id: int) -> StoredInvoice | None: ...
+
+    def close_invoice(self, invoice_id: int, status: str, now: float) -> None: ...
+
+    # -- work items (the spine's)
+    def open_work_item(
+        self,
+        kind: str,
+        subject: str,
+        detail: str,
+        message_id: str | None,
+        correlation_id: str | None,
+        now: float,
+        *,
+        once: str,
+    ) -> bool: ...
+
+    def refresh_work_items(self, kind: str, *, subject: str, detail: str, now: float) -> int: ...
+
+    def resolve_work_items(self, kind: str, *, subject: str, now: float) -> int: ...
+
+    def answered_overdue_alerts(self) -> list[str]: ...
+
+
+class SqliteProcurementRepository:
+    """:class:`ProcurementRepository` over the store's SQLite connection (tables: schema.py)."""
+
+    def __init__(self, tx: Any) -> None:
+        self.tx = tx
+        self.conn = tx.connection
+
+    # ------------------------------------------------------------------ control numbers
+
+    def allocate(self, partner: str, kind: str, n: int = 1) -> list[int]:
+        return control.allocate(self.conn, partner, kind, n)
+
+    def allocate_envelope(self, partner: str, sets: int = 1) -> ControlNumbers:
+        return control.allocate_envelope(self.conn, partner, sets=sets)
+
+    def record_outbound(
+        self,
+        *,
+        partner: str,
+        numbers: ControlNumbers,
+        document: str,
+        business_key: str,
+        sent_at: float,
+        ack_within: float | None,
+        message_id: str | None,
+    ) -> int:
+        return control.record_outbound(
+            self.conn,
+            partner=partner,
+            numbers=numbers,
+            document=document,
+            business_key=business_key,
+            sent_at=sent_at,
+            ack_within=ack_within,
+            message_id=message_id,
+        )
+
+    def record_ack(
+        self, partner: str, gs06: int, status: str, codes: Sequence[str] = ()
+    ) -> OutboundRecord | None:
+        return control.record_ack(self.conn, partner, gs06, status, codes)
+
+    def record_ta1(
+        self, partner: str, isa13: int, ta104: str, ta105: str = "000"
+    ) -> OutboundRecord | None:
+        return control.record_ta1(self.conn, partner, isa13, ta104, ta105)
+
+    def overdue_acks(self, now: float) -> list[OutboundRecord]:
+        return control.overdue_acks(self.conn, now)
+
+    # ------------------------------------------------------------------ inbound sets
+
+    def seen_interchange(
+        self, sender: tuple[str, str], isa13: str, window: float, now: float
+    ) -> bool:
+        return control.seen_inbound(self.conn, sender, isa13, None, None, window, now)
+
+    def seen_groups(self, sender: tuple[str, str], since: float) -> set[str]:
+        """The GS06 of every set received from ``sender`` since ``since``."""
+        return {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT DISTINCT gs06 FROM x12_inbound WHERE sender_qualifier = ? AND "
+                "sender_id = ? AND received_at >= ? AND gs06 IS NOT NULL",
+                (sender[0], sender[1], since),
+            )
+        }
+
+    def record_inbound(
+        self,
+        sender: tuple[str, str],
+        isa13: str,
+        gs06: str | None,
+        st02: str | None,
+        *,
+        receiver: tuple[str, str],
+        message_id: str,
+        received_at: float,
+    ) -> None:
+        control.record_inbound(
+            self.conn,
+            sender,
+            isa13,
+            gs06,
+            st02,
+            receiver=receiver,
+            message_id=message_id,
+            received_at=received_at,
+        )
+
+    # ------------------------------------------------------------------ purchase orders
+
+    def po_sent(self, po_number: str) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM purchase_orders WHERE po_number = ?", (po_number,)
+            ).fetchone()
+            is not None
+        )
+
+    def add_po(self, po: PoRelease, message_id: str, correlation_id: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO purchase_orders (po_number, partner, vendor, location_id, currency, "
+            "status, message_id, correlation_id, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?)",
+            (
+                po.po_number,
+                po.partner,
+                po.vendor,
+                po.location_id,
+                po.currency,
+                message_id,
+                correlation_id,
+                now,
+                now,
+            ),
+        )
+        self.conn.executemany(
+            "INSERT INTO po_lines (po_number, line, item_id, quantity, uom, unit_price, "
+            "base_quantity, base_uom, vendor_item, gtin, bill_only) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    po.po_number,
+                    ln.line,
+                    ln.item_id,
+                    str(ln.quantity),
+                    ln.uom,
+                    str(ln.unit_price),
+                    str(ln.base_quantity),
+                    ln.base_uom,
+                    ln.vendor_item,
+                    ln.gtin,
+                    int(ln.bill_only),
+                )
+                for ln in po.lines
+            ],
+        )
+
+    def purchase_order(self, po_number: str) -> PoHeader | None:
+        row = self.conn.execute(
+            "SELECT partner, vendor, location_id FROM purchase_orders WHERE po_number = ?",
+            (po_number,),
+        ).fetchone()
+        return None if row is None else PoHeader(*row)
+
+    def po_line(self, po_number: str, line: str) -> PoLineRef | None:
+        row = self.conn.execute(
+            "SELECT l.item_id, l.base_uom, p.location_id FROM po_lines l JOIN "
+            "purchase_orders p USING (po_number) WHERE l.po_number = ? AND l.line = ?",
+            (po_number, line),
+        ).fetchone()
+        return None if row is None else PoLineRef(*row)
+
+    def order(self, po_number: str) -> Order | None:
+        """The PO as Wharf sent it (lines with item, unit, price, stocking unit), for the
+        match."""
+        rows = self.conn.execute(
+            "SELECT line, item_id, quantity, uom, unit_price, base_uom, vendor_item, gtin, "
+            "bill_only FROM po_lines WHERE po_number = ? ORDER BY rowid",
+            (po_number,),
+        ).fetchall()
+        if not rows:
+            return None
+        vendor = self.conn.execute(
+            "SELECT vendor FROM purchase_orders WHERE po_number = ?", (po_number,)
+        ).fetchone()[0]
+        lines = [
+            order_line(line, item, Decimal(qty), uom, Decimal(price), base_uom, vitem, gtin, b)
+            for line, item, qty, uom, price, base_uom, vitem, gtin, b in rows
+        ]
+        return Order(po_number=po_number, lines=tuple(lines), vendor=vendor)
+
+    def set_line_ack(self, po_number: str, line: str, status: str, detail: dict[str, Any]) -> None:
+        self.conn.execute(
+            "UPDATE po_lines SET status = ?, ack_detail = ? WHERE po_number = ? AND line = ?",
+            (status, json.dumps(detail), po_number, line),
+        )
+
+    def set_po_status(self, po_number: str, status: str, now: float) -> None:
+        self.conn.execute(
+            "UPDATE purchase_orders SET status = ?, updated_at = ? WHERE po_number = ?",
+            (status, now, po_number),
+        )
+
+    # ------------------------------------------------------------------ receipts
+
+    def add_receipt(self, receipt: NewReceipt) -> bool:
+        """Record a received line; False when its business key was taken before."""
+        r = receipt
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO receipts (business_key, po_number, po_line, item_id, "
+            "quantity, uom, base_quantity, lot, serial, expiry, sscc, source, message_id, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.business_key,
+                r.po_number,
+                r.po_line,
+                r.item_id,
+                str(r.quantity),
+                r.uom,
+                str(r.base_quantity),
+                r.lot,
+                r.serial,
+                r.expiry,
+                r.sscc,
+                r.source,
+                r.message_id,
+                r.created_at,
+            ),
+        )
+        return bool(cur.rowcount)
+
+    def receipts_for(self, po_number: str) -> list[tuple[int, str, Decimal]]:
+        """(id, PO line, quantity in the base unit) of the PO's receipts (ASN or ERP)."""
+        return [
+            (rid, po_line, Decimal(qty))
+            for rid, po_line, qty in self.conn.execute(
+                "SELECT id, po_line, base_quantity FROM receipts WHERE po_number = ? "
+                "AND source IN ('asn', 'erp')",
+                (po_number,),
+            )
+        ]
+
+    def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]:
+        """(PO, PO line, item, quantity in the base unit, when) of every receipt (ASN, ERP)."""
+        return [
+            (po, line, item, Decimal(qty), at)
+            for po, line, item, qty, at in self.conn.execute(
+                "SELECT po_number, po_line, item_id, base_quantity, created_at FROM receipts "
+                "WHERE source IN ('asn', 'erp')"
+            )
+        ]
+
+    def add_to_onhand(
+        self, location: str, item: str, quantity: Decimal, uom: str, now: float
+    ) -> None:
+        add_to_onhand(self.tx, location, item, quantity, uom, now)
+
+    # ------------------------------------------------------------------ invoices
+
+    def invoice_on_file(self, vendor_key: str, invoice_key: str) -> str | None:
+        """The number of the invoice (not a duplicate) already filed under these keys."""
+        row = self.conn.execute(
+            "SELECT id, invoice_number FROM invoices WHERE vendor_key = ? AND invoice_key = ? "
+            "AND status != 'duplicate'",
+            (vendor_key, invoice_key),
+        ).fetchone()
+        return None if row is None else row[1]
+
+    def invoiced(self, po_number: str, excluding: int | None) -> dict[str, Decimal]:
+        """Quantity (base unit) per PO line on the PO's matched or released invoices, but
+        ``excluding``."""
+        out: dict[str, Decimal] = {}
+        for po_line, qty in self.conn.execute(
+            "SELECT l.po_line, l.base_quantity FROM invoice_lines l JOIN invoices i "
+            "ON i.id = l.invoice_id WHERE i.po_number = ? AND i.status IN ('matched', "
+            "'released') AND l.po_line IS NOT NULL AND i.id != ?",
+            (po_number, excluding or -1),
+        ):
+            out[po_line] = out.get(po_line, Decimal(0)) + Decimal(qty)
+        return out
+
+    def invoiced_lines(self) -> list[tuple[str, str, Decimal]]:
+        """(PO, PO line, quantity in the base unit) on every matched or released invoice."""
+        return [
+            (po, line, Decimal(qty))
+            for po, line, qty in self.conn.execute(
+                "SELECT i.po_number, l.po_line, l.base_quantity FROM invoice_lines l JOIN "
+                "invoices i ON i.id = l.invoice_id WHERE i.status IN ('matched', 'released') "
+                "AND l.po_line IS NOT NULL"
+            )
+        ]
+
+    def add_invoice(self, invoice: NewInvoice) -> int:
+        v = invoice
+        cur = self.conn.execute(
+            "INSERT INTO invoices (partner, vendor_key, invoice_key, invoice_number, "
+            "po_number, status, reasons, retry_on_receipt, total, body, message_id, "
+            "correlation_id, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                v.partner,
+                v.vendor_key,
+                v.invoice_key,
+                v.invoice_number,
+                v.po_number,
+                v.status,
+                json.dumps(v.reasons),
+                int(v.retry_on_receipt),
+                None if v.total is None else str(v.total),
+                v.body,
+                v.message_id,
+                v.correlation_id,
+                v.created_at,
+                v.created_at,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def rematch_invoice(
+        self,
+        invoice_id: int,
+        status: str,
+        reasons: list[dict[str, Any]],
+        retry_on_receipt: bool,
+        now: float,
+    ) -> None:
+        self.conn.execute(
+            "UPDATE invoices SET status = ?, reasons = ?, retry_on_receipt = ?, "
+            "updated_at = ? WHERE id = ?",
+            (status, json.dumps(reasons), int(retry_on_receipt), now, invoice_id),
+        )
+
+    def set_invoice_lines(self, invoice_id: int, lines: Sequence[InvoiceLineRow]) -> None:
+        self.conn.execute("DELETE FROM invoice_lines WHERE invoice_id = ?", (invoice_id,))
+        self.conn.executemany(
+            "INSERT INTO invoice_lines (invoice_id, line, po_line, base_quantity) "
+            "VALUES (?, ?, ?, ?)",
+            [(invoice_id, line, po_line, str(qty)) for line, po_line, qty in lines],
+        )
+
+    def held_for_receipt(self, po_number: str, partner: str) -> list[tuple[int, str]]:
+        """(id, body) of the partner's invoices for the PO held until a receipt comes."""
+        return [
+            (invoice_id, body)
+            for invoice_id, body in self.conn.execute(
+                "SELECT id, body FROM invoices WHERE po_number = ? AND partner = ? AND status = "
+                "'held' AND retry_on_receipt = 1 ORDER BY id",
+                (po_number, partner),
+            ).fetchall()
+        ]
+
+    def invoices(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every invoice (or those with ``status``) with its reasons, oldest first."""
+        sql = (
+            "SELECT id, partner, invoice_number, po_number, status, reasons, total, created_at "
+            "FROM invoices"
+        )
+        args: tuple[str, ...] = ()
+        if status:
+            sql += " WHERE status = ?"
+            args = (status,)
+        cols = ("id", "partner", "invoice_number", "po_number", "status", "reasons", "total", "at")
+        out = []
+        for row in self.conn.execute(sql + " ORDER BY id", args):
+            item = dict(zip(cols, row, strict=True))
+            item["reasons"] = json.loads(item["reasons"])
+            out.append(item)
+        return out
+
+    def invoice(self, invoice_id: int) -> StoredInvoice | None:
+        row = self.conn.execute(
+            "SELECT id, partner, invoice_number, po_number, status, body, message_id, "
+            "correlation_id FROM invoices WHERE id = ?",
+            (invoice_id,),
+        ).fetchone()
+        return None if row is None else StoredInvoice(*row)
+
+    def close_invoice(self, invoice_id: int, status: str, now: float) -> None:
+        self.conn.execute(
+            "UPDATE invoices SET status = ?, retry_on_receipt = 0, updated_at = ? WHERE id = ?",
+            (status, now, invoice_id),
+        )
+
+    # ------------------------------------------------------------------ work items
+
+    def open_work_item(
+        self,
+        kind: str,
+        subject: str,
+        detail: str,
+        message_id: str | None,
+        correlation_id: str | None,
+        now: float,
+        *,
+        once: str,
+    ) -> bool:
+        return self.tx.open_work_item(
+            kind, subject, detail, message_id, correlation_id, now, once=once
+        )
+
+    def refresh_work_items(self, kind: str, *, subject: str, detail: str, now: float) -> int:
+        return self.tx.refresh_work_items(kind, subject=subject, detail=detail, now=now)
+
+    def resolve_work_items(self, kind: str, *, subject: str, now: float) -> int:
+        return self.tx.resolve_work_items(kind, subject=subject, now=now)
+
+    def answered_overdue_alerts(self) -> list[str]:
+        """Subjects of the open ACK_OVERDUE work items whose interchange has had its answer
+        since (a 997/999, or a TA1 that rejected it)."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT subject FROM work_items WHERE kind = 'ACK_OVERDUE' AND status = 'open' "
+                "AND subject IN (SELECT partner || ':' || document || ':' || "
+                "printf('%09d', isa13) FROM x12_outbound WHERE ack_status != 'none') "
+                "ORDER BY id"
+            )
+        ]
+
+
+def order_line(
+    line: str,
+    item: str,
+    quantity: Decimal,
+    uom: str,
+    price: Decimal,
+    base_uom: str,
+    vendor_item: str | None,
+    gtin: str | None,
+    bill_only: Any,
+) -> OrderLine:
+    """A PO line as the match sees it (our item id, then the vendor's, then the GTIN)."""
+    ids = [("IN", item)]
+    if vendor_item:
+        ids.append(("VC", vendor_item))
+    if gtin:
+        ids.append(("UK", gtin))
+    return OrderLine(
+        line_number=line,
+        item_id=item,
+        quantity=quantity,
+        unit=uom,
+        unit_price=price,
+        base_unit=base_uom,
+        product_ids=tuple(ids),
+        receipt_required=not bill_only,
+    )
