@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 # Procurement's own component: imported here so that it registers with the domain.
-from engine.domains.procurement import x12_partner  # noqa: F401
+from engine.domains.procurement import schema, x12_partner  # noqa: F401 (registers it)
+from engine.domains.procurement.book import ProcurementRoutes, book_x12, flag_overdue_acks
+from engine.domains.procurement.match import converter_from_graph
+from engine.domains.procurement.partners import PARTNERS_FILE, TradingPartners, load_partners
+from engine.domains.procurement.records import ErpReceipt, InboundInterchange, PoRelease
 from engine.domains.procurement.repository import (
     ProcurementRepository,
     SqliteProcurementRepository,
@@ -27,6 +31,7 @@ from engine.interfaces import Booking, Job, Migration, Transaction
 from engine.model import Outbound
 from engine.registry import register_domain
 from engine.spec import Duration, Field, Spec, Str
+from engine.uom import UomGraph, graph_of
 
 NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
 DAY = 86400.0
@@ -82,9 +87,6 @@ def repository(tx: Transaction) -> ProcurementRepository:
 def converter(mappings: Any, partner: Any) -> Any:
     """Unit conversions (``uom_conversions``) for the match, with the partner's vendor rows
     first."""
-    from engine.domains.procurement.match import converter_from_graph
-    from engine.uom import UomGraph, graph_of
-
     if "uom_conversions" in mappings:
         graph = graph_of(mappings.table("uom_conversions"))
     else:
@@ -97,8 +99,6 @@ class ProcurementBinding:
     """The ``procurement:`` section of one channel."""
 
     def __init__(self, domain: ProcurementDomain, channel: str, section: Any, snapshot: Any):
-        from engine.domains.procurement.book import ProcurementRoutes
-
         self.domain = domain
         self.channel = channel
         self.section = section
@@ -116,16 +116,12 @@ class ProcurementBinding:
         )
 
     def accepts(self, record: Any) -> bool:
-        from engine.domains.procurement.records import ErpReceipt, InboundInterchange, PoRelease
-
         return isinstance(record, PoRelease | InboundInterchange | ErpReceipt)
 
     def converter(self, partner: Any) -> Any:
         return converter(self.mappings, partner)
 
     def book(self, tx: Transaction, message: Booking, records: Sequence[Any]) -> list[Outbound]:
-        from engine.domains.procurement.book import book_x12
-
         return book_x12(
             repository(tx),
             records=records,
@@ -159,8 +155,6 @@ class ProcurementDomain:
     durable = True  # control numbers never come back after a power loss
 
     def migrations(self, dialect: str) -> Sequence[Migration]:
-        from engine.domains.procurement import schema
-
         return schema.migrations(dialect)
 
     def roles(self, section: Any) -> Mapping[str, str | None]:
@@ -175,12 +169,6 @@ class ProcurementDomain:
         self, root: Any, env: Mapping[str, str], settings: Any
     ) -> tuple[Mapping[str, Any], list[ConfigError]]:
         """The trading partners (``mappings/trading_partners.yaml``), linted like the rest."""
-        from engine.domains.procurement.partners import (
-            PARTNERS_FILE,
-            TradingPartners,
-            load_partners,
-        )
-
         server = getattr(settings, "sftp_server", None)
         accounts = [p.name for p in server.partners] if server is not None else None
         try:
@@ -196,8 +184,6 @@ class ProcurementDomain:
 
     def jobs(self, settings: Any) -> Sequence[Job]:
         def overdue(tx: Transaction, now: float) -> int:
-            from engine.domains.procurement.book import flag_overdue_acks
-
             return flag_overdue_acks(repository(tx), now)
 
         return [
