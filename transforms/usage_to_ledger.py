@@ -67,7 +67,7 @@ def _detail_after(msg: Hl7Message, ft1: Segment, opts: Any) -> dict[str, str | N
     mode = opts.implant_detail
     zmap = opts.zsegment
     segs = msg.segments
-    start = segs.index(ft1) + 1
+    start = msg.positions[id(ft1)] + 1
     found: dict[str, str | None] = {}
     for seg in segs[start:]:
         if seg.name == "FT1":
@@ -103,6 +103,10 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
     if not ft1s:
         raise MissingField("FT1", "a DFT^P03 needs at least one FT1 segment")
     booked = []
+    default_point = msg.get("PV1-3.1") or ""
+    patient = msg.get("PID-3.1")
+    message_procedure = msg.get("PR1-3.1")
+    sent = msg.msh.get(7)
     for i, ft1 in enumerate(ft1s, start=1):
         field_no, _, comp = opts.item_field.removeprefix("FT1-").partition(".")
         code = ft1.get(int(field_no), int(comp or 1))
@@ -121,13 +125,13 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
                 ctx.lookup(opts.charge_codes, item["cdm_code"], {}) if item.get("cdm_code") else {}
             )
             code = item.get("cdm_code") or code
-        point = ft1.get(16) or msg.get("PV1-3.1") or ""
+        point = ft1.get(16) or default_point
         location = ctx.lookup(opts.locations, point)
         qty = decimal_field(ft1.get(10) or "1", f"FT1[{i}]-10")
         credit = ft1.get(6) == "CD" or qty < 0
         qty = abs(qty)
         billing_uom = charge.get("billing_uom") or item["billing_uom"]
-        service = (ft1.get(4) or msg.msh.get(7))[:8]
+        service = (ft1.get(4) or sent)[:8]
         detail = _detail_after(msg, ft1, opts)
         if detail.get("udi"):
             udi = parse_udi(detail["udi"])  # GS1 or HIBC; fills what the segment left empty
@@ -167,9 +171,9 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
             revenue_code=charge.get("revenue_code"),
             unit_price=charge.get("price"),
             hcpcs=ft1.get(25) or charge.get("hcpcs") or None,
-            patient=msg.get("PID-3.1"),
+            patient=patient,
             performer=ft1.get(20) or None,
-            procedure=ft1.get(25) or msg.get("PR1-3.1"),
+            procedure=ft1.get(25) or message_procedure,
             source_line=line_id,
             reverses=original if credit else None,
             lot=detail.get("lot") or None,

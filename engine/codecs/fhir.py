@@ -179,6 +179,15 @@ FHIR_SPEC = Spec(
 
 
 class FhirCodec:
+    @staticmethod
+    def count_lines(parsed: Parsed) -> int:
+        """The message's lines for a channel's ``limits.max_lines``: a Bundle's entries."""
+        value = parsed.value
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            entries = value.get("entry")
+            return len(entries) if isinstance(entries, list) else 0
+        return 1
+
     content_type = CONTENT_TYPE
 
     def __init__(self, options: Any) -> None:

@@ -180,11 +180,25 @@ class Hl7Message:
     def msh(self) -> Segment:
         return self.segments[0]
 
+    @cached_property
+    def _by_name(self) -> dict[str, list[Segment]]:
+        """Segments by name, built once: a field lookup does not scan the message (a DFT^P03
+        with 10,000 FT1 asks for PV1-3 once per line)."""
+        index: dict[str, list[Segment]] = {}
+        for seg in self.segments:
+            index.setdefault(seg.name, []).append(seg)
+        return index
+
+    @cached_property
+    def positions(self) -> dict[int, int]:
+        """Each segment's position in the message, by ``id(segment)``."""
+        return {id(seg): i for i, seg in enumerate(self.segments)}
+
     def all(self, name: str) -> list[Segment]:
-        return [s for s in self.segments if s.name == name]
+        return list(self._by_name.get(name, ()))
 
     def segment(self, name: str, occurrence: int = 1) -> Segment | None:
-        found = self.all(name)
+        found = self._by_name.get(name, ())
         return found[occurrence - 1] if occurrence <= len(found) else None
 
     def get(self, path: str) -> str | None:
@@ -327,6 +341,11 @@ HL7_SPEC = Spec(
 
 class Hl7Codec:
     content_type = CONTENT_TYPE
+
+    @staticmethod
+    def count_lines(parsed: Parsed) -> int:
+        """The message's lines for a channel's ``limits.max_lines``: its segments."""
+        return len(parsed.value.segments)
 
     def __init__(self, options: Any) -> None:
         self.options = options

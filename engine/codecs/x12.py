@@ -32,6 +32,14 @@ X12_SPEC = Spec(
 
 
 class X12Codec:
+    @staticmethod
+    def count_lines(parsed: Parsed) -> int:
+        """The file's lines for a channel's ``limits.max_lines``: its segments (ISA16 ends
+        them)."""
+        raw = parsed.value
+        head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
+        return raw.count(head[105:106]) if len(head) > 105 else 0
+
     content_type = CONTENT_TYPE
 
     def __init__(self, options: Any) -> None:

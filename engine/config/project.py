@@ -26,6 +26,7 @@ from engine.spec import (
     INVALID,
     Any_,
     Bool,
+    ByteSize,
     Component,
     Context,
     Duration,
@@ -115,6 +116,25 @@ DEDUP_SPEC = Spec(
     description="Duplicate detection on the codec's dedup key.",
 )
 
+LIMITS_SPEC = Spec(
+    "limits",
+    [
+        Field(
+            "max_size", ByteSize(), None, "A larger message is refused (HL7: AR naming the limit)."
+        ),
+        Field(
+            "max_lines",
+            Int(1),
+            None,
+            "A message with more lines is refused (HL7: AR naming the limit): HL7 segments, "
+            "FHIR Bundle entries, X12 segments. Keeps one huge message from tying the "
+            "pipeline and the destinations up; the sender splits it.",
+        ),
+    ],
+    description="What one message of this channel may hold, checked before it is stored.",
+    example="limits:\n  max_lines: 5000\n  max_size: 2MiB",
+)
+
 DEST_EXPECT_SPEC = Spec(
     "destination_expectation",
     [
@@ -202,6 +222,7 @@ _CHANNEL_HEAD = [
     Field("source", Component("source"), None, "Where messages come from."),
     Field("codec", Component("codec"), None, "How bytes are parsed (default `raw`)."),
     Field("dedup", DEDUP_SPEC, None, "Duplicate detection."),
+    Field("limits", LIMITS_SPEC, None, "How big one message may be."),
 ]
 # (then one section per registered domain: `ledger:`, `procurement:`...)
 _CHANNEL_TAIL = [

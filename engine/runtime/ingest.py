@@ -211,6 +211,9 @@ class FrontDoor:
                 await threads.deferToThreadPool(
                     self.reactor, self.pool, channel.codec.validate_strict, raw
                 )
+            over = over_limits(channel, raw, parsed)
+            if over is not None:
+                raise over
         except CodecError as exc:
             return rejected(exc, raw, answers)
         respond_from = channel.config.respond_from
@@ -284,6 +287,30 @@ class FrontDoor:
                 return responder.pending(raw, parsed, timeout)
             await task.deferLater(self.reactor, delay, lambda: None)
             delay = min(delay * 2, 0.1)
+
+
+def over_limits(channel: Any, raw: bytes, parsed: Any) -> CodecError | None:
+    """The refusal for a message over its channel's ``limits`` (None when within them)."""
+    limits = channel.config.limits
+    if limits is None:
+        return None
+    where = f"limits in {channel.defn.file}"
+    if limits.max_size is not None and len(raw) > limits.max_size:
+        return CodecError(
+            f"message is {len(raw)} bytes; channel {channel.name} takes at most "
+            f"{limits.max_size} (max_size, {where}): split it",
+            code="too_large",
+        )
+    count = getattr(channel.codec, "count_lines", None)
+    if limits.max_lines is not None and count is not None:
+        lines = count(parsed)
+        if lines > limits.max_lines:
+            return CodecError(
+                f"message has {lines} lines; channel {channel.name} takes at most "
+                f"{limits.max_lines} (max_lines, {where}): split it",
+                code="too_large",
+            )
+    return None
 
 
 def rejected(exc: CodecError, raw: bytes = b"", answers: bool = False) -> IngestOutcome:

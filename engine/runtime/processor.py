@@ -206,6 +206,11 @@ class Processor(service.Service):
 
     ``channels()`` gives the running channels by name (a reload swaps them);
     ``delivered(channel)`` is told when a batch queued deliveries for that channel.
+
+    Fair to every channel: each has its own queue; a batch starts as soon as one of the
+    ``parallel`` slots is free, taking the channels in turn, and one channel has at most
+    ``per_channel`` batches on the pipeline threads at once. A channel busy with one huge
+    message therefore leaves the other threads to the other channels' messages.
     """
 
     name = "processor"
@@ -221,20 +226,25 @@ class Processor(service.Service):
         channels: Callable[[], dict[str, Channel]],
         delivered: Callable[[str], None],
         workers: Callable[[str], dict[str, Any]] | None = None,
+        per_channel: int | None = None,
     ) -> None:
         self.reactor = reactor
         self.store = store
         self.executor = executor
         self.pool = pool
-        self.parallel = parallel
+        self.parallel = max(1, parallel)
+        threads = max(1, getattr(pool, "max", 2))
+        self.per_channel = per_channel or max(1, threads - 1)
         self.channels = channels
         self.delivered = delivered
         self.workers = workers or (lambda channel: {})
         self.inflight: set[str] = set()
-        self.queue: deque[Work] = deque()
+        self.queues: dict[str, deque[Work]] = {}
+        self._turn: deque[str] = deque()  # channels with queued work, in the order served
+        self._busy: dict[str, int] = {}  # batches of a channel on the pipeline threads
+        self._batches: set[defer.Deferred] = set()
         self._sweep = True  # the first pass is a recovery sweep
-        self._running: defer.Deferred | None = None
-        self._again = False
+        self._sweeping: defer.Deferred | None = None
         self.stopped = True
         self.processed = 0
 
@@ -250,15 +260,30 @@ class Processor(service.Service):
 
     async def stop(self) -> None:
         self.stopped = True
-        while self._running is not None:
-            await self._running
+        while self._batches or self._sweeping is not None:
+            pending = list(self._batches)
+            if self._sweeping is not None:
+                pending.append(self._sweeping)
+            await defer.DeferredList(pending)
 
     # -- work ------------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
     def enqueue(self, work: Work) -> None:
         """A message just committed: process it without reading it back."""
         self.inflight.add(work.id)
-        self.queue.append(work)
+        self._queue(work)
         self.wake()
+
+    def _queue(self, work: Work) -> None:
+        queue = self.queues.get(work.channel)
+        if queue is None:
+            queue = self.queues[work.channel] = deque()
+        if not queue and work.channel not in self._turn:
+            self._turn.append(work.channel)
+        queue.append(work)
 
     def sweep(self) -> None:
         """Look in the store for messages still ``received`` (recovery, replays)."""
@@ -266,59 +291,69 @@ class Processor(service.Service):
         self.wake()
 
     def wake(self) -> None:
+        """Start what the free slots allow: batches, or a sweep when nothing is queued."""
         if self.stopped:
             return
-        if self._running is not None:
-            self._again = True
-            return
-        self._running = defer.ensureDeferred(self._run())
-        self._running.addErrback(lambda f: log.failure("pipeline pass failed", f))
-        self._running.addBoth(self._finished)
+        while len(self._batches) < self.parallel:
+            channel = self._next_channel()
+            if channel is None:
+                break
+            queue = self.queues[channel]
+            batch = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
+            if queue:
+                self._turn.append(channel)  # its next batch waits for the others' turn
+            self._busy[channel] = self._busy.get(channel, 0) + 1
+            d = defer.ensureDeferred(self._batch(batch))
+            if not d.called:
+                self._batches.add(d)
+                d.addBoth(self._batch_done, d)
+        if self._sweep and self._sweeping is None and not self.queued:
+            self._sweep = False
+            self._sweeping = defer.ensureDeferred(self._swept())
+            self._sweeping.addErrback(lambda f: log.failure("pipeline sweep failed", f))
+            self._sweeping.addBoth(self._sweep_done)
 
-    def _finished(self, _: Any) -> None:
-        self._running = None
-        if self._again and not self.stopped:
-            self._again = False
-            self.wake()
+    def _next_channel(self) -> str | None:
+        """The first channel in turn with queued work and room under its own limit."""
+        for _ in range(len(self._turn)):
+            channel = self._turn.popleft()
+            if not self.queues.get(channel):
+                continue
+            if self._busy.get(channel, 0) < self.per_channel:
+                return channel
+            self._turn.append(channel)  # at its limit: keep its place for later
+        return None
 
-    async def _run(self) -> None:
-        while not self.stopped:
-            self._again = False
-            batches: list[list[Work]] = []
-            while self.queue and len(batches) < self.parallel:
-                n = min(BATCH, len(self.queue))
-                batches.append([self.queue.popleft() for _ in range(n)])
-            if not batches and self._sweep:
-                self._sweep = False
-                batches = await self._swept()
-            if not batches:
-                return
-            work = [defer.ensureDeferred(self._batch(b)) for b in batches]
-            await defer.gatherResults(work, consumeErrors=True)
+    def _batch_done(self, result: Any, d: defer.Deferred) -> Any:
+        self._batches.discard(d)
+        self.wake()
+        return None
 
-    async def _swept(self) -> list[list[Work]]:
+    def _sweep_done(self, _: Any) -> None:
+        self._sweeping = None
+        self.wake()
+
+    async def _swept(self) -> None:
         channels = self.channels()
         ids: list[str] = []
         for name in list(channels):
             ids += await self.executor.submit(self.store.received_ids, 256, name)
         ids = [i for i in ids if i not in self.inflight]
         if not ids:
-            return []
+            return
         self.inflight.update(ids)
         try:
             loaded = await self.executor.submit(_load_many, self.store, ids)
         except Exception:
             self.inflight.difference_update(ids)
             raise
-        found = []
         for message_id, (row, raw) in zip(ids, loaded, strict=True):
             if row is not None and row.status == "received" and raw is not None:
-                found.append(Work(row.id, row.channel, row.correlation_id, raw))
+                self._queue(Work(row.id, row.channel, row.correlation_id, raw))
             else:
                 self.inflight.discard(message_id)
         if len(ids) == 256 * max(1, len(channels)):
             self._sweep = True  # more may wait
-        return [found[i : i + BATCH] for i in range(0, len(found), BATCH)]
 
     def _reserve(self, results: list[tuple[Work, Channel, Result]]) -> dict[tuple[str, str], Any]:
         """Room promised by the workers of the destinations this batch sends to (before the
@@ -340,15 +375,27 @@ class Processor(service.Service):
                 promised[(channel, name)] = (worker, Claim(granted, policy.lease, block))
         return promised
 
+    def _release(self, channel: str) -> None:
+        """A batch of ``channel`` left the pipeline threads (its commit may still run)."""
+        self._busy[channel] = max(0, self._busy.get(channel, 0) - 1)
+        self.wake()
+
     async def _batch(self, batch: list[Work]) -> None:
         """Process a batch on a pipeline thread, then record it in one commit."""
+        released = False
         try:
             channels = self.channels()
             jobs = [(channels[w.channel], w) for w in batch if w.channel in channels]
             # (a message of a channel not running now stays received for a later sweep)
             if not jobs:
                 return
-            results = await threads.deferToThreadPool(self.reactor, self.pool, _process_all, jobs)
+            try:
+                results = await threads.deferToThreadPool(
+                    self.reactor, self.pool, _process_all, jobs
+                )
+            finally:
+                released = True
+                self._release(batch[0].channel)
             outcomes = [outcome_of(w, channel, r) for w, channel, r in results]
             promised = self._reserve(results)
             claimed: Claimed = {}
@@ -391,4 +438,6 @@ class Processor(service.Service):
                     woken.add(w.channel)
                     self.delivered(w.channel)
         finally:
+            if not released:
+                self._release(batch[0].channel)
             self.inflight.difference_update(w.id for w in batch)

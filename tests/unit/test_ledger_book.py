@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -338,3 +339,59 @@ def test_the_charge_outcome_update_uses_an_index(tmp_path: Path) -> None:
     sql = "UPDATE charges SET status = 'accepted', updated_at = 1 WHERE event_id = 7"
     plan = [r[-1] for r in store._conn().execute("EXPLAIN QUERY PLAN " + sql)]
     assert not any(line.startswith("SCAN") for line in plan), plan
+
+
+def test_an_issue_over_its_line_limit_is_split_with_a_key_per_part(ledger: Any) -> None:
+    """1,201 lines with a limit of 500 make three ERP issue documents (500, 500, 201), each
+    with its own idempotency key derived from its own events, every line in exactly one; a
+    resend of the same lines books and sends nothing."""
+    events = [event(f"CU-S{i:04d}", chargeable=False) for i in range(1201)]
+    repo = ledger.repo if isinstance(ledger, MemoryLedger) else None
+    if repo is None:
+        with ledger.store.transaction("book") as tx:
+            out = book_events(
+                repository(tx),
+                message_id="m",
+                correlation_id="m",
+                channel="usage",
+                events=events,
+                routes=ROUTES,
+                policies={},
+                now=1.0,
+                issue_max_lines=500,
+            )
+    else:
+        out = book_events(
+            repo,
+            message_id="m",
+            correlation_id="m",
+            channel="usage",
+            events=events,
+            routes=ROUTES,
+            policies={},
+            now=1.0,
+            issue_max_lines=500,
+        )
+    issues = [o for o in out if o.destination == "erp"]
+    docs = [json.loads(o.payload) for o in issues]
+    assert [len(d["lines"]) for d in docs] == [500, 500, 201]
+    assert [d["part"] for d in docs] == ["1/3", "2/3", "3/3"]
+    keys = [o.meta["idempotency_key"] for o in issues]
+    assert len(set(keys)) == 3
+    first = ",".join(e.business_key for e in events[:500])
+    assert keys[0] == effect_key("usage", "erp", first, "issue")
+    lines = [line["event_key"] for d in docs for line in d["lines"]]
+    assert lines == [e.business_key for e in events]
+    _, again = ledger.book(*events)
+    assert again == []
+
+
+def test_an_issue_within_its_limit_is_one_document_keyed_as_before() -> None:
+    """Below the limit nothing changes: one document, no part marker, the same key."""
+    repo = InMemoryLedgerRepository()
+    out = _book(repo, "m", [event("CU-W1", chargeable=False)], 0.0)
+    (issue,) = [o for o in out if o.destination == "erp"]
+    assert "part" not in json.loads(issue.payload)
+    assert issue.meta["idempotency_key"] == effect_key(
+        "usage", "erp", "CU-W1|STENT|20260116", "issue"
+    )

@@ -26,7 +26,7 @@ from engine.errors import MappingMiss, MissingLotSerial
 from engine.interfaces import Booking, Job, Migration, Transaction
 from engine.model import Outbound
 from engine.registry import register_domain
-from engine.spec import Duration, Enum, Field, Spec, Str, TableName
+from engine.spec import Duration, Enum, Field, Int, Spec, Str, TableName
 
 NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
 
@@ -51,6 +51,13 @@ LEDGER_SPEC = Spec(
             "uom); applied at start where the ledger has no figure yet.",
         ),
         Field("billing_application", Str(), "BILLING", "MSH-5 of the charges sent."),
+        Field(
+            "issue_max_lines",
+            Int(1),
+            500,
+            "Most lines in one ERP issue document: a message with more becomes several "
+            "documents, each with its own idempotency key (an ERP refuses an over-large body).",
+        ),
         Field(
             "charge_format",
             Enum("hl7_dft", "fhir_r5", "fhir_r4b"),
@@ -144,6 +151,7 @@ class LedgerBinding:
             policies=self.policies,
             charge_payload=self.charge_payload,
             now=message.now,
+            issue_max_lines=self.section.issue_max_lines,
         )
 
     def work_item_for(self, error: Exception) -> tuple[str, str, str] | None:

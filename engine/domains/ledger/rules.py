@@ -51,9 +51,11 @@ def book_events(
     policies: Mapping[tuple[str, str], ParPolicy],
     charge_payload: ChargePayload | None = None,
     now: float | None = None,
+    issue_max_lines: int = 500,
 ) -> list[Outbound]:
     """Book ``events`` and return the deliveries their effects need.
-    ``charge_payload(event) -> (bytes, content_type)`` builds the billing call."""
+    ``charge_payload(event) -> (bytes, content_type)`` builds the billing call; an ERP issue
+    holds at most ``issue_max_lines`` lines (more make several documents)."""
     now = time.time() if now is None else now
     out: list[Outbound] = []
     issued: list[tuple[dict[str, object], ConsumptionEvent]] = []
@@ -116,21 +118,31 @@ def book_events(
                 )
     if issued and routes.issue:
         # One ERP issue per message and encounter (a FHIR Bundle may carry several) with a
-        # line per newly booked event (a resend books nothing, so it sends nothing); its key
-        # is derived from those events.
+        # line per newly booked event (a resend books nothing, so it sends nothing), in parts
+        # of at most issue_max_lines; each part's key is derived from its own events.
         groups: dict[str, tuple[list[dict[str, object]], list[ConsumptionEvent]]] = {}
         for line, ev in issued:
             group = groups.setdefault(ev.encounter, ([], []))
             group[0].append(line)
             group[1].append(ev)
-        for n, (encounter, (group_lines, events_)) in enumerate(groups.items()):
-            issue = {
-                "type": "inventory_issue",
-                "encounter": encounter,
-                "correlation_id": correlation_id,
-                "lines": group_lines,
-            }
-            out.insert(n, _issue_outbound(channel, routes.issue, events_, to_json_bytes(issue)))
+        issues = []
+        step = max(1, issue_max_lines)
+        for encounter, (group_lines, events_) in groups.items():
+            parts = range(0, len(group_lines), step)
+            for n, start in enumerate(parts, 1):
+                issue: dict[str, object] = {
+                    "type": "inventory_issue",
+                    "encounter": encounter,
+                    "correlation_id": correlation_id,
+                    "lines": group_lines[start : start + step],
+                }
+                if len(parts) > 1:
+                    issue["part"] = f"{n}/{len(parts)}"
+                part_events = events_[start : start + step]
+                issues.append(
+                    _issue_outbound(channel, routes.issue, part_events, to_json_bytes(issue))
+                )
+        out[:0] = issues
     return out
 
 
