@@ -225,6 +225,35 @@ def cmd_invoices(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_credits(args: argparse.Namespace) -> int:
+    from engine.domains.ledger import credits
+
+    with _opened_store(args.root) as store:
+        if args.action in ("release", "reject"):
+            if args.id is None:
+                print(f"credits {args.action}: give the credit id", file=sys.stderr)
+                return 2
+            now = time.time()
+            if args.action == "release":
+                out = credits.release(
+                    store, _project(args.root), args.id, actor=args.user, note=args.note, now=now
+                )
+            else:
+                out = credits.reject(store, args.id, actor=args.user, note=args.note, now=now)
+            print(f"credit {args.id} ({out['credit']}): {out['status']}")
+            return 0
+        rows = credits.held(store, None if args.status == "all" else args.status)
+        for c in rows:
+            ev = c.event
+            print(
+                f"{c.id:>6}  {c.status:<9} {c.channel:<14} {ev.item_id:<14} "
+                f"{ev.quantity} {ev.uom} at {ev.location_id}, encounter {ev.encounter}, "
+                f"reverses {c.reverses}"
+            )
+        print(f"{len(rows)} credit(s)", file=sys.stderr)
+        return 0
+
+
 def cmd_receipts(args: argparse.Namespace) -> int:
     from engine.domains.procurement import desk
     from engine.domains.procurement.domain import repository
@@ -359,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--status", help="with list: matched, held, released, rejected, duplicate")
     inv.add_argument("--note", default="", help="why (kept in the audit log)")
     inv.set_defaults(fn=cmd_invoices)
+    cr = sub.add_parser(
+        "credits", help="credits held for want of the line they reverse: list, release, reject"
+    )
+    cr.add_argument("action", nargs="?", choices=("list", "release", "reject"), default="list")
+    cr.add_argument("id", nargs="?", type=int, help="credit id (from the list)")
+    cr.add_argument("--status", default="held", help="with list: held, released, rejected, all")
+    cr.add_argument("--note", default="", help="why (kept in the audit log)")
+    cr.set_defaults(fn=cmd_credits)
 
     rc = sub.add_parser("receipts", help="receipts not yet invoiced (GR/IR), oldest first")
     rc.add_argument("--unmatched", action="store_true", help="(the default and only listing)")

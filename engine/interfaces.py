@@ -133,6 +133,10 @@ class Transaction(Protocol):
 
     def message_channel(self, message_id: str) -> str | None: ...
 
+    def internal_message(
+        self, channel: str, source: str, body: bytes, content_type: str, now: float
+    ) -> tuple[str, str]: ...
+
 
 #: A schema step: SQL statements, or a callable taking the dialect's connection. Domains
 #: write theirs so that running them on a schema that already has the objects changes nothing.

@@ -288,23 +288,24 @@ class Engine(OrderedServices):
         await self._audit_for("wharf", action, str(self.root), detail)
 
     # -- domains -------------------------------------------------------------------------------
-    def _sections(self, domain: Any) -> dict[str, Any]:
+    def _bindings_of(self, domain: Any) -> dict[str, Binding]:
+        """The domain's sections on the running channels, by channel."""
         return {
-            name: getattr(ch.config, domain.name)
+            name: binding
             for name, ch in self.channels.items()
-            if getattr(ch.config, domain.name, None) is not None
+            for binding in ch.bindings
+            if binding.domain is domain
         }
 
     async def _start_domains(self) -> None:
-        snapshot = self.resources.snapshot
         for domain in self.registry.domains():
-            sections = self._sections(domain)
-            if not sections:
+            bindings = self._bindings_of(domain)
+            if not bindings:
                 continue
 
-            def start(domain: Any = domain, sections: dict[str, Any] = sections) -> int:
+            def start(domain: Any = domain, bindings: dict[str, Binding] = bindings) -> int:
                 with self.store.transaction(f"{domain.name} start") as tx:
-                    return domain.start(tx, sections, snapshot, time.time())
+                    return domain.start(tx, bindings, time.time())
 
             n = await self.executor.submit(start)
             if n:
@@ -313,7 +314,7 @@ class Engine(OrderedServices):
     def _domain_jobs(self) -> list[JobService]:
         jobs = []
         for domain in self.registry.domains():
-            for job in domain.jobs(self.project.settings):
+            for job in domain.jobs(self.project.settings, self._bindings_of(domain)):
                 svc = domain_job(job, store=self.store, executor=self.executor, clock=self.reactor)
                 svc.setName(f"job:{domain.name}:{job.name}")
                 jobs.append(svc)

@@ -101,6 +101,33 @@ class SqliteTransaction:
         ).fetchone()
         return None if row is None else row[0]
 
+    def internal_message(
+        self, channel: str, source: str, body: bytes, content_type: str, now: float
+    ) -> tuple[str, str]:
+        """A message Wharf makes itself for effects no inbound message carries (a scheduled
+        par sweep's requisitions): stored like an inbound one, ``source`` naming who made it,
+        waiting for :meth:`finish`. Returns ``(message_id, correlation_id)``."""
+        message_id = model.new_id()
+        self.connection.execute(
+            "INSERT INTO messages (id, channel, source, peer, content_type, received_at, "
+            "updated_at, sha256, size, control_id, dedup_key, correlation_id, status) "
+            "VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
+            (
+                message_id,
+                channel,
+                source,
+                content_type,
+                now,
+                now,
+                hashlib.sha256(body).hexdigest(),
+                len(body),
+                message_id,
+                model.RECEIVED,
+            ),
+        )
+        self.put_content(message_id, "raw", body, now)
+        return message_id, message_id
+
     # ------------------------------------------------------------------ pipeline result
 
     def finish(
@@ -169,15 +196,22 @@ class SqliteTransaction:
         correlation_id: str | None = None,
     ) -> list[int]:
         """Add deliveries for a message (a person released a held invoice...); a row whose
-        idempotency key the message already has is not added again. ``correlation_id``: the
-        chain they belong to (default: the message's). Returns the new row ids."""
+        idempotency key the message already has is not added again; a message that had settled
+        (sent) waits on them again (queued). ``correlation_id``: the chain they belong to
+        (default: the message's). Returns the new row ids."""
         row = self.connection.execute(
             "SELECT channel, correlation_id FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         if row is None:
             raise StoreError(f"enqueue: no message with id {message_id!r}")
         chain = correlation_id or row[1]
-        return [i for _, i in self._insert_outbox(message_id, row[0], chain, outbound, now)]
+        ids = [i for _, i in self._insert_outbox(message_id, row[0], chain, outbound, now)]
+        if ids:  # a settled message has deliveries again: it waits on them
+            self.connection.execute(
+                "UPDATE messages SET status = ?, updated_at = ? WHERE id = ? AND status IN (?, ?)",
+                (model.QUEUED, now, message_id, model.SENT, model.FILTERED),
+            )
+        return ids
 
     def _replace_outbox(
         self,

@@ -395,3 +395,93 @@ def test_an_issue_within_its_limit_is_one_document_keyed_as_before() -> None:
     assert issue.meta["idempotency_key"] == effect_key(
         "usage", "erp", "CU-W1|STENT|20260116", "issue"
     )
+
+
+def _credit_for_a_line_never_booked() -> ConsumptionEvent:
+    return event(
+        "CU-OLD",
+        qty="2",
+        kind="credit",
+        business_key="CU-OLD|STENT|20260116|CD",
+        reverses="CU-OLD|STENT|20260116",
+    )
+
+
+def _book_with(repo: Any, events: Any, **options: Any) -> list[Outbound]:
+    return book_events(
+        repo,
+        message_id="m",
+        correlation_id="m",
+        channel="usage",
+        events=events,
+        routes=ROUTES,
+        policies=POLICIES,
+        charge_payload=charge,
+        now=5.0,
+        **options,
+    )
+
+
+def test_a_credit_for_a_line_never_booked_is_held_for_a_person() -> None:
+    """An orphan credit moves no stock and credits nothing: it is held with an ORPHAN_CREDIT
+    work item; sent again it adds nothing; released, it books as it came (stock back, a CD
+    charge); a rejected one is closed with nothing booked."""
+    repo = InMemoryLedgerRepository()
+    repo.seed_onhand([("LOC-CATH", "STENT", Decimal(3), "EA")], 0.0)
+    credit = _credit_for_a_line_never_booked()
+    assert _book_with(repo, [credit]) == []
+    assert repo.onhand("LOC-CATH", "STENT") == Decimal(3)
+    assert repo.charges == {}
+    (held,) = repo.held_credits()
+    assert (held.business_key, held.reverses, held.status) == (
+        "CU-OLD|STENT|20260116|CD",
+        "CU-OLD|STENT|20260116",
+        "held",
+    )
+    assert [(w["kind"], w["subject"]) for w in repo.work_items] == [
+        ("ORPHAN_CREDIT", "CU-OLD|STENT|20260116|CD")
+    ]
+    assert _book_with(repo, [credit]) == []  # the resend
+    assert len(repo.held_credits()) == 1 and len(repo.work_items) == 1
+    out = rules.release_credit(
+        repo, held, routes=ROUTES, policies=POLICIES, charge_payload=charge, now=6.0
+    )
+    assert sorted(o.destination for o in out) == ["billing", "erp"]
+    assert repo.onhand("LOC-CATH", "STENT") == Decimal(5)
+    assert [c["transaction_type"] for c in repo.charges.values()] == ["CD"]
+    assert repo.held_credits() == [] and repo.held_credits("released")[0].id == held.id
+    with pytest.raises(ValueError, match="released"):
+        rules.reject_credit(repo, repo.held_credits("released")[0], 7.0)
+
+
+def test_orphan_credits_booked_as_they_come_when_the_channel_says_so() -> None:
+    """``orphan_credits: book`` (credits of charges posted before go-live): booked at once."""
+    repo = InMemoryLedgerRepository()
+    out = _book_with(repo, [_credit_for_a_line_never_booked()], orphan_credits="book")
+    assert sorted(o.destination for o in out) == ["billing", "erp"]
+    assert repo.held_credits() == []
+
+
+def test_the_par_sweep_orders_for_any_breach_once() -> None:
+    """A location below its reorder point for any reason (its starting figure, a count) gets
+    one requisition, rounded to the pack, keyed by the requisition; none while one is open."""
+    repo = InMemoryLedgerRepository()
+    repo.seed_onhand([("LOC-CATH", "STENT", Decimal(2), "EA")], 0.0)
+    breaches = rules.par_breaches(repo, POLICIES)
+    assert [(p.item_id, q) for p, q, _ in breaches] == [("STENT", Decimal(2))]
+    out = rules.par_sweep(
+        repo,
+        breaches,
+        channel="usage",
+        destination="erp_req",
+        message_id="sweep",
+        correlation_id="sweep",
+        now=1.0,
+    )
+    (req,) = out
+    doc = json.loads(req.payload)
+    assert (doc["quantity"], doc["uom"]) == ("10", "EA")  # par 10 - 2 = 8 -> 2 packs of 5
+    assert "par sweep" in doc["reason"]
+    assert rules.par_breaches(repo, POLICIES) == []  # one is open now
+    repo.seed_onhand([("LOC-CATH", "OTHER", Decimal(0), "EA")], 0.0)  # no policy: nothing
+    assert rules.par_breaches(repo, POLICIES) == []

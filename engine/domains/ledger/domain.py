@@ -24,7 +24,7 @@ from engine.domains.ledger.records import (
 from engine.domains.ledger.repository import LedgerRepository, SqliteLedgerRepository
 from engine.errors import MappingMiss, MissingLotSerial
 from engine.interfaces import Booking, Job, Migration, Transaction
-from engine.model import Outbound
+from engine.model import Outbound, to_json_bytes
 from engine.registry import register_domain
 from engine.spec import Duration, Enum, Field, Int, Spec, Str, TableName
 
@@ -52,6 +52,14 @@ LEDGER_SPEC = Spec(
         ),
         Field("billing_application", Str(), "BILLING", "MSH-5 of the charges sent."),
         Field(
+            "orphan_credits",
+            Enum("hold", "book"),
+            "hold",
+            "A credit for a line the ledger never booked: held as an ORPHAN_CREDIT work item "
+            "until a person releases it (`wharf credits release`), or booked as it comes "
+            "(`book`: for credits of charges posted before go-live).",
+        ),
+        Field(
             "issue_max_lines",
             Int(1),
             500,
@@ -73,6 +81,14 @@ LEDGER_SPEC = Spec(
     ),
     example="ledger:\n  issue: erp\n  charge: billing\n  requisition: erp_requisitions\n"
     "  par_levels: par_levels",
+)
+
+PAR_SWEEP = Field(
+    "par_sweep",
+    Duration(),
+    900.0,
+    "How often every par'd location and item is checked against its reorder point, whatever "
+    "changed its on-hand (also at start; usage is checked as it is booked; 0 = off).",
 )
 
 UNBILLED_AFTER = Field(
@@ -128,6 +144,7 @@ class LedgerBinding:
         self.routes = LedgerRoutes(
             issue=section.issue, charge=section.charge, requisition=section.requisition
         )
+        self.mappings = mappings
         self.policies = par_policies(mappings, section.par_levels)
         self.destinations = frozenset(d for d in vars(self.routes).values() if d)
 
@@ -152,7 +169,53 @@ class LedgerBinding:
             charge_payload=self.charge_payload,
             now=message.now,
             issue_max_lines=self.section.issue_max_lines,
+            orphan_credits=self.section.orphan_credits,
         )
+
+    def release_credit(self, tx: Transaction, credit: Any, now: float) -> list[Outbound]:
+        """Book a held credit a person released; the deliveries to queue on its message."""
+        return rules.release_credit(
+            repository(tx),
+            credit,
+            routes=self.routes,
+            policies=self.policies,
+            charge_payload=self.charge_payload,
+            now=now,
+            issue_max_lines=self.section.issue_max_lines,
+        )
+
+    def par_sweep(self, tx: Transaction, now: float) -> int:
+        """Requisitions for the par'd items below their reorder point with none open, carried
+        by a message of the sweep's own; how many."""
+        if not self.routes.requisition or not self.policies:
+            return 0
+        repo = repository(tx)
+        breaches = rules.par_breaches(repo, self.policies)
+        if not breaches:
+            return 0
+        body = to_json_bytes(
+            {
+                "type": "par_sweep",
+                "breaches": [
+                    {"location_id": p.location_id, "item_id": p.item_id, "on_hand": str(q)}
+                    for p, q, _ in breaches
+                ],
+            }
+        )
+        mid, corr = tx.internal_message(
+            self.channel, "ledger:par-sweep", body, "application/json", now
+        )
+        out = rules.par_sweep(
+            repo,
+            breaches,
+            channel=self.channel,
+            destination=self.routes.requisition,
+            message_id=mid,
+            correlation_id=corr,
+            now=now,
+        )
+        tx.finish(mid, status="queued", now=now, outbound=out)
+        return len(out)
 
     def work_item_for(self, error: Exception) -> tuple[str, str, str] | None:
         if isinstance(error, MappingMiss):
@@ -185,7 +248,7 @@ class LedgerDomain:
     name = "ledger"
     spec = LEDGER_SPEC
     description = "Supply-ledger booking of consumption events."
-    settings: Sequence[Field] = (UNBILLED_AFTER,)
+    settings: Sequence[Field] = (UNBILLED_AFTER, PAR_SWEEP)
     durable = False
 
     def migrations(self, dialect: str) -> Sequence[Migration]:
@@ -206,29 +269,46 @@ class LedgerDomain:
     def bind(self, channel: str, section: Any, snapshot: Any) -> LedgerBinding:
         return LedgerBinding(self, channel, section, snapshot.mappings)
 
-    def jobs(self, settings: Any) -> Sequence[Job]:
+    def jobs(self, settings: Any, bindings: Mapping[str, Any]) -> Sequence[Job]:
+        jobs = []
         older_than = getattr(settings, "unbilled_after", 0) or 0
-        if not older_than:
-            return []
+        if older_than:
 
-        def unbilled(tx: Transaction, now: float) -> int:
-            return rules.find_unbilled(repository(tx), older_than=older_than, now=now)
+            def unbilled(tx: Transaction, now: float) -> int:
+                return rules.find_unbilled(repository(tx), older_than=older_than, now=now)
 
-        return [
-            Job(
-                "unbilled usage",
-                60.0,
-                unbilled,
-                alert="unbilled usage: {n} new UNBILLED_USAGE work item(s)",
+            jobs.append(
+                Job(
+                    "unbilled usage",
+                    60.0,
+                    unbilled,
+                    alert="unbilled usage: {n} new UNBILLED_USAGE work item(s)",
+                )
             )
-        ]
+        every = getattr(settings, "par_sweep", 0) or 0
+        if every and any(b.routes.requisition and b.policies for b in bindings.values()):
 
-    def start(self, tx: Transaction, sections: Mapping[str, Any], snapshot: Any, now: float) -> int:
-        """Starting on-hand from each channel's ``onhand`` table, where the ledger has none."""
+            def sweep(tx: Transaction, now: float) -> int:
+                return sum(b.par_sweep(tx, now) for b in bindings.values())
+
+            jobs.append(
+                Job(
+                    "par sweep",
+                    every,
+                    sweep,
+                    alert="par sweep: {n} requisition(s) for items below their reorder point",
+                )
+            )
+        return jobs
+
+    def start(self, tx: Transaction, bindings: Mapping[str, Any], now: float) -> int:
+        """Starting on-hand from each channel's ``onhand`` table where the ledger has none,
+        then a par sweep (a location may start below its reorder point)."""
         rows = []
-        for section in sections.values():
-            if section.onhand:
-                for row in snapshot.mappings.table(section.onhand).rows.values():
+        for binding in bindings.values():
+            table = binding.section.onhand
+            if table:
+                for row in binding.mappings.table(table).rows.values():
                     rows.append(
                         (
                             str(row["location_id"]),
@@ -237,7 +317,8 @@ class LedgerDomain:
                             str(row.get("uom") or "EA"),
                         )
                     )
-        return rules.seed_onhand(repository(tx), rows, now) if rows else 0
+        seeded = rules.seed_onhand(repository(tx), rows, now) if rows else 0
+        return seeded + sum(b.par_sweep(tx, now) for b in bindings.values())
 
 
 LEDGER = register_domain(LedgerDomain())

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from engine.domains.ledger.records import ConsumptionEvent
+from engine.domains.ledger.records import ConsumptionEvent, HeldCredit
 from engine.domains.ledger.repository import Unbilled
 
 
@@ -27,10 +27,11 @@ class InMemoryLedgerRepository:
 
     events: dict[str, _Event] = field(default_factory=dict)
     stock_moves: list[dict[str, Any]] = field(default_factory=list)
-    stock: dict[tuple[str, str], tuple[Decimal, str]] = field(default_factory=dict)
+    stock_levels: dict[tuple[str, str], tuple[Decimal, str]] = field(default_factory=dict)
     charges: dict[int, dict[str, Any]] = field(default_factory=dict)
     requisitions: list[dict[str, Any]] = field(default_factory=list)
     work_items: list[dict[str, Any]] = field(default_factory=list)
+    credits: dict[int, HeldCredit] = field(default_factory=dict)
 
     def event_booked(self, business_key: str) -> bool:
         return business_key in self.events
@@ -60,8 +61,8 @@ class InMemoryLedgerRepository:
             self.stock_moves.append(
                 {"event_id": event_id, "location_id": location, "item_id": item, "delta": delta}
             )
-        quantity = self.stock.get((location, item), (Decimal(0), uom))[0] + delta
-        self.stock[(location, item)] = (quantity, uom)
+        quantity = self.stock_levels.get((location, item), (Decimal(0), uom))[0] + delta
+        self.stock_levels[(location, item)] = (quantity, uom)
         return quantity
 
     def add_charge(
@@ -105,7 +106,7 @@ class InMemoryLedgerRepository:
         *,
         event_id: int | None = None,
         business_key: str | None = None,
-    ) -> None:
+    ) -> int:
         self.requisitions.append(
             {
                 "location_id": location,
@@ -117,6 +118,40 @@ class InMemoryLedgerRepository:
                 "business_key": business_key,
             }
         )
+        return len(self.requisitions)
+
+    def stock(self, location: str, item: str) -> tuple[Decimal, str] | None:
+        return self.stock_levels.get((location, item))
+
+    def hold_credit(
+        self, ev: ConsumptionEvent, channel: str, message_id: str, correlation_id: str, now: float
+    ) -> int | None:
+        if any(c.business_key == ev.business_key for c in self.credits.values()):
+            return None
+        credit_id = len(self.credits) + 1
+        self.credits[credit_id] = HeldCredit(
+            credit_id,
+            ev.business_key,
+            ev.reverses or "",
+            channel,
+            "held",
+            message_id,
+            correlation_id,
+            ev,
+            now,
+        )
+        return credit_id
+
+    def held_credit(self, credit_id: int) -> HeldCredit | None:
+        return self.credits.get(credit_id)
+
+    def held_credits(self, status: str | None = "held") -> list[HeldCredit]:
+        return [c for _, c in sorted(self.credits.items()) if status in (None, c.status)]
+
+    def close_credit(self, credit_id: int, status: str, now: float) -> None:
+        from dataclasses import replace
+
+        self.credits[credit_id] = replace(self.credits[credit_id], status=status)
 
     def set_charge_status(self, event_key: str, status: str, now: float) -> bool:
         booked = self.events.get(event_key)
@@ -129,8 +164,8 @@ class InMemoryLedgerRepository:
     def seed_onhand(self, rows: Sequence[tuple[str, str, Decimal, str]], now: float) -> int:
         n = 0
         for location, item, quantity, uom in rows:
-            if (location, item) not in self.stock:
-                self.stock[(location, item)] = (Decimal(quantity), uom)
+            if (location, item) not in self.stock_levels:
+                self.stock_levels[(location, item)] = (Decimal(quantity), uom)
                 n += 1
         return n
 
@@ -164,7 +199,7 @@ class InMemoryLedgerRepository:
         return out
 
     def onhand(self, location: str, item: str) -> Decimal | None:
-        held = self.stock.get((location, item))
+        held = self.stock_levels.get((location, item))
         return None if held is None else held[0]
 
     def open_work_item(

@@ -93,3 +93,30 @@ class LedgerRoutes:
     issue: str | None = None
     charge: str | None = None
     requisition: str | None = None
+
+
+_DECIMALS = ("quantity", "billing_quantity", "unit_price")
+
+
+def event_from_dict(data: dict[str, Any]) -> ConsumptionEvent:
+    """A :class:`ConsumptionEvent` back from its JSON form (decimals were written as text)."""
+    values = dict(data)
+    for name in _DECIMALS:
+        if values.get(name) is not None:
+            values[name] = Decimal(str(values[name]))
+    return ConsumptionEvent(**values)
+
+
+@dataclass(frozen=True)
+class HeldCredit:
+    """A credit for a line the ledger never booked, waiting for a person (ORPHAN_CREDIT)."""
+
+    id: int
+    business_key: str
+    reverses: str
+    channel: str
+    status: str  # held | released | rejected
+    message_id: str
+    correlation_id: str
+    event: ConsumptionEvent
+    created_at: float

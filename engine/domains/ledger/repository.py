@@ -9,12 +9,13 @@ it in dicts for the rules' unit tests. Quantities cross this boundary as :class:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from engine.domains.ledger.records import ConsumptionEvent
+from engine.domains.ledger.records import ConsumptionEvent, HeldCredit, event_from_dict
 from engine.model import to_json_bytes
 
 
@@ -79,7 +80,19 @@ class LedgerRepository(Protocol):
         *,
         event_id: int | None = None,
         business_key: str | None = None,
-    ) -> None: ...
+    ) -> int: ...
+
+    def stock(self, location: str, item: str) -> tuple[Decimal, str] | None: ...
+
+    def hold_credit(
+        self, ev: ConsumptionEvent, channel: str, message_id: str, correlation_id: str, now: float
+    ) -> int | None: ...
+
+    def held_credit(self, credit_id: int) -> HeldCredit | None: ...
+
+    def held_credits(self, status: str | None = "held") -> list[HeldCredit]: ...
+
+    def close_credit(self, credit_id: int, status: str, now: float) -> None: ...
 
     def set_charge_status(self, event_key: str, status: str, now: float) -> bool: ...
 
@@ -236,7 +249,7 @@ class SqliteLedgerRepository:
         event_id: int | None = None,
         business_key: str | None = None,
     ) -> None:
-        self.conn.execute(
+        cur = self.conn.execute(
             "INSERT INTO requisitions (location_id, item_id, quantity, uom, status, event_id, "
             "message_id, correlation_id, created_at, updated_at, business_key) "
             "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)",
@@ -252,6 +265,66 @@ class SqliteLedgerRepository:
                 now,
                 business_key,
             ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def stock(self, location: str, item: str) -> tuple[Decimal, str] | None:
+        row = self.conn.execute(
+            "SELECT quantity, uom FROM onhand WHERE location_id = ? AND item_id = ?",
+            (location, item),
+        ).fetchone()
+        return None if row is None else (Decimal(row[0]), row[1])
+
+    def hold_credit(
+        self, ev: ConsumptionEvent, channel: str, message_id: str, correlation_id: str, now: float
+    ) -> int | None:
+        """Keep a credit for a person; None when it is held (or was decided) already."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO held_credits (business_key, reverses, channel, detail, status, "
+            "message_id, correlation_id, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, 'held', ?, ?, ?, ?)",
+            (
+                ev.business_key,
+                ev.reverses or "",
+                channel,
+                to_json_bytes(ev).decode(),
+                message_id,
+                correlation_id,
+                now,
+                now,
+            ),
+        )
+        return int(cur.lastrowid) if cur.rowcount else None
+
+    _CREDIT_COLUMNS = (
+        "id, business_key, reverses, channel, status, message_id, correlation_id, detail, "
+        "created_at"
+    )
+
+    @staticmethod
+    def _credit(row: Sequence[Any]) -> HeldCredit:
+        cid, key, reverses, channel, status, mid, corr, detail, at = row
+        event = event_from_dict(json.loads(detail))
+        return HeldCredit(cid, key, reverses, channel, status, mid, corr, event, at)
+
+    def held_credit(self, credit_id: int) -> HeldCredit | None:
+        row = self.conn.execute(
+            f"SELECT {self._CREDIT_COLUMNS} FROM held_credits WHERE id = ?", (credit_id,)
+        ).fetchone()
+        return None if row is None else self._credit(row)
+
+    def held_credits(self, status: str | None = "held") -> list[HeldCredit]:
+        sql = f"SELECT {self._CREDIT_COLUMNS} FROM held_credits"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            sql += " WHERE status = ?"
+            args = (status,)
+        return [self._credit(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def close_credit(self, credit_id: int, status: str, now: float) -> None:
+        self.conn.execute(
+            "UPDATE held_credits SET status = ?, updated_at = ? WHERE id = ?",
+            (status, now, credit_id),
         )
 
     def set_charge_status(self, event_key: str, status: str, now: float) -> bool:

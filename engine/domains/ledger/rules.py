@@ -20,6 +20,7 @@ from decimal import Decimal
 
 from engine.domains.ledger.records import (
     ConsumptionEvent,
+    HeldCredit,
     LedgerRoutes,
     ParPolicy,
     RequisitionRequest,
@@ -33,6 +34,10 @@ __all__ = [
     "charge_outcome",
     "effect_key",
     "find_unbilled",
+    "par_breaches",
+    "par_sweep",
+    "reject_credit",
+    "release_credit",
     "round_up_to_pack",
     "seed_onhand",
 ]
@@ -52,10 +57,13 @@ def book_events(
     charge_payload: ChargePayload | None = None,
     now: float | None = None,
     issue_max_lines: int = 500,
+    orphan_credits: str = "hold",
 ) -> list[Outbound]:
     """Book ``events`` and return the deliveries their effects need.
     ``charge_payload(event) -> (bytes, content_type)`` builds the billing call; an ERP issue
-    holds at most ``issue_max_lines`` lines (more make several documents)."""
+    holds at most ``issue_max_lines`` lines (more make several documents). A credit for a line
+    the ledger never booked is held as an ORPHAN_CREDIT for a person (``orphan_credits``
+    ``hold``) or booked as it came (``book``: credits of charges posted before go-live)."""
     now = time.time() if now is None else now
     out: list[Outbound] = []
     issued: list[tuple[dict[str, object], ConsumptionEvent]] = []
@@ -78,6 +86,14 @@ def book_events(
             continue  # already booked: no second stock move, charge or requisition
         if ev.reverses_if_booked and not repo.event_booked(ev.reverses or ""):
             continue  # nothing to reverse: the original was never booked
+        if (
+            ev.kind == "credit"
+            and ev.reverses
+            and orphan_credits == "hold"
+            and not repo.event_booked(ev.reverses)
+        ):
+            _hold_credit(repo, ev, channel, message_id, correlation_id, now)
+            continue
         event_id = repo.add_event(ev, message_id, correlation_id, now)
         delta = ev.quantity if ev.kind == "credit" else -ev.quantity
         on_hand = repo.move_stock(
@@ -143,6 +159,123 @@ def book_events(
                     _issue_outbound(channel, routes.issue, part_events, to_json_bytes(issue))
                 )
         out[:0] = issues
+    return out
+
+
+def _hold_credit(
+    repo: LedgerRepository,
+    ev: ConsumptionEvent,
+    channel: str,
+    message_id: str,
+    correlation_id: str,
+    now: float,
+) -> None:
+    """No stock back, no credit to billing: a person decides (``wharf credits``)."""
+    if repo.hold_credit(ev, channel, message_id, correlation_id, now) is None:
+        return  # held (or decided) already: a resend changes nothing
+    repo.open_work_item(
+        "ORPHAN_CREDIT",
+        ev.business_key,
+        f"credit of {ev.quantity} {ev.uom} {ev.item_id} at {ev.location_id} on encounter "
+        f"{ev.encounter} reverses line {ev.reverses}, which the ledger never booked: held "
+        "until a person releases it (wharf credits release ID) or rejects it",
+        message_id,
+        correlation_id,
+        now,
+    )
+
+
+def release_credit(
+    repo: LedgerRepository,
+    credit: HeldCredit,
+    *,
+    routes: LedgerRoutes,
+    policies: Mapping[tuple[str, str], ParPolicy],
+    charge_payload: ChargePayload | None,
+    now: float,
+    issue_max_lines: int = 500,
+) -> list[Outbound]:
+    """Book a held credit as it came (a person vouches for it): stock back, the credit to
+    billing; returns the deliveries, to queue on the message that carried it."""
+    if credit.status != "held":
+        raise ValueError(f"credit {credit.id} is {credit.status} (expected held)")
+    out = book_events(
+        repo,
+        message_id=credit.message_id,
+        correlation_id=credit.correlation_id,
+        channel=credit.channel,
+        events=[credit.event],
+        routes=routes,
+        policies=policies,
+        charge_payload=charge_payload,
+        now=now,
+        issue_max_lines=issue_max_lines,
+        orphan_credits="book",
+    )
+    repo.close_credit(credit.id, "released", now)
+    return out
+
+
+def reject_credit(repo: LedgerRepository, credit: HeldCredit, now: float) -> None:
+    """Close a held credit without booking it."""
+    if credit.status != "held":
+        raise ValueError(f"credit {credit.id} is {credit.status} (expected held)")
+    repo.close_credit(credit.id, "rejected", now)
+
+
+def par_breaches(
+    repo: LedgerRepository, policies: Mapping[tuple[str, str], ParPolicy]
+) -> list[tuple[ParPolicy, Decimal, str]]:
+    """The par'd locations and items below their reorder point with no open requisition,
+    whatever brought them there (a starting figure, a count, an adjustment, a return)."""
+    out = []
+    for (location, item), policy in sorted(policies.items()):
+        stock = repo.stock(location, item)
+        if stock is None or stock[0] >= policy.reorder_point:
+            continue
+        if repo.has_open_requisition(location, item):
+            continue
+        out.append((policy, stock[0], stock[1]))
+    return out
+
+
+def par_sweep(
+    repo: LedgerRepository,
+    breaches: Sequence[tuple[ParPolicy, Decimal, str]],
+    *,
+    channel: str,
+    destination: str,
+    message_id: str,
+    correlation_id: str,
+    now: float,
+) -> list[Outbound]:
+    """One requisition per breach found by :func:`par_breaches`, carried by the sweep's own
+    message; each keyed by its requisition."""
+    out = []
+    for policy, on_hand, uom in breaches:
+        wanted = max(policy.order_qty, policy.par - on_hand)
+        quantity = round_up_to_pack(wanted, policy.pack_size)
+        req_id = repo.add_requisition(
+            policy.location_id, policy.item_id, quantity, uom, message_id, correlation_id, now
+        )
+        doc = {
+            "location_id": policy.location_id,
+            "item_id": policy.item_id,
+            "quantity": str(quantity),
+            "uom": uom,
+            "order_quantity": str(
+                quantity / policy.pack_size if policy.pack_size > 1 else quantity
+            ),
+            "order_uom": policy.uom,
+            "reason": f"on hand {on_hand} below reorder point {policy.reorder_point} (par sweep)",
+            "correlation_id": correlation_id,
+        }
+        key = f"par-sweep|{policy.location_id}|{policy.item_id}|{req_id}"
+        meta = {
+            "idempotency_key": effect_key(channel, destination, key, "requisition"),
+            "effect": "requisition",
+        }
+        out.append(Outbound(destination, to_json_bytes(doc), "application/json", None, meta))
     return out
 
 

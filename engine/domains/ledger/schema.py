@@ -117,10 +117,30 @@ def _requested_requisitions(conn: sqlite3.Connection) -> None:
 # Every accepted or rejected charge finds its row by event (a full scan before).
 _CHARGE_EVENT_INDEX = ["CREATE INDEX IF NOT EXISTS idx_charges_event ON charges(event_id)"]
 
+# Credits for lines the ledger never booked, held until a person releases or rejects them.
+_HELD_CREDITS = [
+    """
+    CREATE TABLE IF NOT EXISTS held_credits (
+        id INTEGER PRIMARY KEY,
+        business_key TEXT NOT NULL UNIQUE,
+        reverses TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('held', 'released', 'rejected')),
+        message_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_held_credits_status ON held_credits(status, created_at)",
+]
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
     (3, "index of charges by event", _CHARGE_EVENT_INDEX),
+    (4, "credits held for want of the line they reverse", _HELD_CREDITS),
 ]
 
 

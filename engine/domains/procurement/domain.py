@@ -182,7 +182,7 @@ class ProcurementDomain:
     def bind(self, channel: str, section: Any, snapshot: Any) -> ProcurementBinding:
         return ProcurementBinding(self, channel, section, snapshot)
 
-    def jobs(self, settings: Any) -> Sequence[Job]:
+    def jobs(self, settings: Any, bindings: Mapping[str, Any]) -> Sequence[Job]:
         def overdue(tx: Transaction, now: float) -> int:
             return flag_overdue_acks(repository(tx), now)
 
@@ -195,7 +195,7 @@ class ProcurementDomain:
             )
         ]
 
-    def start(self, tx: Transaction, sections: Mapping[str, Any], snapshot: Any, now: float) -> int:
+    def start(self, tx: Transaction, bindings: Mapping[str, Any], now: float) -> int:
         return 0
 
 
