@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+from engine.spec import duration_text
+
+__all__ = ["duration_text", "iso", "table", "text"]
 
 
 def iso(ts: float | None) -> str | None:
@@ -22,17 +24,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
-
-
-def duration_text(seconds: float) -> str:
-    """Seconds as a duration the way it is written in routes.yaml: the largest whole unit
-    (``8640000`` -> ``100d``, ``5400`` -> ``90m``), milliseconds below a second."""
-    if seconds and seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    for unit, size in _UNITS:
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def text(value: Any) -> str:

@@ -78,6 +78,18 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def duration_text(seconds: float) -> str:
+    """Seconds written back as a duration: the largest whole unit (``8640000`` -> ``100d``,
+    ``5400`` -> ``90m``), milliseconds below a second; what :class:`Duration` reads."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    for unit in ("d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -610,7 +622,9 @@ class Spec(Type):
         if self.fields:
             lines += ["| field | type | default | description |", "|---|---|---|---|"]
             for f in self.fields:
-                default = "**required**" if f.required else f"`{_render_default(f.default)}`"
+                default = (
+                    "**required**" if f.required else f"`{_render_default(f.default, f.type)}`"
+                )
                 desc = f.description.replace("\n", " ").replace("|", "\\|")
                 typ = f.type.expected().replace("|", "\\|")
                 lines.append(f"| `{f.name}` | {typ} | {default} | {desc} |")
@@ -634,14 +648,18 @@ def _nested_spec(type_: Type) -> Spec | None:
     return type_ if isinstance(type_, Spec) and type_.fields else None
 
 
-def _render_default(value: Any) -> str:
+def _render_default(value: Any, type_: Type | None = None) -> str:
+    """A default as it would be written in YAML (durations as ``7d``, not seconds)."""
     if value is None:
         return "null"
+    if isinstance(type_, Duration) and isinstance(value, int | float):
+        return duration_text(value)
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        types = {f.name: f.type for f in type_.fields} if isinstance(type_, Spec) else {}
         items = (
-            f"{f.name}: {_render_default(getattr(value, f.name))}"
+            f"{f.name}: {_render_default(getattr(value, f.name), types.get(f.name))}"
             for f in dataclasses.fields(value)
             if f.name not in ("where", "positions")
         )
