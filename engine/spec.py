@@ -622,9 +622,7 @@ class Spec(Type):
         if self.fields:
             lines += ["| field | type | default | description |", "|---|---|---|---|"]
             for f in self.fields:
-                default = (
-                    "**required**" if f.required else f"`{_render_default(f.default, f.type)}`"
-                )
+                default = "**required**" if f.required else f"`{_render_default(f.default)}`"
                 desc = f.description.replace("\n", " ").replace("|", "\\|")
                 typ = f.type.expected().replace("|", "\\|")
                 lines.append(f"| `{f.name}` | {typ} | {default} | {desc} |")
@@ -648,18 +646,14 @@ def _nested_spec(type_: Type) -> Spec | None:
     return type_ if isinstance(type_, Spec) and type_.fields else None
 
 
-def _render_default(value: Any, type_: Type | None = None) -> str:
-    """A default as it would be written in YAML (durations as ``7d``, not seconds)."""
+def _render_default(value: Any) -> str:
     if value is None:
         return "null"
-    if isinstance(type_, Duration) and isinstance(value, int | float):
-        return duration_text(value)
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        types = {f.name: f.type for f in type_.fields} if isinstance(type_, Spec) else {}
         items = (
-            f"{f.name}: {_render_default(getattr(value, f.name), types.get(f.name))}"
+            f"{f.name}: {_render_default(getattr(value, f.name))}"
             for f in dataclasses.fields(value)
             if f.name not in ("where", "positions")
         )
