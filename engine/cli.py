@@ -140,6 +140,15 @@ def _work_item_status(text: str) -> str:
     return _one_of("status", (*WORK_ITEM_STATUSES, "all"))(text)
 
 
+def _prune_statuses(text: str) -> str:
+    from engine.model import MESSAGE_STATUSES, NON_TERMINAL
+
+    terminal = [s for s in MESSAGE_STATUSES if s not in NON_TERMINAL]
+    for name in text.split(","):
+        _one_of("status", terminal)(name.strip())
+    return ",".join(name.strip() for name in text.split(","))
+
+
 def _key_value(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name or not value:
@@ -281,7 +290,7 @@ def _delivery_urls(root: Path, channel: str) -> dict[str, str]:
     gone or the project does not lint: the view shows what the store holds regardless)."""
     try:
         project = _project(root)
-    except WharfError:
+    except Exception:  # a project that does not load: the view shows what the store holds
         return {}
     defn = project.channels.get(channel)
     if defn is None:
@@ -566,10 +575,12 @@ def cmd_invoices(args: argparse.Namespace) -> int:
         r["why"] = "; ".join(
             x["reason"] + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
         )
-        if "created_at" in r:
-            r["created_at"] = iso(r["created_at"])
+        for when in ("at", "created_at"):
+            if isinstance(r.get(when), int | float):
+                r[when] = iso(r[when])
     columns = (
         ("ID", "id"),
+        ("RECEIVED", "at"),
         ("PARTNER", "partner"),
         ("INVOICE", "invoice_number"),
         ("PO", "po_number"),
@@ -741,7 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="apply retention rules and reclaim space")
     pr.add_argument("--older-than", type=_duration)
-    pr.add_argument("--status", default="sent,filtered")
+    pr.add_argument(
+        "--status",
+        type=_prune_statuses,
+        default="sent,filtered",
+        help="with --older-than: the statuses to prune, comma-separated (default sent,filtered)",
+    )
     pr.set_defaults(fn=cmd_prune)
 
     st = sub.add_parser("status", help="message and delivery counts (JSON)")
