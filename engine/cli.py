@@ -231,6 +231,12 @@ _MESSAGE_COLUMNS = (
 )
 
 
+def _iso(ts: float | None) -> str | None:
+    from engine.listing import iso
+
+    return iso(ts)
+
+
 def _message_dict(row: Any) -> dict[str, Any]:
     from engine.listing import iso
 
@@ -505,12 +511,6 @@ def cmd_work_items(args: argparse.Namespace) -> int:
     noun = "work item(s)" if status is None else f"{status} work item(s)"
     table(items, _WORK_ITEM_COLUMNS, noun=noun, as_json=args.json)
     return 0
-
-
-def _iso(ts: float | None) -> str | None:
-    from engine.listing import iso
-
-    return iso(ts)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
