@@ -1,22 +1,33 @@
-"""``wharf``: run, lint, test, messages, replay, prune, work-items, invoices, receipts, token,
-docs, status, sandbox, demo-erp.
+"""``wharf``: run, lint, test, messages, replay, prune, work-items, audit, invoices, receipts,
+token, docs, status, sandbox, demo-erp.
 
 Every command works on the project in the current folder (``routes.yaml``, ``channels/``,
-``mappings/``) unless ``--root`` says otherwise.
+``mappings/``) unless ``--root`` says otherwise, and refuses a folder that is not a project.
+The commands that only read the store (``messages``, ``status``, ``work-items``, ``audit``)
+take the store's path from routes.yaml alone and import nothing of the engine's runtime, so
+that they start at once. No command shows a traceback: a mistake is answered with what was
+expected and what came (and a did-you-mean for names), with a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, LintFailed
+from engine.errors import ConfigError, LintFailed, WharfError
+
+#: Message filters of ``wharf messages --status`` beyond the message statuses: messages that
+#: have a delivery in that state.
+DELIVERY_FILTERS = ("dead", "quarantined")
+MAX_LIMIT = 1_000_000
 
 
 def _project(root: Path) -> Any:
@@ -26,10 +37,11 @@ def _project(root: Path) -> Any:
 
 
 def _store(root: Path) -> Any:
+    """The store with every domain's tables (for the commands that read a domain's tables)."""
+    from engine.config.store_path import store_path
     from engine.runtime.store import open_store
 
-    project = _project(root)
-    return open_store(root / project.settings.store)
+    return open_store(store_path(root))
 
 
 @contextlib.contextmanager
@@ -41,6 +53,46 @@ def _opened_store(root: Path) -> Iterator[Any]:
         store.close()
 
 
+@contextlib.contextmanager
+def _read_store(root: Path) -> Iterator[Any]:
+    """The store's own tables only: no registry, no domain, no Twisted (``wharf messages``,
+    ``status``, ``work-items``, ``audit`` start in a fraction of a second)."""
+    from engine.config.store_path import store_path
+    from engine.store.sqlite import SqliteStore
+
+    store = SqliteStore(store_path(root)).open()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _default_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in the environment or the password database
+        return "unknown"
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    from engine.spec import did_you_mean
+
+    return did_you_mean(word, choices)
+
+
+def _unknown(what: str, value: str, choices: Iterable[str]) -> str:
+    known = sorted(set(choices))
+    if not known:
+        return f"unknown {what} {value!r} (the store holds none yet)"
+    listed = ", ".join(known)
+    return f"unknown {what} {value!r} (expected one of: {listed}){_did_you_mean(value, known)}"
+
+
+def _refuse(command: str, text: str, code: int = 2) -> int:
+    print(f"wharf {command}: {text}", file=sys.stderr)
+    return code
+
+
 def _duration(text: str) -> float:
     from engine.spec import _DURATION, _DURATION_UNITS
 
@@ -50,6 +102,82 @@ def _duration(text: str) -> float:
             f"expected a duration such as 30s, 5m, 2h, 7d (got {text!r})"
         )
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to {MAX_LIMIT:,} (got {text!r})"
+        )
+    return value
+
+
+def _one_of(what: str, choices: Iterable[str]) -> Callable[[str], str]:
+    names = tuple(choices)
+
+    def parse(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(_unknown(what, text, names))
+        return text
+
+    parse.__name__ = what  # argparse names the type in its own messages
+    return parse
+
+
+def _message_status(text: str) -> str:
+    from engine.model import MESSAGE_STATUSES
+
+    return _one_of("status", (*MESSAGE_STATUSES, *DELIVERY_FILTERS))(text)
+
+
+def _work_item_status(text: str) -> str:
+    from engine.model import WORK_ITEM_STATUSES
+
+    return _one_of("status", (*WORK_ITEM_STATUSES, "all"))(text)
+
+
+def _prune_statuses(text: str) -> str:
+    from engine.model import MESSAGE_STATUSES, NON_TERMINAL
+
+    terminal = [s for s in MESSAGE_STATUSES if s not in NON_TERMINAL]
+    for name in text.split(","):
+        _one_of("status", terminal)(name.strip())
+    return ",".join(name.strip() for name in text.split(","))
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(
+            f"expected a business key as NAME=VALUE, e.g. encounter=ENC-998877 (got {text!r})"
+        )
+    return name, value
+
+
+def _channel_names(root: Path) -> set[str]:
+    """The channels the project's files define (a channel file's ``name:`` or its stem)."""
+    import yaml
+
+    names = set()
+    for path in sorted((root / "channels").glob("*.yaml")):
+        name = path.stem
+        with contextlib.suppress(Exception):  # a broken file is lint's business, not ours
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if isinstance(doc, dict) and isinstance(doc.get("name"), str):
+                name = doc["name"]
+        names.add(name)
+    return names
+
+
+def _unknown_channel(store: Any, root: Path, channel: str) -> str | None:
+    """Why ``channel`` names no channel (did-you-mean), or None when it is one (in the
+    project's files or in the store's history)."""
+    known = _channel_names(root) | set(store.known("channel"))
+    return None if channel in known else _unknown("channel", channel, known)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -76,7 +204,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     except LintFailed as exc:
         print(exc, file=sys.stderr)
         return 1
+    for name in args.channels:
+        if name not in project.channels:
+            return _refuse("test", _unknown("channel", name, project.channels))
     outcomes = run_all(project, args.channels or None)
+    if not outcomes:
+        which = ", ".join(args.channels) if args.channels else "any channel"
+        return _refuse("test", f"no tests to run: {which} has no tests: block", 1)
     failed = 0
     for o in outcomes:
         mark = "PASS" if o.passed else "FAIL"
@@ -88,30 +222,47 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+_MESSAGE_COLUMNS = (
+    ("ID", "id"),
+    ("RECEIVED", "received_at"),
+    ("CHANNEL", "channel"),
+    ("STATUS", "status"),
+    ("CONTROL ID", "control_id"),
+)
+
+
+def _iso(ts: float | None) -> str | None:
+    from engine.listing import iso
+
+    return iso(ts)
+
+
+def _message_dict(row: Any) -> dict[str, Any]:
+    from engine.listing import iso
+
+    out = dict(row.__dict__)
+    out["received_at"] = iso(row.received_at)
+    out["updated_at"] = iso(row.updated_at)
+    return out
+
+
 def cmd_messages(args: argparse.Namespace) -> int:
-    store = _store(args.root)
-    try:
-        if args.show:
-            row = store.get_message(args.show)
-            if row is None:
-                print(f"no message {args.show}", file=sys.stderr)
-                return 1
-            print(json.dumps(row.__dict__, indent=2, default=str))
-            for d in store.deliveries_for(args.show):
-                d = {k: v for k, v in d.items() if k not in ("payload", "response")}
-                print(json.dumps(d, default=str))
-            if args.body:
-                store.audit(args.user, "view_body", args.show, {"stage": "raw"}, time.time())
-                raw = store.get_content(args.show, "raw") or b""
-                print(raw.decode("utf-8", "replace").replace("\r", "\n"))
-            return 0
-        key = value = None
-        if args.key:
-            key, _, value = args.key.partition("=")
+    from engine.listing import table
+
+    if args.show:
+        return _show_message(args)
+    if args.body:
+        return _refuse("messages", "--body goes with --show ID")
+    status, delivery_status = args.status, None
+    if status in DELIVERY_FILTERS:
+        status, delivery_status = None, status
+    key, value = args.key if args.key else (None, None)
+    with _read_store(args.root) as store:
         now = time.time()
         rows = store.search(
             channel=args.channel,
-            status=args.status,
+            status=status,
+            delivery_status=delivery_status,
             since=now - args.since if args.since else None,
             until=now - args.until if args.until else None,
             correlation_id=args.correlation_id,
@@ -119,31 +270,152 @@ def cmd_messages(args: argparse.Namespace) -> int:
             value=value,
             limit=args.limit,
         )
-        for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.received_at))
-            err = f"  {r.error_location}: {r.error}" if r.error and args.errors else ""
-            print(f"{r.id}  {when}  {r.channel:<20} {r.status:<9} {r.control_id or '-'}{err}")
-        print(f"{len(rows)} message(s)", file=sys.stderr)
-        return 0
-    finally:
-        store.close()
+        if not rows:  # say so when a name is wrong, rather than "0 message(s)"
+            if args.channel and (problem := _unknown_channel(store, args.root, args.channel)):
+                return _refuse("messages", problem)
+            if key is not None and key not in (names := store.known("business_key")):
+                return _refuse("messages", _unknown("business key", key, names))
+    listed = [_message_dict(r) for r in rows]
+    columns = list(_MESSAGE_COLUMNS)
+    if args.errors:
+        for d in listed:
+            d["error_text"] = f"{d['error_location']}: {d['error']}" if d["error"] else ""
+        columns.append(("ERROR", "error_text"))
+    table(listed, columns, noun="message(s)", as_json=args.json)
+    return 0
+
+
+def _text(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    return data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _delivery_urls(root: Path, channel: str) -> dict[str, str]:
+    """The URL template of each HTTP destination of ``channel`` (empty when the channel is
+    gone or the project does not lint: the view shows what the store holds regardless)."""
+    try:
+        project = _project(root)
+    except Exception:  # a project that does not load: the view shows what the store holds
+        return {}
+    defn = project.channels.get(channel)
+    if defn is None:
+        return {}
+    urls = {}
+    for dest in defn.config.destinations:
+        comp = dest.component
+        if getattr(comp, "name", None) == "http":
+            urls[dest.name] = comp.options.url
+    return urls
+
+
+def _url(template: str, row: dict[str, Any], message: Any) -> str:
+    from engine.model import Delivery
+    from engine.templating import render_template, template_values, url_quote
+
+    delivery = Delivery(
+        row["id"],
+        message.id,
+        message.channel,
+        row["destination"],
+        row["payload"],
+        row["content_type"],
+        row["idempotency_key"],
+        message.correlation_id or message.id,
+        row["order_key"],
+        row["attempts"],
+        row["created_at"],
+        row["meta"],
+    )
+    try:
+        return render_template(template, template_values(delivery), what="url", quote=url_quote)
+    except WharfError as exc:
+        return f"{template} ({exc})"
+
+
+def _show_message(args: argparse.Namespace) -> int:
+    """One message in one place: its row, business keys, the answer it got, its content
+    stages, and every delivery with attempts, URL and the destination's answer. Audited:
+    ``view_message``, or ``view_body`` with ``--body`` (which adds the bodies)."""
+    from engine.listing import iso
+
+    with _read_store(args.root) as store:
+        row = store.get_message(args.show)
+        if row is None:
+            return _refuse("messages", f"no message {args.show!r} in the store", 1)
+        keys: dict[str, list[str]] = {}
+        for name, value in store.business_keys(row.id):
+            keys.setdefault(name, []).append(value)
+        sizes = store.content_sizes(row.id)
+        deliveries = store.deliveries_for(row.id)
+        urls = _delivery_urls(args.root, row.channel) if deliveries else {}
+        view: dict[str, Any] = {
+            "message": _message_dict(row),
+            "business_keys": keys,
+            "answer_to_sender": _text(store.get_content(row.id, "response")),
+            "contents": {stage: {"bytes": n} for stage, n in sizes.items()},
+            "deliveries": [],
+        }
+        for d in deliveries:
+            item = {
+                "id": d["id"],
+                "destination": d["destination"],
+                "output": d["idx"],
+                "status": d["status"],
+                "attempts": d["attempts"],
+                "next_attempt_at": iso(d["next_attempt_at"]),
+                "last_error": d["last_error"],
+                "idempotency_key": d["idempotency_key"],
+                "order_key": d["order_key"],
+                "content_type": d["content_type"],
+                "payload_bytes": len(d["payload"]),
+                "answer": _text(d["response"]),
+                "created_at": iso(d["created_at"]),
+                "updated_at": iso(d["updated_at"]),
+            }
+            if d["destination"] in urls:
+                item["url"] = _url(urls[d["destination"]], d, row)
+            if args.body:
+                item["payload"] = _text(d["payload"])
+            view["deliveries"].append(item)
+        stages = []
+        if args.body:
+            for stage in sizes:
+                view["contents"][stage]["text"] = _text(store.get_content(row.id, stage))
+            stages = [*sizes, *(f"payload:{d['destination']}" for d in deliveries)]
+        action = "view_body" if args.body else "view_message"
+        store.audit(args.user, action, row.id, {"stages": stages} if args.body else {}, time.time())
+    print(json.dumps(view, indent=2, ensure_ascii=False, default=str))
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    store = _store(args.root)
-    try:
+    if args.message_id and args.channel:
+        return _refuse("replay", "give a message id or --channel with --all-errors, not both")
+    if not args.message_id and not (args.channel and args.all_errors):
+        return _refuse("replay", "give a message id, or --channel C with --all-errors")
+    with _read_store(args.root) as store:
         now = time.time()
         if args.message_id:
+            if store.get_message(args.message_id) is None:
+                return _refuse("replay", f"no message {args.message_id!r} in the store", 1)
+            if args.destination:
+                have = {d["destination"] for d in store.deliveries_for(args.message_id)}
+                if args.destination not in have:
+                    what = f"destination of message {args.message_id}"
+                    return _refuse("replay", _unknown(what, args.destination, have))
             result = store.replay(
                 args.message_id, destination=args.destination, actor=args.user, now=now
             )
             print(f"replay {args.message_id}: {result}")
             return 0 if (result["requeued"] or result["reprocess"]) else 1
-        if not args.channel:
-            print("replay: give a message id, or --channel with --all-errors", file=sys.stderr)
-            return 2
+        problem = _unknown_channel(store, args.root, args.channel)
+        if problem:
+            return _refuse("replay", problem)
+        if args.destination and args.destination not in (have := store.known("destination")):
+            return _refuse("replay", _unknown("destination", args.destination, have))
         # Oldest first, so that a key's deliveries go out again in their original order.
-        rows = store.search(channel=args.channel, status="error", limit=1_000_000)
+        rows = store.search(channel=args.channel, status="error", limit=MAX_LIMIT)
         ids = [r.id for r in reversed(rows)]
         done = 0
         for i, mid in enumerate(ids, 1):
@@ -154,11 +426,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
         print(f"replay: {done} message(s) of channel {args.channel} queued again")
         return 0
-    finally:
-        store.close()
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from engine.listing import duration_text
+
     project = _project(args.root)
     store = _store(args.root)
     try:
@@ -168,7 +440,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         total = 0
         for statuses, age in rules:
             n = store.prune(older_than=age, statuses=statuses, now=time.time())
-            print(f"pruned {n} message(s) in {','.join(statuses)} older than {age:.0f}s")
+            print(f"pruned {n} message(s) in {','.join(statuses)} older than {duration_text(age)}")
             total += n
         store.reclaim()
         store.audit(args.user, "prune", str(args.root), {"deleted": total}, time.time())
@@ -177,24 +449,110 @@ def cmd_prune(args: argparse.Namespace) -> int:
         store.close()
 
 
+_WORK_ITEM_COLUMNS = (
+    ("ID", "id"),
+    ("OPENED", "created_at"),
+    ("KIND", "kind"),
+    ("STATUS", "status"),
+    ("MESSAGE", "message_id"),
+    ("SUBJECT", "subject"),
+)
+
+
+def _work_item_dict(item: dict[str, Any]) -> dict[str, Any]:
+    from engine.listing import iso
+
+    return {**item, "created_at": iso(item["created_at"]), "updated_at": iso(item["updated_at"])}
+
+
 def cmd_work_items(args: argparse.Namespace) -> int:
-    store = _store(args.root)
-    try:
-        items = store.open_work_items(args.kind)
-        for w in items:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["created_at"]))
-            print(
-                f"{w['id']:>6}  {when}  {w['kind']:<18} {w['subject']}  (message {w['message_id']})"
-            )
-        print(f"{len(items)} open work item(s)", file=sys.stderr)
-        return 0
-    finally:
-        store.close()
+    """Work items: a list (open ones by default), one in detail, or closed by a person."""
+    from engine.listing import table
+    from engine.model import WORK_ITEM_KINDS
+
+    if args.action in ("show", "close") and args.id is None:
+        return _refuse("work-items", f"{args.action}: give the work item's id (from the list)")
+    if args.action == "list" and args.id is not None:
+        return _refuse("work-items", "give an id with show or close (wharf work-items show ID)")
+    if args.action == "close" and not args.note.strip():
+        return _refuse("work-items", "close: say why with --note (it goes into the audit log)")
+    with _read_store(args.root) as store:
+        if args.action == "close":
+            item = store.close_work_item(args.id, actor=args.user, note=args.note, now=time.time())
+            print(f"work item {args.id} ({item['kind']} {item['subject']}): closed")
+            return 0
+        if args.action == "show":
+            found = store.work_item(args.id)
+            if found is None:
+                return _refuse("work-items", f"no work item {args.id}", 1)
+            entries = [
+                {**e, "at": _iso(e["at"])}
+                for e in store.audit_entries(MAX_LIMIT, action="work_item.close")
+                if e["target"] == str(args.id)
+            ]
+            view = {**_work_item_dict(found), "audit": entries}
+            if args.json:
+                print(json.dumps(view, indent=2, ensure_ascii=False, default=str))
+                return 0
+            for name in ("id", "kind", "status", "subject", "message_id", "correlation_id"):
+                print(f"{name + ':':<16}{view[name] if view[name] is not None else '-'}")
+            print(f"{'opened:':<16}{view['created_at']}")
+            print(f"{'updated:':<16}{view['updated_at']}")
+            print(f"{'means:':<16}{WORK_ITEM_KINDS.get(found['kind'], '-')}")
+            print(f"{'detail:':<16}{view['detail']}")
+            for e in entries:
+                print(f"{'closed by:':<16}{e['actor']} at {e['at']}: {e['detail'].get('note')}")
+            return 0
+        kinds = set(WORK_ITEM_KINDS) | set(store.known("work_item_kind"))
+        if args.kind and args.kind not in kinds:
+            return _refuse("work-items", _unknown("work item kind", args.kind, kinds))
+        status = None if args.status == "all" else args.status
+        items = [_work_item_dict(w) for w in store.work_items(args.kind, status, args.limit)]
+    noun = "work item(s)" if status is None else f"{status} work item(s)"
+    table(items, _WORK_ITEM_COLUMNS, noun=noun, as_json=args.json)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit log: its newest rows, or ``verify`` to check its whole hash chain."""
+    from engine.listing import table
+
+    with _read_store(args.root) as store:
+        if args.action == "verify":
+            count = store.audit_count()
+            broken = store.audit_break()
+            if broken is not None:
+                print(
+                    f"audit: row {broken} of {count} breaks the hash chain (a row was changed, "
+                    "removed or moved at or before it)",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"audit: {count} row(s), hash chain intact")
+            return 0
+        rows = store.audit_entries(args.limit, action=args.action_name)
+    listed = [{**e, "at": _iso(e["at"])} for e in rows]
+    for e in listed:
+        e["detail_text"] = json.dumps(e["detail"], ensure_ascii=False, sort_keys=True)
+    columns = (
+        ("ID", "id"),
+        ("AT", "at"),
+        ("ACTOR", "actor"),
+        ("ACTION", "action"),
+        ("TARGET", "target"),
+        ("DETAIL", "detail_text"),
+    )
+    if args.json:
+        for e in listed:
+            del e["detail_text"]
+    table(listed, columns, noun="audit row(s)", as_json=args.json)
+    return 0
 
 
 def cmd_invoices(args: argparse.Namespace) -> int:
     from engine.domains.procurement import desk
     from engine.domains.procurement.domain import repository
+    from engine.listing import iso, table
 
     with _opened_store(args.root) as store:
         if args.action in ("release", "reject"):
@@ -213,16 +571,25 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             return 0
         with store.reading() as rd:
             rows = desk.invoices(repository(rd), args.status)
-        for r in rows:
-            why = "; ".join(
-                x["reason"] + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
-            )
-            print(
-                f"{r['id']:>6}  {r['partner']:<10} {r['invoice_number']:<14} "
-                f"PO {r['po_number']:<12} {r['status']:<9} {r['total'] or '':>10}  {why}"
-            )
-        print(f"{len(rows)} invoice(s)", file=sys.stderr)
-        return 0
+    for r in rows:
+        r["why"] = "; ".join(
+            x["reason"] + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
+        )
+        for when in ("at", "created_at"):
+            if isinstance(r.get(when), int | float):
+                r[when] = iso(r[when])
+    columns = (
+        ("ID", "id"),
+        ("RECEIVED", "at"),
+        ("PARTNER", "partner"),
+        ("INVOICE", "invoice_number"),
+        ("PO", "po_number"),
+        ("STATUS", "status"),
+        ("TOTAL", "total"),
+        ("WHY", "why"),
+    )
+    table(rows, columns, noun="invoice(s)", as_json=args.json)
+    return 0
 
 
 def cmd_credits(args: argparse.Namespace) -> int:
@@ -257,28 +624,32 @@ def cmd_credits(args: argparse.Namespace) -> int:
 def cmd_receipts(args: argparse.Namespace) -> int:
     from engine.domains.procurement import desk
     from engine.domains.procurement.domain import repository
+    from engine.listing import iso, table
 
     with _opened_store(args.root) as store:
         with store.reading() as rd:
             rows = desk.unmatched_receipts(
                 repository(rd), older_than=args.older_than, now=time.time()
             )
-        for r in rows:
-            print(
-                f"PO {r['po_number']:<12} line {r['po_line']:<4} {r['item_id']:<14} "
-                f"uninvoiced {r['uninvoiced']:>8}  received {r['age_days']} day(s) ago"
-            )
-        print(f"{len(rows)} unmatched receipt line(s)", file=sys.stderr)
-        return 0
+    for r in rows:
+        r["oldest"] = iso(r["oldest"])
+    columns = (
+        ("PO", "po_number"),
+        ("LINE", "po_line"),
+        ("ITEM", "item_id"),
+        ("UNINVOICED", "uninvoiced"),
+        ("RECEIVED", "oldest"),
+        ("AGE (DAYS)", "age_days"),
+    )
+    table(rows, columns, noun="unmatched receipt line(s)", as_json=args.json)
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = _store(args.root)
-    try:
+    """Counts of messages and deliveries by status (JSON: it is read by people and scripts)."""
+    with _read_store(args.root) as store:
         print(json.dumps(store.counts(), indent=2))
-        return 0
-    finally:
-        store.close()
+    return 0
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -334,10 +705,37 @@ def cmd_demo_erp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON array")
+
+
+#: Commands that work on a project (the others: token, docs, sandbox, demo-erp).
+NEEDS_PROJECT = (
+    "run",
+    "lint",
+    "test",
+    "messages",
+    "replay",
+    "prune",
+    "status",
+    "work-items",
+    "audit",
+    "invoices",
+    "receipts",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from engine._version import __version__
+
     p = argparse.ArgumentParser(prog="wharf", description=__doc__)
+    p.add_argument("--version", action="version", version=f"wharf {__version__}")
     p.add_argument("--root", type=Path, default=Path.cwd(), help="project folder (default: .)")
-    p.add_argument("--user", default="cli", help="name recorded in the audit log")
+    p.add_argument(
+        "--user",
+        default=_default_user(),
+        help="name recorded in the audit log (default: your login name)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the engine")
@@ -353,15 +751,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("messages", help="search stored messages")
     m.add_argument("--channel")
-    m.add_argument("--status")
+    m.add_argument(
+        "--status",
+        type=_message_status,
+        help="received, filtered, queued, sent, error, conflict; or dead / quarantined: "
+        "messages with a delivery in that state",
+    )
     m.add_argument("--since", type=_duration, help="received within, e.g. 2h")
     m.add_argument("--until", type=_duration, help="received before this long ago, e.g. 30m")
     m.add_argument("--correlation-id")
-    m.add_argument("--key", help="business key, e.g. encounter=ENC-998877")
-    m.add_argument("--limit", type=int, default=50)
+    m.add_argument("--key", type=_key_value, help="business key, e.g. encounter=ENC-998877")
+    m.add_argument("--limit", type=_limit, default=50, help="at most this many (default 50)")
     m.add_argument("--errors", action="store_true", help="show error text and location")
-    m.add_argument("--show", metavar="ID", help="one message with its deliveries")
-    m.add_argument("--body", action="store_true", help="with --show: print the raw body (audited)")
+    m.add_argument(
+        "--show",
+        metavar="ID",
+        help="one message: keys, the answer it got, contents, deliveries (audited)",
+    )
+    m.add_argument("--body", action="store_true", help="with --show: the bodies too (audited)")
+    _json_flag(m)
     m.set_defaults(fn=cmd_messages)
 
     rp = sub.add_parser("replay", help="deliver or process messages again")
@@ -373,20 +781,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="apply retention rules and reclaim space")
     pr.add_argument("--older-than", type=_duration)
-    pr.add_argument("--status", default="sent,filtered")
+    pr.add_argument(
+        "--status",
+        type=_prune_statuses,
+        default="sent,filtered",
+        help="with --older-than: the statuses to prune, comma-separated (default sent,filtered)",
+    )
     pr.set_defaults(fn=cmd_prune)
 
-    sub.add_parser("status", help="message and delivery counts").set_defaults(fn=cmd_status)
+    st = sub.add_parser("status", help="message and delivery counts (JSON)")
+    st.add_argument("--json", action="store_true", help="(the default: status is JSON)")
+    st.set_defaults(fn=cmd_status)
 
-    w = sub.add_parser("work-items", help="open ledger work items (missing mappings, rejects)")
+    w = sub.add_parser("work-items", help="work items for a person: list, show ID, close ID --note")
+    w.add_argument("action", nargs="?", choices=("list", "show", "close"), default="list")
+    w.add_argument("id", nargs="?", type=int, help="work item id (from the list)")
     w.add_argument("--kind", help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, ...")
+    w.add_argument(
+        "--status",
+        type=_work_item_status,
+        default="open",
+        help="open (default), closed, resolved or all",
+    )
+    w.add_argument("--limit", type=_limit, default=1000, help="at most this many (default 1000)")
+    w.add_argument("--note", default="", help="with close: why (kept in the audit log)")
+    _json_flag(w)
     w.set_defaults(fn=cmd_work_items)
+
+    au = sub.add_parser("audit", help="the audit log: list its newest rows, or verify its chain")
+    au.add_argument("action", nargs="?", choices=("list", "verify"), default="list")
+    au.add_argument("--action", dest="action_name", metavar="NAME", help="only this action")
+    au.add_argument("--limit", type=_limit, default=50, help="at most this many (default 50)")
+    _json_flag(au)
+    au.set_defaults(fn=cmd_audit)
 
     inv = sub.add_parser("invoices", help="X12 invoices: list, release or reject held ones")
     inv.add_argument("action", nargs="?", choices=("list", "release", "reject"), default="list")
     inv.add_argument("id", nargs="?", type=int, help="invoice id (from the list)")
-    inv.add_argument("--status", help="with list: matched, held, released, rejected, duplicate")
+    inv.add_argument(
+        "--status",
+        type=_one_of("status", ("matched", "held", "released", "rejected", "duplicate")),
+        help="with list: matched, held, released, rejected, duplicate",
+    )
     inv.add_argument("--note", default="", help="why (kept in the audit log)")
+    _json_flag(inv)
     inv.set_defaults(fn=cmd_invoices)
     cr = sub.add_parser(
         "credits", help="credits held for want of the line they reverse: list, release, reject"
@@ -400,6 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("receipts", help="receipts not yet invoiced (GR/IR), oldest first")
     rc.add_argument("--unmatched", action="store_true", help="(the default and only listing)")
     rc.add_argument("--older-than", type=_duration, default=0.0, help="e.g. 30d")
+    _json_flag(rc)
     rc.set_defaults(fn=cmd_receipts)
 
     tk = sub.add_parser("token", help="make a bearer token and its sha256 for auth.tokens")
@@ -434,13 +873,28 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.root = args.root.resolve()
+    if args.command in NEEDS_PROJECT:
+        from engine.config.store_path import is_project, not_a_project
+
+        if not is_project(args.root):
+            return _refuse(args.command, not_a_project(args.root))
     try:
         return int(args.fn(args) or 0)
     except LintFailed as exc:
         print(exc, file=sys.stderr)
         return 1
+    except WharfError as exc:
+        return _refuse(args.command, str(exc), 1)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line that names it; the traceback only when asked
+        if os.environ.get("WHARF_DEBUG"):
+            raise
+        return _refuse(
+            args.command,
+            f"internal error: {type(exc).__name__}: {exc} (set WHARF_DEBUG=1 to see where)",
+            70,
+        )
 
 
 if __name__ == "__main__":

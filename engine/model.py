@@ -28,6 +28,27 @@ DELIVERY_STATUSES = (PENDING, INFLIGHT, DELIVERED, DEAD, QUARANTINED)
 #: Content stages kept for the message browser.
 STAGES = ("raw", "transformed", "sent", "response")
 
+#: Work item statuses: ``resolved`` by the engine when the cause went away (a replay that
+#: went through), ``closed`` by a person (``wharf work-items close ID --note``, audited).
+WORK_ITEM_STATUSES = ("open", "resolved", "closed")
+
+#: The kinds of work item the engine and its domains open for a person, with what each means
+#: (``wharf work-items --kind``; tests/unit/test_cli_commands.py checks that every kind the
+#: code opens is listed here).
+WORK_ITEM_KINDS: dict[str, str] = {
+    "MISSING_MAPPING": "a code has no row in a mapping table or a trading partner's map",
+    "MISSING_LOT_SERIAL": "an implant came without the lot or serial its item requires",
+    "CHARGE_REJECTED": "billing rejected a charge",
+    "UNBILLED_USAGE": "chargeable usage has no accepted charge after the allowed time",
+    "PO_CHANGED": "a vendor's 855 changed, backordered or rejected lines of a purchase order",
+    "ACK_REJECTED": "a trading partner's TA1/997/999 rejected one of our interchanges",
+    "ACK_OVERDUE": "no 997/999 from a trading partner in time",
+    "ASN_UNMATCHED": "an 856 line names no purchase order line Wharf knows",
+    "RECEIPT_UNMATCHED": "an ERP receipt names a purchase order (line) Wharf never sent",
+    "INVOICE_HELD": "an 810 failed the three-way match and waits for a person",
+    "INVOICE_DUPLICATE": "an 810 repeats an invoice already on file",
+}
+
 _NS = uuid.UUID("6f0b1c1e-8a8f-4a55-9a53-77686172660a")
 
 

@@ -26,8 +26,28 @@ BILLING_PORT = 2576
 MLLP_SAMPLES = ("dft_p03_stent_cath.hl7", "dft_p03_latin1.hl7", "broken/unsupported_version.hl7")
 
 
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def log_level(env: dict[str, str] | os._Environ[str] = os.environ) -> LogLevel:
+    """The level ``WHARF_LOG_LEVEL`` names (default ``info``); a ConfigError naming the
+    variable, the levels and a did-you-mean for any other value."""
+    from engine.errors import ConfigError
+    from engine.spec import did_you_mean
+
+    name = env.get("WHARF_LOG_LEVEL", "info").strip().lower() or "info"
+    if name not in LOG_LEVELS:
+        raise ConfigError(
+            f"must be one of {', '.join(LOG_LEVELS)} "
+            f"(got {env['WHARF_LOG_LEVEL']!r}){did_you_mean(name, LOG_LEVELS)}",
+            file="environment",
+            path="WHARF_LOG_LEVEL",
+        )
+    return LogLevel.levelWithName(name)
+
+
 def _start_logging() -> None:
-    level = LogLevel.levelWithName(os.environ.get("WHARF_LOG_LEVEL", "info"))
+    level = log_level()
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     if level > LogLevel.debug:
         # Twisted's own factory start/stop and access-log lines drown the engine's.

@@ -78,6 +78,18 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def duration_text(seconds: float) -> str:
+    """Seconds written back as a duration: the largest whole unit (``8640000`` -> ``100d``,
+    ``5400`` -> ``90m``), milliseconds below a second; what :class:`Duration` reads."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    for unit in ("d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

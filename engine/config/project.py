@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from engine.config.store_path import STORE_DEFAULT
 from engine.config.yamlnodes import compose_file, empty_mapping
 from engine.errors import ConfigError, LintFailed
 from engine.mappings import Mappings, load_mappings
@@ -294,7 +295,7 @@ LISTENER_SPEC = Spec(
 
 _ROUTES_HEAD = [
     Field("listeners", ListOf(LISTENER_SPEC), (), "Shared sources with content-based routes."),
-    Field("store", Str(), "var/wharf.db", "SQLite store file, relative to the project root."),
+    Field("store", Str(), STORE_DEFAULT, "SQLite store file, relative to the project root."),
     Field("retention", ListOf(RETENTION_SPEC), (), "Pruning rules run by `wharf prune`."),
     Field("reload_interval", Duration(), 2.0, "How often to look for changed files (0 = off)."),
     Field("pipeline_threads", Int(1, 64), 2, "Threads that run codecs and transforms."),

@@ -530,16 +530,63 @@ class SqliteStore:
         value: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        delivery_status: str | None = None,
     ) -> list[MessageRow]:
         """Messages matching every given filter, newest first.
 
         ``since`` is inclusive and ``until`` exclusive (``received_at``). ``key`` and ``value``
-        search the business keys and must be given together.
+        search the business keys and must be given together. ``delivery_status`` keeps the
+        messages that have a delivery in that status (``dead``: a dead letter).
         """
         sql, params = self._search_sql(
-            channel, status, since, until, correlation_id, key, value, limit, offset
+            channel,
+            status,
+            since,
+            until,
+            correlation_id,
+            key,
+            value,
+            limit,
+            offset,
+            delivery_status,
         )
         return [MessageRow(*row) for row in self._query("search", sql, params)]
+
+    def known(self, what: str) -> list[str]:
+        """The distinct names the store holds of ``what``: ``channel`` (of messages),
+        ``business_key`` (key names), ``destination`` (of deliveries), ``work_item_kind``; for
+        a did-you-mean when a search names one that is not there (a full index scan: call it
+        when a search came back empty, not before)."""
+        sql = {
+            "channel": "SELECT DISTINCT channel FROM messages",
+            "business_key": "SELECT DISTINCT name FROM business_keys",
+            "destination": "SELECT DISTINCT destination FROM outbox",
+            "work_item_kind": "SELECT DISTINCT kind FROM work_items",
+        }.get(what)
+        if sql is None:
+            raise ValueError(
+                "'what' must be channel, business_key, destination or work_item_kind "
+                f"(got {what!r})"
+            )
+        return sorted(row[0] for row in self._query(f"known({what})", sql))
+
+    def business_keys(self, message_id: str) -> list[tuple[str, str]]:
+        """The business keys of one message as (name, value), sorted."""
+        rows = self._query(
+            "business_keys",
+            "SELECT name, value FROM business_keys WHERE message_id = ? ORDER BY name, value",
+            (message_id,),
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def content_sizes(self, message_id: str) -> dict[str, int]:
+        """The stored content stages of one message and their sizes in bytes."""
+        rows = self._query(
+            "content_sizes",
+            "SELECT stage, length(data) FROM contents WHERE message_id = ? ORDER BY created_at",
+            (message_id,),
+        )
+        return {row[0]: int(row[1]) for row in rows}
 
     def search_plan(self, **filters: Any) -> list[str]:
         """``EXPLAIN QUERY PLAN`` lines of :meth:`search` for the same filters (diagnostics)."""
@@ -565,6 +612,7 @@ class SqliteStore:
         value: str | None,
         limit: int,
         offset: int,
+        delivery_status: str | None = None,
     ) -> tuple[str, list[Any]]:
         if (key is None) != (value is None):
             raise ValueError(
@@ -588,6 +636,16 @@ class SqliteStore:
             if param is not None:
                 clauses.append(clause)
                 params.append(param)
+        if delivery_status is not None:
+            if delivery_status not in model.DELIVERY_STATUSES:
+                raise ValueError(
+                    f"delivery_status must be one of {model.DELIVERY_STATUSES} "
+                    f"(got {delivery_status!r})"
+                )
+            clauses.append(
+                "EXISTS (SELECT 1 FROM outbox AS o WHERE o.message_id = m.id AND o.status = ?)"
+            )
+            params.append(delivery_status)
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY m.received_at DESC, m.rowid DESC LIMIT ? OFFSET ?"
@@ -725,13 +783,64 @@ class SqliteStore:
         rows = self._query("open_work_items", sql + " ORDER BY id", args)
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
-    def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest audit rows first, ``detail`` decoded."""
+    _WORK_ITEM_COLUMNS = (
+        "id",
+        "kind",
+        "subject",
+        "detail",
+        "status",
+        "message_id",
+        "correlation_id",
+        "created_at",
+        "updated_at",
+    )
+
+    def work_items(
+        self, kind: str | None = None, status: str | None = "open", limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Work items of one kind or all, in one status (``None``: any), oldest first."""
+        sql = f"SELECT {', '.join(self._WORK_ITEM_COLUMNS)} FROM work_items"
+        clauses, args = [], []
+        for clause, arg in (("kind = ?", kind), ("status = ?", status)):
+            if arg is not None:
+                clauses.append(clause)
+                args.append(arg)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        rows = self._query("work_items", sql + " ORDER BY id LIMIT ?", (*args, limit))
+        return [dict(zip(self._WORK_ITEM_COLUMNS, row, strict=True)) for row in rows]
+
+    def work_item(self, item_id: int) -> dict[str, Any] | None:
+        """One work item by id, or None."""
+        rows = self._query(
+            "work_item",
+            f"SELECT {', '.join(self._WORK_ITEM_COLUMNS)} FROM work_items WHERE id = ?",
+            (item_id,),
+        )
+        return dict(zip(self._WORK_ITEM_COLUMNS, rows[0], strict=True)) if rows else None
+
+    def close_work_item(self, item_id: int, *, actor: str, note: str, now: float) -> dict[str, Any]:
+        """A person closes an open work item, saying why; audited in the same commit. Returns
+        the item as it was; StoreError when there is no such item or it is not open."""
+        with self.transaction(f"close_work_item({item_id})") as tx:
+            item = tx.close_work_item(item_id, now)
+            tx.audit(
+                actor,
+                "work_item.close",
+                str(item_id),
+                {"kind": item["kind"], "subject": item["subject"], "note": note},
+                now,
+            )
+        return item
+
+    def audit_entries(self, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+        """The newest audit rows first (of one action, or all), ``detail`` decoded."""
+        where, args = ("WHERE action = ? ", (action,)) if action is not None else ("", ())
         rows = self._query(
             "audit_entries",
             "SELECT id, at, actor, action, target, detail, prev_hash, hash FROM audit "
-            "ORDER BY id DESC LIMIT ?",
-            (limit,),
+            f"{where}ORDER BY id DESC LIMIT ?",
+            (*args, limit),
         )
         names = ("id", "at", "actor", "action", "target", "detail", "prev_hash", "hash")
         entries = [dict(zip(names, row, strict=True)) for row in rows]
@@ -741,6 +850,15 @@ class SqliteStore:
 
     def verify_audit(self) -> bool:
         """Recompute the whole hash chain; False when any row was changed, removed or moved."""
+        return self.audit_break() is None
+
+    def audit_count(self) -> int:
+        """The number of audit rows."""
+        return int(self._query("audit_count", "SELECT COUNT(*) FROM audit")[0][0])
+
+    def audit_break(self) -> int | None:
+        """The id of the first audit row whose hash chain does not hold (changed, removed or
+        moved: the row after a removed one), or None when the whole chain holds."""
         prev_hash = GENESIS_HASH
         rows = self._query(
             "verify_audit",
@@ -750,7 +868,7 @@ class SqliteStore:
             try:
                 decoded = json.loads(detail)
             except ValueError:
-                return False
+                return int(audit_id)
             row = {
                 "id": audit_id,
                 "at": at,
@@ -760,9 +878,9 @@ class SqliteStore:
                 "detail": decoded,
             }
             if stored_prev != prev_hash or audit_hash(prev_hash, row) != stored_hash:
-                return False
+                return int(audit_id)
             prev_hash = stored_hash
-        return True
+        return None
 
     # ------------------------------------------------------------------ housekeeping
 

@@ -479,6 +479,22 @@ class SqliteTransaction:
             params.append(subject)
         return self.connection.execute(sql + "AND status = 'open'", params).rowcount
 
+    def close_work_item(self, item_id: int, now: float) -> dict[str, Any]:
+        """Close one open work item (a person's decision; the caller audits it). Returns the
+        item as it was; StoreError when there is none with that id or it is not open."""
+        row = self.connection.execute(
+            "SELECT kind, subject, status, message_id FROM work_items WHERE id = ?", (item_id,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no work item {item_id}")
+        kind, subject, status, message_id = row
+        if status != "open":
+            raise StoreError(f"work item {item_id} ({kind}) is {status}: only an open one closes")
+        self.connection.execute(
+            "UPDATE work_items SET status = 'closed', updated_at = ? WHERE id = ?", (now, item_id)
+        )
+        return {"id": item_id, "kind": kind, "subject": subject, "message_id": message_id}
+
     def refresh_work_items(self, kind: str, *, subject: str, detail: str, now: float) -> int:
         """Give the open work items of ``kind`` for ``subject`` a new ``detail`` (what is wrong
         changed while it stayed open); the number changed."""

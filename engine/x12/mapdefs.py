@@ -12,9 +12,13 @@ Conventions:
 * Data element lengths are those of 005010 where the two versions differ (pyx12 reads one
   ``dataele.xml`` per map folder): REF02 (127) 1/50 instead of 1/30, PER04 (364) 1/256 instead
   of 1/80, AK302 (719) 1/10 instead of 1/6. A 4010 value between the two limits is accepted.
-* Code lists hold the codes used in healthcare supply chain, not the whole X12 code list (for
-  example 355 units, 128 reference qualifiers). A code outside the list is an "invalid code
-  value" (997 AK403 / 999 IK403 = 7). Add codes here when a partner needs them.
+* Element 355 (Unit or Basis for Measurement Code: several hundred codes in the standard)
+  carries no code list: which units a partner may send is that partner's uom map
+  (``mappings/trading_partners.yaml``), and a unit it lacks becomes a MISSING_MAPPING work
+  item for a person, not a rejected document. The ID type still holds (2 characters).
+* The other code lists hold the codes used in healthcare supply chain, not the whole X12
+  code list (for example 128 reference qualifiers). A code outside the list is an "invalid
+  code value" (997 AK403 / 999 IK403 = 7). Add codes here when a partner needs them.
 * Each transaction lists the segments of DOMAIN §3.2 plus the usual companions (N2-N4, PER,
   FOB, ITD, TD1/TD5, MAN, TXI, SAC, N9/MSG, PO4, MEA, SCH…) in standard order and with the
   standard repeats. A standard segment not listed (TAX, CTP, PKG, SLN…) is "segment not
@@ -324,10 +328,6 @@ PURPOSE_353 = _codes("00 01 03 04 05 06 07 15 18 22")
 PO_TYPE_92 = _codes("BK CN DS EO KN NE OS RE RL RO SA ST")
 ACK_TYPE_587 = _codes("AC AD AE AH AK AP AT NA RD RF RJ RN RO RV ZZ")
 LINE_STATUS_668 = _codes("AA AC AR BP DR IA IB IC ID IE IF IH IP IQ IR IS IW R1 R2 R3 R4 SP")
-UOM_355 = _codes(
-    "AM BE BG BO BX CA CH CM CN CT DA DR DZ EA FT GA GR HR IN JR KG KT LB LT MM MO MR ML "
-    "OZ PA PC PH PK PL PR PT QT RL SF SH ST SY SZ TB TK TU UN VI YD"
-)
 PRODUCT_QUAL_235 = _codes(
     "B8 BP CB CH EN HI IN LT MF MG MN N4 ND PD PI PN SK SN UI UK UP VA VC VN VP"
 )
@@ -601,9 +601,9 @@ _SEGMENT_LIST = [
         _e("79"),
         _e("187"),
         _e("81"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("183"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         syntax=("C0102", "C0304", "C0607", "P0708", "P0910"),
     ),
     _seg(
@@ -663,7 +663,7 @@ _SEGMENT_LIST = [
         _e("378"),
         _e("332"),
         _e("118"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("380"),
         _e("380"),
         _e("331"),
@@ -717,7 +717,7 @@ _SEGMENT_LIST = [
         "Baseline Item Data",
         _e("350"),
         _e("330"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("212"),
         _e("639", codes=PRICE_BASIS_639),
         *_pairs(10),
@@ -742,17 +742,17 @@ _SEGMENT_LIST = [
         "Item Physical Details",
         _e("356"),
         _e("357"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("103"),
         _e("187"),
         _e("384"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("385"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("82"),
         _e("82"),
         _e("82"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("810"),
         _e("752"),
         _e("350"),
@@ -771,7 +771,7 @@ _SEGMENT_LIST = [
             "S",
             "Composite Unit of Measure",
             (
-                _e("355", "R", codes=UOM_355),
+                _e("355", "R"),
                 _e("1018"),
                 _e("649"),
                 *(_e(r) for _ in range(4) for r in ("355", "1018", "649")),
@@ -790,7 +790,7 @@ _SEGMENT_LIST = [
         "SCH",
         "Line Item Schedule",
         _e("380", "R"),
-        _e("355", "R", codes=UOM_355),
+        _e("355", "R"),
         _e("98", codes=ENTITY_98),
         _e("93"),
         _e("374", "R", codes=DATE_374),
@@ -808,7 +808,7 @@ _SEGMENT_LIST = [
         "Line Item Acknowledgment",
         _e("668", "R", codes=LINE_STATUS_668),
         _e("380"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("374", codes=DATE_374),
         _e("373"),
         _e("326"),
@@ -849,10 +849,10 @@ _SEGMENT_LIST = [
         "Item Detail (Shipment)",
         _e("350"),
         _e("382", "R"),
-        _e("355", "R", codes=UOM_355),
+        _e("355", "R"),
         _e("646"),
         _e("330"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("728"),
         _e("668", codes=LINE_STATUS_668),
         syntax=("P0506",),
@@ -862,7 +862,7 @@ _SEGMENT_LIST = [
         "Baseline Item Data (Invoice)",
         _e("350"),
         _e("358"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("212"),
         _e("639", codes=PRICE_BASIS_639),
         *_pairs(10),
@@ -887,11 +887,11 @@ _SEGMENT_LIST = [
         "ISS",
         "Invoice Shipment Summary",
         _e("382"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("81"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("183"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         syntax=("P0102", "P0304", "P0506", "R010305"),
     ),
     _seg(
@@ -900,9 +900,9 @@ _SEGMENT_LIST = [
         _e("354", "R"),
         _e("347"),
         _e("81"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("183"),
-        _e("355", codes=UOM_355),
+        _e("355"),
         _e("352"),
         syntax=("P0304", "P0506"),
     ),

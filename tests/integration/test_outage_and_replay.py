@@ -184,7 +184,9 @@ def test_dead_letters_are_listed_then_replayed_with_their_original_keys(
 
         procs.receiver(port, record, env)
         t_replay = time.monotonic()
-        replay = run_cli(project_dir, env, "replay", "--channel", CHANNEL, "--all-errors")
+        replay = run_cli(
+            project_dir, env, "--user", "cli", "replay", "--channel", CHANNEL, "--all-errors"
+        )
         print(f"replay: exit {replay.returncode}: {replay.stdout.strip()}")
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert f"replay: 10 message(s) of channel {CHANNEL} queued again" in replay.stdout

@@ -110,3 +110,41 @@ def test_x12valid_rejects_broken_samples_like_validate_does(name: str) -> None:
         assert not validate((tmp / name).read_bytes()).ok
     finally:
         shutil.rmtree(tmp)
+
+
+#: The unit element of each line segment of the 850/855/856/810 samples (PO103, PO403,
+#: ACK03, SN103, IT103, CTP05's composite is not used).
+UNIT_ELEMENT = {"PO1": 3, "PO4": 3, "ACK": 3, "SN1": 3, "IT1": 3}
+
+
+def in_cases(data: bytes) -> bytes:
+    """A sample as another vendor's system writes it: every unit is CS (case), the commonest
+    unit in supply and a code of X12 element 355."""
+    segments = []
+    for segment in data.split(b"~"):
+        parts = segment.split(b"*")
+        at = UNIT_ELEMENT.get(parts[0].strip().decode("ascii", "replace"))
+        if at is not None and len(parts) > at and parts[at]:
+            parts[at] = b"CS"
+        segments.append(b"*".join(parts))
+    return b"~".join(segments)
+
+
+def test_third_party_4010_documents_in_cases_pass_both_validators() -> None:
+    """4010 850, 855, 856 and 810 whose units are CS: accepted by validate() and by pyx12's
+    x12valid over the project's maps (they answered "(CS) is not a valid code for Unit or
+    Basis for Measurement Code"); whether a partner may send CS is its uom map's business."""
+    tmp = workdir()
+    try:
+        files = []
+        for kind in ("850", "855", "856", "810"):
+            data = in_cases((SAMPLES / f"{kind}_4010.x12").read_bytes())
+            assert data.count(b"*CS") >= 2, kind
+            result = validate(data)
+            assert result.ok, (kind, result.issues)
+            out = tmp / f"{kind}_4010_cs.x12"
+            out.write_bytes(data)
+            files.append(out)
+        assert x12valid(files) == {p.name: "OK" for p in files}
+    finally:
+        shutil.rmtree(tmp)

@@ -623,3 +623,39 @@ def test_wharf_invoices_and_receipts_commands(
     assert "INV-8" in capsys.readouterr().out
     assert main(["--root", str(project_dir), "receipts", "--unmatched"]) == 0
     assert capsys.readouterr().out == ""  # received 10 EA, invoiced (released) 10 EA
+
+
+def test_an_855_in_a_unit_the_partner_map_lacks_is_accepted_and_held_for_a_mapping(
+    env: Any,
+) -> None:
+    """A third-party 4010 855 whose lines are in CS (case): the X12 maps accept it (997
+    AK5*A), and since acmemed's uom map has no CS, a MISSING_MAPPING work item says so."""
+    raw = (REPO / "samples/x12/855_4010.x12").read_bytes()
+    raw = raw.replace(b"PO1*1*2*BX*", b"PO1*1*2*CS*").replace(b"ACK*IA*2*BX*", b"ACK*IA*2*CS*")
+    result = env.channel.process(raw, "m-855", "m-855")
+    assert result.status == "sent", result.error
+    out = env.book(result.events, "m-855", 5000.0)
+    answers = b"".join(o.payload for o in out if o.destination == "vendors")
+    assert b"AK5*A~" in answers and b"AK9*A*1*1*1~" in answers, answers
+    (detail,) = env.work_item_details("MISSING_MAPPING")
+    assert "855 for PO 4500012345 line 1" in detail and "'CS'" in detail and "acmemed" in detail
+
+
+def test_an_810_in_a_unit_the_partner_map_lacks_is_held_not_taken_on_trust(env: Any) -> None:
+    """An 810 line in a unit acmemed's map lacks is held (UOM) with a MISSING_MAPPING work item
+    naming the unit, never read as one of our own unit codes."""
+    project = env.project
+    env.book([release(project)], "m-po", 1000.0)
+    env.book([inbound("856", "SH", ASN_1BX, 7)], "m-asn", 2000.0)
+    inv = [
+        ["BIG", "20260117", "INV-CS", "", "PO-1"],
+        ["IT1", "1", "2", "CS", "125", "PE"],
+        ["TDS", "25000"],
+        ["CTT", "1"],
+    ]
+    out = env.book([inbound("810", "IN", inv, 8)], "m-inv", 3000.0)
+    assert "erp_ap" not in [o.destination for o in out]
+    (held,) = env.invoices("held")
+    assert [r["reason"] for r in held["reasons"]] == ["UOM"]
+    (detail,) = env.work_item_details("MISSING_MAPPING")
+    assert "810 INV-CS line 1" in detail and "'CS'" in detail and "acmemed" in detail

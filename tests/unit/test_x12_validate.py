@@ -333,19 +333,20 @@ def _po(
 
 
 def test_several_interchanges_with_their_own_separators() -> None:
-    """One file, three interchanges (4010 '*' '>' '~', 5010 '|' '^' '\\n', 4010 bad UoM): each
-    is read with its own separators and answered with them, in order."""
+    """One file, three interchanges (4010 '*' '>' '~', 5010 '|' '^' '\\n', 4010 bad UoM: one
+    character where element 355 takes two): each is read with its own separators and answered
+    with them, in order."""
     a = render(_po(11, "004010", "PO-A"))
     b_seps = Separators(element="|", component="^", segment="\n", repetition="{")
     b = render(_po(12, "005010", "PO-B", separators=b_seps), b_seps, newline="")
-    c = render(_po(13, "004010", "PO-C", uom="QQ"))
+    c = render(_po(13, "004010", "PO-C", uom="Q"))
     r = answer(a + b + c, "999", itertools.count(500))
     assert [ic.control_number for ic in r.interchanges] == ["000000011", "000000012", "000000013"]
     assert [ic.ok for ic in r.interchanges] == [True, True, False]
     bad = r.interchanges[2].groups[0].sets[0]
     assert [
         (i.segment, i.position, i.element, i.data_element, i.code, i.value) for i in bad.issues
-    ] == [("PO1", 4, 3, "355", "7", "QQ")]
+    ] == [("PO1", 4, 3, "355", "4", "Q")]
     text = r.ack.decode()
     acks = re.findall(r"ISA.{103}", text, re.DOTALL)
     assert len(acks) == 3
@@ -356,7 +357,7 @@ def test_several_interchanges_with_their_own_separators() -> None:
     assert [a[90:99] for a in acks] == ["000000500", "000000502", "000000504"]
     segs = segments(r.ack)
     assert [s[8] for s in ids(segs, "GS")] == ["004010", "005010X231A1", "004010"]
-    assert ids(segs, "AK4") == [["AK4", "3", "355", "7", "QQ"]]
+    assert ids(segs, "AK4") == [["AK4", "3", "355", "4", "Q"]]
 
 
 def test_005010_group_gets_997_when_asked_and_004010_always_997() -> None:
@@ -603,12 +604,13 @@ def test_big_invoice_validates_with_all_lines() -> None:
 
 def test_big_invoice_with_one_bad_line_names_its_position() -> None:
     """Line 2999's IT1 sits at set position 2 + 6 + 3 * 2998 (ST = 1, six heading segments,
-    three segments per line); in the file it is two segments later (ISA, GS)."""
-    data = invoice_810(3000).replace(b"IT1*2999*11*EA", b"IT1*2999*11*ZZ")
+    three segments per line); in the file it is two segments later (ISA, GS). The fault: a
+    one-character unit where element 355 takes two."""
+    data = invoice_810(3000).replace(b"IT1*2999*11*EA", b"IT1*2999*11*E")
     r = run(data)
     position = 2 + 6 + 3 * 2998
     assert [(i.segment, i.position, i.element, i.code, i.value, i.ordinal) for i in r.issues] == [
-        ("IT1", position, 3, "7", "ZZ", position + 2)
+        ("IT1", position, 3, "4", "E", position + 2)
     ]
 
 

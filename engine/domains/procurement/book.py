@@ -56,7 +56,7 @@ from engine.domains.procurement.repository import (
     ProcurementRepository,
     ack_overdue_subject,
 )
-from engine.errors import MappingMiss
+from engine.errors import MappingMiss, UnmappedUnit
 from engine.model import Outbound, effect_key, to_json_bytes
 from engine.x12.documents import Invoice, PurchaseOrderAck, ShipNotice, read_invoice
 from engine.x12.segments import Separators, TransactionSet
@@ -303,6 +303,21 @@ class _Book:
             isa13=f"{isa13:09d}",
         )
 
+    def _unmapped_units(
+        self, partner: Partner, document: str, lines: Sequence[tuple[str, str]]
+    ) -> None:
+        """One MISSING_MAPPING work item per unit of ``lines`` ((line label, X12 unit code))
+        that the partner's uom map lacks: which units a partner may send is its map's business
+        (the X12 maps accept any well-formed unit code), never our own code taken on trust."""
+        for label, unit in lines:
+            if unit and unit not in partner.uom_in:
+                miss = UnmappedUnit(partner.id, unit, "in", sorted(partner.uom_in))
+                self._work_item(
+                    "MISSING_MAPPING",
+                    f"uom:{partner.id}:{unit}",
+                    f"{document} line {label}: {miss}",
+                )
+
     def _received_ack(self, partner: Partner, ack: ReceivedAck) -> None:
         try:
             number = int(ack.control_number)
@@ -324,6 +339,15 @@ class _Book:
             )
 
     def _po_ack(self, partner: Partner, ack: PurchaseOrderAck) -> None:
+        self._unmapped_units(
+            partner,
+            f"855 for PO {ack.po_number}",
+            [
+                (line.line_number, unit)
+                for line in ack.lines
+                for unit in (line.unit, *(a.unit for a in line.acks))
+            ],
+        )
         lines = []
         changed = []
         for line in ack.lines:
@@ -527,6 +551,11 @@ class _Book:
 
     def _match(self, partner: Partner, invoice: Invoice, invoice_id: int | None, body: str) -> None:
         vendor_key, inv_key = invoice_key(partner.id, invoice.invoice_number)
+        self._unmapped_units(
+            partner,
+            f"810 {invoice.invoice_number}",
+            [(line.line_number, line.unit) for line in invoice.lines],
+        )
         duplicate_of = None
         if invoice_id is None:
             duplicate_of = self.repo.invoice_on_file(vendor_key, inv_key)
@@ -658,14 +687,12 @@ def ap_invoice(
 
 
 def _their_units(partner: Partner, convert: Converter) -> Converter:
-    """The match sees the partner's unit codes on invoice lines: ours first, then convert."""
+    """The match sees the partner's unit codes on invoice lines: ours through the partner's
+    uom map, then convert. A unit the map lacks is an :class:`UnmappedUnit` (the line is held
+    with a UOM reason and a MISSING_MAPPING work item says what to add)."""
 
     def inner(item: str, from_unit: str, to_unit: str) -> Decimal:
-        try:
-            ours = partner.our_unit(from_unit)
-        except Exception:
-            ours = from_unit
-        return convert(item, ours, to_unit)
+        return convert(item, partner.our_unit(from_unit), to_unit)
 
     return inner
 
