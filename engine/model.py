@@ -47,6 +47,7 @@ WORK_ITEM_KINDS: dict[str, str] = {
     "RECEIPT_UNMATCHED": "an ERP receipt names a purchase order (line) Wharf never sent",
     "INVOICE_HELD": "an 810 failed the three-way match and waits for a person",
     "INVOICE_DUPLICATE": "an 810 repeats an invoice already on file",
+    "ORPHAN_CREDIT": "a credit for a line the ledger never booked waits for a person",
 }
 
 _NS = uuid.UUID("6f0b1c1e-8a8f-4a55-9a53-77686172660a")
