@@ -594,7 +594,16 @@ def cmd_invoices(args: argparse.Namespace) -> int:
 
 def cmd_credits(args: argparse.Namespace) -> int:
     from engine.domains.ledger import credits
+    from engine.listing import iso, table
 
+    statuses = ("held", "released", "rejected", "all")
+    if args.status not in statuses:
+        print(
+            f"credits: --status must be one of {', '.join(statuses)} (got {args.status!r})"
+            f"{_did_you_mean(args.status, statuses)}",
+            file=sys.stderr,
+        )
+        return 2
     with _opened_store(args.root) as store:
         if args.action in ("release", "reject"):
             if args.id is None:
@@ -609,16 +618,34 @@ def cmd_credits(args: argparse.Namespace) -> int:
                 out = credits.reject(store, args.id, actor=args.user, note=args.note, now=now)
             print(f"credit {args.id} ({out['credit']}): {out['status']}")
             return 0
-        rows = credits.held(store, None if args.status == "all" else args.status)
-        for c in rows:
-            ev = c.event
-            print(
-                f"{c.id:>6}  {c.status:<9} {c.channel:<14} {ev.item_id:<14} "
-                f"{ev.quantity} {ev.uom} at {ev.location_id}, encounter {ev.encounter}, "
-                f"reverses {c.reverses}"
-            )
-        print(f"{len(rows)} credit(s)", file=sys.stderr)
-        return 0
+        held = credits.held(store, None if args.status == "all" else args.status)
+    rows = [
+        {
+            "id": c.id,
+            "at": iso(c.created_at),
+            "status": c.status,
+            "channel": c.channel,
+            "item": c.event.item_id,
+            "quantity": f"{c.event.quantity} {c.event.uom}",
+            "location": c.event.location_id,
+            "encounter": c.event.encounter,
+            "reverses": c.reverses,
+        }
+        for c in held
+    ]
+    columns = (
+        ("ID", "id"),
+        ("HELD", "at"),
+        ("STATUS", "status"),
+        ("CHANNEL", "channel"),
+        ("ITEM", "item"),
+        ("QUANTITY", "quantity"),
+        ("LOCATION", "location"),
+        ("ENCOUNTER", "encounter"),
+        ("REVERSES", "reverses"),
+    )
+    table(rows, columns, noun="credit(s)", as_json=args.json)
+    return 0
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
@@ -833,6 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("id", nargs="?", type=int, help="credit id (from the list)")
     cr.add_argument("--status", default="held", help="with list: held, released, rejected, all")
     cr.add_argument("--note", default="", help="why (kept in the audit log)")
+    cr.add_argument("--json", action="store_true", help="the list as JSON")
     cr.set_defaults(fn=cmd_credits)
 
     rc = sub.add_parser("receipts", help="receipts not yet invoiced (GR/IR), oldest first")
