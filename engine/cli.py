@@ -429,12 +429,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    """Retention in short batches: the engine keeps accepting while it runs."""
     from engine.listing import duration_text
+    from engine.registry import REGISTRY
 
     project = _project(args.root)
+    settings = project.settings
     store = _store(args.root)
     try:
-        rules = [(tuple(r.status), r.older_than) for r in project.settings.retention]
+        rules = [(tuple(r.status), r.older_than) for r in settings.retention]
         if args.older_than:
             rules = [(tuple(args.status.split(",")), args.older_than)]
         total = 0
@@ -442,8 +445,44 @@ def cmd_prune(args: argparse.Namespace) -> int:
             n = store.prune(older_than=age, statuses=statuses, now=time.time())
             print(f"pruned {n} message(s) in {','.join(statuses)} older than {duration_text(age)}")
             total += n
-        store.reclaim()
-        store.audit(args.user, "prune", str(args.root), {"deleted": total}, time.time())
+        counts: dict[str, int] = {"messages": total}
+        if settings.work_item_retention and not args.older_than:
+            age = settings.work_item_retention
+            n = store.prune_work_items(older_than=age, now=time.time())
+            print(f"pruned {n} closed work item(s) older than {duration_text(age)}")
+            counts["work_items"] = n
+        if not args.older_than:
+            for domain in REGISTRY.domains():
+                n = store.prune_records(
+                    lambda tx, limit, d=domain: d.prune(tx, settings, time.time(), limit)
+                )
+                if n:
+                    print(f"pruned {n} {domain.name} record(s) past its retention")
+                counts[domain.name] = n
+        if settings.audit_retention and not args.older_than:
+            age = settings.audit_retention
+            n = store.prune_audit(older_than=age, now=time.time(), actor=args.user)
+            print(f"pruned {n} audit row(s) older than {duration_text(age)} (chain anchored)")
+            counts["audit"] = n
+        store.audit(args.user, "prune", str(args.root), {"deleted": counts}, time.time())
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    """Give a store's free pages back at once: a full VACUUM, which holds writers off while it
+    runs (stop the engine first). A store made before incremental auto-vacuum is switched to it
+    here, once."""
+    store = _store(args.root)
+    try:
+        before = store.footprint()
+        store.reclaim(incremental=True)
+        after = store.footprint()
+        print(f"vacuumed {store.path}: {before} bytes before, {after} after")
+        store.audit(
+            args.user, "vacuum", str(store.path), {"before": before, "after": after}, time.time()
+        )
         return 0
     finally:
         store.close()
@@ -806,7 +845,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--destination")
     rp.set_defaults(fn=cmd_replay)
 
-    pr = sub.add_parser("prune", help="apply retention rules and reclaim space")
+    vac = sub.add_parser(
+        "vacuum", help="give a store's free pages back at once (stop the engine first)"
+    )
+    vac.set_defaults(fn=cmd_vacuum)
+    pr = sub.add_parser("prune", help="apply retention rules in short batches")
     pr.add_argument("--older-than", type=_duration)
     pr.add_argument(
         "--status",

@@ -297,6 +297,19 @@ _ROUTES_HEAD = [
     Field("listeners", ListOf(LISTENER_SPEC), (), "Shared sources with content-based routes."),
     Field("store", Str(), STORE_DEFAULT, "SQLite store file, relative to the project root."),
     Field("retention", ListOf(RETENTION_SPEC), (), "Pruning rules run by `wharf prune`."),
+    Field(
+        "work_item_retention",
+        Duration(),
+        365 * 86400.0,
+        "`wharf prune` deletes work items closed or resolved this long ago (0 = keep them).",
+    ),
+    Field(
+        "audit_retention",
+        Duration(),
+        0.0,
+        "`wharf prune` deletes audit rows older than this, keeping the chain verifiable from "
+        "the last one deleted (0 = keep the audit for ever).",
+    ),
     Field("reload_interval", Duration(), 2.0, "How often to look for changed files (0 = off)."),
     Field("pipeline_threads", Int(1, 64), 2, "Threads that run codecs and transforms."),
 ]

@@ -194,6 +194,32 @@ _V10_COMPONENT_VERSIONS: list[str] = [
     """,
 ]
 
+# Retention: pruning finds old finished messages by status and last change; pruning the audit
+# keeps the chain verifiable from the last pruned row's hash.
+_V11_RETENTION: list[str] = [
+    "CREATE INDEX IF NOT EXISTS idx_messages_status_updated ON messages(status, updated_at)",
+    """
+    CREATE TABLE audit_anchor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        through_id INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        pruned_at REAL NOT NULL
+    )
+    """,
+    # The audit stays append-only, but for the rows up to the anchor a prune has just set.
+    "DROP TRIGGER IF EXISTS audit_no_delete",
+    """
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    WHEN OLD.id > COALESCE((SELECT through_id FROM audit_anchor WHERE id = 1), 0)
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only: DELETE refused'); END
+    """,
+    """
+    CREATE TRIGGER audit_anchor_forward BEFORE UPDATE ON audit_anchor
+    WHEN NEW.through_id < OLD.through_id
+    BEGIN SELECT RAISE(ABORT, 'the audit anchor only moves forward'); END
+    """,
+]
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -205,6 +231,7 @@ MIGRATIONS: list[Migration] = [
     (8, "partial index of pending outbox rows for claims", _V8_PENDING_OUTBOX),
     (9, "indexes for work items and expired leases", _V9_HOT_LOOKUPS),
     (10, "schema histories of components with their own tables", _V10_COMPONENT_VERSIONS),
+    (11, "retention: messages by status and last change, the audit's anchor", _V11_RETENTION),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

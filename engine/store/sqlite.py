@@ -47,6 +47,17 @@ _OPEN = (model.PENDING, model.INFLIGHT)
 _placeholders = placeholders
 
 
+def _yield_to_writers(held: float) -> None:
+    """Between two prune batches, leave the write lock free about as long as a batch held it
+    (at most 50 ms): SQLite's lock is not fair, and a writer waiting in its busy handler only
+    looks again after a growing sleep, so a prune that took the lock back at once would starve
+    the engine's ingests."""
+    time.sleep(min(max(held, 0.001), 0.05))
+
+
+PRUNE_BATCH = 200  # messages per prune transaction: a writer waits for one batch at most
+
+
 class SqliteStore:
     """The durable store of one Wharf instance (one SQLite file, WAL mode)."""
 
@@ -69,6 +80,9 @@ class SqliteStore:
             self._opened = True
         conn = self._conn()
         try:
+            # A new store gives freed pages back a little at a time (pruning never needs a
+            # full VACUUM); an existing one keeps what it was created with.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.Error as exc:
             self.close()
@@ -859,11 +873,16 @@ class SqliteStore:
     def audit_break(self) -> int | None:
         """The id of the first audit row whose hash chain does not hold (changed, removed or
         moved: the row after a removed one), or None when the whole chain holds."""
-        prev_hash = GENESIS_HASH
+        prev_hash, expected_id = GENESIS_HASH, 1
+        anchor = self._query("verify_audit", "SELECT through_id, hash FROM audit_anchor")
+        if anchor:  # rows up to through_id were pruned: the chain goes on from their last hash
+            expected_id, prev_hash = anchor[0][0] + 1, anchor[0][1]
         rows = self._query(
             "verify_audit",
             "SELECT id, at, actor, action, target, detail, prev_hash, hash FROM audit ORDER BY id",
         )
+        if rows and rows[0][0] != expected_id:
+            return int(rows[0][0])  # rows removed from the start, not by a prune
         for audit_id, at, actor, action, target, detail, stored_prev, stored_hash in rows:
             try:
                 decoded = json.loads(detail)
@@ -890,11 +909,17 @@ class SqliteStore:
         older_than: float,
         statuses: Sequence[str] = (model.SENT, model.FILTERED),
         now: float,
+        batch: int = PRUNE_BATCH,
     ) -> int:
-        """Delete finished messages not updated for ``older_than`` seconds, then reclaim space.
+        """Delete finished messages not updated for ``older_than`` seconds, ``batch`` at a time.
 
-        Contents, outbox rows, business keys and dead letters go with their message (foreign
-        keys ON DELETE CASCADE). The audit is never pruned. Returns the number of messages.
+        Each batch is its own short transaction, so a running engine's writer gets in between
+        (its ingests wait a batch at most, never the whole prune); the WAL is checkpointed and,
+        in a store created with incremental auto-vacuum, freed pages go back to the file system
+        as it goes. Nothing here runs a full VACUUM (see :meth:`reclaim`). Contents, outbox
+        rows, business keys and dead letters go with their message (foreign keys ON DELETE
+        CASCADE); work items, the audit and the domains' records have their own retention.
+        Returns the number of messages.
         """
         bad = [s for s in statuses if s in model.NON_TERMINAL or s not in model.MESSAGE_STATUSES]
         if bad:
@@ -902,23 +927,109 @@ class SqliteStore:
             raise ValueError(f"prune statuses must be among {terminal} (got {bad})")
         if not statuses:
             return 0
-        with self._write("prune") as conn:
-            deleted = conn.execute(
-                f"DELETE FROM messages WHERE status IN ({_placeholders(statuses)}) "
-                "AND updated_at < ?",
-                (*statuses, now - older_than),
-            ).rowcount
-        self.reclaim()
+        marks = _placeholders(statuses)
+        total = 0
+        turns = 0
+        while True:
+            started = time.monotonic()
+            with self._write("prune", durable=False) as conn:
+                deleted = conn.execute(
+                    f"DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                    f"WHERE status IN ({marks}) AND updated_at < ? LIMIT ?)",
+                    (*statuses, now - older_than, batch),
+                ).rowcount
+            total += deleted
+            turns += 1
+            last = deleted < batch
+            if last or turns % 20 == 0:
+                self._give_back(last=last)
+            if last:
+                return total
+            _yield_to_writers(time.monotonic() - started)
+
+    def prune_work_items(self, *, older_than: float, now: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete work items a person closed (or that resolved) ``older_than`` seconds ago,
+        ``batch`` at a time; open ones are never deleted. Returns how many."""
+        total = 0
+        while True:
+            with self._write("prune_work_items", durable=False) as conn:
+                deleted = conn.execute(
+                    "DELETE FROM work_items WHERE id IN (SELECT id FROM work_items "
+                    "WHERE status != 'open' AND updated_at < ? LIMIT ?)",
+                    (now - older_than, batch),
+                ).rowcount
+            total += deleted
+            if deleted < batch:
+                self._give_back(last=True)
+                return total
+
+    def prune_audit(self, *, older_than: float, now: float, actor: str) -> int:
+        """Delete audit rows older than ``older_than`` seconds, keeping the chain verifiable:
+        the last deleted row's id and hash become the anchor the chain starts from, and the
+        prune itself is audited. Returns how many."""
+        with self.transaction("prune_audit") as tx:
+            conn = tx.connection
+            last = conn.execute(
+                "SELECT id, hash FROM audit WHERE at < ? ORDER BY id DESC LIMIT 1",
+                (now - older_than,),
+            ).fetchone()
+            if last is None:
+                return 0
+            # the anchor first: the audit's trigger lets only rows up to it go
+            conn.execute(
+                "INSERT INTO audit_anchor (id, through_id, hash, pruned_at) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET through_id = excluded.through_id, "
+                "hash = excluded.hash, pruned_at = excluded.pruned_at",
+                (last[0], last[1], now),
+            )
+            deleted = conn.execute("DELETE FROM audit WHERE id <= ?", (last[0],)).rowcount
+            detail = {"through_id": last[0], "rows": deleted, "older_than": older_than}
+            tx.audit(actor, "audit.prune", "audit", detail, now)
         return deleted
 
-    def reclaim(self) -> None:
-        """Checkpoint the WAL into the main file, VACUUM, and truncate the WAL again."""
+    def prune_records(self, run: Any, *, batch: int = PRUNE_BATCH) -> int:
+        """Run a domain's ``run(tx, limit) -> rows deleted`` in short transactions until it
+        deletes less than a batch (a domain's own retention). Returns how many."""
+        total = 0
+        while True:
+            with self.transaction("prune_records", durable=False) as tx:
+                deleted = run(tx, batch)
+            total += deleted
+            if deleted < batch:
+                self._give_back(last=True)
+                return total
+
+    def _give_back(self, last: bool = False) -> None:
+        """After a prune batch: hand freed pages back (incremental auto-vacuum stores) and keep
+        the WAL from growing (a passive checkpoint never waits for readers); after the last
+        one, the WAL file is truncated too, so the footprint goes down, not up."""
+        conn = self._conn()
+        try:
+            # (sqlite3's execute steps this pragma once, freeing one page; a script runs it out)
+            conn.executescript("PRAGMA incremental_vacuum(2048);")
+            mode = "TRUNCATE" if last else "PASSIVE"
+            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"prune: giving space back failed: {exc}") from exc
+
+    def reclaim(self, incremental: bool = False) -> None:
+        """Checkpoint the WAL into the main file, VACUUM, and truncate the WAL again: a
+        maintenance step that holds writers off while it runs (``wharf vacuum``), never part of
+        a prune. ``incremental``: switch the file to incremental auto-vacuum on the way (a
+        store created before it gives freed pages back from then on)."""
         conn = self._conn()
         if conn.in_transaction:
             raise StoreError("reclaim must run outside a transaction (one is open)")
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if incremental:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("VACUUM")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             raise StoreError(f"reclaim of {self.path} failed: {exc}") from exc
+
+    def footprint(self) -> int:
+        """Bytes on disk: the store file and its WAL."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)

@@ -512,6 +512,8 @@ class SqliteTransaction:
         """Append one hash-chained audit row; returns its id."""
         conn = self.connection
         last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        if last is None:  # an empty chain, or every row pruned: go on from the anchor
+            last = conn.execute("SELECT through_id, hash FROM audit_anchor").fetchone()
         audit_id, prev_hash = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
         detail_text = canonical_json(detail)
         # Hash exactly what reading the row back yields (REAL time, decoded detail).

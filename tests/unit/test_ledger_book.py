@@ -485,3 +485,18 @@ def test_the_par_sweep_orders_for_any_breach_once() -> None:
     assert rules.par_breaches(repo, POLICIES) == []  # one is open now
     repo.seed_onhand([("LOC-CATH", "OTHER", Decimal(0), "EA")], 0.0)  # no policy: nothing
     assert rules.par_breaches(repo, POLICIES) == []
+
+
+def test_the_ledger_keeps_its_records_for_its_own_retention(tmp_path: Path) -> None:
+    """Past the ledger's retention, events with a settled charge (or none) go with their stock
+    moves and charges; one whose charge is still pending stays; on-hand is never pruned."""
+    ledger = Ledger(tmp_path)
+    ledger.seed(10)
+    ledger.book(event("CU-R1", chargeable=False))
+    ledger.book(event("CU-R2"))  # its charge stays pending
+    with ledger.store.transaction("prune") as tx:
+        deleted = repository(tx).prune(time.time() + 1, 100)
+    assert deleted == 2  # CU-R1's event and its stock move
+    assert ledger.count("consumption_events") == 1
+    assert ledger.count("charges") == 1
+    assert ledger.onhand() == Decimal(8)

@@ -785,3 +785,56 @@ def test_a_store_from_before_the_domain_histories_opens_unchanged(tmp_path: Path
             return set(c.execute("SELECT type, name FROM sqlite_master").fetchall())
 
     assert objects(old) == objects(tmp_path / "new.db")
+
+
+def test_prune_goes_in_short_batches_and_keeps_what_is_young_or_open(store: SqliteStore) -> None:
+    """35 old finished messages go 10 per transaction (4 commits, each a short one); a young
+    one and an open one stay; the file's footprint goes down, not up."""
+    old = [store_one(store, b"x" * 4000 + bytes([i]), now=T0) for i in range(35)]
+    for mid in old:
+        store.finish_processing(mid, status=model.SENT, now=T0)
+    young = store_one(store, b"young", now=T0 + 3600)
+    store.finish_processing(young, status=model.SENT, now=T0 + 3600)
+    still_open = store_one(store, b"open", now=T0)
+    before = _db_bytes(store.path)
+    commits: list[str] = []
+    store._conn().set_trace_callback(
+        lambda sql: commits.append(sql) if sql.upper().startswith("COMMIT") else None
+    )
+    assert store.prune(older_than=600, now=T0 + 3600, batch=10) == 35
+    assert len(commits) == 4  # 10 + 10 + 10 + 5: the engine's writer gets in between
+    assert {m.id for m in store.search()} == {young, still_open}
+    assert _db_bytes(store.path) < before
+
+
+def test_closed_work_items_have_their_own_retention(store: SqliteStore) -> None:
+    """Closed or resolved work items past their retention go; open ones never do."""
+    mid = store_one(store)
+    with store.transaction("items") as tx:
+        for kind in ("MISSING_MAPPING", "UNBILLED_USAGE", "CHARGE_REJECTED"):
+            tx.open_work_item(kind, "s", "d", mid, mid, T0)
+        tx.resolve_work_items("UNBILLED_USAGE", message_id=mid, now=T0)
+        tx.resolve_work_items("CHARGE_REJECTED", message_id=mid, now=T0 + 5000)
+    assert store.prune_work_items(older_than=600, now=T0 + 3600, batch=1) == 1
+    left = sorted(r[0] for r in raw_sql(store, "SELECT kind FROM work_items"))
+    assert left == ["CHARGE_REJECTED", "MISSING_MAPPING"]
+
+
+def test_pruning_the_audit_keeps_the_chain_verifiable(store: SqliteStore) -> None:
+    """Rows older than the retention go; the chain verifies from the anchor the prune left, goes
+    on after it, and still catches a row removed or changed behind the store's back."""
+    for i in range(5):
+        store.audit("a", "act", f"t{i}", {"i": i}, T0 + i)
+    store.audit("a", "act", "late", {}, T0 + 5000)
+    assert store.prune_audit(older_than=600, now=T0 + 5100, actor="ops") == 5
+    assert store.verify_audit()
+    assert [e["action"] for e in store.audit_entries(10)] == ["audit.prune", "act"]
+    store.audit("a", "after", "t", {}, T0 + 5200)
+    assert store.verify_audit()
+    with sqlite3.connect(store.path) as conn:
+        first = conn.execute("SELECT MIN(id) FROM audit").fetchone()[0]
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM audit WHERE id = ?", (first,))  # past the anchor: refused
+        conn.execute("DROP TRIGGER audit_no_delete")  # someone with the file goes around it
+        conn.execute("DELETE FROM audit WHERE id = ?", (first,))
+    assert not store.verify_audit()

@@ -91,6 +91,15 @@ PAR_SWEEP = Field(
     "changed its on-hand (also at start; usage is checked as it is booked; 0 = off).",
 )
 
+LEDGER_RETENTION = Field(
+    "ledger_retention",
+    Duration(),
+    7 * 365 * 86400.0,
+    "`wharf prune` deletes the ledger's events, stock moves, settled charges, requisitions and "
+    "decided credits older than this (finance keeps them as long as it says; 0 = for ever). "
+    "On-hand figures are never pruned.",
+)
+
 UNBILLED_AFTER = Field(
     "unbilled_after",
     Duration(),
@@ -248,7 +257,7 @@ class LedgerDomain:
     name = "ledger"
     spec = LEDGER_SPEC
     description = "Supply-ledger booking of consumption events."
-    settings: Sequence[Field] = (UNBILLED_AFTER, PAR_SWEEP)
+    settings: Sequence[Field] = (UNBILLED_AFTER, PAR_SWEEP, LEDGER_RETENTION)
     durable = False
 
     def migrations(self, dialect: str) -> Sequence[Migration]:
@@ -300,6 +309,10 @@ class LedgerDomain:
                 )
             )
         return jobs
+
+    def prune(self, tx: Transaction, settings: Any, now: float, limit: int) -> int:
+        keep = getattr(settings, "ledger_retention", 0) or 0
+        return repository(tx).prune(now - keep, limit) if keep else 0
 
     def start(self, tx: Transaction, bindings: Mapping[str, Any], now: float) -> int:
         """Starting on-hand from each channel's ``onhand`` table where the ledger has none,

@@ -198,6 +198,19 @@ class InMemoryLedgerRepository:
                 )
         return out
 
+    def prune(self, before: float, limit: int) -> int:
+        """Drop up to ``limit`` events created before ``before`` whose charge is settled."""
+        old = [
+            key
+            for key, booked in self.events.items()
+            if booked.created_at < before
+            and self.charges.get(booked.id, {}).get("status") != "pending"
+        ][:limit]
+        for key in old:
+            booked = self.events.pop(key)
+            self.charges.pop(booked.id, None)
+        return len(old)
+
     def onhand(self, location: str, item: str) -> Decimal | None:
         held = self.stock_levels.get((location, item))
         return None if held is None else held[0]

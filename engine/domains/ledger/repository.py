@@ -102,6 +102,8 @@ class LedgerRepository(Protocol):
 
     def onhand(self, location: str, item: str) -> Decimal | None: ...
 
+    def prune(self, before: float, limit: int) -> int: ...
+
     def open_work_item(
         self,
         kind: str,
@@ -364,6 +366,48 @@ class SqliteLedgerRepository:
             (created_before,),
         ).fetchall()
         return [Unbilled(*row) for row in rows]
+
+    def prune(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` records created before ``before``: events whose charge is
+        settled (or that had none) with their stock moves and charge, requisitions and decided
+        credits. Returns how many rows went."""
+        conn = self.conn
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT e.id FROM consumption_events e LEFT JOIN charges c ON c.event_id = e.id "
+                "WHERE e.created_at < ? AND COALESCE(c.status, 'none') != 'pending' LIMIT ?",
+                (before, limit),
+            )
+        ]
+        deleted = 0
+        if ids:
+            marks = ", ".join("?" for _ in ids)
+            for table in ("inventory_transactions", "charges"):
+                deleted += conn.execute(
+                    f"DELETE FROM {table} WHERE event_id IN ({marks})", ids
+                ).rowcount
+            conn.execute(
+                f"UPDATE requisitions SET event_id = NULL WHERE event_id IN ({marks})", ids
+            )
+            deleted += conn.execute(
+                f"DELETE FROM consumption_events WHERE id IN ({marks})", ids
+            ).rowcount
+        room = max(0, limit - deleted)
+        if room:
+            deleted += conn.execute(
+                "DELETE FROM requisitions WHERE id IN (SELECT id FROM requisitions "
+                "WHERE created_at < ? LIMIT ?)",
+                (before, room),
+            ).rowcount
+        room = max(0, limit - deleted)
+        if room:
+            deleted += conn.execute(
+                "DELETE FROM held_credits WHERE id IN (SELECT id FROM held_credits "
+                "WHERE status != 'held' AND updated_at < ? LIMIT ?)",
+                (before, room),
+            ).rowcount
+        return deleted
 
     def onhand(self, location: str, item: str) -> Decimal | None:
         row = self.conn.execute(

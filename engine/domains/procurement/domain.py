@@ -195,6 +195,9 @@ class ProcurementDomain:
             )
         ]
 
+    def prune(self, tx: Transaction, settings: Any, now: float, limit: int) -> int:
+        return 0  # purchase orders, receipts and invoices are kept (their retention: a follow-up)
+
     def start(self, tx: Transaction, bindings: Mapping[str, Any], now: float) -> int:
         return 0
 
