@@ -20,6 +20,7 @@ Nothing here logs a body or a header value.
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from engine.errors import DeliveryError
+from engine.net.tls import tls_policy
+from engine.spec import Bool, ByteSize, Duration, Field, Str
 
 __all__ = [
     "RETRYABLE_STATUS",
@@ -200,7 +203,10 @@ class HttpCaller:
         self.pool.maxPersistentPerHost = MAX_CONNECTIONS_PER_HOST
         self.pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
         agent = Agent(reactor, contextFactory=tls, connectTimeout=connect_timeout, pool=self.pool)
-        self.client = treq.client.HTTPClient(agent)
+        # No cookie is kept between calls unless a destination sends it itself (SAP's CSRF
+        # session does): a jar that refuses every cookie.
+        jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        self.client = treq.client.HTTPClient(agent, cookiejar=jar)
         self.requests = 0  # requests sent (tests count them)
 
     def close(self) -> Deferred[None]:
@@ -301,3 +307,51 @@ class HttpCaller:
             retryable=True,
             ambiguous=True,
         )
+
+
+def connection_fields(timeout: float = 30.0) -> list[Any]:
+    """The connection options a destination built on :class:`HttpCaller` offers (timeout,
+    connect_timeout, tls_verify, ca_file, client_certificate, max_response)."""
+    return [
+        Field("timeout", Duration(lo=0.001), timeout, "Total time for one call.", "20s"),
+        Field("connect_timeout", Duration(lo=0.001), 10.0, "Time to open the connection.", "5s"),
+        Field(
+            "tls_verify",
+            Bool(),
+            True,
+            "Verify the server certificate and host name. false is for test rigs only.",
+            True,
+        ),
+        Field(
+            "ca_file",
+            Str(),
+            None,
+            "PEM bundle of the CAs trusted instead of the system's.",
+            "certs/erp-ca.pem",
+        ),
+        Field(
+            "client_certificate",
+            Str(),
+            None,
+            "PEM file with this client's certificate and private key (mutual TLS).",
+            "certs/wharf-client.pem",
+        ),
+        Field(
+            "max_response",
+            ByteSize(),
+            1024 * 1024,
+            "Answers longer than this are truncated when stored.",
+            "256KiB",
+        ),
+    ]
+
+
+def caller_for(options: Any, reactor: Any, base_dir: Any) -> HttpCaller:
+    """An :class:`HttpCaller` from options holding :func:`connection_fields`."""
+    return HttpCaller(
+        reactor,
+        tls=tls_policy(options, base_dir),
+        connect_timeout=options.connect_timeout,
+        timeout=options.timeout,
+        max_response=options.max_response,
+    )

@@ -511,10 +511,11 @@ class ErpResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, api: ErpApi, reactor: Any) -> None:
+    def __init__(self, api: ErpApi, reactor: Any, cloud: Any = None) -> None:
         super().__init__()
         self.api = api
         self.reactor = reactor
+        self.cloud = cloud  # the emulated cloud ERPs (cloud.py), routed by path prefix
         self.pending: set[Any] = set()  # delayed answers not sent yet (cancelled on stop)
 
     def render(self, request: Any) -> Any:
@@ -537,7 +538,10 @@ class ErpResource(resource.Resource):
             return self._send(request, answer)
         try:
             query = parse_qs(request.uri.decode("utf-8", "replace").partition("?")[2])
-            answer = self.api.handle(method, path, query, body, headers)
+            if self.cloud is not None and self.cloud.handles(path):
+                answer = self.cloud.handle(method, path, query, body, headers)
+            else:
+                answer = self.api.handle(method, path, query, body, headers)
         except Exception:
             log.failure("sandbox ERP: {method} {path} failed", method=method, path=path)
             answer = Answer(500, _json({"error": "internal error (see the sandbox log)"}))
@@ -577,8 +581,8 @@ class SandboxSite(server.Site):
         )
 
 
-def site(api: ErpApi, reactor: Any) -> SandboxSite:
-    s = SandboxSite(ErpResource(api, reactor))
+def site(api: ErpApi, reactor: Any, cloud: Any = None) -> SandboxSite:
+    s = SandboxSite(ErpResource(api, reactor, cloud))
     s.displayTracebacks = False
     return s
 
