@@ -97,6 +97,7 @@ class SandboxService:
                 self.po_webhook,
                 reactor=self.reactor,
                 token=self.po_webhook_token,
+                secret=self.po_webhook_secret,
             )
             self.webhook.start()
         self.http_port = http_port.getHost().port
