@@ -838,7 +838,9 @@ class DeliveryWorker:
             note = f"throttled, held (not counted as an attempt): {error.message}"
             return Settlement(row.id, model.SETTLE_HELD, response, note, until, unpin=True)
         kind, reason, next_at = self._decide(error, row.attempts + 1, row.created_at, now)
-        return Settlement(row.id, kind, response, reason, next_at, unpin=True)
+        # A row that goes again leaves its call (a new call gets a new key); a settled one keeps
+        # the key of the call that settled it.
+        return Settlement(row.id, kind, response, reason, next_at, unpin=kind == model.SETTLE_RETRY)
 
     async def _settle_call(self, rows: list[Delivery], error: DeliveryError, key: str) -> None:
         """A call that failed as a whole: its rows are settled alike, once for the call (they
