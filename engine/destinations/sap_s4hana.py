@@ -28,7 +28,9 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from engine.errors import DeliveryError
@@ -200,6 +202,7 @@ class SapS4hanaDestination:
         self.bulk = bulk_of(options.bulk)
         self.root = f"{options.base_url.rstrip('/')}/sap/opu/odata/sap"
         self._csrf: dict[str, tuple[bytes, bytes]] = {}  # service -> (token, cookie)
+        self._fetching: dict[str, list[Deferred[tuple[bytes, bytes]]]] = {}
         self.csrf_fetches = 0
 
     def close(self) -> Deferred[None]:
@@ -313,8 +316,27 @@ class SapS4hanaDestination:
         return url
 
     async def _token(self, service: str, fresh: bool = False) -> tuple[bytes, bytes]:
+        """The CSRF token (and its session cookie) of ``service``; one fetch at a time, the
+        sends that need it meanwhile wait for that one."""
         if not fresh and service in self._csrf:
             return self._csrf[service]
+        waiter: Deferred[tuple[bytes, bytes]] = Deferred()
+        waiters = self._fetching.setdefault(service, [])
+        waiters.append(waiter)
+        if len(waiters) == 1:
+            defer.ensureDeferred(self._fetch_token(service)).addBoth(
+                lambda result: self._fetched(service, result)
+            )
+        return await waiter
+
+    def _fetched(self, service: str, result: Any) -> None:
+        for waiter in self._fetching.pop(service, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _fetch_token(self, service: str) -> tuple[bytes, bytes]:
         self.csrf_fetches += 1
         headers = {b"x-csrf-token": [b"Fetch"], b"Accept": [b"application/json"]}
         answer = await call_with_auth(

@@ -536,16 +536,18 @@ class ErpResource(resource.Resource):
             extra = {} if f.retry_after is None else {"retry-after": str(f.retry_after)}
             answer = Answer(f.status, _json({"error": f"injected fault: {f.status}"}), extra)
             return self._send(request, answer)
+        late_by = fault[1] if fault is not None else 0.0
         try:
             query = parse_qs(request.uri.decode("utf-8", "replace").partition("?")[2])
             if self.cloud is not None and self.cloud.handles(path):
                 answer = self.cloud.handle(method, path, query, body, headers)
+                late_by = max(late_by, self.cloud.latency_of(path))
             else:
                 answer = self.api.handle(method, path, query, body, headers)
         except Exception:
             log.failure("sandbox ERP: {method} {path} failed", method=method, path=path)
             answer = Answer(500, _json({"error": "internal error (see the sandbox log)"}))
-        if fault is not None:  # delay: the work is done, the answer comes late
+        if late_by > 0:  # a delay or an emulated API's latency: the work is done, answered late
             gone: list[bool] = []
             request.notifyFinish().addErrback(lambda _: gone.append(True))
 
@@ -555,7 +557,7 @@ class ErpResource(resource.Resource):
                     request.write(self._send(request, answer))
                     request.finish()
 
-            call = self.reactor.callLater(fault[1], late)
+            call = self.reactor.callLater(late_by, late)
             self.pending.add(call)
             return server.NOT_DONE_YET
         return self._send(request, answer)

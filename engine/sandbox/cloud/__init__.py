@@ -87,6 +87,14 @@ class CloudApis(OracleApi, SapApi, WorkdayApi):
         self.clock = clock
         self.server_faults = 0  # Workday Server.processingFault answers to give
         self.calls: dict[str, int] = dict.fromkeys(SYSTEMS, 0)
+        self.latency: dict[str, float] = dict.fromkeys(SYSTEMS, 0.0)  # seconds per answer
+
+    def latency_of(self, path: str) -> float:
+        """How late an emulated API answers (a cloud round trip), 0 for the rest."""
+        for system, prefix in ((ORACLE, ORACLE_BASE), (SAP, SAP_BASE), (WORKDAY, "/ccx/")):
+            if path.startswith(prefix):
+                return self.latency[system]
+        return 0.0
 
     def handles(self, path: str) -> bool:
         return path.startswith(self.PREFIXES)
@@ -156,6 +164,12 @@ class CloudApis(OracleApi, SapApi, WorkdayApi):
                 doc["system"], per_second and float(per_second), int(doc.get("burst", 1))
             )
             return ok_json(self.summary())
+        if method == "POST" and parts == ["latency"]:
+            doc = parse_json(body)
+            if not isinstance(doc, dict) or doc.get("system") not in SYSTEMS:
+                raise ApiError(422, f"system: expected one of {', '.join(SYSTEMS)}")
+            self.latency[doc["system"]] = float(doc.get("seconds") or 0)
+            return ok_json(self.summary())
         if method == "POST" and parts == ["oauth", "expire"]:
             return ok_json({"expired": self.tokens.expire_all()})
         if method == "POST" and parts == ["workday", "faults"]:
@@ -172,6 +186,7 @@ class CloudApis(OracleApi, SapApi, WorkdayApi):
             "tokens_issued": self.tokens.issued,
             "token_refusals": self.tokens.refused,
             "server_faults_left": self.server_faults,
+            "latency": dict(self.latency),
         }
 
 
