@@ -3,6 +3,7 @@
 Routes::
 
     POST /inventory/issues            one issue, or {"issues": [...]} (bulk)  → 201
+    POST /inventory/issues/bulk       {"items": [...]}: each on its own → 200 {"results": [...]}
     GET  /inventory?location=&item=   on-hand rows
     POST /requisitions                → 201 {"id": "REQ-n"}
     GET  /requisitions?status=&location=&item=
@@ -218,6 +219,8 @@ class ErpApi:
         n = len(parts)
         if parts == ["inventory", "issues"]:
             return "issues", (), {"POST": self.post_issues, "GET": self.list_issues}
+        if parts == ["inventory", "issues", "bulk"]:
+            return "bulk", (), {"POST": self.post_issues_each}
         if parts == ["inventory"]:
             return "inventory", (), {"GET": self.get_inventory}
         if parts == ["issues"]:
@@ -279,6 +282,31 @@ class ErpApi:
         encounter, lines = self._check_issue(doc, "", {})
         issue_id = self.state.post_issue(encounter, lines, doc)
         return Answer(201, _json({"id": issue_id, "lines": len(lines)}))
+
+    def post_issues_each(self, *, body: bytes, **_: Any) -> Answer:
+        """``{"items": [issue, ...]}``: each issue posted or refused on its own; the answer's
+        ``results`` hold one ``{"status", "id" | "error"}`` per item, in order (a partial
+        failure is 200 with the failed items' 422s)."""
+        doc = need_object(parse_json(body), "body")
+        items = doc.get("items")
+        if not isinstance(items, list) or not items:
+            raise invalid("items", "expected a non-empty list of issues")
+        results: list[dict[str, Any]] = []
+        db = self.state.db
+        for i, one in enumerate(items):
+            db.execute("SAVEPOINT bulk_item")
+            try:
+                item = need_object(one, f"items[{i}]")
+                encounter, lines = self._check_issue(item, "", {})
+                issue_id = self.state.post_issue(encounter, lines, item)
+            except ApiError as exc:
+                db.execute("ROLLBACK TO bulk_item")
+                db.execute("RELEASE bulk_item")
+                results.append({"status": exc.status, "error": exc.message})
+                continue
+            db.execute("RELEASE bulk_item")
+            results.append({"status": 201, "id": issue_id, "lines": len(lines)})
+        return Answer(200, _json({"results": results}))
 
     def _check_issue(
         self, doc: dict, prefix: str, uoms: dict[tuple[str, str], str]

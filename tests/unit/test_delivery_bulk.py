@@ -322,3 +322,39 @@ def test_429s_without_retry_after_never_dead_letter(tmp: Path) -> None:
     assert sent == [0, 1, 3, 7, 15, 31]
     assert rig.rows()["a"]["status"] == model.DELIVERED
     assert rig.rows()["a"]["attempts"] == 1
+
+
+def test_rate_limit_and_bulk_config_mistakes_name_the_field(tmp: Path) -> None:
+    """A rate limit with both (or neither of) per_second and per_minute, and bulk calls on an
+    ordered destination, are lint errors naming the field; a good one parses into the policy's
+    calls a second."""
+    from engine.config.project import load_project
+    from engine.delivery import rate_of
+    from engine.errors import LintFailed
+
+    (tmp / "channels").mkdir()
+    (tmp / "routes.yaml").write_text("store: var/wharf.db\n")
+    (tmp / "channels/c.yaml").write_text(
+        "destinations:\n"
+        "  - name: a\n    http: {url: 'http://erp/a'}\n"
+        "    rate_limit: {per_second: 5, per_minute: 100}\n"
+    )
+    with pytest.raises(LintFailed) as failed:
+        load_project(tmp)
+    assert "c.yaml:4:17: destinations[0].rate_limit: expected exactly one of per_second, " in (
+        str(failed.value)
+    )
+    (tmp / "channels/c.yaml").write_text(
+        "destinations:\n"
+        "  - name: b\n    http: {url: 'http://erp/b', bulk: {max_items: 5}}\n"
+        "    ordered: true\n"
+    )
+    with pytest.raises(LintFailed) as failed:
+        load_project(tmp)
+    assert "destinations[0].http.bulk: bulk calls cannot keep an order per key" in str(failed.value)
+    (tmp / "channels/c.yaml").write_text(
+        "destinations:\n  - name: a\n    http: {url: 'http://erp/a'}\n"
+        "    rate_limit: {per_minute: 120, burst: 3}\n"
+    )
+    (dest,) = load_project(tmp).channels["c"].config.destinations
+    assert rate_of(dest.rate_limit) == (2.0, 3)
