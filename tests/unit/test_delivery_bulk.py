@@ -358,3 +358,32 @@ def test_rate_limit_and_bulk_config_mistakes_name_the_field(tmp: Path) -> None:
     )
     (dest,) = load_project(tmp).channels["c"].config.destinations
     assert rate_of(dest.rate_limit) == (2.0, 3)
+
+
+def test_rows_waiting_for_a_call_are_released_when_the_worker_stops(tmp: Path) -> None:
+    """Two rows wait in the buffer for company (max_wait not over) when the worker stops: they
+    go back to pending at once, nothing was sent, and a new worker sends them."""
+    erp = Erp(all_ok)
+    rig = Rig(tmp, erp)
+    rig.add("a", "b")
+    rig.worker.start()
+    assert rig.status() == {"a": model.INFLIGHT, "b": model.INFLIGHT}
+    stopped = rig.worker.stop()
+    assert stopped.called
+    assert rig.status() == {"a": model.PENDING, "b": model.PENDING}
+    assert erp.calls == [] and rig.worker.inflight == 0
+    rig.clock.advance(5)
+    assert erp.calls == []
+    rig.worker = DeliveryWorker(
+        channel="ch",
+        name="erp",
+        destination=erp,
+        policy=DeliveryPolicy(jitter=0),
+        store=rig.book,
+        executor=SyncExecutor(),
+        clock=rig.clock,
+    )
+    rig.worker.start()
+    rig.clock.advance(0.5)
+    assert [items for items, _, _ in erp.calls] == [["a", "b"]]
+    assert set(rig.status().values()) == {model.DELIVERED}
