@@ -23,10 +23,10 @@ counted, because a refusal for rate says nothing about the row and had no effect
 throttle never dead-letters a row; ``max_age`` still applies when a row fails otherwise.
 
 Bulk calls: a destination with a ``bulk`` attribute (:class:`~engine.model.Bulk`) and a
-``send_batch`` method gets up to ``max_items`` rows in one call, or what came within
-``max_wait`` of the first. Each call's rows are pinned to its key
-(:func:`~engine.model.batch_key`) before it goes out: until the call is answered they are
-claimed and resent together under that key. An answered call settles each row on its own
+``send_batch`` method (:class:`~engine.interfaces.BulkDestination`) gets up to ``max_items``
+rows in one call, or what came within ``max_wait`` of the first. Each call's rows are pinned to
+its key (:func:`~engine.model.batch_key`) before it goes out: until the call is answered they
+are claimed and resent together under that key. An answered call settles each row on its own
 (:class:`~engine.model.ItemOutcome`): a failed item fails only itself and leaves the call
 (a later attempt makes a new call with a new key). A call that failed as a whole (timeout,
 5xx, 429) settles its rows alike, once for the call.
@@ -242,15 +242,6 @@ class Destination(Protocol):
     async def send(self, delivery: Delivery) -> bytes | None: ...
 
     def close(self) -> Deferred[Any] | None: ...
-
-
-class BulkDestination(Destination, Protocol):
-    """A destination that also takes several deliveries in one call (see the module
-    docstring); ``bulk`` None means it sends one at a time."""
-
-    bulk: Bulk | None
-
-    async def send_batch(self, deliveries: list[Delivery], key: str) -> list[ItemOutcome]: ...
 
 
 class Executor(Protocol):
