@@ -688,8 +688,9 @@ class SqliteStore:
     def _requeue(conn: sqlite3.Connection, ids: list[int], now: float) -> None:
         marks = _placeholders(ids)
         conn.execute(
+            # A replayed row goes in a new call (a bulk call's key covers the rows it carried).
             f"UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ?, "
-            f"lease_until = NULL, updated_at = ? WHERE id IN ({marks})",
+            f"lease_until = NULL, batch_key = NULL, updated_at = ? WHERE id IN ({marks})",
             (model.PENDING, now, now, *ids),
         )
         conn.execute(

@@ -387,3 +387,38 @@ def test_rows_waiting_for_a_call_are_released_when_the_worker_stops(tmp: Path) -
     rig.clock.advance(0.5)
     assert [items for items, _, _ in erp.calls] == [["a", "b"]]
     assert set(rig.status().values()) == {model.DELIVERED}
+
+
+def test_a_replayed_dead_row_leaves_its_call(tmp: Path) -> None:
+    """A row dead after a bulk call keeps that call's key (which call settled it); replayed by
+    a person it goes again in a new call under a new key."""
+
+    refused = [False]
+
+    def script(rows: list[Delivery], key: str) -> list[ItemOutcome]:
+        out = []
+        for d in rows:
+            if d.meta["item"] == "b" and not refused[0]:
+                refused[0] = True
+                out.append(ItemOutcome(None, DeliveryError("HTTP 422", retryable=False)))
+            else:
+                out.append(ItemOutcome(b"ok"))
+        return out
+
+    erp = Erp(script)
+    rig = Rig(tmp, erp)
+    rig.add("a", "b")
+    rig.worker.start()
+    rig.clock.advance(0.5)
+    first_key = erp.calls[0][1]
+    assert rig.rows()["b"]["status"] == model.DEAD
+    assert rig.rows()["b"]["batch_key"] == first_key
+    with rig.store.reading() as tx:
+        (message_id,) = tx.connection.execute(
+            "SELECT message_id FROM outbox WHERE status = 'dead'"
+        ).fetchone()
+    rig.store.replay(message_id, actor="test", now=0.5)
+    rig.worker.wake()
+    rig.clock.advance(0.5)
+    assert rig.rows()["b"]["status"] == model.DELIVERED
+    assert erp.calls[1][0] == ["b"] and erp.calls[1][1] != first_key
