@@ -392,6 +392,8 @@ class DeliveryWorker:
             await defer.DeferredList([_observe(d) for d in pending])
 
     async def _release_unsent(self) -> None:
+        """Rows claimed for a bulk call that has not gone out go back to pending (on stop,
+        and while a 429 holds the queue: they must not outlive their lease in memory)."""
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush = None
@@ -798,6 +800,8 @@ class DeliveryWorker:
         if not any(o.error is not None and o.error.throttled for o in outcomes):
             self._throttles = 0
         await self.executor.submit(self.store.settle_batch, settlements, now)
+        if self._held(self.clock.seconds()):
+            await self._release_unsent()  # held: what waits for a call goes back to pending
         log.info(
             "destination {channel}/{destination}: bulk call {key} of {n} row(s): {tally}",
             channel=self.channel,
@@ -852,6 +856,8 @@ class DeliveryWorker:
             outcome = kind if next_at is None else f"retry in {next_at - now:.1f}s"
         settlements = [Settlement(r.id, kind, error.response, reason, next_at) for r in rows]
         await self.executor.submit(self.store.settle_batch, settlements, now)
+        if self._held(self.clock.seconds()):
+            await self._release_unsent()  # held: what waits for a call goes back to pending
         level = "warn" if kind in (model.SETTLE_DEAD, model.SETTLE_QUARANTINED) else "info"
         getattr(log, level)(
             "destination {channel}/{destination}: bulk call {key} of {n} row(s) (first "

@@ -422,3 +422,29 @@ def test_a_replayed_dead_row_leaves_its_call(tmp: Path) -> None:
     rig.clock.advance(0.5)
     assert rig.rows()["b"]["status"] == model.DELIVERED
     assert erp.calls[1][0] == ["b"] and erp.calls[1][1] != first_key
+
+
+def test_a_429_sends_rows_waiting_for_a_call_back_to_pending(tmp: Path) -> None:
+    """One call in flight (a, b) while c waits in the buffer; the call is throttled: c goes
+    back to pending with a and b (nothing is kept in memory past the hold), and all three go
+    when the hold ends."""
+    pending: list[defer.Deferred[Any]] = []
+
+    def script(rows: list[Delivery], key: str) -> Any:
+        if not pending:
+            pending.append(defer.Deferred())
+            return pending[0]
+        return all_ok(rows, key)
+
+    erp = Erp(script, max_items=2)
+    rig = Rig(tmp, erp, concurrency=2)
+    rig.add("a", "b", "c")
+    rig.worker.start()
+    assert rig.status() == dict.fromkeys("abc", model.INFLIGHT)
+    pending[0].errback(DeliveryError("HTTP 429", throttled=True, retry_after=10))
+    assert rig.status() == dict.fromkeys("abc", model.PENDING)
+    assert rig.worker.inflight == 0
+    rig.clock.advance(10)
+    rig.clock.advance(0.5)
+    assert set(rig.status().values()) == {model.DELIVERED}
+    assert [items for items, _, _ in erp.calls][1:] == [["a", "b"], ["c"]]
