@@ -227,6 +227,8 @@ class DeliveryError(WharfError):
     ``retryable``: worth another attempt. ``ambiguous``: the request may have had its effect
     (sent, then timeout or reset), so a non-idempotent destination must not retry blindly.
     ``retry_after``: seconds the peer asked us to wait (HTTP ``Retry-After``).
+    ``throttled``: the peer refused for its rate limit (HTTP 429): nothing took effect, the
+    destination's queue is held for ``retry_after`` and the attempt is not counted.
     ``log_text``: what the log may say when ``message`` quotes the peer's own free text (an
     MLLP MSA-3 or ERR-8 can hold patient data): the message is kept with the delivery in the
     store, the log gets this instead.
@@ -241,10 +243,12 @@ class DeliveryError(WharfError):
         retry_after: float | None = None,
         response: bytes | None = None,
         log_text: str | None = None,
+        throttled: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.log_text = log_text
+        self.throttled = throttled
         self.retryable = retryable
         self.ambiguous = ambiguous
         self.retry_after = retry_after

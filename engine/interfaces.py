@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from engine.errors import ConfigError
-    from engine.model import Delivery, Outbound, Parsed
+    from engine.model import Bulk, Delivery, ItemOutcome, Outbound, Parsed
     from engine.spec import Field, Spec
 
 __all__ = [
     "COMPONENT_KEYWORDS",
     "Binding",
     "Booking",
+    "BulkDestination",
     "Codec",
     "Destination",
     "Domain",
@@ -69,6 +70,18 @@ class Destination(Protocol):
     def send(self, delivery: Delivery) -> Awaitable[bytes | None]: ...
 
     def close(self) -> Any: ...
+
+
+@runtime_checkable
+class BulkDestination(Destination, Protocol):
+    """A destination that also takes several rows in one call (``bulk`` None: it does not
+    now). ``send_batch`` returns one :class:`~engine.model.ItemOutcome` per row, in order, or
+    raises :class:`~engine.errors.DeliveryError` when the call failed as a whole; ``key`` is
+    the call's own idempotency key (the same rows always make the same key)."""
+
+    bulk: Bulk | None
+
+    def send_batch(self, deliveries: list[Delivery], key: str) -> Awaitable[list[ItemOutcome]]: ...
 
 
 Filter = Callable[["Parsed"], bool]

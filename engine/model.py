@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,12 @@ DELIVERED = "sent"
 DEAD = "dead"  # retries exhausted or permanent failure: a dead letter
 QUARANTINED = "quarantined"  # ambiguous outcome at a non-idempotent destination
 DELIVERY_STATUSES = (PENDING, INFLIGHT, DELIVERED, DEAD, QUARANTINED)
+
+#: How a worker settles one outbox row (:class:`Settlement`): sent, retried later (an attempt
+#: counted), held (pending again, the attempt not counted: a rate limit or a rolled-back bulk
+#: item), dead or quarantined.
+SETTLE_SENT, SETTLE_RETRY, SETTLE_HELD = "sent", "retry", "held"
+SETTLE_DEAD, SETTLE_QUARANTINED = "dead", "quarantined"
 
 #: Content stages kept for the message browser.
 STAGES = ("raw", "transformed", "sent", "response")
@@ -170,6 +177,56 @@ class Delivery:
     attempts: int  # attempts made before this one
     created_at: float
     meta: dict[str, Any]
+    batch_key: str | None = None  # the bulk call it went out in, kept until that call answered
+
+
+_BATCHES = uuid.UUID("2d3c8e4a-61f0-4c0e-9b7a-626174636865")
+
+
+def batch_key(deliveries: Sequence[Delivery]) -> str:
+    """The idempotency key of one bulk call: a UUIDv5 of its rows' own keys, so the same rows
+    always make the same key and other rows another."""
+    keys = sorted(d.idempotency_key for d in deliveries)
+    return str(uuid.uuid5(_BATCHES, "\x1f".join(keys)))
+
+
+@dataclass(frozen=True)
+class Bulk:
+    """A destination that takes several deliveries in one call: up to ``max_items`` rows, or
+    what came within ``max_wait`` seconds of the first."""
+
+    max_items: int
+    max_wait: float
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The outcome of one outbox row as a delivery worker records it (``kind`` one of the
+    ``SETTLE_*`` values). ``next_attempt_at`` for retry and held; ``reason`` the error text
+    (retry, held) or the dead letter's reason (dead, quarantined); ``unpin`` forgets the row's
+    ``batch_key`` (its bulk call was answered)."""
+
+    delivery_id: int
+    kind: str
+    response: bytes | None = None
+    reason: str | None = None
+    next_attempt_at: float | None = None
+    unpin: bool = False
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What a bulk call answered for one of its deliveries.
+
+    ``error`` None: delivered, ``response`` is the item's own answer. Otherwise a
+    :class:`~engine.errors.DeliveryError` for that item alone. ``requeue``: the item was not
+    applied only because the call failed on another item (an all-or-nothing API rolled it
+    back): it is sent again at once, in a new call, and the attempt is not counted.
+    """
+
+    response: bytes | None = None
+    error: Any = None
+    requeue: bool = False
 
 
 def to_json_bytes(value: Any) -> bytes:

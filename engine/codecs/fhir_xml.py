@@ -24,6 +24,7 @@ from lxml import etree
 
 from engine.codecs.fhir import FhirInvalid, Issue, model_class
 from engine.errors import CodecError
+from engine.net.xml import hardened_parser
 
 FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
@@ -34,21 +35,6 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _INTEGERS = frozenset({"integer", "positiveInt", "unsignedInt"})  # integer64 is a JSON string
 _RESOURCE_TYPES = frozenset({"Resource", "DomainResource"})
-
-
-def hardened_parser() -> etree.XMLParser:
-    """A parser that loads no DTD, resolves no entity, touches no network and keeps lxml's
-    default size limits (one per call: lxml parsers are not shared between threads)."""
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-        collect_ids=False,
-    )
 
 
 def _screen(raw: bytes) -> None:

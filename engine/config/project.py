@@ -51,12 +51,30 @@ def _retry_spec() -> Spec:
     return RETRY_SPEC
 
 
+def _rate_limit_spec() -> Spec:
+    from engine.delivery import RATE_LIMIT_SPEC
+
+    return RATE_LIMIT_SPEC
+
+
 DESTINATION_SPEC = Spec(
     "destination",
     [
         Field("name", NAME, description="Name used in logs, `emit`, tests and `wharf replay`."),
         Field("retry", _retry_spec(), _retry_spec().defaults(), "Backoff and give-up limits."),
-        Field("concurrency", Int(1, 1024), 4, "Deliveries in flight at once."),
+        Field(
+            "concurrency",
+            Int(1, 1024),
+            4,
+            "Calls in flight at once (one delivery each, or one bulk call of several).",
+        ),
+        Field(
+            "rate_limit",
+            _rate_limit_spec(),
+            None,
+            "Calls started a second (or a minute) at most; none: as fast as `concurrency` "
+            "allows. An HTTP 429 holds the queue until its Retry-After either way.",
+        ),
         Field(
             "idempotent",
             Bool(),
@@ -201,6 +219,13 @@ def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> Non
                 node,
                 f"destinations[{i}].order_by",
                 "order_by needs `ordered: true` on the same destination",
+            )
+        options = getattr(d.component, "options", None)
+        if d.ordered and getattr(options, "bulk", None) is not None:
+            ctx.error(
+                node,
+                f"destinations[{i}].{d.component.name}.bulk",
+                "bulk calls cannot keep an order per key: drop bulk or `ordered: true`",
             )
     for i, t in enumerate(config.tests):
         if (t.input is None) == (t.input_text is None):

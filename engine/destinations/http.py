@@ -1,8 +1,9 @@
 """The ``http`` destination: POST/PUT/PATCH each delivery to a URL with treq.
 
-One persistent :class:`~twisted.web.client.HTTPConnectionPool` per destination. Every request
-carries ``Content-Type`` (the delivery's), ``Idempotency-Key`` and ``X-Correlation-ID``.
-Outcomes map to :class:`~engine.errors.DeliveryError` flags:
+One persistent :class:`~twisted.web.client.HTTPConnectionPool` per destination
+(:class:`~engine.net.http.HttpCaller`). Every request carries ``Content-Type`` (the
+delivery's), ``Idempotency-Key`` and ``X-Correlation-ID``. Outcomes map to
+:class:`~engine.errors.DeliveryError` flags:
 
 ========================================================  =========  =========
 outcome                                                   retryable  ambiguous
@@ -14,14 +15,21 @@ refused, DNS failure, connect timeout, TLS handshake      yes        no
 timeout or connection lost after the request was sent     yes        yes
 ========================================================  =========  =========
 
-Credentials never live in YAML: ``bearer_token_env`` / ``basic_password_env`` name environment
-variables read at send time. Payloads and response bodies are never logged.
+A 429 is *throttled* as well: the worker holds the destination's queue (see
+:mod:`engine.delivery`).
+
+Credentials never live in YAML: ``auth`` (OAuth2 client credentials, basic or bearer, see
+:mod:`engine.net.auth`) reads its secrets from environment variables or files at send time, as
+do the older ``bearer_token_env`` / ``basic_password_env``; ``client_certificate`` presents a
+certificate (mutual TLS). With ``bulk``, several deliveries go in one call as
+``{"<items_field>": [payload, ...]}`` under the call's own ``Idempotency-Key``, and the answer's
+``<results_field>`` list gives each item's own status. Payloads, response bodies and secrets
+are never logged.
 """
 
 from __future__ import annotations
 
-import base64
-import email.utils
+import json
 import os
 import pathlib
 import re
@@ -29,30 +37,28 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-import treq
-from OpenSSL import SSL
-from twisted.internet import error
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import client as web_client
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http import PotentialDataLoss
 
 from engine.errors import DeliveryError
-from engine.model import Delivery
+from engine.model import Delivery, ItemOutcome
+from engine.net.auth import (
+    AUTH_SPEC,
+    Authenticator,
+    BasicAuth,
+    BearerAuth,
+    call_with_auth,
+    make_authenticator,
+)
+from engine.net.bulk import bulk_of, bulk_spec
+from engine.net.http import RETRYABLE_STATUS, HttpAnswer, HttpCaller, origin, status_error
+from engine.net.secrets import ENV_NAME, Secrets
 from engine.net.tls import tls_policy
 from engine.registry import destination
 from engine.spec import Bool, ByteSize, Context, Duration, Enum, Field, MapOf, Spec, Str, join
 from engine.templating import check_template, render_template, template_values, url_quote
 
 log = Logger(namespace="wharf.destination.http")
-
-#: Seconds an idle pooled connection is kept; below common server/LB keep-alive limits so a
-#: POST rarely lands on a connection the server is closing (which would be ambiguous).
-IDLE_CONNECTION_TIMEOUT = 30.0
-MAX_CONNECTIONS_PER_HOST = 8
 
 #: Headers Wharf sets itself; configuring them is an error.
 RESERVED_HEADERS = (
@@ -64,7 +70,6 @@ RESERVED_HEADERS = (
     "authorization",
     "transfer-encoding",
 )
-RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
 def _check(config: Any, ctx: Context, node: Any, path: str) -> None:
@@ -81,7 +86,7 @@ def _check(config: Any, ctx: Context, node: Any, path: str) -> None:
                 node,
                 where,
                 f"header '{key}' is set by Wharf (Content-Type from the delivery, auth from "
-                "bearer_token_env or basic_user/basic_password_env)",
+                "auth, bearer_token_env or basic_user/basic_password_env)",
             )
         elif not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", key):
             ctx.error(node, where, f"is not a valid header name (got {key!r})")
@@ -89,6 +94,14 @@ def _check(config: Any, ctx: Context, node: Any, path: str) -> None:
             problem = check_template(value)
             if problem:
                 ctx.error(node, where, problem)
+    if config.auth is not None and (
+        config.bearer_token_env or config.basic_user or config.basic_password_env
+    ):
+        ctx.error(
+            node,
+            join(path, "auth"),
+            "use either auth or bearer_token_env / basic_user+basic_password_env (got both)",
+        )
     if config.bearer_token_env and (config.basic_user or config.basic_password_env):
         ctx.error(
             node,
@@ -105,11 +118,41 @@ def _check(config: Any, ctx: Context, node: Any, path: str) -> None:
         ctx.error(
             node, join(path, "ca_file"), "ca_file needs tls_verify: true (got tls_verify: false)"
         )
+    if config.bulk is not None and config.method != "POST":
+        ctx.error(node, join(path, "bulk"), f"bulk calls are POSTs (got method {config.method})")
     if config.max_response < 0:
         ctx.error(node, join(path, "max_response"), f"must be >= 0 (got {config.max_response})")
 
 
-_ENV_NAME = Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*", hint="an environment variable name")
+_ENV_NAME = ENV_NAME
+
+HTTP_BULK_SPEC = bulk_spec(
+    "http",
+    [
+        Field(
+            "items_field",
+            Str(),
+            "items",
+            "The call's body is a JSON object holding the items' payloads in this list.",
+            "issues",
+        ),
+        Field(
+            "results_field",
+            Str(),
+            "results",
+            "The answer's list of per-item results, in the items' order, each with a `status` "
+            "(2xx done; 408, 425, 429, 5xx retried; other statuses fail that item only) and "
+            "an optional `error`. An answer without it means every item was done.",
+            "results",
+        ),
+    ],
+    most=1000,
+    description=(
+        "Send several JSON deliveries in one POST. The call carries its own Idempotency-Key, "
+        "reused when the same call is sent again; each item's result settles its own delivery."
+    ),
+    example="bulk: {max_items: 50, max_wait: 200ms, items_field: issues}",
+)
 
 HTTP_SPEC = Spec(
     "http",
@@ -171,6 +214,23 @@ HTTP_SPEC = Spec(
             "Response bodies longer than this are truncated when stored.",
             "256KiB",
         ),
+        Field(
+            "auth",
+            AUTH_SPEC,
+            None,
+            "Authentication: OAuth2 client credentials (token fetched, cached, renewed before "
+            "it expires, and once after a 401), basic or bearer; secrets from environment "
+            "variables or files.",
+        ),
+        Field(
+            "client_certificate",
+            Str(),
+            None,
+            "PEM file holding this client's certificate and private key, presented to the "
+            "server (mutual TLS). Relative to the project root.",
+            "certs/wharf-client.pem",
+        ),
+        Field("bulk", HTTP_BULK_SPEC, None, "Several deliveries in one call."),
     ],
     description=(
         "Send each delivery as the body of an HTTP request. 2xx is success; 408, 425, 429 and "
@@ -185,97 +245,18 @@ http:
   headers:
     X-Site: "{site}"
   timeout: 20s
-  bearer_token_env: ERP_TOKEN
+  auth:
+    oauth2:
+      token_url: https://login.example.org/oauth2/token
+      client_id: wharf
+      client_secret: {env: ERP_CLIENT_SECRET}
   ca_file: certs/erp-ca.pem
 """,
     check=_check,
 )
 
 
-# --------------------------------------------------------------------------- body reading
-
-
-class _BodyReader(Protocol):
-    """Collects a response body up to ``limit`` bytes; beyond it, stops reading (truncates)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.buf = bytearray()
-        self.truncated = False
-        self.finished: Deferred[bytes] = Deferred(self._cancel)
-
-    def _cancel(self, d: Deferred[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.truncated:
-            return
-        room = self.limit - len(self.buf)
-        if len(data) > room:
-            self.buf += data[:room]
-            self.truncated = True
-            self.transport.stopProducing()
-        else:
-            self.buf += data
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        assert reason is not None
-        if self.finished.called:
-            return
-        if self.truncated or reason.check(web_client.ResponseDone, PotentialDataLoss):
-            self.finished.callback(bytes(self.buf))
-        else:
-            self.finished.errback(reason)
-
-
 # --------------------------------------------------------------------------- the destination
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta seconds or an HTTP-date; None if absent
-    or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(when.timestamp() - now, 0.0)
-
-
-_TLS_ERRORS: tuple[type[BaseException], ...] = (SSL.Error,)
-try:  # service_identity reports host name mismatches
-    from service_identity import VerificationError
-
-    _TLS_ERRORS += (VerificationError,)
-except ImportError:  # pragma: no cover
-    pass
-
-_NOT_SENT = (error.ConnectError, web_client.RequestNotSent, error.ConnectingCancelledError)
-
-
-def _reasons(exc: BaseException) -> list[BaseException]:
-    """The exception and those wrapped in a twisted.web ``_WrapperException``."""
-    out = [exc]
-    for reason in getattr(exc, "reasons", None) or []:
-        inner = reason.value if isinstance(reason, Failure) else reason
-        if isinstance(inner, BaseException):
-            out.extend(_reasons(inner))
-    return out
-
-
-def _describe(exc: BaseException) -> str:
-    parts = []
-    for e in _reasons(exc):
-        text = str(e) if not getattr(e, "reasons", None) else ""
-        parts.append(f"{type(e).__name__}{': ' + text if text else ''}")
-    return " <- ".join(parts)
 
 
 class HttpDestination:
@@ -296,51 +277,60 @@ class HttpDestination:
         self.channel = channel
         self.name = name
         self.environ = os.environ if environ is None else environ
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = MAX_CONNECTIONS_PER_HOST
-        self.pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
-        agent = Agent(
+        self.caller = HttpCaller(
             reactor,
-            contextFactory=tls_policy(options, base_dir),
-            connectTimeout=options.connect_timeout,
-            pool=self.pool,
+            tls=tls_policy(options, base_dir),
+            connect_timeout=options.connect_timeout,
+            timeout=options.timeout,
+            max_response=options.max_response,
         )
-        self.client = treq.client.HTTPClient(agent)
+        self.pool = self.caller.pool
+        self.auth = self._authenticator(base_dir)
+        self.bulk = bulk_of(options.bulk)
+
+    def _authenticator(self, base_dir: pathlib.Path) -> Authenticator | None:
+        opts = self.options
+        secrets = Secrets(self.environ, base_dir)
+        if opts.auth is not None:
+            return make_authenticator(
+                opts.auth,
+                caller=self.caller,
+                clock=self.reactor,
+                environ=self.environ,
+                base_dir=base_dir,
+            )
+        if opts.bearer_token_env:
+            return BearerAuth(_env(opts.bearer_token_env), secrets, "bearer_token_env")
+        if opts.basic_user:
+            return BasicAuth(
+                opts.basic_user, _env(opts.basic_password_env), secrets, "basic_password_env"
+            )
+        return None
 
     def close(self) -> Deferred[None]:
         """Close the pooled connections."""
-        return self.pool.closeCachedConnections()
+        return self.caller.close()
+
+    def _transport_error(self, exc: BaseException, timed_out: bool, where: str) -> DeliveryError:
+        """Classify a failure before a response arrived (see :class:`HttpCaller`)."""
+        return self.caller.transport_error(exc, timed_out, where, self.options.method)
 
     # ------------------------------------------------------------------ request building
 
-    def _secret(self, field: str, var: str) -> str:
-        value = self.environ.get(var)
-        if not value:
-            raise DeliveryError(
-                f"environment variable '{var}' ({field}) is not set", retryable=False
-            )
-        return value
-
-    def _headers(self, delivery: Delivery, values: Mapping[str, Any]) -> dict[bytes, list[bytes]]:
+    def _headers(
+        self, content_type: str, key: str, correlation_id: str, values: Mapping[str, Any]
+    ) -> dict[bytes, list[bytes]]:
         headers: dict[bytes, list[bytes]] = {}
-        for key, template in self.options.headers.items():
-            value = render_template(template, values, what=f"header '{key}'")
+        for name, template in self.options.headers.items():
+            value = render_template(template, values, what=f"header '{name}'")
             if "\r" in value or "\n" in value:
                 raise DeliveryError(
-                    f"header '{key}': value must not contain a line break", retryable=False
+                    f"header '{name}': value must not contain a line break", retryable=False
                 )
-            headers[key.encode("ascii")] = [value.encode("utf-8")]
-        headers[b"Content-Type"] = [delivery.content_type.encode("ascii", "replace")]
-        headers[b"Idempotency-Key"] = [delivery.idempotency_key.encode("ascii", "replace")]
-        headers[b"X-Correlation-ID"] = [delivery.correlation_id.encode("ascii", "replace")]
-        opts = self.options
-        if opts.bearer_token_env:
-            token = self._secret("bearer_token_env", opts.bearer_token_env)
-            headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
-        elif opts.basic_user:
-            password = self._secret("basic_password_env", opts.basic_password_env)
-            pair = f"{opts.basic_user}:{password}".encode()
-            headers[b"Authorization"] = [b"Basic " + base64.b64encode(pair)]
+            headers[name.encode("ascii")] = [value.encode("utf-8")]
+        headers[b"Content-Type"] = [content_type.encode("ascii", "replace")]
+        headers[b"Idempotency-Key"] = [key.encode("ascii", "replace")]
+        headers[b"X-Correlation-ID"] = [correlation_id.encode("ascii", "replace")]
         return headers
 
     # ------------------------------------------------------------------ sending
@@ -350,118 +340,116 @@ class HttpDestination:
         :class:`DeliveryError`."""
         values = template_values(delivery)
         url = render_template(self.options.url, values, what="url", quote=url_quote)
-        headers = self._headers(delivery, values)
-        origin = _origin(url)
-
-        current: list[Deferred[Any]] = []
-        timed_out = [False]
-
-        def on_timeout() -> None:
-            timed_out[0] = True
-            if current:
-                current[-1].cancel()  # forwarded to a Deferred it waits on; no-op once fired
-
-        timer = self.reactor.callLater(self.options.timeout, on_timeout)
-        try:
-            request_d = self.client.request(
-                self.options.method,
-                url,
-                headers=headers,
-                data=delivery.payload,
-                allow_redirects=False,
-                unbuffered=True,
-                reactor=self.reactor,
-            )
-            current.append(request_d)
-            try:
-                response = await request_d
-            except Exception as e:
-                raise self._transport_error(e, timed_out[0], origin) from None
-            reader = _BodyReader(self.options.max_response)
-            current.append(reader.finished)
-            response.deliverBody(reader)
-            try:
-                body = await reader.finished
-            except Exception as e:
-                if timed_out[0]:
-                    raise DeliveryError(
-                        f"{self.options.method} {origin}: HTTP {response.code} received but the "
-                        f"body did not arrive within the timeout of {self.options.timeout:g}s",
-                        retryable=True,
-                        ambiguous=True,
-                    ) from None
-                raise DeliveryError(
-                    f"{self.options.method} {origin}: HTTP {response.code} received, then the "
-                    f"body failed: {_describe(e)}",
-                    retryable=True,
-                    ambiguous=True,
-                ) from None
-        finally:
-            if timer.active():
-                timer.cancel()
-
-        code = response.code
+        headers = self._headers(
+            delivery.content_type, delivery.idempotency_key, delivery.correlation_id, values
+        )
+        answer = await call_with_auth(
+            self.caller, self.auth, self.options.method, url, headers, delivery.payload
+        )
         log.debug(
             "destination {channel}/{destination}: delivery {delivery_id}: HTTP {code}",
             channel=self.channel,
             destination=self.name,
             delivery_id=delivery.id,
-            code=code,
+            code=answer.code,
         )
-        if 200 <= code < 300:
-            return body
-        text = f"{self.options.method} {origin}: HTTP {code}"
-        phrase = response.phrase.decode("latin-1", "replace") if response.phrase else ""
-        if phrase:
-            text += f" {phrase}"
-        if code in RETRYABLE_STATUS or 500 <= code < 600:
-            header = response.headers.getRawHeaders(b"Retry-After")
-            retry_after = _retry_after(
-                header[0].decode("latin-1") if header else None, self.reactor.seconds()
-            )
-            return_text = text + (f" (Retry-After {retry_after:g}s)" if retry_after else "")
-            raise DeliveryError(return_text, retryable=True, retry_after=retry_after, response=body)
-        raise DeliveryError(text, retryable=False, response=body)
+        if answer.ok:
+            return answer.body
+        raise status_error(self.options.method, origin(url), answer, self.reactor.seconds())
 
-    def _transport_error(self, exc: BaseException, timed_out: bool, origin: str) -> DeliveryError:
-        """Classify a failure before a response arrived: was anything sent?"""
-        method = self.options.method
-        reasons = _reasons(exc)
-        detail = _describe(exc)
-        if any(isinstance(r, _TLS_ERRORS) for r in reasons):
-            return DeliveryError(
-                f"{method} {origin}: TLS handshake failed: {detail}",
-                retryable=True,
-                ambiguous=False,
-            )
-        if isinstance(exc, _NOT_SENT) or (
-            timed_out and isinstance(exc, CancelledError) and not getattr(exc, "reasons", None)
-        ):
-            what = (
-                f"timed out after {self.options.timeout:g}s before connecting"
-                if timed_out
-                else f"could not connect: {detail}"
-            )
-            return DeliveryError(f"{method} {origin}: {what}", retryable=True, ambiguous=False)
-        if timed_out:
-            return DeliveryError(
-                f"{method} {origin}: no response within {self.options.timeout:g}s "
-                "(the request may have been processed)",
-                retryable=True,
-                ambiguous=True,
-            )
-        return DeliveryError(
-            f"{method} {origin}: connection failed after the request was sent "
-            f"(it may have been processed): {detail}",
+    async def send_batch(self, deliveries: list[Delivery], key: str) -> list[ItemOutcome]:
+        """Send ``deliveries`` in one POST (``bulk``); each item's outcome, or a DeliveryError
+        when the call failed as a whole."""
+        bulk = self.options.bulk
+        items: list[Any] = []
+        sent: list[int] = []
+        outcomes: list[ItemOutcome | None] = []
+        for delivery in deliveries:
+            try:
+                items.append(json.loads(delivery.payload))
+            except ValueError:
+                outcomes.append(
+                    ItemOutcome(
+                        error=DeliveryError(
+                            "bulk: the payload is not JSON (a bulk call carries JSON items)",
+                            retryable=False,
+                        )
+                    )
+                )
+                continue
+            sent.append(len(outcomes))
+            outcomes.append(None)
+        if not items:
+            return [o for o in outcomes if o is not None]
+        first = deliveries[0]
+        values = template_values(first, idempotency_key=key)
+        url = render_template(self.options.url, values, what="url", quote=url_quote)
+        body = json.dumps({bulk.items_field: items}, ensure_ascii=False).encode()
+        headers = self._headers("application/json", key, first.correlation_id, values)
+        answer = await call_with_auth(self.caller, self.auth, "POST", url, headers, body)
+        now = self.reactor.seconds()
+        if not answer.ok:
+            raise status_error("POST", origin(url), answer, now)
+        results = _results(answer, bulk.results_field, len(items))
+        for index, result in zip(sent, results, strict=True):
+            outcomes[index] = _item_outcome(result, answer, now, origin(url))
+        return [o for o in outcomes if o is not None]
+
+
+def _env(name: str) -> Any:
+    """A secret config naming an environment variable (the older ``*_env`` options)."""
+    return _EnvSecret(name)
+
+
+class _EnvSecret:
+    def __init__(self, env: str) -> None:
+        self.env = env
+        self.file = None
+
+
+def _results(answer: HttpAnswer, field: str, count: int) -> list[Any]:
+    """The per-item results of a 2xx bulk answer; every item done when it has none."""
+    try:
+        doc = json.loads(answer.body) if answer.body else None
+    except ValueError:
+        doc = None
+    results = doc.get(field) if isinstance(doc, dict) else None
+    if results is None:
+        return [None] * count
+    if not isinstance(results, list) or len(results) != count:
+        got = len(results) if isinstance(results, list) else type(results).__name__
+        raise DeliveryError(
+            f"bulk answer: expected '{field}' with {count} result(s) (got {got})",
             retryable=True,
             ambiguous=True,
+            response=answer.body,
         )
+    return results
 
 
-def _origin(url: str) -> str:
-    """``scheme://host:port`` of a URL: what error text shows (paths may carry ids)."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+def _item_outcome(result: Any, answer: HttpAnswer, now: float, where: str) -> ItemOutcome:
+    if result is None:
+        return ItemOutcome(response=answer.body)
+    own = json.dumps(result, ensure_ascii=False).encode()
+    status = result.get("status") if isinstance(result, dict) else None
+    if isinstance(status, bool) or not isinstance(status, int):
+        return ItemOutcome(
+            response=own,
+            error=DeliveryError(
+                f"bulk answer: an item's result has no integer status (got {status!r})",
+                retryable=True,
+                ambiguous=True,
+            ),
+        )
+    if 200 <= status < 300:
+        return ItemOutcome(response=own)
+    text = f"POST {where}: bulk item HTTP {status}"
+    if status in RETRYABLE_STATUS or 500 <= status < 600:
+        return ItemOutcome(
+            response=own,
+            error=DeliveryError(text, retryable=True, throttled=status == 429, response=own),
+        )
+    return ItemOutcome(response=own, error=DeliveryError(text, retryable=False, response=own))
 
 
 @destination("http", HTTP_SPEC)

@@ -1,6 +1,7 @@
-"""Client-side TLS: CA bundles (:func:`load_ca_bundle`), the HTTPS policy of an HTTP client
-(:func:`tls_policy`) and the connection creator of a single-host client such as MLLP
-(:func:`tls_creator`), with the ``tls_verify: false`` variants for test rigs."""
+"""Client-side TLS: CA bundles (:func:`load_ca_bundle`), client certificates for mutual TLS
+(:func:`load_client_certificate`), the HTTPS policy of an HTTP client (:func:`tls_policy`) and
+the connection creator of a single-host client such as MLLP (:func:`tls_creator`), with the
+``tls_verify: false`` variants for test rigs."""
 
 from __future__ import annotations
 
@@ -42,12 +43,15 @@ def load_ca_bundle(path: pathlib.Path) -> list[Certificate]:
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _NoVerifyHttpsCreator:
-    """A TLS client connection that checks neither certificate nor host name (test rigs)."""
+    """A TLS client connection that checks neither certificate nor host name (test rigs);
+    presents ``client`` (a PrivateCertificate) when given."""
 
-    def __init__(self, hostname: bytes) -> None:
+    def __init__(self, hostname: bytes, client: ssl.PrivateCertificate | None = None) -> None:
         self._hostname = hostname
         self._ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         self._ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        if client is not None:
+            _use_client_certificate(self._ctx, client)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self._ctx, None)
@@ -58,24 +62,76 @@ class _NoVerifyHttpsCreator:
         return conn
 
 
+def _use_client_certificate(ctx: SSL.Context, client: ssl.PrivateCertificate) -> None:
+    ctx.use_certificate(client.original.to_cryptography())
+    ctx.use_privatekey(client.privateKey.original.to_cryptography_key())
+    ctx.check_privatekey()
+
+
 @implementer(IPolicyForHTTPS)
 class InsecurePolicy:
     """Accepts any server certificate. For test rigs only (``tls_verify: false``)."""
 
+    def __init__(self, client: ssl.PrivateCertificate | None = None) -> None:
+        self.client = client
+
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return _NoVerifyHttpsCreator(hostname)
+        return _NoVerifyHttpsCreator(hostname, self.client)
+
+
+@implementer(IPolicyForHTTPS)
+class ClientCertificatePolicy:
+    """Verifies the server as a browser would (against ``trust``, or the platform's CAs when
+    None) and presents ``client``: mutual TLS."""
+
+    def __init__(self, client: ssl.PrivateCertificate, trust: Any = None) -> None:
+        self.client = client
+        self.trust = trust
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return ssl.optionsForClientTLS(
+            hostname.decode("idna"), trustRoot=self.trust, clientCertificate=self.client
+        )
+
+
+def load_client_certificate(value: str, base_dir: pathlib.Path) -> ssl.PrivateCertificate:
+    """The certificate and private key of the PEM file ``value`` (relative to ``base_dir``);
+    ConfigError when missing, unreadable or without a matching key."""
+    path = pathlib.Path(value)
+    if not path.is_absolute():
+        path = pathlib.Path(base_dir) / path
+    try:
+        return ssl.PrivateCertificate.loadPEM(path.read_bytes())
+    except OSError as e:
+        raise ConfigError(
+            f"'client_certificate' must be a readable PEM file (got {str(path)!r}: {e})"
+        ) from e
+    except Exception as e:
+        raise ConfigError(
+            f"'client_certificate' must hold a certificate and its private key "
+            f"(got {str(path)!r}: {type(e).__name__})"
+        ) from e
 
 
 def tls_policy(options: Any, base_dir: pathlib.Path) -> Any:
     """The :class:`IPolicyForHTTPS` for ``options``: platform trust, the ``ca_file`` bundle,
-    or (``tls_verify: false``) no verification."""
+    or (``tls_verify: false``) no verification; with ``client_certificate`` (when the options
+    have it) the client presents that certificate (mutual TLS)."""
+    client = None
+    if getattr(options, "client_certificate", None):
+        client = load_client_certificate(options.client_certificate, base_dir)
     if not options.tls_verify:
-        return InsecurePolicy()
+        return InsecurePolicy(client)
+    trust = None
     if options.ca_file:
         path = pathlib.Path(options.ca_file)
         if not path.is_absolute():
             path = base_dir / path
-        return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(load_ca_bundle(path)))
+        trust = trustRootFromCertificates(load_ca_bundle(path))
+    if client is not None:
+        return ClientCertificatePolicy(client, trust)
+    if trust is not None:
+        return BrowserLikePolicyForHTTPS(trustRoot=trust)
     return BrowserLikePolicyForHTTPS()
 
 
@@ -92,9 +148,7 @@ class _NoVerifyCreator:
         self._ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         self._ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
         if client is not None:
-            self._ctx.use_certificate(client.original.to_cryptography())
-            self._ctx.use_privatekey(client.privateKey.original.to_cryptography_key())
-            self._ctx.check_privatekey()
+            _use_client_certificate(self._ctx, client)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self._ctx, None)
@@ -124,18 +178,7 @@ def tls_creator(options: Any, base_dir: pathlib.Path) -> Any:
 
     client = None
     if options.client_certificate:
-        path = resolve(options.client_certificate)
-        try:
-            client = ssl.PrivateCertificate.loadPEM(path.read_bytes())
-        except OSError as e:
-            raise ConfigError(
-                f"'client_certificate' must be a readable PEM file (got {str(path)!r}: {e})"
-            ) from e
-        except Exception as e:
-            raise ConfigError(
-                f"'client_certificate' must hold a certificate and its private key "
-                f"(got {str(path)!r}: {type(e).__name__})"
-            ) from e
+        client = load_client_certificate(options.client_certificate, base_dir)
     if not options.tls_verify:
         return _NoVerifyCreator(options.host, client)
     trust = None

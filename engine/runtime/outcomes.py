@@ -36,6 +36,12 @@ class DeliveryBook:
     def record_response(self, delivery_id: int, response: bytes) -> None:
         self.store.record_response(delivery_id, response)
 
+    def pin_batch(self, ids: Sequence[int], key: str, now: float) -> None:
+        self.store.pin_batch(ids, key, now)
+
+    def release_claims(self, ids: Sequence[int], now: float) -> int:
+        return self.store.release_claims(ids, now)
+
     # -- outcomes ------------------------------------------------------------------------------
     def _settle(self, tx: Any, settled: Any, outcome: str, reason: str | None, now: float) -> None:
         for binding in self.bindings(settled.channel):
@@ -56,6 +62,23 @@ class DeliveryBook:
     ) -> None:
         with self.store.transaction(f"delivery_retry({delivery_id})", durable=False) as tx:
             tx.delivery_retry(delivery_id, error, next_attempt_at, now)
+
+    def delivery_held(
+        self, delivery_id: int, note: str, next_attempt_at: float, now: float
+    ) -> None:
+        with self.store.transaction(f"delivery_held({delivery_id})", durable=False) as tx:
+            tx.delivery_held(delivery_id, note, next_attempt_at, now)
+
+    def settle_batch(self, settlements: Sequence[model.Settlement], now: float) -> None:
+        """The outcomes of one bulk call, row by row, in one transaction: each row that is
+        settled (sent, dead, quarantined) is heard by its channel's domains on its own, so a
+        partial failure fails only its own rows' business effects."""
+        durable = any(s.kind in (model.SETTLE_DEAD, model.SETTLE_QUARANTINED) for s in settlements)
+        with self.store.transaction(f"settle_batch({len(settlements)})", durable=durable) as tx:
+            for settlement in settlements:
+                settled, outcome = tx.settle(settlement, now)
+                if outcome is not None:
+                    self._settle(tx, settled, outcome, settlement.reason, now)
 
     def delivery_dead(self, delivery_id: int, reason: str, now: float) -> None:
         self._failed(delivery_id, reason, now, model.DEAD, "dead", DEAD)

@@ -12,7 +12,7 @@ from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from engine.delivery import DeliveryPolicy, DeliveryWorker
+from engine.delivery import DeliveryPolicy, DeliveryWorker, rate_of
 from engine.interfaces import Destination, Job, Source
 from engine.registry import Registry
 
@@ -123,8 +123,11 @@ def make_worker(
             f"destination {channel}/{dest.name}: expected an engine.interfaces.Destination "
             f"(got {destination!r})"
         )
+    rate, burst = rate_of(dest.rate_limit)
     policy = DeliveryPolicy.from_retry(
         dest.retry,
+        rate_per_second=rate,
+        rate_burst=burst,
         concurrency=dest.concurrency,
         idempotent=dest.idempotent,
         ordered=dest.ordered,

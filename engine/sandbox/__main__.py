@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment variable holding the bearer token for the webhook (default "
         "WHARF_PO_TOKEN; unset: no Authorization header)",
     )
+    p.add_argument(
+        "--po-webhook-secret-env",
+        metavar="VAR",
+        default="WHARF_PO_WEBHOOK_SECRET",
+        help="environment variable holding the HMAC secret that signs each webhook push "
+        "(X-Wharf-Signature, -Timestamp, -Nonce; default WHARF_PO_WEBHOOK_SECRET; unset: "
+        "unsigned)",
+    )
     return p
 
 
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         reject_codes=args.reject_code,
         po_webhook=args.po_webhook,
         po_webhook_token=os.environ.get(args.po_webhook_token_env) or None,
+        po_webhook_secret=os.environ.get(args.po_webhook_secret_env) or None,
     )
     try:
         service.start()

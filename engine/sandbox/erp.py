@@ -3,6 +3,7 @@
 Routes::
 
     POST /inventory/issues            one issue, or {"issues": [...]} (bulk)  → 201
+    POST /inventory/issues/bulk       {"items": [...]}: each on its own → 200 {"results": [...]}
     GET  /inventory?location=&item=   on-hand rows
     POST /requisitions                → 201 {"id": "REQ-n"}
     GET  /requisitions?status=&location=&item=
@@ -218,6 +219,8 @@ class ErpApi:
         n = len(parts)
         if parts == ["inventory", "issues"]:
             return "issues", (), {"POST": self.post_issues, "GET": self.list_issues}
+        if parts == ["inventory", "issues", "bulk"]:
+            return "bulk", (), {"POST": self.post_issues_each}
         if parts == ["inventory"]:
             return "inventory", (), {"GET": self.get_inventory}
         if parts == ["issues"]:
@@ -279,6 +282,31 @@ class ErpApi:
         encounter, lines = self._check_issue(doc, "", {})
         issue_id = self.state.post_issue(encounter, lines, doc)
         return Answer(201, _json({"id": issue_id, "lines": len(lines)}))
+
+    def post_issues_each(self, *, body: bytes, **_: Any) -> Answer:
+        """``{"items": [issue, ...]}``: each issue posted or refused on its own; the answer's
+        ``results`` hold one ``{"status", "id" | "error"}`` per item, in order (a partial
+        failure is 200 with the failed items' 422s)."""
+        doc = need_object(parse_json(body), "body")
+        items = doc.get("items")
+        if not isinstance(items, list) or not items:
+            raise invalid("items", "expected a non-empty list of issues")
+        results: list[dict[str, Any]] = []
+        db = self.state.db
+        for i, one in enumerate(items):
+            db.execute("SAVEPOINT bulk_item")
+            try:
+                item = need_object(one, f"items[{i}]")
+                encounter, lines = self._check_issue(item, "", {})
+                issue_id = self.state.post_issue(encounter, lines, item)
+            except ApiError as exc:
+                db.execute("ROLLBACK TO bulk_item")
+                db.execute("RELEASE bulk_item")
+                results.append({"status": exc.status, "error": exc.message})
+                continue
+            db.execute("RELEASE bulk_item")
+            results.append({"status": 201, "id": issue_id, "lines": len(lines)})
+        return Answer(200, _json({"results": results}))
 
     def _check_issue(
         self, doc: dict, prefix: str, uoms: dict[tuple[str, str], str]
@@ -511,10 +539,11 @@ class ErpResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, api: ErpApi, reactor: Any) -> None:
+    def __init__(self, api: ErpApi, reactor: Any, cloud: Any = None) -> None:
         super().__init__()
         self.api = api
         self.reactor = reactor
+        self.cloud = cloud  # the emulated cloud ERPs (cloud.py), routed by path prefix
         self.pending: set[Any] = set()  # delayed answers not sent yet (cancelled on stop)
 
     def render(self, request: Any) -> Any:
@@ -535,13 +564,18 @@ class ErpResource(resource.Resource):
             extra = {} if f.retry_after is None else {"retry-after": str(f.retry_after)}
             answer = Answer(f.status, _json({"error": f"injected fault: {f.status}"}), extra)
             return self._send(request, answer)
+        late_by = fault[1] if fault is not None else 0.0
         try:
             query = parse_qs(request.uri.decode("utf-8", "replace").partition("?")[2])
-            answer = self.api.handle(method, path, query, body, headers)
+            if self.cloud is not None and self.cloud.handles(path):
+                answer = self.cloud.handle(method, path, query, body, headers)
+                late_by = max(late_by, self.cloud.latency_of(path))
+            else:
+                answer = self.api.handle(method, path, query, body, headers)
         except Exception:
             log.failure("sandbox ERP: {method} {path} failed", method=method, path=path)
             answer = Answer(500, _json({"error": "internal error (see the sandbox log)"}))
-        if fault is not None:  # delay: the work is done, the answer comes late
+        if late_by > 0:  # a delay or an emulated API's latency: the work is done, answered late
             gone: list[bool] = []
             request.notifyFinish().addErrback(lambda _: gone.append(True))
 
@@ -551,7 +585,7 @@ class ErpResource(resource.Resource):
                     request.write(self._send(request, answer))
                     request.finish()
 
-            call = self.reactor.callLater(fault[1], late)
+            call = self.reactor.callLater(late_by, late)
             self.pending.add(call)
             return server.NOT_DONE_YET
         return self._send(request, answer)
@@ -577,8 +611,8 @@ class SandboxSite(server.Site):
         )
 
 
-def site(api: ErpApi, reactor: Any) -> SandboxSite:
-    s = SandboxSite(ErpResource(api, reactor))
+def site(api: ErpApi, reactor: Any, cloud: Any = None) -> SandboxSite:
+    s = SandboxSite(ErpResource(api, reactor, cloud))
     s.displayTracebacks = False
     return s
 

@@ -24,6 +24,8 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from engine.net.signing import signed_headers
+
 log = Logger()
 
 SCHEMA = """
@@ -248,11 +250,14 @@ class ReleaseWebhook:
         reactor: Any,
         token: str | None = None,
         retry_every: float = 0.5,
+        secret: str | None = None,
     ) -> None:
         self.purchasing = purchasing
         self.url = url
         self.reactor = reactor
         self.token = token
+        self.secret = secret  # signs each push (engine.net.signing) when set
+        self.sent: list[tuple[dict[bytes, list[bytes]], bytes]] = []  # what went out, for tests
         self.retry_every = retry_every
         self._loop: task.LoopingCall | None = None
         self._busy = False
@@ -296,10 +301,15 @@ class ReleaseWebhook:
             }
             if self.token:
                 headers[b"authorization"] = [f"Bearer {self.token}".encode()]
+            body = json.dumps(doc, default=str).encode()
+            if self.secret:
+                signed = signed_headers(self.secret, body, self.reactor.seconds())
+                headers.update({k.encode(): [v.encode()] for k, v in signed.items()})
+            self.sent.append((headers, body))
             try:
                 resp = await treq.post(
                     self.url,
-                    data=json.dumps(doc, default=str).encode(),
+                    data=body,
                     headers=headers,
                     timeout=10,
                     reactor=self.reactor,

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 
 from engine.sandbox.billing import BillingReceiver
+from engine.sandbox.cloud import CloudApis, Credentials
 from engine.sandbox.erp import ErpApi, site
 from engine.sandbox.purchasing import ReleaseWebhook
 from engine.sandbox.state import SandboxState
@@ -36,6 +37,8 @@ class SandboxService:
         reject_codes: Iterable[str] = (),
         po_webhook: str | None = None,
         po_webhook_token: str | None = None,
+        credentials: Credentials | None = None,
+        po_webhook_secret: str | None = None,
     ) -> None:
         self.state_path = Path(state_path)
         self.interface = interface
@@ -46,6 +49,9 @@ class SandboxService:
         self.reject_codes = tuple(reject_codes)
         self.po_webhook = po_webhook
         self.po_webhook_token = po_webhook_token
+        self.po_webhook_secret = po_webhook_secret
+        self.credentials = credentials
+        self.cloud: CloudApis | None = None
         self.webhook: ReleaseWebhook | None = None
         self.state: SandboxState | None = None
         self.billing: BillingReceiver | None = None
@@ -68,7 +74,8 @@ class SandboxService:
             log.info("sandbox seeded {n} on-hand row(s) from {seed}", n=n, seed=str(self.seed))
         self.billing = BillingReceiver(self.state, self.reject_codes)
         self.api = ErpApi(self.state, self.billing)
-        inner = [site(self.api, self.reactor), self.billing.factory(self.reactor)]
+        self.cloud = CloudApis(self.state, self.credentials)
+        inner = [site(self.api, self.reactor, self.cloud), self.billing.factory(self.reactor)]
         web, mllp = (WrappingFactory(f) for f in inner)
         for f in (*inner, web, mllp):
             f.noisy = False  # no "Starting factory" lines
@@ -90,6 +97,7 @@ class SandboxService:
                 self.po_webhook,
                 reactor=self.reactor,
                 token=self.po_webhook_token,
+                secret=self.po_webhook_secret,
             )
             self.webhook.start()
         self.http_port = http_port.getHost().port

@@ -107,6 +107,37 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
+#: What the emulated cloud ERPs keep (see cloud.py): stock and documents per ERP, in that
+#: ERP's own keys, and the answers remembered for OData repeatable requests.
+CLOUD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS erp_stock (
+    system TEXT NOT NULL,
+    location TEXT NOT NULL,
+    item TEXT NOT NULL,
+    on_hand TEXT NOT NULL,
+    uom TEXT NOT NULL,
+    PRIMARY KEY (system, location, item)
+);
+CREATE TABLE IF NOT EXISTS erp_documents (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    system TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    ref TEXT,
+    status TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_erp_documents_ref ON erp_documents(system, kind, ref);
+CREATE TABLE IF NOT EXISTS erp_repeatability (
+    system TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (system, request_id)
+);
+"""
+
 TABLES = (
     "inventory",
     "issues",
@@ -119,6 +150,9 @@ TABLES = (
     "counters",
     "purchase_orders",
     "po_line_status",
+    "erp_stock",
+    "erp_documents",
+    "erp_repeatability",
 )
 
 #: Counters kept across restarts (``counts()`` reports them all, zero when never bumped).
@@ -158,6 +192,7 @@ class SandboxState:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self.db.executescript(PURCHASING_SCHEMA)
+        self.db.executescript(CLOUD_SCHEMA)
         self._depth = 0
 
     def close(self) -> None:

@@ -3,13 +3,16 @@
 Each POST body is ingested as one message (stored with the engine's commit) and answered after
 the commit: 202 for a new message, 200 for a resend of a stored one (the codec's dedup key),
 409 when the key was seen with other content, 400/413 for a body the codec refuses, 401 without
-a valid bearer token, 503 with ``Retry-After`` when the store cannot take more. Answers are JSON
-``{"outcome", "message_id", "error"}``. Bodies are never logged.
+a valid bearer token or (with ``signature``) without a valid HMAC signature, fresh timestamp
+and unused nonce (:mod:`engine.net.signing`: a replayed request is refused), 503 with
+``Retry-After`` when the store cannot take more. Answers are JSON ``{"outcome", "message_id",
+"error"}``. Bodies and secrets are never logged.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,9 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from engine.errors import DeliveryError
+from engine.net.secrets import SECRET_SPEC, Secrets
+from engine.net.signing import NONCE, SIGNATURE, TIMESTAMP, ReplayGuard, verify
 from engine.registry import source
 from engine.sources import Ingest, IngestOutcome
 from engine.spec import ByteSize, Duration, Field, ListOf, Spec, Str
@@ -39,6 +45,32 @@ TOKEN_SPEC = Spec(
     description="A bearer token, kept as its SHA-256 only.",
 )
 
+SIGNATURE_SPEC = Spec(
+    "signature",
+    [
+        Field(
+            "secret",
+            SECRET_SPEC,
+            description="Where the shared HMAC secret is read from (never YAML).",
+            example="{env: ERP_WEBHOOK_SECRET}",
+        ),
+        Field(
+            "tolerance",
+            Duration(lo=1),
+            300.0,
+            "How far the signed timestamp may be from now; nonces are remembered this long.",
+            "5m",
+        ),
+    ],
+    description=(
+        f"HMAC-SHA256 request signing: `{SIGNATURE}: sha256=<hex of HMAC(secret, "
+        f"timestamp.nonce.body)>` with `{TIMESTAMP}` (Unix seconds) and `{NONCE}`. A request "
+        "outside the time window, with a wrong signature or with a nonce already used (a "
+        "replay) gets 401."
+    ),
+    example="signature: {secret: {env: ERP_WEBHOOK_SECRET}, tolerance: 5m}",
+)
+
 HTTP_SPEC = Spec(
     "http",
     [
@@ -56,11 +88,19 @@ HTTP_SPEC = Spec(
         ),
         Field("max_body", ByteSize(), 5 * 1024 * 1024, "Larger bodies get 413."),
         Field("timeout", Duration(lo=0.1), 30.0, "Idle connections are closed after this."),
+        Field(
+            "signature",
+            SIGNATURE_SPEC,
+            None,
+            "Require an HMAC signature with a timestamp and a nonce (in addition to a bearer "
+            "token when `tokens` are given); replays are refused.",
+        ),
     ],
     description=(
         "Takes documents POSTed to `path`, one message each, and answers after the store's "
         "commit: 202 stored, 200 a resend, 409 the same key with other content, 400/413 refused "
-        "by the codec, 401 without a valid bearer token, 503 with Retry-After when over capacity."
+        "by the codec, 401 without a valid bearer token or signature (a replayed signed "
+        "request included), 503 with Retry-After when over capacity."
     ),
     example=(
         "source:\n  http:\n    listen: tcp:8091:interface=127.0.0.1\n"
@@ -93,6 +133,11 @@ class PostResource(resource.Resource):
         body = request.content.read(opts.max_body + 1) if request.content is not None else b""
         if len(body) > opts.max_body:
             return _answer(request, 413, {"error": f"body over {opts.max_body} bytes"})
+        if opts.signature is not None:
+            problem = self.src.check_signature(request, body)
+            if problem is not None:
+                request.setHeader(b"www-authenticate", b'Signature realm="wharf"')
+                return _answer(request, 401, {"error": problem})
         peer = request.getClientAddress()
         d = defer.ensureDeferred(self.src.ingest(body, f"http:{getattr(peer, 'host', '?')}"))
         d.addCallbacks(
@@ -155,6 +200,36 @@ class HttpPostSource:
         self.site.noisy = False
         self.port: Any = None
         self.listening: defer.Deferred | None = None
+        self.secrets = Secrets(os.environ, base_dir)
+        self.guard = (
+            ReplayGuard(options.signature.tolerance, reactor.seconds)
+            if options.signature is not None
+            else None
+        )
+        self.refused_signatures = 0
+
+    def check_signature(self, request: Any, body: bytes) -> str | None:
+        """Why a request's signature is refused, or None (see :mod:`engine.net.signing`)."""
+        sig = self.options.signature
+        assert self.guard is not None
+        try:
+            secret = self.secrets.read(sig.secret, "signature.secret")
+        except DeliveryError as e:
+            log.error("http source of {channel}: {error}", channel=self.channel, error=e.message)
+            return "signature checking is not configured on this server"
+        headers = {
+            name: (request.getHeader(name.encode()) or b"").decode("latin-1") or None
+            for name in (SIGNATURE, TIMESTAMP, NONCE)
+        }
+        problem = verify(headers, body, secret, tolerance=sig.tolerance, guard=self.guard)
+        if problem is not None:
+            self.refused_signatures += 1
+            log.warn(
+                "http source of {channel}: signed request refused: {problem}",
+                channel=self.channel,
+                problem=problem,
+            )
+        return problem
 
     def start(self) -> None:
         ep = endpoints.serverFromString(self.reactor, self.options.listen)

@@ -220,6 +220,12 @@ _V11_RETENTION: list[str] = [
     """,
 ]
 
+# A bulk call's rows carry its key until the call is answered, so a resend of that call (after
+# a timeout, a 5xx or a 429) sends the same rows under the same key.
+_V12_BATCH_KEY: list[str] = [
+    "ALTER TABLE outbox ADD COLUMN batch_key TEXT",
+]
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -232,6 +238,7 @@ MIGRATIONS: list[Migration] = [
     (9, "indexes for work items and expired leases", _V9_HOT_LOOKUPS),
     (10, "schema histories of components with their own tables", _V10_COMPONENT_VERSIONS),
     (11, "retention: messages by status and last change, the audit's anchor", _V11_RETENTION),
+    (12, "outbox rows remember the bulk call they went out in", _V12_BATCH_KEY),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

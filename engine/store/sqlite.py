@@ -393,12 +393,15 @@ class SqliteStore:
         now: float,
         lease: float,
         block_on_dead: bool = False,
+        complete_batches: bool = False,
     ) -> list[Delivery]:
         """Claim up to ``limit`` due pending rows (oldest first) and mark them inflight.
 
         A row with an ``order_key`` is claimable only when no older row of the same channel,
         destination and order key is pending or inflight (or, with ``block_on_dead``, dead or
-        quarantined): one message at a time per key, in order.
+        quarantined): one message at a time per key, in order. With ``complete_batches``, the
+        pending rows of every bulk call a claimed row went out in are claimed too (past
+        ``limit``): such a call is always resent whole.
         """
         blocking = _OPEN + (_FAILED if block_on_dead else ())
         marks = _placeholders(blocking)
@@ -419,6 +422,16 @@ class SqliteStore:
             return []  # nothing due: no write transaction (an idle worker costs no commit)
         with self._write(f"claim_deliveries({channel}/{destination})", durable=False) as conn:
             rows = conn.execute(sql, params).fetchall()
+            keys = sorted({row[-1] for row in rows if row[-1] is not None})
+            if complete_batches and keys:
+                taken = {row[0] for row in rows}
+                mates = conn.execute(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM outbox AS o INDEXED BY idx_outbox_pending "
+                    "WHERE o.channel = ? AND o.destination = ? AND o.status = 'pending' "
+                    f"AND o.batch_key IN ({_placeholders(keys)}) ORDER BY o.id",
+                    (channel, destination, *keys),
+                ).fetchall()
+                rows = sorted([*rows, *(m for m in mates if m[0] not in taken)])
             conn.executemany(
                 "UPDATE outbox SET status = ?, lease_until = ?, updated_at = ? WHERE id = ?",
                 [(model.INFLIGHT, now + lease, now, row[0]) for row in rows],
@@ -445,6 +458,26 @@ class SqliteStore:
         """Put an outbox row back to pending, due at ``next_attempt_at``."""
         with self.transaction(f"delivery_retry({delivery_id})", durable=False) as tx:
             tx.delivery_retry(delivery_id, error, next_attempt_at, now)
+
+    def delivery_held(
+        self, delivery_id: int, note: str, next_attempt_at: float, now: float
+    ) -> None:
+        """Put an outbox row back to pending, due at ``next_attempt_at``, the attempt not
+        counted (a rate limit held it)."""
+        with self.transaction(f"delivery_held({delivery_id})", durable=False) as tx:
+            tx.delivery_held(delivery_id, note, next_attempt_at, now)
+
+    def pin_batch(self, ids: Sequence[int], key: str, now: float) -> None:
+        """Rows going out together in the bulk call ``key`` (see SqliteTransaction)."""
+        with self.transaction(f"pin_batch({len(ids)})", durable=False) as tx:
+            tx.pin_batch(ids, key, now)
+
+    def settle_batch(self, settlements: Sequence[model.Settlement], now: float) -> None:
+        """The outcomes of one bulk call's rows, in one transaction."""
+        durable = any(s.kind in (model.SETTLE_DEAD, model.SETTLE_QUARANTINED) for s in settlements)
+        with self.transaction(f"settle_batch({len(settlements)})", durable=durable) as tx:
+            for settlement in settlements:
+                tx.settle(settlement, now)
 
     def delivery_dead(self, delivery_id: int, reason: str, now: float) -> None:
         """Give up on an outbox row: status dead plus a dead letter of kind 'dead'."""
@@ -515,7 +548,7 @@ class SqliteStore:
         columns = (
             "id, destination, idx, status, attempts, next_attempt_at, lease_until, last_error, "
             "idempotency_key, order_key, content_type, meta, payload, response, created_at, "
-            "updated_at"
+            "updated_at, batch_key"
         )
         rows = self._query(
             "deliveries_for",
@@ -727,8 +760,9 @@ class SqliteStore:
     def _requeue(conn: sqlite3.Connection, ids: list[int], now: float) -> None:
         marks = _placeholders(ids)
         conn.execute(
+            # A replayed row goes in a new call (a bulk call's key covers the rows it carried).
             f"UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ?, "
-            f"lease_until = NULL, updated_at = ? WHERE id IN ({marks})",
+            f"lease_until = NULL, batch_key = NULL, updated_at = ? WHERE id IN ({marks})",
             (model.PENDING, now, now, *ids),
         )
         conn.execute(

@@ -58,7 +58,7 @@ class Settled:
 
 DELIVERY_COLUMNS = (
     "id, message_id, channel, destination, payload, content_type, idempotency_key, "
-    "correlation_id, order_key, attempts, created_at, meta"
+    "correlation_id, order_key, attempts, created_at, meta, batch_key"
 )
 
 
@@ -359,6 +359,69 @@ class SqliteTransaction:
         )
         self._roll_up(settled.message_id, now)
         return settled
+
+    def delivery_held(
+        self, delivery_id: int, note: str, next_attempt_at: float, now: float
+    ) -> Settled:
+        """Put an outbox row back to pending, due at ``next_attempt_at``, without counting the
+        attempt (a rate limit held it, or an all-or-nothing bulk call rolled it back)."""
+        settled = self._outbox_row(delivery_id)
+        self.connection.execute(
+            "UPDATE outbox SET status = ?, last_error = ?, next_attempt_at = ?, "
+            "lease_until = NULL, updated_at = ? WHERE id = ?",
+            (model.PENDING, note, next_attempt_at, now, delivery_id),
+        )
+        return settled
+
+    def pin_batch(self, ids: Sequence[int], key: str, now: float) -> None:
+        """Mark rows as going out together in the bulk call ``key``: until the call is answered
+        they are claimed together and resent under the same key."""
+        if ids:
+            self.connection.execute(
+                "UPDATE outbox SET batch_key = ?, updated_at = ? "
+                f"WHERE id IN ({placeholders(ids)})",
+                (key, now, *ids),
+            )
+
+    def unpin_batch(self, ids: Sequence[int]) -> None:
+        """Forget the bulk call of rows whose call was answered (a later attempt makes a new
+        call with its own key)."""
+        if ids:
+            self.connection.execute(
+                f"UPDATE outbox SET batch_key = NULL WHERE id IN ({placeholders(ids)})", tuple(ids)
+            )
+
+    def settle(self, settlement: model.Settlement, now: float) -> tuple[Settled, str | None]:
+        """Record one :class:`~engine.model.Settlement`; the row as the domains hear it and the
+        outcome they hear (None for retry and held, which they do not)."""
+        s = settlement
+        if s.unpin:
+            self.unpin_batch([s.delivery_id])
+        if s.kind == model.SETTLE_SENT:
+            return self.delivery_succeeded(s.delivery_id, s.response, now), "delivered"
+        if s.response is not None:
+            self.connection.execute(
+                "UPDATE outbox SET response = ? WHERE id = ?", (s.response, s.delivery_id)
+            )
+        if s.kind == model.SETTLE_RETRY:
+            assert s.next_attempt_at is not None
+            return self.delivery_retry(s.delivery_id, s.reason or "", s.next_attempt_at, now), None
+        if s.kind == model.SETTLE_HELD:
+            assert s.next_attempt_at is not None
+            return self.delivery_held(s.delivery_id, s.reason or "", s.next_attempt_at, now), None
+        if s.kind == model.SETTLE_DEAD:
+            done = self.delivery_failed(
+                s.delivery_id, s.reason or "", now, status=model.DEAD, kind="dead"
+            )
+            return done, "dead"
+        if s.kind == model.SETTLE_QUARANTINED:
+            done = self.delivery_failed(
+                s.delivery_id, s.reason or "", now, status=model.QUARANTINED, kind="quarantine"
+            )
+            return done, "quarantined"
+        raise StoreError(
+            f"settlement kind must be one of sent, retry, held, dead, quarantined (got {s.kind!r})"
+        )
 
     def delivery_failed(
         self, delivery_id: int, reason: str, now: float, *, status: str, kind: str
