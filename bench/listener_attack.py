@@ -231,7 +231,12 @@ def po_send(port: int, seq: int, timeout: float) -> str:
     doc = json.loads((ROOT / "samples/erp/purchase_order_4500012345.json").read_text())
     doc["po_number"] = f"B{time.time_ns() % 10**9}{seq}"
     return http_post(
-        port, "/erp/purchase-orders", ERP_TOKEN, "application/json", json.dumps(doc).encode(), timeout
+        port,
+        "/erp/purchase-orders",
+        ERP_TOKEN,
+        "application/json",
+        json.dumps(doc).encode(),
+        timeout,
     )
 
 

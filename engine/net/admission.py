@@ -91,8 +91,12 @@ def admission_fields(max_connections: int, per_peer: int, what: str = "connectio
 
 
 def check_admission(config: Any, ctx: Context, node: yaml.Node, path: str) -> None:
-    """Spec check: the cap per peer is at most the port's cap."""
-    if config.max_connections_per_peer > config.max_connections:
+    """Spec check: a cap per peer written out is at most the port's cap (the default one is
+    taken down to it)."""
+    if (
+        "max_connections_per_peer" in config.positions
+        and config.max_connections_per_peer > config.max_connections
+    ):
         ctx.error(
             _value_node(node, "max_connections_per_peer") or node,
             f"{path}.max_connections_per_peer",
@@ -142,6 +146,14 @@ def peer_host(transport: Any) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class Refused:
+    """Why a connection was not taken: ``rule`` is not_allowed, per_peer or full."""
+
+    rule: str
+    text: str
+
+
 @dataclass
 class _Held:
     conn: Any
@@ -174,7 +186,7 @@ class Admission:
         ``allow``."""
         return cls(
             max_connections=options.max_connections,
-            max_per_peer=options.max_connections_per_peer,
+            max_per_peer=min(options.max_connections_per_peer, options.max_connections),
             allow=networks(options.allow),
             clock=clock,
             label=label,
@@ -187,7 +199,7 @@ class Admission:
     def count(self, host: str | None) -> int:
         return len(self.held.get(peer_key(host), {}))
 
-    def admit(self, conn: Any, host: str | None, shown: str) -> str | None:
+    def admit(self, conn: Any, host: str | None, shown: str) -> Refused | None:
         """Take ``conn`` (from ``host``; ``shown`` names the peer in logs), or say why not.
 
         May evict another peer's connection to make room (see the module docstring)."""
@@ -243,10 +255,10 @@ class Admission:
         victim.conn.evict("room for another peer")
         return True
 
-    def _refuse(self, key: str, shown: str, reason: str, why: str) -> str:
+    def _refuse(self, key: str, shown: str, reason: str, why: str) -> Refused:
         self.stats[f"refused_{reason}"] += 1
         self._log(key, reason, "{label}: connection from {peer} refused: " + why, shown)
-        return why
+        return Refused(reason, why)
 
     def _log(self, key: str, reason: str, fmt: str, shown: str) -> None:
         now = self.clock.seconds()
@@ -285,6 +297,7 @@ __all__ = [
     "RECEIVING",
     "Admission",
     "Cidr",
+    "Refused",
     "admission_fields",
     "check_admission",
     "peer_host",

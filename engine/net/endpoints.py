@@ -51,7 +51,7 @@ def check_listen(config: Any, ctx: Context, node: yaml.Node, path: str) -> None:
             node, f"{path}.listen", f"expected a Twisted endpoint string (got {config.listen!r})"
         )
         return
-    if config.client_ca is not None and kind != "ssl":
+    if getattr(config, "client_ca", None) is not None and kind != "ssl":
         ctx.error(
             node,
             f"{path}.client_ca",
@@ -116,17 +116,28 @@ def tls_options(listen: str, client_ca: str | None, base_dir: Path) -> ssl.Certi
     )
 
 
-def server_endpoint(reactor: Any, listen: str, client_ca: str | None, base_dir: Path) -> Any:
+#: Pending connections the kernel queues for a listener unless the listen string says
+#: ``backlog=`` (Twisted's own default, 50, drops a burst's SYNs: a sender arriving during a
+#: connection flood would wait for its SYN to be resent, a second or more).
+BACKLOG = 1024
+
+
+def server_endpoint(
+    reactor: Any, listen: str, client_ca: str | None = None, base_dir: Path = Path(".")
+) -> Any:
     """The server endpoint of ``listen``: ``serverFromString`` for everything but ``ssl:``,
-    which gets :func:`tls_options` (TLS 1.2+, mutual TLS with ``client_ca``)."""
+    which gets :func:`tls_options` (TLS 1.2+, mutual TLS with ``client_ca``). TCP listeners
+    queue :data:`BACKLOG` pending connections unless ``backlog=`` is given."""
     kind, args, kw = parse_listen(listen)
     if kind != "ssl":
+        if kind in ("tcp", "tcp6") and "backlog" not in kw:
+            listen = f"{listen}:backlog={BACKLOG}"
         return endpoints.serverFromString(reactor, listen)
     port = int(args[0] if args else kw["port"])
     return endpoints.SSL4ServerEndpoint(
         reactor,
         port,
         tls_options(listen, client_ca, base_dir),
-        backlog=int(kw.get("backlog", 50)),
+        backlog=int(kw.get("backlog", BACKLOG)),
         interface=kw.get("interface", ""),
     )

@@ -141,6 +141,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self.closing = True
         self._stop_frame_timer()
         self.transport.abortConnection()
+
     # -- time limits -------------------------------------------------------------------------
 
     def _frame_begins(self) -> None:
@@ -376,7 +377,7 @@ class MLLPServerFactory(protocol.Factory):
         self.clock = clock
         self.admission = Admission(
             max_connections=max_connections,
-            max_per_peer=max_connections_per_peer or max_connections,
+            max_per_peer=min(max_connections_per_peer or max_connections, max_connections),
             allow=networks(allow),
             clock=clock,
             label="MLLP",
