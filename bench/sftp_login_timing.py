@@ -122,9 +122,13 @@ def main() -> None:
             ok, took = login(port, "acmemed", "wrong-password", "127.0.0.2", tmp)
             print(f"  wrong password {i + 1} from 127.0.0.2: refused in {took:.2f}s")
         ok3, took3 = login(port, "acmemed", "acmemed-demo", "127.0.0.3", tmp)
-        print(f"  right password from 127.0.0.3: {'logged in' if ok3 else 'REFUSED'} ({took3:.2f}s)")
+        print(
+            f"  right password from 127.0.0.3: {'logged in' if ok3 else 'REFUSED'} ({took3:.2f}s)"
+        )
         ok2, took2 = login(port, "acmemed", "acmemed-demo", "127.0.0.2", tmp)
-        print(f"  right password from 127.0.0.2: {'logged in' if ok2 else 'refused'} ({took2:.2f}s)")
+        print(
+            f"  right password from 127.0.0.2: {'logged in' if ok2 else 'refused'} ({took2:.2f}s)"
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
