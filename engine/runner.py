@@ -91,9 +91,18 @@ def run(args: argparse.Namespace) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(shutdown()))
 
     def failed(f: Any) -> None:
-        print(f"wharf: start failed: {f.getErrorMessage()}", file=sys.stderr)
+        from engine.errors import ListenFailed
+
+        if f.check(ListenFailed):
+            lines = f.value.problems
+            print(f"wharf: cannot start: {len(lines)} listener(s) cannot listen", file=sys.stderr)
+            for line in lines:
+                print(f"  {line}", file=sys.stderr)
+        else:
+            print(f"wharf: start failed: {f.getErrorMessage()}", file=sys.stderr)
         exit_code[0] = 1
-        reactor.stop()
+        if reactor.running:
+            reactor.stop()
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(failed))
     reactor.run()

@@ -85,6 +85,9 @@ PARTNER_SPEC = Spec(
 def _check_server(config: Any, ctx: Context, node: Any, path: str) -> None:
     from twisted.conch.ssh.transport import SSHTransportBase
 
+    from engine.net.endpoints import check_listen
+
+    check_listen(config, ctx, node, path)
     names = [p.name for p in config.partners]
     for name in sorted({n for n in names if names.count(n) > 1}):
         ctx.error(node, join(path, "partners"), f"partner '{name}' is listed twice")

@@ -321,6 +321,7 @@ class HttpPostSource:
         self.site.noisy = False
         self.port: Any = None
         self.listening: defer.Deferred | None = None
+        self.listen_error: BaseException | None = None
 
     def start(self) -> None:
         ep = server_endpoint(self.reactor, self.options.listen, None, self.base_dir)
@@ -330,6 +331,7 @@ class HttpPostSource:
             return port
 
         def failed(f: Any) -> None:
+            self.listen_error = f.value
             log.error(
                 "http source of {channel} cannot listen on {listen}: {error}",
                 channel=self.channel,
@@ -337,7 +339,18 @@ class HttpPostSource:
                 error=f.getErrorMessage(),
             )
 
-        self.listening = ep.listen(self.site).addCallbacks(listening, failed)
+        try:
+            d = ep.listen(self.site)
+        except Exception as exc:  # a bad endpoint string
+            d = defer.fail(exc)
+        self.listening = d.addCallbacks(listening, failed)
+
+    async def ready(self) -> None:
+        """Returns once listening; raises why it could not listen."""
+        if self.listening is not None:
+            await self.listening
+        if self.listen_error is not None:
+            raise self.listen_error
 
     async def stop(self) -> None:
         if self.listening is not None:

@@ -137,6 +137,7 @@ class MLLPSource:
         )
         self.port: Any = None  # IListeningPort once listening
         self.listening: defer.Deferred | None = None  # fires with the port (or None on failure)
+        self.listen_error: BaseException | None = None  # why it could not listen
 
     @property
     def stats(self) -> dict[str, int]:
@@ -161,6 +162,7 @@ class MLLPSource:
             return port
 
         def failed(f: Any) -> None:
+            self.listen_error = f.value
             log.error(
                 "MLLP {channel} cannot listen on {listen}: {error}",
                 channel=self.channel,
@@ -169,6 +171,13 @@ class MLLPSource:
             )
 
         self.listening.addCallbacks(listening, failed)
+
+    async def ready(self) -> None:
+        """Returns once listening; raises why it could not listen."""
+        if self.listening is not None:
+            await self.listening
+        if self.listen_error is not None:
+            raise self.listen_error
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening and close open connections (aborted if not closed within grace)."""

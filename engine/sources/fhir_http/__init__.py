@@ -905,6 +905,22 @@ class FhirHttpSource:
             return defer.succeed(None)
         return self.shared.listening()
 
+    @property
+    def port(self) -> Any:
+        """The listening port (shared with the channels on the same listen string), or None."""
+        return self.shared.port if self.shared is not None else None
+
+    async def ready(self) -> None:
+        """Returns once listening with the base mounted; raises why not."""
+        if self.shared is None:
+            return
+        await self.shared.listening()
+        result = self.shared._result
+        if isinstance(result, defer.Failure):
+            raise result.value
+        if not self.mounted:
+            raise ValueError(f"base {self.options.base} is already served on {self.options.listen}")
+
     async def stop(self, grace: float = 5.0) -> None:
         """Unmount the base; the last source on the port stops listening and closes its
         connections (aborted when not closed within ``grace``)."""
