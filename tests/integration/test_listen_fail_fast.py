@@ -18,12 +18,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from engine.cli import main
 from engine.store import SqliteStore
 from tests.integration.helpers import (
-    WHARF,
     Processes,
     free_port,
     port_open,
@@ -127,10 +128,13 @@ def test_a_reload_that_cannot_listen_is_refused_and_the_old_listener_stays(
     assert actions.count("reload_refused") == 1 and "reload" in actions
 
 
-def lint(root: Path, channel: str) -> tuple[int, str]:
+def lint(root: Path, channel: str, capsys: Any) -> tuple[int, str]:
+    """``wharf --root ROOT lint`` in this process (the CLI's own entry point; a subprocess
+    costs seconds of imports per case)."""
     (root / "channels" / "mllp_in.yaml").write_text(channel)
-    done = run_cli(root, dict(os.environ), "lint")
-    return done.returncode, done.stderr
+    capsys.readouterr()
+    rc = main(["--root", str(root), "lint"])
+    return rc, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -150,8 +154,8 @@ def lint(root: Path, channel: str) -> tuple[int, str]:
         ("ssl:2575", "ssl: needs privateKey=<PEM file> (got 'ssl:2575')"),
     ],
 )
-def test_lint_checks_listen_strings(project: Path, listen: str, said: str) -> None:
-    rc, err = lint(project, CHANNEL.replace("tcp:${MLLP_PORT}:interface=127.0.0.1", listen))
+def test_lint_checks_listen_strings(project: Path, listen: str, said: str, capsys: Any) -> None:
+    rc, err = lint(project, CHANNEL.replace("tcp:${MLLP_PORT}:interface=127.0.0.1", listen), capsys)
     assert rc == 1
     assert f"channels/mllp_in.yaml:3:13: source.mllp.listen: {said}" in err
 
@@ -164,13 +168,12 @@ def test_lint_checks_listen_strings(project: Path, listen: str, said: str) -> No
         ("['2.5.1', '2.51']", "versions[1]: expected an HL7 v2 version"),
     ],
 )
-def test_lint_checks_the_hl7_versions(project: Path, versions: str, said: str) -> None:
-    rc, err = lint(project, CHANNEL.replace("['2.5.1']", versions))
+def test_lint_checks_the_hl7_versions(project: Path, versions: str, said: str, capsys: Any) -> None:
+    rc, err = lint(project, CHANNEL.replace("['2.5.1']", versions), capsys)
     assert rc == 1
     assert "channels/mllp_in.yaml:5:" in err and said in err, err
 
 
-def test_a_good_listen_and_versions_lint_clean(project: Path) -> None:
-    assert WHARF.exists()
-    rc, err = lint(project, CHANNEL.replace("${MLLP_PORT}", "2575"))
+def test_a_good_listen_and_versions_lint_clean(project: Path, capsys: Any) -> None:
+    rc, err = lint(project, CHANNEL.replace("${MLLP_PORT}", "2575"), capsys)
     assert rc == 0, err
