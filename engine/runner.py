@@ -191,8 +191,14 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
         for name in errors:
             reason = (folder / "error" / name).read_text().strip()
             print(f"  {name.removesuffix('.reason.txt')}: refused at the door: {reason}")
-    from_files = sum(1 for r in rows if r.source == "dropfolder")
-    duplicates = dropped - from_files - refused
+    # a file is its peer name in the store; a batch file is several messages
+    stored_now = {r.peer for r in rows if r.source == "dropfolder"}
+    taken = {
+        p.name
+        for name, folder in targets
+        for p in getattr(engine.sources[name], "processed", folder / "processed").glob(f"{prefix}*")
+    }
+    duplicates = len(taken - stored_now)
     sent = sum(1 for r in rows if r.status == "sent")
     if duplicates > 0:
         print(

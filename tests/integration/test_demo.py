@@ -67,6 +67,8 @@ def test_the_demo_moves_with_the_port_variables(demo_runs: tuple) -> None:
     counts = re.search(r"sandbox ERP/billing now holds issues (\d+), .*charges (\d+)", out)
     assert counts and int(counts.group(1)) > 0 and int(counts.group(2)) >= 1, out[-2000:]
     assert "usage_ledger CATH-55001     sent     erp=sent, billing=sent" in out
+    assert "already in the store" not in out and "duplicate(s) of an earlier run" not in out
+    assert re.search(r"demo: (\d+) message\(s\) delivered now\. ", out)
 
 
 def test_a_second_run_in_the_same_folder_says_what_it_did(demo_runs: tuple) -> None:
