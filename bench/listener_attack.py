@@ -282,9 +282,10 @@ def scenario(name, send, port, args) -> None:
     print(
         f"{name:<6} alone: {base['ok']}/{base['sent']} ok, p50 {base['p50_ms']:.1f} ms | "
         f"attacked: {under['ok']}/{under['sent']} ok, p50 {under['p50_ms']:.1f} ms, "
-        f"max {under['max_ms']:.1f} ms, failures {under['failed'] or 'none'} | attacker: "
-        f"opened {attacker.opened}, held {held_at_start} after {args.warmup:g}s and {held} "
-        f"at the end, closed by the server {attacker.closed_by_server}",
+        f"max {under['max_ms']:.1f} ms, failures {under['failed'] or 'none'} | attacker "
+        f"(reopening what is closed): {attacker.opened} connects, {attacker.closed_by_server} "
+        f"closed by the server, {held_at_start} sockets open on its side after "
+        f"{args.warmup:g}s and {held} at the end",
         flush=True,
     )
 
