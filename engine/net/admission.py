@@ -157,7 +157,6 @@ class Refused:
 @dataclass
 class _Held:
     conn: Any
-    since: float
     seq: int
 
 
@@ -179,6 +178,7 @@ class Admission:
     _logged: dict[tuple[str, str], float] = field(default_factory=dict)
     _suppressed: dict[tuple[str, str], int] = field(default_factory=dict)
     _seq: int = 0
+    _open: int = 0
 
     @classmethod
     def of(cls, options: Any, clock: Any, label: str) -> Admission:
@@ -194,7 +194,8 @@ class Admission:
 
     @property
     def open(self) -> int:
-        return sum(len(conns) for conns in self.held.values())
+        """Connections held now."""
+        return self._open
 
     def count(self, host: str | None) -> int:
         return len(self.held.get(peer_key(host), {}))
@@ -216,14 +217,18 @@ class Admission:
                 key, shown, "full", f"{self.max_connections} connections open, none to spare"
             )
         self._seq += 1
-        self.held.setdefault(key, {})[id(conn)] = _Held(conn, self.clock.seconds(), self._seq)
+        self.held.setdefault(key, {})[id(conn)] = _Held(conn, self._seq)
+        self._open += 1
         self.stats["admitted"] += 1
         return None
 
     def release(self, conn: Any, host: str | None) -> None:
         key = peer_key(host)
         mine = self.held.get(key)
-        if mine is not None and mine.pop(id(conn), None) is not None and not mine:
+        if mine is None or mine.pop(id(conn), None) is None:
+            return
+        self._open -= 1
+        if not mine:
             del self.held[key]
 
     def _make_room(self, key: str, mine: int) -> bool:
@@ -242,6 +247,7 @@ class Admission:
             return False
         _, _, victim = min(victims, key=lambda v: (v[0], v[1]))
         self.held[heaviest].pop(id(victim.conn), None)
+        self._open -= 1
         if not self.held[heaviest]:
             del self.held[heaviest]
         self.stats["evicted"] += 1
