@@ -16,7 +16,8 @@
      |    +-- UomConversionMissing  no conversion between two units of an item
      |    +-- UnmappedUnit      a unit has no code in a trading partner's UoM map
      |    +-- X12WriteError     an outbound X12 document cannot be written as asked
-     +-- StoreError             the store could not do what was asked
+     +-- ListenFailed           a listener could not listen (port in use, bad address or PEM)
+ +-- StoreError             the store could not do what was asked
      |    +-- Overloaded        too many ingests waiting: refuse now, the sender retries later
      +-- DeliveryError          a destination call failed (carries retryable / ambiguous flags)
 
@@ -211,6 +212,16 @@ class X12WriteError(TransformError):
         super().__init__(f"X12WriteError: {field}: {message}")
         self.field = field
         self.reason = message
+
+
+class ListenFailed(WharfError):
+    """Listeners that could not listen, one line each naming the channel (or listener), the
+    ``file:line:column`` of its ``listen`` and the cause; ``wharf run`` exits non-zero on it,
+    a hot reload is refused with it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class StoreError(WharfError):

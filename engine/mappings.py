@@ -1,6 +1,9 @@
 """Mapping tables (crosswalks) from ``mappings/``: CSV or YAML, validated on load, O(1) lookups.
 
 CSV: lines starting with ``#`` before the header are comments (source system, owner, version).
+The file is UTF-8 (a byte-order mark is fine) unless a comment line declares otherwise:
+``# encoding: windows-1252`` (what Excel on Windows saves); a byte that does not decode is a
+lint error at its line and column, naming the byte and the fix.
 The header names the columns; a column may carry a type, ``cost:decimal``, ``chargeable:bool``,
 ``pack_qty:int`` (default ``str``). The first column is the key: it must be present and unique.
 
@@ -21,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from engine.config.text import declared_encoding, decode
 from engine.config.yamlnodes import compose_file
 from engine.errors import ConfigError, MappingMiss
 from engine.spec import Any_, Context
@@ -84,6 +88,7 @@ class Mappings:
 
     def __init__(self, tables: Mapping[str, Table]) -> None:
         self.tables = dict(tables)
+        self.unreadable: set[str] = set()  # tables whose file could not be read (lint says why)
         # X12 trading partners (engine.domains.procurement.partners), set by the loader
         self.partners: Any = None
 
@@ -101,7 +106,16 @@ class Mappings:
 
 
 def load_csv(path: Path, shown: str, errors: list[ConfigError]) -> Table | None:
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        data = path.read_bytes()
+        encoding, _ = declared_encoding(data, shown)
+        text = decode(data, shown, encoding or "utf-8-sig", csv=True)
+    except ConfigError as exc:
+        errors.append(exc)
+        return None
+    except OSError as exc:
+        errors.append(ConfigError(f"cannot read the table: {exc.strerror}", file=shown))
+        return None
     lines = text.splitlines()
     first = 0
     while first < len(lines) and (lines[first].startswith("#") or not lines[first].strip()):
@@ -230,6 +244,7 @@ def load_yaml_table(path: Path, shown: str, errors: list[ConfigError]) -> Table 
 def load_mappings(folder: Path, root: Path) -> tuple[Mappings, list[ConfigError]]:
     errors: list[ConfigError] = []
     tables: dict[str, Table] = {}
+    unreadable: set[str] = set()
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
             shown = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
@@ -240,6 +255,7 @@ def load_mappings(folder: Path, root: Path) -> tuple[Mappings, list[ConfigError]
             else:
                 continue
             if table is None:
+                unreadable.add(path.stem)
                 continue
             if table.name in tables:
                 errors.append(
@@ -252,7 +268,9 @@ def load_mappings(folder: Path, root: Path) -> tuple[Mappings, list[ConfigError]
             tables[table.name] = table
     if "uom_conversions" in tables:
         errors.extend(_check_uom(tables["uom_conversions"]))
-    return Mappings(tables), errors
+    mappings = Mappings(tables)
+    mappings.unreadable = unreadable - set(tables)
+    return mappings, errors
 
 
 def _check_uom(table: Table) -> list[ConfigError]:

@@ -19,10 +19,24 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-DEMO_PORT = 8089
+#: The sandbox's ports: the same variables (and defaults) the shipped channels read, so moving
+#: one moves both ends: ERP_PORT (the sandbox ERP; the channels' ERP_URL points at it when
+#: ERP_URL is not set, and BILLING_FHIR_URL its /fhir) and BILLING_PORT (channels/
+#: usage_ledger.yaml's billing destination).
+DEMO_PORTS = {"ERP_PORT": 8089, "BILLING_PORT": 2576}
 DEMO_PO_TOKEN = "wharf-demo-erp-token"  # channels/po_to_vendor.yaml holds its SHA-256
 DEMO_POU_TOKEN = "wharf-demo-pou-token"  # channels/fhir_supply*.yaml hold its SHA-256
-BILLING_PORT = 2576
+
+
+def env_port(name: str, default: int) -> int:
+    """The port in environment variable ``name`` (``default`` when unset or empty);
+    ValueError naming the variable when it is not a port."""
+    text = os.environ.get(name) or str(default)
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise ValueError(f"{name} must be a port number in 1..65535 (got {text!r})")
+    return int(text)
+
+
 MLLP_SAMPLES = ("dft_p03_stent_cath.hl7", "dft_p03_latin1.hl7", "broken/unsupported_version.hl7")
 
 
@@ -68,21 +82,32 @@ def run(args: argparse.Namespace) -> int:
     if args.demo and "ERP_URL" not in os.environ:
         from engine.sandbox.service import SandboxService
 
+        try:
+            erp_port, billing_port = (env_port(k, v) for k, v in DEMO_PORTS.items())
+            po_port = env_port("PO_HTTP_PORT", 8091)
+        except ValueError as exc:
+            print(f"wharf: {exc}", file=sys.stderr)
+            return 1
+        os.environ["ERP_URL"] = f"http://127.0.0.1:{erp_port}"  # what the channels call
+        os.environ.setdefault("BILLING_FHIR_URL", f"http://127.0.0.1:{erp_port}/fhir")
         sandbox = SandboxService(
             root / "var" / "sandbox.db",
-            http_port=DEMO_PORT,
-            mllp_port=BILLING_PORT,
+            http_port=erp_port,
+            mllp_port=billing_port,
             reactor=reactor,
             seed=root / "mappings" / "onhand.csv",
             # released purchase orders go to the po_to_vendor channel (its demo token)
-            po_webhook=f"http://127.0.0.1:{os.environ.get('PO_HTTP_PORT', '8091')}"
-            "/erp/purchase-orders",
+            po_webhook=f"http://127.0.0.1:{po_port}/erp/purchase-orders",
             po_webhook_token=os.environ.get("WHARF_PO_TOKEN", DEMO_PO_TOKEN),
         )
-        sandbox.start()
+        try:
+            sandbox.start()
+        except Exception as exc:  # a port in use
+            print(f"wharf: the demo sandbox cannot start: {exc}", file=sys.stderr)
+            return 1
         print(
-            f"demo: ERP and billing sandbox on http://127.0.0.1:{DEMO_PORT} and "
-            f"mllp://127.0.0.1:{BILLING_PORT} (state in var/sandbox.db)"
+            f"demo: ERP and billing sandbox on http://127.0.0.1:{erp_port} (ERP_PORT) and "
+            f"mllp://127.0.0.1:{billing_port} (BILLING_PORT), state in var/sandbox.db"
         )
     try:
         engine = Engine(root, reactor)
@@ -111,9 +136,18 @@ def run(args: argparse.Namespace) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(shutdown()))
 
     def failed(f: Any) -> None:
-        print(f"wharf: start failed: {f.getErrorMessage()}", file=sys.stderr)
+        from engine.errors import ListenFailed
+
+        if f.check(ListenFailed):
+            lines = f.value.problems
+            print(f"wharf: cannot start: {len(lines)} listener(s) cannot listen", file=sys.stderr)
+            for line in lines:
+                print(f"  {line}", file=sys.stderr)
+        else:
+            print(f"wharf: start failed: {f.getErrorMessage()}", file=sys.stderr)
         exit_code[0] = 1
-        reactor.stop()
+        if reactor.running:
+            reactor.stop()
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(failed))
     reactor.run()
@@ -121,7 +155,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bool:
-    """Drop the shipped samples into each drop folder and report where each message went."""
+    """Drop the shipped samples into each drop folder and report where each message went.
+
+    Run again in the same folder, the samples are the same messages (same MSH-3/4/10, same
+    bytes): the store answers each as a duplicate and nothing is processed or sent twice. The
+    demo says so (how many were already stored, from the first run) rather than waiting for
+    deliveries that will not come; that is the promise it shows."""
     samples = sorted((root / "samples" / "hl7").glob("*.hl7"))
     broken = sorted((root / "samples" / "hl7" / "broken").glob("*.hl7"))
     targets = [
@@ -133,14 +172,16 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
     if not targets:
         print("demo: no drop-folder channel is running")
         return False
+    before = await engine.executor.submit(_message_count, engine.store)
     started = time.time()
-    dropped = []
+    prefix = f"demo-{int(started)}-"
+    dropped = 0
     for _, folder in targets:
         for path in [*samples, *broken]:
             tmp = folder / f".{path.name}.part"
             shutil.copyfile(path, tmp)
-            os.replace(tmp, folder / f"demo-{int(started)}-{path.name}")
-            dropped.append(path.name)
+            os.replace(tmp, folder / f"{prefix}{path.name}")
+            dropped += 1
         print(f"demo: dropped {len(samples) + len(broken)} sample(s) into {folder}")
     for name, src in engine.sources.items():
         if getattr(src, "answers", False) and getattr(src, "port", None) is not None:
@@ -153,22 +194,39 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
         rows = await engine.executor.submit(engine.store.search, since=started - 1, limit=1000)
         busy = [r for r in rows if r.status in ("received", "queued")]
         pending_files = any(
-            p.name.startswith("demo-") for _, f in targets for p in f.iterdir() if p.is_file()
+            p.name.startswith(prefix) for _, f in targets for p in f.iterdir() if p.is_file()
         )
-        if not busy and not pending_files and rows:
-            break
+        if not busy and not pending_files:
+            break  # every file taken (stored, a duplicate or refused), every message settled
     print("demo: results")
     for r in sorted(rows, key=lambda r: r.received_at):
         deliveries = await engine.executor.submit(engine.store.deliveries_for, r.id)
         where = ", ".join(f"{d['destination']}={d['status']}" for d in deliveries) or "-"
         note = f"  ({r.error})" if r.error else ""
         print(f"  {r.channel:<12} {r.control_id or '-':<14} {r.status:<8} {where}{note}")
+    refused = 0
     for _, folder in targets:
-        errors = sorted(p.name for p in (folder / "error").glob("*.reason.txt"))
+        errors = sorted(p.name for p in (folder / "error").glob(f"{prefix}*.reason.txt"))
+        refused += len(errors)
         for name in errors:
             reason = (folder / "error" / name).read_text().strip()
             print(f"  {name.removesuffix('.reason.txt')}: refused at the door: {reason}")
+    # a file is its peer name in the store; a batch file is several messages
+    stored_now = {r.peer for r in rows if r.source == "dropfolder"}
+    taken = {
+        p.name
+        for name, folder in targets
+        for p in getattr(engine.sources[name], "processed", folder / "processed").glob(f"{prefix}*")
+    }
+    duplicates = len(taken - stored_now)
     sent = sum(1 for r in rows if r.status == "sent")
+    if duplicates > 0:
+        print(
+            f"demo: {duplicates} of the {dropped} dropped sample(s) were already in the store "
+            f"(it held {before} message(s) from earlier runs in this folder): same sender and "
+            "control id (MSH-3/4/10), same bytes, so each was taken as a duplicate and not "
+            "processed or sent again; the MLLP resends above got their original ACKs"
+        )
     if sandbox is not None:
         await task.deferLater(reactor, 0.5, lambda: None)
         c = sandbox.state.counts()
@@ -185,12 +243,22 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
             )
     fhir_ok = await demo_fhir(engine, root, reactor)
     po_ok = await demo_purchasing(engine, root, reactor, sandbox)
+    settled = not any(r.status in ("received", "queued") for r in rows)
     print(
-        f"demo: {sent} message(s) delivered. Look at: `wharf messages`, var/out/, "
-        "`wharf work-items`, `wharf invoices`, the sandbox state in var/sandbox.db. Drop more "
-        "files into the inbox, or Ctrl-C."
+        f"demo: {sent} message(s) delivered now"
+        + (
+            f", {duplicates} duplicate(s) of an earlier run not processed again"
+            if duplicates
+            else ""
+        )
+        + ". Look at: `wharf messages`, var/out/, `wharf work-items`, `wharf invoices`, the "
+        "sandbox state in var/sandbox.db. Drop more files into the inbox, or Ctrl-C."
     )
-    return sent > 0 and fhir_ok and po_ok
+    return settled and (sent > 0 or duplicates > 0) and fhir_ok and po_ok
+
+
+def _message_count(store: Any) -> int:
+    return int(sum(store.counts()["messages"].values()))
 
 
 async def demo_fhir(engine: Any, root: Path, reactor: Any) -> bool:
@@ -216,7 +284,8 @@ async def demo_fhir(engine: Any, root: Path, reactor: Any) -> bool:
     )
     await resp.content()
     location = (resp.headers.getRawHeaders(b"location") or [b"-"])[0].decode()
-    print(f"demo: FHIR POST {sample.name} to {base}/SupplyDelivery: {resp.code} {location}")
+    again = " (a resend of an earlier run: the original resource)" if resp.code == 200 else ""
+    print(f"demo: FHIR POST {sample.name} to {base}/SupplyDelivery: {resp.code} {location}{again}")
     if resp.code not in (200, 201):
         return False
     url = location.split("/_history")[0]
@@ -244,20 +313,29 @@ async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -
         return True
     po = json.loads((root / "samples/erp/purchase_order_4500012345.json").read_text())
     number = po["po_number"]
-    sandbox.api.purchasing.create(po)
-    sandbox.api.purchasing.release(number)
     outbound = src.folder.parent / "outbound"
-    print(f"demo: the ERP released PO {number} for {po['vendor']}")
+    earlier = sorted(outbound.glob("850_*.x12")) if outbound.is_dir() else []
+    created, _ = sandbox.api.purchasing.create(po)
+    sandbox.api.purchasing.release(number)
+    if created == 200:
+        print(
+            f"demo: PO {number} was released in an earlier run (the sandbox keeps its state in "
+            "var/sandbox.db): its 850 is not written again, and the vendor's answers dropped "
+            "again below are duplicates that change nothing"
+        )
+    else:
+        print(f"demo: the ERP released PO {number} for {po['vendor']}")
     x850: list[Path] = []
     for _ in range(200):
         x850 = sorted(outbound.glob("850_*.x12")) if outbound.is_dir() else []
-        if x850:
+        if x850 and (created == 200 or len(x850) > len(earlier)):
             break
         await task.deferLater(reactor, 0.1, lambda: None)
     if not x850:
         print("demo: no 850 left for the vendor (see the log)")
         return False
-    print(f"demo: 850 written for the vendor to collect: {x850[-1].relative_to(root)}")
+    what = "the 850 of the earlier run" if created == 200 else "850 written for the vendor"
+    print(f"demo: {what} to collect: {x850[-1].relative_to(root)}")
     ((_ic, grp, ts),) = list(transaction_sets(x850[-1].read_bytes()))
     for name, data in vendor_answers(number, grp.control_number, ts.control_number).items():
         tmp = src.folder / f".{name}.part"

@@ -670,7 +670,13 @@ class TableName(Str):
     def parse(self, node: yaml.Node, ctx: Context, path: str) -> Any:
         value = super().parse(node, ctx, path)
         tables = getattr(ctx, "mappings", None)
-        if value is not INVALID and tables is not None and value not in tables:
+        unreadable = getattr(tables, "unreadable", ())  # their own error says why
+        if (
+            value is not INVALID
+            and tables is not None
+            and value not in tables
+            and value not in unreadable
+        ):
             names = sorted(tables.tables)
             return ctx.error(
                 node,

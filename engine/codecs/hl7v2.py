@@ -16,7 +16,7 @@ from typing import Any
 from engine.codecs.base import Parsed
 from engine.errors import CodecError
 from engine.registry import codec
-from engine.spec import Bool, ByteSize, Enum, Field, ListOf, Spec, Str
+from engine.spec import Bool, ByteSize, Enum, Field, ListOf, Spec, Str, did_you_mean
 
 CONTENT_TYPE = "x-application/hl7-v2+er7"
 _PATH = re.compile(
@@ -285,7 +285,36 @@ def tokenize(raw: bytes, default_charset: str = "utf-8") -> Hl7Message:
     return Hl7Message(text, sep)
 
 
+#: Every HL7 v2 version published (MSH-12 values).
+KNOWN_VERSIONS = (
+    "2.1",
+    "2.2",
+    "2.3",
+    "2.3.1",
+    "2.4",
+    "2.5",
+    "2.5.1",
+    "2.6",
+    "2.7",
+    "2.7.1",
+    "2.8",
+    "2.8.1",
+    "2.8.2",
+    "2.9",
+    "2.9.1",
+)
+
+
 def _check_hl7(config: Any, ctx: Any, node: Any, path: str) -> None:
+    items = _list_items(node, "versions")
+    for i, version in enumerate(config.versions):
+        if version not in KNOWN_VERSIONS:
+            ctx.error(
+                items[i] if i < len(items) else node,
+                f"{path}.versions[{i}]",
+                f"expected an HL7 v2 version ({', '.join(KNOWN_VERSIONS)}) "
+                f"(got {version!r}){did_you_mean(version, KNOWN_VERSIONS)}",
+            )
     if config.validation != "strict" or "versions" not in config.positions:
         return  # the default list includes 2.7.1; a 2.7.1 message then fails strict clearly
     from hl7apy import SUPPORTED_LIBRARIES
@@ -298,6 +327,17 @@ def _check_hl7(config: Any, ctx: Any, node: Any, path: str) -> None:
             f"strict validation needs hl7apy definitions; it has none for {', '.join(missing)} "
             f"(it has {', '.join(sorted(SUPPORTED_LIBRARIES))})",
         )
+
+
+def _list_items(node: Any, key: str) -> list[Any]:
+    """The item nodes of the list (or the lone scalar) under ``key`` of a mapping node."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if k.value == key:
+                return list(v.value) if isinstance(v, yaml.SequenceNode) else [v]
+    return []
 
 
 HL7_SPEC = Spec(

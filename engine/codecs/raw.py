@@ -1,14 +1,19 @@
-"""``raw`` and ``json`` codecs."""
+"""``raw`` and ``json`` codecs.
+
+The ``json`` codec refuses a document nested deeper than ``max_depth`` with a CodecError that
+says so (the sender gets a 400 naming the limit), before anything deeper than that is walked:
+Python's parser would otherwise raise RecursionError on a few thousand brackets."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from engine.codecs.base import Parsed, sha256_key
 from engine.errors import CodecError
 from engine.registry import codec
-from engine.spec import ByteSize, Field, Spec, Str
+from engine.spec import ByteSize, Field, Int, Spec, Str
 
 RAW_SPEC = Spec(
     "raw",
@@ -44,6 +49,13 @@ JSON_SPEC = Spec(
         Field("id_field", Str(), None, "Top-level field used as the control id and dedup key."),
         Field("type_field", Str(), None, "Top-level field used as the message type for filters."),
         Field("max_size", ByteSize(), 10 * 1024 * 1024, "Larger inputs are refused."),
+        Field(
+            "max_depth",
+            Int(1, 500),
+            64,
+            "Arrays and objects nested deeper than this are refused (400 on the `http` "
+            "source), naming the limit.",
+        ),
     ],
     description="A JSON document (UTF-8). Transforms receive a `JsonMessage` (a dict with `get`).",
     example="codec:\n  json: {id_field: id, type_field: resourceType}",
@@ -69,10 +81,16 @@ class JsonCodec:
 
     def decode(self, raw: bytes) -> Parsed:
         _check_size(raw, self.options.max_size)
+        limit = self.options.max_depth
         try:
-            value = json.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            if raw.count(b"[") + raw.count(b"{") > limit:  # else it cannot be too deep
+                check_depth(text, limit)
+            value = json.loads(text)
         except (UnicodeDecodeError, ValueError) as exc:
             raise CodecError(f"expected a UTF-8 JSON document ({exc})", code="not_json") from exc
+        except RecursionError as exc:  # not reached with max_depth <= 500; kept as a guard
+            raise CodecError(f"JSON nested deeper than {limit} levels", code="too_deep") from exc
         if not isinstance(value, dict):
             raise CodecError(
                 f"expected a JSON object (got {type(value).__name__})", code="not_object"
@@ -93,6 +111,29 @@ class JsonCodec:
 @codec("json", JSON_SPEC)
 def make_json(options: Any) -> JsonCodec:
     return JsonCodec(options)
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_BRACKETS = str.maketrans("{}", "[]")
+
+
+def check_depth(text: str, limit: int) -> None:
+    """CodecError ``too_deep`` when arrays/objects in ``text`` nest deeper than ``limit``
+    (brackets inside strings do not count). No recursion and no loop per character: the
+    brackets alone are kept, then innermost pairs are removed ``limit`` times; a pair still
+    left (or more than ``limit`` brackets never closed) was deeper."""
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text)).translate(_BRACKETS)
+    for _ in range(limit):
+        if "[]" not in brackets:
+            break
+        brackets = brackets.replace("[]", "")
+    if "[]" in brackets or brackets.count("[") > limit:
+        raise CodecError(
+            f"JSON nested deeper than {limit} levels; expected a document of at most that "
+            "depth (the codec's max_depth)",
+            code="too_deep",
+        )
 
 
 def _check_size(raw: bytes, limit: int) -> None:

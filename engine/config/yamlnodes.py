@@ -6,15 +6,16 @@ from pathlib import Path
 
 import yaml
 
+from engine.config.text import decode
 from engine.errors import ConfigError
 
 
 def compose_file(path: Path, shown: str) -> yaml.Node | None:
     """Compose ``path`` with the safe loader; a syntax error becomes a ConfigError at its mark."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"expected UTF-8 text ({exc.reason})", file=shown, code="syntax") from exc
+        text = decode(path.read_bytes(), shown, "utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", file=shown) from exc
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:

@@ -1,5 +1,6 @@
-"""Local files: :func:`write_atomically` (readers see the old file or the whole new one) and
-:func:`extension_for` (the file extension of a content type)."""
+"""Local files: :func:`write_atomically` (readers see the old file or the whole new one),
+:func:`extension_for` (the file extension of a content type) and :func:`private_dirs`
+(folders only their owner may enter, whatever the umask)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,28 @@ def extension_for(content_type: str) -> str:
     if base.endswith("+json"):
         return ".json"
     return ".bin"
+
+
+def private_dirs(path: pathlib.Path) -> None:
+    """Create ``path`` and its missing parents owner-only (0700), whatever the umask; a
+    folder that exists already is tightened to 0700 when ours and open to others."""
+    missing = []
+    p = pathlib.Path(path)
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        os.chmod(d, 0o700)
+    if not missing:
+        st = os.stat(path)
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            os.chmod(path, 0o700)
 
 
 def write_atomically(directory: pathlib.Path, filename: str, data: bytes, fsync: bool) -> None:

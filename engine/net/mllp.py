@@ -2,7 +2,15 @@
 
 Server side: :class:`MLLPProtocol` only frames and unframes; :class:`MLLPServerFactory` wires a
 listener to a handler and holds its limits and counters. Replies go back in the order their
-frames arrived, even when a sender pipelines. A frame over ``max_frame`` is answered with
+frames arrived, even when a sender pipelines. Who may hold connections (an allowlist, a cap per
+peer, fair shares of ``max_connections``) is :class:`engine.net.admission.Admission`'s call.
+
+Time limits: a frame must end within ``frame_timeout`` of its first byte, plus one second for
+every ``min_rate`` bytes it brought (so a large frame sent at least that fast is never cut, and
+a frame trickled a byte at a time is cut at ``frame_timeout``); it is then closed without an
+answer (nothing was stored: the sender resends). Between frames, ``idle_timeout`` of silence
+closes the connection; only a whole frame counts as traffic (bytes outside a frame and a
+frame still arriving do not reset it). A frame over ``max_frame`` is answered with
 ``oversize_reply(prefix)`` (the caller's: the ``mllp`` source and the sandbox pass
 :func:`engine.responder.oversize_nak`) and the connection closed, holding at most
 ``max_frame + 1`` bytes of it; :func:`minimal_nak` builds an AR without parsing the message.
@@ -31,6 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from engine.codecs.hl7ack import AckError, nak_without_message
+from engine.net.admission import BUSY, IDLE, RECEIVING, Admission, networks, peer_host
 from engine.net.endpoints import peer_name
 
 log = Logger()
@@ -78,24 +87,27 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self.on_lost: defer.Deferred = defer.Deferred()
         self.paused = False  # reading paused: max_pipeline frames are waiting for answers
         self.backlog = b""  # the rest of the read that filled the pipeline
+        self.host: str | None = None
+        self.admitted = False
+        self.frame_started = 0.0  # clock time of the current frame's first byte
+        self.frame_bytes = 0  # bytes of the current frame so far
+        self._frame_timer: Any = None
 
     # -- connection ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         f = self.factory
         self.peer = peer_name(self.transport)
+        self.host = peer_host(self.transport)
         f.connections += 1
         f.protocols.add(self)
-        if f.connections > f.max_connections:
+        refused = f.admission.admit(self, self.host, self.peer)
+        if refused is not None:
             f.stats["refused_connections"] += 1
-            log.warn(
-                "MLLP connection from {peer} refused: {limit} connections open",
-                peer=self.peer,
-                limit=f.max_connections,
-            )
             self.closing = True
             self.transport.loseConnection()
             return
+        self.admitted = True
         self.callLater = f.clock.callLater  # TimeoutMixin schedules on the injected clock
         self.setTimeout(f.idle_timeout)
 
@@ -103,12 +115,78 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self.lost = True
         self.closing = True
         self.setTimeout(None)
+        self._stop_frame_timer()
         self.factory.connections -= 1
         self.factory.protocols.discard(self)
+        if self.admitted:
+            self.admitted = False
+            self.factory.admission.release(self, self.host)
         self.buffer = bytearray()
         self.pending.clear()
         if not self.on_lost.called:
             self.on_lost.callback(None)
+
+    # -- admission (engine.net.admission) ----------------------------------------------------
+
+    def admission_state(self) -> int:
+        """BUSY while a frame waits for its answer; RECEIVING inside a frame; else IDLE."""
+        if self.pending:
+            return BUSY
+        return RECEIVING if self.in_frame else IDLE
+
+    def evict(self, reason: str) -> None:
+        """Closed to make room for another peer (no frame of ours is waiting for an answer)."""
+        self.factory.stats["evicted"] += 1
+        self.admitted = False  # the admission already let go of it
+        self.closing = True
+        self._stop_frame_timer()
+        self.transport.abortConnection()
+
+    # -- time limits -------------------------------------------------------------------------
+
+    def _frame_begins(self) -> None:
+        f = self.factory
+        self.in_frame = True
+        self.frame_started = f.clock.seconds()
+        self.frame_bytes = 0
+        self.setTimeout(None)  # the frame's own deadline governs until it ends
+        if f.frame_timeout is not None and self._frame_timer is None:
+            self._frame_timer = f.clock.callLater(f.frame_timeout, self._frame_deadline)
+
+    def _frame_ends(self) -> None:
+        self._stop_frame_timer()
+        if not self.closing:
+            self.setTimeout(self.factory.idle_timeout)
+
+    def _stop_frame_timer(self) -> None:
+        timer, self._frame_timer = self._frame_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _frame_deadline(self) -> None:
+        """The frame's deadline: ``frame_timeout`` from its first byte, one second more per
+        ``min_rate`` bytes received."""
+        self._frame_timer = None
+        if self.closing or not self.in_frame:
+            return
+        f = self.factory
+        allowed = f.frame_timeout + (self.frame_bytes / f.min_rate if f.min_rate else 0.0)
+        now = f.clock.seconds()
+        left = self.frame_started + allowed - now
+        if left > 0:
+            self._frame_timer = f.clock.callLater(left, self._frame_deadline)
+            return
+        f.stats["frame_timeouts"] += 1
+        log.info(
+            "MLLP frame from {peer} not complete {seconds:.0f}s after its first byte "
+            "({size} bytes): closed without an answer",
+            peer=self.peer,
+            seconds=now - self.frame_started,
+            size=self.frame_bytes,
+        )
+        self.buffer = bytearray()
+        self.in_frame = False
+        self._close()
 
     def timeoutConnection(self) -> None:
         self.factory.stats["idle_timeouts"] += 1
@@ -125,13 +203,14 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return  # after an oversize frame, a None reply or a refusal: nothing more is read
-        self.resetTimeout()
         if self.paused:  # a read already under way when reading was paused
             self.backlog += data
             return
         f = self.factory
         buf = self.buffer
         i, n = 0, len(data)
+        if self.in_frame:
+            self.frame_bytes += n
         while i < n and not self.closing:
             if not self.in_frame:
                 start = data.find(SB, i)
@@ -140,7 +219,8 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
                     return
                 f.stats["junk_bytes"] += start - i
                 i = start + 1
-                self.in_frame = True
+                self._frame_begins()
+                self.frame_bytes = n - i
                 continue
             if buf and buf[-1] == _FS and data[i] == _CR:  # end block split across reads
                 del buf[-1]
@@ -176,6 +256,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
 
     def _complete(self, frame: bytes) -> None:
         self.in_frame = False
+        self._frame_ends()
         f = self.factory
         f.stats["frames"] += 1
         slot = _Reply()
@@ -214,6 +295,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
             prefix += head[: PREFIX - len(prefix)]
         self.buffer = bytearray()
         self.in_frame = False
+        self._stop_frame_timer()
         self.closing = True
         log.warn(
             "MLLP frame from {peer} over {limit} bytes: AR and close",
@@ -256,6 +338,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
 
     def _close(self) -> None:
         self.closing = True
+        self._stop_frame_timer()
         self.pending.clear()  # later answers are dropped; their frames were still ingested
         self.backlog = b""
         self.transport.loseConnection()
@@ -276,6 +359,10 @@ class MLLPServerFactory(protocol.Factory):
         max_connections: int = 200,
         max_pipeline: int = 100,
         clock: Any = None,
+        max_connections_per_peer: int | None = None,
+        allow: tuple[str, ...] = (),
+        frame_timeout: float | None = 30.0,
+        min_rate: float = 1024.0,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -285,7 +372,16 @@ class MLLPServerFactory(protocol.Factory):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_pipeline = max_pipeline  # frames of one connection awaiting answers at most
+        self.frame_timeout = frame_timeout  # None: no deadline per frame
+        self.min_rate = min_rate  # bytes per second that earn a frame one more second
         self.clock = clock
+        self.admission = Admission(
+            max_connections=max_connections,
+            max_per_peer=min(max_connections_per_peer or max_connections, max_connections),
+            allow=networks(allow),
+            clock=clock,
+            label="MLLP",
+        )
         self.connections = 0
         self.protocols: set[MLLPProtocol] = set()
         self.stats: dict[str, int] = dict(
@@ -293,7 +389,9 @@ class MLLPServerFactory(protocol.Factory):
             junk_bytes=0,
             oversize=0,
             idle_timeouts=0,
+            frame_timeouts=0,
             refused_connections=0,
+            evicted=0,
             handler_errors=0,
         )
 

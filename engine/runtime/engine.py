@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from engine.channel import Channel
 from engine.config.project import Project, fingerprint, load_project
-from engine.errors import LintFailed
+from engine.errors import LintFailed, ListenFailed
 from engine.interfaces import Binding
 from engine.registry import REGISTRY, Registry
 from engine.resources import Resources, snapshot_of
@@ -147,6 +147,7 @@ class Engine(OrderedServices):
             self._add_channel(channel)
         for config in self.project.settings.listeners:
             self._add_listener(config)
+        await self._listening(list(self.sources))
         clock = self.reactor
         JobService("sweep", 2.0, self.processor.sweep, clock).setServiceParent(self)  # replays
         JobService("leases", 30.0, self._release_expired, clock).setServiceParent(self)
@@ -179,6 +180,89 @@ class Engine(OrderedServices):
         await self.executor.stop()
         self.pool.stop()
         self.store.close()
+
+    # -- listening -----------------------------------------------------------------------------
+    def _places(self, project: Project) -> dict[str, tuple[str, Any]]:
+        """Each source of ``project`` by its key: (what names it in an error, its config)."""
+        out: dict[str, tuple[str, Any]] = {}
+        for name, defn in project.channels.items():
+            if defn.config.enabled and defn.config.source is not None:
+                out[name] = (f"channel '{name}'", defn.config.source)
+        for config in project.settings.listeners:
+            out[f"listener:{config.name}"] = (f"listener '{config.name}'", config.source)
+        return out
+
+    def _listen_problem(self, label: str, chosen: Any, exc: BaseException) -> str:
+        options = chosen.options
+        where = getattr(options, "positions", {}).get("listen", chosen.where)
+        listen = getattr(options, "listen", "?")
+        cause = str(exc).strip() or type(exc).__name__
+        return f"{where}: {label} cannot listen on {listen!r}: {cause}"
+
+    async def _listening(self, keys: list[str]) -> None:
+        """Wait until the sources of ``keys`` that listen are listening; ListenFailed naming
+        each one that cannot (its channel, the file:line of its ``listen``, the cause)."""
+        places = self._places(self.project)
+        problems = []
+        for key in keys:
+            ready = getattr(self.sources.get(key), "ready", None)
+            if ready is None or key not in places:
+                continue
+            try:
+                await ready()
+            except Exception as exc:
+                problems.append(self._listen_problem(*places[key], exc))
+        if problems:
+            raise ListenFailed(problems)
+
+    def _held_ports(self) -> set[int]:
+        """TCP ports this engine's sources listen on now."""
+        held = set()
+        for src in self.sources.values():
+            port = getattr(src, "port", None)
+            try:
+                held.add(int(port.getHost().port))
+            except Exception:
+                continue
+        return held
+
+    async def _can_listen(self, project: Project) -> list[str]:
+        """What would not listen if ``project`` were applied: each source whose listen string
+        changed (or is new) and names a port this engine does not hold is bound for a moment
+        (and let go) to find out."""
+        from twisted.internet import protocol
+
+        from engine.net.endpoints import parse_listen, server_endpoint
+
+        running = {
+            key: getattr(chosen.options, "listen", None)
+            for key, (_, chosen) in self._places(self.project).items()
+            if key in self.sources
+        }
+        held = self._held_ports()
+        problems: list[str] = []
+        tried: set[str] = set()
+        for key, (label, chosen) in self._places(project).items():
+            listen = getattr(chosen.options, "listen", None)
+            if listen is None or running.get(key) == listen or listen in tried:
+                continue
+            tried.add(listen)
+            try:
+                kind, args, kw = parse_listen(listen)
+                if kind not in ("tcp", "tcp6", "ssl"):
+                    continue
+                if int(args[0] if args else kw["port"]) in held:
+                    continue  # ours now: let go when the old source stops
+                factory = protocol.Factory.forProtocol(protocol.Protocol)
+                factory.noisy = False
+                endpoint = server_endpoint(
+                    self.reactor, listen, getattr(chosen.options, "client_ca", None), self.root
+                )
+                port = await endpoint.listen(factory)
+                await defer.maybeDeferred(port.stopListening)
+            except Exception as exc:
+                problems.append(self._listen_problem(label, chosen, exc))
+        return problems
 
     # -- children ------------------------------------------------------------------------------
     def _channel(self, defn: Any, project: Project | None = None) -> Channel:
@@ -278,7 +362,15 @@ class Engine(OrderedServices):
         )
         wrapper = _SftpService(self.sftp)
         wrapper.setServiceParent(self)
-        await wrapper.listening
+        try:
+            await wrapper.listening
+        except Exception as exc:
+            config = self.project.settings.sftp_server
+            where = config.positions.get("listen", config.where)
+            cause = str(exc).strip() or type(exc).__name__
+            raise ListenFailed(
+                [f"{where}: the SFTP server cannot listen on {config.listen!r}: {cause}"]
+            ) from exc
 
     def _audit_for(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> Any:
         """Audit from a component (the SFTP server): written through the store thread."""
@@ -349,6 +441,24 @@ class Engine(OrderedServices):
                 log.error(
                     "reload refused; the running configuration stays:\n{errors}", errors=str(exc)
                 )
+                return False
+            except Exception as exc:  # a file we could not read at all: refused, said once
+                self.rejected_fingerprint = current
+                log.error(
+                    "reload refused; the running configuration stays: {error}: {text}",
+                    error=type(exc).__name__,
+                    text=str(exc)[:300],
+                )
+                return False
+            problems = await self._can_listen(project)
+            if problems:
+                self.rejected_fingerprint = current
+                log.error(
+                    "reload refused (a listener cannot listen); the running configuration "
+                    "stays:\n{errors}",
+                    errors="\n".join(problems),
+                )
+                await self._audit("reload_refused", {"problems": problems})
                 return False
             await self.apply(project)
             return True

@@ -14,8 +14,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="A stateful ERP (HTTP/JSON) and billing (MLLP DFT^P03, FHIR ChargeItem) "
         "sandbox with its own SQLite state.",
     )
-    p.add_argument("--http-port", type=int, default=8089, help="ERP HTTP port (default 8089)")
-    p.add_argument("--mllp-port", type=int, default=2576, help="billing MLLP port (default 2576)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=os.environ.get("ERP_PORT") or 8089,
+        help="ERP HTTP port (default: $ERP_PORT, else 8089)",
+    )
+    p.add_argument(
+        "--mllp-port",
+        type=int,
+        default=os.environ.get("BILLING_PORT") or 2576,
+        help="billing MLLP port (default: $BILLING_PORT, else 2576)",
+    )
     p.add_argument("--interface", default="127.0.0.1", help="address to listen on")
     p.add_argument("--state", type=Path, default=Path("var/sandbox.db"), help="SQLite file")
     p.add_argument(

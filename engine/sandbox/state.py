@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from engine.net.files import private_dirs
 from engine.sandbox.purchasing import SCHEMA as PURCHASING_SCHEMA
 
 SCHEMA = """
@@ -185,7 +187,11 @@ class SandboxState:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # it holds what the demo charged to billing (patients' encounters): owner-only
+            private_dirs(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)
+            os.close(fd)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")

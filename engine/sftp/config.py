@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from engine.errors import ConfigError, LintFailed
+from engine.net.admission import Cidr
 from engine.spec import ByteSize, Context, Duration, Enum, Field, Int, ListOf, Spec, Str, join
 
 #: Algorithms offered by default: no CBC, no SHA-1, no MD5.
@@ -67,6 +68,14 @@ PARTNER_SPEC = Spec(
         Field("max_file_size", ByteSize(), 100 * 1024**2, "Largest file the partner may upload."),
         Field("quota_bytes", ByteSize(), 1024**3, "Most bytes waiting in inbound/ at once."),
         Field("quota_files", Int(1), 10000, "Most files waiting in inbound/ at once."),
+        Field(
+            "allow",
+            ListOf(Cidr(), scalar_ok=True),
+            (),
+            "The networks the partner logs in from (CIDRs such as `203.0.113.0/24`, or single "
+            "addresses); a login from elsewhere is refused even with the right key or password. "
+            "Empty: any address.",
+        ),
     ],
     description="One trading partner account, confined to its root.",
     check=_check_partner,
@@ -76,6 +85,9 @@ PARTNER_SPEC = Spec(
 def _check_server(config: Any, ctx: Context, node: Any, path: str) -> None:
     from twisted.conch.ssh.transport import SSHTransportBase
 
+    from engine.net.endpoints import check_listen
+
+    check_listen(config, ctx, node, path)
     names = [p.name for p in config.partners]
     for name in sorted({n for n in names if names.count(n) > 1}):
         ctx.error(node, join(path, "partners"), f"partner '{name}' is listed twice")
@@ -121,9 +133,27 @@ SFTP_SERVER_SPEC = Spec(
             Int(1, 1000),
             5,
             "Failed logins per connection before disconnecting; that many failures for one "
-            "account within `lockout` lock the account for `lockout`.",
+            "account from one address (an IPv4 address or an IPv6 /64) within `lockout` lock "
+            "that account from that address only (the partner's own address still logs in). "
+            "Each failure also makes the next refused password from that address wait longer "
+            "(`login_delay`, doubling, at most 16 times it). An account that does not exist is "
+            "refused the same way, in the same time.",
         ),
-        Field("lockout", Duration(), 900.0, "How long an account stays locked (0 = never)."),
+        Field(
+            "login_delay",
+            Duration(lo=0.01),
+            1.0,
+            "How long a refused password waits after the first failure of its (account, "
+            "address) pair; it doubles with each further failure.",
+        ),
+        Field(
+            "lockout",
+            Duration(),
+            900.0,
+            "How long an (account, address) pair stays locked (0 = never), twice as long for "
+            "each lockout of the same pair within a day (at most a day). Lockouts and unlocks "
+            "are logged and audited.",
+        ),
         Field("ciphers", ListOf(Str()), list(DEFAULT_CIPHERS), "Allowed ciphers, preferred first."),
         Field("macs", ListOf(Str()), list(DEFAULT_MACS), "Allowed MACs, preferred first."),
         Field("kex", ListOf(Str()), list(DEFAULT_KEX), "Allowed key exchanges, preferred first."),
@@ -132,7 +162,8 @@ SFTP_SERVER_SPEC = Spec(
     description=(
         "Wharf's own SFTP server: one account per trading partner, public-key login, each "
         "confined to its root with inbound/, outbound/ and archive/. Uploads land in inbound/ "
-        "atomically (a hidden temporary name renamed when the client closes the file)."
+        "atomically (a hidden temporary name renamed when the client closes the file). "
+        "Partner roots and their folders are created owner-only (0700)."
     ),
     example="""
 sftp_server:

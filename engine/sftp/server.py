@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import ipaddress
 import os
 import secrets
 import stat
@@ -64,6 +65,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python import components
 from zope.interface import implementer
 
+from engine.net.admission import peer_key
 from engine.sftp import jail
 from engine.uploads import OpenUploads
 
@@ -123,10 +125,25 @@ class Partner:
     quota_bytes: int
     quota_files: int
     open_uploads: set[UploadFile] = field(default_factory=set)
+    allow: tuple[Any, ...] = ()  # ip_network objects; empty: any address
 
 
 class ServerContext:
-    """What every connection shares: partners, the audit function, lockouts, the clock."""
+    """What every connection shares: partners, the audit function, login throttling, the clock.
+
+    Failed logins are counted per (account, source address) (:func:`peer_key`: an IPv4
+    address or an IPv6 /64), for account names that exist and for those that do not alike, so
+    that neither the answers nor their timing tell which accounts exist. Each failure makes the
+    next refused password from that pair wait longer (``login_delay``, doubling, at most
+    ``MAX_DELAY`` times it);
+    ``max_failed_logins`` failures within ``lockout`` lock that pair (not the account: the
+    partner's own address still logs in) for ``lockout``, twice as long for each lockout of the
+    same pair in the last day (at most a day). Lockouts and unlocks are logged (account name,
+    address, duration; nothing else) and audited.
+    """
+
+    MAX_DELAY = 16  # times login_delay
+    MAX_TRACKED = 10000  # (account, address) pairs remembered at most
 
     def __init__(
         self,
@@ -141,8 +158,11 @@ class ServerContext:
         self.config = config
         self._audit = audit
         self.clock = clock
-        self.failures: dict[str, list[float]] = {}
-        self.locked_until: dict[str, float] = {}
+        self.failures: dict[tuple[str, str], list[float]] = {}
+        self.locked_until: dict[tuple[str, str], float] = {}
+        self.lockouts: dict[tuple[str, str], list[float]] = {}
+        self._unlocks: dict[tuple[str, str], Any] = {}
+        self._dummy_hash: bytes | None = None
 
     def audit(self, partner: str, action: str, target: str, detail: dict[str, Any]) -> None:
         detail = {"partner": partner, **detail}
@@ -156,29 +176,128 @@ class ServerContext:
                 lambda f: log.failure("sftp audit failed ({action})", f, action=action)
             )
 
+    def close(self) -> None:
+        """Cancel the pending unlock timers (the server stops)."""
+        for call in self._unlocks.values():
+            if call.active():
+                call.cancel()
+        self._unlocks.clear()
+
     # -- failed logins ----------------------------------------------------------------------
-    def is_locked(self, user: str) -> bool:
-        until = self.locked_until.get(user)
-        if until is None:
+    def is_locked(self, user: str, address: str = "") -> bool:
+        """Whether logins as ``user`` from ``address`` are locked now."""
+        return self._locked((user, peer_key(address)))
+
+    def _locked(self, pair: tuple[str, str]) -> bool:
+        until = self.locked_until.get(pair)
+        return until is not None and self.clock.seconds() < until
+
+    def failed(self, user: str, address: str = "") -> bool:
+        """Record one failed login of ``user`` from ``address``; True when that pair just got
+        locked."""
+        lockout = self.config.lockout
+        if not lockout:
             return False
-        if self.clock.seconds() >= until:
-            del self.locked_until[user]
-            self.failures.pop(user, None)
+        pair = (user, peer_key(address))
+        now = self.clock.seconds()
+        recent = [t for t in self.failures.get(pair, []) if now - t < lockout] + [now]
+        self.failures[pair] = recent
+        self._forget_oldest()
+        if len(recent) < self.config.max_failed_logins or self._locked(pair):
             return False
+        earlier = [t for t in self.lockouts.get(pair, []) if now - t < 86400.0]
+        seconds = min(lockout * 2 ** len(earlier), 86400.0)
+        self.lockouts[pair] = [*earlier, now]
+        self.locked_until[pair] = now + seconds
+        self.failures.pop(pair, None)
+        who = user if user in self.partners else f"unknown account {safe(user, 80)!r}"
+        log.warn(
+            "SFTP logins as {who} from {address} locked for {seconds:.0f}s after {n} failed logins",
+            who=who,
+            address=pair[1],
+            seconds=seconds,
+            n=len(recent),
+        )
+        self.audit(
+            user if user in self.partners else "?",
+            "sftp.locked",
+            "/",
+            {
+                "user": safe(user, 80),
+                "address": pair[1],
+                "seconds": seconds,
+                "failures": len(recent),
+            },
+        )
+        old = self._unlocks.pop(pair, None)
+        if old is not None and old.active():
+            old.cancel()
+        self._unlocks[pair] = self.clock.callLater(seconds, self._unlocked, pair)
         return True
 
-    def failed(self, user: str) -> bool:
-        """Record one failed login; True when the account just got locked."""
-        lockout = self.config.lockout
-        if not lockout or user not in self.partners:
-            return False
-        now = self.clock.seconds()
-        recent = [t for t in self.failures.get(user, []) if now - t < lockout] + [now]
-        self.failures[user] = recent
-        if len(recent) >= self.config.max_failed_logins and user not in self.locked_until:
-            self.locked_until[user] = now + lockout
-            return True
+    def succeeded(self, user: str, address: str) -> None:
+        """A login: the pair's failures are forgotten."""
+        self.failures.pop((user, peer_key(address)), None)
+
+    def delay(self, user: str, address: str) -> float:
+        """Seconds a refused password of this pair waits: ``login_delay`` for the first
+        failure, doubling with each one before it."""
+        n = len(self.failures.get((user, peer_key(address)), []))
+        return self.config.login_delay * min(2 ** max(n, 0), self.MAX_DELAY)
+
+    def _unlocked(self, pair: tuple[str, str]) -> None:
+        self._unlocks.pop(pair, None)
+        if self.locked_until.pop(pair, None) is None:
+            return
+        user, address = pair
+        who = user if user in self.partners else f"unknown account {safe(user, 80)!r}"
+        log.info("SFTP logins as {who} from {address} unlocked", who=who, address=address)
+        self.audit(
+            user if user in self.partners else "?",
+            "sftp.unlocked",
+            "/",
+            {"user": safe(user, 80), "address": address},
+        )
+
+    def _forget_oldest(self) -> None:
+        if len(self.failures) <= self.MAX_TRACKED:
+            return
+        by_age = sorted(self.failures, key=lambda k: self.failures[k][-1])
+        for pair in by_age[: len(by_age) - self.MAX_TRACKED // 2]:
+            self.failures.pop(pair, None)
+
+    def allowed_from(self, partner: Partner, address: str) -> bool:
+        """Whether the partner may log in from ``address`` (its ``allow`` networks; any when
+        it has none)."""
+        return not partner.allow or _in_networks(address, partner.allow)
+
+    def dummy_hash(self) -> bytes:
+        """A bcrypt hash of a random password, at the cost of the partners' own hashes, to
+        check a password against when the account has none (same time either way)."""
+        import bcrypt
+
+        if self._dummy_hash is None:
+            costs = [_bcrypt_cost(p.password_bcrypt) for p in self.partners.values()]
+            cost = max([c for c in costs if c] or [12])
+            self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
+        return self._dummy_hash
+
+
+def _bcrypt_cost(hashed: bytes | None) -> int | None:
+    try:
+        return int(hashed.split(b"$")[2]) if hashed else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _in_networks(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == net.version and addr in net for net in networks)
 
 
 # ------------------------------------------------------------------------------ credentials
@@ -199,18 +318,19 @@ class BcryptChecker:
         name = creds.username.decode("utf-8", errors="replace")
         partner = self.ctx.partners.get(name)
         hashed = partner.password_bcrypt if partner else None
-        if hashed is None:
-            return defer.fail(UnauthorizedLogin("no password login for this account"))
         password = creds.password
 
         def check() -> bool:
-            return bcrypt.checkpw(password, hashed)
+            # an account that does not exist (or has no password) costs the same bcrypt check
+            # as one that does: the refusal's timing must not tell them apart
+            ok = bcrypt.checkpw(password, hashed or self.ctx.dummy_hash())
+            return ok and hashed is not None
 
         d = threads.deferToThread(check)
 
         def done(ok: bool) -> bytes:
             if not ok:
-                raise UnauthorizedLogin("bad password")
+                raise UnauthorizedLogin("bad user name or password")
             return creds.username
 
         return d.addCallback(done)
@@ -283,16 +403,41 @@ class LockoutUserAuth(userauth.SSHUserAuthServer):
         except Exception:
             return "?"
 
+    def _host(self) -> str:
+        try:
+            return str(self.transport.transport.getPeer().host)
+        except Exception:
+            return ""
+
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred:
         ctx: ServerContext = self.transport.factory.ctx
         name = user.decode("utf-8", errors="replace")
-        if kind != b"none" and ctx.is_locked(name):
-            return defer.fail(UnauthorizedLogin("account locked after too many failed logins"))
-        return super().tryAuth(kind, user, data)
+        if kind != b"none" and ctx.is_locked(name, self._host()):
+            return defer.fail(UnauthorizedLogin("locked after too many failed logins"))
+        d = super().tryAuth(kind, user, data)
+        partner = ctx.partners.get(name)
+        if d is None or partner is None or not partner.allow:
+            return d
+
+        def only_from_allowed(result: Any) -> Any:
+            if ctx.allowed_from(partner, self._host()):
+                return result
+            raise UnauthorizedLogin("this account may not log in from this address")
+
+        return d.addCallback(only_from_allowed)
+
+    def _ebPassword(self, f: Any) -> defer.Deferred:
+        """A refused password waits longer for each failure of its (account, address) pair."""
+        ctx: ServerContext = self.transport.factory.ctx
+        name = (self.user or b"").decode("utf-8", errors="replace")
+        d: defer.Deferred = defer.Deferred()
+        self.clock.callLater(ctx.delay(name, self._host()), d.callback, f)
+        return d
 
     def _cbFinishedAuth(self, result: Any) -> None:
         _, user, _ = result
         user.peer = self._peer()
+        self.transport.factory.ctx.succeeded(user.partner.name, self._host())
         self.transport.factory.ctx.audit(
             user.partner.name,
             "sftp.login",
@@ -306,7 +451,8 @@ class LockoutUserAuth(userauth.SSHUserAuthServer):
             ctx: ServerContext = self.transport.factory.ctx
             name = (self.user or b"").decode("utf-8", errors="replace")
             known = name in ctx.partners
-            locked_now = ctx.failed(name)
+            host = self._host()
+            locked_now = ctx.failed(name, host)
             ctx.audit(
                 name if known else "?",
                 "sftp.login_failed",
@@ -316,7 +462,7 @@ class LockoutUserAuth(userauth.SSHUserAuthServer):
                     "user": safe(name, 80),
                     "method": safe(self.method or b"", 40),
                     "reason": safe(reason.getErrorMessage(), 120),
-                    "locked": locked_now or ctx.is_locked(name),
+                    "locked": locked_now or ctx.is_locked(name, host),
                 },
             )
         return super()._ebBadAuth(reason)

@@ -17,6 +17,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from engine.errors import ConfigError
+from engine.net.admission import networks
+from engine.net.files import private_dirs
 from engine.sftp.server import PART_SUFFIX, Partner, ServerContext, WharfSSHFactory
 from engine.uploads import OpenUploads
 
@@ -28,7 +30,7 @@ AREAS = ("inbound", "outbound", "archive", "error")
 def ensure_host_key(path: Path, kind: str = "ed25519") -> keys.Key:
     """Load the host key at ``path``; create it first (mode 0600, ``.pub`` beside) if missing."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(path.parent)
         if kind == "rsa":
             private: Any = rsa.generate_private_key(public_exponent=65537, key_size=3072)
         else:
@@ -115,10 +117,10 @@ class SftpServerService:
         out: dict[str, Partner] = {}
         for p in self.config.partners:
             root = self._path(p.root)
-            root.mkdir(parents=True, exist_ok=True)
+            private_dirs(root)
             root = root.resolve()
             for area in AREAS:
-                (root / area).mkdir(mode=0o750, exist_ok=True)
+                private_dirs(root / area)
                 self._sweep_parts(root / area)
             out[p.name] = Partner(
                 name=p.name,
@@ -128,6 +130,7 @@ class SftpServerService:
                 max_file_size=p.max_file_size,
                 quota_bytes=p.quota_bytes,
                 quota_files=p.quota_files,
+                allow=networks(p.allow),
             )
         return out
 
@@ -161,6 +164,8 @@ class SftpServerService:
         return d.addCallback(listening)
 
     async def stop(self) -> None:
+        if self.factory is not None:
+            self.factory.ctx.close()
         if self.listening is not None:
             port, self.listening = self.listening, None
             await defer.maybeDeferred(port.stopListening)

@@ -2,25 +2,43 @@
 
 Each POST body is ingested as one message (stored with the engine's commit) and answered after
 the commit: 202 for a new message, 200 for a resend of a stored one (the codec's dedup key),
-409 when the key was seen with other content, 400/413 for a body the codec refuses, 401 without
-a valid bearer token or (with ``signature``) without a valid HMAC signature, fresh timestamp
-and unused nonce (:mod:`engine.net.signing`: a replayed request is refused), 503 with
-``Retry-After`` when the store cannot take more. Answers are JSON ``{"outcome", "message_id",
-"error"}``. Bodies and secrets are never logged.
+409 when the key was seen with other content, 400/413 for a body the codec refuses (a 400 says
+what is wrong: not JSON, nested too deep...), 401 without a valid bearer token or (with
+``signature``) without a valid HMAC signature, fresh timestamp and unused nonce
+(:mod:`engine.net.signing`: a replayed request is refused), 503 with ``Retry-After`` when the
+store cannot take more, 500 for a fault of ours (logged with its frames). Answers are JSON
+``{"outcome", "message_id", "error"}``. Bodies and secrets are never logged: a refused request
+is logged once, with its status, the codec's error code and the peer.
+
+Connections: who may hold them is :mod:`engine.net.admission`'s call (``allow``, a cap per peer,
+fair shares of ``max_connections``; a connection over a cap gets 503 and is closed, one from
+outside ``allow`` is closed unanswered), and a request must arrive whole within
+``request_timeout`` of its first byte however slowly it trickles (else 408 and close).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from engine.errors import DeliveryError
+from engine.net.admission import (
+    BUSY,
+    IDLE,
+    RECEIVING,
+    Admission,
+    admission_fields,
+    check_admission,
+    peer_host,
+)
+from engine.net.endpoints import check_listen, peer_name, server_endpoint
 from engine.net.secrets import SECRET_SPEC, Secrets
 from engine.net.signing import NONCE, SIGNATURE, TIMESTAMP, ReplayGuard, verify
 from engine.registry import source
@@ -71,6 +89,12 @@ SIGNATURE_SPEC = Spec(
     example="signature: {secret: {env: ERP_WEBHOOK_SECRET}, tolerance: 5m}",
 )
 
+
+def _check(config: Any, ctx: Any, node: Any, path: str) -> None:
+    check_listen(config, ctx, node, path)
+    check_admission(config, ctx, node, path)
+
+
 HTTP_SPEC = Spec(
     "http",
     [
@@ -95,20 +119,34 @@ HTTP_SPEC = Spec(
             "Require an HMAC signature with a timestamp and a nonce (in addition to a bearer "
             "token when `tokens` are given); replays are refused.",
         ),
+        Field(
+            "request_timeout",
+            Duration(lo=0.05),
+            30.0,
+            "A request (head and body) must arrive within this of its first byte, however "
+            "slowly it trickles; else 408 and close.",
+        ),
+        *admission_fields(256, 32),
     ],
     description=(
         "Takes documents POSTed to `path`, one message each, and answers after the store's "
         "commit: 202 stored, 200 a resend, 409 the same key with other content, 400/413 refused "
-        "by the codec, 401 without a valid bearer token or signature (a replayed signed "
-        "request included), 503 with Retry-After when over capacity."
+        "by the codec (the 400 says what is wrong), 401 without a valid bearer token or "
+        "signature (a replayed signed request included), 503 with Retry-After when over "
+        "capacity. One address cannot take every connection (`max_connections_per_peer`, fair "
+        "shares of `max_connections`); `allow` limits the senders; a request trickled slower "
+        "than `request_timeout` gets 408."
     ),
     example=(
         "source:\n  http:\n    listen: tcp:8091:interface=127.0.0.1\n"
         "    path: /erp/purchase-orders\n"
         "    tokens:\n      - name: erp\n"
-        "        sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        "        sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n"
+        "    allow: [10.30.0.0/24]"
     ),
+    check=_check,
 )
+
 
 _STATUS = {"stored": 202, "duplicate": 200, "conflict": 409, "rejected": 400}
 
@@ -131,6 +169,7 @@ class PostResource(resource.Resource):
             request.setHeader(b"www-authenticate", b'Bearer realm="wharf"')
             return _answer(request, 401, {"error": "a valid bearer token is required"})
         body = request.content.read(opts.max_body + 1) if request.content is not None else b""
+        request.wharf_size = len(body)
         if len(body) > opts.max_body:
             return _answer(request, 413, {"error": f"body over {opts.max_body} bytes"})
         if opts.signature is not None:
@@ -154,12 +193,36 @@ class PostResource(resource.Resource):
         doc = {"outcome": outcome.kind, "message_id": outcome.message_id}
         if outcome.reason:
             doc["error"] = outcome.reason
+        if status >= 400:
+            # once per request: the codec's error code, never the body or the error's text
+            log.info(
+                "http source {channel}: {status} {outcome} ({code}) for a {size}-byte body "
+                "from {peer}",
+                channel=self.src.channel,
+                status=status,
+                outcome=outcome.kind,
+                code=outcome.reason.split(":", 1)[0].split(" ", 1)[0] or "-",
+                size=getattr(request, "wharf_size", 0),
+                peer=_peer(request),
+            )
         _finish(request, status, doc)
 
     def _failed(self, request: Any, failure: Any) -> None:
-        log.failure("http source: ingest failed", failure)
-        request.setHeader(b"retry-after", b"5")
-        _finish(request, 503, {"outcome": "refused", "error": "internal error; retry"})
+        # the type and the frames only: an exception's text may carry the body (PHI)
+        frames = "".join(traceback.format_tb(failure.getTracebackObject()))
+        log.error(
+            "http source {channel}: {error} while taking a POST from {peer}; answered 500\n"
+            "{frames}",
+            channel=self.src.channel,
+            error=failure.type.__name__,
+            peer=_peer(request),
+            frames=frames,
+        )
+        _finish(request, 500, {"outcome": "error", "error": "internal error (logged)"})
+
+
+def _peer(request: Any) -> str:
+    return peer_name(request.channel.transport) if request.channel is not None else "?"
 
 
 def _answer(request: Any, status: int, doc: dict) -> bytes:
@@ -175,7 +238,109 @@ def _finish(request: Any, status: int, doc: dict) -> None:
     request.finish()
 
 
+class _PostChannel(http.HTTPChannel):
+    """HTTPChannel with admission (engine.net.admission) and a deadline per request from its
+    first byte (twisted's own timeout is an idle timeout, which a trickle never triggers)."""
+
+    site: _Site
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host: str | None = None
+        self.peer = "?"
+        self.admitted = False
+        self.cut = False
+        self._deadline: Any = None
+
+    def connectionMade(self) -> None:
+        self.host = peer_host(self.transport)
+        self.peer = peer_name(self.transport)
+        super().connectionMade()
+        refused = self.site.admission.admit(self, self.host, self.peer)
+        if refused is None:
+            self.admitted = True
+            return
+        self.site.stats["refused_connections"] += 1
+        self.cut = True
+        self.setTimeout(None)
+        if refused.rule == "not_allowed":
+            self.transport.abortConnection()  # a stranger hears nothing
+            return
+        self._answer_and_close(503, f"connection refused: {refused.text}", retry_after=True)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.site.admission.release(self, self.host)
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def admission_state(self) -> int:
+        if self._handlingRequest or self.cut:
+            return BUSY
+        return RECEIVING if self._deadline is not None else IDLE
+
+    def evict(self, reason: str) -> None:
+        self.admitted = False
+        self.site.stats["evicted"] += 1
+        self.cut = True
+        self._stop_deadline()
+        self.setTimeout(None)
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.cut:
+            return
+        if self._deadline is None and not self._handlingRequest:
+            self._deadline = self.callLater(self.site.request_timeout, self._timed_out)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._stop_deadline()
+        super().allContentReceived()
+
+    def _stop_deadline(self) -> None:
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        self.site.stats["request_timeouts"] += 1
+        log.info(
+            "http request from {peer} cut: not complete {seconds}s after its first byte",
+            peer=self.peer,
+            seconds=self.site.request_timeout,
+        )
+        self.cut = True
+        self.setTimeout(None)
+        self._answer_and_close(
+            408, f"the whole request must arrive within {self.site.request_timeout}s"
+        )
+
+    def _answer_and_close(self, status: int, text: str, retry_after: bool = False) -> None:
+        body = json.dumps({"outcome": "refused", "error": text}).encode()
+        head = [
+            f"HTTP/1.1 {status} {http.RESPONSES.get(status, b'').decode()}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        if retry_after:
+            head.append("Retry-After: 5")
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        self.transport.loseConnection()
+
+
 class _Site(server.Site):
+    protocol = _PostChannel
+
+    def __init__(self, res: Any, options: Any, reactor: Any) -> None:
+        super().__init__(res, timeout=options.timeout, reactor=reactor)
+        self.request_timeout = options.request_timeout
+        self.admission = Admission.of(options, reactor, "http")
+        self.stats: dict[str, int] = dict(refused_connections=0, evicted=0, request_timeouts=0)
+
     def log(self, request: Any) -> None:  # method, path, status: never the body
         log.debug(
             "http {method} {path} {status}",
@@ -194,12 +359,14 @@ class HttpPostSource:
         self.options = options
         self.reactor = reactor
         self.channel = channel
+        self.base_dir = Path(base_dir)
         self.ingest = ingest
-        self.site = _Site(PostResource(self), timeout=options.timeout, reactor=reactor)
+        self.site = _Site(PostResource(self), options, reactor)
         self.site.displayTracebacks = False
         self.site.noisy = False
         self.port: Any = None
         self.listening: defer.Deferred | None = None
+        self.listen_error: BaseException | None = None
         self.secrets = Secrets(os.environ, base_dir)
         self.guard = (
             ReplayGuard(options.signature.tolerance, reactor.seconds)
@@ -232,13 +399,14 @@ class HttpPostSource:
         return problem
 
     def start(self) -> None:
-        ep = endpoints.serverFromString(self.reactor, self.options.listen)
+        ep = server_endpoint(self.reactor, self.options.listen, None, self.base_dir)
 
         def listening(port: Any) -> Any:
             self.port = port
             return port
 
         def failed(f: Any) -> None:
+            self.listen_error = f.value
             log.error(
                 "http source of {channel} cannot listen on {listen}: {error}",
                 channel=self.channel,
@@ -246,7 +414,18 @@ class HttpPostSource:
                 error=f.getErrorMessage(),
             )
 
-        self.listening = ep.listen(self.site).addCallbacks(listening, failed)
+        try:
+            d = ep.listen(self.site)
+        except Exception as exc:  # a bad endpoint string
+            d = defer.fail(exc)
+        self.listening = d.addCallbacks(listening, failed)
+
+    async def ready(self) -> None:
+        """Returns once listening; raises why it could not listen."""
+        if self.listening is not None:
+            await self.listening
+        if self.listen_error is not None:
+            raise self.listen_error
 
     async def stop(self) -> None:
         if self.listening is not None:

@@ -16,14 +16,20 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from engine.net.admission import admission_fields, check_admission
 from engine.net.endpoints import check_listen, server_endpoint
 from engine.net.mllp import MLLPServerFactory
 from engine.registry import source
 from engine.responder import oversize_nak
 from engine.sources import Ingest, IngestOutcome
-from engine.spec import ByteSize, Duration, Field, Int, Spec, Str
+from engine.spec import ByteSize, Duration, Field, Spec, Str
 
 log = Logger()
+
+
+def _check(config: Any, ctx: Any, node: Any, path: str) -> None:
+    check_listen(config, ctx, node, path)
+    check_admission(config, ctx, node, path)
 
 
 MLLP_SPEC = Spec(
@@ -44,8 +50,29 @@ MLLP_SPEC = Spec(
             "(mutual TLS). Needs an ssl: listen string. Relative to the project.",
         ),
         Field("max_frame", ByteSize(), 10 * 1024 * 1024, "Larger frames get AR and a close."),
-        Field("idle_timeout", Duration(lo=0.01), 300.0, "Close a connection silent this long."),
-        Field("max_connections", Int(1, 100000), 200, "Connections beyond are closed at once."),
+        Field(
+            "idle_timeout",
+            Duration(lo=0.01),
+            300.0,
+            "Close a connection that sent no whole frame for this long (bytes outside a frame, "
+            "or a frame still arriving, do not count).",
+        ),
+        Field(
+            "frame_timeout",
+            Duration(lo=0.01),
+            30.0,
+            "A frame must end within this of its first byte, plus one second per `min_rate` "
+            "bytes it brought; else the connection is closed without an answer (nothing was "
+            "stored; the sender resends).",
+        ),
+        Field(
+            "min_rate",
+            ByteSize(),
+            1024,
+            "Bytes per second that earn a frame one more second past `frame_timeout`: a large "
+            "frame sent at least this fast is never cut, a trickle is.",
+        ),
+        *admission_fields(200, 50),
     ],
     description=(
         "HL7 v2 over MLLP (release 2 framing: 0x0B, message, 0x1C 0x0D). Each frame is "
@@ -54,7 +81,10 @@ MLLP_SPEC = Spec(
         "without an answer and the sender resends. Frames split across reads, several frames "
         "per read and pipelined senders all work (answers go back in order); bytes outside a "
         "frame are dropped and counted. A frame over `max_frame` gets an AR and the connection "
-        "is closed. With `client_ca` the listener requires mutual TLS."
+        "is closed. With `client_ca` the listener requires mutual TLS. One address cannot take "
+        "every connection: `max_connections_per_peer` caps each peer, and when "
+        "`max_connections` are open a peer holding fewer than the heaviest still gets in (the "
+        "heaviest peer's quietest connection is closed for it); `allow` limits the senders."
     ),
     example=(
         "source:\n"
@@ -63,9 +93,12 @@ MLLP_SPEC = Spec(
         "    client_ca: tls/clients-ca.pem\n"
         "    max_frame: 2MiB\n"
         "    idle_timeout: 10m\n"
-        "    max_connections: 50"
+        "    frame_timeout: 30s\n"
+        "    max_connections: 50\n"
+        "    max_connections_per_peer: 10\n"
+        "    allow: [10.20.0.0/16, 192.168.1.20]"
     ),
-    check=check_listen,
+    check=_check,
 )
 
 
@@ -96,10 +129,15 @@ class MLLPSource:
             max_frame=options.max_frame,
             idle_timeout=options.idle_timeout,
             max_connections=options.max_connections,
+            max_connections_per_peer=options.max_connections_per_peer,
+            allow=tuple(options.allow),
+            frame_timeout=options.frame_timeout,
+            min_rate=float(options.min_rate),
             clock=reactor,
         )
         self.port: Any = None  # IListeningPort once listening
         self.listening: defer.Deferred | None = None  # fires with the port (or None on failure)
+        self.listen_error: BaseException | None = None  # why it could not listen
 
     @property
     def stats(self) -> dict[str, int]:
@@ -124,6 +162,7 @@ class MLLPSource:
             return port
 
         def failed(f: Any) -> None:
+            self.listen_error = f.value
             log.error(
                 "MLLP {channel} cannot listen on {listen}: {error}",
                 channel=self.channel,
@@ -132,6 +171,13 @@ class MLLPSource:
             )
 
         self.listening.addCallbacks(listening, failed)
+
+    async def ready(self) -> None:
+        """Returns once listening; raises why it could not listen."""
+        if self.listening is not None:
+            await self.listening
+        if self.listen_error is not None:
+            raise self.listen_error
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening and close open connections (aborted if not closed within grace)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -58,6 +59,35 @@ def _yield_to_writers(held: float) -> None:
 PRUNE_BATCH = 200  # messages per prune transaction: a writer waits for one batch at most
 
 
+def _private_file(path: Path) -> None:
+    """``path`` exists, mode 0600, in folders created 0700 (missing ones only); the SQLite
+    companions ``-wal``, ``-shm`` and ``-journal`` that exist are tightened to 0600 too."""
+    missing = []
+    folder = path.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        os.chmod(d, 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        other = path.with_name(path.name + suffix)
+        try:
+            if other.stat().st_mode & 0o777 != 0o600:
+                os.chmod(other, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 class SqliteStore:
     """The durable store of one Wharf instance (one SQLite file, WAL mode)."""
 
@@ -71,11 +101,15 @@ class SqliteStore:
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> SqliteStore:
-        """Create the directory, set WAL + ``synchronous=FULL`` and apply missing migrations."""
+        """Create the directory, set WAL + ``synchronous=FULL`` and apply missing migrations.
+
+        The store holds PHI: its directory is created owner-only (0700), the file and its
+        ``-wal``/``-shm`` are owner-only (0600) whatever the umask (SQLite gives the WAL and
+        SHM files the database file's mode), and existing ones open to others are tightened."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.path)
         except OSError as exc:
-            raise StoreError(f"cannot create store directory {self.path.parent}: {exc}") from exc
+            raise StoreError(f"cannot create store {self.path}: {exc}") from exc
         with self._lock:
             self._opened = True
         conn = self._conn()

@@ -190,20 +190,78 @@ def test_oversize_nak_waits_for_earlier_replies() -> None:
     assert tr.disconnecting
 
 
-def test_idle_timeout_closes_after_silence_but_not_while_bytes_arrive() -> None:
-    """No bytes for idle_timeout seconds closes the connection; each read (even a partial
-    block) resets the timer."""
+def test_idle_timeout_closes_after_silence_but_not_while_frames_arrive() -> None:
+    """No whole frame for idle_timeout seconds closes the connection; each frame (and each
+    answer written) resets the timer. (A partial frame no longer resets it: a frame has its
+    own deadline, see the tests below.)"""
     h = Harness(idle=10)
     proto, tr = h.connect()
     for _ in range(5):  # 45 s of slow but steady traffic
         h.clock.advance(9)
-        proto.dataReceived(b"\x0bMSH")
+        proto.dataReceived(frame(MSG))
         assert not tr.disconnecting
     h.clock.advance(9.9)
     assert not tr.disconnecting
     h.clock.advance(0.2)
     assert tr.disconnecting
     assert h.factory.stats["idle_timeouts"] == 1
+
+
+def test_bytes_outside_a_frame_do_not_keep_a_connection_open() -> None:
+    """Junk trickled between frames is not traffic: the idle timeout still closes."""
+    h = Harness(idle=10)
+    proto, tr = h.connect()
+    for _ in range(3):
+        h.clock.advance(3)
+        proto.dataReceived(b"junk")
+    assert not tr.disconnecting
+    h.clock.advance(1.1)  # 10.1 s since the connection opened
+    assert tr.disconnecting
+    assert h.factory.stats["idle_timeouts"] == 1
+    assert h.factory.stats["junk_bytes"] == 12
+
+
+def test_a_trickled_frame_is_cut_at_its_deadline_without_an_answer() -> None:
+    """A frame's deadline runs from its first byte: a byte a second never completes a frame,
+    and however often bytes come the connection is closed at frame_timeout (plus one second
+    per min_rate bytes: here 29 bytes earn 29/1024 s), with no answer and nothing handled."""
+    h = Harness(idle=1000)
+    h.factory.frame_timeout = 30.0
+    h.factory.min_rate = 1024.0
+    proto, tr = h.connect()
+    proto.dataReceived(SB)
+    for _ in range(29):
+        h.clock.advance(1)
+        proto.dataReceived(b"M")
+        assert not tr.disconnecting
+    h.clock.advance(1.0)  # 30 s since the first byte; 29 bytes earned 0.03 s more
+    assert not tr.disconnecting
+    h.clock.advance(0.05)
+    assert tr.disconnecting
+    assert tr.value() == b""
+    assert h.seen == []
+    assert h.factory.stats["frame_timeouts"] == 1
+    assert h.factory.stats["idle_timeouts"] == 0
+
+
+def test_a_large_frame_sent_at_min_rate_is_not_cut() -> None:
+    """A frame that brings at least min_rate bytes a second earns a second for each: 100 KiB
+    at 2 KiB/s (50 s, well past frame_timeout) completes and is answered."""
+    h = Harness(idle=1000, max_frame=1024 * 1024)
+    h.factory.frame_timeout = 10.0
+    h.factory.min_rate = 1024.0
+    proto, tr = h.connect()
+    proto.dataReceived(SB)
+    for _ in range(50):
+        h.clock.advance(1)
+        proto.dataReceived(b"x" * 2048)
+        assert not tr.disconnecting
+    proto.dataReceived(EB)
+    assert len(h.seen) == 1 and len(h.seen[0]) == 50 * 2048
+    assert tr.value().startswith(SB + b"ACK:")
+    h.clock.advance(100)  # the frame's timer is gone once it ended; only idle_timeout is left
+    assert not tr.disconnecting
+    assert h.factory.stats["frame_timeouts"] == 0
 
 
 def test_replies_keep_frame_order_when_handlers_finish_in_reverse() -> None:

@@ -13,7 +13,11 @@ its own ``base`` (``/fhir/R5`` and ``/fhir/R4`` on 8090). The interactions thems
   request within ``request_timeout`` of its first byte, however slowly it trickles (twisted's
   own timeout is an idle timeout, which a client sending a byte a second never triggers);
   then 408 and close;
-* ``max_connections`` open connections at most (more get 503 and are closed);
+* who may hold connections (:mod:`engine.net.admission`): ``allow`` (CIDRs),
+  ``max_connections_per_peer``, and ``max_connections`` shared fairly (when the port is full a
+  peer holding fewer connections than the heaviest still gets in; the heaviest peer's quietest
+  connection is closed for it); a connection over a cap gets 503 and is closed, one from outside
+  ``allow`` is closed unanswered;
 * answers go out only after the store's commit (``ingest`` returns after it);
 * the log has method, path, status, sizes, duration and peer of each request: never a body,
   a query string or a header value.
@@ -35,6 +39,15 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from engine.errors import ConfigError
+from engine.net.admission import (
+    BUSY,
+    IDLE,
+    RECEIVING,
+    Admission,
+    admission_fields,
+    check_admission,
+    peer_host,
+)
 from engine.net.endpoints import check_listen, peer_name, server_endpoint
 from engine.registry import source
 from engine.sources import Ingest, SourceServices
@@ -54,7 +67,6 @@ from engine.spec import (
     Context,
     Duration,
     Field,
-    Int,
     ListOf,
     Spec,
     Str,
@@ -127,6 +139,7 @@ AUTH_SPEC = AuthSpec(
 
 def _check(config: Any, ctx: Context, node: yaml.Node, path: str) -> None:
     check_listen(config, ctx, node, path)
+    check_admission(config, ctx, node, path)
     if config.header_timeout > config.request_timeout:
         ctx.error(
             node,
@@ -198,12 +211,7 @@ FHIR_HTTP_SPEC = Spec(
             "The whole request (head and body) must arrive within this of its first byte, "
             "however slowly it trickles (else 408 and close).",
         ),
-        Field(
-            "max_connections",
-            Int(1, 100000),
-            512,
-            "Open connections at most; more get 503 and are closed.",
-        ),
+        *admission_fields(512, 64),
     ],
     description=(
         "A FHIR REST server for point-of-use systems: `POST [base]/{type}` (create; "
@@ -231,13 +239,22 @@ FHIR_HTTP_SPEC = Spec(
         "    max_body: 1MiB\n"
         "    header_timeout: 10s\n"
         "    request_timeout: 30s\n"
-        "    max_connections: 512"
+        "    max_connections: 512\n"
+        "    max_connections_per_peer: 64\n"
+        "    allow: [10.20.0.0/16]"
     ),
     check=_check,
 )
 
 #: Settings of the port itself: channels sharing a listen string must agree on them.
-SHARED = ("client_ca", "header_timeout", "request_timeout", "max_connections")
+SHARED = (
+    "client_ca",
+    "header_timeout",
+    "request_timeout",
+    "max_connections",
+    "max_connections_per_peer",
+    "allow",
+)
 
 
 def check_project(channels: dict[str, Any]) -> list[ConfigError]:
@@ -391,7 +408,9 @@ class FhirChannel(http.HTTPChannel):
         self._linger: Any = None
         self._abort: Any = None
         self._counted = False
+        self._admitted = False
         self.peer = "?"
+        self.host: str | None = None
         self.on_lost: defer.Deferred = defer.Deferred()
 
     # -- connection ----------------------------------------------------------------------
@@ -399,28 +418,47 @@ class FhirChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         site = self.site
         self.peer = peer_name(self.transport)
+        self.host = peer_host(self.transport)
         site.open += 1
         self._counted = True
         site.channels.add(self)
         super().connectionMade()
-        if site.open > site.settings.max_connections:
+        refused = site.admission.admit(self, self.host, self.peer)
+        if refused is not None:
             site.stats["refused_connections"] += 1
-            log.warn(
-                "fhir_http connection from {peer} refused: {limit} connections open",
-                peer=self.peer,
-                limit=site.settings.max_connections,
-            )
-            answer = problem(
-                503,
-                f"this server takes {site.settings.max_connections} connections at most",
-                headers=(("Retry-After", "5"),),
-            )
             self.early = True
             self.setTimeout(None)
+            if refused.rule == "not_allowed":
+                self.transport.abortConnection()  # a stranger hears nothing
+                return
+            answer = problem(
+                503, f"connection refused: {refused.text}", headers=(("Retry-After", "5"),)
+            )
             self.transport.write(raw_answer(answer, "json", "R5"))
             self._close()
+            return
+        self._admitted = True
+
+    # -- admission (engine.net.admission) --------------------------------------------------
+
+    def admission_state(self) -> int:
+        """BUSY while a request is being answered, RECEIVING while one arrives, else IDLE."""
+        if self._handlingRequest or self.early:
+            return BUSY
+        return RECEIVING if self._deadline is not None else IDLE
+
+    def evict(self, reason: str) -> None:
+        """Closed to make room for another peer (no request of ours is being answered)."""
+        self._admitted = False
+        self.site.stats["evicted"] += 1
+        self.early = True
+        self.setTimeout(None)
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Any) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.site.admission.release(self, self.host)
         if self._counted:
             self._counted = False
             self.site.open -= 1
@@ -661,6 +699,7 @@ class FhirSite(server.Site):
             parsePOSTFormSubmission=False,
         )
         self.settings = settings
+        self.admission = Admission.of(settings, reactor, "fhir_http")
         self.mounts: dict[tuple[str, ...], FhirEndpoint] = {}
         self.open = 0
         self.channels: set[FhirChannel] = set()
@@ -671,6 +710,7 @@ class FhirSite(server.Site):
             header_timeouts=0,
             request_timeouts=0,
             refused_connections=0,
+            evicted=0,
         )
 
     def find(self, target: bytes) -> tuple[FhirEndpoint, tuple[str, ...]] | None:
@@ -864,6 +904,22 @@ class FhirHttpSource:
         if self.shared is None:
             return defer.succeed(None)
         return self.shared.listening()
+
+    @property
+    def port(self) -> Any:
+        """The listening port (shared with the channels on the same listen string), or None."""
+        return self.shared.port if self.shared is not None else None
+
+    async def ready(self) -> None:
+        """Returns once listening with the base mounted; raises why not."""
+        if self.shared is None:
+            return
+        await self.shared.listening()
+        result = self.shared._result
+        if isinstance(result, defer.Failure):
+            raise result.value
+        if not self.mounted:
+            raise ValueError(f"base {self.options.base} is already served on {self.options.listen}")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Unmount the base; the last source on the port stops listening and closes its
