@@ -91,6 +91,9 @@ class Inbound:
     correlation_id: str | None = None  # a new one is made when None
     response: bytes | None = None  # the answer the source will give (e.g. ACK), replayed on dups
     message_id: str | None = None  # a new one is made when None
+    # the credential the bytes came with, as the source authenticated it (``sftp:ACCOUNT``,
+    # ``token:NAME``, ``tls:CN``); None when the source has none (a local folder)
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class MessageRow:
     status: str
     error: str | None
     error_location: str | None
+    origin: str | None = None  # see Inbound.origin
 
 
 @dataclass(frozen=True)

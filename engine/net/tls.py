@@ -142,3 +142,23 @@ def tls_creator(options: Any, base_dir: pathlib.Path) -> Any:
     if options.ca_file:
         trust = ssl.trustRootFromCertificates(load_ca_bundle(resolve(options.ca_file)))
     return ssl.optionsForClientTLS(options.host, trustRoot=trust, clientCertificate=client)
+
+
+def client_common_name(transport: Any) -> str | None:
+    """The common name (CN) of the certificate the client presented on a TLS ``transport``
+    (mutual TLS), None on a plain connection or without a certificate."""
+    getter = getattr(transport, "getPeerCertificate", None)
+    if getter is None:
+        return None
+    try:
+        cert = getter()
+    except Exception:
+        return None
+    if cert is None:
+        return None
+    try:
+        subject = cert.get_subject()
+    except Exception:
+        return None
+    common_name = getattr(subject, "CN", None)
+    return str(common_name) if common_name else None

@@ -4,7 +4,9 @@ Each POST body is ingested as one message (stored with the engine's commit) and 
 the commit: 202 for a new message, 200 for a resend of a stored one (the codec's dedup key),
 409 when the key was seen with other content, 400/413 for a body the codec refuses, 401 without
 a valid bearer token, 503 with ``Retry-After`` when the store cannot take more. Answers are JSON
-``{"outcome", "message_id", "error"}``. Bodies are never logged.
+``{"outcome", "message_id", "error"}``. Bodies are never logged. A body that came with a token
+is stored with the origin ``token:<name>`` (the token's name), which a domain may bind to a
+party (a trading partner).
 """
 
 from __future__ import annotations
@@ -87,14 +89,20 @@ class PostResource(resource.Resource):
         if request.method != b"POST":
             request.setHeader(b"allow", b"POST")
             return _answer(request, 405, {"error": "only POST is taken here"})
-        if opts.tokens and bearer_holder(request.getHeader(b"authorization"), opts.tokens) is None:
-            request.setHeader(b"www-authenticate", b'Bearer realm="wharf"')
-            return _answer(request, 401, {"error": "a valid bearer token is required"})
+        holder = None
+        if opts.tokens:
+            holder = bearer_holder(request.getHeader(b"authorization"), opts.tokens)
+            if holder is None:
+                request.setHeader(b"www-authenticate", b'Bearer realm="wharf"')
+                return _answer(request, 401, {"error": "a valid bearer token is required"})
         body = request.content.read(opts.max_body + 1) if request.content is not None else b""
         if len(body) > opts.max_body:
             return _answer(request, 413, {"error": f"body over {opts.max_body} bytes"})
         peer = request.getClientAddress()
-        d = defer.ensureDeferred(self.src.ingest(body, f"http:{getattr(peer, 'host', '?')}"))
+        where = f"http:{getattr(peer, 'host', '?')}"
+        # the token's name is the credential the body came with (never the token itself)
+        kw = {} if holder is None else {"origin": f"token:{holder.name}"}
+        d = defer.ensureDeferred(self.src.ingest(body, where, **kw))
         d.addCallbacks(
             lambda outcome: self._done(request, outcome), lambda f: self._failed(request, f)
         )

@@ -54,7 +54,8 @@ MLLP_SPEC = Spec(
         "without an answer and the sender resends. Frames split across reads, several frames "
         "per read and pipelined senders all work (answers go back in order); bytes outside a "
         "frame are dropped and counted. A frame over `max_frame` gets an AR and the connection "
-        "is closed. With `client_ca` the listener requires mutual TLS."
+        "is closed. With `client_ca` the listener requires mutual TLS, and each frame is stored "
+        "with the origin `tls:<CN>` of the client certificate."
     ),
     example=(
         "source:\n"
@@ -97,6 +98,7 @@ class MLLPSource:
             idle_timeout=options.idle_timeout,
             max_connections=options.max_connections,
             clock=reactor,
+            identify=bool(options.client_ca),
         )
         self.port: Any = None  # IListeningPort once listening
         self.listening: defer.Deferred | None = None  # fires with the port (or None on failure)
@@ -159,8 +161,9 @@ class MLLPSource:
             if timer.active():
                 timer.cancel()
 
-    async def _handle(self, frame: bytes, peer: str) -> bytes | None:
-        outcome: IngestOutcome = await self.ingest(frame, peer)
+    async def _handle(self, frame: bytes, peer: str, origin: str | None = None) -> bytes | None:
+        kw = {} if origin is None else {"origin": origin}
+        outcome: IngestOutcome = await self.ingest(frame, peer, **kw)
         return outcome.response
 
 

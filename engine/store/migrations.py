@@ -194,6 +194,14 @@ _V10_COMPONENT_VERSIONS: list[str] = [
     """,
 ]
 
+
+def _v11_message_origin(conn: sqlite3.Connection) -> None:
+    """The credential a message came with (``messages.origin``), added only where missing."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "origin" not in columns:
+        conn.execute("ALTER TABLE messages ADD COLUMN origin TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -205,6 +213,7 @@ MIGRATIONS: list[Migration] = [
     (8, "partial index of pending outbox rows for claims", _V8_PENDING_OUTBOX),
     (9, "indexes for work items and expired leases", _V9_HOT_LOOKUPS),
     (10, "schema histories of components with their own tables", _V10_COMPONENT_VERSIONS),
+    (11, "the credential each message came with (messages.origin)", _v11_message_origin),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

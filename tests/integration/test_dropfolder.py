@@ -42,10 +42,12 @@ class FakeIngest:
 
     def __init__(self, decide: Callable[[bytes, str], IngestOutcome] | None = None) -> None:
         self.calls: list[tuple[str, bytes]] = []
+        self.keywords: list[dict[str, Any]] = []
         self.decide = decide or (lambda raw, name: IngestOutcome("stored", f"m-{name}"))
 
-    def __call__(self, raw: bytes, name: str) -> defer.Deferred:
+    def __call__(self, raw: bytes, name: str, **kw: Any) -> defer.Deferred:
         self.calls.append((name, raw))
+        self.keywords.append(kw)  # arrival (and origin inside an SFTP account)
         # answer on a later reactor turn, as the store's commit would
         return task.deferLater(reactor, 0, self.decide, raw, name)
 

@@ -27,6 +27,7 @@ with the message's result, or not at all. It returns the deliveries those effect
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -233,9 +234,18 @@ class _Book:
 
     def inbound(self, ic: InboundInterchange) -> None:
         partner = self.partners.get(ic.partner) if ic.partner else None
-        if partner is not None:
-            self._acknowledge(partner, ic)
-        if ic.refused or partner is None:
+        if partner is None:
+            return
+        if ic.unreadable:
+            self._refuse_unreadable(partner, ic)
+            return
+        if ic.origin is not None:
+            problem = self._identity_problem(partner, ic)
+            if problem is not None:
+                self._refuse_sender(partner, ic, *problem)
+                return
+        self._acknowledge(partner, ic)
+        if ic.refused:
             return
         sender = (ic.sender[0], ic.sender[1].strip())
         window = self.routes.duplicate_window
@@ -265,6 +275,99 @@ class _Book:
                 self._ship_notice(partner, doc)
             elif isinstance(doc, Invoice):
                 self._match(partner, doc, None, _set_to_json(ts))
+
+    # ------------------------------------------------------------------ who may speak
+
+    def _identity_problem(self, partner: Partner, ic: InboundInterchange) -> tuple[str, str] | None:
+        """(TA105 code, why) when the interchange does not carry the ids of the partner its
+        credential speaks for: ISA05/06 another partner's or nobody's (006), or a GS02 that is
+        not the partner's application code (024)."""
+        sender = f"{ic.sender[0]}/{ic.sender[1].strip()}"
+        if ic.claimed != partner.id:
+            whose = f"partner {ic.claimed}'s" if ic.claimed else "no trading partner's"
+            return (
+                "006",
+                f"ISA sender {sender} is {whose} id, but the interchange came with {ic.origin}, "
+                f"which speaks for {partner.id} (ISA {partner.isa.qualifier}/{partner.isa.id})",
+            )
+        for group in getattr(ic.result, "groups", ()) or ():
+            if group.sender.strip() != partner.gs_id:
+                return (
+                    "024",
+                    f"GS02 {group.sender.strip()!r} of group {group.control_number} is not "
+                    f"{partner.id}'s application code {partner.gs_id!r} (the interchange came "
+                    f"with {ic.origin})",
+                )
+        return None
+
+    def _refuse_sender(self, partner: Partner, ic: InboundInterchange, code: str, why: str) -> None:
+        """Nothing of it is booked: a TA1 R to the partner the credential speaks for (in an
+        envelope addressed to that partner, whatever ids the file carried), a SENDER_REFUSED
+        work item and an audit record."""
+        from engine.x12 import ack as x12ack
+
+        res = ic.result
+        if res is not None:
+            answer = dataclasses.replace(
+                res,
+                ta1_code=code,
+                ta1_sent=True,
+                groups=(),
+                sender=(partner.isa.qualifier, partner.isa.id),
+                receiver=(partner.our_isa.qualifier, partner.our_isa.id),
+            )
+            (isa13,) = self.repo.allocate(partner.id, "isa13")
+            when = datetime.fromtimestamp(self.now)
+            self._emit_file(partner, "TA1", isa13, x12ack.ta1_interchange(answer, isa13, when))
+        self._work_item(
+            "SENDER_REFUSED",
+            f"{partner.id}:{ic.origin}:{ic.isa13}",
+            f"interchange {ic.isa13} refused (TA1 R {code}): {why}; nothing of it was booked",
+        )
+        self.repo.audit(
+            str(ic.origin),
+            "x12.sender_refused",
+            self.message_id,
+            {
+                "partner": partner.id,
+                "claimed": ic.claimed or None,
+                "isa_sender": f"{ic.sender[0]}/{ic.sender[1].strip()}",
+                "isa13": ic.isa13,
+                "ta105": code,
+                "reason": why,
+                "sha256": ic.sha256,
+            },
+            self.now,
+        )
+
+    def _refuse_unreadable(self, partner: Partner, ic: InboundInterchange) -> None:
+        """No envelope to answer with a TA1: a plain-words refusal in the partner's outbound
+        (the way X12 files reach it) and an X12_REFUSED work item; nothing is booked."""
+        when = datetime.fromtimestamp(self.now).strftime("%Y-%m-%d %H:%M")
+        text = (
+            f"Wharf refused a file received from {partner.id} ({partner.name or partner.id}) "
+            f"on {when}.\n"
+            f"SHA-256 of the file: {ic.sha256 or 'unknown'}\n"
+            f"Why: {ic.unreadable}.\n"
+            "No interchange header (ISA) could be read, so no TA1 can answer it, and nothing "
+            "of the file was applied.\n"
+            "Send it again as an X12 interchange (ISA ... IEA).\n"
+        )
+        self._emit(
+            self.routes.partner_out,
+            text.encode("utf-8"),
+            "text/plain; charset=utf-8",
+            f"{partner.id}:refused:{self.message_id}",
+            "x12:refusal",
+            partner=partner.id,
+            filename=f"REFUSED_{partner.id}_{self.message_id}.txt",
+        )
+        self._work_item(
+            "X12_REFUSED",
+            f"{partner.id}:{self.message_id}",
+            f"a file from {partner.id} ({ic.origin or 'no credential'}) is not a readable X12 "
+            f"interchange: {ic.unreadable}; refused to the partner in plain words",
+        )
 
     def _acknowledge(self, partner: Partner, ic: InboundInterchange) -> None:
         """TA1 (asked for by ISA14, wanted by the partner, or a broken envelope) and 997/999,

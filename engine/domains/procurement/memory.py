@@ -65,6 +65,7 @@ class InMemoryProcurementRepository:
     invoice_lines: dict[int, list[InvoiceLineRow]] = field(default_factory=dict)
     onhand: dict[tuple[str, str], tuple[Decimal, str]] = field(default_factory=dict)
     work_items: list[dict[str, Any]] = field(default_factory=list)
+    audit_log: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ control numbers
 
@@ -491,3 +492,12 @@ class InMemoryProcurementRepository:
             for w in self.work_items
             if w["kind"] == "ACK_OVERDUE" and w["status"] == "open" and w["subject"] in answered
         ]
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
+    ) -> None:
+        self.audit_log.append(
+            {"actor": actor, "action": action, "target": target, "detail": dict(detail), "at": now}
+        )

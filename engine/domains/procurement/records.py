@@ -61,6 +61,14 @@ class InboundInterchange:
     documents: tuple[tuple[Any, Any, str], ...] = ()
     refused: str = ""  # why nothing of it is applied (a broken envelope)
     received_acks: tuple[ReceivedAck, ...] = ()
+    # the credential it came with (``sftp:ACCOUNT``, ``token:NAME``, ``tls:CN``; None: none,
+    # a local folder) and the partner whose ISA id it carries ("" when none); with an origin,
+    # ``partner`` is the partner bound to the origin, who gets the answers
+    origin: str | None = None
+    claimed: str = ""
+    # the envelope could not be read at all (no ISA13 to answer with a TA1): why
+    unreadable: str = ""
+    sha256: str = ""  # of the whole file, named in a refusal
 
 
 @dataclass(frozen=True)

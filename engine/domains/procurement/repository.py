@@ -232,6 +232,11 @@ class ProcurementRepository(Protocol):
 
     def answered_overdue_alerts(self) -> list[str]: ...
 
+    # -- the audit log (the spine's)
+    def audit(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
+    ) -> None: ...
+
 
 class SqliteProcurementRepository:
     """:class:`ProcurementRepository` over the store's SQLite connection (tables: schema.py)."""
@@ -620,6 +625,11 @@ class SqliteProcurementRepository:
 
     def resolve_work_items(self, kind: str, *, subject: str, now: float) -> int:
         return self.tx.resolve_work_items(kind, subject=subject, now=now)
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
+    ) -> None:
+        self.tx.audit(actor, action, target, detail, now)
 
     def answered_overdue_alerts(self) -> list[str]:
         """Subjects of the open ACK_OVERDUE work items whose interchange has had its answer
