@@ -1,5 +1,5 @@
-"""``wharf``: run, lint, test, messages, replay, prune, work-items, invoices, receipts, token,
-docs, status, sandbox, demo-erp.
+"""``wharf``: run, lint, test, messages, replay, prune, work-items, invoices, po, receipts,
+token, docs, status, sandbox, demo-erp.
 
 Every command works on the project in the current folder (``routes.yaml``, ``channels/``,
 ``mappings/``) unless ``--root`` says otherwise.
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, LintFailed
+from engine.errors import ConfigError, LintFailed, StoreError
 
 
 def _project(root: Path) -> Any:
@@ -217,11 +217,60 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             why = "; ".join(
                 x["reason"] + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
             )
+            if r["status"] == "held" and r.get("lines_posted"):
+                why += f" ({r['lines_posted']} of {r['lines']} line(s) posted to AP)"
             print(
                 f"{r['id']:>6}  {r['partner']:<10} {r['invoice_number']:<14} "
                 f"PO {r['po_number']:<12} {r['status']:<9} {r['total'] or '':>10}  {why}"
             )
         print(f"{len(rows)} invoice(s)", file=sys.stderr)
+        return 0
+
+
+def cmd_po(args: argparse.Namespace) -> int:
+    from engine.domains.procurement import changes
+    from engine.domains.procurement.domain import repository
+
+    with _opened_store(args.root) as store:
+        if args.action in ("accept", "reject"):
+            if args.id is None:
+                print(f"po {args.action}: give the change id (wharf po changes)", file=sys.stderr)
+                return 2
+            try:
+                out = changes.decide_change(
+                    store,
+                    _project(args.root),
+                    args.id,
+                    args.action,
+                    actor=args.user,
+                    note=args.note,
+                    now=time.time(),
+                )
+            except StoreError as exc:
+                print(f"po {args.action} {args.id}: {exc}", file=sys.stderr)
+                return 1
+            again = out["invoices_matched_again"]
+            print(
+                f"change {args.id} (PO {out['po_number']} line {out['line']}): {out['status']}"
+                + (f"; {again} held invoice(s) matched again" if again else "")
+            )
+            return 0
+        status = None if args.status == "all" else args.status
+        with store.reading() as rd:
+            rows = changes.changes(repository(rd), status, args.po)
+        for c in rows:
+            proposed = (
+                f"{c['quantity'] if c['quantity'] is not None else '='} {c['uom'] or ''} at "
+                f"{c['unit_price'] if c['unit_price'] is not None else '='}"
+            )
+            when = f" ship {c['ship_date']}" if c["ship_date"] else ""
+            print(
+                f"{c['id']:>6}  {c['partner']:<10} PO {c['po_number']:<12} line {c['line']:<4} "
+                f"{c['ack_code']:<3} ordered {c['ordered_quantity']} {c['ordered_uom']} at "
+                f"{c['ordered_price']} -> {proposed}{when}  {c['status']}"
+                + (f" by {c['decided_by']}" if c["decided_by"] else "")
+            )
+        print(f"{len(rows)} PO change(s)", file=sys.stderr)
         return 0
 
 
@@ -350,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="message and delivery counts").set_defaults(fn=cmd_status)
 
     w = sub.add_parser("work-items", help="open ledger work items (missing mappings, rejects)")
-    w.add_argument("--kind", help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, ...")
+    w.add_argument(
+        "--kind",
+        help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, INVOICE_HELD, PO_CHANGED, "
+        "SENDER_REFUSED, X12_REFUSED, ...",
+    )
     w.set_defaults(fn=cmd_work_items)
 
     inv = sub.add_parser("invoices", help="X12 invoices: list, release or reject held ones")
@@ -359,6 +412,21 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--status", help="with list: matched, held, released, rejected, duplicate")
     inv.add_argument("--note", default="", help="why (kept in the audit log)")
     inv.set_defaults(fn=cmd_invoices)
+
+    po = sub.add_parser(
+        "po", help="PO changes vendors proposed in 855s: list, accept or reject (audited)"
+    )
+    po.add_argument("action", choices=("changes", "accept", "reject"))
+    po.add_argument("id", nargs="?", type=int, help="change id (from `wharf po changes`)")
+    po.add_argument(
+        "--status",
+        default="proposed",
+        choices=("proposed", "accepted", "rejected", "superseded", "all"),
+        help="with changes: which ones (default proposed)",
+    )
+    po.add_argument("--po", help="with changes: one PO number")
+    po.add_argument("--note", default="", help="why (kept in the audit log)")
+    po.set_defaults(fn=cmd_po)
 
     rc = sub.add_parser("receipts", help="receipts not yet invoiced (GR/IR), oldest first")
     rc.add_argument("--unmatched", action="store_true", help="(the default and only listing)")

@@ -15,6 +15,7 @@ from engine.domains.procurement.po850 import segments_850
 from engine.domains.procurement.records import (
     ErpReceipt,
     ErpReceiptLine,
+    ErpReturn,
     InboundInterchange,
     PoLine,
     PoRelease,
@@ -275,7 +276,10 @@ RECEIPT_SPEC = Spec(
         "uom in our units, optional lot, serial, expiry) for a PO Wharf sent: receipt lines "
         "(once per receipt line), on-hand at the PO's ship-to location, and the invoices of "
         "that PO held for want of a receipt matched again. For partners whose 856 is not the "
-        "receipt (`asn_is_receipt: false`)."
+        "receipt (`asn_is_receipt: false`). A document with `return_id` instead of "
+        "`receipt_id` is a return to the vendor (RTV): the lines come off what was received "
+        "and off on-hand, and the PO's credit memos held for want of a return are matched "
+        "again."
     ),
     example="transformer:\n  - transform: erp_receipt\nprocurement:\n  ap: erp_ap",
 )
@@ -285,7 +289,8 @@ RECEIPT_SPEC = Spec(
 def erp_receipt(doc: Any, ctx: TransformContext) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise TransformError(f"expected the ERP's goods receipt as JSON (got {type(doc).__name__})")
-    for key in ("receipt_id", "po_number", "lines"):
+    kind = "return_id" if "return_id" in doc else "receipt_id"
+    for key in (kind, "po_number", "lines"):
         if not doc.get(key):
             raise TransformError(f"{key}: required (got {doc.get(key)!r})")
     lines = []
@@ -302,6 +307,7 @@ def erp_receipt(doc: Any, ctx: TransformContext) -> dict[str, Any]:
                 expiry=line.get("expiry"),
             )
         )
-    ctx.book(ErpReceipt(str(doc["receipt_id"]), str(doc["po_number"]), tuple(lines)))
+    record = ErpReturn if kind == "return_id" else ErpReceipt
+    ctx.book(record(str(doc[kind]), str(doc["po_number"]), tuple(lines)))
     ctx.key("po_number", doc["po_number"])
-    return {"receipt_id": doc["receipt_id"], "lines": len(lines)}
+    return {kind: doc[kind], "lines": len(lines)}

@@ -315,12 +315,13 @@ class Tolerance:
             return None
         return min(limits) if self.limits == "all" else max(limits)
 
-    def describe_price(self) -> str:
+    def describe_price(self, unit: str) -> str:
+        """The price limits in words: ``2% and 5.00 per EA``."""
         parts = []
         if self.price_pct is not None:
             parts.append(f"{self.price_pct}%")
         if self.price_abs is not None:
-            parts.append(f"{self.price_abs} per unit")
+            parts.append(f"{self.price_abs} per {unit}")
         if not parts:
             return "no limit set"
         joiner = " and " if self.limits == "all" else " or "
@@ -837,7 +838,7 @@ class _Matcher:
                         Reason.PRICE,
                         f"invoice line {label}: {_money(price)} per {base} against "
                         f"{_money(po_price)} on PO line {po.line_number} (tolerance "
-                        f"{tol.describe_price()} per {base})",
+                        f"{tol.describe_price(base)})",
                         label,
                     )
                 )
@@ -876,6 +877,7 @@ class _Matcher:
         allowed = returned + (self.tol.qty_abs or ZERO)
         if before + credited <= allowed:
             return []
+        self.retry = True  # a return the ERP posts later can still cover it
         if returned <= 0:
             why = f"no return to the vendor is on file for PO line {po.line_number}"
         else:

@@ -100,3 +100,13 @@ class ErpReceipt:
     receipt_id: str
     po_number: str
     lines: tuple[ErpReceiptLine, ...]
+
+
+@dataclass(frozen=True)
+class ErpReturn:
+    """Goods the ERP sent back to the vendor (a return to vendor, RTV) against a PO: they come
+    off what was received and off on-hand, and a credit memo for them matches them."""
+
+    return_id: str
+    po_number: str
+    lines: tuple[ErpReceiptLine, ...]
