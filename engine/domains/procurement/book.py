@@ -248,6 +248,15 @@ class _Book:
             return
         if ic.origin is not None:
             problem = identity_problem(partner, ic)
+            res = ic.result
+            if problem is not None and not ic.claimed and res is not None and res.ta1_ack == "R":
+                # a broken envelope whose sender cannot be told: answered as the X12 rules
+                # say (TA1 R with the envelope's own code), to the partner it came from
+                (isa13,) = self.repo.allocate(partner.id, "isa13")
+                when = datetime.fromtimestamp(self.now)
+                answer = refusal_ta1(partner, ic, res.ta1_code, isa13, when)
+                self._emit_file(partner, "TA1", isa13, answer)
+                return
             if problem is not None:
                 self._refuse_sender(partner, ic, *problem)
                 return
