@@ -245,6 +245,21 @@ def test_a_credential_speaks_for_its_partner_only(env: Any, case: tuple) -> None
     assert entry["detail"]["ta105"] == code and entry["detail"]["partner"] == answered
 
 
+def test_a_partner_cannot_bill_another_vendors_po(env: Any) -> None:
+    """HARBOR, on its own account, invoices ACME's PO: booked as HARBOR's and held NO_PO,
+    naming the PO's vendor; nothing goes to AP."""
+    project = env.project
+    env.book([po(project, "PO-1", [("1", "ITEM-100123", 2, "BX", "125", 10, "EA")])], "m-po", 1)
+    run(env, x12(ACME, "SH", "856", asn_body("S1", "PO-1", [("1", "2", "BX")]), 9),
+        origin="sftp:acmemed", mid="m-asn")  # fmt: skip
+    out = run(env, x12(HARBOR, "IN", "810", INV, 79), origin="sftp:harbor")
+    assert "erp_ap" not in [o.destination for o in out]
+    (inv,) = env.invoices()
+    assert (inv["partner"], inv["status"]) == ("harbor", "held")
+    (reason,) = inv["reasons"]
+    assert reason["reason"] == "NO_PO" and "of vendor VND-ACMEMED" in reason["message"]
+
+
 def test_a_credential_bound_to_no_partner_is_held_naming_the_table(env: Any) -> None:
     """An SFTP account no partner is bound to: the message is held (MISSING_MAPPING) naming
     the trading partners table and the origin; nothing is booked or answered."""

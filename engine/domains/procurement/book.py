@@ -737,6 +737,7 @@ class _Book:
             prior_invoiced=self.repo.invoiced(invoice.po_number, excluding=invoice_id),
             prior_credited=self.repo.credited(invoice.po_number, excluding=invoice_id),
             tolerance=partner.tolerance,
+            vendors=partner.vendors,
         )
         posted = self.repo.posted_lines(invoice_id) if invoice_id is not None else set()
         if result.matched:

@@ -29,6 +29,7 @@ Rules (all limits in :class:`Tolerance`; "at the limit" passes, one cent/unit ov
   that PO line (``QTY_INV``); a credit memo's credited quantity must be covered by returns to
   the vendor (negative receipts from the ERP) not yet credited (``NO_RETURN``, unless
   ``credit_needs_return`` is off); the price is checked both ways; receipts are not consulted.
+* ``NO_PO`` too when the PO is another vendor's than the sender's (``vendors``).
 * Charges: freight codes up to ``max(freight_abs, freight_pct % of the subtotal)`` (or the PO's
   own ``freight_allowed``), other charge codes per ``sac_rules`` (``FREIGHT`` / ``SAC``).
 * ``TOTAL``: TDS01 against lines + charges − allowances + tax, within ``total_abs``.
@@ -961,6 +962,7 @@ def match_invoice(
     tolerance: Tolerance | None = None,
     duplicate_of: str | None = None,
     prior_credited: Mapping[str, Decimal] | None = None,
+    vendors: Iterable[str] | None = None,
 ) -> MatchResult:
     """Match ``invoice`` to ``order`` and the cumulative ``receipts`` of its lines (negative
     ones are returns to the vendor).
@@ -969,7 +971,8 @@ def match_invoice(
     credits; ``prior_credited``: base quantity per PO line credited by earlier credit memos.
     ``duplicate_of``: the id of an earlier invoice with the same :func:`invoice_key` (the
     caller looks it up), None when there is none: then DUPLICATE is the one reason given.
-    ``convert``: see :data:`Converter`.
+    ``convert``: see :data:`Converter`. ``vendors``: the ERP vendor ids of the partner that
+    sent the invoice; a PO of another vendor is NO_PO (None: not checked).
     """
     tol = tolerance or Tolerance()
     header: list[Issue] = []
@@ -997,7 +1000,17 @@ def match_invoice(
     line_results: list[LineResult] = []
     retry = False
     invoiced: dict[str, Decimal] = {}
-    if order is None or (invoice.po_number and invoice.po_number != order.po_number):
+    allowed = None if vendors is None else set(vendors)
+    if order is not None and allowed is not None and order.vendor not in allowed:
+        header.append(
+            Issue(
+                Reason.NO_PO,
+                f"invoice {invoice.invoice_number} bills PO {order.po_number} of vendor "
+                f"{order.vendor}, not the sender's ({', '.join(sorted(allowed)) or 'none'})",
+            )
+        )
+        charges = sum((c.signed_amount for c in invoice.all_charges), ZERO)
+    elif order is None or (invoice.po_number and invoice.po_number != order.po_number):
         got = f"PO {order.po_number} was given" if order else "no such PO was found"
         header.append(
             Issue(
