@@ -157,8 +157,9 @@ def client_common_name(transport: Any) -> str | None:
     if cert is None:
         return None
     try:
-        subject = cert.get_subject()
+        from cryptography.x509.oid import NameOID
+
+        names = cert.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     except Exception:
         return None
-    common_name = getattr(subject, "CN", None)
-    return str(common_name) if common_name else None
+    return str(names[0].value) if names else None

@@ -613,6 +613,16 @@ class _Matcher:
         self.credited: dict[str, Decimal] = {
             _line_no(k): Decimal(v) for k, v in (prior_credited or {}).items()
         }
+        # quantity limits as multipliers, worked out once per invoice
+        t = tolerance
+        self.ord_mult = (
+            None if t.qty_ordered_pct is None else (HUNDRED + t.qty_ordered_pct) / HUNDRED
+        )
+        self.rec_mult = (
+            None if t.qty_received_pct is None else (HUNDRED + t.qty_received_pct) / HUNDRED
+        )
+        self.qty_abs = t.qty_abs
+        self.all_limits = t.limits == "all"
         self.factors: dict[tuple[str, str, str], Decimal | MappingMiss] = {}
         self.retry = False
 
@@ -644,6 +654,16 @@ class _Matcher:
         if isinstance(found, MappingMiss):
             raise found
         return found
+
+    def limit(self, base: Decimal, mult: Decimal | None) -> Decimal | None:
+        """The most that may be invoiced against ``base`` (see :meth:`Tolerance.qty_limit`)."""
+        pct = None if mult is None else base * mult
+        if self.qty_abs is None:
+            return pct
+        absolute = base + self.qty_abs
+        if pct is None:
+            return absolute
+        return min(pct, absolute) if self.all_limits else max(pct, absolute)
 
     def returned_base(self, line: OrderLine) -> Decimal:
         """What went back to the vendor on this PO line (negative receipts), in base units."""
@@ -711,14 +731,19 @@ class _Matcher:
         billed_qty = inv.quantity
         if credit_memo and billed_qty is not None and billed_qty > 0:
             billed_qty = -billed_qty
-        billed = {
-            "billed_quantity": billed_qty,
-            "billed_unit": inv.unit,
-            "billed_price": None if inv.unit_price is None else abs(inv.unit_price),
-        }
+        billed_price = inv.unit_price
+        if billed_price is not None and billed_price < 0:
+            billed_price = -billed_price
         po, issue = self.find(inv)
         if po is None:
-            return LineResult(label, None, (issue,) if issue else (), **billed)
+            return LineResult(
+                label,
+                None,
+                (issue,) if issue else (),
+                billed_quantity=billed_qty,
+                billed_unit=inv.unit,
+                billed_price=billed_price,
+            )
         tol = self.tol
         issues: list[Issue] = []
         base = po.base_unit
@@ -744,7 +769,15 @@ class _Matcher:
                     label,
                 )
             )
-            return LineResult(label, po.line_number, tuple(issues), base, **billed)
+            return LineResult(
+                label,
+                po.line_number,
+                tuple(issues),
+                base,
+                billed_quantity=billed_qty,
+                billed_unit=inv.unit,
+                billed_price=billed_price,
+            )
         no = _line_no(po.line_number)
         qty = inv.quantity if inv.quantity is not None else ZERO
         if credit_memo and qty > 0:
@@ -767,7 +800,7 @@ class _Matcher:
             if is_credit and tol.credit_needs_return:
                 issues += self._return_issue(po, label, -q, base)
         else:
-            limit = tol.qty_limit(ordered, tol.qty_ordered_pct)
+            limit = self.limit(ordered, self.ord_mult)
             over_order = limit is not None and after > limit
             if over_order:
                 issues.append(
@@ -802,7 +835,7 @@ class _Matcher:
                             )
                         )
                     else:
-                        limit = tol.qty_limit(received, tol.qty_received_pct)
+                        limit = self.limit(received, self.rec_mult)
                         if limit is not None and after > limit:
                             if not over_order:
                                 self.retry = True  # a further receipt can still clear it
@@ -855,7 +888,9 @@ class _Matcher:
             invoiced_after=after,
             price=price,
             po_price=po_price,
-            **billed,
+            billed_quantity=billed_qty,
+            billed_unit=inv.unit,
+            billed_price=billed_price,
         )
 
     def _return_issue(self, po: OrderLine, label: str, credited: Decimal, base: str) -> list[Issue]:
@@ -1023,8 +1058,9 @@ def match_invoice(
     else:
         matcher = _Matcher(order, receipts, prior_invoiced or {}, tol, convert, prior_credited)
         credit_memo = invoice.transaction_type == "CR"
+        is_credit = invoice.is_credit  # a property over every line: once, not per line
         for inv_line in invoice.lines:
-            line_results.append(matcher.line(inv_line, credit_memo, invoice.is_credit))
+            line_results.append(matcher.line(inv_line, credit_memo, is_credit))
         if not invoice.lines:
             header.append(
                 Issue(Reason.ITEM, f"invoice {invoice.invoice_number} has no lines (IT1)")
