@@ -342,11 +342,20 @@ def test_a_malformed_envelope_from_a_partner_account_is_answered(env: Any, case:
 
 # --------------------------------------------------------------------------- 8. duplicates
 
+DUPLICATES = [
+    # id, the invoice numbers resent (each in a new interchange), their quantity (BX)
+    ("same-number-once", ["INV-9"], "2"),
+    ("normalised-number-three-times", ["inv 0009", "INV9", "Inv-009"], "2"),
+    ("resend-billing-more-than-received", ["INV-9", "INV-9"], "9"),
+]
 
-def test_a_duplicate_invoice_has_one_reason_and_one_work_item_however_often_sent(env: Any):
-    """The same invoice number again (new interchanges, even billing more than was received):
-    each is filed as a duplicate with DUPLICATE as its only reason, none goes to AP, and the
-    person sees one INVOICE_DUPLICATE work item for that invoice number."""
+
+@pytest.mark.parametrize("case", DUPLICATES, ids=[c[0] for c in DUPLICATES])
+def test_a_duplicate_invoice_has_one_reason_and_one_work_item(env: Any, case: tuple) -> None:
+    """The same invoice number again (however written, however often, even billing more than
+    was received): each is filed as a duplicate with DUPLICATE as its only reason, none goes
+    to AP, and the person sees one INVOICE_DUPLICATE work item for that invoice number."""
+    _, numbers, qty = case
     project = env.project
     env.book([po(project, "PO-1", [("1", "ITEM-100123", 2, "BX", "125", 10, "EA")])], "m-po", 1)
     run(env, x12(ACME, "SH", "856", asn_body("S1", "PO-1", [("1", "2", "BX")]), 10),
@@ -354,32 +363,78 @@ def test_a_duplicate_invoice_has_one_reason_and_one_work_item_however_often_sent
     first = run(env, x12(ACME, "IN", "810", invoice_body("INV-9", "PO-1",
                 [("1", "2", "BX", "125")]), 11), origin="sftp:acmemed")  # fmt: skip
     assert "erp_ap" in [o.destination for o in first]
-    for n, qty in enumerate(("2", "9", "2"), 12):  # 9 BX: over received and ordered too
-        body = invoice_body("inv 0009", "PO-1", [("1", qty, "BX", "125")])
+    for n, number in enumerate(numbers, 12):
+        body = invoice_body(number, "PO-1", [("1", qty, "BX", "125")])
         out = run(env, x12(ACME, "IN", "810", body, n), origin="sftp:acmemed", mid=f"m-{n - 10}")
         assert "erp_ap" not in [o.destination for o in out]
     dups = env.invoices("duplicate")
-    assert len(dups) == 3
+    assert len(dups) == len(numbers)
     assert all([r["reason"] for r in d["reasons"]] == ["DUPLICATE"] for d in dups)
     assert env.open_work_items("INVOICE_DUPLICATE") == 1
     assert len(env.work_item_statuses("INVOICE_DUPLICATE")) == 1
+    (detail,) = env.work_item_details("INVOICE_DUPLICATE")
+    assert detail.startswith("DUPLICATE: invoice") and "QTY" not in detail
 
 
 # --------------------------------------------------------------------------- 6. resends
 
+INVOICE_5 = invoice_body("INV-5", "PO-1", [("1", "2", "BX", "125")])
+RESENDS = [
+    # id, the first file, the resend
+    ("the-same-bytes", x12(ACME, "IN", "810", INVOICE_5, 21), x12(ACME, "IN", "810", INVOICE_5, 21)),
+    ("same-isa13-new-bytes", x12(ACME, "IN", "810", INVOICE_5, 21),
+     x12(ACME, "IN", "810", INVOICE_5, 21).replace(b"20260117", b"20260118", 1)),
+    ("same-group-new-isa13", x12(ACME, "IN", "810", INVOICE_5, 21),
+     render(interchange([group("IN", 21, [transaction_set("810", "0001", INVOICE_5)],
+                              version="005010")], control=99, version="005010"))),
+]  # fmt: skip
 
-def test_a_resent_interchange_is_acknowledged_again_and_applied_once(env: Any) -> None:
-    """The same bytes booked again (a vendor's resend: a new message): TA1 and 999 again,
-    with new control numbers, and no second invoice or receipt."""
+
+@pytest.mark.parametrize("case", RESENDS, ids=[c[0] for c in RESENDS])
+def test_a_resent_interchange_is_acknowledged_again_and_applied_once(env: Any, case: tuple):
+    """A vendor's resend (a new message): the same bytes, the same ISA13 with new bytes, or
+    the same group re-enveloped: TA1 and 999 again, with new control numbers, and no second
+    invoice."""
+    _, first_raw, again_raw = case
     project = env.project
     env.book([po(project, "PO-1", [("1", "ITEM-100123", 2, "BX", "125", 10, "EA")])], "m-po", 1)
-    raw = x12(ACME, "IN", "810", invoice_body("INV-5", "PO-1", [("1", "2", "BX", "125")]), 21)
-    first = files(run(env, raw, origin="sftp:acmemed", mid="m-2"))
-    again = files(run(env, raw, origin="sftp:acmemed", mid="m-3", now=6000.0))
-    assert sorted(n.split("_")[0] for n in first) == sorted(n.split("_")[0] for n in again)
+    first = files(run(env, first_raw, origin="sftp:acmemed", mid="m-2"))
+    again = files(run(env, again_raw, origin="sftp:acmemed", mid="m-3", now=6000.0))
+    assert sorted(n.split("_")[0] for n in first) == ["999", "TA1"]
     assert sorted(n.split("_")[0] for n in again) == ["999", "TA1"]
     assert set(first).isdisjoint(again)  # new ISA13s for the new answers
     assert env.count("invoices") == 1 and env.invoices()[0]["status"] == "held"
+    assert env.open_work_items("INVOICE_DUPLICATE") == 0
+
+
+# --------------------------------------------------------------------------- 9. every partner
+
+PARTNERS = [
+    # account, the ids it sends with, what answers it (per its own profile)
+    ("sftp:acmemed", ACME, ["999", "TA1"]),  # 005010, 999, TA1 asked for
+    ("sftp:harbor", HARBOR, ["997"]),  # 004010, 997, no TA1
+]
+
+
+@pytest.mark.parametrize("case", PARTNERS, ids=[c[0] for c in PARTNERS])
+def test_one_channel_answers_each_partner_with_its_own_profile(env: Any, case: tuple) -> None:
+    """The one shipped inbound channel serves every partner: each is answered with its own
+    acknowledgement kind, version and TA1 policy, to its own outbound, and its invoice is
+    matched with its own tolerances."""
+    origin, party, answers = case
+    pid = origin.split(":")[1]
+    project = env.project
+    env.book([po(project, "PO-9", [("1", "ITEM-100123", 2, "BX", "125", 10, "EA")], pid)],
+        "m-po", 1)  # fmt: skip
+    body = invoice_body("INV-P", "PO-9", [("1", "2", "BX", "127.00")])  # +1.6 %
+    out = files(run(env, x12(party, "IN", "810", body, 31), origin=origin))
+    assert sorted(n.split("_")[0] for n in out) == answers
+    assert all(n.split("_")[1] == pid for n in out)
+    (inv,) = env.invoices()
+    assert inv["partner"] == pid
+    # ACME allows 2 %: only the missing receipt holds it; HARBOR allows 1 %: the price too
+    reasons = sorted(r["reason"] for r in inv["reasons"])
+    assert reasons == (["NO_RECEIPT"] if pid == "acmemed" else ["NO_RECEIPT", "PRICE"])
 
 
 # --------------------------------------------------------------------------- 3. AP lines

@@ -854,8 +854,9 @@ class _Book:
                 created_at=self.now,
             )
         )
+        # one per invoice number on file, however the resends write it (``inv 0009``, ``INV-9``)
         self._work_item(
-            "INVOICE_DUPLICATE", f"{partner.id}:{invoice.invoice_number}", f"DUPLICATE: {message}"
+            "INVOICE_DUPLICATE", f"{partner.id}:{duplicate_of}", f"DUPLICATE: {message}"
         )
 
 
