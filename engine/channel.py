@@ -124,14 +124,22 @@ class Channel:
         return self.codec.decode(raw)
 
     def process(
-        self, raw: bytes, message_id: str, correlation_id: str, *, parsed: Parsed | None = None
+        self,
+        raw: bytes,
+        message_id: str,
+        correlation_id: str,
+        *,
+        parsed: Parsed | None = None,
+        origin: str | None = None,
     ) -> Result:
         """Decode, filter and transform; never raises for a message's own faults.
+
+        ``origin``: the credential the message came with (``ctx.origin`` for the transforms).
 
         With ``application_ack`` set and an HL7 message whose MSH-16 asks for it, the
         enhanced-mode application ACK (AA, or AE with the error) joins the outbound payloads.
         """
-        parsed, result = self._process(raw, message_id, correlation_id, parsed)
+        parsed, result = self._process(raw, message_id, correlation_id, parsed, origin)
         msg = parsed.value if parsed is not None else None
         if self.config.application_ack and isinstance(msg, Hl7Message) and is_enhanced(msg):
             ack = responder.application_ack(msg, result.error)
@@ -143,7 +151,12 @@ class Channel:
         return result
 
     def _process(
-        self, raw: bytes, message_id: str, correlation_id: str, given: Parsed | None = None
+        self,
+        raw: bytes,
+        message_id: str,
+        correlation_id: str,
+        given: Parsed | None = None,
+        origin: str | None = None,
     ) -> tuple[Parsed | None, Result]:
         try:
             parsed = given if given is not None else self.decode(raw)
@@ -165,7 +178,13 @@ class Channel:
                 return parsed, Result(FILTERED, error_location=f"{f.where} filter ({f.name})")
         body: Any = parsed.value
         ctx = TransformContext(
-            None, self.mappings, self.name, message_id, correlation_id, extras=self.extras
+            None,
+            self.mappings,
+            self.name,
+            message_id,
+            correlation_id,
+            extras=self.extras,
+            origin=origin,
         )
         for step in self.steps:
             ctx.options = step.options

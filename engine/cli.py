@@ -1,4 +1,4 @@
-"""``wharf``: run, lint, test, messages, replay, prune, work-items, audit, invoices, receipts,
+"""``wharf``: run, lint, test, messages, replay, prune, work-items, audit, invoices, po, receipts,
 token, docs, status, sandbox, demo-erp.
 
 Every command works on the project in the current folder (``routes.yaml``, ``channels/``,
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, LintFailed, WharfError
+from engine.errors import ConfigError, LintFailed, StoreError, WharfError
 
 #: Message filters of ``wharf messages --status`` beyond the message statuses: messages that
 #: have a delivery in that state.
@@ -614,6 +614,8 @@ def cmd_invoices(args: argparse.Namespace) -> int:
         r["why"] = "; ".join(
             x["reason"] + (f" line {x['line']}" if x["line"] else "") for x in r["reasons"]
         )
+        if r["status"] == "held" and r.get("lines_posted"):
+            r["why"] += f" ({r['lines_posted']} of {r['lines']} line(s) posted to AP)"
         for when in ("at", "created_at"):
             if isinstance(r.get(when), int | float):
                 r[when] = iso(r[when])
@@ -685,6 +687,53 @@ def cmd_credits(args: argparse.Namespace) -> int:
     )
     table(rows, columns, noun="credit(s)", as_json=args.json)
     return 0
+
+
+def cmd_po(args: argparse.Namespace) -> int:
+    from engine.domains.procurement import changes
+    from engine.domains.procurement.domain import repository
+
+    with _opened_store(args.root) as store:
+        if args.action in ("accept", "reject"):
+            if args.id is None:
+                print(f"po {args.action}: give the change id (wharf po changes)", file=sys.stderr)
+                return 2
+            try:
+                out = changes.decide_change(
+                    store,
+                    _project(args.root),
+                    args.id,
+                    args.action,
+                    actor=args.user,
+                    note=args.note,
+                    now=time.time(),
+                )
+            except StoreError as exc:
+                print(f"po {args.action} {args.id}: {exc}", file=sys.stderr)
+                return 1
+            again = out["invoices_matched_again"]
+            print(
+                f"change {args.id} (PO {out['po_number']} line {out['line']}): {out['status']}"
+                + (f"; {again} held invoice(s) matched again" if again else "")
+            )
+            return 0
+        status = None if args.status == "all" else args.status
+        with store.reading() as rd:
+            rows = changes.changes(repository(rd), status, args.po)
+        for c in rows:
+            proposed = (
+                f"{c['quantity'] if c['quantity'] is not None else '='} {c['uom'] or ''} at "
+                f"{c['unit_price'] if c['unit_price'] is not None else '='}"
+            )
+            when = f" ship {c['ship_date']}" if c["ship_date"] else ""
+            print(
+                f"{c['id']:>6}  {c['partner']:<10} PO {c['po_number']:<12} line {c['line']:<4} "
+                f"{c['ack_code']:<3} ordered {c['ordered_quantity']} {c['ordered_uom']} at "
+                f"{c['ordered_price']} -> {proposed}{when}  {c['status']}"
+                + (f" by {c['decided_by']}" if c["decided_by"] else "")
+            )
+        print(f"{len(rows)} PO change(s)", file=sys.stderr)
+        return 0
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
@@ -866,7 +915,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("work-items", help="work items for a person: list, show ID, close ID --note")
     w.add_argument("action", nargs="?", choices=("list", "show", "close"), default="list")
     w.add_argument("id", nargs="?", type=int, help="work item id (from the list)")
-    w.add_argument("--kind", help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, ...")
+    w.add_argument(
+        "--kind",
+        help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, INVOICE_HELD, PO_CHANGED, "
+        "SENDER_REFUSED, X12_REFUSED, ORPHAN_CREDIT, ...",
+    )
     w.add_argument(
         "--status",
         type=_work_item_status,
@@ -905,6 +958,21 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--note", default="", help="why (kept in the audit log)")
     cr.add_argument("--json", action="store_true", help="the list as JSON")
     cr.set_defaults(fn=cmd_credits)
+
+    po = sub.add_parser(
+        "po", help="PO changes vendors proposed in 855s: list, accept or reject (audited)"
+    )
+    po.add_argument("action", choices=("changes", "accept", "reject"))
+    po.add_argument("id", nargs="?", type=int, help="change id (from `wharf po changes`)")
+    po.add_argument(
+        "--status",
+        default="proposed",
+        choices=("proposed", "accepted", "rejected", "superseded", "all"),
+        help="with changes: which ones (default proposed)",
+    )
+    po.add_argument("--po", help="with changes: one PO number")
+    po.add_argument("--note", default="", help="why (kept in the audit log)")
+    po.set_defaults(fn=cmd_po)
 
     rc = sub.add_parser("receipts", help="receipts not yet invoiced (GR/IR), oldest first")
     rc.add_argument("--unmatched", action="store_true", help="(the default and only listing)")

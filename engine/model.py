@@ -55,6 +55,8 @@ WORK_ITEM_KINDS: dict[str, str] = {
     "INVOICE_HELD": "an 810 failed the three-way match and waits for a person",
     "INVOICE_DUPLICATE": "an 810 repeats an invoice already on file",
     "ORPHAN_CREDIT": "a credit for a line the ledger never booked waits for a person",
+    "SENDER_REFUSED": "an interchange came in under another partner's identity than its channel's",
+    "X12_REFUSED": "a file in a partner's inbound folder could not be read as X12",
 }
 
 _NS = uuid.UUID("6f0b1c1e-8a8f-4a55-9a53-77686172660a")
@@ -120,6 +122,9 @@ class Inbound:
     correlation_id: str | None = None  # a new one is made when None
     response: bytes | None = None  # the answer the source will give (e.g. ACK), replayed on dups
     message_id: str | None = None  # a new one is made when None
+    # the credential the bytes came with, as the source authenticated it (``sftp:ACCOUNT``,
+    # ``token:NAME``, ``tls:CN``); None when the source has none (a local folder)
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,7 @@ class MessageRow:
     status: str
     error: str | None
     error_location: str | None
+    origin: str | None = None  # see Inbound.origin
 
 
 @dataclass(frozen=True)

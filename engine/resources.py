@@ -61,6 +61,23 @@ class Resources:
         """What a domain loaded under ``name`` (``trading_partners``...), now."""
         return self._snapshot.extras.get(name, default)
 
+    def sftp_account(self, path: Path | str) -> str | None:
+        """The account of Wharf's own SFTP server (routes.yaml ``sftp_server.partners``) whose
+        root holds ``path``, now; None when no account's root does (a local folder). A file
+        there can only have come from that account (or from someone with the machine's own
+        file system)."""
+        server = getattr(self.settings, "sftp_server", None)
+        if server is None:
+            return None
+        target = Path(path)
+        target = (target if target.is_absolute() else self.root / target).resolve()
+        for account in getattr(server, "partners", ()) or ():
+            root = Path(account.root)
+            root = (root if root.is_absolute() else self.root / root).resolve()
+            if target == root or root in target.parents:
+                return str(account.name)
+        return None
+
     def refresh(self, snapshot: Snapshot) -> None:
         """Swap in a reloaded configuration; readers see it from their next read on."""
         self._snapshot = snapshot

@@ -311,9 +311,14 @@ async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -
     src = engine.sources.get("x12_from_vendors")
     if sandbox is None or src is None or "po_to_vendor" not in engine.channels:
         return True
+    # ACME's inbound/ among the partners' folders the source serves (its SFTP account's)
+    inbound = next((f.path for f in src.folders() if f.origin == "sftp:acmemed"), None)
+    if inbound is None:
+        print("demo: no inbound folder of ACME's SFTP account (sftp_server in routes.yaml)")
+        return False
     po = json.loads((root / "samples/erp/purchase_order_4500012345.json").read_text())
     number = po["po_number"]
-    outbound = src.folder.parent / "outbound"
+    outbound = inbound.parent / "outbound"
     earlier = sorted(outbound.glob("850_*.x12")) if outbound.is_dir() else []
     created, _ = sandbox.api.purchasing.create(po)
     sandbox.api.purchasing.release(number)
@@ -338,12 +343,12 @@ async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -
     print(f"demo: {what} to collect: {x850[-1].relative_to(root)}")
     ((_ic, grp, ts),) = list(transaction_sets(x850[-1].read_bytes()))
     for name, data in vendor_answers(number, grp.control_number, ts.control_number).items():
-        tmp = src.folder / f".{name}.part"
+        tmp = inbound / f".{name}.part"
         tmp.write_bytes(data)
-        os.replace(tmp, src.folder / name)
+        os.replace(tmp, inbound / name)
         for _ in range(200):
             await task.deferLater(reactor, 0.1, lambda: None)
-            if (src.folder.parent / "archive" / name).exists():
+            if (inbound.parent / "archive" / name).exists():
                 break
         print(f"demo: the vendor dropped {name}")
     await task.deferLater(reactor, 2.0, lambda: None)  # deliveries to the sandbox

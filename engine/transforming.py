@@ -29,6 +29,9 @@ class TransformContext:
     keys: list[tuple[str, str]] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
     extras: Mapping[str, Any] = field(default_factory=dict)  # what domains loaded, by name
+    # the credential the message came with, as its source authenticated it (``sftp:ACCOUNT``,
+    # ``token:NAME``, ``tls:CN``); None when the source has none (a local folder, a test)
+    origin: str | None = None
 
     def lookup(self, table: str, key: Any, default: Any = MISSING) -> Any:
         """The row for ``key`` in mapping table ``table``; raises MappingMiss without a default."""

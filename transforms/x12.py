@@ -8,12 +8,14 @@ the 850 and the answers, PO statuses, receipts, the three-way match.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from engine.domains.procurement.po850 import segments_850
 from engine.domains.procurement.records import (
     ErpReceipt,
     ErpReceiptLine,
+    ErpReturn,
     InboundInterchange,
     PoLine,
     PoRelease,
@@ -58,8 +60,12 @@ INBOUND_SPEC = Spec(
         "trading partner by ISA05/ISA06, and books the interchange: its TA1 and 997/999 (per "
         "partner: 997 or 999, mirroring the inbound envelope and GS08), and the documents of "
         "the accepted sets: 855 (PO line statuses), 856 (receipt lines), 810 (three-way "
-        "match), and 997/999/TA1 answering our own interchanges. A sender that is no trading "
-        "partner holds the message with a MISSING_MAPPING work item."
+        "match), and 997/999/TA1 answering our own interchanges. A message that came with a "
+        "credential (an SFTP account, a bearer token, a client certificate: its origin) is "
+        "answered to the partner bound to it, and refused unless it carries that partner's "
+        "ISA and GS ids; bytes whose envelope cannot be read are refused to that partner in "
+        "plain words. Without a credential, a sender that is no trading partner holds the "
+        "message with a MISSING_MAPPING work item, as does a credential bound to no partner."
     ),
     example="codec:\n  x12: {}\ntransformer:\n  - transform: x12_inbound",
 )
@@ -153,11 +159,24 @@ def _received_acks(ic: Any) -> list[ReceivedAck]:
 _READERS = {"855": read_po_ack, "856": read_ship_notice, "810": read_invoice}
 
 
+def _readable(res: Any) -> bool:
+    """Whether the envelope can be answered with a TA1: an ISA13 and a sender were read."""
+    return len(res.control_number) == 9 and res.control_number.isdigit() and bool(res.sender[1])
+
+
 @transform("x12_inbound", INBOUND_SPEC)
 def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
     if not isinstance(raw, bytes | str):
         raise TransformError(f"expected X12 bytes (codec x12) (got {type(raw).__name__})")
     partners = ctx.resource(PARTNERS)
+    # the partner the credential it came with speaks for: it gets the answers, and the
+    # interchange must carry its ids (the procurement book refuses it otherwise)
+    bound = None
+    if ctx.origin:
+        bound = partners.by_origin(ctx.origin) if partners is not None else None
+        if bound is None:
+            raise MappingMiss(PARTNERS, f"origin {ctx.origin}")
+    digest = hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
     scanned = scan(raw)  # decoded and tokenized once, for pyx12 and for the readers
     checked = validate(scanned)
     try:
@@ -167,15 +186,28 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
         parsed, problem = {}, f"envelope: {exc.message}"
     summary: list[dict[str, Any]] = []
     for res in checked.interchanges:
-        partner = partners.by_isa(*res.sender) if partners is not None else None
+        claimed = partners.by_isa(*res.sender) if partners is not None else None
+        partner = bound or claimed
+        if partner is None and not _readable(res):
+            issue = next((i.message for i in res.issues), "") or problem
+            raise TransformError(
+                f"not a readable X12 interchange ({issue or 'no ISA'}), and it came with no "
+                "credential that names its trading partner: nobody to answer"
+            )
         if partner is None:
             raise MappingMiss(PARTNERS, f"ISA {res.sender[0]}/{res.sender[1]}")
         ic = parsed.get((res.sender[1], res.control_number))
-        refused = ""
-        if res.ta1_ack == "R":
+        refused = unreadable = ""
+        if not _readable(res):
+            issue = next((i.message for i in res.issues), "") or problem
+            unreadable = issue or "no X12 interchange could be read"
+            refused = f"the envelope could not be read: {unreadable}"
+        elif res.ta1_ack == "R":
             refused = f"interchange rejected (TA1 {res.ta1_code})"
         elif ic is None:
             refused = problem or "interchange could not be read"
+        elif claimed is not partner:
+            refused = "the sender is not the partner bound to the credential it came with"
         ok_sets = {
             (g.control_number, s.control_number)
             for g in res.groups
@@ -213,6 +245,10 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
                 documents=tuple(documents),
                 refused=refused,
                 received_acks=tuple(_received_acks(ic)) if ic is not None and not refused else (),
+                origin=ctx.origin,
+                claimed=claimed.id if claimed is not None else "",
+                unreadable=unreadable,
+                sha256=digest,
             )
         )
         ctx.key("isa13", f"{res.sender[1]}:{res.control_number}")
@@ -240,7 +276,10 @@ RECEIPT_SPEC = Spec(
         "uom in our units, optional lot, serial, expiry) for a PO Wharf sent: receipt lines "
         "(once per receipt line), on-hand at the PO's ship-to location, and the invoices of "
         "that PO held for want of a receipt matched again. For partners whose 856 is not the "
-        "receipt (`asn_is_receipt: false`)."
+        "receipt (`asn_is_receipt: false`). A document with `return_id` instead of "
+        "`receipt_id` is a return to the vendor (RTV): the lines come off what was received "
+        "and off on-hand, and the PO's credit memos held for want of a return are matched "
+        "again."
     ),
     example="transformer:\n  - transform: erp_receipt\nprocurement:\n  ap: erp_ap",
 )
@@ -250,7 +289,8 @@ RECEIPT_SPEC = Spec(
 def erp_receipt(doc: Any, ctx: TransformContext) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise TransformError(f"expected the ERP's goods receipt as JSON (got {type(doc).__name__})")
-    for key in ("receipt_id", "po_number", "lines"):
+    kind = "return_id" if "return_id" in doc else "receipt_id"
+    for key in (kind, "po_number", "lines"):
         if not doc.get(key):
             raise TransformError(f"{key}: required (got {doc.get(key)!r})")
     lines = []
@@ -267,6 +307,7 @@ def erp_receipt(doc: Any, ctx: TransformContext) -> dict[str, Any]:
                 expiry=line.get("expiry"),
             )
         )
-    ctx.book(ErpReceipt(str(doc["receipt_id"]), str(doc["po_number"]), tuple(lines)))
+    record = ErpReturn if kind == "return_id" else ErpReceipt
+    ctx.book(record(str(doc[kind]), str(doc["po_number"]), tuple(lines)))
     ctx.key("po_number", doc["po_number"])
-    return {"receipt_id": doc["receipt_id"], "lines": len(lines)}
+    return {kind: doc[kind], "lines": len(lines)}

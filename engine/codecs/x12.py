@@ -2,9 +2,14 @@
 
 Decoding only checks that the bytes are X12 (an ``ISA`` first) and within the size limit: an
 interchange with a broken envelope must still be stored, because it is answered with a TA1
-(``x12_inbound`` does the validation and the answers). The dedup key is the content's SHA-256:
-the same file dropped again is a duplicate and changes nothing; a re-sent interchange with new
-bytes is recognised by its sender and ISA13 when it is applied (the procurement book).
+(``x12_inbound`` does the validation and the answers). With ``not_x12: store`` even bytes that
+are no X12 at all are stored, for a channel whose domain answers them (a partner's inbound
+folder: a clear refusal in its outbound/ folder and a work item).
+
+The dedup key is the content's SHA-256 scoped to the arrival (``dedup_per_arrival``): the same
+file taken twice (a crash between the commit and the move) is a duplicate and changes nothing,
+while the same bytes uploaded again are a new message, answered again with a TA1/997/999; the
+procurement book recognises the resent interchange by its sender and ISA13 and applies nothing.
 """
 
 from __future__ import annotations
@@ -14,18 +19,29 @@ from typing import Any
 from engine.codecs.base import Parsed, sha256_key
 from engine.errors import CodecError
 from engine.registry import codec
-from engine.spec import ByteSize, Field, Spec
+from engine.spec import ByteSize, Enum, Field, Spec
 
 CONTENT_TYPE = "application/edi-x12"
 
 X12_SPEC = Spec(
     "x12",
-    [Field("max_size", ByteSize(), 64 * 1024 * 1024, "Larger files are refused.")],
+    [
+        Field("max_size", ByteSize(), 64 * 1024 * 1024, "Larger files are refused."),
+        Field(
+            "not_x12",
+            Enum("refuse", "store"),
+            "refuse",
+            "Bytes that do not start with `ISA`: refused by the source (`error/` with a "
+            "reason), or stored for the `x12_inbound` transform to answer (a partner's inbound "
+            "folder: a refusal in its outbound/ and a work item).",
+        ),
+    ],
     description=(
         "ASC X12 (004010/005010): one or more interchanges per file. Bytes that do not start "
-        "with `ISA` are refused; everything else is stored and validated by the "
-        "`x12_inbound` transform, which answers with TA1 and 997/999. The dedup key is the "
-        "content's SHA-256."
+        "with `ISA` are refused (unless `not_x12: store`); everything else is stored and "
+        "validated by the `x12_inbound` transform, which answers with TA1 and 997/999. The "
+        "dedup key is the content's SHA-256 per arrival: a file taken twice is a duplicate, "
+        "the same bytes uploaded again are answered again (and applied once)."
     ),
     example="codec:\n  x12: {}",
 )
@@ -41,6 +57,9 @@ class X12Codec:
         return raw.count(head[105:106]) if len(head) > 105 else 0
 
     content_type = CONTENT_TYPE
+    # a resend of the same bytes is a new message (answered again); only the same arrival taken
+    # twice is a duplicate (engine.runtime.ingest scopes the dedup key to the arrival)
+    dedup_per_arrival = True
 
     def __init__(self, options: Any) -> None:
         self.options = options
@@ -52,6 +71,8 @@ class X12Codec:
             )
         head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:106]
         if not head.startswith(b"ISA"):
+            if self.options.not_x12 == "store":
+                return Parsed(raw, CONTENT_TYPE, "not_x12", None, sha256_key(raw))
             raise CodecError(
                 f"expected an X12 interchange starting with ISA (got {head[:12]!r})",
                 location="ISA",

@@ -183,6 +183,13 @@ TEST_SPEC = Spec(
         Field("name", Str(), description="What the test shows."),
         Field("input", Str(), None, "Sample file, relative to the project root."),
         Field("input_text", Str(), None, "Inline input (HL7 segments may be on separate lines)."),
+        Field(
+            "origin",
+            Str(r"(sftp|token|tls):.+", "sftp:ACCOUNT, token:NAME or tls:CN"),
+            None,
+            "Run the input as if it came with this credential (`sftp:acmemed`: uploaded to that "
+            "SFTP account), the way a source would store it.",
+        ),
         Field("expect", EXPECT_SPEC, description="What must happen."),
     ],
     description="A channel test: an input sample, and expectations on status and outputs.",

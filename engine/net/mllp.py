@@ -41,6 +41,7 @@ from zope.interface import implementer
 from engine.codecs.hl7ack import AckError, nak_without_message
 from engine.net.admission import BUSY, IDLE, RECEIVING, Admission, networks, peer_host
 from engine.net.endpoints import peer_name
+from engine.net.tls import client_common_name
 
 log = Logger()
 
@@ -84,6 +85,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self.lost = False
         self.pending: deque[_Reply] = deque()  # in frame order
         self.peer = "?"
+        self.origin: str | None = None  # "tls:<client certificate CN>" ("" when none)
         self.on_lost: defer.Deferred = defer.Deferred()
         self.paused = False  # reading paused: max_pipeline frames are waiting for answers
         self.backlog = b""  # the rest of the read that filled the pipeline
@@ -262,7 +264,14 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         slot = _Reply()
         self.pending.append(slot)
         try:
-            result = f.handle(frame, self.peer)
+            if f.identify:
+                # the handshake is done by the first frame: the client certificate is known
+                if self.origin is None:
+                    name = client_common_name(self.transport)
+                    self.origin = f"tls:{name}" if name else ""
+                result = f.handle(frame, self.peer, origin=self.origin or None)
+            else:
+                result = f.handle(frame, self.peer)
             d = defer.ensureDeferred(result) if inspect.isawaitable(result) else result
             if not isinstance(d, defer.Deferred):
                 d = defer.succeed(d)
@@ -363,10 +372,13 @@ class MLLPServerFactory(protocol.Factory):
         allow: tuple[str, ...] = (),
         frame_timeout: float | None = 30.0,
         min_rate: float = 1024.0,
+        identify: bool = False,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.handle = handle
+        # hand the handler the client certificate's name too: handle(frame, peer, origin=...)
+        self.identify = identify
         self.oversize_reply = oversize_reply
         self.max_frame = max_frame
         self.idle_timeout = idle_timeout

@@ -185,3 +185,24 @@ def tls_creator(options: Any, base_dir: pathlib.Path) -> Any:
     if options.ca_file:
         trust = ssl.trustRootFromCertificates(load_ca_bundle(resolve(options.ca_file)))
     return ssl.optionsForClientTLS(options.host, trustRoot=trust, clientCertificate=client)
+
+
+def client_common_name(transport: Any) -> str | None:
+    """The common name (CN) of the certificate the client presented on a TLS ``transport``
+    (mutual TLS), None on a plain connection or without a certificate."""
+    getter = getattr(transport, "getPeerCertificate", None)
+    if getter is None:
+        return None
+    try:
+        cert = getter()
+    except Exception:
+        return None
+    if cert is None:
+        return None
+    try:
+        from cryptography.x509.oid import NameOID
+
+        names = cert.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except Exception:
+        return None
+    return str(names[0].value) if names else None

@@ -92,10 +92,13 @@ class FrontDoor:
         *,
         parsed: Any = None,
         min_dedup_window: float = 0.0,
+        origin: str | None = None,
+        arrival: str | None = None,
     ) -> IngestOutcome:
         """What a source calls: one message, or an HL7 batch split into its messages.
 
-        ``parsed``, ``min_dedup_window``: see :data:`engine.sources.Ingest` (not used for
+        ``parsed``, ``min_dedup_window``, ``origin``, ``arrival``: see
+        :data:`engine.sources.Ingest` (``parsed`` and ``min_dedup_window`` are not used for
         listeners, which decode and route with their own codec)."""
         answers = self._answers(source_key)
         if source_key.startswith("listener:"):
@@ -104,7 +107,7 @@ class FrontDoor:
             codec = listener.codec if listener else None
 
             def one(data: bytes) -> Any:
-                return self.route(name, data, peer, answers=answers)
+                return self.route(name, data, peer, answers=answers, origin=origin, arrival=arrival)
         else:
             channel = self.channels().get(source_key)
             codec = channel.codec if channel else None
@@ -118,6 +121,8 @@ class FrontDoor:
                     parsed=given,
                     answers=answers,
                     min_dedup_window=min_dedup_window,
+                    origin=origin,
+                    arrival=arrival,
                 )
 
         if isinstance(codec, Hl7Codec) and is_batch(raw):
@@ -153,7 +158,14 @@ class FrontDoor:
         return IngestOutcome("stored", reason=f"batch of {len(outcomes)}", response=reply)
 
     async def route(
-        self, listener_name: str, raw: bytes, peer: str, *, answers: bool = False
+        self,
+        listener_name: str,
+        raw: bytes,
+        peer: str,
+        *,
+        answers: bool = False,
+        origin: str | None = None,
+        arrival: str | None = None,
     ) -> IngestOutcome:
         """Decode once with the listener's codec, pick the channel by its routes, store."""
         listener = self.listeners().get(listener_name)
@@ -173,7 +185,14 @@ class FrontDoor:
             )
             return rejected(exc, raw, answers)
         return await self.ingest(
-            channel, raw, peer, parsed=parsed, source=f"listener:{listener_name}", answers=answers
+            channel,
+            raw,
+            peer,
+            parsed=parsed,
+            source=f"listener:{listener_name}",
+            answers=answers,
+            origin=origin,
+            arrival=arrival,
         )
 
     async def ingest(
@@ -186,12 +205,20 @@ class FrontDoor:
         source: str | None = None,
         answers: bool = False,
         min_dedup_window: float = 0.0,
+        origin: str | None = None,
+        arrival: str | None = None,
     ) -> IngestOutcome:
         """Decode, validate and durably store one inbound message; the source answers after.
 
         ``min_dedup_window``: duplicate detection for this message looks back at least this
         long, even on a channel whose ``dedup.window`` is shorter or 0 (a FHIR conditional
         create or Idempotency-Key asks for it).
+
+        ``origin``: the credential the bytes came with (stored with the message, handed to the
+        transforms). ``arrival``: this delivery of the bytes at the source; a codec whose
+        duplicates are per arrival (``dedup_per_arrival``: X12, where a resend must be
+        answered again) gets its dedup key scoped to it, so only the same arrival taken twice
+        (a crash before the source let go) is a duplicate.
 
         ``answers``: the source replies to the sender (MLLP), so the outcome carries the reply
         bytes: built before the commit and stored with the message (replayed byte for byte to
@@ -220,6 +247,9 @@ class FrontDoor:
         wait = answers and responder.waits_for_pipeline(parsed, respond_from)
         response = responder.commit_reply(parsed) if answers and not wait else None
         src = channel.config.source
+        dedup_key = parsed.dedup_key
+        if dedup_key and getattr(channel.codec, "dedup_per_arrival", False):
+            dedup_key = f"{dedup_key}@{arrival}" if arrival else None
         inbound = Inbound(
             channel=channel_name,
             source=source or (src.name if src is not None else "api"),
@@ -228,9 +258,10 @@ class FrontDoor:
             received_at=time.time(),
             peer=peer,
             control_id=parsed.control_id,
-            dedup_key=parsed.dedup_key,
+            dedup_key=dedup_key,
             dedup_window=max(channel.dedup_window, min_dedup_window),
             response=response,
+            origin=origin,
         )
         try:
             result = await self.executor.ingest(inbound)
@@ -246,7 +277,12 @@ class FrontDoor:
             return IngestOutcome("refused", reason=reason, response=reply)
         if result.outcome == "stored":
             work = Work(
-                result.message_id, channel_name, result.correlation_id, raw, (channel, parsed)
+                result.message_id,
+                channel_name,
+                result.correlation_id,
+                raw,
+                (channel, parsed),
+                origin=origin,
             )
             self.processor.enqueue(work)
         if not answers:

@@ -40,6 +40,7 @@ class Work:
     correlation_id: str
     raw: bytes
     parsed: Any = None  # the ingest's decode, reused when the channel did not change since
+    origin: str | None = None  # the credential it came with (engine.model.Inbound.origin)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def _process_all(jobs: list[tuple[Channel, Work]]) -> list[tuple[Work, Channel, 
     for channel, w in jobs:
         # A decode made by the same channel object at ingest is reused; after a reload, redo it.
         parsed = w.parsed[1] if w.parsed and w.parsed[0] is channel else None
-        out.append((w, channel, channel.process(w.raw, w.id, w.correlation_id, parsed=parsed)))
+        result = channel.process(w.raw, w.id, w.correlation_id, parsed=parsed, origin=w.origin)
+        out.append((w, channel, result))
     return out
 
 
@@ -349,7 +351,7 @@ class Processor(service.Service):
             raise
         for message_id, (row, raw) in zip(ids, loaded, strict=True):
             if row is not None and row.status == "received" and raw is not None:
-                self._queue(Work(row.id, row.channel, row.correlation_id, raw))
+                self._queue(Work(row.id, row.channel, row.correlation_id, raw, origin=row.origin))
             else:
                 self.inflight.discard(message_id)
         if len(ids) == 256 * max(1, len(channels)):

@@ -9,7 +9,8 @@ Routes::
     GET  /requisitions?status=&location=&item=
     GET  /requisitions/{id}
     POST /requisitions/{id}/close     → 200 (closing a closed one changes nothing)
-    POST /goods-receipts              → 201 {"id": "GR-n"}   (stored as sent)
+    POST /goods-receipts              → 201 {"id": "GR-n"}   (stored; a goods_receipt's lines
+                                         are added to on-hand at their location_id)
     POST /ap-invoices                 → 201 {"id": "APINV-n"} (stored as sent)
     GET  /issues, /charges, /goods-receipts, /ap-invoices   lists, for looking around
     GET  /state                       counts
@@ -389,7 +390,7 @@ class ErpApi:
             return "pos", (), {"POST": self.post_po, "GET": self.list_pos}
         if n == 2:
             return "po", (parts[1],), {"GET": self.get_po}
-        if n == 3 and parts[2] in ("release", "acknowledgements", "transmissions"):
+        if n == 3 and parts[2] in ("release", "acknowledgements", "transmissions", "changes"):
             return "po_" + parts[2], (parts[1], parts[2]), {"POST": self.po_action}
         return None, (), {}
 
@@ -416,6 +417,8 @@ class ErpApi:
             doc = parse_json(body)
             if action == "acknowledgements":
                 return Answer(200, _json(self.purchasing.acknowledge(po, doc)))
+            if action == "changes":
+                return Answer(200, _json(self.purchasing.change(po, doc)))
             return Answer(200, _json(self.purchasing.transmitted(po, doc)))
         except PoError as exc:
             raise ApiError(exc.status, exc.message) from exc
@@ -424,7 +427,13 @@ class ErpApi:
 
     def post_document(self, table: str, prefix: str, *, body: bytes, **_: Any) -> Answer:
         doc = need_object(parse_json(body), "body")
-        doc_id = self.state.store_document(table, prefix, doc)
+        if table == "goods_receipts":  # received goods move on-hand, as an ERP's would
+            try:
+                doc_id = self.state.receive_goods(doc)
+            except ValueError as exc:
+                raise ApiError(422, str(exc)) from exc
+        else:
+            doc_id = self.state.store_document(table, prefix, doc)
         return Answer(201, _json({"id": doc_id}))
 
     def list_documents(self, table: str, prefix: str, **_: Any) -> Answer:

@@ -7,6 +7,9 @@ Routes (added to the ERP API)::
     GET  /purchase-orders/{po}               the PO, its line statuses, receipts, invoices
     POST /purchase-orders/{po}/release       release: queued for Wharf    → 202
     POST /purchase-orders/{po}/acknowledgements   line statuses from an 855 (Wharf) → 200
+    POST /purchase-orders/{po}/changes            a buyer's decision on a vendor's proposed
+                                                  change (Wharf): accepted changes the PO line
+                                                  (quantity, unit, price) → 200
     POST /purchase-orders/{po}/transmissions      the 850 left (or its 997/999 came) → 200
 
 A released PO is pushed to the release webhook (``wharf sandbox --po-webhook URL``) as JSON with
@@ -187,6 +190,50 @@ class Purchasing:
                 )
             self.db.execute(
                 "UPDATE purchase_orders SET status = ? WHERE po_number = ?", (status, po)
+            )
+        return self.get(po)
+
+    def change(self, po: str, doc: Any) -> dict:
+        """A buyer's decision on a change the vendor proposed for one line (Wharf posts it):
+        an accepted change becomes the PO line's quantity, unit and price; either way the
+        line's status says so."""
+        if not isinstance(doc, dict) or not doc.get("line"):
+            raise PoError(422, "line: required")
+        status = doc.get("status")
+        if status not in ("accepted", "rejected"):
+            raise PoError(422, f"status: expected accepted or rejected (got {status!r})")
+        line_no = str(doc["line"])
+        now = time.time()
+        with self.state.transaction():
+            current = self.get(po)
+            order = current["doc"]
+            line = next((ln for ln in order["lines"] if str(ln["line"]) == line_no), None)
+            if line is None:
+                raise PoError(422, f"line: PO {po} has no line {line_no}")
+            if status == "accepted":
+                fields = (("quantity", "qty"), ("unit", "uom"), ("unit_price", "unit_price"))
+                for key, field in fields:
+                    value = doc.get(key)
+                    if value in (None, ""):
+                        continue
+                    if key != "unit":
+                        try:
+                            Decimal(str(value))
+                        except ArithmeticError as exc:
+                            raise PoError(422, f"{key}: expected a decimal number") from exc
+                    line[field] = str(value)
+                self.db.execute(
+                    "UPDATE purchase_orders SET doc = ? WHERE po_number = ?",
+                    (json.dumps(order, sort_keys=True, default=str), po),
+                )
+            line_status = "change_accepted" if status == "accepted" else "change_rejected"
+            detail = {k: v for k, v in doc.items() if k not in ("line", "status")}
+            self.db.execute(
+                "INSERT INTO po_line_status (po_number, line, status, detail, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(po_number, line) DO UPDATE SET "
+                "status = excluded.status, detail = excluded.detail, "
+                "updated_at = excluded.updated_at",
+                (po, line_no, line_status, json.dumps(detail, default=str), now),
             )
         return self.get(po)
 

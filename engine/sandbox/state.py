@@ -431,6 +431,33 @@ class SandboxState:
             )
         return doc_id
 
+    def receive_goods(self, doc: dict) -> str:
+        """Store a goods receipt and, as an ERP would, add its lines to on-hand at their
+        location (a ``goods_receipt``; an ``expected_receipt`` moves nothing until it is
+        received). Lines carry item_id, quantity (in the stocking unit), uom, location_id;
+        a line without them is refused (422 naming the field) and nothing is stored."""
+        received = doc.get("type", "goods_receipt") == "goods_receipt"
+        lines = doc.get("lines") or []
+        if received:
+            if not isinstance(lines, list):
+                raise ValueError("lines: expected a list")
+            for i, line in enumerate(lines):
+                for key in ("item_id", "quantity", "uom", "location_id"):
+                    if not isinstance(line, dict) or line.get(key) in (None, ""):
+                        raise ValueError(f"lines[{i}].{key}: required for a goods receipt")
+                try:
+                    Decimal(str(line["quantity"]))
+                except InvalidOperation:
+                    raise ValueError(f"lines[{i}].quantity: expected a decimal number") from None
+        with self.transaction():
+            doc_id = self.store_document("goods_receipts", "GR", doc)
+            if received:
+                for line in lines:
+                    loc, item = str(line["location_id"]), str(line["item_id"])
+                    after = self.on_hand(loc, item) + Decimal(str(line["quantity"]))
+                    self.set_on_hand(loc, item, after, str(line["uom"]))
+        return doc_id
+
     def documents(self, table: str) -> list[dict]:
         assert table in ("goods_receipts", "ap_invoices")
         rows = self.db.execute(f"SELECT id, doc, created_at FROM {table} ORDER BY seq")

@@ -27,6 +27,12 @@ class IngestOutcome:
 #: decoded the bytes with the channel's codec itself may pass ``parsed=`` (the engine then skips
 #: its decode and uses that ``Parsed``, its ``dedup_key`` included), and ``min_dedup_window=``
 #: (seconds) to have a resend recognised even where the channel's ``dedup.window`` is shorter.
+#: ``origin=`` names the credential the bytes came with, as the source authenticated it:
+#: ``sftp:ACCOUNT`` (a folder inside an account of Wharf's SFTP server), ``token:NAME`` (the
+#: bearer token's name), ``tls:CN`` (the client certificate's common name); it is stored with
+#: the message and a domain may bind it to a party (procurement: a trading partner).
+#: ``arrival=`` identifies this delivery of the bytes (a file's name, inode, mtime and size):
+#: for a codec whose duplicates are per arrival it tells a crash's retake from a resend.
 Ingest = Callable[..., Awaitable[IngestOutcome]]
 
 

@@ -1,17 +1,27 @@
-"""Drop-folder source: poll a local folder, ingest complete files, move them after the commit.
+"""Drop-folder source: poll local folders, ingest complete files, move them after the commit.
 
 A file is taken once it is older than ``min_age`` (a writer still appending keeps it younger),
 and hidden names (``.part`` uploads, temporary files) are never taken. The file is moved to
 ``processed/`` only after the store committed it, or to ``error/`` with a ``.reason.txt`` when
 the codec refused it. A crash between the commit and the move leaves the file in place: the next
 poll ingests it again and the store answers it as a duplicate, so nothing runs twice.
+
+``path`` may be a glob (``var/sftp/*/inbound``): one source then serves every folder it matches,
+listed again at each poll (a folder that appears later is served from then on), and each ``*``
+in ``processed_dir``/``error_dir`` stands for what the wildcards of ``path`` matched, in order
+(``var/sftp/*/archive``). Each file is ingested with its ``arrival`` (name, inode, mtime and
+size: a retake after a crash is the same arrival, a new upload of the same bytes is not) and,
+when its folder lies inside an account of Wharf's own SFTP server, the ``origin``
+``sftp:<account>``: the credential it came with.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +31,92 @@ from twisted.logger import Logger
 from engine.registry import source
 from engine.resources import Resources
 from engine.sources import Ingest, IngestOutcome
-from engine.spec import ByteSize, Duration, Field, Int, Spec, Str
+from engine.spec import ByteSize, Context, Duration, Field, Int, Spec, Str, join
 from engine.uploads import OpenUploads
 
 log = Logger()
 
+_WILD = frozenset("*?[")
+
+
+def _wild(part: str) -> bool:
+    return any(c in part for c in _WILD)
+
+
+def _check(config: Any, ctx: Context, node: Any, path: str) -> None:
+    wildcards = sum(_wild(part) for part in Path(config.path).parts)
+    for name in ("processed_dir", "error_dir"):
+        value = getattr(config, name)
+        if value and value.count("*") > wildcards:
+            ctx.error(
+                node,
+                join(path, name),
+                f"has {value.count('*')} '*' but path {config.path!r} has {wildcards} wildcard "
+                "folder(s) for them to stand for",
+            )
+
+
 DROPFOLDER_SPEC = Spec(
     "dropfolder",
     [
-        Field("path", Str(), description="Folder to watch; relative to the project root."),
+        Field(
+            "path",
+            Str(),
+            description="Folder to watch; relative to the project root. A glob "
+            "(`var/sftp/*/inbound`) watches every folder it matches.",
+        ),
         Field("pattern", Str(), "*", "Glob of file names to take."),
         Field("poll_interval", Duration(lo=0.01), 1.0, "How often to list the folder."),
         Field("min_age", Duration(), 1.0, "Take a file only when unchanged for this long."),
         Field(
-            "processed_dir", Str(), None, "Where committed files go (default `<path>/processed`)."
+            "processed_dir",
+            Str(),
+            None,
+            "Where committed files go (default `<folder>/processed`); each `*` stands for what "
+            "the wildcards of `path` matched, in order.",
         ),
-        Field("error_dir", Str(), None, "Where refused files go (default `<path>/error`)."),
+        Field(
+            "error_dir",
+            Str(),
+            None,
+            "Where refused files go (default `<folder>/error`); `*` as in `processed_dir`.",
+        ),
         Field("max_file_size", ByteSize(), 10 * 1024 * 1024, "Bigger files go to `error/`."),
         Field("batch", Int(1, 100000), 500, "Most files taken in one poll."),
         Field("concurrency", Int(1, 4096), 64, "Most files being ingested at once."),
     ],
     description=(
-        "Polls a local folder. Files move to `processed/` only after the store's commit; "
-        "refused files move to `error/` with a reason file. Names starting with `.` are never "
-        "taken: a writer should write `.name.part` and rename it when complete (or rely on "
-        "`min_age`). Narrow `pattern` (e.g. `*.hl7`) so that other temporary names are skipped."
+        "Polls a local folder (or every folder a glob matches). Files move to `processed/` "
+        "only after the store's commit; refused files move to `error/` with a reason file. "
+        "Names starting with `.` are never taken: a writer should write `.name.part` and "
+        "rename it when complete (or rely on `min_age`). Narrow `pattern` (e.g. `*.hl7`) so "
+        "that other temporary names are skipped. A file inside an account of Wharf's SFTP "
+        "server is ingested with the origin `sftp:<account>`."
     ),
     example="source:\n  dropfolder:\n    path: var/inbox/usage\n    min_age: 500ms",
+    check=_check,
 )
+
+
+@dataclass(frozen=True)
+class Folder:
+    """One watched folder, where its files go, and the SFTP account it belongs to (if any)."""
+
+    path: Path
+    processed: Path
+    errors: Path
+    origin: str | None = None
+
+
+@dataclass(frozen=True)
+class _Ready:
+    folder: Folder
+    name: str
+    arrival: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path / self.name
 
 
 class DropFolderSource:
@@ -65,23 +133,58 @@ class DropFolderSource:
         self.options = options
         # files our own SFTP server is still writing (none without a runtime: a bare source)
         self.uploads = resources.uploads if resources is not None else OpenUploads()
+        self.resources = resources
         self.reactor = reactor
         self.channel = channel
         self.ingest = ingest
-        self.folder = (base_dir / options.path).resolve()
+        self.base_dir = Path(base_dir)
+        self.glob = any(_wild(part) for part in Path(options.path).parts)
+        # one folder (path is no glob): where it is and where its files go, fixed
+        self.folder = (self.base_dir / options.path).resolve()
         self.processed = (
-            base_dir / (options.processed_dir or f"{options.path}/processed")
+            self.base_dir / (options.processed_dir or f"{options.path}/processed")
         ).resolve()
-        self.errors = (base_dir / (options.error_dir or f"{options.path}/error")).resolve()
+        self.errors = (self.base_dir / (options.error_dir or f"{options.path}/error")).resolve()
         self.inflight: set[str] = set()
         self.taken = 0
         self.loop: task.LoopingCall | None = None
         self._polling: defer.Deferred | None = None
         self._sem = defer.DeferredSemaphore(options.concurrency)
 
+    def folders(self) -> list[Folder]:
+        """The folders watched now (a glob is matched again at each call)."""
+        if not self.glob:
+            return [Folder(self.folder, self.processed, self.errors, self._origin(self.folder))]
+        pattern = str(self.base_dir / self.options.path)
+        wild = [i for i, part in enumerate(Path(pattern).parts) if _wild(part)]
+        out = []
+        for found in sorted(glob.glob(pattern)):
+            path = Path(found)
+            if not path.is_dir():
+                continue
+            captured = [path.parts[i] for i in wild]
+            processed = self._fill(self.options.processed_dir, captured, path, "processed")
+            errors = self._fill(self.options.error_dir, captured, path, "error")
+            out.append(Folder(path.resolve(), processed, errors, self._origin(path)))
+        return out
+
+    def _fill(self, template: str | None, captured: list[str], folder: Path, default: str) -> Path:
+        if not template:
+            return (folder / default).resolve()
+        parts = template.split("*")
+        text = parts[0] + "".join(c + rest for c, rest in zip(captured, parts[1:], strict=False))
+        return (self.base_dir / text).resolve()
+
+    def _origin(self, folder: Path) -> str | None:
+        if self.resources is None:
+            return None
+        account = self.resources.sftp_account(folder)
+        return None if account is None else f"sftp:{account}"
+
     def start(self) -> None:
-        for folder in (self.folder, self.processed, self.errors):
-            folder.mkdir(parents=True, exist_ok=True)
+        if not self.glob:
+            for folder in (self.folder, self.processed, self.errors):
+                folder.mkdir(parents=True, exist_ok=True)
         self.loop = task.LoopingCall(self._tick)
         self.loop.clock = self.reactor
         self.loop.start(self.options.poll_interval, now=True)
@@ -101,58 +204,70 @@ class DropFolderSource:
         while self._polling is not None:
             await self._polling
 
-    def _ready(self) -> list[str]:
+    def _ready(self) -> list[_Ready]:
         now = time.time()
-        out: list[tuple[float, str]] = []
-        with os.scandir(self.folder) as it:
-            for entry in it:
-                name = entry.name
-                if name.startswith(".") or name in self.inflight:
-                    continue
-                if not fnmatch.fnmatch(name, self.options.pattern):
-                    continue
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                if self.uploads.is_open(entry.path):
-                    continue  # still being written by our own SFTP server
-                st = entry.stat(follow_symlinks=False)
-                if now - st.st_mtime < self.options.min_age:
-                    continue
-                out.append((st.st_mtime, name))
-        out.sort()
-        return [n for _, n in out[: self.options.batch]]
+        out: list[tuple[float, str, _Ready]] = []
+        for folder in self.folders():
+            try:
+                it = os.scandir(folder.path)
+            except FileNotFoundError:
+                continue  # a glob's folder removed meanwhile, or not made yet
+            with it:
+                for entry in it:
+                    name = entry.name
+                    if name.startswith(".") or entry.path in self.inflight:
+                        continue
+                    if not fnmatch.fnmatch(name, self.options.pattern):
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if self.uploads.is_open(entry.path):
+                        continue  # still being written by our own SFTP server
+                    st = entry.stat(follow_symlinks=False)
+                    if now - st.st_mtime < self.options.min_age:
+                        continue
+                    arrival = f"{name}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+                    out.append((st.st_mtime, entry.path, _Ready(folder, name, arrival)))
+        out.sort(key=lambda x: (x[0], x[1]))
+        return [r for _, _, r in out[: self.options.batch]]
 
     async def poll(self) -> int:
         """List once and ingest every ready file; returns how many were taken."""
-        names = await threads.deferToThreadPool(
+        ready = await threads.deferToThreadPool(
             self.reactor, self.reactor.getThreadPool(), self._ready
         )
         pending = []
-        for name in names:
-            self.inflight.add(name)
-            pending.append(self._sem.run(lambda n=name: defer.ensureDeferred(self._take(n))))
+        for r in ready:
+            self.inflight.add(str(r.path))
+            pending.append(self._sem.run(lambda r=r: defer.ensureDeferred(self._take(r))))
         await defer.gatherResults(pending, consumeErrors=True)
-        return len(names)
+        return len(ready)
 
-    async def _take(self, name: str) -> None:
+    async def _take(self, r: _Ready) -> None:
+        name, folder = r.name, r.folder
         try:
-            path = self.folder / name
+            path = r.path
             pool = self.reactor.getThreadPool()
             size = path.stat().st_size
             if size > self.options.max_file_size:
                 reason = f"file is {size} bytes; the limit is {self.options.max_file_size}"
-                await threads.deferToThreadPool(self.reactor, pool, self._move_error, name, reason)
+                await threads.deferToThreadPool(
+                    self.reactor, pool, self._move_error, folder, name, reason
+                )
                 return
             raw = await threads.deferToThreadPool(self.reactor, pool, path.read_bytes)
-            outcome: IngestOutcome = await self.ingest(raw, name)
+            kw: dict[str, Any] = {"arrival": r.arrival}
+            if folder.origin is not None:
+                kw["origin"] = folder.origin
+            outcome: IngestOutcome = await self.ingest(raw, name, **kw)
             if outcome.accepted:
                 await threads.deferToThreadPool(
-                    self.reactor, pool, self._move, name, self.processed
+                    self.reactor, pool, self._move, folder, name, folder.processed
                 )
                 self.taken += 1
             elif outcome.kind == "rejected":
                 await threads.deferToThreadPool(
-                    self.reactor, pool, self._move_error, name, outcome.reason
+                    self.reactor, pool, self._move_error, folder, name, outcome.reason
                 )
             else:
                 log.warn(
@@ -164,17 +279,18 @@ class DropFolderSource:
         except FileNotFoundError:
             pass  # taken away meanwhile (another node or a person)
         finally:
-            self.inflight.discard(name)
+            self.inflight.discard(str(r.path))
 
-    def _move(self, name: str, folder: Path) -> Path:
-        target = folder / name
+    def _move(self, folder: Folder, name: str, to: Path) -> Path:
+        to.mkdir(parents=True, exist_ok=True)
+        target = to / name
         if target.exists():
-            target = folder / f"{name}.{time.time_ns()}"
-        os.replace(self.folder / name, target)
+            target = to / f"{name}.{time.time_ns()}"
+        os.replace(folder.path / name, target)
         return target
 
-    def _move_error(self, name: str, reason: str) -> None:
-        target = self._move(name, self.errors)
+    def _move_error(self, folder: Folder, name: str, reason: str) -> None:
+        target = self._move(folder, name, folder.errors)
         Path(f"{target}.reason.txt").write_text(reason + "\n", encoding="utf-8")
 
 

@@ -14,6 +14,8 @@ Connections: who may hold them is :mod:`engine.net.admission`'s call (``allow``,
 fair shares of ``max_connections``; a connection over a cap gets 503 and is closed, one from
 outside ``allow`` is closed unanswered), and a request must arrive whole within
 ``request_timeout`` of its first byte however slowly it trickles (else 408 and close).
+A body that came with a token is stored with the origin ``token:<name>`` (the token's name),
+which a domain may bind to a party (a trading partner).
 """
 
 from __future__ import annotations
@@ -165,9 +167,12 @@ class PostResource(resource.Resource):
         if request.method != b"POST":
             request.setHeader(b"allow", b"POST")
             return _answer(request, 405, {"error": "only POST is taken here"})
-        if opts.tokens and bearer_holder(request.getHeader(b"authorization"), opts.tokens) is None:
-            request.setHeader(b"www-authenticate", b'Bearer realm="wharf"')
-            return _answer(request, 401, {"error": "a valid bearer token is required"})
+        holder = None
+        if opts.tokens:
+            holder = bearer_holder(request.getHeader(b"authorization"), opts.tokens)
+            if holder is None:
+                request.setHeader(b"www-authenticate", b'Bearer realm="wharf"')
+                return _answer(request, 401, {"error": "a valid bearer token is required"})
         body = request.content.read(opts.max_body + 1) if request.content is not None else b""
         request.wharf_size = len(body)
         if len(body) > opts.max_body:
@@ -178,7 +183,10 @@ class PostResource(resource.Resource):
                 request.setHeader(b"www-authenticate", b'Signature realm="wharf"')
                 return _answer(request, 401, {"error": problem})
         peer = request.getClientAddress()
-        d = defer.ensureDeferred(self.src.ingest(body, f"http:{getattr(peer, 'host', '?')}"))
+        where = f"http:{getattr(peer, 'host', '?')}"
+        # the token's name is the credential the body came with (never the token itself)
+        kw = {} if holder is None else {"origin": f"token:{holder.name}"}
+        d = defer.ensureDeferred(self.src.ingest(body, where, **kw))
         d.addCallbacks(
             lambda outcome: self._done(request, outcome), lambda f: self._failed(request, f)
         )

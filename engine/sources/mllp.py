@@ -81,10 +81,11 @@ MLLP_SPEC = Spec(
         "without an answer and the sender resends. Frames split across reads, several frames "
         "per read and pipelined senders all work (answers go back in order); bytes outside a "
         "frame are dropped and counted. A frame over `max_frame` gets an AR and the connection "
-        "is closed. With `client_ca` the listener requires mutual TLS. One address cannot take "
-        "every connection: `max_connections_per_peer` caps each peer, and when "
-        "`max_connections` are open a peer holding fewer than the heaviest still gets in (the "
-        "heaviest peer's quietest connection is closed for it); `allow` limits the senders."
+        "is closed. With `client_ca` the listener requires mutual TLS, and each frame is stored "
+        "with the origin `tls:<CN>` of the client certificate. One address cannot take every "
+        "connection: `max_connections_per_peer` caps each peer, and when `max_connections` are "
+        "open a peer holding fewer than the heaviest still gets in (the heaviest peer's "
+        "quietest connection is closed for it); `allow` limits the senders."
     ),
     example=(
         "source:\n"
@@ -134,6 +135,7 @@ class MLLPSource:
             frame_timeout=options.frame_timeout,
             min_rate=float(options.min_rate),
             clock=reactor,
+            identify=bool(options.client_ca),
         )
         self.port: Any = None  # IListeningPort once listening
         self.listening: defer.Deferred | None = None  # fires with the port (or None on failure)
@@ -205,8 +207,9 @@ class MLLPSource:
             if timer.active():
                 timer.cancel()
 
-    async def _handle(self, frame: bytes, peer: str) -> bytes | None:
-        outcome: IngestOutcome = await self.ingest(frame, peer)
+    async def _handle(self, frame: bytes, peer: str, origin: str | None = None) -> bytes | None:
+        kw = {} if origin is None else {"origin": origin}
+        outcome: IngestOutcome = await self.ingest(frame, peer, **kw)
         return outcome.response
 
 

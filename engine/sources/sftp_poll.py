@@ -181,7 +181,8 @@ class SftpPollSource:
             if len(raw) != size:
                 continue  # changed while we read: the next listings decide again
             peer = f"sftp://{o.user}@{o.host}:{o.port}{path}"
-            outcome = await self.ingest(raw, peer)
+            # a retake after a crash is the same arrival (same name, size and mtime)
+            outcome = await self.ingest(raw, peer, arrival=f"{name}:{size}:{current[name][1]}")
             if outcome.accepted:
                 try:
                     if o.after == "move":

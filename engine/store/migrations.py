@@ -226,6 +226,14 @@ _V12_BATCH_KEY: list[str] = [
     "ALTER TABLE outbox ADD COLUMN batch_key TEXT",
 ]
 
+
+def _v13_message_origin(conn: sqlite3.Connection) -> None:
+    """The credential a message came with (``messages.origin``), added only where missing."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "origin" not in columns:
+        conn.execute("ALTER TABLE messages ADD COLUMN origin TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -239,6 +247,7 @@ MIGRATIONS: list[Migration] = [
     (10, "schema histories of components with their own tables", _V10_COMPONENT_VERSIONS),
     (11, "retention: messages by status and last change, the audit's anchor", _V11_RETENTION),
     (12, "outbox rows remember the bulk call they went out in", _V12_BATCH_KEY),
+    (13, "the credential each message came with (messages.origin)", _v13_message_origin),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -40,7 +40,7 @@ from engine.store.transaction import (
 
 _MESSAGE_COLUMNS = (
     "id, channel, source, peer, content_type, received_at, updated_at, sha256, size, "
-    "control_id, dedup_key, correlation_id, status, error, error_location"
+    "control_id, dedup_key, correlation_id, status, error, error_location, origin"
 )
 _DELIVERY_COLUMNS = DELIVERY_COLUMNS
 _FAILED = (model.DEAD, model.QUARANTINED)
@@ -266,7 +266,7 @@ class SqliteStore:
         try:
             conn.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
                 (
                     message_id,
                     item.channel,
@@ -281,6 +281,7 @@ class SqliteStore:
                     item.dedup_key,
                     correlation_id,
                     status,
+                    item.origin,
                 ),
             )
         except sqlite3.IntegrityError as exc:

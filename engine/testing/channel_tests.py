@@ -73,7 +73,7 @@ def run_test(project: Project, defn: ChannelDef, index: int) -> TestOutcome:
         raw = test.input_text.encode("utf-8")
     channel = Channel(defn, project.mappings, extras=project.extras)
     message_id = new_id()
-    result = channel.process(raw, message_id, message_id)
+    result = channel.process(raw, message_id, message_id, origin=test.origin)
     exp = test.expect
     status = "queued" if result.outbound else result.status
     if exp.status is not None and exp.status not in (status, result.status):

@@ -64,7 +64,6 @@ def wharf_env(tmp_path: Path, erp_port: int) -> dict[str, str]:
         RECEIPT_HTTP_PORT=str(free_port()),  # and the PO webhook (8091), FHIR (8090), SFTP (2222)
         FHIR_PORT=str(free_port()),
         SFTP_PORT=str(free_port()),
-        ACMEMED_INBOUND=str(tmp_path / "acmemed" / "inbound"),
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -42,10 +42,12 @@ class FakeIngest:
 
     def __init__(self, decide: Callable[[bytes, str], IngestOutcome] | None = None) -> None:
         self.calls: list[tuple[str, bytes]] = []
+        self.keywords: list[dict[str, Any]] = []
         self.decide = decide or (lambda raw, name: IngestOutcome("stored", f"m-{name}"))
 
-    def __call__(self, raw: bytes, name: str) -> defer.Deferred:
+    def __call__(self, raw: bytes, name: str, **kw: Any) -> defer.Deferred:
         self.calls.append((name, raw))
+        self.keywords.append(kw)  # arrival (and origin inside an SFTP account)
         # answer on a later reactor turn, as the store's commit would
         return task.deferLater(reactor, 0, self.decide, raw, name)
 
@@ -233,3 +235,79 @@ class DropFolderTest(unittest.TestCase):
             self.assertEqual(self.in_folder(self.inbox), [])
 
         return defer.ensureDeferred(run())
+
+
+class GlobFolderTest(unittest.TestCase):
+    """One source for every partner's inbound/ (``path`` a glob), each file with its arrival
+    and, inside an account of Wharf's SFTP server, its origin."""
+
+    def setUp(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="wharf-dropfolder-glob-"))
+        self.addCleanup(shutil.rmtree, self.base, True)
+
+    def resources(self) -> Any:
+        from types import SimpleNamespace
+
+        from engine.resources import Resources, Snapshot
+
+        accounts = [
+            SimpleNamespace(name="acme", root="var/sftp/acme"),
+            SimpleNamespace(name="harbor", root=str(self.base / "var/sftp/harbor")),
+        ]
+        settings = SimpleNamespace(sftp_server=SimpleNamespace(partners=accounts))
+        return Resources(self.base, Snapshot(settings=settings))
+
+    def drop(self, folder: str, name: str, data: bytes) -> None:
+        path = self.base / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        then = time.time() - 60
+        os.utime(path, (then, then))
+
+    def test_every_matched_folder_is_served_and_files_go_to_their_own_archive(
+        self,
+    ) -> defer.Deferred:
+        """``var/sftp/*/inbound`` serves acme's and harbor's folders (and one made later);
+        each file moves to its own ``var/sftp/<account>/archive``, is ingested with the origin
+        of the account whose root holds it, and with its arrival (name, inode, mtime, size).
+        A folder outside every account has no origin."""
+
+        async def run() -> None:
+            ingest = FakeIngest()
+            src = DropFolderSource(
+                options(
+                    path="var/sftp/*/inbound",
+                    processed_dir="var/sftp/*/archive",
+                    error_dir="var/sftp/*/error",
+                    min_age=0,
+                    poll_interval="1h",
+                ),
+                reactor=reactor,
+                channel="x12",
+                base_dir=self.base,
+                ingest=ingest,
+                resources=self.resources(),
+            )
+            self.drop("var/sftp/acme/inbound", "a.x12", b"ISA-A")
+            self.drop("var/sftp/harbor/inbound", "h.x12", b"ISA-H")
+            self.assertEqual(await src.poll(), 2)
+            self.drop("var/sftp/cedar/inbound", "c.x12", b"ISA-C")  # no account: no origin
+            self.assertEqual(await src.poll(), 1)
+            got = {name: kw for (name, _), kw in zip(ingest.calls, ingest.keywords, strict=True)}
+            self.assertEqual(got["a.x12"].get("origin"), "sftp:acme")
+            self.assertEqual(got["h.x12"].get("origin"), "sftp:harbor")
+            self.assertNotIn("origin", got["c.x12"])
+            st = (self.base / "var/sftp/acme/archive/a.x12").stat()
+            self.assertEqual(got["a.x12"]["arrival"], f"a.x12:{st.st_ino}:{st.st_mtime_ns}:5")
+            for account, name in (("acme", "a.x12"), ("harbor", "h.x12"), ("cedar", "c.x12")):
+                self.assertTrue((self.base / f"var/sftp/{account}/archive" / name).exists())
+                self.assertEqual(os.listdir(self.base / f"var/sftp/{account}/inbound"), [])
+
+        return defer.ensureDeferred(run())
+
+    def test_more_stars_in_the_archive_than_in_the_path_is_a_lint_error(self) -> None:
+        ctx = Context("<test>")
+        values = {"path": "var/sftp/*/inbound", "processed_dir": "var/*/*/archive"}
+        DROPFOLDER_SPEC.parse(yaml.compose(yaml.safe_dump(values)), ctx, "source.dropfolder")
+        (error,) = [str(e) for e in ctx.errors]
+        self.assertIn("processed_dir: has 2 '*' but path 'var/sftp/*/inbound' has 1", error)

@@ -88,10 +88,12 @@ class FakeIngest:
 
     def __init__(self, jitter: float = 0.0) -> None:
         self.seen: list[tuple[bytes, str]] = []
+        self.origins: list[str | None] = []
         self.jitter = jitter
 
-    async def __call__(self, raw: bytes, peer: str) -> IngestOutcome:
+    async def __call__(self, raw: bytes, peer: str, origin: str | None = None) -> IngestOutcome:
         self.seen.append((raw, peer))
+        self.origins.append(origin)
         if self.jitter:
             await task.deferLater(reactor, random.uniform(0, self.jitter), lambda: None)
         return IngestOutcome("stored", message_id=control_id(raw), response=ack_for(raw))
@@ -415,6 +417,8 @@ class MutualTlsTests(ListenerCase):
         reply = yield threads.deferToThread(self.tls_send, "client", "TLS-1")
         self.assertEqual(msa(reply), ("AA", "TLS-1"))
         self.assertEqual([control_id(r) for r, _ in ingest.seen], ["TLS-1"])
+        # the certificate's common name is the credential the frame came with
+        self.assertEqual(ingest.origins, ["tls:wharf client"])
 
     @defer.inlineCallbacks
     def test_client_without_certificate_is_refused(self) -> Any:

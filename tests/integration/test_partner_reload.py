@@ -53,6 +53,8 @@ class TradingPartnersReload(unittest.TestCase):
             "  partners:\n"
             f"    - {{name: acmemed, root: var/sftp/acmemed, password_bcrypt: '{HASH}'}}\n"
             f"    - {{name: acme_west, root: var/sftp/acme_west, password_bcrypt: '{HASH}'}}\n"
+            # the shipped partners bind HARBOR's uploads to this account
+            f"    - {{name: harbor, root: var/sftp/harbor, password_bcrypt: '{HASH}'}}\n"
         )
         saved = {k: os.environ.get(k) for k in ("ERP_URL", "PO_HTTP_PORT")}
         os.environ["ERP_URL"] = "http://127.0.0.1:9"  # the ERP is down: PO statuses wait

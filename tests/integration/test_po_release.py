@@ -53,7 +53,7 @@ class FakeIngest:
         self.calls = 0
         self.refuse = False
 
-    async def __call__(self, raw: bytes, peer: str) -> IngestOutcome:
+    async def __call__(self, raw: bytes, peer: str, **kw: Any) -> IngestOutcome:
         self.calls += 1
         if self.refuse:
             return IngestOutcome("refused", reason="over capacity")

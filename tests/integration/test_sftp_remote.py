@@ -51,9 +51,11 @@ class FakeIngest:
     def __init__(self, kind: str = "stored") -> None:
         self.kind = kind
         self.calls: list[tuple[str, bytes]] = []
+        self.keywords: list[dict[str, Any]] = []
 
-    def __call__(self, raw: bytes, peer: str) -> defer.Deferred:
+    def __call__(self, raw: bytes, peer: str, **kw: Any) -> defer.Deferred:
         self.calls.append((peer, raw))
+        self.keywords.append(kw)
         return task.deferLater(reactor, 0, lambda: IngestOutcome(self.kind, "m", reason="test"))
 
 

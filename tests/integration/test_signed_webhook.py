@@ -35,7 +35,7 @@ class Ingest:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
 
-    async def __call__(self, raw: bytes, peer: str) -> IngestOutcome:
+    async def __call__(self, raw: bytes, peer: str, **_meta: Any) -> IngestOutcome:
         self.bodies.append(raw)
         return IngestOutcome("stored", message_id=f"m-{len(self.bodies)}")
 

@@ -4,10 +4,17 @@ The shipped channels ``po_to_vendor`` and ``x12_from_vendors`` run in a real eng
 SFTP server; the sandbox ERP releases a PO through its webhook. The vendor (OpenSSH ``sftp``
 with its key) collects the 850 from ``outbound/``, pyx12's ``x12valid`` accepts it, and the
 vendor drops its 999, 855, 856 and two 810s in ``inbound/``. The sandbox then holds the PO's
-status and line statuses, a goods receipt, one AP invoice (the invoice that matches); the
-other invoice is held with PRICE; every inbound interchange got a TA1 and a 999. The same files
-dropped again change nothing, and a resent interchange (new bytes, same ISA13) is only
-acknowledged again.
+status and line statuses, a goods receipt (and the on-hand it moved, equal to Wharf's ledger),
+one AP invoice (the invoice that matches); the other invoice is held with PRICE; every inbound
+interchange got a TA1 and a 999. The same files dropped again change nothing but are answered
+again, and a resent interchange (new bytes, same ISA13) is only acknowledged again.
+
+Then (issue 18): ACME uploads an invoice carrying HARBOR's ISA id through its own account: it
+gets a TA1 R 006, a SENDER_REFUSED work item and an audit record, and nothing is booked. ACME
+acknowledges a second PO with a change (8 BX at 137.50 for 10 BX at 125.00); the ERP gets the
+acknowledged quantity and price; the buyer accepts it with ``wharf po accept``; the invoice at
+that price is matched and posted. HARBOR, on its own account, is served by the same channel
+with its own profile (004010, a 997, no TA1).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,15 @@ from twisted.web.client import HTTPConnectionPool
 from engine.runtime import Engine
 from engine.sandbox.service import SandboxService
 from engine.x12.documents import read_purchase_order
-from engine.x12.samplegen import vendor_answers, vendor_invoice
+from engine.x12.samplegen import (
+    VENDOR,
+    group,
+    interchange,
+    render,
+    transaction_set,
+    vendor_answers,
+    vendor_invoice,
+)
 from engine.x12.segments import transaction_sets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +88,15 @@ class ProcurementEndToEnd(unittest.TestCase):
             "    - name: acmemed\n"
             "      root: var/sftp/acmemed\n"
             f"      authorized_keys: ['{pub}']\n"
+            "    - name: harbor\n"
+            "      root: var/sftp/harbor\n"
+            f"      authorized_keys: ['{pub}']\n"
         )
+        # HARBOR collects our files from its account here (it runs its own server otherwise)
+        tp = self.root / "mappings/trading_partners.yaml"
+        text = tp.read_text()
+        start = text.index("  # Harbor runs its own SFTP server")
+        tp.write_text(text[:start] + "  delivery:\n    sftp_server: {account: harbor}\n")
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.sandbox = SandboxService(
             self.base / "sandbox.db",
@@ -107,7 +131,7 @@ class ProcurementEndToEnd(unittest.TestCase):
 
     # ------------------------------------------------------------------ helpers
 
-    def sftp(self, commands: list[str]) -> str:
+    def sftp(self, commands: list[str], user: str = "acmemed") -> str:
         port = self.engine.sftp.listening.getHost().port
         known = self.base / "known_hosts"
         pub = (self.root / "var/sftp/host_key.pub").read_text().split()
@@ -129,7 +153,7 @@ class ProcurementEndToEnd(unittest.TestCase):
                 f"UserKnownHostsFile={known}",
                 "-o",
                 "BatchMode=yes",
-                "acmemed@127.0.0.1",
+                f"{user}@127.0.0.1",
             ],
             capture_output=True,
             text=True,
@@ -139,12 +163,12 @@ class ProcurementEndToEnd(unittest.TestCase):
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: bytes, user: str = "acmemed") -> None:
         local = self.base / "up" / name
         local.parent.mkdir(exist_ok=True)
         local.write_bytes(data)
-        await threads.deferToThread(self.sftp, [f"put {local} inbound/{name}"])
-        await self.until(lambda: (self.root / "var/sftp/acmemed/archive" / name).exists())
+        await threads.deferToThread(self.sftp, [f"put {local} inbound/{name}"], user)
+        await self.until(lambda: (self.root / f"var/sftp/{user}/archive" / name).exists())
         await self.settled()
 
     async def until(self, check: Any, timeout: float = 30.0) -> None:
@@ -184,8 +208,8 @@ class ProcurementEndToEnd(unittest.TestCase):
             )
         return json.loads(await resp.content())
 
-    def outbound(self) -> list[str]:
-        folder = self.root / "var/sftp/acmemed/outbound"
+    def outbound(self, user: str = "acmemed") -> list[str]:
+        folder = self.root / f"var/sftp/{user}/outbound"
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
     def snapshot(self) -> dict[str, Any]:
@@ -264,8 +288,6 @@ class ProcurementEndToEnd(unittest.TestCase):
         snap = self.snapshot()
         assert snap["gr"] == 1 and snap["receipts"][0] == 2
         after = dict(snap["onhand"])
-        from decimal import Decimal
-
         assert Decimal(after["ITEM-100123"]) - Decimal(before.get("ITEM-100123", "0")) == 10
         assert Decimal(after["ITEM-202042"]) - Decimal(before.get("ITEM-202042", "0")) == 3
         gr = (await self.erp("/goods-receipts"))["goods-receipts"][0]["doc"]
@@ -304,6 +326,130 @@ class ProcurementEndToEnd(unittest.TestCase):
         await self.put("dup_810.x12", again)
         assert self.snapshot()["ap"] == 1
         assert [k for k, _ in self.snapshot()["work"]].count("INVOICE_DUPLICATE") == 1
+        # every file of step 6 was answered again (the same bytes too): TA1 and 999 each
+        names = self.outbound()
+        assert sum(n.startswith("TA1_") for n in names) == 5 + 6
+        assert sum(n.startswith("999_") for n in names) == 4 + 6
+
+        # 7. The ERP's on-hand moved with the goods receipt, as the ledger's did.
+        erp_onhand = {
+            r["item"]: Decimal(r["on_hand"])
+            for r in self.sandbox.state.inventory("LOC-OR-MAIN")
+            if r["item"] in ("ITEM-100123", "ITEM-202042")
+        }
+        assert erp_onhand == {k: Decimal(v) for k, v in self.snapshot()["onhand"]}
+
+        await self._impersonation()
+        await self._change_accepted_then_invoiced()
+        await self._harbor_on_its_own_account()
+
+    async def _impersonation(self) -> None:
+        """8. An invoice with HARBOR's ISA and GS ids, uploaded through ACME's account: a TA1 R
+        006 to ACME, a SENDER_REFUSED work item, an audit record; nothing booked."""
+        before = self.snapshot()
+        ta1_before = set(self.outbound())
+        raw = (REPO / "samples/x12/810_4010_harbor.x12").read_bytes()
+        await self.put("harbor_810.x12", raw)
+        after = self.snapshot()
+        assert after["invoices"] == before["invoices"] and after["ap"] == before["ap"]
+        (new,) = set(self.outbound()) - ta1_before
+        assert new.startswith("TA1_acmemed_")
+        text = (self.root / "var/sftp/acmemed/outbound" / new).read_text()
+        assert "*ZZ*ACMEMED        *" in text and "*R*006~" in text
+        assert self.db("SELECT kind FROM work_items WHERE kind = 'SENDER_REFUSED'") == [
+            ("SENDER_REFUSED",)
+        ]
+        (entry,) = self.db("SELECT actor, detail FROM audit WHERE action = 'x12.sender_refused'")
+        assert entry[0] == "sftp:acmemed" and json.loads(entry[1])["claimed"] == "harbor"
+        assert self.db("SELECT origin FROM messages WHERE id = (SELECT target FROM audit "
+                       "WHERE action = 'x12.sender_refused')") == [("sftp:acmemed",)]  # fmt: skip
+        assert self.outbound("harbor") == [] or all(
+            not n.startswith("TA1_") for n in self.outbound("harbor")
+        )
+
+    async def _change_accepted_then_invoiced(self) -> None:
+        """9. PO 4500012346 (10 BX of screws at 125.00): ACME acknowledges 8 BX at 137.50;
+        the ERP gets the acknowledged quantity and price; the buyer accepts the change with
+        `wharf po accept`; the ERP's PO takes it; the 856 and the invoice at 137.50 for 8 BX
+        match and go to AP with nobody releasing anything."""
+        from engine.cli import main
+
+        doc = {**PO, "po_number": "4500012346", "lines": [{**PO["lines"][0], "qty": "10"}]}
+        await self.erp("/purchase-orders", doc)
+        await self.erp("/purchase-orders/4500012346/release", {})
+        await self.until(lambda: len([n for n in self.outbound() if n.startswith("850_")]) == 2)
+        await self.settled()
+        ack = [
+            ["BAK", "00", "AC", "4500012346", "20260115"],
+            ["PO1", "1", "8", "BX", "137.5", "PE", "VC", "ORTH-SCR-35"],
+            ["ACK", "IQ", "8", "BX", "068", "20260120"],
+            ["CTT", "1"],
+        ]
+        await self.put("855_change.x12", acme_file("PR", "855", ack, 201))
+        erp_po = await self.erp("/purchase-orders/4500012346")
+        line = erp_po["lines"]["1"]
+        assert (line["status"], line["quantity"], line["unit_price"]) == ("changed", "8", "137.5")
+        assert (line["ordered_quantity"], line["ordered_price"]) == ("10", "125.00")
+        (change_id,) = [
+            r[0] for r in self.db("SELECT id FROM po_changes WHERE status = 'proposed'")
+        ]
+        args = ["--root", str(self.root), "--user", "buyer.jane", "po", "accept", str(change_id)]
+        assert await threads.deferToThread(main, [*args, "--note", "8 BX is fine"]) == 0
+        await self.settled()
+        erp_po = await self.erp("/purchase-orders/4500012346")
+        assert erp_po["lines"]["1"]["status"] == "change_accepted"
+        assert (erp_po["doc"]["lines"][0]["qty"], erp_po["doc"]["lines"][0]["unit_price"]) == (
+            "8",
+            "137.5",
+        )
+        asn = [
+            ["BSN", "00", "SHP2", "20260120", "1400", "0001"],
+            ["HL", "1", "", "S"],
+            ["HL", "2", "1", "O"],
+            ["PRF", "4500012346"],
+            ["HL", "3", "2", "I"],
+            ["LIN", "1", "VC", "ORTH-SCR-35"],
+            ["SN1", "1", "8", "BX"],
+            ["CTT", "3"],
+        ]
+        await self.put("856_change.x12", acme_file("SH", "856", asn, 202))
+        it1 = ["1", "8", "BX", "137.50", "PE", "VC", "ORTH-SCR-35"]
+        await self.put(
+            "810_change.x12", vendor_invoice("4500012346", "INV-55601", it1, 110000, 203)
+        )
+        assert self.snapshot()["invoices"][-1] == ("INV-55601", "matched")
+        ap = (await self.erp("/ap-invoices"))["ap-invoices"][-1]["doc"]
+        assert (ap["invoice_number"], ap["total"]) == ("INV-55601", "1100.00")
+        (posted,) = ap["lines"]
+        assert (posted["quantity"], posted["uom"], posted["unit_price"]) == ("8", "BX", "137.5000")
+        assert (posted["stock_quantity"], posted["stock_uom"]) == ("40", "EA")
+        assert ("po.change.accept",) in self.db("SELECT action FROM audit")
+
+    async def _harbor_on_its_own_account(self) -> None:
+        """10. HARBOR uploads through its own account, to the same channel: its 004010 invoice
+        is booked as HARBOR's, answered with HARBOR's 997 and no TA1 in HARBOR's outbound/,
+        and held NO_PO: it bills ACME's PO."""
+        raw = (
+            (REPO / "samples/x12/810_4010_harbor.x12")
+            .read_bytes()
+            .replace(b"000008101", b"000008102")
+        )
+        await self.put("harbor_own_810.x12", raw, user="harbor")
+        (row,) = self.db("SELECT partner, status, reasons FROM invoices WHERE partner = 'harbor'")
+        assert row[:2] == ("harbor", "held")
+        # it bills ACME's PO: HARBOR may not
+        (reason,) = json.loads(row[2])
+        assert reason["reason"] == "NO_PO" and "of vendor VND-ACMEMED" in reason["message"]
+        answers = [n.split("_")[0] for n in self.outbound("harbor")]
+        assert answers == ["997"], answers
+
+
+def acme_file(fid: str, set_id: str, body: list[list[str]], control: int) -> bytes:
+    """One 005010 interchange from ACME holding one set, TA1 asked for."""
+    g = group(fid, control, [transaction_set(set_id, "0001", body)], version="005010")
+    return render(
+        interchange([g], control=control, version="005010", sender=VENDOR, ack_requested=True)
+    )
 
 
 class socket_port:

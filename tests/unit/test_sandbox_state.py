@@ -249,3 +249,78 @@ def test_api_unknown_path_and_method(state: SandboxState) -> None:
     assert answer.status == 405
     assert answer.headers["allow"] == "POST, GET"
     assert "error" in json.loads(answer.body)
+
+
+GR_LINES = [
+    {"item_id": "ITEM-1", "quantity": "10", "uom": "EA", "location_id": "LOC-OR"},
+    {"item_id": "ITEM-2", "quantity": "2.5", "uom": "PR", "location_id": "LOC-OR"},
+]
+
+
+@pytest.mark.parametrize(
+    ("doc_type", "moves"),
+    [("goods_receipt", True), (None, True), ("expected_receipt", False)],
+    ids=["goods-receipt", "untyped", "expected-receipt"],
+)
+def test_a_goods_receipt_moves_on_hand_as_an_erp_would(
+    state: SandboxState, doc_type: str | None, moves: bool
+) -> None:
+    """POST /goods-receipts stores the receipt and adds its lines to on-hand at their
+    location (so ledger = ERP can be checked after receipts); an expected receipt (an ASN
+    that is not the receipt) moves nothing."""
+    state.set_on_hand("LOC-OR", "ITEM-1", Decimal("3"), "EA")
+    doc = {"lines": GR_LINES, **({"type": doc_type} if doc_type else {})}
+    answer = ErpApi(state).handle("POST", "/goods-receipts", {}, json.dumps(doc).encode(), {})
+    assert answer.status == 201
+    expected = (Decimal("13"), Decimal("2.5")) if moves else (Decimal("3"), Decimal("0"))
+    assert (state.on_hand("LOC-OR", "ITEM-1"), state.on_hand("LOC-OR", "ITEM-2")) == expected
+    assert state.counts()["goods_receipts"] == 1
+
+
+def test_a_goods_receipt_line_without_its_location_is_422_and_moves_nothing(
+    state: SandboxState,
+) -> None:
+    doc = {"type": "goods_receipt", "lines": [GR_LINES[0], {"item_id": "I", "quantity": "1"}]}
+    answer = ErpApi(state).handle("POST", "/goods-receipts", {}, json.dumps(doc).encode(), {})
+    assert answer.status == 422
+    assert json.loads(answer.body)["error"].startswith("lines[1].uom:")
+    assert state.on_hand("LOC-OR", "ITEM-1") == 0 and state.counts()["goods_receipts"] == 0
+
+
+def test_an_accepted_po_change_becomes_the_erp_po_line(state: SandboxState) -> None:
+    """POST /purchase-orders/{po}/changes: an accepted change sets the line's quantity, unit
+    and price in the ERP's PO; a rejected one leaves them; both mark the line."""
+    api = ErpApi(state)
+    po = {
+        "po_number": "PO-1",
+        "vendor": "V",
+        "lines": [
+            {"line": "1", "item_id": "I", "qty": "10", "uom": "BX", "unit_price": "125"},
+            {"line": "2", "item_id": "J", "qty": "4", "uom": "BX", "unit_price": "100"},
+        ],
+    }
+    assert api.handle("POST", "/purchase-orders", {}, json.dumps(po).encode(), {}).status == 201
+    accept = {
+        "status": "accepted",
+        "line": "1",
+        "quantity": "8",
+        "unit": "BX",
+        "unit_price": "137.5",
+    }
+    reject = {"status": "rejected", "line": "2", "quantity": "3"}
+    for body in (accept, reject):
+        answer = api.handle(
+            "POST", "/purchase-orders/PO-1/changes", {}, json.dumps(body).encode(), {}
+        )
+        assert answer.status == 200
+    got = json.loads(api.handle("GET", "/purchase-orders/PO-1", {}, b"", {}).body)
+    assert [(ln["qty"], ln["unit_price"]) for ln in got["doc"]["lines"]] == [
+        ("8", "137.5"),
+        ("4", "100"),
+    ]
+    assert {k: v["status"] for k, v in got["lines"].items()} == {
+        "1": "change_accepted",
+        "2": "change_rejected",
+    }
+    bad = api.handle("POST", "/purchase-orders/PO-1/changes", {}, b'{"status": "maybe"}', {})
+    assert bad.status == 422 and json.loads(bad.body)["error"].startswith("line:")

@@ -35,9 +35,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from engine.domains.procurement.ap import ap_invoice, ap_posting_key, line_sort
+from engine.domains.procurement.identity import identity_problem, refusal_ta1, refusal_text
 from engine.domains.procurement.match import (
     Converter,
-    MatchResult,
+    Reason,
     Receipt,
     invoice_key,
     match_invoice,
@@ -46,12 +48,15 @@ from engine.domains.procurement.numbers import ControlNumbers, ack_status_for
 from engine.domains.procurement.partners import Partner, TradingPartners
 from engine.domains.procurement.records import (
     ErpReceipt,
+    ErpReturn,
     InboundInterchange,
     PoRelease,
     ReceivedAck,
 )
 from engine.domains.procurement.repository import (
+    InvoiceLineRow,
     NewInvoice,
+    NewPoChange,
     NewReceipt,
     ProcurementRepository,
     ack_overdue_subject,
@@ -76,6 +81,7 @@ class ProcurementRoutes:
     receipts: str | None = None  # ERP goods receipts
     ap: str | None = None  # ERP accounts payable
     duplicate_window: float = 30 * DAY
+    ap_price_decimals: int = 4  # unit prices to AP are rounded to this many decimals
 
 
 def book_x12(
@@ -100,6 +106,8 @@ def book_x12(
             book.inbound(record)
         elif isinstance(record, ErpReceipt):
             book.erp_receipt(record)
+        elif isinstance(record, ErpReturn):
+            book.erp_return(record)
         else:
             raise TypeError(f"procurement book: expected an X12 record (got {type(record)!r})")
     return book.out
@@ -233,9 +241,27 @@ class _Book:
 
     def inbound(self, ic: InboundInterchange) -> None:
         partner = self.partners.get(ic.partner) if ic.partner else None
-        if partner is not None:
-            self._acknowledge(partner, ic)
-        if ic.refused or partner is None:
+        if partner is None:
+            return
+        if ic.unreadable:
+            self._refuse_unreadable(partner, ic)
+            return
+        if ic.origin is not None:
+            problem = identity_problem(partner, ic)
+            res = ic.result
+            if problem is not None and not ic.claimed and res is not None and res.ta1_ack == "R":
+                # a broken envelope whose sender cannot be told: answered as the X12 rules
+                # say (TA1 R with the envelope's own code), to the partner it came from
+                (isa13,) = self.repo.allocate(partner.id, "isa13")
+                when = datetime.fromtimestamp(self.now)
+                answer = refusal_ta1(partner, ic, res.ta1_code, isa13, when)
+                self._emit_file(partner, "TA1", isa13, answer)
+                return
+            if problem is not None:
+                self._refuse_sender(partner, ic, *problem)
+                return
+        self._acknowledge(partner, ic)
+        if ic.refused:
             return
         sender = (ic.sender[0], ic.sender[1].strip())
         window = self.routes.duplicate_window
@@ -265,6 +291,55 @@ class _Book:
                 self._ship_notice(partner, doc)
             elif isinstance(doc, Invoice):
                 self._match(partner, doc, None, _set_to_json(ts))
+
+    # ------------------------------------------------------------------ who may speak
+
+    def _refuse_sender(self, partner: Partner, ic: InboundInterchange, code: str, why: str) -> None:
+        """Nothing of it is booked: a TA1 R to the partner the credential speaks for, a
+        SENDER_REFUSED work item and an audit record."""
+        if ic.result is not None:
+            (isa13,) = self.repo.allocate(partner.id, "isa13")
+            when = datetime.fromtimestamp(self.now)
+            self._emit_file(partner, "TA1", isa13, refusal_ta1(partner, ic, code, isa13, when))
+        self._work_item(
+            "SENDER_REFUSED",
+            f"{partner.id}:{ic.origin}:{ic.isa13}",
+            f"interchange {ic.isa13} refused (TA1 R {code}): {why}; nothing of it was booked",
+        )
+        self.repo.audit(
+            str(ic.origin),
+            "x12.sender_refused",
+            self.message_id,
+            {
+                "partner": partner.id,
+                "claimed": ic.claimed or None,
+                "isa_sender": f"{ic.sender[0]}/{ic.sender[1].strip()}",
+                "isa13": ic.isa13,
+                "ta105": code,
+                "reason": why,
+                "sha256": ic.sha256,
+            },
+            self.now,
+        )
+
+    def _refuse_unreadable(self, partner: Partner, ic: InboundInterchange) -> None:
+        """No envelope to answer with a TA1: a plain-words refusal in the partner's outbound
+        (the way X12 files reach it) and an X12_REFUSED work item; nothing is booked."""
+        self._emit(
+            self.routes.partner_out,
+            refusal_text(partner, ic, datetime.fromtimestamp(self.now)),
+            "text/plain; charset=utf-8",
+            f"{partner.id}:refused:{self.message_id}",
+            "x12:refusal",
+            partner=partner.id,
+            filename=f"REFUSED_{partner.id}_{self.message_id}.txt",
+        )
+        self._work_item(
+            "X12_REFUSED",
+            f"{partner.id}:{self.message_id}",
+            f"a file from {partner.id} ({ic.origin or 'no credential'}) is not a readable X12 "
+            f"interchange: {ic.unreadable}; refused to the partner in plain words",
+        )
 
     def _acknowledge(self, partner: Partner, ic: InboundInterchange) -> None:
         """TA1 (asked for by ISA14, wanted by the partner, or a broken envelope) and 997/999,
@@ -339,6 +414,9 @@ class _Book:
             )
 
     def _po_ack(self, partner: Partner, ack: PurchaseOrderAck) -> None:
+        """Line statuses to the ERP with what the vendor acknowledged (quantity, unit, price,
+        ship date) beside what was ordered; a line it changed is a proposal (``wharf po
+        changes``) that a buyer accepts (it becomes the PO's basis for the match) or rejects."""
         self._unmapped_units(
             partner,
             f"855 for PO {ack.po_number}",
@@ -348,6 +426,8 @@ class _Book:
                 for unit in (line.unit, *(a.unit for a in line.acks))
             ],
         )
+        order = self.repo.order(ack.po_number)
+        ordered = {_line_key(ln.line_number): ln for ln in order.lines} if order else {}
         lines = []
         changed = []
         for line in ack.lines:
@@ -358,17 +438,39 @@ class _Book:
                 "backordered": "backordered",
                 "rejected": "rejected",
             }.get(kind, "acknowledged")
-            detail = {
+            qty, unit = _acknowledged(line)
+            ours = _our_unit(partner, unit) if unit else None
+            basis = ordered.get(_line_key(line.line_number))
+            detail: dict[str, Any] = {
                 "ack_code": line.status,
-                "quantity": None if line.quantity is None else str(line.quantity),
-                "unit": line.unit,
+                "quantity": None if qty is None else str(qty),
+                "unit": ours,
                 "unit_price": None if line.unit_price is None else str(line.unit_price),
                 "ship_date": line.ship_date.isoformat() if line.ship_date else None,
             }
+            if basis is not None:
+                detail.update(
+                    ordered_quantity=str(basis.quantity),
+                    ordered_unit=basis.unit,
+                    ordered_price=None if basis.unit_price is None else str(basis.unit_price),
+                )
+            change_id = None
+            if status == "changed" and basis is not None:
+                change_id = self._propose(partner, ack, line, basis, qty, ours, detail)
+                if change_id is not None:
+                    detail["change_id"] = change_id
             self.repo.set_line_ack(ack.po_number, line.line_number, status, detail)
             lines.append({"line": line.line_number, "status": status, **detail})
             if status in ("changed", "backordered", "rejected"):
-                changed.append(f"line {line.line_number} {status} ({line.status})")
+                what = f"line {line.line_number} {status} ({line.status})"
+                if change_id is not None:
+                    what += (
+                        f": proposes {detail['quantity'] or basis.quantity} "
+                        f"{detail['unit'] or basis.unit} at "
+                        f"{detail['unit_price'] or basis.unit_price} (change {change_id}, "
+                        "wharf po changes)"
+                    )
+                changed.append(what)
         po_status = (
             "rejected" if ack.ack_type == "RJ" else ("changed" if changed else "acknowledged")
         )
@@ -389,6 +491,45 @@ class _Book:
             "po_ack",
             po_number=ack.po_number,
             action="acknowledgements",
+        )
+
+    def _propose(
+        self,
+        partner: Partner,
+        ack: PurchaseOrderAck,
+        line: Any,
+        basis: Any,
+        qty: Decimal | None,
+        unit: str | None,
+        detail: dict[str, Any],
+    ) -> int | None:
+        """A proposal when the vendor acknowledged another quantity, unit, price or date than
+        the PO's basis; None when nothing differs (or the same proposal is open already)."""
+        price = line.unit_price
+        differs = (
+            (qty is not None and (qty != basis.quantity or (unit or basis.unit) != basis.unit))
+            or (price is not None and basis.unit_price is not None and price != basis.unit_price)
+            or line.status == "DR"
+        )
+        if not differs:
+            return None
+        return self.repo.add_po_change(
+            NewPoChange(
+                po_number=ack.po_number,
+                line=basis.line_number,
+                partner=partner.id,
+                ack_code=line.status,
+                ordered_quantity=basis.quantity,
+                ordered_uom=basis.unit,
+                ordered_price=basis.unit_price if basis.unit_price is not None else Decimal(0),
+                quantity=qty,
+                uom=unit,
+                unit_price=price,
+                ship_date=detail["ship_date"],
+                message_id=self.message_id,
+                correlation_id=self.correlation_id,
+                created_at=self.now,
+            )
         )
 
     # ------------------------------------------------------------------ 856 receipts
@@ -543,6 +684,52 @@ class _Book:
                 self.repo.add_to_onhand(po.location_id, item, base, base_uom, self.now)
         self._retry_held(partner, receipt.po_number)
 
+    def erp_return(self, rtv: ErpReturn) -> None:
+        """Goods the ERP returned to the vendor: negative receipt lines (once per return line),
+        off on-hand, and the PO's credit memos held for want of a return matched again."""
+        po = self.repo.purchase_order(rtv.po_number)
+        if po is None:
+            self._work_item(
+                "RECEIPT_UNMATCHED",
+                f"erp-return:{rtv.return_id}",
+                f"ERP return {rtv.return_id} names PO {rtv.po_number}, which Wharf never sent",
+            )
+            return
+        partner = self.partners[po.partner]
+        convert = self.converter(partner)
+        for n, line in enumerate(rtv.lines, 1):
+            row = self.repo.po_line(rtv.po_number, line.po_line)
+            if row is None:
+                self._work_item(
+                    "RECEIPT_UNMATCHED",
+                    f"erp-return:{rtv.return_id}:{n}",
+                    f"ERP return {rtv.return_id}: no PO line {rtv.po_number}/{line.po_line}",
+                )
+                continue
+            qty = abs(line.quantity)
+            base = qty * convert(row.item_id, line.uom, row.base_uom)
+            taken = self.repo.add_receipt(
+                NewReceipt(
+                    business_key=f"erp-return|{rtv.return_id}|{n}",
+                    po_number=rtv.po_number,
+                    po_line=line.po_line,
+                    item_id=row.item_id,
+                    quantity=-qty,
+                    uom=line.uom,
+                    base_quantity=-base,
+                    lot=line.lot,
+                    serial=line.serial,
+                    expiry=line.expiry,
+                    sscc=None,
+                    source="erp_return",
+                    message_id=self.message_id,
+                    created_at=self.now,
+                )
+            )
+            if taken:
+                self.repo.add_to_onhand(po.location_id, row.item_id, -base, row.base_uom, self.now)
+        self._retry_held(partner, rtv.po_number)
+
     def _retry_held(self, partner: Partner, po_number: str) -> None:
         for invoice_id, body in self.repo.held_for_receipt(po_number, partner.id):
             self._match(partner, read_invoice(_set_from_json(body)), invoice_id, body)
@@ -550,35 +737,53 @@ class _Book:
     # ------------------------------------------------------------------ 810 match
 
     def _match(self, partner: Partner, invoice: Invoice, invoice_id: int | None, body: str) -> None:
+        """Match an 810 (new, or held and matched again): its payable lines post to AP (all
+        of them, or under a line-level hold those without an issue), the others stay held
+        with their reasons in one INVOICE_HELD work item per invoice number."""
         vendor_key, inv_key = invoice_key(partner.id, invoice.invoice_number)
         self._unmapped_units(
             partner,
             f"810 {invoice.invoice_number}",
             [(line.line_number, line.unit) for line in invoice.lines],
         )
-        duplicate_of = None
+        subject = f"{partner.id}:{invoice.invoice_number}"
         if invoice_id is None:
             duplicate_of = self.repo.invoice_on_file(vendor_key, inv_key)
+            if duplicate_of is not None:
+                self._duplicate(partner, invoice, body, vendor_key, inv_key, duplicate_of)
+                return
         order = self.repo.order(invoice.po_number)
         base_units = {ln.line_number: ln.base_unit for ln in order.lines} if order else {}
         receipts = [
             Receipt(po_line, qty, base_units.get(po_line, "EA"), str(rid))
             for rid, po_line, qty in self.repo.receipts_for(invoice.po_number)
         ]
-        prior_invoiced = self.repo.invoiced(invoice.po_number, excluding=invoice_id)
         result = match_invoice(
             invoice,
             order,
             receipts,
             convert=_their_units(partner, self.converter(partner)),
-            prior_invoiced=prior_invoiced,
+            prior_invoiced=self.repo.invoiced(invoice.po_number, excluding=invoice_id),
+            prior_credited=self.repo.credited(invoice.po_number, excluding=invoice_id),
             tolerance=partner.tolerance,
-            duplicate_of=duplicate_of,
+            vendors=partner.vendors,
         )
-        status = "matched" if result.matched else ("duplicate" if duplicate_of else "held")
+        posted = self.repo.posted_lines(invoice_id) if invoice_id is not None else set()
+        if result.matched:
+            payable = result.lines
+        elif partner.hold == "line":
+            payable = result.payable_lines
+        else:
+            payable = ()
+        now_posting = [ln for ln in payable if ln.invoice_line not in posted]
+        done = posted | {ln.invoice_line for ln in now_posting}
+        complete = bool(result.lines) and all(ln.invoice_line in done for ln in result.lines)
+        status = "matched" if result.matched or (complete and not result.held_whole) else "held"
+        # what still holds it: the invoice-level reasons and the lines not posted
         reasons = [
             {"reason": str(i.reason), "line": i.line, "message": i.message}
             for i in result.all_issues
+            if status != "matched" and (i.line is None or i.line not in done)
         ]
         if invoice_id is None:
             invoice_id = self.repo.add_invoice(
@@ -602,33 +807,131 @@ class _Book:
             self.repo.rematch_invoice(
                 invoice_id, status, reasons, result.retry_on_receipt, self.now
             )
+        credit = result.is_credit
         self.repo.set_invoice_lines(
             invoice_id,
-            [(ln.invoice_line, ln.po_line, ln.quantity or Decimal(0)) for ln in result.lines],
+            [
+                InvoiceLineRow(
+                    ln.invoice_line,
+                    ln.po_line,
+                    ln.quantity or Decimal(0),
+                    ln.invoice_line in done,
+                    credit,
+                )
+                for ln in result.lines
+            ],
         )
-        subject = f"{partner.id}:{invoice.invoice_number}"
-        if result.matched:
-            self.repo.resolve_work_items("INVOICE_HELD", subject=subject, now=self.now)
+        if now_posting:
+            whole = not posted and len(now_posting) == len(result.lines)
+            doc = ap_invoice(
+                partner,
+                invoice,
+                result,
+                self.correlation_id,
+                lines=now_posting,
+                with_header=not posted,
+                decimals=self.routes.ap_price_decimals,
+            )
             self._emit(
                 self.routes.ap,
-                to_json_bytes(ap_invoice(partner, invoice, result, self.correlation_id)),
+                to_json_bytes(doc),
                 "application/json",
-                f"810:{subject}",
+                ap_posting_key(subject, None if whole else now_posting),
                 "ap_invoice",
                 invoice_number=invoice.invoice_number,
             )
+        if status == "matched":
+            self.repo.resolve_work_items("INVOICE_HELD", subject=subject, now=self.now)
             return
         detail = "; ".join(
             f"{r['reason']}" + (f" line {r['line']}" if r["line"] else "") + f": {r['message']}"
             for r in reasons
         )
-        if status == "duplicate":
-            self._work_item("INVOICE_DUPLICATE", f"{subject}:{self.message_id}", detail)
-            return
+        if done and not result.held_whole:
+            detail += f" (posted to AP: line(s) {', '.join(sorted(done, key=line_sort))})"
         # Matched again for other reasons (a receipt came, not enough): the same work item says
         # what is wrong now.
         self.repo.refresh_work_items("INVOICE_HELD", subject=subject, detail=detail, now=self.now)
         self._work_item("INVOICE_HELD", subject, detail)
+
+    def _duplicate(
+        self,
+        partner: Partner,
+        invoice: Invoice,
+        body: str,
+        vendor_key: str,
+        inv_key: str,
+        duplicate_of: str,
+    ) -> None:
+        """A vendor + invoice number seen before: filed as a duplicate with that one reason,
+        and one INVOICE_DUPLICATE work item per invoice number however often it is resent."""
+        message = f"invoice {invoice.invoice_number} was already received ({duplicate_of})"
+        self.repo.add_invoice(
+            NewInvoice(
+                partner=partner.id,
+                vendor_key=vendor_key,
+                invoice_key=inv_key,
+                invoice_number=invoice.invoice_number,
+                po_number=invoice.po_number,
+                status="duplicate",
+                reasons=[{"reason": str(Reason.DUPLICATE), "line": None, "message": message}],
+                retry_on_receipt=False,
+                total=invoice.total,
+                body=body,
+                message_id=self.message_id,
+                correlation_id=self.correlation_id,
+                created_at=self.now,
+            )
+        )
+        # one per invoice number on file, however the resends write it (``inv 0009``, ``INV-9``)
+        self._work_item(
+            "INVOICE_DUPLICATE", f"{partner.id}:{duplicate_of}", f"DUPLICATE: {message}"
+        )
+
+
+def _line_key(text: str) -> str:
+    text = (text or "").strip()
+    return (text.lstrip("0") or "0") if text.isdigit() else text
+
+
+def _acknowledged(line: Any) -> tuple[Decimal | None, str]:
+    """The quantity and unit code the vendor acknowledged for an 855 line: ACK02/ACK03 of the
+    ACK that says the line's state (a change: the new quantity), else the PO1 echo."""
+    for ack in line.acks:
+        if ack.kind == line.kind and ack.quantity is not None:
+            return ack.quantity, ack.unit or line.unit
+    return line.quantity, line.unit
+
+
+def _our_unit(partner: Partner, code: str) -> str:
+    try:
+        return partner.our_unit(code)
+    except Exception:
+        return code
+
+
+def rematch_po(
+    repo: ProcurementRepository,
+    po_number: str,
+    partner: Partner,
+    *,
+    routes: ProcurementRoutes,
+    partners: TradingPartners,
+    converter: Callable[[Partner], Converter],
+    channel: str,
+    now: float,
+    message_of: Callable[[int], tuple[str, str]],
+) -> list[tuple[str, str, list[Outbound]]]:
+    """Match the PO's held invoices again (its basis changed: a buyer accepted a change), each
+    as its own message would (``message_of(invoice id)``: its message and correlation id):
+    (message id, correlation id, the deliveries it needs) per invoice."""
+    out = []
+    for invoice_id, body in repo.held_invoices(po_number, partner.id):
+        message_id, correlation_id = message_of(invoice_id)
+        book = _Book(repo, channel, message_id, correlation_id, routes, partners, converter, now)
+        book._match(partner, read_invoice(_set_from_json(body)), invoice_id, body)
+        out.append((message_id, correlation_id, book.out))
+    return out
 
 
 def flag_overdue_acks(repo: ProcurementRepository, now: float | None = None) -> int:
@@ -653,37 +956,6 @@ def flag_overdue_acks(repo: ProcurementRepository, now: float | None = None) -> 
     for subject in repo.answered_overdue_alerts():
         repo.resolve_work_items("ACK_OVERDUE", subject=subject, now=now)
     return new
-
-
-def ap_invoice(
-    partner: Partner, invoice: Invoice, result: MatchResult, correlation_id: str
-) -> dict[str, Any]:
-    """The AP invoice the ERP gets for a matched 810."""
-    return {
-        "type": "ap_invoice",
-        "vendor": partner.id,
-        "invoice_number": invoice.invoice_number,
-        "invoice_date": invoice.invoice_date.isoformat() if invoice.invoice_date else None,
-        "po_number": invoice.po_number,
-        "credit": result.is_credit,
-        "currency": invoice.currency or "USD",
-        "subtotal": str(result.subtotal),
-        "charges": str(result.charges),
-        "tax": str(result.tax),
-        "total": str(result.total if result.total is not None else result.computed_total),
-        "lines": [
-            {
-                "line": ln.invoice_line,
-                "po_line": ln.po_line,
-                "quantity": None if ln.quantity is None else str(ln.quantity),
-                "uom": ln.base_unit,
-                "unit_price": None if ln.price is None else str(ln.price),
-            }
-            for ln in result.lines
-        ],
-        "match": "three_way",
-        "correlation_id": correlation_id,
-    }
 
 
 def _their_units(partner: Partner, convert: Converter) -> Converter:
@@ -724,6 +996,8 @@ def _set_from_json(text: str) -> TransactionSet:
 __all__ = [
     "ProcurementRoutes",
     "ap_invoice",
+    "ap_posting_key",
     "book_x12",
     "flag_overdue_acks",
+    "rematch_po",
 ]

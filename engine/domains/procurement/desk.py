@@ -1,8 +1,9 @@
 """The AP desk: what a person does with held invoices, and the receipts nobody invoiced.
 
-``wharf invoices`` lists invoices (held ones with their reasons); ``wharf invoices release N``
-posts a held invoice to accounts payable as it is (the person accepts the variance) and
-``wharf invoices reject N`` closes it without posting; both are audited with who and why.
+``wharf invoices`` lists invoices (held ones with their reasons, and how many of their lines a
+line-level hold already posted); ``wharf invoices release N`` posts a held invoice's remaining
+lines to accounts payable as they are (the person accepts the variance) and ``wharf invoices
+reject N`` closes it without posting them; both are audited with who and why.
 ``wharf receipts --unmatched --older-than 30d`` lists received quantities not yet invoiced.
 
 The reads take a :class:`~engine.domains.procurement.repository.ProcurementRepository` (the
@@ -17,7 +18,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from engine.domains.procurement.book import _set_from_json, _their_units, ap_invoice
+from engine.domains.procurement.book import (
+    _set_from_json,
+    _their_units,
+    ap_invoice,
+    ap_posting_key,
+)
 from engine.domains.procurement.domain import PARTNERS, converter, repository
 from engine.domains.procurement.match import Converter, match_invoice
 from engine.domains.procurement.partners import Partner
@@ -86,9 +92,11 @@ def ap_release(
     destination: str,
     actor: str,
     note: str,
+    decimals: int = 4,
 ) -> Outbound:
-    """The AP invoice for a held invoice posted as it is, by ``actor`` (the same idempotency
-    key as the book's, so AP never gets the invoice twice)."""
+    """The AP invoice for a held invoice posted as it is, by ``actor``: the lines not posted
+    yet (all of them, with the same idempotency key as the book's, so AP never gets the invoice
+    twice; or, after a line-level hold posted some, the rest with the key of those lines)."""
     invoice = read_invoice(_set_from_json(held.body))
     result = match_invoice(
         invoice,
@@ -97,12 +105,25 @@ def ap_release(
         convert=_their_units(partner, convert),
         tolerance=partner.tolerance,
     )
-    doc = ap_invoice(partner, invoice, result, held.correlation_id or "")
+    posted = repo.posted_lines(held.id)
+    rest = [ln for ln in result.lines if ln.invoice_line not in posted]
+    whole = not posted
+    doc = ap_invoice(
+        partner,
+        invoice,
+        result,
+        held.correlation_id or "",
+        lines=rest,
+        with_header=whole,
+        decimals=decimals,
+    )
     doc.update(match="released", released_by=actor, note=note)
+    subject = f"{held.partner}:{held.invoice_number}"
     key = effect_key(
-        channel, destination, f"810:{held.partner}:{held.invoice_number}", "ap_invoice"
+        channel, destination, ap_posting_key(subject, None if whole else rest), "ap_invoice"
     )
     meta = {"idempotency_key": key, "effect": "ap_invoice"}
+    repo.mark_posted(held.id, [ln.invoice_line for ln in rest])
     return Outbound(destination, to_json_bytes(doc), "application/json", None, meta)
 
 
@@ -135,6 +156,7 @@ def release_invoice(
             destination=dest,
             actor=actor,
             note=note,
+            decimals=defn.config.procurement.ap_price_decimals,
         )
         tx.enqueue(held.message_id, [delivery], now, correlation_id=held.correlation_id)
         close(repo, held, "released", now)

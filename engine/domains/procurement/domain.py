@@ -21,7 +21,12 @@ from engine.domains.procurement import schema, x12_partner  # noqa: F401 (regist
 from engine.domains.procurement.book import ProcurementRoutes, book_x12, flag_overdue_acks
 from engine.domains.procurement.match import converter_from_graph
 from engine.domains.procurement.partners import PARTNERS_FILE, TradingPartners, load_partners
-from engine.domains.procurement.records import ErpReceipt, InboundInterchange, PoRelease
+from engine.domains.procurement.records import (
+    ErpReceipt,
+    ErpReturn,
+    InboundInterchange,
+    PoRelease,
+)
 from engine.domains.procurement.repository import (
     ProcurementRepository,
     SqliteProcurementRepository,
@@ -30,7 +35,7 @@ from engine.errors import ConfigError, LintFailed, MappingMiss
 from engine.interfaces import Booking, Job, Migration, Transaction
 from engine.model import Outbound
 from engine.registry import register_domain
-from engine.spec import Duration, Field, Spec, Str
+from engine.spec import Duration, Field, Int, Spec, Str
 from engine.uom import UomGraph, graph_of
 
 NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
@@ -63,6 +68,13 @@ PROCUREMENT_SPEC = Spec(
             "An interchange with the same sender and ISA13 within this window is acknowledged "
             "again and not applied again.",
         ),
+        Field(
+            "ap_price_decimals",
+            Int(0, 10),
+            4,
+            "Decimals of the unit prices the `ap` destination takes (the AP system's "
+            "precision); line amounts are rounded to the cent and tie to the invoice total.",
+        ),
     ],
     description=(
         "Apply the X12 records that transforms book (`ctx.book`): purchase orders sent as "
@@ -82,6 +94,18 @@ def repository(tx: Transaction) -> ProcurementRepository:
     if tx.dialect == "sqlite":
         return SqliteProcurementRepository(tx)
     raise ValueError(f"procurement has a repository for sqlite (got {tx.dialect!r})")
+
+
+def routes_of(section: Any) -> ProcurementRoutes:
+    """Where a channel's ``procurement:`` section sends each effect."""
+    return ProcurementRoutes(
+        partner_out=section.partner_out,
+        po_status=section.po_status,
+        receipts=section.receipts,
+        ap=section.ap,
+        duplicate_window=section.duplicate_window,
+        ap_price_decimals=section.ap_price_decimals,
+    )
 
 
 def converter(mappings: Any, partner: Any) -> Any:
@@ -104,19 +128,13 @@ class ProcurementBinding:
         self.section = section
         self.mappings = snapshot.mappings
         self.partners = snapshot.extras.get(PARTNERS)
-        self.routes = ProcurementRoutes(
-            partner_out=section.partner_out,
-            po_status=section.po_status,
-            receipts=section.receipts,
-            ap=section.ap,
-            duplicate_window=section.duplicate_window,
-        )
+        self.routes = routes_of(section)
         self.destinations = frozenset(
             d for d in (section.partner_out, section.po_status, section.receipts, section.ap) if d
         )
 
     def accepts(self, record: Any) -> bool:
-        return isinstance(record, PoRelease | InboundInterchange | ErpReceipt)
+        return isinstance(record, PoRelease | InboundInterchange | ErpReceipt | ErpReturn)
 
     def converter(self, partner: Any) -> Any:
         return converter(self.mappings, partner)

@@ -1,9 +1,11 @@
 """The three-way match: purchase order × receipts × invoice (DOMAIN §4). Pure functions, no I/O.
 
-:func:`match_invoice` takes what the caller looked up (the PO, the cumulative receipts of its
-lines, what earlier invoices already billed, whether the vendor invoice number is a duplicate)
-and returns a :class:`MatchResult`: ``matched`` when nothing is out of tolerance, else ``held``
-with one :class:`Issue` per problem, each with a :class:`Reason` code.
+:func:`match_invoice` takes what the caller looked up (the PO, the cumulative receipts and
+returns of its lines, what earlier invoices already billed and credited, whether the vendor
+invoice number is a duplicate) and returns a :class:`MatchResult`: ``matched`` when nothing is
+out of tolerance, else ``held`` with one :class:`Issue` per problem, each with a
+:class:`Reason` code, on the invoice (header) or on a line. ``docs/ap-policy.md`` lists every
+default and the ERP practice behind it.
 
 Rules (all limits in :class:`Tolerance`; "at the limit" passes, one cent/unit over fails):
 
@@ -11,20 +13,32 @@ Rules (all limits in :class:`Tolerance`; "at the limit" passes, one cent/unit ov
   REF, else IT101) when the item ids agree, else by item id (vendor part, buyer item, GTIN).
   None found, or the numbered line carries another item: ``ITEM``.
 * Quantities are converted to the item's base (stocking) unit and compared *cumulatively*:
-  prior invoiced + this invoice ≤ received × (1 + qty_received_pct) + qty_abs (``QTY_REC``) and
-  ≤ ordered × (1 + qty_ordered_pct) + qty_abs (``QTY_ORD``). Nothing received yet:
-  ``NO_RECEIPT`` and ``retry_on_receipt``. Lines with ``receipt_required=False`` (bill-only,
-  evaluated receipts) match two-way.
-* Price per base unit: ``|inv − po| ≤ max(po × price_pct %, price_abs)`` (``PRICE``).
+  prior invoiced + this invoice against received (``QTY_REC``: ``qty_received_pct``,
+  ``qty_abs``) and ordered (``QTY_ORD``: ``qty_ordered_pct``, ``qty_abs``). Nothing received
+  yet: ``NO_RECEIPT`` and ``retry_on_receipt``. Lines with ``receipt_required=False``
+  (bill-only, evaluated receipts) match two-way.
+* Price per base unit against the PO's (``PRICE``): over by at most ``price_pct`` % of the PO
+  price and ``price_abs``. A limit left unset (None) allows any variance; with
+  ``limits: all`` (the default, as Oracle Payables and SAP check them) a line passes only
+  within *every* limit that is set, with ``limits: any`` within the larger. Billing *below* the
+  PO price passes and is paid as billed (``price_below_po: pay``) unless
+  ``price_below_po: hold`` checks the same limits below it.
 * A unit with no conversion to the base unit: ``UOM`` (the line's other checks are skipped).
-* Credits (BIG07 ``CR`` or a negative quantity) reduce what was invoiced: the credited quantity
-  must not exceed what earlier invoices billed for that PO line (``QTY_INV``); the price is
-  checked as for an invoice; receipts are not consulted.
+* Credits (a credit memo: BIG07 ``CR``, or only negative lines; or a negative line) reduce
+  what was invoiced: the credited quantity must not exceed what earlier invoices billed for
+  that PO line (``QTY_INV``); a credit memo's credited quantity must be covered by returns to
+  the vendor (negative receipts from the ERP) not yet credited (``NO_RETURN``, unless
+  ``credit_needs_return`` is off); the price is checked both ways; receipts are not consulted.
+* ``NO_PO`` too when the PO is another vendor's than the sender's (``vendors``).
 * Charges: freight codes up to ``max(freight_abs, freight_pct % of the subtotal)`` (or the PO's
   own ``freight_allowed``), other charge codes per ``sac_rules`` (``FREIGHT`` / ``SAC``).
 * ``TOTAL``: TDS01 against lines + charges − allowances + tax, within ``total_abs``.
-* ``DUP`` when the caller found the vendor + invoice number before, ``NO_PO`` when there is no
-  PO (or another PO number than BIG04).
+* ``DUPLICATE`` when the caller found the vendor + invoice number before: the only reason
+  given then (nothing else of a duplicate is matched). ``NO_PO`` when there is no PO (or
+  another PO number than BIG04).
+
+Invoice-level reasons (DUPLICATE, NO_PO, FREIGHT, SAC, TOTAL, an invoice without lines) hold
+the whole invoice; the others hold their line (:attr:`MatchResult.payable_lines`).
 
 Arithmetic is exact Decimal: price limits are compared cross-multiplied by the conversion
 factors, so nothing is divided before comparing.
@@ -42,6 +56,8 @@ from engine.errors import ConfigError, MappingMiss, UomConversionMissing
 from engine.x12.documents import Invoice, InvoiceLine, PurchaseOrder, PurchaseOrderLine, gtin14
 
 __all__ = [
+    "INVOICE_REASONS",
+    "OPTIONAL_LIMITS",
     "Converter",
     "Issue",
     "LineResult",
@@ -77,7 +93,9 @@ class Reason(enum.StrEnum):
     NO_RECEIPT = "NO_RECEIPT"  # nothing received yet: retry when a receipt arrives
     UOM = "UOM"  # a unit without a conversion to the base unit
     ITEM = "ITEM"  # line matches no PO line, or its item differs
-    DUP = "DUP"  # vendor + invoice number seen before
+    DUPLICATE = "DUPLICATE"  # vendor + invoice number seen before: the only reason then
+    DUP = "DUPLICATE"  # the former name of DUPLICATE (an alias)
+    NO_RETURN = "NO_RETURN"  # a credit memo for more than was returned to the vendor
     NO_PO = "NO_PO"  # no PO, or a different PO number
     FREIGHT = "FREIGHT"  # freight over the rule
     SAC = "SAC"  # another charge not allowed or over its rule
@@ -205,21 +223,42 @@ def _decimal_fields() -> tuple[str, ...]:
     )
 
 
+#: Limits that may be left unset (None: any variance allowed, as an Oracle tolerance that is
+#: active without a value).
+OPTIONAL_LIMITS = frozenset(
+    ("price_pct", "price_abs", "qty_received_pct", "qty_ordered_pct", "qty_abs")
+)
+_CHOICES = {"limits": ("all", "any"), "price_below_po": ("pay", "hold")}
+_BOOLS = ("allow_other_charges", "require_po_unit", "credit_needs_return")
+
+#: Reasons that hold the whole invoice; every other reason holds its line only.
+INVOICE_REASONS = frozenset(("DUPLICATE", "NO_PO", "FREIGHT", "SAC", "TOTAL"))
+
+
 @dataclass(frozen=True)
 class Tolerance:
-    """Match tolerances (DOMAIN §4.2 practice defaults). Percentages are in percent (2 = 2 %).
+    """Match tolerances (``docs/ap-policy.md``: every default and the ERP practice behind it).
+    Percentages are in percent (2 = 2 %); None leaves a limit unset (any variance allowed).
 
-    ``price_abs`` is money per base unit; ``qty_abs`` is base units, added to both quantity
-    limits. Freight (``freight_codes``) is allowed up to ``max(freight_abs, freight_pct % of the
-    line subtotal)``; other charge codes need a ``sac_rules`` entry unless
-    ``allow_other_charges``. Allowances (SAC01 ``A``) are never held.
+    ``price_pct``/``price_abs``: how far the invoice price per base unit may exceed the PO's
+    (% of the PO price; money per base unit). ``qty_received_pct``/``qty_ordered_pct``: how
+    far the cumulative invoiced quantity may exceed what was received/ordered (%);
+    ``qty_abs``: base units, a limit on both. ``limits``: ``all`` (a line passes only within
+    every limit that is set: Oracle Payables, SAP) or ``any`` (within the larger).
+    ``price_below_po``: ``pay`` (billing below the PO price passes and is paid as billed) or
+    ``hold`` (the same limits apply below it). Freight (``freight_codes``) is allowed up to
+    ``max(freight_abs, freight_pct % of the line subtotal)``; other charge codes need a
+    ``sac_rules`` entry unless ``allow_other_charges``. Allowances (SAC01 ``A``) are never
+    held. ``credit_needs_return``: a credit memo is matched to returns to the vendor.
     """
 
-    price_pct: Decimal = Decimal("2")
-    price_abs: Decimal = Decimal("1.00")
-    qty_received_pct: Decimal = ZERO
-    qty_ordered_pct: Decimal = ZERO
-    qty_abs: Decimal = ZERO
+    price_pct: Decimal | None = Decimal("2")
+    price_abs: Decimal | None = None
+    qty_received_pct: Decimal | None = ZERO
+    qty_ordered_pct: Decimal | None = ZERO
+    qty_abs: Decimal | None = None
+    limits: str = "all"
+    price_below_po: str = "pay"
     freight_abs: Decimal = Decimal("25.00")
     freight_pct: Decimal = Decimal("5")
     freight_codes: frozenset[str] = frozenset({"D240"})
@@ -227,10 +266,13 @@ class Tolerance:
     allow_other_charges: bool = False
     total_abs: Decimal = CENT
     require_po_unit: bool = False  # hold (UOM) an invoice unit other than the PO's
+    credit_needs_return: bool = True
 
     def __post_init__(self) -> None:
         for name in _decimal_fields():
             value = getattr(self, name)
+            if value is None and name in OPTIONAL_LIMITS:
+                continue
             if isinstance(value, bool) or not isinstance(value, Decimal | int):
                 raise ConfigError(
                     f"'{name}' must be a Decimal >= 0 (got {value!r})", path=f"tolerance.{name}"
@@ -240,7 +282,51 @@ class Tolerance:
                     f"'{name}' must be a number >= 0 (got {value})", path=f"tolerance.{name}"
                 )
             object.__setattr__(self, name, Decimal(value))
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"'{name}' must be one of {', '.join(allowed)} (got {getattr(self, name)!r})",
+                    path=f"tolerance.{name}",
+                )
         object.__setattr__(self, "freight_codes", frozenset(self.freight_codes))
+
+    def within(
+        self, variance: Decimal, pct_base: Decimal, pct: Decimal | None, absolute: Any
+    ) -> bool:
+        """Whether ``variance`` is within the limits set: ``pct`` % of ``pct_base`` and
+        ``absolute`` (both already in the caller's scale), per :attr:`limits`."""
+        checks = []
+        if pct is not None:
+            checks.append(variance <= pct_base * pct / HUNDRED)
+        if absolute is not None:
+            checks.append(variance <= absolute)
+        if not checks:
+            return True
+        return all(checks) if self.limits == "all" else any(checks)
+
+    def qty_limit(self, base: Decimal, pct: Decimal | None) -> Decimal | None:
+        """The most that may be invoiced against ``base`` (received or ordered) with ``pct`` and
+        :attr:`qty_abs`, per :attr:`limits`; None when no limit is set."""
+        limits = []
+        if pct is not None:
+            limits.append(base * (HUNDRED + pct) / HUNDRED)
+        if self.qty_abs is not None:
+            limits.append(base + self.qty_abs)
+        if not limits:
+            return None
+        return min(limits) if self.limits == "all" else max(limits)
+
+    def describe_price(self, unit: str) -> str:
+        """The price limits in words: ``2% and 5.00 per EA``."""
+        parts = []
+        if self.price_pct is not None:
+            parts.append(f"{self.price_pct}%")
+        if self.price_abs is not None:
+            parts.append(f"{self.price_abs} per {unit}")
+        if not parts:
+            return "no limit set"
+        joiner = " and " if self.limits == "all" else " or "
+        return joiner.join(parts)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, path: str = "tolerance") -> Tolerance:
@@ -255,10 +341,19 @@ class Tolerance:
                     path=where,
                 )
             if key in _decimal_fields():
-                kwargs[key] = _config_decimal(value, where)
-            elif key in ("allow_other_charges", "require_po_unit"):
+                if value is None and key in OPTIONAL_LIMITS:
+                    kwargs[key] = None
+                else:
+                    kwargs[key] = _config_decimal(value, where)
+            elif key in _BOOLS:
                 if not isinstance(value, bool):
                     raise ConfigError(f"must be true or false (got {value!r})", path=where)
+                kwargs[key] = value
+            elif key in _CHOICES:
+                if value not in _CHOICES[key]:
+                    raise ConfigError(
+                        f"must be one of {', '.join(_CHOICES[key])} (got {value!r})", path=where
+                    )
                 kwargs[key] = value
             elif key == "freight_codes":
                 if isinstance(value, str) or not isinstance(value, Iterable):
@@ -317,10 +412,21 @@ class LineResult:
     invoiced_after: Decimal | None = None  # cumulative including this line
     price: Decimal | None = None  # invoice price per base unit
     po_price: Decimal | None = None  # PO price per base unit
+    # the line as billed: quantity (signed, credit < 0), the vendor's unit code, unit price
+    billed_quantity: Decimal | None = None
+    billed_unit: str = ""
+    billed_price: Decimal | None = None
 
     @property
     def reasons(self) -> tuple[Reason, ...]:
         return tuple(i.reason for i in self.issues)
+
+    @property
+    def amount(self) -> Decimal:
+        """Billed quantity × billed unit price, exact (0 when either is missing)."""
+        if self.billed_quantity is None or self.billed_price is None:
+            return ZERO
+        return self.billed_quantity * self.billed_price
 
     @property
     def matched(self) -> bool:
@@ -360,6 +466,19 @@ class MatchResult:
     @property
     def reasons(self) -> frozenset[Reason]:
         return frozenset(i.reason for i in self.all_issues)
+
+    @property
+    def held_whole(self) -> bool:
+        """An invoice-level reason holds every line (DUPLICATE, NO_PO, TOTAL, charges)."""
+        return bool(self.issues)
+
+    @property
+    def payable_lines(self) -> tuple[LineResult, ...]:
+        """The lines that may be posted on their own (line-level holds): none while an
+        invoice-level reason holds the invoice, else every line without an issue."""
+        if self.held_whole:
+            return ()
+        return tuple(line for line in self.lines if line.matched)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -463,6 +582,7 @@ class _Matcher:
         prior_invoiced: Mapping[str, Decimal],
         tolerance: Tolerance,
         convert: Converter,
+        prior_credited: Mapping[str, Decimal] | None = None,
     ) -> None:
         self.order = order
         self.tol = tolerance
@@ -486,9 +606,23 @@ class _Matcher:
         for receipt in receipts:
             self.receipts.setdefault(_line_no(receipt.po_line), []).append(receipt)
         self.received: dict[str, Decimal | MappingMiss] = {}
+        self.returned: dict[str, Decimal | MappingMiss] = {}
         self.invoiced: dict[str, Decimal] = {
             _line_no(k): Decimal(v) for k, v in prior_invoiced.items()
         }
+        self.credited: dict[str, Decimal] = {
+            _line_no(k): Decimal(v) for k, v in (prior_credited or {}).items()
+        }
+        # quantity limits as multipliers, worked out once per invoice
+        t = tolerance
+        self.ord_mult = (
+            None if t.qty_ordered_pct is None else (HUNDRED + t.qty_ordered_pct) / HUNDRED
+        )
+        self.rec_mult = (
+            None if t.qty_received_pct is None else (HUNDRED + t.qty_received_pct) / HUNDRED
+        )
+        self.qty_abs = t.qty_abs
+        self.all_limits = t.limits == "all"
         self.factors: dict[tuple[str, str, str], Decimal | MappingMiss] = {}
         self.retry = False
 
@@ -517,6 +651,34 @@ class _Matcher:
             except MappingMiss as exc:
                 found = exc
             self.received[no] = found
+        if isinstance(found, MappingMiss):
+            raise found
+        return found
+
+    def limit(self, base: Decimal, mult: Decimal | None) -> Decimal | None:
+        """The most that may be invoiced against ``base`` (see :meth:`Tolerance.qty_limit`)."""
+        pct = None if mult is None else base * mult
+        if self.qty_abs is None:
+            return pct
+        absolute = base + self.qty_abs
+        if pct is None:
+            return absolute
+        return min(pct, absolute) if self.all_limits else max(pct, absolute)
+
+    def returned_base(self, line: OrderLine) -> Decimal:
+        """What went back to the vendor on this PO line (negative receipts), in base units."""
+        no = _line_no(line.line_number)
+        found = self.returned.get(no)
+        if found is None:
+            total = ZERO
+            try:
+                for r in self.receipts.get(no, ()):
+                    if r.quantity < 0:
+                        total -= r.quantity * self.factor(line.item_id, r.unit, line.base_unit)
+                found = total
+            except MappingMiss as exc:
+                found = exc
+            self.returned[no] = found
         if isinstance(found, MappingMiss):
             raise found
         return found
@@ -564,11 +726,24 @@ class _Matcher:
             inv.line_number,
         )
 
-    def line(self, inv: InvoiceLine, credit_memo: bool) -> LineResult:
+    def line(self, inv: InvoiceLine, credit_memo: bool, is_credit: bool = False) -> LineResult:
         label = inv.line_number
+        billed_qty = inv.quantity
+        if credit_memo and billed_qty is not None and billed_qty > 0:
+            billed_qty = -billed_qty
+        billed_price = inv.unit_price
+        if billed_price is not None and billed_price < 0:
+            billed_price = -billed_price
         po, issue = self.find(inv)
         if po is None:
-            return LineResult(label, None, (issue,) if issue else ())
+            return LineResult(
+                label,
+                None,
+                (issue,) if issue else (),
+                billed_quantity=billed_qty,
+                billed_unit=inv.unit,
+                billed_price=billed_price,
+            )
         tol = self.tol
         issues: list[Issue] = []
         base = po.base_unit
@@ -594,7 +769,15 @@ class _Matcher:
                     label,
                 )
             )
-            return LineResult(label, po.line_number, tuple(issues), base)
+            return LineResult(
+                label,
+                po.line_number,
+                tuple(issues),
+                base,
+                billed_quantity=billed_qty,
+                billed_unit=inv.unit,
+                billed_price=billed_price,
+            )
         no = _line_no(po.line_number)
         qty = inv.quantity if inv.quantity is not None else ZERO
         if credit_memo and qty > 0:
@@ -605,7 +788,7 @@ class _Matcher:
         ordered = po.quantity * f_po
         received = None
         if q < 0:
-            if -q > before + tol.qty_abs:
+            if -q > before + (tol.qty_abs or ZERO):
                 issues.append(
                     Issue(
                         Reason.QTY_INV,
@@ -614,9 +797,11 @@ class _Matcher:
                         label,
                     )
                 )
+            if is_credit and tol.credit_needs_return:
+                issues += self._return_issue(po, label, -q, base)
         else:
-            limit = ordered * (HUNDRED + tol.qty_ordered_pct) / HUNDRED + tol.qty_abs
-            over_order = after > limit
+            limit = self.limit(ordered, self.ord_mult)
+            over_order = limit is not None and after > limit
             if over_order:
                 issues.append(
                     Issue(
@@ -650,8 +835,8 @@ class _Matcher:
                             )
                         )
                     else:
-                        limit = received * (HUNDRED + tol.qty_received_pct) / HUNDRED + tol.qty_abs
-                        if after > limit:
+                        limit = self.limit(received, self.rec_mult)
+                        if limit is not None and after > limit:
                             if not over_order:
                                 self.retry = True  # a further receipt can still clear it
                             issues.append(
@@ -670,18 +855,24 @@ class _Matcher:
                 issues.append(Issue(Reason.PRICE, f"invoice line {label} has no price", label))
         elif po.unit_price is not None:
             inv_price = abs(inv.unit_price)
-            # |inv/f_inv − po/f_po| ≤ max(po/f_po × pct, abs), multiplied through by f_inv × f_po
-            lhs = abs(inv_price * f_po - po.unit_price * f_inv)
-            rhs = max(po.unit_price * f_inv * tol.price_pct / HUNDRED, tol.price_abs * f_inv * f_po)
+            # inv/f_inv − po/f_po against po/f_po × pct and abs, multiplied through by
+            # f_inv × f_po: nothing is divided before comparing
+            variance = inv_price * f_po - po.unit_price * f_inv
             price = inv_price / f_inv
             po_price = po.unit_price / f_po
-            if lhs > rhs:
+            # billing below the PO price is paid as billed, unless the policy holds it; a
+            # credit is checked both ways (crediting more than was paid is as wrong)
+            if q < 0 or tol.price_below_po == "hold":
+                variance = abs(variance)
+            pct_base = po.unit_price * f_inv
+            absolute = None if tol.price_abs is None else tol.price_abs * f_inv * f_po
+            if variance > 0 and not tol.within(variance, pct_base, tol.price_pct, absolute):
                 issues.append(
                     Issue(
                         Reason.PRICE,
                         f"invoice line {label}: {_money(price)} per {base} against "
                         f"{_money(po_price)} on PO line {po.line_number} (tolerance "
-                        f"{tol.price_pct}% or {tol.price_abs} per {base})",
+                        f"{tol.describe_price(base)})",
                         label,
                     )
                 )
@@ -697,7 +888,47 @@ class _Matcher:
             invoiced_after=after,
             price=price,
             po_price=po_price,
+            billed_quantity=billed_qty,
+            billed_unit=inv.unit,
+            billed_price=billed_price,
         )
+
+    def _return_issue(self, po: OrderLine, label: str, credited: Decimal, base: str) -> list[Issue]:
+        """NO_RETURN when a credit memo credits more of a PO line than went back to the vendor
+        and was not credited before."""
+        no = _line_no(po.line_number)
+        before = self.credited.get(no, ZERO)
+        self.credited[no] = before + credited
+        try:
+            returned = self.returned_base(po)
+        except MappingMiss as exc:
+            return [
+                Issue(
+                    Reason.UOM,
+                    f"a return of PO line {po.line_number} is in a unit without a conversion to "
+                    f"{base} ({exc.key})",
+                    label,
+                )
+            ]
+        allowed = returned + (self.tol.qty_abs or ZERO)
+        if before + credited <= allowed:
+            return []
+        self.retry = True  # a return the ERP posts later can still cover it
+        if returned <= 0:
+            why = f"no return to the vendor is on file for PO line {po.line_number}"
+        else:
+            why = (
+                f"{returned} {base} of PO line {po.line_number} went back to the vendor and "
+                f"{before} {base} of it was credited before"
+            )
+        return [
+            Issue(
+                Reason.NO_RETURN,
+                f"invoice line {label} credits {credited} {base}, but {why}: a credit needs "
+                "a return (from the ERP) to match",
+                label,
+            )
+        ]
 
 
 def _money(value: Decimal) -> str:
@@ -765,30 +996,56 @@ def match_invoice(
     prior_invoiced: Mapping[str, Decimal] | None = None,
     tolerance: Tolerance | None = None,
     duplicate_of: str | None = None,
+    prior_credited: Mapping[str, Decimal] | None = None,
+    vendors: Iterable[str] | None = None,
 ) -> MatchResult:
-    """Match ``invoice`` to ``order`` and the cumulative ``receipts`` of its lines.
+    """Match ``invoice`` to ``order`` and the cumulative ``receipts`` of its lines (negative
+    ones are returns to the vendor).
 
     ``prior_invoiced``: base quantity per PO line billed by earlier (posted) invoices, net of
-    credits. ``duplicate_of``: the id of an earlier invoice with the same :func:`invoice_key`
-    (the caller looks it up), None when there is none. ``convert``: see :data:`Converter`.
+    credits; ``prior_credited``: base quantity per PO line credited by earlier credit memos.
+    ``duplicate_of``: the id of an earlier invoice with the same :func:`invoice_key` (the
+    caller looks it up), None when there is none: then DUPLICATE is the one reason given.
+    ``convert``: see :data:`Converter`. ``vendors``: the ERP vendor ids of the partner that
+    sent the invoice; a PO of another vendor is NO_PO (None: not checked).
     """
     tol = tolerance or Tolerance()
     header: list[Issue] = []
-    if duplicate_of is not None:
-        header.append(
-            Issue(
-                Reason.DUP,
-                f"invoice {invoice.invoice_number} was already received ({duplicate_of})",
-            )
-        )
     subtotal = invoice.subtotal
+    if duplicate_of is not None:
+        # a duplicate is one thing for a person: not matched again, so no other reasons
+        return MatchResult(
+            status="held",
+            invoice_number=invoice.invoice_number,
+            po_number=invoice.po_number,
+            issues=(
+                Issue(
+                    Reason.DUPLICATE,
+                    f"invoice {invoice.invoice_number} was already received ({duplicate_of})",
+                ),
+            ),
+            lines=(),
+            is_credit=invoice.is_credit,
+            subtotal=subtotal,
+            total=invoice.total,
+        )
     tax = sum((t.amount or ZERO for t in invoice.taxes), ZERO)
     for inv_line in invoice.lines:
         tax += sum((t.amount or ZERO for t in inv_line.taxes), ZERO)
     line_results: list[LineResult] = []
     retry = False
     invoiced: dict[str, Decimal] = {}
-    if order is None or (invoice.po_number and invoice.po_number != order.po_number):
+    allowed = None if vendors is None else set(vendors)
+    if order is not None and allowed is not None and order.vendor not in allowed:
+        header.append(
+            Issue(
+                Reason.NO_PO,
+                f"invoice {invoice.invoice_number} bills PO {order.po_number} of vendor "
+                f"{order.vendor}, not the sender's ({', '.join(sorted(allowed)) or 'none'})",
+            )
+        )
+        charges = sum((c.signed_amount for c in invoice.all_charges), ZERO)
+    elif order is None or (invoice.po_number and invoice.po_number != order.po_number):
         got = f"PO {order.po_number} was given" if order else "no such PO was found"
         header.append(
             Issue(
@@ -799,10 +1056,11 @@ def match_invoice(
         )
         charges = sum((c.signed_amount for c in invoice.all_charges), ZERO)
     else:
-        matcher = _Matcher(order, receipts, prior_invoiced or {}, tol, convert)
+        matcher = _Matcher(order, receipts, prior_invoiced or {}, tol, convert, prior_credited)
         credit_memo = invoice.transaction_type == "CR"
+        is_credit = invoice.is_credit  # a property over every line: once, not per line
         for inv_line in invoice.lines:
-            line_results.append(matcher.line(inv_line, credit_memo))
+            line_results.append(matcher.line(inv_line, credit_memo, is_credit))
         if not invoice.lines:
             header.append(
                 Issue(Reason.ITEM, f"invoice {invoice.invoice_number} has no lines (IT1)")

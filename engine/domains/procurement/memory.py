@@ -26,8 +26,10 @@ from engine.domains.procurement.numbers import (
 )
 from engine.domains.procurement.records import PoRelease
 from engine.domains.procurement.repository import (
+    RECEIVED_SOURCES,
     InvoiceLineRow,
     NewInvoice,
+    NewPoChange,
     NewReceipt,
     PoHeader,
     PoLineRef,
@@ -65,6 +67,8 @@ class InMemoryProcurementRepository:
     invoice_lines: dict[int, list[InvoiceLineRow]] = field(default_factory=dict)
     onhand: dict[tuple[str, str], tuple[Decimal, str]] = field(default_factory=dict)
     work_items: list[dict[str, Any]] = field(default_factory=list)
+    changes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    audit_log: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ control numbers
 
@@ -279,6 +283,64 @@ class InMemoryProcurementRepository:
         if po is not None:
             po.update(status=status, updated_at=now)
 
+    def set_po_line_basis(
+        self,
+        po_number: str,
+        line: str,
+        *,
+        quantity: Decimal,
+        uom: str,
+        unit_price: Decimal,
+        base_quantity: Decimal,
+    ) -> None:
+        row = self.po_lines.get((po_number, line))
+        if row is not None:
+            row.update(
+                quantity=quantity, uom=uom, unit_price=unit_price, base_quantity=base_quantity
+            )
+
+    # ------------------------------------------------------------------ proposed PO changes
+
+    def add_po_change(self, change: NewPoChange) -> int | None:
+        c = change
+        values = (c.quantity, c.uom, c.unit_price, c.ship_date)
+        for row in self.changes.values():
+            if (row["po_number"], row["line"], row["status"]) != (c.po_number, c.line, "proposed"):
+                continue
+            if (row["quantity"], row["uom"], row["unit_price"], row["ship_date"]) == values:
+                return None
+            row.update(status="superseded", decided_at=c.created_at)
+        change_id = len(self.changes) + 1
+        self.changes[change_id] = {
+            "id": change_id,
+            **vars(c),
+            "status": "proposed",
+            "decided_at": None,
+            "decided_by": None,
+            "note": None,
+        }
+        return change_id
+
+    def po_changes(
+        self, status: str | None = None, po_number: str | None = None
+    ) -> list[dict[str, Any]]:
+        return [
+            dict(row)
+            for _, row in sorted(self.changes.items())
+            if status in (None, "", row["status"]) and po_number in (None, "", row["po_number"])
+        ]
+
+    def po_change(self, change_id: int) -> dict[str, Any] | None:
+        row = self.changes.get(change_id)
+        return None if row is None else dict(row)
+
+    def decide_po_change(
+        self, change_id: int, status: str, actor: str, note: str, now: float
+    ) -> None:
+        row = self.changes.get(change_id)
+        if row is not None:
+            row.update(status=status, decided_at=now, decided_by=actor, note=note)
+
     # ------------------------------------------------------------------ receipts
 
     def add_receipt(self, receipt: NewReceipt) -> bool:
@@ -294,14 +356,14 @@ class InMemoryProcurementRepository:
         return [
             (r["id"], r["po_line"], r["base_quantity"])
             for r in self.receipts.values()
-            if r["po_number"] == po_number and r["source"] in ("asn", "erp")
+            if r["po_number"] == po_number and r["source"] in RECEIVED_SOURCES
         ]
 
     def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]:
         return [
             (r["po_number"], r["po_line"], r["item_id"], r["base_quantity"], r["created_at"])
             for r in self.receipts.values()
-            if r["source"] in ("asn", "erp")
+            if r["source"] in RECEIVED_SOURCES
         ]
 
     def add_to_onhand(
@@ -324,21 +386,38 @@ class InMemoryProcurementRepository:
 
     def invoiced(self, po_number: str, excluding: int | None) -> dict[str, Decimal]:
         out: dict[str, Decimal] = {}
-        for po, po_line, qty in self._invoiced(excluding):
+        for po, po_line, qty, _credit in self._posted(excluding):
             if po == po_number:
                 out[po_line] = out.get(po_line, Decimal(0)) + qty
         return out
 
-    def invoiced_lines(self) -> list[tuple[str, str, Decimal]]:
-        return self._invoiced(None)
+    def credited(self, po_number: str, excluding: int | None) -> dict[str, Decimal]:
+        out: dict[str, Decimal] = {}
+        for po, po_line, qty, credit in self._posted(excluding):
+            if po == po_number and credit:
+                out[po_line] = out.get(po_line, Decimal(0)) - qty
+        return out
 
-    def _invoiced(self, excluding: int | None) -> list[tuple[str, str, Decimal]]:
+    def posted_lines(self, invoice_id: int) -> set[str]:
+        return {r.line for r in self.invoice_lines.get(invoice_id, ()) if r.posted}
+
+    def mark_posted(self, invoice_id: int, lines: Sequence[str]) -> None:
+        wanted = set(lines)
+        self.invoice_lines[invoice_id] = [
+            r._replace(posted=True) if r.line in wanted else r
+            for r in self.invoice_lines.get(invoice_id, ())
+        ]
+
+    def invoiced_lines(self) -> list[tuple[str, str, Decimal]]:
+        return [(po, line, qty) for po, line, qty, _ in self._posted(None)]
+
+    def _posted(self, excluding: int | None) -> list[tuple[str, str, Decimal, bool]]:
         return [
-            (row["po_number"], po_line, qty)
+            (row["po_number"], r.po_line, r.base_quantity, r.credit)
             for invoice_id, row in self.invoice_rows.items()
-            if row["status"] in ("matched", "released") and invoice_id != excluding
-            for _line, po_line, qty in self.invoice_lines.get(invoice_id, ())
-            if po_line is not None
+            if row["status"] != "duplicate" and invoice_id != excluding
+            for r in self.invoice_lines.get(invoice_id, ())
+            if r.po_line is not None and r.posted
         ]
 
     def add_invoice(self, invoice: NewInvoice) -> int:
@@ -372,11 +451,12 @@ class InMemoryProcurementRepository:
             )
 
     def set_invoice_lines(self, invoice_id: int, lines: Sequence[InvoiceLineRow]) -> None:
-        numbers = [line for line, _, _ in lines]
+        rows = [InvoiceLineRow(*row) for row in lines]
+        numbers = [r.line for r in rows]
         if len(set(numbers)) != len(numbers):
             raise ValueError(f"invoice {invoice_id} repeats a line number")
         self.invoice_lines[invoice_id] = [
-            (line, po_line, Decimal(qty)) for line, po_line, qty in lines
+            r._replace(base_quantity=Decimal(r.base_quantity)) for r in rows
         ]
 
     def held_for_receipt(self, po_number: str, partner: str) -> list[tuple[int, str]]:
@@ -387,6 +467,15 @@ class InMemoryProcurementRepository:
             and row["partner"] == partner
             and row["status"] == "held"
             and row["retry_on_receipt"]
+        ]
+
+    def held_invoices(self, po_number: str, partner: str) -> list[tuple[int, str]]:
+        return [
+            (invoice_id, row["body"])
+            for invoice_id, row in sorted(self.invoice_rows.items())
+            if row["po_number"] == po_number
+            and row["partner"] == partner
+            and row["status"] == "held"
         ]
 
     def invoices(self, status: str | None = None) -> list[dict[str, Any]]:
@@ -400,6 +489,8 @@ class InMemoryProcurementRepository:
                 "reasons": [dict(r) for r in row["reasons"]],
                 "total": None if row["total"] is None else str(row["total"]),
                 "at": row["created_at"],
+                "lines": len(self.invoice_lines.get(invoice_id, ())),
+                "lines_posted": len(self.posted_lines(invoice_id)),
             }
             for invoice_id, row in sorted(self.invoice_rows.items())
             if not status or row["status"] == status
@@ -491,3 +582,12 @@ class InMemoryProcurementRepository:
             for w in self.work_items
             if w["kind"] == "ACK_OVERDUE" and w["status"] == "open" and w["subject"] in answered
         ]
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
+    ) -> None:
+        self.audit_log.append(
+            {"actor": actor, "action": action, "target": target, "detail": dict(detail), "at": now}
+        )

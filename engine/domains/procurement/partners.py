@@ -19,9 +19,18 @@
       tolerance: {price_pct: 2, price_abs: "5.00"}
       ack_within: 4h                         # a 997/999 not back by then is overdue
       asn_is_receipt: false                  # true: an 856 counts as the goods receipt
+      hold: line                             # line | invoice: what a line out of tolerance holds
+      inbound:                               # the credentials its documents come with
+        sftp_accounts: [acmemed]             # (its delivery.sftp_server account counts too)
+        http_tokens: [acmemed-edi]           # names of bearer tokens of an http source
+        tls_clients: [edi.acmemed.example]   # client certificate CNs of an mllp source
       delivery:
         sftp: {host: ..., user: ..., private_key: ..., known_hosts: ..., remote_dir: /in}
         # or: sftp_server: {account: acmemed}   (our own server, the account's outbound/)
+
+A document that came with one of a partner's credentials (the origin its source stored with it:
+``sftp:ACCOUNT``, ``token:NAME``, ``tls:CN``) must carry that partner's ISA and GS ids; an
+origin bound to no partner, or to two, is a lint error.
 
 Every mistake is a :class:`~engine.errors.ConfigError` at ``file:line:column`` with the dotted
 field path (``acmemed.separators.repetition``), through the same :mod:`engine.spec` machinery
@@ -42,7 +51,7 @@ from typing import Any
 import yaml
 
 from engine.config.yamlnodes import compose_file, empty_mapping, mapping_get
-from engine.domains.procurement.match import SacRule, Tolerance
+from engine.domains.procurement.match import OPTIONAL_LIMITS, SacRule, Tolerance
 from engine.errors import ConfigError, LintFailed, UnmappedUnit, X12WriteError
 from engine.sftp.config import PARTNER_NAME
 from engine.spec import (
@@ -106,13 +115,18 @@ class X12Version(Type):
 
 
 class Dec(Type):
-    """A decimal number read from its text (never through a float)."""
+    """A decimal number read from its text (never through a float); with ``optional``, ``null``
+    (or ``none``) leaves it unset (None)."""
 
-    def __init__(self, lo: Decimal | None = Decimal(0)) -> None:
+    def __init__(self, lo: Decimal | None = Decimal(0), *, optional: bool = False) -> None:
         self.lo = lo
+        self.optional = optional
         self.label = "a decimal number" + (f" >= {lo}" if lo is not None else "")
 
     def parse(self, node: yaml.Node, ctx: Context, path: str) -> Any:
+        if self.optional and isinstance(node, yaml.ScalarNode):
+            if node.tag.endswith(":null") or node.value.strip().lower() == "none":
+                return None
         if not isinstance(node, yaml.ScalarNode) or node.tag.endswith((":null", ":bool")):
             return self.mismatch(node, ctx, path)
         text = interpolate(node.value, node, ctx, path) if "$" in node.value else node.value
@@ -129,7 +143,7 @@ class Dec(Type):
         return value
 
     def schema(self) -> dict[str, Any]:
-        return {"type": ["number", "string"]}
+        return {"type": ["number", "string", "null"] if self.optional else ["number", "string"]}
 
 
 ID_NAME = Str(r"[a-z][a-z0-9_]*", "a partner id of lowercase letters, digits and _")
@@ -174,11 +188,20 @@ SEPARATORS_SPEC = Spec(
 )
 
 _TOLERANCE_HELP = {
-    "price_pct": "Unit price variance allowed, % of the PO price.",
-    "price_abs": "Unit price variance allowed, absolute per base unit (the larger applies).",
-    "qty_received_pct": "Invoiced over received, % (0: none, for stock items).",
-    "qty_ordered_pct": "Invoiced or received over ordered, %.",
-    "qty_abs": "Quantity variance allowed, absolute (base units), added to both limits.",
+    "price_pct": "How far the invoice price per base unit may exceed the PO's, % of the PO "
+    "price (null: no percentage limit).",
+    "price_abs": "How far the invoice price per base unit may exceed the PO's, money per base "
+    "unit (null: no absolute limit).",
+    "qty_received_pct": "Invoiced (cumulative) over received, % (0: none, for stock items; "
+    "null: no limit).",
+    "qty_ordered_pct": "Invoiced (cumulative) over ordered, % (null: no limit).",
+    "qty_abs": "Invoiced over received and over ordered, base units (null: no limit).",
+    "limits": "`all`: a line passes only within every limit that is set (Oracle Payables, "
+    "SAP); `any`: within the larger of the percentage and the absolute limit.",
+    "price_below_po": "`pay`: an invoice price below the PO's passes and is paid as billed; "
+    "`hold`: the price limits apply below the PO price too.",
+    "credit_needs_return": "A credit memo must be covered by returns to the vendor (from the "
+    "ERP) not credited before; else it is held (NO_RETURN).",
     "freight_abs": "Freight allowed per invoice, absolute.",
     "freight_pct": "Freight allowed as % of the line subtotal (the larger applies).",
     "freight_codes": "SAC02 codes counted as freight.",
@@ -205,8 +228,12 @@ def _tolerance_spec() -> Spec:
     fields = []
     for f in dataclasses.fields(Tolerance):
         default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            typ: Type = Bool()
+        if f.name in OPTIONAL_LIMITS:
+            typ: Type = Dec(optional=True)
+        elif f.name in ("limits", "price_below_po"):
+            typ = Enum(*{"limits": ("all", "any"), "price_below_po": ("pay", "hold")}[f.name])
+        elif isinstance(default, bool):
+            typ = Bool()
         elif isinstance(default, Decimal):
             typ = Dec()
         elif isinstance(default, frozenset):
@@ -220,7 +247,8 @@ def _tolerance_spec() -> Spec:
         "tolerance",
         fields,
         description="Three-way match tolerances for this vendor "
-        "(engine.domains.procurement.match.Tolerance; DOMAIN §4.2 practice defaults).",
+        "(engine.domains.procurement.match.Tolerance; every default and the ERP practice "
+        "behind it: docs/ap-policy.md).",
     )
 
 
@@ -262,6 +290,36 @@ BILL_ONLY_SPEC = Spec(
     ],
     description="How bill-only (consigned implant) POs carry case, patient and surgeon "
     "(DOMAIN §3.3); lot and serial travel on each PO1 (LT, SN).",
+)
+
+
+INBOUND_SPEC = Spec(
+    "partner_inbound",
+    [
+        Field(
+            "sftp_accounts",
+            ListOf(PARTNER_NAME, scalar_ok=True),
+            (),
+            "Accounts of our SFTP server (routes.yaml `sftp_server.partners`) whose inbound/ "
+            "files are this partner's; the account of `delivery.sftp_server` counts too.",
+        ),
+        Field(
+            "http_tokens",
+            ListOf(Str(), scalar_ok=True),
+            (),
+            "Names of bearer tokens (an `http` source's `tokens`) that speak for this partner.",
+        ),
+        Field(
+            "tls_clients",
+            ListOf(Str(), scalar_ok=True),
+            (),
+            "Common names (CN) of the client certificates that speak for this partner to an "
+            "`mllp` source with `client_ca` (mutual TLS).",
+        ),
+    ],
+    description="The credentials this partner's documents come with. A document that came "
+    "with one of them must carry this partner's ISA and GS ids, else it is refused (TA1 006 "
+    "or 024, a SENDER_REFUSED work item and an audit record) and nothing of it is booked.",
 )
 
 
@@ -386,6 +444,22 @@ PARTNER_SPEC = Spec(
         Field("tolerance", TOLERANCE_SPEC, TOLERANCE_SPEC.defaults(), "Match tolerances."),
         Field("ack_within", Duration(lo=1), 4 * 3600.0, "A 997/999 later than this is overdue."),
         Field("asn_is_receipt", Bool(), False, "Accept the partner's 856 as the goods receipt."),
+        Field(
+            "hold",
+            Enum("line", "invoice"),
+            "line",
+            "`line`: a line out of tolerance is held on its own and the payable lines post to "
+            "AP (the held ones are matched again when their receipt comes); `invoice`: any "
+            "held line holds the whole invoice. Invoice-level reasons (DUPLICATE, NO_PO, "
+            "TOTAL, FREIGHT, SAC) always hold the whole invoice.",
+        ),
+        Field(
+            "inbound",
+            INBOUND_SPEC,
+            INBOUND_SPEC.defaults(),
+            "The credentials (SFTP accounts, bearer tokens, client certificates) this "
+            "partner's documents come with.",
+        ),
         Field("bill_only", BILL_ONLY_SPEC, BILL_ONLY_SPEC.defaults(), "Bill-only PO content."),
         Field("delivery", DELIVERY_SPEC, None, "How our documents reach the partner."),
     ],
@@ -459,6 +533,9 @@ class Partner:
     name: str | None = None
     vendors: tuple[str, ...] = ()
     where: str = ""
+    hold: str = "line"  # "line" | "invoice"
+    # origins (``sftp:ACCOUNT``, ``token:NAME``, ``tls:CN``) that speak for this partner
+    origins: frozenset[str] = frozenset()
 
     @property
     def isa_version(self) -> str:
@@ -516,6 +593,11 @@ def _partner(pid: str, c: Any) -> Partner:
         else:
             delivery = OurSftpServer(c.delivery.sftp_server.account)
     b = c.bill_only
+    origins = {f"sftp:{a}" for a in c.inbound.sftp_accounts}
+    origins |= {f"token:{t}" for t in c.inbound.http_tokens}
+    origins |= {f"tls:{n}" for n in c.inbound.tls_clients}
+    if isinstance(delivery, OurSftpServer):
+        origins.add(f"sftp:{delivery.account}")
     return Partner(
         id=pid,
         version=c.version,
@@ -538,6 +620,8 @@ def _partner(pid: str, c: Any) -> Partner:
         name=c.name,
         vendors=tuple(c.vendors),
         where=c.where,
+        hold=c.hold,
+        origins=frozenset(origins),
     )
 
 
@@ -549,6 +633,7 @@ class TradingPartners(Mapping[str, Partner]):
     file: str = PARTNERS_FILE
     _by_isa: Mapping[tuple[str, str], str] = field(default_factory=dict, repr=False)
     _by_vendor: Mapping[str, str] = field(default_factory=dict, repr=False)
+    _by_origin: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __getitem__(self, pid: str) -> Partner:
         return self.partners[pid]
@@ -562,6 +647,12 @@ class TradingPartners(Mapping[str, Partner]):
     def by_isa(self, qualifier: str, isa_id: str) -> Partner | None:
         """The partner whose ISA05/ISA06 (inbound sender) is this; padding is ignored."""
         pid = self._by_isa.get((qualifier.strip(), isa_id.strip()))
+        return None if pid is None else self.partners[pid]
+
+    def by_origin(self, origin: str) -> Partner | None:
+        """The partner a credential speaks for (``sftp:acmemed``, ``token:NAME``,
+        ``tls:CN``), None when it is bound to none."""
+        pid = self._by_origin.get(origin)
         return None if pid is None else self.partners[pid]
 
     def by_vendor(self, vendor: str) -> Partner | None:
@@ -612,6 +703,19 @@ def parse_partners(
         if config is INVALID:
             continue
         partners[pid] = _partner(pid, config)
+        if sftp_accounts is not None:
+            for i, account in enumerate(config.inbound.sftp_accounts):
+                if account not in sftp_accounts:
+                    known = sorted(sftp_accounts)
+                    errors.append(
+                        _error_at(
+                            config.inbound.positions.get("sftp_accounts", config.where),
+                            f"{pid}.inbound.sftp_accounts[{i}]",
+                            f"expected an account of routes.yaml sftp_server.partners "
+                            f"({', '.join(known) or 'none'}) (got {account!r})"
+                            f"{did_you_mean(account, known)}",
+                        )
+                    )
         if sftp_accounts is not None and config.delivery is not None:
             ours = config.delivery.sftp_server
             if ours is not None and ours.account not in sftp_accounts:
@@ -627,7 +731,19 @@ def parse_partners(
                 )
     by_isa: dict[tuple[str, str], str] = {}
     by_vendor: dict[str, str] = {}
+    by_origin: dict[str, str] = {}
     for pid, p in partners.items():
+        for origin in sorted(p.origins):
+            if origin in by_origin:
+                errors.append(
+                    _error_at(
+                        p.where,
+                        f"{pid}.inbound",
+                        f"{origin} also speaks for partner '{by_origin[origin]}': a credential "
+                        "is bound to one partner only",
+                    )
+                )
+            by_origin.setdefault(origin, pid)
         key = (p.isa.qualifier, p.isa.id)
         if key in by_isa:
             errors.append(
@@ -652,7 +768,7 @@ def parse_partners(
     errors = ctx.errors + errors
     if errors:
         raise LintFailed(errors)
-    return TradingPartners(partners, file, by_isa, by_vendor)
+    return TradingPartners(partners, file, by_isa, by_vendor, by_origin)
 
 
 def load_partners(

@@ -61,6 +61,14 @@ class InboundInterchange:
     documents: tuple[tuple[Any, Any, str], ...] = ()
     refused: str = ""  # why nothing of it is applied (a broken envelope)
     received_acks: tuple[ReceivedAck, ...] = ()
+    # the credential it came with (``sftp:ACCOUNT``, ``token:NAME``, ``tls:CN``; None: none,
+    # a local folder) and the partner whose ISA id it carries ("" when none); with an origin,
+    # ``partner`` is the partner bound to the origin, who gets the answers
+    origin: str | None = None
+    claimed: str = ""
+    # the envelope could not be read at all (no ISA13 to answer with a TA1): why
+    unreadable: str = ""
+    sha256: str = ""  # of the whole file, named in a refusal
 
 
 @dataclass(frozen=True)
@@ -90,5 +98,15 @@ class ErpReceipt:
     """A goods receipt the ERP posted (for partners whose ASN is not the receipt)."""
 
     receipt_id: str
+    po_number: str
+    lines: tuple[ErpReceiptLine, ...]
+
+
+@dataclass(frozen=True)
+class ErpReturn:
+    """Goods the ERP sent back to the vendor (a return to vendor, RTV) against a PO: they come
+    off what was received and off on-hand, and a credit memo for them matches them."""
+
+    return_id: str
     po_number: str
     lines: tuple[ErpReceiptLine, ...]

@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from engine.domains.ledger.domain import add_to_onhand
 from engine.domains.procurement import control
@@ -99,8 +99,41 @@ class StoredInvoice:
     correlation_id: str | None
 
 
-#: An invoice line after the match: (invoice line, PO line or None, quantity in the base unit).
-InvoiceLineRow = tuple[str, str | None, Decimal]
+class InvoiceLineRow(NamedTuple):
+    """An invoice line after the match: its PO line (None: none found), its quantity in the
+    base unit (signed: a credit is negative), whether it was posted to AP (on its own, under a
+    line-level hold, or with the whole invoice) and whether it is a credit memo's line."""
+
+    line: str
+    po_line: str | None
+    base_quantity: Decimal
+    posted: bool = False
+    credit: bool = False
+
+
+@dataclass(frozen=True)
+class NewPoChange:
+    """A change a vendor's 855 proposes for one PO line: what was ordered, what it acknowledged
+    (quantity, unit, price, ship date; None where it said nothing)."""
+
+    po_number: str
+    line: str
+    partner: str
+    ack_code: str
+    ordered_quantity: Decimal
+    ordered_uom: str
+    ordered_price: Decimal
+    quantity: Decimal | None
+    uom: str | None
+    unit_price: Decimal | None
+    ship_date: str | None
+    message_id: str
+    correlation_id: str
+    created_at: float
+
+
+#: Sources of receipt rows that count as received (a return to the vendor is negative).
+RECEIVED_SOURCES = ("asn", "erp", "erp_return")
 
 
 def ack_overdue_subject(partner: str, document: str, isa13: int) -> str:
@@ -174,6 +207,30 @@ class ProcurementRepository(Protocol):
 
     def set_po_status(self, po_number: str, status: str, now: float) -> None: ...
 
+    def set_po_line_basis(
+        self,
+        po_number: str,
+        line: str,
+        *,
+        quantity: Decimal,
+        uom: str,
+        unit_price: Decimal,
+        base_quantity: Decimal,
+    ) -> None: ...
+
+    # -- proposed PO changes (855)
+    def add_po_change(self, change: NewPoChange) -> int | None: ...
+
+    def po_changes(
+        self, status: str | None = None, po_number: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def po_change(self, change_id: int) -> dict[str, Any] | None: ...
+
+    def decide_po_change(
+        self, change_id: int, status: str, actor: str, note: str, now: float
+    ) -> None: ...
+
     # -- receipts and on-hand
     def add_receipt(self, receipt: NewReceipt) -> bool: ...
 
@@ -191,6 +248,14 @@ class ProcurementRepository(Protocol):
     def invoiced(self, po_number: str, excluding: int | None) -> dict[str, Decimal]: ...
 
     def invoiced_lines(self) -> list[tuple[str, str, Decimal]]: ...
+
+    def credited(self, po_number: str, excluding: int | None) -> dict[str, Decimal]: ...
+
+    def posted_lines(self, invoice_id: int) -> set[str]: ...
+
+    def mark_posted(self, invoice_id: int, lines: Sequence[str]) -> None: ...
+
+    def held_invoices(self, po_number: str, partner: str) -> list[tuple[int, str]]: ...
 
     def add_invoice(self, invoice: NewInvoice) -> int: ...
 
@@ -231,6 +296,11 @@ class ProcurementRepository(Protocol):
     def resolve_work_items(self, kind: str, *, subject: str, now: float) -> int: ...
 
     def answered_overdue_alerts(self) -> list[str]: ...
+
+    # -- the audit log (the spine's)
+    def audit(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
+    ) -> None: ...
 
 
 class SqliteProcurementRepository:
@@ -418,6 +488,109 @@ class SqliteProcurementRepository:
             (status, now, po_number),
         )
 
+    def set_po_line_basis(
+        self,
+        po_number: str,
+        line: str,
+        *,
+        quantity: Decimal,
+        uom: str,
+        unit_price: Decimal,
+        base_quantity: Decimal,
+    ) -> None:
+        """An accepted change: the PO line's quantity, unit and price the match uses."""
+        self.conn.execute(
+            "UPDATE po_lines SET quantity = ?, uom = ?, unit_price = ?, base_quantity = ? "
+            "WHERE po_number = ? AND line = ?",
+            (str(quantity), uom, str(unit_price), str(base_quantity), po_number, line),
+        )
+
+    # ------------------------------------------------------------------ proposed PO changes
+
+    _CHANGE_COLUMNS = (
+        "id, po_number, line, partner, status, ack_code, ordered_quantity, ordered_uom, "
+        "ordered_price, quantity, uom, unit_price, ship_date, message_id, correlation_id, "
+        "created_at, decided_at, decided_by, note"
+    )
+
+    def add_po_change(self, change: NewPoChange) -> int | None:
+        """Record a proposal; None when the same one is already proposed for that line (a
+        resent 855). An earlier, different proposal for the line is superseded."""
+        c = change
+        values = (
+            None if c.quantity is None else str(c.quantity),
+            c.uom,
+            None if c.unit_price is None else str(c.unit_price),
+            c.ship_date,
+        )
+        for row in self.conn.execute(
+            "SELECT id, quantity, uom, unit_price, ship_date FROM po_changes WHERE "
+            "po_number = ? AND line = ? AND status = 'proposed'",
+            (c.po_number, c.line),
+        ).fetchall():
+            if tuple(row[1:]) == values:
+                return None
+            self.conn.execute(
+                "UPDATE po_changes SET status = 'superseded', decided_at = ? WHERE id = ?",
+                (c.created_at, row[0]),
+            )
+        cur = self.conn.execute(
+            "INSERT INTO po_changes (po_number, line, partner, status, ack_code, "
+            "ordered_quantity, ordered_uom, ordered_price, quantity, uom, unit_price, "
+            "ship_date, message_id, correlation_id, created_at) "
+            "VALUES (?, ?, ?, 'proposed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                c.po_number,
+                c.line,
+                c.partner,
+                c.ack_code,
+                str(c.ordered_quantity),
+                c.ordered_uom,
+                str(c.ordered_price),
+                *values,
+                c.message_id,
+                c.correlation_id,
+                c.created_at,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def po_changes(
+        self, status: str | None = None, po_number: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Proposed (or decided) PO changes, oldest first."""
+        sql = f"SELECT {self._CHANGE_COLUMNS} FROM po_changes WHERE 1 = 1"
+        args: list[Any] = []
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        if po_number:
+            sql += " AND po_number = ?"
+            args.append(po_number)
+        return [self._change(row) for row in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def po_change(self, change_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            f"SELECT {self._CHANGE_COLUMNS} FROM po_changes WHERE id = ?", (change_id,)
+        ).fetchone()
+        return None if row is None else self._change(row)
+
+    def _change(self, row: Any) -> dict[str, Any]:
+        out = dict(zip([c.strip() for c in self._CHANGE_COLUMNS.split(",")], row, strict=True))
+        for key in ("ordered_quantity", "ordered_price", "quantity", "unit_price"):
+            if out[key] is not None:
+                out[key] = Decimal(out[key])
+        return out
+
+    def decide_po_change(
+        self, change_id: int, status: str, actor: str, note: str, now: float
+    ) -> None:
+        self.conn.execute(
+            "UPDATE po_changes SET status = ?, decided_at = ?, decided_by = ?, note = ? "
+            "WHERE id = ?",
+            (status, now, actor, note, change_id),
+        )
+
     # ------------------------------------------------------------------ receipts
 
     def add_receipt(self, receipt: NewReceipt) -> bool:
@@ -447,23 +620,25 @@ class SqliteProcurementRepository:
         return bool(cur.rowcount)
 
     def receipts_for(self, po_number: str) -> list[tuple[int, str, Decimal]]:
-        """(id, PO line, quantity in the base unit) of the PO's receipts (ASN or ERP)."""
+        """(id, PO line, quantity in the base unit) of the PO's receipts (ASN or ERP) and
+        returns to the vendor (negative)."""
         return [
             (rid, po_line, Decimal(qty))
             for rid, po_line, qty in self.conn.execute(
                 "SELECT id, po_line, base_quantity FROM receipts WHERE po_number = ? "
-                "AND source IN ('asn', 'erp')",
+                "AND source IN ('asn', 'erp', 'erp_return')",
                 (po_number,),
             )
         ]
 
     def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]:
-        """(PO, PO line, item, quantity in the base unit, when) of every receipt (ASN, ERP)."""
+        """(PO, PO line, item, quantity in the base unit, when) of every receipt (ASN, ERP)
+        and return to the vendor (negative)."""
         return [
             (po, line, item, Decimal(qty), at)
             for po, line, item, qty, at in self.conn.execute(
                 "SELECT po_number, po_line, item_id, base_quantity, created_at FROM receipts "
-                "WHERE source IN ('asn', 'erp')"
+                "WHERE source IN ('asn', 'erp', 'erp_return')"
             )
         ]
 
@@ -484,26 +659,56 @@ class SqliteProcurementRepository:
         return None if row is None else row[1]
 
     def invoiced(self, po_number: str, excluding: int | None) -> dict[str, Decimal]:
-        """Quantity (base unit) per PO line on the PO's matched or released invoices, but
-        ``excluding``."""
+        """Quantity (base unit, net of credits) per PO line on the PO's invoice lines posted
+        to AP (matched, released, or payable under a line-level hold), but ``excluding``."""
         out: dict[str, Decimal] = {}
         for po_line, qty in self.conn.execute(
             "SELECT l.po_line, l.base_quantity FROM invoice_lines l JOIN invoices i "
-            "ON i.id = l.invoice_id WHERE i.po_number = ? AND i.status IN ('matched', "
-            "'released') AND l.po_line IS NOT NULL AND i.id != ?",
+            "ON i.id = l.invoice_id WHERE i.po_number = ? AND l.posted = 1 "
+            "AND i.status != 'duplicate' AND l.po_line IS NOT NULL AND i.id != ?",
             (po_number, excluding or -1),
         ):
             out[po_line] = out.get(po_line, Decimal(0)) + Decimal(qty)
         return out
 
+    def credited(self, po_number: str, excluding: int | None) -> dict[str, Decimal]:
+        """Quantity (base unit) per PO line credited by the PO's posted credit memos, but
+        ``excluding`` (what returns to the vendor already covered)."""
+        out: dict[str, Decimal] = {}
+        for po_line, qty in self.conn.execute(
+            "SELECT l.po_line, l.base_quantity FROM invoice_lines l JOIN invoices i "
+            "ON i.id = l.invoice_id WHERE i.po_number = ? AND l.posted = 1 AND l.credit = 1 "
+            "AND i.status != 'duplicate' AND l.po_line IS NOT NULL AND i.id != ?",
+            (po_number, excluding or -1),
+        ):
+            out[po_line] = out.get(po_line, Decimal(0)) - Decimal(qty)
+        return out
+
+    def posted_lines(self, invoice_id: int) -> set[str]:
+        """The lines of ``invoice_id`` already posted to AP."""
+        return {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT line FROM invoice_lines WHERE invoice_id = ? AND posted = 1",
+                (invoice_id,),
+            )
+        }
+
+    def mark_posted(self, invoice_id: int, lines: Sequence[str]) -> None:
+        """These lines of ``invoice_id`` went to AP (a person released them)."""
+        self.conn.executemany(
+            "UPDATE invoice_lines SET posted = 1 WHERE invoice_id = ? AND line = ?",
+            [(invoice_id, line) for line in lines],
+        )
+
     def invoiced_lines(self) -> list[tuple[str, str, Decimal]]:
-        """(PO, PO line, quantity in the base unit) on every matched or released invoice."""
+        """(PO, PO line, quantity in the base unit) of every invoice line posted to AP."""
         return [
             (po, line, Decimal(qty))
             for po, line, qty in self.conn.execute(
                 "SELECT i.po_number, l.po_line, l.base_quantity FROM invoice_lines l JOIN "
-                "invoices i ON i.id = l.invoice_id WHERE i.status IN ('matched', 'released') "
-                "AND l.po_line IS NOT NULL"
+                "invoices i ON i.id = l.invoice_id WHERE l.posted = 1 "
+                "AND i.status != 'duplicate' AND l.po_line IS NOT NULL"
             )
         ]
 
@@ -549,10 +754,14 @@ class SqliteProcurementRepository:
 
     def set_invoice_lines(self, invoice_id: int, lines: Sequence[InvoiceLineRow]) -> None:
         self.conn.execute("DELETE FROM invoice_lines WHERE invoice_id = ?", (invoice_id,))
+        rows = [InvoiceLineRow(*row) for row in lines]
         self.conn.executemany(
-            "INSERT INTO invoice_lines (invoice_id, line, po_line, base_quantity) "
-            "VALUES (?, ?, ?, ?)",
-            [(invoice_id, line, po_line, str(qty)) for line, po_line, qty in lines],
+            "INSERT INTO invoice_lines (invoice_id, line, po_line, base_quantity, posted, "
+            "credit) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (invoice_id, r.line, r.po_line, str(r.base_quantity), int(r.posted), int(r.credit))
+                for r in rows
+            ],
         )
 
     def held_for_receipt(self, po_number: str, partner: str) -> list[tuple[int, str]]:
@@ -566,17 +775,43 @@ class SqliteProcurementRepository:
             ).fetchall()
         ]
 
+    def held_invoices(self, po_number: str, partner: str) -> list[tuple[int, str]]:
+        """(id, body) of the partner's held invoices for the PO (for any reason): matched
+        again when the PO's basis changes (an accepted change)."""
+        return [
+            (invoice_id, body)
+            for invoice_id, body in self.conn.execute(
+                "SELECT id, body FROM invoices WHERE po_number = ? AND partner = ? AND status = "
+                "'held' ORDER BY id",
+                (po_number, partner),
+            ).fetchall()
+        ]
+
     def invoices(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Every invoice (or those with ``status``) with its reasons, oldest first."""
+        """Every invoice (or those with ``status``) with its reasons and how many of its lines
+        were posted to AP, oldest first."""
         sql = (
-            "SELECT id, partner, invoice_number, po_number, status, reasons, total, created_at "
-            "FROM invoices"
+            "SELECT id, partner, invoice_number, po_number, status, reasons, total, created_at, "
+            "(SELECT COUNT(*) FROM invoice_lines l WHERE l.invoice_id = invoices.id), "
+            "(SELECT COUNT(*) FROM invoice_lines l WHERE l.invoice_id = invoices.id "
+            "AND l.posted = 1) FROM invoices"
         )
         args: tuple[str, ...] = ()
         if status:
             sql += " WHERE status = ?"
             args = (status,)
-        cols = ("id", "partner", "invoice_number", "po_number", "status", "reasons", "total", "at")
+        cols = (
+            "id",
+            "partner",
+            "invoice_number",
+            "po_number",
+            "status",
+            "reasons",
+            "total",
+            "at",
+            "lines",
+            "lines_posted",
+        )
         out = []
         for row in self.conn.execute(sql + " ORDER BY id", args):
             item = dict(zip(cols, row, strict=True))
@@ -620,6 +855,11 @@ class SqliteProcurementRepository:
 
     def resolve_work_items(self, kind: str, *, subject: str, now: float) -> int:
         return self.tx.resolve_work_items(kind, subject=subject, now=now)
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], now: float
+    ) -> None:
+        self.tx.audit(actor, action, target, detail, now)
 
     def answered_overdue_alerts(self) -> list[str]:
         """Subjects of the open ACK_OVERDUE work items whose interchange has had its answer

@@ -1,13 +1,17 @@
 """Procurement's tables, as its own schema history (``component_versions``, component
 ``procurement``).
 
-The statements are those of the store's former migrations v6 (X12 control numbers, outbound
-interchanges and their acknowledgements, inbound sets seen) and v7 (purchase orders, lines,
-receipts, invoices and their match), written so that a database that already has the objects is
-left as it is: the history is then only recorded.
+The statements of 1 and 2 are those of the store's former migrations v6 (X12 control numbers,
+outbound interchanges and their acknowledgements, inbound sets seen) and v7 (purchase orders,
+lines, receipts, invoices and their match), written so that a database that already has the
+objects is left as it is: the history is then only recorded. 3 adds line-level holds (which
+invoice lines were posted to AP, which are credits) and the vendors' proposed PO changes, again
+only where missing.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from engine.interfaces import Migration
 
@@ -153,9 +157,59 @@ _PROCUREMENT: list[str] = [
     """,
 ]
 
+
+def _columns(conn: Any, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _line_holds_and_changes(conn: Any) -> None:
+    """Invoice lines posted on their own (a line-level hold), credit lines, and the PO changes
+    vendors propose in their 855s; every invoice line of a matched or released invoice counts
+    as posted, as it was."""
+    have = _columns(conn, "invoice_lines")
+    if "posted" not in have:
+        conn.execute("ALTER TABLE invoice_lines ADD COLUMN posted INTEGER NOT NULL DEFAULT 0")
+        conn.execute(
+            "UPDATE invoice_lines SET posted = 1 WHERE invoice_id IN "
+            "(SELECT id FROM invoices WHERE status IN ('matched', 'released'))"
+        )
+    if "credit" not in have:
+        conn.execute("ALTER TABLE invoice_lines ADD COLUMN credit INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS po_changes (
+            id INTEGER PRIMARY KEY,
+            po_number TEXT NOT NULL,
+            line TEXT NOT NULL,
+            partner TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('proposed', 'accepted', 'rejected',
+                                                   'superseded')),
+            ack_code TEXT NOT NULL,
+            ordered_quantity TEXT NOT NULL,
+            ordered_uom TEXT NOT NULL,
+            ordered_price TEXT NOT NULL,
+            quantity TEXT,
+            uom TEXT,
+            unit_price TEXT,
+            ship_date TEXT,
+            message_id TEXT,
+            correlation_id TEXT,
+            created_at REAL NOT NULL,
+            decided_at REAL,
+            decided_by TEXT,
+            note TEXT
+        )
+        """
+    )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS idx_po_changes_po ON po_changes(po_number, line, status)"
+    )
+
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "x12 control numbers, outbound interchanges and acks, inbound sets", _X12_CONTROL),
     (2, "purchase orders, lines, receipts, invoices and their match", _PROCUREMENT),
+    (3, "line-level holds, credit lines and proposed PO changes", _line_holds_and_changes),
 ]
 
 
