@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,9 +25,11 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-import dropfolder_to_file as core
+import dropfolder_to_file as core  # noqa: E402
+from baselines import commit_ceiling  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SB, EB = b"\x0b", b"\x1c\x0d"
@@ -60,13 +63,15 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def send_all(port: int, ids: list[int]) -> None:
+def send_all(port: int, ids: list[int], latencies: list[float]) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         for n in ids:
+            sent = time.perf_counter()
             s.sendall(SB + message(n) + EB)
             buf = b""
             while EB not in buf:
                 buf += s.recv(65536)
+            latencies.append(time.perf_counter() - sent)
             if b"MSA|AA" not in buf and b"MSA|CA" not in buf:
                 raise RuntimeError(f"not accepted: {buf[:200]!r}")
 
@@ -86,7 +91,7 @@ def pending(db: Path) -> tuple[int, int]:
     return open_msgs + open_out, events
 
 
-def run_ledger(tmp: Path, n: int, senders: int) -> tuple[float, int]:
+def run_ledger(tmp: Path, n: int, senders: int) -> tuple[float, int, list[float]]:
     project = tmp / "ledger"
     (project / "channels").mkdir(parents=True)
     shutil.copy(ROOT / "routes.yaml", project / "routes.yaml")
@@ -130,8 +135,10 @@ def run_ledger(tmp: Path, n: int, senders: int) -> tuple[float, int]:
         wait_port(mllp)
         t0 = time.perf_counter()
         ids = list(range(n))
+        latencies: list[float] = []
         threads = [
-            threading.Thread(target=send_all, args=(mllp, ids[i::senders])) for i in range(senders)
+            threading.Thread(target=send_all, args=(mllp, ids[i::senders], latencies))
+            for i in range(senders)
         ]
         for t in threads:
             t.start()
@@ -144,7 +151,7 @@ def run_ledger(tmp: Path, n: int, senders: int) -> tuple[float, int]:
             if time.perf_counter() - t0 > 300:
                 raise RuntimeError(f"timed out: {left} open, {events} events")
             time.sleep(0.05)
-        return time.perf_counter() - t0, events
+        return time.perf_counter() - t0, events, latencies
     except Exception:
         log.flush()
         print((tmp / "ledger.log").read_text()[-3000:], file=sys.stderr)
@@ -187,7 +194,24 @@ def main() -> int:
         if args.core_only:
             run_core(tmp, args.messages)
             return 0
-        elapsed, events = run_ledger(tmp, args.messages, args.senders)
+        ceiling, commit_ms = commit_ceiling(tmp)
+        elapsed, events, latencies = run_ledger(tmp, args.messages, args.senders)
+        # bare Twisted MLLP at 8 connections, the same load generator as bench/mllp_ack.py
+        bare = subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "mllp_ack.py"),
+                "--bare-only",
+                "--senders",
+                "8",
+                "--seconds",
+                "3",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        bare_rate = float(bare.stdout.strip().splitlines()[-1])
         # The core benchmark runs its own reactor: run it in a child process of this run.
         out = (
             subprocess.run(
@@ -211,6 +235,16 @@ def main() -> int:
             f"core pipeline (drop folder -> transform -> file), same run: {core_rate:8.1f} messages/s"
         )
         print(f"ratio ledger / core: {rate / core_rate:.2f}")
+        p50 = statistics.median(latencies) * 1000
+        p99 = sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000
+        print(
+            f"ACK p50 {p50:.2f} ms, p99 {p99:.2f} ms = {p50 / commit_ms:.1f} fsync'd commits "
+            f"(ceiling {ceiling:,.0f} commits/s, {commit_ms:.2f} ms each, same disk)"
+        )
+        print(
+            f"bare Twisted MLLP, 8 connections, fixed ACK, same run: {bare_rate:,.0f} msg/s; "
+            f"ratio events/s / bare: {events / elapsed / bare_rate:.3f}"
+        )
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

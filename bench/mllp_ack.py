@@ -29,30 +29,12 @@ from pathlib import Path
 
 from twisted.internet import defer, protocol, reactor, task
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baselines import commit_ceiling, start_bare_mllp
+
 ROOT = Path(__file__).resolve().parents[1]
 SB, EB = b"\x0b", b"\x1c\x0d"
-
-BARE_SERVER = r"""
-import sys
-from twisted.internet import protocol, reactor
-ACK = (b"\x0bMSH|^~\\&|WHARF|GENHOSP|POU|GENHOSP|20260101000000||ACK^P03^ACK|A1|P|2.5.1\r"
-       b"MSA|AA|X\r\x1c\x0d")
-class Bare(protocol.Protocol):
-    def connectionMade(self):
-        self.buf = b""
-    def dataReceived(self, data):
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\x1c\x0d")
-            if end < 0:
-                return
-            self.buf = self.buf[end + 2:]
-            self.transport.write(ACK)
-f = protocol.Factory.forProtocol(Bare)
-port = reactor.listenTCP(0, f, interface="127.0.0.1")
-print(port.getHost().port, flush=True)
-reactor.run()
-"""
 
 CHANNEL = """\
 description: MLLP benchmark channel (durable ACK after the group commit)
@@ -154,12 +136,6 @@ def start_wharf(tmp: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_bare() -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER], stdout=subprocess.PIPE, text=True)
-    port = int(proc.stdout.readline())
-    return proc, port
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -169,23 +145,48 @@ def pct(values: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
-    bare, bare_port = start_bare()
+    if args.bare_only:
+        bare, bare_port = start_bare_mllp()
+        try:
+            elapsed, lat = await load(bare_port, args.senders[0], args.seconds)
+            print(f"{len(lat) / elapsed:.0f}")
+        finally:
+            bare.send_signal(signal.SIGTERM)
+            bare.wait(timeout=30)
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    ceiling, commit_ms = commit_ceiling(tmp)
+    bare, bare_port = start_bare_mllp()
     wharf, wharf_port = start_wharf(tmp)
     try:
         print(f"MLLP ACK benchmark, {args.seconds:g}s per run, 2 cores shared by client and server")
+        print(
+            f"commit ceiling (SQLite WAL, synchronous=FULL, one row per commit, same disk): "
+            f"{ceiling:,.0f} commits/s, {commit_ms:.2f} ms per commit"
+        )
         print(f"{'senders':>7} {'server':>8} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7}")
+        sequential = None
         for n in args.senders:
             rates = {}
             for name, port in (("bare", bare_port), ("wharf", wharf_port)):
                 elapsed, lat = await load(port, n, args.seconds)
                 rates[name] = len(lat) / elapsed
                 ratio = f"{rates['wharf'] / rates['bare']:.2f}" if name == "wharf" else ""
+                if name == "wharf" and n == 1:
+                    sequential = (rates[name], pct(lat, 0.5))
                 print(
                     f"{n:>7} {name:>8} {rates[name]:>9.0f} {pct(lat, 0.5):>8.2f} "
                     f"{pct(lat, 0.99):>8.2f} {ratio:>7}",
                     flush=True,
                 )
         print("ratio = wharf msg/s / bare msg/s in the same run (durable ACK vs fixed ACK)")
+        if sequential is not None:
+            rate, p50 = sequential
+            print(
+                f"sequential sender: p50 {p50:.2f} ms = {p50 / commit_ms:.1f} fsync'd commits "
+                f"(target <= 2); {rate:,.0f} msg/s = {rate / ceiling:.2f} of the commit ceiling "
+                "(target >= 0.5)"
+            )
     finally:
         for proc in (bare, wharf):
             proc.send_signal(signal.SIGTERM)
@@ -199,5 +200,11 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--senders", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
     p.add_argument("--keep", action="store_true")
+    p.add_argument(
+        "--bare-only",
+        action="store_true",
+        help="print only the bare server's msg/s at the first --senders count (a reference for "
+        "the other benchmarks)",
+    )
     args = p.parse_args()
     task.react(lambda _r: defer.ensureDeferred(main(args)))

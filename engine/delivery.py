@@ -39,7 +39,7 @@ Nothing here ever logs a payload or a response body.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -250,6 +250,11 @@ class Executor(Protocol):
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]: ...
 
 
+def _settles_durably(settlements: Sequence[model.Settlement]) -> bool:
+    """A bulk call's outcome is written durably when a row of it is given up on."""
+    return any(s.kind in (model.SETTLE_DEAD, model.SETTLE_QUARANTINED) for s in settlements)
+
+
 def _observe(d: Deferred[Any]) -> Deferred[None]:
     """A Deferred firing (with None) when ``d`` fires, leaving ``d``'s result untouched."""
     out: Deferred[None] = Deferred()
@@ -268,7 +273,8 @@ class DeliveryWorker:
     ``store`` provides ``claim_deliveries``, ``delivery_succeeded``, ``delivery_retry``,
     ``delivery_dead``, ``delivery_quarantined`` and ``next_due`` (and, for throttling and bulk
     calls, ``delivery_held``, ``pin_batch``, ``settle_batch`` and ``release_claims``); every
-    call goes through ``executor.submit``. ``clock`` is the reactor (or a ``task.Clock`` in
+    call goes through ``executor.submit`` (writes through ``submit_merged`` when the executor
+    has it: they share the writer's turn). ``clock`` is the reactor (or a ``task.Clock`` in
     tests); all times are ``clock.seconds()``. At most one claim cycle runs at a time and at
     most ``policy.concurrency`` calls are in flight.
     """
@@ -293,6 +299,9 @@ class DeliveryWorker:
         self.executor = executor
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
+        # Store writes share the writer's turn (one commit with the ingests and the pipeline's
+        # results) when the executor offers it.
+        self._merged = getattr(executor, "submit_merged", None)
         self._running = False
         self._claiming = False
         self._again = False
@@ -404,7 +413,7 @@ class DeliveryWorker:
         for d in unsent:
             self._inflight.pop(d.id, None)
         try:
-            await self.executor.submit(
+            await self._write(
                 self.store.release_claims, [d.id for d in unsent], self.clock.seconds()
             )
         except Exception as e:  # their leases expire and they are claimed again then
@@ -467,7 +476,7 @@ class DeliveryWorker:
                     self._schedule_in(max(wait, 0.001))
                     return
                 room = min(room, allowed)
-                rows = await self.executor.submit(
+                rows = await self._write(
                     self.store.claim_deliveries,
                     self.channel,
                     self.name,
@@ -610,24 +619,34 @@ class DeliveryWorker:
         logged = error.log_text or text  # the store keeps ``text``; the log may not
         if error.response is not None:
             # What the peer answered (an MLLP AE/AR, an HTTP error body) is kept with the row.
-            await self.executor.submit(self.store.record_response, delivery.id, error.response)
+            await self._write(self.store.record_response, delivery.id, error.response)
         if error.throttled:
             until = self._hold(error, now)
             note = f"throttled, held (not counted as an attempt): {text}"
-            await self.executor.submit(self.store.delivery_held, delivery.id, note, until, now)
+            await self._write(self.store.delivery_held, delivery.id, note, until, now)
             self._log(delivery, attempt, f"held {until - now:.1f}s", logged)
             return
         kind, reason, next_at = self._decide(error, attempt, delivery.created_at, now)
         if kind == model.SETTLE_QUARANTINED:
-            await self.executor.submit(self.store.delivery_quarantined, delivery.id, reason, now)
+            await self._write(
+                self.store.delivery_quarantined, delivery.id, reason, now, durable=True
+            )
             self._log(delivery, attempt, "quarantined", reason.replace(text, logged), level="warn")
         elif kind == model.SETTLE_DEAD:
-            await self.executor.submit(self.store.delivery_dead, delivery.id, reason, now)
+            await self._write(self.store.delivery_dead, delivery.id, reason, now, durable=True)
             self._log(delivery, attempt, "dead", reason.replace(text, logged), level="warn")
         else:
             assert next_at is not None
-            await self.executor.submit(self.store.delivery_retry, delivery.id, text, next_at, now)
+            await self._write(self.store.delivery_retry, delivery.id, text, next_at, now)
             self._log(delivery, attempt, f"retry in {next_at - now:.1f}s", logged)
+
+    def _write(
+        self, fn: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any
+    ) -> Deferred[Any]:
+        """A store call that may share the writer's turn (``submit_merged``)."""
+        if self._merged is None:
+            return self.executor.submit(fn, *args, **kwargs)
+        return self._merged(fn, *args, durable=durable, **kwargs)
 
     # ----------------------------------------------------------------- bulk calls
 
@@ -664,7 +683,7 @@ class DeliveryWorker:
                     if free > 0 and allowed <= 0:
                         self._schedule_in(max(wait, 0.001))
                     return  # a finishing call (or the timer) kicks the loop again
-                rows = await self.executor.submit(
+                rows = await self._write(
                     self.store.claim_deliveries,
                     self.channel,
                     self.name,
@@ -767,9 +786,7 @@ class DeliveryWorker:
         send_batch = self.destination.send_batch  # type: ignore[attr-defined]
         if key is None:
             key = model.batch_key(rows)
-            await self.executor.submit(
-                self.store.pin_batch, [r.id for r in rows], key, self.clock.seconds()
-            )
+            await self._write(self.store.pin_batch, [r.id for r in rows], key, self.clock.seconds())
         try:
             outcomes = await defer.ensureDeferred(send_batch(rows, key))
         except DeliveryError as e:
@@ -799,7 +816,9 @@ class DeliveryWorker:
             tally[s.kind] = tally.get(s.kind, 0) + 1
         if not any(o.error is not None and o.error.throttled for o in outcomes):
             self._throttles = 0
-        await self.executor.submit(self.store.settle_batch, settlements, now)
+        await self._write(
+            self.store.settle_batch, settlements, now, durable=_settles_durably(settlements)
+        )
         if self._held(self.clock.seconds()):
             await self._release_unsent()  # held: what waits for a call goes back to pending
         log.info(
@@ -855,7 +874,9 @@ class DeliveryWorker:
             )
             outcome = kind if next_at is None else f"retry in {next_at - now:.1f}s"
         settlements = [Settlement(r.id, kind, error.response, reason, next_at) for r in rows]
-        await self.executor.submit(self.store.settle_batch, settlements, now)
+        await self._write(
+            self.store.settle_batch, settlements, now, durable=_settles_durably(settlements)
+        )
         if self._held(self.clock.seconds()):
             await self._release_unsent()  # held: what waits for a call goes back to pending
         level = "warn" if kind in (model.SETTLE_DEAD, model.SETTLE_QUARANTINED) else "info"

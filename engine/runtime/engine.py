@@ -9,6 +9,7 @@
      |                                 the workers drain)
      +-- listener:<name>              SourceService of a shared listener (routes.yaml)
      +-- job:sweep, job:leases        JobService: received messages swept, expired leases
+     +-- job:optimize                 JobService: the planner's statistics refreshed hourly
      +-- job:<domain job>             JobService per Job a domain contributes
      +-- job:reload                   JobService: changed files linted and applied
      +-- sftp-server                  Wharf's SFTP server for trading partners
@@ -74,7 +75,9 @@ class Engine(OrderedServices):
         self.reactor = reactor
         self.registry = registry
         self.project = project or load_project(self.root, registry=registry)
-        self.store = SqliteStore(self.root / self.project.settings.store)
+        self.store = SqliteStore(
+            self.root / self.project.settings.store, background_checkpoints=True
+        )
         self.executor = StoreExecutor(self.store, reactor)
         self.resources = Resources.of_project(self.project)
         threads_ = self.project.settings.pipeline_threads
@@ -151,6 +154,8 @@ class Engine(OrderedServices):
         clock = self.reactor
         JobService("sweep", 2.0, self.processor.sweep, clock).setServiceParent(self)  # replays
         JobService("leases", 30.0, self._release_expired, clock).setServiceParent(self)
+        # the planner's statistics kept fresh as tables grow (bench/store_growth.py)
+        JobService("optimize", 3600.0, self._optimize, clock).setServiceParent(self)
         for job in self._domain_jobs():
             job.setServiceParent(self)
         interval = self.project.settings.reload_interval
@@ -411,6 +416,10 @@ class Engine(OrderedServices):
                 svc.setName(f"job:{domain.name}:{job.name}")
                 jobs.append(svc)
         return jobs
+
+    def _optimize(self) -> defer.Deferred:
+        """The store's planner statistics refreshed, on the store thread."""
+        return self.executor.submit(self.store.optimize)
 
     async def _release_expired(self) -> int:
         """Deliveries claimed longer than their lease go back to pending (same key)."""

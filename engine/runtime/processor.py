@@ -403,9 +403,21 @@ class Processor(service.Service):
             claimed: Claimed = {}
             try:
                 claims = {key: claim for key, (_, claim) in promised.items()}
-                claimed = await self.executor.submit(
-                    record, self.store, outcomes, time.time(), claims
-                )
+                # one commit with the ingests and delivery bookkeeping of the writer's turn
+                submit = getattr(self.executor, "submit_merged", None)
+                if submit is None:
+                    claimed = await self.executor.submit(
+                        record, self.store, outcomes, time.time(), claims
+                    )
+                else:
+                    claimed = await submit(
+                        record,
+                        self.store,
+                        outcomes,
+                        time.time(),
+                        claims,
+                        durable=any(o.durable for o in outcomes),
+                    )
             finally:
                 orphans = []
                 for key, (worker, claim) in promised.items():
@@ -416,7 +428,9 @@ class Processor(service.Service):
                         worker.take([], claim.limit)
                         orphans += [d.id for d in rows]
                 if orphans:
-                    await self.executor.submit(self.store.release_claims, orphans, time.time())
+                    await getattr(self.executor, "submit_merged", self.executor.submit)(
+                        self.store.release_claims, orphans, time.time()
+                    )
             self.processed += len(results)
             woken: set[str] = set()
             for w, _, r in results:

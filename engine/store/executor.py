@@ -5,6 +5,13 @@ The writer thread takes every ingest waiting (up to ``max_batch``) and stores th
 ``ingest_batch`` call, i.e. one transaction and one fsync for many messages, then fires the
 Deferreds through ``reactor.callFromThread``. Other store calls go through :meth:`submit`.
 
+Writer turns: with a store that has ``turn()`` (:class:`~engine.store.SqliteStore`), the ingest
+batch and every *merged* job waiting (:meth:`submit_merged`: pipeline results, delivery
+bookkeeping, grouped completions) run in ONE transaction, each in its own savepoint (a failing
+one undoes only its own writes), with one commit: one fsync for everything the turn holds
+rather than one commit per kind of work. Deferreds fire only after that commit. A turn commits
+with ``synchronous=FULL`` when it holds an ingest or a job submitted ``durable``.
+
 Fairness: ingests and jobs carry one arrival sequence. The thread serves whichever queue has
 the older head; an ingest batch also takes the ingests that arrived after that head (up to
 ``max_batch``), so a job waits behind at most one batch.
@@ -17,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -35,7 +43,22 @@ class _BatchStore(Protocol):
 
 
 _Ingest = tuple[int, Inbound, Deferred]
-_Job = tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred]
+
+
+@dataclass
+class _Job:
+    seq: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    d: Deferred
+    merged: bool = False  # may share a writer turn
+    durable: bool = False  # (merged) the turn commits with synchronous=FULL
+    group: bool = False  # fn returns [(Deferred, result or Failure)] to fire itself
+
+
+#: Most merged jobs one writer turn takes (a turn's transaction stays short).
+MAX_TURN_JOBS = 64
 
 
 class StoreExecutor:
@@ -133,7 +156,26 @@ class StoreExecutor:
                 name = getattr(fn, "__name__", repr(fn))
                 return fail(StoreError(f"store executor is stopped; {name}() refused"))
             d: Deferred = Deferred()
-            self._jobs.append((next(self._seq), fn, args, kwargs, d))
+            self._jobs.append(_Job(next(self._seq), fn, args, kwargs, d))
+            self._cond.notify()
+        return d
+
+    def submit_merged(
+        self, fn: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any
+    ) -> Deferred:
+        """:meth:`submit` for a write that may share a writer turn (one transaction, one
+        commit) with the ingest batch and other merged jobs. ``fn`` must use the store's
+        transactions (savepoints inside a turn) and have no effect outside the store: it may
+        run inside a turn whose commit fails, and its Deferred then fails with it. ``durable``:
+        its writes need ``synchronous=FULL``."""
+        with self._cond:
+            if self._stopping:
+                name = getattr(fn, "__name__", repr(fn))
+                return fail(StoreError(f"store executor is stopped; {name}() refused"))
+            d: Deferred = Deferred()
+            self._jobs.append(
+                _Job(next(self._seq), fn, args, kwargs, d, merged=True, durable=durable)
+            )
             self._cond.notify()
         return d
 
@@ -167,7 +209,18 @@ class StoreExecutor:
 
     def _queue_group(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> None:
         """(Caller holds the lock.) The group's one call joins the jobs."""
-        self._jobs.append((next(self._seq), self._run_group, (fn_many, group), {}, Deferred()))
+        self._jobs.append(
+            _Job(
+                next(self._seq),
+                self._run_group,
+                (fn_many, group),
+                {},
+                Deferred(),
+                True,
+                False,
+                True,
+            )
+        )
         self._cond.notify()
 
     def _release_groups(self) -> None:
@@ -176,7 +229,8 @@ class StoreExecutor:
             for fn_many, group in held:
                 self._queue_group(fn_many, group)
 
-    def _run_group(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> None:
+    def _run_group(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> list[Any]:
+        """The group's call; returns [(Deferred, None or Failure)] for the caller to fire."""
         with self._cond:
             if self._groups.get(fn_many) is group:
                 del self._groups[fn_many]
@@ -185,18 +239,18 @@ class StoreExecutor:
             fn_many(items)
         except Exception:
             if len(items) == 1:
-                self.reactor.callFromThread(waiters[0].errback, Failure())
-                return
+                return [(waiters[0], Failure())]
             # One bad item must not fail the others: each alone, in its own transaction.
+            fired: list[Any] = []
             for item, d in zip(items, waiters, strict=True):
                 try:
                     fn_many([item])
                 except Exception:
-                    self.reactor.callFromThread(d.errback, Failure())
+                    fired.append((d, Failure()))
                 else:
-                    self.reactor.callFromThread(d.callback, None)
-            return
-        self.reactor.callFromThread(_fire_all, [(d, None) for d in waiters])
+                    fired.append((d, None))
+            return fired
+        return [(d, None) for d in waiters]
 
     # ------------------------------------------------------------------ writer thread
 
@@ -205,18 +259,20 @@ class StoreExecutor:
             work = self._next_work()
             if work is None:
                 break
-            kind, items = work
-            if kind == "ingest":
-                self._run_batch(items)
+            kind, ingests, jobs = work
+            if kind == "turn":
+                self._run_turn(ingests, jobs)
+            elif kind == "ingest":
+                self._run_batch(ingests)
             else:
-                for job in items:
+                for job in jobs:
                     self._run_job(job)
         with self._cond:
             waiters, self._stopped = self._stopped, []
         for d in waiters:
             self.reactor.callFromThread(d.callback, None)
 
-    def _next_work(self) -> tuple[str, list[Any]] | None:
+    def _next_work(self) -> tuple[str, list[_Ingest], list[_Job]] | None:
         """Block until there is work; None when stopping and everything is drained."""
         with self._cond:
             while not self._ingests and not self._jobs:
@@ -224,18 +280,68 @@ class StoreExecutor:
                     return None
                 self._cond.wait()
             ingest_head = self._ingests[0][0] if self._ingests else None
-            job_head = self._jobs[0][0] if self._jobs else None
+            job_head = self._jobs[0].seq if self._jobs else None
+            turns = hasattr(self.store, "turn")
             if ingest_head is not None and (job_head is None or ingest_head < job_head):
                 count = min(self.max_batch, len(self._ingests))
-                return "ingest", [self._ingests.popleft() for _ in range(count)]
+                ingests = [self._ingests.popleft() for _ in range(count)]
+                if not turns:
+                    return "ingest", ingests, []
+                return "turn", ingests, self._take_merged()
+            if turns and self._jobs[0].merged:
+                jobs = self._take_merged()
+                count = min(self.max_batch, len(self._ingests))
+                ingests = [self._ingests.popleft() for _ in range(count)]
+                return "turn", ingests, jobs
             jobs = []
-            while self._jobs and (ingest_head is None or self._jobs[0][0] < ingest_head):
+            while (
+                self._jobs
+                and not (turns and self._jobs[0].merged)
+                and (ingest_head is None or self._jobs[0].seq < ingest_head)
+            ):
                 jobs.append(self._jobs.popleft())
-            return "jobs", jobs
+            return "jobs", [], jobs
 
-    def _run_batch(self, batch: list[_Ingest]) -> None:
-        self.batches += 1
-        self.ingested += len(batch)
+    def _take_merged(self) -> list[_Job]:
+        """(Caller holds the lock.) The merged jobs at the head of the queue, in order."""
+        jobs: list[_Job] = []
+        while self._jobs and self._jobs[0].merged and len(jobs) < MAX_TURN_JOBS:
+            jobs.append(self._jobs.popleft())
+        return jobs
+
+    def _run_turn(self, ingests: list[_Ingest], jobs: list[_Job]) -> None:
+        """The ingest batch and the merged jobs in one transaction; fire after its commit."""
+        fired: list[tuple[Deferred, Any]] = []
+        durable = bool(ingests) or any(job.durable for job in jobs)
+        if ingests:
+            self.batches += 1
+            self.ingested += len(ingests)
+        try:
+            with self.store.turn(durable):  # type: ignore[attr-defined]
+                if ingests:
+                    fired += self._ingest_results(ingests)
+                for job in jobs:
+                    try:
+                        with self.store.savepoint(_name(job.fn)):  # type: ignore[attr-defined]
+                            result = job.fn(*job.args, **job.kwargs)
+                    except Exception:
+                        fired.append((job.d, Failure()))
+                    else:
+                        if job.group:
+                            fired += result
+                        else:
+                            fired.append((job.d, result))
+        except Exception as exc:
+            error = StoreError(f"writer turn failed: {exc}")
+            error.__cause__ = exc
+            waiters = [d for _, _, d in ingests]
+            for job in jobs:  # a group's waiters are its callers'
+                waiters += job.args[1][1] if job.group else [job.d]
+            self.reactor.callFromThread(_fire_all, [(d, Failure(error)) for d in waiters])
+            return
+        self.reactor.callFromThread(_fire_all, fired)
+
+    def _ingest_results(self, batch: list[_Ingest]) -> list[tuple[Deferred, Any]]:
         items = [inbound for _, inbound, _ in batch]
         try:
             results = self.store.ingest_batch(items, self._clock())
@@ -247,21 +353,25 @@ class StoreExecutor:
         except Exception as exc:
             error = StoreError(f"ingest batch of {len(items)} message(s) failed: {exc}")
             error.__cause__ = exc
-            for _, _, d in batch:
-                self.reactor.callFromThread(d.errback, Failure(error))
-            return
+            return [(d, Failure(error)) for _, _, d in batch]
+        return [(d, result) for (_, _, d), result in zip(batch, results, strict=True)]
+
+    def _run_batch(self, batch: list[_Ingest]) -> None:
+        self.batches += 1
+        self.ingested += len(batch)
         # One hop back to the reactor for the whole batch (one wake-up, not one per message).
-        fired = [(d, result) for (_, _, d), result in zip(batch, results, strict=True)]
-        self.reactor.callFromThread(_fire_all, fired)
+        self.reactor.callFromThread(_fire_all, self._ingest_results(batch))
 
     def _run_job(self, job: _Job) -> None:
-        _, fn, args, kwargs, d = job
         try:
-            result = fn(*args, **kwargs)
+            result = job.fn(*job.args, **job.kwargs)
         except Exception:
-            self.reactor.callFromThread(d.errback, Failure())
+            self.reactor.callFromThread(job.d.errback, Failure())
             return
-        self.reactor.callFromThread(d.callback, result)
+        if job.group:
+            self.reactor.callFromThread(_fire_all, result)
+        else:
+            self.reactor.callFromThread(job.d.callback, result)
 
     def _fail_leftovers(self) -> None:
         """stop() without a running thread: fail whatever was queued (caller holds the lock)."""
@@ -269,9 +379,21 @@ class StoreExecutor:
         while self._ingests:
             self._ingests.popleft()[2].errback(Failure(error))
         while self._jobs:
-            self._jobs.popleft()[4].errback(Failure(error))
+            job = self._jobs.popleft()
+            if job.group:  # its waiters are the group's
+                for d in job.args[1][1]:
+                    d.errback(Failure(error))
+            else:
+                job.d.errback(Failure(error))
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _fire_all(fired: list[tuple[Deferred, Any]]) -> None:
     for d, result in fired:
-        d.callback(result)
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)

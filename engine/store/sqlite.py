@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -88,15 +89,41 @@ def _private_file(path: Path) -> None:
             pass
 
 
+#: Page cache per connection (KiB). SQLite's default (2 MiB) holds the hot end of the indexes of
+#: a few ten thousand messages; past that every insert and lookup reads pages back from the
+#: OS (bench/store_growth.py). 64 MiB keeps the hot pages of a million-message store.
+CACHE_KIB = 64 * 1024
+#: Rows sampled per index by ANALYZE: enough for the planner, and milliseconds on a
+#: million-message store.
+ANALYSIS_LIMIT = 1000
+#: Seconds between background checkpoints (``background_checkpoints``).
+CHECKPOINT_INTERVAL = 0.25
+#: With background checkpoints, a committing thread still checkpoints when the WAL passes this
+#: many pages (64 MiB): the background thread fell behind or failed.
+BACKSTOP_PAGES = 16384
+
+
+log = logging.getLogger("wharf.store")
+
+
 class SqliteStore:
     """The durable store of one Wharf instance (one SQLite file, WAL mode)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, background_checkpoints: bool = False) -> None:
+        """``background_checkpoints``: a thread of the store copies the WAL back into the
+        database (``wal_checkpoint(PASSIVE)``, :data:`CHECKPOINT_INTERVAL`) instead of the
+        committing thread doing it every 1,000 pages; the running engine's store does this, so
+        that its writer never waits for the database file's fsync (bench/store_growth.py)."""
         self.path = Path(path)
+        self.background_checkpoints = background_checkpoints
+        self.checkpoints = 0  #: background checkpoints run
+        self.commits = 0  #: write transactions committed (savepoints not counted)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._opened = False
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,10 +156,54 @@ class SqliteStore:
         except BaseException:
             self.close()
             raise
+        self.optimize()
+        if self.background_checkpoints:
+            self._stop_checkpoints = threading.Event()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop,
+                args=(self._stop_checkpoints,),
+                name="wharf-store-checkpoint",
+                daemon=True,
+            )
+            self._checkpointer.start()
         return self
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """Copy the WAL's committed pages into the database file (``PRAGMA wal_checkpoint``);
+        returns SQLite's (busy, WAL frames, frames copied)."""
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError(f"mode must be PASSIVE, FULL, RESTART or TRUNCATE (got {mode!r})")
+        try:
+            busy, frames, copied = self._conn().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"checkpoint of {self.path} failed: {exc}") from exc
+        return int(busy), int(frames), int(copied)
+
+    def _checkpoint_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(CHECKPOINT_INTERVAL):
+            try:
+                self.checkpoint()
+                self.checkpoints += 1
+            except StoreError as exc:  # the writer's backstop still checkpoints
+                log.warning("background checkpoint failed: %s", exc)
+
+    def optimize(self) -> None:
+        """Refresh the query planner's statistics (``ANALYZE``, each index sampled, not
+        scanned: ``analysis_limit``). Run at open and every hour by the engine (job:optimize):
+        without statistics the planner guesses, and its guesses get worse as tables grow."""
+        conn = self._conn()
+        try:
+            conn.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
+            conn.execute("ANALYZE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"optimize {self.path} failed: {exc}") from exc
 
     def close(self) -> None:
         """Close every connection opened by any thread. ``open()`` may be called again."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            self._stop_checkpoints.set()
+            checkpointer.join()
         with self._lock:
             connections, self._connections = self._connections, []
             self._opened = False
@@ -166,6 +237,9 @@ class SqliteStore:
                     str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
                 )
                 conn.execute("PRAGMA busy_timeout=10000")
+                conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+                if self.background_checkpoints:
+                    conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error as exc:
@@ -189,14 +263,26 @@ class SqliteStore:
 
     @contextmanager
     def _write(self, what: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this thread's connection. Inside another one (a writer turn
+        of the executor: :meth:`turn`) it is a SAVEPOINT: its failure undoes only its own
+        writes, and it commits with the outer transaction."""
         conn = self._conn()
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            with self._savepoint(conn, what, durable, depth):
+                yield conn
+            return
         if not durable:
             conn.execute("PRAGMA synchronous=NORMAL")
+        self._local.durable = durable
+        self._local.sync_after = False
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"{what}: cannot start a write transaction: {exc}") from exc
+            self._local.depth = 1
+            changes = conn.total_changes
             try:
                 yield conn
             except sqlite3.Error as exc:
@@ -205,14 +291,74 @@ class SqliteStore:
             except BaseException:
                 self._rollback(conn)
                 raise
+            finally:
+                self._local.depth = 0
+            if conn.total_changes == changes:  # read only (an idle claim): nothing to commit
+                self._rollback(conn)
+                return
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(conn)
                 raise StoreError(f"{what}: commit failed: {exc}") from exc
+            self.commits += 1
+            if self._local.sync_after:  # a durable write committed at synchronous=NORMAL
+                self._sync_wal(what)
         finally:
             if not durable:
                 conn.execute("PRAGMA synchronous=FULL")
+
+    def _sync_wal(self, what: str) -> None:
+        """fsync the WAL: what a commit at ``synchronous=FULL`` does after writing its frames."""
+        try:
+            fd = os.open(self.path.with_name(self.path.name + "-wal"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"{what}: committed, but the WAL could not be synced: {exc}") from exc
+
+    @contextmanager
+    def _savepoint(
+        self, conn: sqlite3.Connection, what: str, durable: bool, depth: int
+    ) -> Iterator[None]:
+        if durable and not self._local.durable:
+            # The commit's sync level is fixed when the outer transaction begins (SQLite
+            # refuses to change it inside one): the WAL is fsync'd after that commit instead.
+            self._local.sync_after = True
+        name = f"wharf_{depth}"
+        conn.execute(f"SAVEPOINT {name}")
+        self._local.depth = depth + 1
+        try:
+            yield
+        except BaseException as exc:
+            if conn.in_transaction:  # (SQLite may have rolled back everything itself)
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{what} failed: {exc}") from exc
+            raise
+        else:
+            conn.execute(f"RELEASE {name}")
+        finally:
+            self._local.depth = depth
+
+    @contextmanager
+    def savepoint(self, what: str) -> Iterator[None]:
+        """Inside a transaction of this thread, a savepoint (undone alone if the body fails);
+        outside one, a transaction of its own (not durable)."""
+        with self._write(what, durable=False):
+            yield
+
+    @contextmanager
+    def turn(self, durable: bool) -> Iterator[None]:
+        """One transaction for several writers' work (the executor's writer turn): every
+        :meth:`transaction` (and store write) opened inside is a savepoint of it, so a failing
+        one undoes only its own writes, and all commit together: one commit, one fsync when
+        ``durable``, for an ingest batch, pipeline results and delivery bookkeeping."""
+        with self._write("writer turn", durable):
+            yield
 
     @contextmanager
     def reading(self) -> Iterator[SqliteTransaction]:

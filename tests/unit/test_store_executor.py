@@ -324,3 +324,174 @@ def test_grouped_items_share_one_call_and_a_bad_one_fails_alone() -> None:
     assert calls[0] == [1, 2, 13, 4]  # one call for all four
     assert calls[1:] == [[1], [2], [13], [4]]  # then each alone after the failure
     assert results == {1: "ok", 2: "ok", 13: "bad item", 4: "ok"}
+
+
+# ---------------------------------------------------------------------- writer turns
+
+
+def _gate(executor: StoreExecutor) -> threading.Event:
+    """Hold the writer thread (a plain job) until the returned event is set."""
+    gate = threading.Event()
+    executor.submit(gate.wait, TIMEOUT)
+    return gate
+
+
+def _queued(store: SqliteStore, outbound: bool = True) -> str:
+    (result,) = store.ingest_batch([inbound(99)], T0)
+    store.finish_processing(
+        result.message_id,
+        status=model.QUEUED,
+        now=T0,
+        outbound=[model.Outbound("erp", b"{}")] if outbound else [],
+    )
+    return result.message_id
+
+
+def test_a_turn_commits_ingests_and_merged_jobs_once(
+    store: SqliteStore, reactor: FakeReactor
+) -> None:
+    """Ingests, pipeline results and delivery bookkeeping queued together: one commit."""
+    message_id = _queued(store)
+    (row,) = store.claim_deliveries("adt", "erp", 10, T0, 30.0)
+    received = [r.message_id for r in store.ingest_batch([inbound(n) for n in (1, 2)], T0)]
+    executor = StoreExecutor(store, reactor)
+    gate = _gate(executor)
+    executor.start()
+    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(10, 15)]
+    outcomes += [
+        Outcome(executor.submit_merged(store.finish_processing, mid, status="filtered", now=T0))
+        for mid in received
+    ]
+    outcomes.append(
+        Outcome(executor.submit_grouped(store.deliveries_succeeded, (row.id, b"ok", T0)))
+    )
+    before = store.commits
+    gate.set()
+    wait_all(reactor, outcomes)
+    assert all(o.failure is None for o in outcomes), [o.failure for o in outcomes if o.failure]
+    assert store.commits - before == 1
+    assert store.counts()["messages"] == {
+        model.RECEIVED: 5,
+        model.FILTERED: 2,
+        model.SENT: 1,
+    }
+    assert store.get_message(message_id).status == model.SENT
+    stop(executor, reactor)
+
+
+def test_a_failing_merged_job_undoes_only_its_own_writes(
+    store: SqliteStore, reactor: FakeReactor
+) -> None:
+    executor = StoreExecutor(store, reactor)
+    gate = _gate(executor)
+    executor.start()
+
+    def half_then_fail() -> None:
+        with store.transaction("half") as tx:
+            tx.audit("tester", "half", "x", {}, T0)
+        store.ingest_batch([inbound(500)], T0)  # written, then undone with the job
+        raise ValueError("the job changed its mind")
+
+    good = Outcome(executor.ingest(inbound(1)))
+    bad = Outcome(executor.submit_merged(half_then_fail))
+    later = Outcome(executor.submit_merged(store.audit, "tester", "later", "y", {}, T0))
+    before = store.commits
+    gate.set()
+    wait_all(reactor, [good, bad, later])
+    assert store.commits - before == 1
+    assert good.failure is None and later.failure is None
+    assert bad.failure is not None and bad.failure.check(ValueError)
+    assert store.counts()["messages"] == {model.RECEIVED: 1}
+    actions = [e["action"] for e in store.audit_entries()]
+    assert "later" in actions and "half" not in actions
+    stop(executor, reactor)
+
+
+def test_when_a_turn_cannot_commit_every_waiter_fails_and_nothing_is_kept(
+    store: SqliteStore, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = _queued(store)
+    (row,) = store.claim_deliveries("adt", "erp", 10, T0, 30.0)
+    executor = StoreExecutor(store, reactor)
+    gate = _gate(executor)
+    executor.start()
+    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(3)]
+    outcomes.append(Outcome(executor.submit_merged(store.audit, "tester", "x", "y", {}, T0)))
+    outcomes.append(Outcome(executor.submit_grouped(store.deliveries_succeeded, (row.id, b"", T0))))
+    real_turn = store.turn
+
+    from contextlib import contextmanager
+
+    @contextmanager
+    def turn_that_fails_at_commit(durable: bool):
+        with real_turn(durable):
+            yield
+            raise StoreError("disk I/O error at commit")
+
+    monkeypatch.setattr(store, "turn", turn_that_fails_at_commit)
+    gate.set()
+    wait_all(reactor, outcomes)
+    assert all(o.failure is not None and o.failure.check(StoreError) for o in outcomes)
+    assert all("writer turn failed" in str(o.failure.value) for o in outcomes)
+    # nothing of the turn was kept: the ACKs were never sent, the delivery is still inflight
+    assert store.counts()["messages"] == {model.QUEUED: 1}
+    assert store.get_message(message_id).status == model.QUEUED
+    stop(executor, reactor)
+
+
+def test_a_turn_of_bookkeeping_only_commits_without_fsync_unless_asked(
+    store: SqliteStore, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn without ingests commits at synchronous=NORMAL; a job submitted durable makes it
+    FULL; a durable write inside a non-durable turn has the WAL fsync'd after the commit."""
+    levels: list[bool] = []
+    synced: list[str] = []
+    real_turn = store.turn
+
+    from contextlib import contextmanager
+
+    @contextmanager
+    def spy_turn(durable: bool):
+        levels.append(durable)
+        with real_turn(durable):
+            yield
+
+    monkeypatch.setattr(store, "turn", spy_turn)
+    monkeypatch.setattr(store, "_sync_wal", lambda what: synced.append(what))
+    executor = StoreExecutor(store, reactor)
+    executor.start()
+
+    def note(action: str) -> None:
+        with store.transaction(action, durable=False) as tx:
+            tx.audit("t", action, "x", {}, T0)
+
+    for durable in (False, True):
+        out = Outcome(executor.submit_merged(note, f"a{durable}", durable=durable))
+        wait_all(reactor, [out])
+    assert levels == [False, True] and synced == []
+
+    def durable_write() -> None:
+        with store.transaction("must last", durable=True) as tx:
+            tx.audit("t", "b", "x", {}, T0)
+
+    out = Outcome(executor.submit_merged(durable_write))  # (not declared durable)
+    wait_all(reactor, [out])
+    assert out.failure is None
+    assert levels[-1] is False and synced == ["writer turn"]
+    stop(executor, reactor)
+
+
+def test_merged_jobs_do_not_overtake_an_older_plain_job(reactor: FakeReactor, store) -> None:
+    log: list[str] = []
+    executor = StoreExecutor(store, reactor)
+    gate = _gate(executor)
+    executor.start()
+    outcomes = [
+        Outcome(executor.submit_merged(log.append, "merged-1")),
+        Outcome(executor.submit(log.append, "plain")),
+        Outcome(executor.submit_merged(log.append, "merged-2")),
+    ]
+    gate.set()
+    wait_all(reactor, outcomes)
+    assert log == ["merged-1", "plain", "merged-2"]
+    stop(executor, reactor)
