@@ -136,6 +136,12 @@ def start_wharf(tmp: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -164,22 +170,34 @@ async def main(args: argparse.Namespace) -> None:
             f"commit ceiling (SQLite WAL, synchronous=FULL, one row per commit, same disk): "
             f"{ceiling:,.0f} commits/s, {commit_ms:.2f} ms per commit"
         )
-        print(f"{'senders':>7} {'server':>8} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7}")
+        print(
+            f"{'senders':>7} {'server':>8} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} "
+            f"{'cpu ms/msg':>10}"
+        )
         sequential = None
         for n in args.senders:
             rates = {}
-            for name, port in (("bare", bare_port), ("wharf", wharf_port)):
+            for name, port, pid in (
+                ("bare", bare_port, bare.pid),
+                ("wharf", wharf_port, wharf.pid),
+            ):
+                cpu0 = cpu_seconds(pid)
                 elapsed, lat = await load(port, n, args.seconds)
+                cpu_ms = (cpu_seconds(pid) - cpu0) * 1000 / max(1, len(lat))
                 rates[name] = len(lat) / elapsed
                 ratio = f"{rates['wharf'] / rates['bare']:.2f}" if name == "wharf" else ""
                 if name == "wharf" and n == 1:
                     sequential = (rates[name], pct(lat, 0.5))
                 print(
                     f"{n:>7} {name:>8} {rates[name]:>9.0f} {pct(lat, 0.5):>8.2f} "
-                    f"{pct(lat, 0.99):>8.2f} {ratio:>7}",
+                    f"{pct(lat, 0.99):>8.2f} {ratio:>7} {cpu_ms:>10.3f}",
                     flush=True,
                 )
         print("ratio = wharf msg/s / bare msg/s in the same run (durable ACK vs fixed ACK)")
+        print(
+            "cpu ms/msg = the server process's CPU time (all threads) per message: the figure "
+            "that holds when the machine is shared"
+        )
         if sequential is not None:
             rate, p50 = sequential
             print(

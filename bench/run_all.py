@@ -106,7 +106,19 @@ def machine() -> list[str]:
         f"- Python {platform.python_version()} ({platform.platform()}), SQLite "
         f"{sqlite3.sqlite_version}",
         f"- Commit: {_git('rev-parse', '--short', 'HEAD')}{_dirty()}",
+        f"- Load average when the run started: {LOAD_AT_START} (1, 5, 15 min; above 2 the "
+        "machine was shared with other work, which moves absolute figures more than ratios)",
     ]
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+LOAD_AT_START = _load()
 
 
 def _git(*args: str) -> str:
