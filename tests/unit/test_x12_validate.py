@@ -185,7 +185,7 @@ BROKEN_EXPECT: dict[str, dict] = {
         "ta1": [""],
         "ack": {
             "IK3": [["IK3", "LIN", "13", "", "8"]],
-            "IK4": [["IK4", "2", "235", "7", "ZZ"]],
+            "IK4": [["IK4", "2", "235", "7", "Z!"]],
             "IK5": [["IK5", "R", "5"]],
         },
         "issue": ("element", "7", "LIN", 13, 2, "235"),
@@ -289,6 +289,15 @@ def test_broken_sample_gets_the_expected_answer(name: str) -> None:
         == (level, code, seg, position, element, data_element)
     ]
     assert match, r.issues
+
+
+def test_mutually_defined_product_qualifier_is_a_code() -> None:
+    """ZZ (Mutually Defined) is a code of element 235: the broken sample's LIN02 with ZZ in
+    place of its invalid ``Z!`` is accepted (the sample used ZZ as its invalid code)."""
+    bad = (BROKEN / "invalid_qualifier_856_5010.x12").read_bytes()
+    assert b"LIN*1*Z!*" in bad
+    r = run(bad.replace(b"LIN*1*Z!*", b"LIN*1*ZZ*"), ack="999")
+    assert r.ok and not r.issues, r.issues
 
 
 def test_rejected_interchange_gets_no_functional_ack_and_its_groups_are_not_read() -> None:
