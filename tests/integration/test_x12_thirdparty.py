@@ -190,7 +190,7 @@ class ThirdPartyDocuments(EngineStore, SandboxErp, unittest.TestCase):
     # ------------------------------------------------------------------ rejected / held
 
     @defer.inlineCallbacks
-    def test_bad_codes_are_rejected_and_an_unknown_unit_is_held(self) -> Any:
+    def test_bad_codes_are_rejected_and_unknown_units_are_held(self) -> Any:
         yield defer.ensureDeferred(self._rejected_and_held())
 
     async def _rejected_and_held(self) -> None:
@@ -210,32 +210,52 @@ class ThirdPartyDocuments(EngineStore, SandboxErp, unittest.TestCase):
         # An 850 whose BEG01 (353, Transaction Set Purpose Code) is no code: 997 rejects it,
         # naming BEG, its position, element 1, data element 353 and the value.
         po = (SAMPLES / "850_4010_cases.x12").read_bytes()
-        bad_beg = po.replace(b"BEG|00|SA|", b"BEG|X!|SA|").replace(b"|9001|", b"|9011|")
-        bad_beg = bad_beg.replace(b"000009001", b"000009011")
+        bad_beg = renumber(po.replace(b"BEG|00|SA|", b"BEG|X!|SA|"), 9001, 9011)
         answer = await self.drop("850_bad_beg.x12", bad_beg)
         assert_rejected(answer, ["AK3", "BEG", "2", "", "8"], ["AK4", "1", "353", "7", "X!"])
 
         # An 855 whose line 2 status (ACK01, 668) is no code: rejected, and the ERP's PO
         # hears nothing of it.
         ack = (SAMPLES / "855_4010_cases.x12").read_bytes()
-        bad_ack = ack.replace(b"ACK|IA|3|BX|", b"ACK|I!|3|BX|").replace(b"|9002|", b"|9012|")
-        bad_ack = bad_ack.replace(b"000009002", b"000009012")
+        bad_ack = renumber(ack.replace(b"ACK|IA|3|BX|", b"ACK|I!|3|BX|"), 9002, 9012)
         answer = await self.drop("855_bad_ack.x12", bad_ack)
         assert_rejected(answer, ["AK3", "ACK", "7", "", "8"], ["AK4", "1", "668", "7", "I!"])
         erp_po = await self.erp("/purchase-orders/4500077001")
         assert (erp_po["status"], erp_po["lines"]) == ("sent", {}), erp_po
         assert [k for k, _ in self.work_items()] == ["MISSING_MAPPING"]
 
+        # The 855 with line 3 acknowledged in KT: accepted and applied, and KT is for a
+        # person to map (the line's unit goes to the ERP as HARBOR wrote it).
+        kt_ack = renumber(ack.replace(b"|4|PK|", b"|4|KT|"), 9002, 9013)
+        assert kt_ack.count(b"|4|KT|") == 2
+        answer = await self.drop("855_kt.x12", kt_ack)
+        assert_accepted(answer, "855")
+        assert self.work_items()[1:] == [("MISSING_MAPPING", "uom:harbor:KT")]
+        (detail,) = self.db("SELECT detail FROM work_items WHERE subject = 'uom:harbor:KT'")[0]
+        assert detail.startswith("855 for PO 4500077001 line 3:") and "'KT'" in detail, detail
+        erp_po = await self.erp("/purchase-orders/4500077001")
+        assert erp_po["lines"]["3"]["unit"] == "KT" and erp_po["lines"]["1"]["unit"] == "CA"
+
+
+def renumber(data: bytes, old: int, new: int) -> bytes:
+    """A sample sent again as a new interchange: ISA13/IEA02 and GS06/GE02 ``old`` (the
+    samples number both alike) become ``new``."""
+    out = data.replace(b"|%09d|" % old, b"|%09d|" % new).replace(b"|%09d~" % old, b"|%09d~" % new)
+    out = out.replace(b"|%d|X|" % old, b"|%d|X|" % new).replace(
+        b"GE|1|%d~" % old, b"GE|1|%d~" % new
+    )
+    assert out.count(b"%d" % new) == 4, out
+    return out
+
 
 def assert_accepted(answer: list[list[str]], kind: str) -> None:
-    ak5 = [s for s in answer if s[0] == "AK5"]
-    ak9 = [s for s in answer if s[0] == "AK9"]
-    assert [s[1] for s in ak5] == ["A"] and ak9[0][1] == "A", (kind, answer)
+    assert [s for s in answer if s[0] == "AK5"] == [["AK5", "A"]], (kind, answer)
+    assert [s for s in answer if s[0] == "AK9"] == [["AK9", "A", "1", "1", "1"]], (kind, answer)
     assert not [s for s in answer if s[0] in ("AK3", "AK4")], (kind, answer)
 
 
 def assert_rejected(answer: list[list[str]], ak3: list[str], ak4: list[str]) -> None:
     assert [s[: len(ak3)] for s in answer if s[0] == "AK3"] == [ak3], answer
     assert [s[: len(ak4)] for s in answer if s[0] == "AK4"] == [ak4], answer
-    assert [s[:2] for s in answer if s[0] == "AK5"] == [["AK5", "R"]], answer
-    assert [s[:2] for s in answer if s[0] == "AK9"] == [["AK9", "R"]], answer
+    assert [s for s in answer if s[0] == "AK5"] == [["AK5", "R", "5"]], answer
+    assert [s for s in answer if s[0] == "AK9"] == [["AK9", "R", "1", "1", "0"]], answer
