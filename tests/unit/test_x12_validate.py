@@ -583,6 +583,24 @@ def test_map_files_are_up_to_date_with_mapdefs() -> None:
     assert stale == []
 
 
+def test_no_map_checks_units_against_a_list_of_ours() -> None:
+    """Element 355 (PO103, IT103, SN103, PO403, ACK03, CTP05's composite…) carries no
+    valid_codes in any map, nor a codes.xml set: which units a partner sends is its uom map's
+    business (MISSING_MAPPING), not ours to reject."""
+    import xml.etree.ElementTree as ET
+
+    units = []
+    for path in sorted(mapgen.MAP_PATH.glob("*.xml")):
+        root = ET.parse(path).getroot()
+        for el in root.iter("element"):
+            if el.get("data_ele") == "355":
+                units.append(el.get("xid"))
+                assert el.find("valid_codes") is None, (path.name, el.get("xid"))
+        sets = [c.findtext("data_ele") for c in root.iter("codeset")]
+        assert "355" not in sets, path.name
+    assert {"PO103", "PO403", "IT103", "SN103", "ACK03"} <= set(units)
+
+
 def test_map_path_must_hold_maps_xml(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"'map_path' must be a folder holding maps\.xml"):
         validate(b"", map_path=tmp_path)
