@@ -69,6 +69,15 @@ def wharf_env(tmp_path: Path, erp_port: int) -> dict[str, str]:
     return env
 
 
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put back the environment variables ``saved`` holds (None: unset)."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def set_retry(project: Path, retry: str) -> None:
     """Replace the shipped ``retry:`` line of the copied channel with ``retry``."""
     path = project / "channels" / f"{CHANNEL}.yaml"

@@ -26,6 +26,7 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 
 from engine.runtime import Engine
+from tests.integration.helpers import restore_env
 
 pytestmark = pytest.mark.integration
 
@@ -157,13 +158,7 @@ class HotReloadTest(unittest.TestCase):
         self.inbox = self.root / "var/inbox/usage"
         self.archive = self.root / "var/out/usage"
 
-    @staticmethod
-    def _restore_env(saved: dict[str, str | None]) -> None:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    _restore_env = staticmethod(restore_env)
 
     # -- helpers ---------------------------------------------------------------------------
 

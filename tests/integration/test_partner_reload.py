@@ -19,18 +19,11 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from engine.runtime import Engine
+from tests.integration.helpers import restore_env
+from tests.integration.x12_harness import sftp_routes
 
 REPO = Path(__file__).resolve().parents[2]
-HASH = "$2b$12$QVGbV6pGFr3FWloNVShnTOj9M2lh0mgrj1OtERMovSPQNsmL2pJc2"  # routes.yaml's demo
 PO = json.loads((REPO / "samples/erp/purchase_order_4500012345.json").read_text())
-
-
-def _restore(saved: dict[str, str | None]) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.mark.integration
@@ -45,21 +38,12 @@ class TradingPartnersReload(unittest.TestCase):
         shutil.copy(REPO / "channels/po_to_vendor.yaml", self.root / "channels")
         shutil.copytree(REPO / "mappings", self.root / "mappings")
         shutil.copytree(REPO / "samples", self.root / "samples")
-        (self.root / "routes.yaml").write_text(
-            "store: var/wharf.db\nreload_interval: 0\n"
-            "sftp_server:\n"
-            "  listen: tcp:0:interface=127.0.0.1\n"
-            "  host_key: var/sftp/host_key\n"
-            "  partners:\n"
-            f"    - {{name: acmemed, root: var/sftp/acmemed, password_bcrypt: '{HASH}'}}\n"
-            f"    - {{name: acme_west, root: var/sftp/acme_west, password_bcrypt: '{HASH}'}}\n"
-            # the shipped partners bind HARBOR's uploads to this account
-            f"    - {{name: harbor, root: var/sftp/harbor, password_bcrypt: '{HASH}'}}\n"
-        )
+        # the shipped partners bind HARBOR's uploads to its account
+        (self.root / "routes.yaml").write_text(sftp_routes("acmemed", "acme_west", "harbor"))
         saved = {k: os.environ.get(k) for k in ("ERP_URL", "PO_HTTP_PORT")}
         os.environ["ERP_URL"] = "http://127.0.0.1:9"  # the ERP is down: PO statuses wait
         os.environ["PO_HTTP_PORT"] = "0"
-        self.addCleanup(_restore, saved)
+        self.addCleanup(restore_env, saved)
         self.engine = Engine(self.root, reactor)
         self.addCleanup(lambda: defer.ensureDeferred(self.engine.stop()))
         return defer.ensureDeferred(self.engine.start())

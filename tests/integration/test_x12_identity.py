@@ -19,22 +19,21 @@ from __future__ import annotations
 import http.client
 import shutil
 import socket
-import sqlite3
 import ssl
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from engine.runtime import Engine
 from engine.tokens import token_sha256
 from tests.integration.test_mllp_tls import make_cert, pem
+from tests.integration.x12_harness import EngineStore, sftp_routes
 
 REPO = Path(__file__).resolve().parents[2]
-HASH = "$2b$12$QVGbV6pGFr3FWloNVShnTOj9M2lh0mgrj1OtERMovSPQNsmL2pJc2"  # routes.yaml's demo
 ACME_TOKEN = "acme-edi-token-for-this-test"
 SB, EB = b"\x0b", b"\x1c\x0d"
 ACME_810 = (REPO / "samples/x12/810_4010.x12").read_bytes()
@@ -52,7 +51,7 @@ def _procurement_channel(source: str) -> str:
 
 
 @pytest.mark.integration
-class PartnerIdentity(unittest.TestCase):
+class PartnerIdentity(EngineStore, unittest.TestCase):
     timeout = 120
 
     def setUp(self) -> Any:
@@ -86,15 +85,7 @@ class PartnerIdentity(unittest.TestCase):
         for name, cn in (("acme", "edi.acmemed.example"), ("other", "pou-cabinet")):
             cert, key = make_cert(cn, ca)
             (tls / f"{name}.pem").write_bytes(pem(cert, key))
-        (root / "routes.yaml").write_text(
-            "store: var/wharf.db\nreload_interval: 0\n"
-            "sftp_server:\n"
-            "  listen: tcp:0:interface=127.0.0.1\n"
-            "  host_key: var/sftp/host_key\n"
-            "  partners:\n"
-            f"    - {{name: acmemed, root: var/sftp/acmemed, password_bcrypt: '{HASH}'}}\n"
-            f"    - {{name: harbor, root: var/sftp/harbor, password_bcrypt: '{HASH}'}}\n"
-        )
+        (root / "routes.yaml").write_text(sftp_routes("acmemed", "harbor"))
         (root / "channels/x12_http.yaml").write_text(
             _procurement_channel(
                 "  http:\n    listen: tcp:0:interface=127.0.0.1\n    path: /x12\n"
@@ -115,30 +106,6 @@ class PartnerIdentity(unittest.TestCase):
         return d
 
     # ------------------------------------------------------------------ helpers
-
-    def db(self, sql: str, *args: Any) -> list[tuple]:
-        conn = sqlite3.connect(self.root / "var/wharf.db")
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
-
-    def outbound(self, account: str = "acmemed") -> list[str]:
-        folder = self.root / f"var/sftp/{account}/outbound"
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
-    async def until(self, check: Any, timeout: float = 20.0) -> None:
-        for _ in range(int(timeout / 0.05)):
-            if check():
-                return
-            await task.deferLater(reactor, 0.05, lambda: None)
-        rows = self.db("SELECT channel, status, error, origin FROM messages")
-        raise AssertionError(f"not reached in {timeout} s: messages {rows}, out {self.outbound()}")
-
-    def settled(self) -> bool:
-        (n,) = self.db("SELECT COUNT(*) FROM messages WHERE status IN ('received', 'queued')")[0]
-        (o,) = self.db("SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'inflight')")[0]
-        return n == 0 and o == 0
 
     def post(self, body: bytes, token: str) -> int:
         port = self.engine.sources["x12_http"].port.getHost().port
@@ -184,13 +151,11 @@ class PartnerIdentity(unittest.TestCase):
         SENDER_REFUSED work item, nothing booked. A wrong token: 401, nothing stored."""
         status = yield threads.deferToThread(self.post, ACME_810, ACME_TOKEN)
         self.assertEqual(status, 202)
-        yield defer.ensureDeferred(self.until(lambda: self.settled() and self.ta1_files()))
+        yield defer.ensureDeferred(self.until(lambda: self.idle() and self.ta1_files()))
         self.assertEqual(self.db("SELECT partner FROM invoices"), [("acmemed",)])
         status = yield threads.deferToThread(self.post, HARBOR_810, ACME_TOKEN)
         self.assertEqual(status, 202)
-        yield defer.ensureDeferred(
-            self.until(lambda: self.settled() and "R*006" in self.ta1_codes())
-        )
+        yield defer.ensureDeferred(self.until(lambda: self.idle() and "R*006" in self.ta1_codes()))
         self.assertEqual(self.db("SELECT partner FROM invoices"), [("acmemed",)])
         self.assertEqual(
             self.db("SELECT DISTINCT origin FROM messages WHERE channel = 'x12_http'"),
@@ -216,12 +181,12 @@ class PartnerIdentity(unittest.TestCase):
         TA1 R 006 to ACME, nothing booked; with ACME's own invoice: booked. A certificate that
         no partner is bound to: held naming the trading partners table."""
         yield threads.deferToThread(self.mllp, HARBOR_810, "acme.pem")
-        yield defer.ensureDeferred(self.until(lambda: self.settled() and self.ta1_files()))
+        yield defer.ensureDeferred(self.until(lambda: self.idle() and self.ta1_files()))
         self.assertEqual(self.ta1_codes(), ["R*006"])
         self.assertEqual(self.db("SELECT COUNT(*) FROM invoices"), [(0,)])
         yield threads.deferToThread(self.mllp, ACME_810, "acme.pem")
         yield defer.ensureDeferred(
-            self.until(lambda: self.settled() and self.db("SELECT COUNT(*) FROM invoices")[0][0])
+            self.until(lambda: self.idle() and self.db("SELECT COUNT(*) FROM invoices")[0][0])
         )
         self.assertEqual(self.db("SELECT partner FROM invoices"), [("acmemed",)])
         self.assertEqual(
@@ -229,7 +194,7 @@ class PartnerIdentity(unittest.TestCase):
             [("tls:edi.acmemed.example",)],
         )
         yield threads.deferToThread(self.mllp, ACME_810.replace(b"8101", b"8102"), "other.pem")
-        yield defer.ensureDeferred(self.until(self.settled))
+        yield defer.ensureDeferred(self.until(self.idle))
         (row,) = self.db("SELECT status, error FROM messages WHERE origin = 'tls:pou-cabinet'")
         self.assertEqual(row[0], "error")
         self.assertIn("'origin tls:pou-cabinet' in mapping table 'trading_partners'", row[1])
@@ -257,7 +222,7 @@ class PartnerIdentity(unittest.TestCase):
             (inbound / name).write_bytes(data)
         archive = self.root / "var/sftp/acmemed/archive"
         yield defer.ensureDeferred(self.until(lambda: all((archive / n).exists() for n in files)))
-        yield defer.ensureDeferred(self.until(lambda: self.settled() and len(self.outbound()) == 3))
+        yield defer.ensureDeferred(self.until(lambda: self.idle() and len(self.outbound()) == 3))
         refusals = [n for n in self.outbound() if n.startswith("REFUSED_acmemed_")]
         self.assertEqual(len(refusals), 2)
         for name in refusals:
@@ -291,8 +256,6 @@ class PartnerIdentity(unittest.TestCase):
         resend = yield receive("f.x12:2:200:512")
         self.assertEqual([first.kind, retake.kind, resend.kind], ["stored", "duplicate", "stored"])
         self.assertEqual(retake.message_id, first.message_id)
-        yield defer.ensureDeferred(
-            self.until(lambda: self.settled() and len(self.ta1_files()) == 2)
-        )
+        yield defer.ensureDeferred(self.until(lambda: self.idle() and len(self.ta1_files()) == 2))
         self.assertEqual(self.db("SELECT COUNT(*) FROM invoices"), [(1,)])
         self.assertEqual(sum(n.startswith("999_") for n in self.outbound()), 2)

@@ -20,9 +20,7 @@ with its own profile (004010, a 997, no TA1).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,13 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import treq
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
-from twisted.web.client import HTTPConnectionPool
 
 from engine.runtime import Engine
-from engine.sandbox.service import SandboxService
 from engine.x12.documents import read_purchase_order
 from engine.x12.samplegen import (
     VENDOR,
@@ -49,18 +44,18 @@ from engine.x12.samplegen import (
     vendor_invoice,
 )
 from engine.x12.segments import transaction_sets
+from tests.integration.x12_harness import EngineStore, SandboxErp
 
 REPO = Path(__file__).resolve().parents[2]
 SFTP = shutil.which("sftp")
 KEYGEN = shutil.which("ssh-keygen")
 X12VALID = Path(sys.executable).parent / "x12valid"
-TOKEN = "wharf-demo-erp-token"  # the shipped channel's default token (its SHA-256 is there)
 
 PO = json.loads((REPO / "samples/erp/purchase_order_4500012345.json").read_text())
 
 
 @pytest.mark.integration
-class ProcurementEndToEnd(unittest.TestCase):
+class ProcurementEndToEnd(EngineStore, SandboxErp, unittest.TestCase):
     timeout = 180
 
     def setUp(self) -> Any:
@@ -97,35 +92,10 @@ class ProcurementEndToEnd(unittest.TestCase):
         text = tp.read_text()
         start = text.index("  # Harbor runs its own SFTP server")
         tp.write_text(text[:start] + "  delivery:\n    sftp_server: {account: harbor}\n")
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.sandbox = SandboxService(
-            self.base / "sandbox.db",
-            http_port=0,
-            mllp_port=0,
-            reactor=reactor,
-            po_webhook=None,
-        )
-        self.sandbox.start()
-        self.addCleanup(lambda: defer.ensureDeferred(self.sandbox.stop()))
-        with socket_port() as port:
-            self.po_port = port
-        saved = {k: os.environ.get(k) for k in ("ERP_URL", "PO_HTTP_PORT")}
-        os.environ["ERP_URL"] = self.sandbox.http_url
-        os.environ["PO_HTTP_PORT"] = str(self.po_port)
-        self.addCleanup(_restore, saved)
-        from engine.sandbox.purchasing import ReleaseWebhook
-
-        self.webhook = ReleaseWebhook(
-            self.sandbox.api.purchasing,
-            f"http://127.0.0.1:{self.po_port}/erp/purchase-orders",
-            reactor=reactor,
-            token=TOKEN,
-            retry_every=0.1,
-        )
+        self.start_erp(self.base)
         self.engine = Engine(self.root, reactor)
         d = defer.ensureDeferred(self.engine.start())
         d.addCallback(lambda _: self.webhook.start())
-        self.addCleanup(self.webhook.stop)
         self.addCleanup(lambda: defer.ensureDeferred(self.engine.stop()))
         return d
 
@@ -171,46 +141,9 @@ class ProcurementEndToEnd(unittest.TestCase):
         await self.until(lambda: (self.root / f"var/sftp/{user}/archive" / name).exists())
         await self.settled()
 
-    async def until(self, check: Any, timeout: float = 30.0) -> None:
-        for _ in range(int(timeout / 0.05)):
-            if check():
-                return
-            await task.deferLater(reactor, 0.05, lambda: None)
-        rows = self.db("SELECT channel, status, error FROM messages ORDER BY received_at")
-        out = self.db("SELECT destination, status, last_error FROM outbox")
-        raise AssertionError(f"not reached in {timeout} s: messages {rows}, outbox {out}")
-
-    def db(self, sql: str, *args: Any) -> list[tuple]:
-        conn = sqlite3.connect(self.root / "var/wharf.db")
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
-
     async def settled(self) -> None:
         """Every message processed and every delivery done."""
-
-        def idle() -> bool:
-            (n,) = self.db("SELECT COUNT(*) FROM messages WHERE status IN ('received', 'queued')")[
-                0
-            ]
-            (o,) = self.db("SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'inflight')")[0]
-            return n == 0 and o == 0
-
-        await self.until(idle)
-
-    async def erp(self, path: str, doc: Any = None) -> Any:
-        if doc is None:
-            resp = await treq.get(self.sandbox.http_url + path, pool=self.pool)
-        else:
-            resp = await treq.post(
-                self.sandbox.http_url + path, data=json.dumps(doc).encode(), pool=self.pool
-            )
-        return json.loads(await resp.content())
-
-    def outbound(self, user: str = "acmemed") -> list[str]:
-        folder = self.root / f"var/sftp/{user}/outbound"
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        await self.until(self.idle)
 
     def snapshot(self) -> dict[str, Any]:
         state = self.sandbox.state.counts()
@@ -450,25 +383,3 @@ def acme_file(fid: str, set_id: str, body: list[list[str]], control: int) -> byt
     return render(
         interchange([g], control=control, version="005010", sender=VENDOR, ack_requested=True)
     )
-
-
-class socket_port:
-    def __enter__(self) -> int:
-        import socket
-
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        port = self.s.getsockname()[1]
-        self.s.close()
-        return port
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-def _restore(saved: dict[str, str | None]) -> None:
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v

@@ -70,7 +70,11 @@ def test_x12valid_accepts_every_acknowledgment_validate_writes() -> None:
         counter = itertools.count(1)
         when = datetime(2026, 1, 17, 10, 30)
         files = []
-        for path in sorted(SAMPLES.glob("*.x12")) + sorted((SAMPLES / "broken").glob("*.x12")):
+        for path in (
+            sorted(SAMPLES.glob("*.x12"))
+            + sorted((SAMPLES / "broken").glob("*.x12"))
+            + sorted((SAMPLES / "thirdparty").glob("*.x12"))
+        ):
             for kind in ("997", "999"):
                 r = acknowledge(
                     validate(path.read_bytes()), kind=kind, control_numbers=counter, now=when
@@ -131,7 +135,7 @@ def in_cases(data: bytes) -> bytes:
 
 
 def test_third_party_4010_documents_in_cases_pass_both_validators() -> None:
-    """4010 850, 855, 856 and 810 whose units are CS: accepted by validate() and by pyx12's
+    """4010 850, 855, 856 and 810 whose units are CS, and samples/x12/thirdparty/: accepted by validate() and by pyx12's
     x12valid over the project's maps (they answered "(CS) is not a valid code for Unit or
     Basis for Measurement Code"); whether a partner may send CS is its uom map's business."""
     tmp = workdir()
@@ -145,6 +149,12 @@ def test_third_party_4010_documents_in_cases_pass_both_validators() -> None:
             out = tmp / f"{kind}_4010_cs.x12"
             out.write_bytes(data)
             files.append(out)
+        # and the third-party samples as HARBOR's system writes them (`|`, CR LF, CS/BX/PK/DZ)
+        for path in sorted((SAMPLES / "thirdparty").glob("*.x12")):
+            assert validate(path.read_bytes()).ok, path.name
+            shutil.copy(path, tmp / path.name)
+            files.append(tmp / path.name)
+        assert len(files) == 4 + 5
         assert x12valid(files) == {p.name: "OK" for p in files}
     finally:
         shutil.rmtree(tmp)

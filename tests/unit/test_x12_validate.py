@@ -185,7 +185,7 @@ BROKEN_EXPECT: dict[str, dict] = {
         "ta1": [""],
         "ack": {
             "IK3": [["IK3", "LIN", "13", "", "8"]],
-            "IK4": [["IK4", "2", "235", "7", "ZZ"]],
+            "IK4": [["IK4", "2", "235", "7", "Z!"]],
             "IK5": [["IK5", "R", "5"]],
         },
         "issue": ("element", "7", "LIN", 13, 2, "235"),
@@ -289,6 +289,15 @@ def test_broken_sample_gets_the_expected_answer(name: str) -> None:
         == (level, code, seg, position, element, data_element)
     ]
     assert match, r.issues
+
+
+def test_mutually_defined_product_qualifier_is_a_code() -> None:
+    """ZZ (Mutually Defined) is a code of element 235: the broken sample's LIN02 with ZZ in
+    place of its invalid ``Z!`` is accepted (the sample used ZZ as its invalid code)."""
+    bad = (BROKEN / "invalid_qualifier_856_5010.x12").read_bytes()
+    assert b"LIN*1*Z!*" in bad
+    r = run(bad.replace(b"LIN*1*Z!*", b"LIN*1*ZZ*"), ack="999")
+    assert r.ok and not r.issues, r.issues
 
 
 def test_rejected_interchange_gets_no_functional_ack_and_its_groups_are_not_read() -> None:
@@ -572,6 +581,24 @@ def test_map_files_are_up_to_date_with_mapdefs() -> None:
     assert set(built) == set(on_disk)
     stale = [name for name, data in built.items() if on_disk[name] != data]
     assert stale == []
+
+
+def test_no_map_checks_units_against_a_list_of_ours() -> None:
+    """Element 355 (PO103, IT103, SN103, PO403, ACK03, CTP05's composite…) carries no
+    valid_codes in any map, nor a codes.xml set: which units a partner sends is its uom map's
+    business (MISSING_MAPPING), not ours to reject."""
+    import xml.etree.ElementTree as ET
+
+    units = []
+    for path in sorted(mapgen.MAP_PATH.glob("*.xml")):
+        root = ET.parse(path).getroot()
+        for el in root.iter("element"):
+            if el.get("data_ele") == "355":
+                units.append(el.get("xid"))
+                assert el.find("valid_codes") is None, (path.name, el.get("xid"))
+        sets = [c.findtext("data_ele") for c in root.iter("codeset")]
+        assert "355" not in sets, path.name
+    assert {"PO103", "PO403", "IT103", "SN103", "ACK03"} <= set(units)
 
 
 def test_map_path_must_hold_maps_xml(tmp_path: Path) -> None:
