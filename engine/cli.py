@@ -354,6 +354,9 @@ def _show_message(args: argparse.Namespace) -> int:
             "business_keys": keys,
             "answer_to_sender": _text(store.get_content(row.id, "response")),
             "contents": {stage: {"bytes": n} for stage, n in sizes.items()},
+            # the configuration version that produced its outputs (None: processed before
+            # versions were kept, or not processed yet)
+            "configuration": store.config_version(row.id),
             "deliveries": [],
         }
         for d in deliveries:
@@ -405,9 +408,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     what = f"destination of message {args.message_id}"
                     return _refuse("replay", _unknown(what, args.destination, have))
             result = store.replay(
-                args.message_id, destination=args.destination, actor=args.user, now=now
+                args.message_id,
+                destination=args.destination,
+                actor=args.user,
+                now=now,
+                original=args.configuration == "original",
             )
             print(f"replay {args.message_id}: {result}")
+            print(_replay_says(result, args.configuration))
             return 0 if (result["requeued"] or result["reprocess"]) else 1
         problem = _unknown_channel(store, args.root, args.channel)
         if problem:
@@ -418,14 +426,79 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rows = store.search(channel=args.channel, status="error", limit=MAX_LIMIT)
         ids = [r.id for r in reversed(rows)]
         done = 0
+        original = args.configuration == "original"
         for i, mid in enumerate(ids, 1):
-            r = store.replay(mid, destination=args.destination, actor=args.user, now=now)
+            r = store.replay(
+                mid, destination=args.destination, actor=args.user, now=now, original=original
+            )
             done += bool(r["requeued"] or r["reprocess"])
             if i % 100 == 0 or i == len(ids):
                 print(f"\rreplayed {i}/{len(ids)}", end="", file=sys.stderr)
         print(file=sys.stderr)
         print(f"replay: {done} message(s) of channel {args.channel} queued again")
+        which = "as originally processed" if original else "with the current configuration"
+        print(f"replay: messages run again are processed {which}")
         return 0
+
+
+def _replay_says(result: dict[str, Any], asked: str) -> str:
+    """Which configuration a replay runs with, in words."""
+    if result["requeued"]:
+        return "replay: its deliveries go out again as they were produced"
+    if not result["reprocess"]:
+        return "replay: nothing to run again"
+    said = result.get("configuration", "current")
+    if said.startswith("original"):
+        return f"replay: processed again as originally processed (configuration {said[10:-1]})"
+    if asked == "original":
+        return (
+            "replay: no configuration version was recorded for it: processed again with the "
+            "current configuration"
+        )
+    return "replay: processed again with the current configuration"
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Replay stored messages through a candidate configuration and report what changes."""
+    import tempfile
+
+    from engine.config.store_path import store_path
+    from engine.preview import report as reporting
+    from engine.preview.candidate import load_candidate
+    from engine.preview.impact import preview
+    from engine.preview.replay import read_stored
+
+    try:
+        live = _project(args.root)
+    except LintFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.channel and args.channel not in live.channels:
+        return _refuse("preview", _unknown("channel", args.channel, live.channels))
+    path = store_path(args.root)
+    with tempfile.TemporaryDirectory(prefix="wharf-candidate-") as tmp:
+        try:
+            candidate, label = load_candidate(args.root, args.config, Path(tmp))
+        except LintFailed as exc:
+            print(f"wharf preview: the candidate configuration does not lint:\n{exc}")
+            return 1
+        since = time.time() - args.since if args.since else None
+        messages = read_stored(path, channel=args.channel, since=since, limit=args.limit)
+        impact = preview(live, candidate, messages, candidate_label=label)
+    report = reporting.build(impact, show_phi=args.show_phi)
+    if args.show_phi:  # patient fields shown: who saw them is on record
+        with _read_store(args.root) as store:
+            detail = {"candidate": label, "messages": len(messages), "channel": args.channel}
+            store.audit(args.user, "preview_show_phi", str(args.root), detail, time.time())
+    if args.json == "-":
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(reporting.text(report), end="")
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.html:
+        Path(args.html).write_text(reporting.to_html(report), encoding="utf-8")
+    return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -831,6 +904,7 @@ NEEDS_PROJECT = (
     "test",
     "messages",
     "replay",
+    "preview",
     "prune",
     "status",
     "work-items",
@@ -892,7 +966,32 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--channel")
     rp.add_argument("--all-errors", action="store_true")
     rp.add_argument("--destination")
+    rp.add_argument(
+        "--configuration",
+        choices=("current", "original"),
+        default="current",
+        help="a message run again through its channel: with the current configuration "
+        "(default) or as originally processed (the version it was produced by)",
+    )
     rp.set_defaults(fn=cmd_replay)
+
+    pv = sub.add_parser(
+        "preview",
+        help="replay stored messages through a candidate configuration and report what changes "
+        "(nothing is delivered, the live store is only read)",
+    )
+    pv.add_argument(
+        "--config", required=True, help="the candidate: a project folder or a git ref (HEAD~1)"
+    )
+    pv.add_argument("--channel", help="only this channel's messages")
+    pv.add_argument("--since", type=_duration, help="messages received within, e.g. 7d")
+    pv.add_argument("--limit", type=_limit, help="at most this many messages, oldest first")
+    pv.add_argument("--json", metavar="FILE", help="the report as JSON too ('-': only JSON)")
+    pv.add_argument("--html", metavar="FILE", help="the report as an HTML page too")
+    pv.add_argument(
+        "--show-phi", action="store_true", help="show patient fields unmasked (audited)"
+    )
+    pv.set_defaults(fn=cmd_preview)
 
     vac = sub.add_parser(
         "vacuum", help="give a store's free pages back at once (stop the engine first)"

@@ -439,7 +439,11 @@ def load_project(
     root: Path | str,
     env: Mapping[str, str] | None = None,
     registry: Registry = REGISTRY,
+    *,
+    samples: Path | None = None,
 ) -> Project:
+    """``samples``: where the channels' ``tests:`` inputs are looked for (default ``root``; a
+    configuration version rebuilt from the store has only the configuration's own files)."""
     root = Path(root).resolve()
     env = dict(os.environ) if env is None else env
     # Taken before reading, so an edit made while loading is seen by the next reload check.
@@ -455,7 +459,7 @@ def load_project(
         except ConfigError as exc:
             errors.append(exc)
             return INVALID
-        ctx = Context(shown, env, registry, base_dir=str(root))
+        ctx = Context(shown, env, registry, base_dir=str(samples or root))
         ctx.mappings = mappings
         value = spec.parse(node if node is not None else empty_mapping(), ctx, "")
         errors.extend(ctx.errors)

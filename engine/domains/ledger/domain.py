@@ -259,6 +259,8 @@ class LedgerDomain:
     description = "Supply-ledger booking of consumption events."
     settings: Sequence[Field] = (UNBILLED_AFTER, PAR_SWEEP, LEDGER_RETENTION)
     durable = False
+    #: mapping tables booking reads besides those the channel names (configuration versions)
+    reads = ("items", "charge_codes", "uom_conversions")
 
     def migrations(self, dialect: str) -> Sequence[Migration]:
         return schema.migrations(dialect)
