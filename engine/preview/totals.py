@@ -7,6 +7,7 @@ is left out. Amounts and quantities are summed as ``Decimal`` and kept as text, 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
@@ -23,7 +24,7 @@ SECTIONS: dict[str, str] = {
     "requisitions": "requisitions by item and location (count, quantity)",
     "purchase_orders": "850s by trading partner (count)",
     "po_lines": "purchase order lines (quantity, unit, price)",
-    "invoices": "invoices: match outcome and reasons",
+    "invoices": "invoices: match outcome (and the reasons held, by line)",
     "invoice_outcomes": "invoices by match outcome (count)",
     "invoice_holds": "invoice lines held (count)",
     "work_items": "work items by kind (count)",
@@ -101,7 +102,7 @@ def _procurement(conn: sqlite3.Connection, out: Totals) -> None:
         key = f"{partner} {number}"
         if key in invoices:  # a duplicate of one on file: its own entry
             key = f"{key} ({status})"
-        invoices[key] = f"{status} {reasons}" if reasons not in ("", "[]", None) else status
+        invoices[key] = " ".join([str(status), *_reason_codes(reasons)])
         _add(outcomes, str(status), count=1)
     out["invoices"], out["invoice_outcomes"] = invoices, outcomes
     holds: dict[str, Any] = {}
@@ -111,6 +112,23 @@ def _procurement(conn: sqlite3.Connection, out: Totals) -> None:
     ):
         _add(holds, f"{partner} {number}", count=1)
     out["invoice_holds"] = holds
+
+
+def _reason_codes(reasons: str | None) -> list[str]:
+    """The hold reasons' codes (PRICE, QTY_RECEIVED...), line by line: what the outcome is,
+    without the message texts (they name the tolerance, which a tolerance change changes)."""
+    try:
+        parsed = json.loads(reasons or "[]")
+    except ValueError:
+        return [str(reasons)]
+    out = []
+    for r in parsed if isinstance(parsed, list) else [parsed]:
+        if isinstance(r, dict):
+            line = f" line {r['line']}" if r.get("line") else ""
+            out.append(f"{r.get('reason', '?')}{line}")
+        else:
+            out.append(str(r))
+    return out
 
 
 def _work_items(conn: sqlite3.Connection, out: Totals) -> None:
