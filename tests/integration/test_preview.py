@@ -247,7 +247,9 @@ def _recording_project(base: Path) -> Path:
             path.unlink()
     text = (root / "channels/usage_ledger.yaml").read_text().split("\ntests:")[0]
     text = re.sub(r"    http: \{url: [^\n]*\n", "    recording: {}\n", text)
-    text = re.sub(r"    mllp:\n      host: [^\n]*\n      port: [^\n]*\n", "    recording: {}\n", text)
+    text = re.sub(
+        r"    mllp:\n      host: [^\n]*\n      port: [^\n]*\n", "    recording: {}\n", text
+    )
     (root / "channels/usage_ledger.yaml").write_text(text)
     (root / "routes.yaml").write_text("store: var/wharf.db\nreload_interval: 0\n")
     return root
