@@ -207,7 +207,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     for name in args.channels:
         if name not in project.channels:
             return _refuse("test", _unknown("channel", name, project.channels))
-    outcomes = run_all(project, args.channels or None)
+    if args.record:
+        return _record_golden(project, args.channels)
+    outcomes = run_all(project, args.channels or None, golden=True)
     if not outcomes:
         which = ", ".join(args.channels) if args.channels else "any channel"
         return _refuse("test", f"no tests to run: {which} has no tests: block", 1)
@@ -220,6 +222,26 @@ def cmd_test(args: argparse.Namespace) -> int:
         failed += not o.passed
     print(f"{len(outcomes) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _record_golden(project: Any, names: list[str]) -> int:
+    """``wharf test --record``: each test's outputs and effects as its expected file."""
+    from engine.testing.golden import record
+
+    written = 0
+    for name, defn in project.channels.items():
+        if names and name not in names:
+            continue
+        for i in range(len(defn.config.tests)):
+            try:
+                path = record(project, defn, i)
+            except ValueError as exc:
+                print(f"FAIL {name}: {defn.config.tests[i].name}: {exc}")
+                return 1
+            print(f"recorded {path.relative_to(project.root)}")
+            written += 1
+    print(f"{written} expected file(s) written: review them (git diff) before committing")
+    return 0
 
 
 _MESSAGE_COLUMNS = (
@@ -936,6 +958,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("test", help="run the channels' tests: blocks")
     t.add_argument("channels", nargs="*")
+    t.add_argument(
+        "--record",
+        action="store_true",
+        help="write each test's outputs and effects (domains included) to channels/expected/ "
+        "for later runs to compare field by field",
+    )
     t.set_defaults(fn=cmd_test)
 
     m = sub.add_parser("messages", help="search stored messages")

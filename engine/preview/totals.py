@@ -17,7 +17,7 @@ Totals = dict[str, dict[str, Any]]
 
 #: the report's words for each section, in the order it shows them
 SECTIONS: dict[str, str] = {
-    "charges": "charges by charge code and encounter (count, quantity, amount)",
+    "charges": "charges by charge code and encounter (count, net quantity, net amount)",
     "charge_codes": "charges by charge code (count, amount)",
     "stock_issues": "stock moved by item and location (moves, quantity)",
     "onhand": "on-hand at the end by item and location",
@@ -51,9 +51,11 @@ def _add(section: dict[str, Any], key: str, **measures: Any) -> None:
 def _charges(conn: sqlite3.Connection, out: Totals) -> None:
     by_pair: dict[str, Any] = {}
     by_code: dict[str, Any] = {}
-    for code, encounter, qty, amount in conn.execute(
-        "SELECT charge_code, encounter, quantity, amount FROM charges ORDER BY id"
+    for code, encounter, qty, amount, ttype in conn.execute(
+        "SELECT charge_code, encounter, quantity, amount, transaction_type FROM charges ORDER BY id"
     ):
+        sign = -1 if ttype == "CD" else 1  # a credit takes back what its charge posted
+        qty, amount = sign * _d(qty), sign * _d(amount)
         _add(by_pair, f"{code} | {encounter}", count=1, quantity=qty, amount=amount)
         _add(by_code, str(code), count=1, amount=amount)
     out["charges"], out["charge_codes"] = by_pair, by_code
