@@ -523,6 +523,77 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mappings_of(root: Path, spec: str, into: Path) -> Any:
+    """The mapping tables of a project folder, a mappings folder or a git ref of ``root``."""
+    from engine.mappings import load_mappings
+    from engine.preview.candidate import from_git
+
+    folder = Path(spec)
+    if (folder / "mappings").is_dir():
+        folder = folder / "mappings"
+    elif not folder.is_dir():
+        from_git(root, spec, into, what=f"mappings diff {spec}")
+        folder = into / "mappings"
+    mappings, errors = load_mappings(folder, folder.parent)
+    if errors:
+        raise LintFailed(errors)
+    return mappings
+
+
+def cmd_mappings(args: argparse.Namespace) -> int:
+    """``wharf mappings lint``: owners, change notes and the tables' agreement;
+    ``wharf mappings diff A B``: row-level changes between two versions."""
+    import tempfile
+
+    from engine.config.governance import diff_tables, lint_governance, owner_and_changes
+
+    if args.action == "lint":
+        if args.versions:
+            return _refuse("mappings", "lint takes no versions (it reads this project's tables)")
+        try:
+            project = _project(args.root)
+        except LintFailed as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        problems = lint_governance(args.root, project.mappings)
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"mappings lint: {len(problems)} problem(s)", file=sys.stderr)
+            return 1
+        for table in project.mappings.tables.values():
+            owner, changes = owner_and_changes(args.root, table)
+            print(f"{table.file}: owner {owner}; last change: {changes[-1]}")
+        print(f"mappings lint: ok ({len(project.mappings.tables)} table(s))")
+        return 0
+    if len(args.versions) != 2:
+        return _refuse("mappings", "diff takes two versions: folders or git refs (diff HEAD .)")
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        try:
+            before = _mappings_of(args.root, args.versions[0], Path(a))
+            after = _mappings_of(args.root, args.versions[1], Path(b))
+        except ConfigError as exc:
+            return _refuse("mappings", str(exc))
+    changes = diff_tables(before, after)
+    if args.json:
+        rows = [
+            {
+                "table": c.table,
+                "key": c.key,
+                "kind": c.kind,
+                "columns": [{"column": n, "before": x, "after": y} for n, x, y in c.columns],
+            }
+            for c in changes
+        ]
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for c in changes:
+        print(c.text())
+    counts = {k: sum(1 for c in changes if c.kind == k) for k in ("added", "removed", "changed")}
+    print(", ".join(f"{n} row(s) {k}" for k, n in counts.items()))
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """Retention in short batches: the engine keeps accepting while it runs."""
     from engine.listing import duration_text
@@ -927,6 +998,7 @@ NEEDS_PROJECT = (
     "messages",
     "replay",
     "preview",
+    "mappings",
     "prune",
     "status",
     "work-items",
@@ -1002,6 +1074,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default) or as originally processed (the version it was produced by)",
     )
     rp.set_defaults(fn=cmd_replay)
+
+    mp = sub.add_parser(
+        "mappings",
+        help="mapping governance: lint (owners, change notes, tables that agree) or diff A B",
+    )
+    mp.add_argument("action", choices=("lint", "diff"))
+    mp.add_argument("versions", nargs="*", help="diff: two folders or git refs (HEAD~1 .)")
+    _json_flag(mp)
+    mp.set_defaults(fn=cmd_mappings)
 
     pv = sub.add_parser(
         "preview",

@@ -19,30 +19,29 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=60)
 
 
-def from_git(root: Path, ref: str, into: Path) -> str:
-    """Extract the configuration at ``ref`` into ``into``; returns the commit it names."""
+def from_git(root: Path, ref: str, into: Path, what: str = "--config") -> str:
+    """Extract the configuration at ``ref`` into ``into``; returns the commit it names.
+    ``what``: the argument that named it, for the errors."""
     try:
         found = _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     except (OSError, subprocess.SubprocessError) as exc:
-        raise ConfigError(f"git is needed to read ref {ref!r}: {exc}", file="--config") from exc
+        raise ConfigError(f"git is needed to read ref {ref!r}: {exc}", file=what) from exc
     if found.returncode != 0:
         raise ConfigError(
             f"expected a project folder or a git ref of {root} (got {ref!r}: neither a folder "
             "nor a commit git knows)",
-            file="--config",
+            file=what,
         )
     commit = found.stdout.decode().strip()
     listed = _git(root, "ls-tree", "--name-only", commit, "--", *CONFIG_PATHS)
     paths = listed.stdout.decode().split()
     if not paths:
         raise ConfigError(
-            f"commit {commit[:12]} holds none of {', '.join(CONFIG_PATHS)}", file="--config"
+            f"commit {commit[:12]} holds none of {', '.join(CONFIG_PATHS)}", file=what
         )
     archive = _git(root, "archive", "--format=tar", commit, "--", *paths)
     if archive.returncode != 0:
-        raise ConfigError(
-            f"git archive of {ref!r} failed: {archive.stderr.decode()}", file="--config"
-        )
+        raise ConfigError(f"git archive of {ref!r} failed: {archive.stderr.decode()}", file=what)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
     return commit
