@@ -143,3 +143,35 @@ class VersionsThroughTheEngine(unittest.TestCase):
         self.assertEqual(shown["version"], v1)
         self.assertEqual(shown["channel"], "u")
         self.assertIn("channels/u.yaml", shown["files"])
+
+
+def test_cli_replay_says_which_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``wharf replay ID --configuration original`` asks for the message's version and says
+    so; without a recorded version it says the current configuration runs it."""
+    from engine.config.store_path import store_path
+    from engine.model import Inbound
+    from engine.runtime.store import open_store
+
+    root = tmp_path / "p"
+    (root / "channels").mkdir(parents=True)
+    shutil.copytree(ROOT / "mappings", root / "mappings")
+    (root / "routes.yaml").write_text("store: var/wharf.db\nreload_interval: 0\n")
+    (root / "channels/u.yaml").write_text(CHANNEL)
+    store = open_store(store_path(root))
+    ids = []
+    for n in range(2):
+        (r,) = store.ingest_batch([Inbound("u", "t", UNKNOWN + bytes([65 + n]), "x", 1.0)], 1.0)
+        store.finish_processing(r.message_id, status="error", now=2.0, error="MappingMiss")
+        ids.append(r.message_id)
+    with store.transaction("version") as tx:
+        tx.set_config_versions([(ids[0], "v-one")])
+    store.close()
+    argv = ["--root", str(root), "--user", "t", "replay", "--configuration", "original"]
+    assert cli.main([*argv, ids[0]]) == 0
+    assert "processed again as originally processed (configuration v-one)" in (
+        capsys.readouterr().out
+    )
+    assert cli.main([*argv, ids[1]]) == 0
+    assert "no configuration version was recorded for it" in capsys.readouterr().out

@@ -339,3 +339,30 @@ def test_cli_reports_text_json_html_masks_phi_and_audits_show_phi(
     conn = sqlite3.connect(db)
     (action,) = conn.execute("SELECT action FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     assert action == "preview_show_phi"
+
+
+def test_a_git_ref_is_a_candidate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--config HEAD~1`` previews the configuration of an earlier commit of the project's
+    own repository against the files as they are now."""
+    import subprocess
+
+    root = project(tmp_path)
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "live"], check=True)
+    edit(
+        root / "mappings/charge_codes.csv",
+        "272100049,ITEM-160004,FOLEY CATHETER TRAY 14F,0272,,,EA,44.00,",
+        "272100049,ITEM-160004,FOLEY CATHETER TRAY 14F,0272,,,EA,40.00,",
+    )
+    subprocess.run([*git, "commit", "-qam", "cheaper trays"], check=True)
+    store_messages(root, [("usage_ledger", raw, None) for _, raw, _ in usage_corpus(10)])
+    argv = ["--root", str(root), "preview", "--config", "HEAD~1", "--json", "-"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["candidate"].startswith("git HEAD~1 (")
+    (code,) = report["totals"]["charge_codes"]
+    assert (code["key"], code["before"], code["after"]) == ("272100049 amount", "320", "352")
+    assert cli.main([*argv[:4], "no-such-ref"]) == 1
+    assert "neither a folder nor a commit git knows" in capsys.readouterr().err
