@@ -1093,7 +1093,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", required=True, help="the candidate: a project folder or a git ref (HEAD~1)"
     )
     pv.add_argument("--channel", help="only this channel's messages")
-    pv.add_argument("--since", type=_duration, help="messages received within, e.g. 7d")
+    pv.add_argument(
+        "--since",
+        type=_duration,
+        default=7 * 86400.0,
+        help="messages received within this long (default 7d: the messages are held in memory)",
+    )
     pv.add_argument("--limit", type=_limit, help="at most this many messages, oldest first")
     pv.add_argument("--json", metavar="FILE", help="the report as JSON too ('-': only JSON)")
     pv.add_argument("--html", metavar="FILE", help="the report as an HTML page too")

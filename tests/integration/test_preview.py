@@ -358,11 +358,11 @@ def test_a_git_ref_is_a_candidate(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     subprocess.run([*git, "commit", "-qam", "cheaper trays"], check=True)
     store_messages(root, [("usage_ledger", raw, None) for _, raw, _ in usage_corpus(10)])
-    argv = ["--root", str(root), "preview", "--config", "HEAD~1", "--json", "-"]
+    argv = ["--root", str(root), "preview", "--config", "HEAD~1", "--json", "-", "--since", "999d"]
     assert cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["candidate"].startswith("git HEAD~1 (")
     (code,) = report["totals"]["charge_codes"]
     assert (code["key"], code["before"], code["after"]) == ("272100049 amount", "320", "352")
-    assert cli.main([*argv[:4], "no-such-ref"]) == 1
+    assert cli.main([*argv[:4], "no-such-ref"]) == 1  # (the default --since: 7 days)
     assert "neither a folder nor a commit git knows" in capsys.readouterr().err
