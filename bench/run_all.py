@@ -79,6 +79,12 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("sftp_login_timing", "SFTP refusal times for known and unknown accounts", [], []),
     ("listener_attack", "MLLP/HTTP listeners under slow and flooding peers", [], []),
     ("prune", "retention on a 1M-message store under load", [], ["--messages", "100000"]),
+    (
+        "preview",
+        "impact preview of a CDM price change over stored messages, against the live pipeline",
+        ["--messages", "1000"],
+        ["--messages", "200"],
+    ),
 ]
 
 

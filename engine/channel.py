@@ -100,6 +100,9 @@ class Channel:
             d for d in self.destinations if d != cfg.application_ack and d not in domain_dests
         ]
         self.dedup_window = cfg.dedup.window if cfg.dedup is not None else 7 * 86400.0
+        #: the configuration version its outputs are recorded with (engine/config/versions.py;
+        #: set by whoever built it from a project folder, None otherwise)
+        self.version: str | None = None
 
     @classmethod
     def of(cls, project: Any, name: str, registry: Registry = REGISTRY) -> Channel:

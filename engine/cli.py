@@ -207,7 +207,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     for name in args.channels:
         if name not in project.channels:
             return _refuse("test", _unknown("channel", name, project.channels))
-    outcomes = run_all(project, args.channels or None)
+    if args.record:
+        return _record_golden(project, args.channels)
+    outcomes = run_all(project, args.channels or None, golden=True)
     if not outcomes:
         which = ", ".join(args.channels) if args.channels else "any channel"
         return _refuse("test", f"no tests to run: {which} has no tests: block", 1)
@@ -220,6 +222,26 @@ def cmd_test(args: argparse.Namespace) -> int:
         failed += not o.passed
     print(f"{len(outcomes) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _record_golden(project: Any, names: list[str]) -> int:
+    """``wharf test --record``: each test's outputs and effects as its expected file."""
+    from engine.testing.golden import record
+
+    written = 0
+    for name, defn in project.channels.items():
+        if names and name not in names:
+            continue
+        for i in range(len(defn.config.tests)):
+            try:
+                path = record(project, defn, i)
+            except ValueError as exc:
+                print(f"FAIL {name}: {defn.config.tests[i].name}: {exc}")
+                return 1
+            print(f"recorded {path.relative_to(project.root)}")
+            written += 1
+    print(f"{written} expected file(s) written: review them (git diff) before committing")
+    return 0
 
 
 _MESSAGE_COLUMNS = (
@@ -354,6 +376,9 @@ def _show_message(args: argparse.Namespace) -> int:
             "business_keys": keys,
             "answer_to_sender": _text(store.get_content(row.id, "response")),
             "contents": {stage: {"bytes": n} for stage, n in sizes.items()},
+            # the configuration version that produced its outputs (None: processed before
+            # versions were kept, or not processed yet)
+            "configuration": store.config_version(row.id),
             "deliveries": [],
         }
         for d in deliveries:
@@ -405,9 +430,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     what = f"destination of message {args.message_id}"
                     return _refuse("replay", _unknown(what, args.destination, have))
             result = store.replay(
-                args.message_id, destination=args.destination, actor=args.user, now=now
+                args.message_id,
+                destination=args.destination,
+                actor=args.user,
+                now=now,
+                original=args.configuration == "original",
             )
             print(f"replay {args.message_id}: {result}")
+            print(_replay_says(result, args.configuration))
             return 0 if (result["requeued"] or result["reprocess"]) else 1
         problem = _unknown_channel(store, args.root, args.channel)
         if problem:
@@ -418,14 +448,150 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rows = store.search(channel=args.channel, status="error", limit=MAX_LIMIT)
         ids = [r.id for r in reversed(rows)]
         done = 0
+        original = args.configuration == "original"
         for i, mid in enumerate(ids, 1):
-            r = store.replay(mid, destination=args.destination, actor=args.user, now=now)
+            r = store.replay(
+                mid, destination=args.destination, actor=args.user, now=now, original=original
+            )
             done += bool(r["requeued"] or r["reprocess"])
             if i % 100 == 0 or i == len(ids):
                 print(f"\rreplayed {i}/{len(ids)}", end="", file=sys.stderr)
         print(file=sys.stderr)
         print(f"replay: {done} message(s) of channel {args.channel} queued again")
+        which = "as originally processed" if original else "with the current configuration"
+        print(f"replay: messages run again are processed {which}")
         return 0
+
+
+def _replay_says(result: dict[str, Any], asked: str) -> str:
+    """Which configuration a replay runs with, in words."""
+    if result["requeued"]:
+        return "replay: its deliveries go out again as they were produced"
+    if not result["reprocess"]:
+        return "replay: nothing to run again"
+    said = result.get("configuration", "current")
+    if said.startswith("original"):
+        return f"replay: processed again as originally processed (configuration {said[10:-1]})"
+    if asked == "original":
+        return (
+            "replay: no configuration version was recorded for it: processed again with the "
+            "current configuration"
+        )
+    return "replay: processed again with the current configuration"
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Replay stored messages through a candidate configuration and report what changes."""
+    import tempfile
+
+    from engine.config.store_path import store_path
+    from engine.preview import report as reporting
+    from engine.preview.candidate import load_candidate
+    from engine.preview.impact import preview
+    from engine.preview.replay import read_stored
+
+    try:
+        live = _project(args.root)
+    except LintFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.channel and args.channel not in live.channels:
+        return _refuse("preview", _unknown("channel", args.channel, live.channels))
+    path = store_path(args.root)
+    with tempfile.TemporaryDirectory(prefix="wharf-candidate-") as tmp:
+        try:
+            candidate, label = load_candidate(args.root, args.config, Path(tmp))
+        except LintFailed as exc:
+            print(f"wharf preview: the candidate configuration does not lint:\n{exc}")
+            return 1
+        since = time.time() - args.since if args.since else None
+        messages = read_stored(path, channel=args.channel, since=since, limit=args.limit)
+        impact = preview(live, candidate, messages, candidate_label=label)
+    report = reporting.build(impact, show_phi=args.show_phi)
+    if args.show_phi:  # patient fields shown: who saw them is on record
+        with _read_store(args.root) as store:
+            detail = {"candidate": label, "messages": len(messages), "channel": args.channel}
+            store.audit(args.user, "preview_show_phi", str(args.root), detail, time.time())
+    if args.json == "-":
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(reporting.text(report), end="")
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.html:
+        Path(args.html).write_text(reporting.to_html(report), encoding="utf-8")
+    return 0
+
+
+def _mappings_of(root: Path, spec: str, into: Path) -> Any:
+    """The mapping tables of a project folder, a mappings folder or a git ref of ``root``."""
+    from engine.mappings import load_mappings
+    from engine.preview.candidate import from_git
+
+    folder = Path(spec)
+    if (folder / "mappings").is_dir():
+        folder = folder / "mappings"
+    elif not folder.is_dir():
+        from_git(root, spec, into, what=f"mappings diff {spec}")
+        folder = into / "mappings"
+    mappings, errors = load_mappings(folder, folder.parent)
+    if errors:
+        raise LintFailed(errors)
+    return mappings
+
+
+def cmd_mappings(args: argparse.Namespace) -> int:
+    """``wharf mappings lint``: owners, change notes and the tables' agreement;
+    ``wharf mappings diff A B``: row-level changes between two versions."""
+    import tempfile
+
+    from engine.config.governance import diff_tables, lint_governance, owner_and_changes
+
+    if args.action == "lint":
+        if args.versions:
+            return _refuse("mappings", "lint takes no versions (it reads this project's tables)")
+        try:
+            project = _project(args.root)
+        except LintFailed as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        problems = lint_governance(args.root, project.mappings)
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"mappings lint: {len(problems)} problem(s)", file=sys.stderr)
+            return 1
+        for table in project.mappings.tables.values():
+            owner, changes = owner_and_changes(args.root, table)
+            print(f"{table.file}: owner {owner}; last change: {changes[-1]}")
+        print(f"mappings lint: ok ({len(project.mappings.tables)} table(s))")
+        return 0
+    if len(args.versions) != 2:
+        return _refuse("mappings", "diff takes two versions: folders or git refs (diff HEAD .)")
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        try:
+            before = _mappings_of(args.root, args.versions[0], Path(a))
+            after = _mappings_of(args.root, args.versions[1], Path(b))
+        except ConfigError as exc:
+            return _refuse("mappings", str(exc))
+    changes = diff_tables(before, after)
+    if args.json:
+        rows = [
+            {
+                "table": c.table,
+                "key": c.key,
+                "kind": c.kind,
+                "columns": [{"column": n, "before": x, "after": y} for n, x, y in c.columns],
+            }
+            for c in changes
+        ]
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for c in changes:
+        print(c.text())
+    counts = {k: sum(1 for c in changes if c.kind == k) for k in ("added", "removed", "changed")}
+    print(", ".join(f"{n} row(s) {k}" for k, n in counts.items()))
+    return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -831,6 +997,8 @@ NEEDS_PROJECT = (
     "test",
     "messages",
     "replay",
+    "preview",
+    "mappings",
     "prune",
     "status",
     "work-items",
@@ -862,6 +1030,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("test", help="run the channels' tests: blocks")
     t.add_argument("channels", nargs="*")
+    t.add_argument(
+        "--record",
+        action="store_true",
+        help="write each test's outputs and effects (domains included) to channels/expected/ "
+        "for later runs to compare field by field",
+    )
     t.set_defaults(fn=cmd_test)
 
     m = sub.add_parser("messages", help="search stored messages")
@@ -892,7 +1066,46 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--channel")
     rp.add_argument("--all-errors", action="store_true")
     rp.add_argument("--destination")
+    rp.add_argument(
+        "--configuration",
+        choices=("current", "original"),
+        default="current",
+        help="a message run again through its channel: with the current configuration "
+        "(default) or as originally processed (the version it was produced by)",
+    )
     rp.set_defaults(fn=cmd_replay)
+
+    mp = sub.add_parser(
+        "mappings",
+        help="mapping governance: lint (owners, change notes, tables that agree) or diff A B",
+    )
+    mp.add_argument("action", choices=("lint", "diff"))
+    mp.add_argument("versions", nargs="*", help="diff: two folders or git refs (HEAD~1 .)")
+    _json_flag(mp)
+    mp.set_defaults(fn=cmd_mappings)
+
+    pv = sub.add_parser(
+        "preview",
+        help="replay stored messages through a candidate configuration and report what changes "
+        "(nothing is delivered, the live store is only read)",
+    )
+    pv.add_argument(
+        "--config", required=True, help="the candidate: a project folder or a git ref (HEAD~1)"
+    )
+    pv.add_argument("--channel", help="only this channel's messages")
+    pv.add_argument(
+        "--since",
+        type=_duration,
+        default=7 * 86400.0,
+        help="messages received within this long (default 7d: the messages are held in memory)",
+    )
+    pv.add_argument("--limit", type=_limit, help="at most this many messages, oldest first")
+    pv.add_argument("--json", metavar="FILE", help="the report as JSON too ('-': only JSON)")
+    pv.add_argument("--html", metavar="FILE", help="the report as an HTML page too")
+    pv.add_argument(
+        "--show-phi", action="store_true", help="show patient fields unmasked (audited)"
+    )
+    pv.set_defaults(fn=cmd_preview)
 
     vac = sub.add_parser(
         "vacuum", help="give a store's free pages back at once (stop the engine first)"

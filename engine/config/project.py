@@ -177,6 +177,17 @@ EXPECT_SPEC = Spec(
     description="Expectations of a channel test.",
 )
 
+BEFORE_SPEC = Spec(
+    "before",
+    [
+        Field("channel", Str(), description="The channel that takes it first."),
+        Field("input", Str(), None, "Sample file, relative to the project root."),
+        Field("input_text", Str(), None, "Inline input."),
+        Field("origin", Str(), None, "The credential it comes with (as the test's origin)."),
+    ],
+    description="A message processed, with its domains' bookings, before a golden run's input.",
+)
+
 TEST_SPEC = Spec(
     "test",
     [
@@ -191,6 +202,13 @@ TEST_SPEC = Spec(
             "SFTP account), the way a source would store it.",
         ),
         Field("expect", EXPECT_SPEC, description="What must happen."),
+        Field(
+            "before",
+            ListOf(BEFORE_SPEC),
+            (),
+            "Messages booked first in a golden run (`wharf test --record`): the PO an 855 "
+            "answers, the charge a credit reverses.",
+        ),
     ],
     description="A channel test: an input sample, and expectations on status and outputs.",
 )
@@ -246,6 +264,16 @@ def _check_channel(config: Any, ctx: Context, node: yaml.Node, path: str) -> Non
                 )
         if t.input is not None and ctx.base_dir and not (Path(ctx.base_dir) / t.input).is_file():
             ctx.error(node, f"tests[{i}].input", f"sample file not found: {t.input}")
+        for j, b in enumerate(t.before):
+            where = f"tests[{i}].before[{j}]"
+            if (b.input is None) == (b.input_text is None):
+                ctx.error(node, where, "expected exactly one of input, input_text")
+            if (
+                b.input is not None
+                and ctx.base_dir
+                and not (Path(ctx.base_dir) / b.input).is_file()
+            ):
+                ctx.error(node, f"{where}.input", f"sample file not found: {b.input}")
 
 
 _CHANNEL_HEAD = [
@@ -439,7 +467,11 @@ def load_project(
     root: Path | str,
     env: Mapping[str, str] | None = None,
     registry: Registry = REGISTRY,
+    *,
+    samples: Path | None = None,
 ) -> Project:
+    """``samples``: where the channels' ``tests:`` inputs are looked for (default ``root``; a
+    configuration version rebuilt from the store has only the configuration's own files)."""
     root = Path(root).resolve()
     env = dict(os.environ) if env is None else env
     # Taken before reading, so an edit made while loading is seen by the next reload check.
@@ -455,7 +487,7 @@ def load_project(
         except ConfigError as exc:
             errors.append(exc)
             return INVALID
-        ctx = Context(shown, env, registry, base_dir=str(root))
+        ctx = Context(shown, env, registry, base_dir=str(samples or root))
         ctx.mappings = mappings
         value = spec.parse(node if node is not None else empty_mapping(), ctx, "")
         errors.extend(ctx.errors)

@@ -34,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 
 from engine.channel import Channel
 from engine.config.project import Project, fingerprint, load_project
+from engine.config.versions import project_versions
 from engine.errors import LintFailed, ListenFailed
 from engine.interfaces import Binding
 from engine.registry import REGISTRY, Registry
@@ -41,6 +42,7 @@ from engine.resources import Resources, snapshot_of
 from engine.router import Listener
 from engine.runtime.ingest import FrontDoor
 from engine.runtime.outcomes import DeliveryBook
+from engine.runtime.pinned import pinned_channel
 from engine.runtime.processor import Processor
 from engine.runtime.services import (
     JobService,
@@ -95,6 +97,7 @@ class Engine(OrderedServices):
             channels=lambda: self.channels,
             delivered=self.wake_destinations,
             workers=self._workers_of,
+            pinned=self._pinned,
         )
         self.door = FrontDoor(
             reactor=reactor,
@@ -111,6 +114,8 @@ class Engine(OrderedServices):
         self._reloading = False
         self._started: defer.Deferred | None = None
         self._closed = False
+        self._versions: dict[str, str] = {}
+        self._pinned_channels: dict[tuple[str, str], Channel | None] = {}
 
     # -- the front door (what sources and tests call) ----------------------------------------
     async def receive(self, source_key: str, raw: bytes, peer: str, **kw: Any) -> IngestOutcome:
@@ -141,6 +146,7 @@ class Engine(OrderedServices):
         counts = await self.executor.submit(self.store.recover, time.time())
         log.info("recovery: {counts}", counts=counts)
         await self._audit("start", {"channels": sorted(self.project.channels)})
+        await self._record_versions(self.project)
         for defn in self.project.channels.values():
             if defn.config.enabled:
                 self.channels[defn.name] = self._channel(defn)
@@ -272,7 +278,29 @@ class Engine(OrderedServices):
     # -- children ------------------------------------------------------------------------------
     def _channel(self, defn: Any, project: Project | None = None) -> Channel:
         project = project or self.project
-        return Channel(defn, project.mappings, self.registry, extras=project.extras)
+        channel = Channel(defn, project.mappings, self.registry, extras=project.extras)
+        channel.version = self._versions.get(defn.name)
+        return channel
+
+    async def _record_versions(self, project: Project) -> None:
+        """Each channel's configuration version, kept in the store before a message uses it."""
+        versions = await threads.deferToThreadPool(
+            self.reactor, self.pool, project_versions, project, self.registry
+        )
+        await self.executor.submit(
+            self.store.record_config_versions, list(versions.values()), time.time()
+        )
+        self._versions = {name: v.version for name, v in versions.items()}
+
+    def _pinned(self, name: str, version: str) -> Channel | None:
+        """Channel ``name`` as configuration ``version`` had it (a replay "as originally
+        processed"), rebuilt from the files the store kept; None when it cannot be."""
+        key = (name, version)
+        if key not in self._pinned_channels:
+            self._pinned_channels[key] = pinned_channel(
+                self.store, name, version, self.registry, self.root
+            )
+        return self._pinned_channels[key]
 
     def _bindings(self, channel: str) -> list[Binding]:
         running = self.channels.get(channel)
@@ -477,6 +505,7 @@ class Engine(OrderedServices):
     async def apply(self, project: Project) -> None:
         """Run ``project`` from now on, replacing the services whose configuration changed."""
         old = self.project
+        await self._record_versions(project)
         self.project = project
         self.resources.refresh(snapshot_of(project))
         self.rejected_fingerprint = None

@@ -11,6 +11,7 @@ no claim commit of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ class Work:
     raw: bytes
     parsed: Any = None  # the ingest's decode, reused when the channel did not change since
     origin: str | None = None  # the credential it came with (engine.model.Inbound.origin)
+    config: str | None = None  # the configuration version a replay asked for (None: current)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Outcome:
     channel: str = ""
     correlation_id: str = ""
     durable: bool = False  # a booking allocated what must survive a power loss
+    config_version: str | None = None  # the configuration that produced it
 
 
 def outcome_of(work: Work, channel: Channel, result: Result) -> Outcome:
@@ -76,6 +79,7 @@ def outcome_of(work: Work, channel: Channel, result: Result) -> Outcome:
         channel=work.channel,
         correlation_id=work.correlation_id,
         durable=any(binding.domain.durable for binding, _ in bookings),
+        config_version=channel.version,
     )
 
 
@@ -117,6 +121,8 @@ def _finish(
         error_location=outcome.error_location,
         work_item=outcome.work_item,
     )
+    if outcome.config_version is not None:
+        tx.set_config_versions([(outcome.message_id, outcome.config_version)])
     if not claims or claimed is None:
         return
     by_destination: dict[str, list[int]] = {}
@@ -184,6 +190,18 @@ def record(
     return {}  # recorded one by one: the workers claim what was queued themselves
 
 
+def record_each(store: Any, outcomes: Sequence[tuple[Outcome, float]]) -> None:
+    """Results each recorded at its own time (an impact preview's replay, engine/preview):
+    one commit for them all, or :func:`record` one by one when the store refuses it."""
+    try:
+        with store.transaction(f"finish_many({len(outcomes)})", durable=False) as tx:
+            for outcome, now in outcomes:
+                _finish(tx, outcome, now)
+    except Exception:
+        for outcome, now in outcomes:
+            record(store, [outcome], now)
+
+
 def _load_many(store: Any, ids: list[str]) -> list[tuple[Any, bytes | None]]:
     out = []
     for message_id in ids:
@@ -229,7 +247,10 @@ class Processor(service.Service):
         delivered: Callable[[str], None],
         workers: Callable[[str], dict[str, Any]] | None = None,
         per_channel: int | None = None,
+        pinned: Callable[[str, str], Channel | None] | None = None,
     ) -> None:
+        """``pinned(channel, version)``: the channel as configuration ``version`` had it, for a
+        replay "as originally processed" (None, or no ``pinned``: the running channel)."""
         self.reactor = reactor
         self.store = store
         self.executor = executor
@@ -240,6 +261,7 @@ class Processor(service.Service):
         self.channels = channels
         self.delivered = delivered
         self.workers = workers or (lambda channel: {})
+        self.pinned = pinned or (lambda channel, version: None)
         self.inflight: set[str] = set()
         self.queues: dict[str, deque[Work]] = {}
         self._turn: deque[str] = deque()  # channels with queued work, in the order served
@@ -349,9 +371,13 @@ class Processor(service.Service):
         except Exception:
             self.inflight.difference_update(ids)
             raise
+        pins_of = getattr(self.store, "replay_pins", None)
+        pins = await self.executor.submit(pins_of, ids) if pins_of is not None else {}
         for message_id, (row, raw) in zip(ids, loaded, strict=True):
             if row is not None and row.status == "received" and raw is not None:
-                self._queue(Work(row.id, row.channel, row.correlation_id, raw, origin=row.origin))
+                pin = pins.get(row.id)
+                work = Work(row.id, row.channel, row.correlation_id, raw, origin=row.origin)
+                self._queue(dataclasses.replace(work, config=pin) if pin else work)
             else:
                 self.inflight.discard(message_id)
         if len(ids) == 256 * max(1, len(channels)):
@@ -377,6 +403,22 @@ class Processor(service.Service):
                 promised[(channel, name)] = (worker, Claim(granted, policy.lease, block))
         return promised
 
+    def _channel_for(self, work: Work, running: Channel) -> Channel:
+        """The running channel, or the version a replay asked for when it can be rebuilt."""
+        if work.config is None or work.config == running.version:
+            return running
+        pinned = self.pinned(work.channel, work.config)
+        if pinned is None:
+            log.warn(
+                "message {id}: configuration {version} cannot be rebuilt; processed with the "
+                "current configuration ({current})",
+                id=work.id,
+                version=work.config,
+                current=running.version,
+            )
+            return running
+        return pinned
+
     def _release(self, channel: str) -> None:
         """A batch of ``channel`` left the pipeline threads (its commit may still run)."""
         self._busy[channel] = max(0, self._busy.get(channel, 0) - 1)
@@ -387,7 +429,11 @@ class Processor(service.Service):
         released = False
         try:
             channels = self.channels()
-            jobs = [(channels[w.channel], w) for w in batch if w.channel in channels]
+            jobs = [
+                (self._channel_for(w, channels[w.channel]), w)
+                for w in batch
+                if w.channel in channels
+            ]
             # (a message of a channel not running now stays received for a later sweep)
             if not jobs:
                 return

@@ -240,6 +240,32 @@ _V14_WORK_ITEMS_BY_MESSAGE: list[str] = [
     "CREATE INDEX IF NOT EXISTS idx_work_items_message ON work_items(message_id, kind, status)",
 ]
 
+
+def _config_versions(conn: sqlite3.Connection) -> None:
+    """Configuration versions (engine/config/versions.py): the version each processed message
+    was produced by (``messages.config_version``), the version a replay asks for
+    (``messages.replay_config``: NULL is the current configuration), each version's files by
+    their SHA-256 (``config_versions``, ``config_files``)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    for column in ("config_version", "replay_config"):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS config_versions (version TEXT PRIMARY KEY, "
+        "channel TEXT NOT NULL, git_commit TEXT, files TEXT NOT NULL, created_at REAL NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS config_files (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL)"
+    )
+
+
+#: One entry, renumbered in one place when histories merge.
+CONFIG_VERSIONS_MIGRATION: Migration = (
+    15,
+    "configuration versions per processed message, and their files",
+    _config_versions,
+)
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -255,6 +281,7 @@ MIGRATIONS: list[Migration] = [
     (12, "outbox rows remember the bulk call they went out in", _V12_BATCH_KEY),
     (13, "the credential each message came with (messages.origin)", _v13_message_origin),
     (14, "work items found by their message", _V14_WORK_ITEMS_BY_MESSAGE),
+    CONFIG_VERSIONS_MIGRATION,
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

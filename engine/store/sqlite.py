@@ -29,6 +29,7 @@ from typing import Any
 from engine import model
 from engine.errors import StoreError
 from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
+from engine.store import versions as config_versions
 from engine.store.migrations import apply_migrations, current_version
 from engine.store.transaction import (
     DELIVERY_COLUMNS,
@@ -365,6 +366,25 @@ class SqliteStore:
         """This thread's connection for reads (a domain's queries, the CLI), no transaction
         opened; it has the same ``dialect``/``connection`` a domain's repository needs."""
         yield SqliteTransaction(self._conn())
+
+    # ------------------------------------------------------------------ configuration versions
+
+    def record_config_versions(self, versions: Sequence[Any], now: float) -> int:
+        """Keep configuration versions and their files (engine/store/versions.py)."""
+        with self._write("record_config_versions", durable=False) as conn:
+            return config_versions.record_versions(conn, versions, now)
+
+    def config_version(self, message_id: str) -> dict[str, Any] | None:
+        """The configuration version a message was produced by (None: not recorded)."""
+        return config_versions.message_version(self._conn(), message_id)
+
+    def config_files(self, version: str) -> dict[str, bytes] | None:
+        """A recorded version's files by relative path (None: unknown version)."""
+        return config_versions.version_files(self._conn(), version)
+
+    def replay_pins(self, ids: Sequence[str]) -> dict[str, str]:
+        """The configuration versions replays asked for, by message id."""
+        return config_versions.replay_pins(self._conn(), ids)
 
     def migrate(self, component: str, migrations: Sequence[Any]) -> int:
         """Apply a component's (a domain's) own schema history; returns the version reached."""
@@ -883,9 +903,19 @@ class SqliteStore:
     # ------------------------------------------------------------------ replay
 
     def replay(
-        self, message_id: str, *, destination: str | None = None, actor: str, now: float
+        self,
+        message_id: str,
+        *,
+        destination: str | None = None,
+        actor: str,
+        now: float,
+        original: bool = False,
     ) -> dict[str, Any]:
         """Requeue a message's dead / quarantined deliveries, or re-run a failed transform.
+
+        ``original``: a re-run uses the configuration version the message was produced by
+        (when it has one: ``configuration`` in the result says which was asked for);
+        requeued deliveries are always the payloads as originally produced.
 
         With an explicit ``destination`` only that destination's rows are considered, and
         rows already sent are resent too (deliberate resend, same idempotency key). A message
@@ -911,15 +941,25 @@ class SqliteStore:
                 if has_rows is None:
                     self._set_status(conn, message_id, model.RECEIVED, now)
                     reprocess = True
+            pinned = None
+            if original and reprocess:
+                pinned = config_versions.pin_replay(conn, message_id)
+            configuration = f"original ({pinned})" if pinned else "current"
+            if ids:  # deliveries go out again as they were produced
+                configuration = "as produced"
             detail = {
                 "destination": destination,
                 "previous_status": message[0],
                 "requeued": len(ids),
                 "outbox_ids": ids,
                 "reprocess": reprocess,
+                "configuration": configuration,
             }
             SqliteTransaction(conn).audit(actor, "replay", message_id, detail, now)
-        return {"requeued": len(ids), "reprocess": reprocess}
+        result: dict[str, Any] = {"requeued": len(ids), "reprocess": reprocess}
+        if original:
+            result["configuration"] = configuration
+        return result
 
     @staticmethod
     def _replayable_rows(

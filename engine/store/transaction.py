@@ -24,6 +24,7 @@ from typing import Any
 from engine import model
 from engine.errors import StoreError
 from engine.model import Outbound
+from engine.store.versions import set_message_versions
 
 GENESIS_HASH = "0" * 64
 _FAILED = (model.DEAD, model.QUARANTINED)
@@ -184,6 +185,10 @@ class SqliteTransaction:
             (final, error, error_location, now, message_id),
         )
         return queued
+
+    def set_config_versions(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Record ``(message_id, version)``: the configuration that produced its outputs."""
+        set_message_versions(self.connection, pairs)
 
     # ------------------------------------------------------------------ outbox
 

@@ -124,13 +124,22 @@ def _response_code(channel: Channel, raw: bytes, result: Any) -> str:
     return (tokenize(reply).get("MSA-1") or "none") if reply else "none"
 
 
-def run_all(project: Project, names: list[str] | None = None) -> list[TestOutcome]:
+def run_all(
+    project: Project, names: list[str] | None = None, *, golden: bool = False
+) -> list[TestOutcome]:
+    """Every test of the channels (``names``: only those); ``golden``: a test with an expected
+    file (``wharf test --record``) is also compared with it field by field."""
+    from engine.testing.golden import check
+
     out = []
     for name, defn in project.channels.items():
         if names and name not in names:
             continue
         for i in range(len(defn.config.tests)):
-            out.append(run_test(project, defn, i))
+            outcome = run_test(project, defn, i)
+            if golden:
+                outcome.failures += check(project, defn, i) or []
+            out.append(outcome)
     return out
 
 

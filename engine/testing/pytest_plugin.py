@@ -9,6 +9,7 @@ import pytest
 
 from engine.config.project import Project, load_project
 from engine.testing.channel_tests import project_root_for, run_test
+from engine.testing.golden import check
 
 _projects: dict[Path, Project] = {}
 
@@ -44,7 +45,9 @@ class ChannelTestItem(pytest.Item):
 
     def runtest(self) -> None:
         project = _project(project_root_for(self.path))
-        outcome = run_test(project, project.channels[self.channel], self.index)
+        defn = project.channels[self.channel]
+        outcome = run_test(project, defn, self.index)
+        outcome.failures += check(project, defn, self.index) or []  # its golden run
         if not outcome.passed:
             raise ChannelTestFailed(outcome.failures)
 

@@ -26,10 +26,12 @@ def charge_dft(
     receiving_application: str = "BILLING",
     receiving_facility: str = "",
     version: str = "2.5.1",
+    now: float | None = None,
 ) -> tuple[bytes, str]:
-    """A DFT^P03 posting ``event`` against its encounter, quantity in the billing unit."""
+    """A DFT^P03 posting ``event`` against its encounter, quantity in the billing unit,
+    stamped at ``now`` (the booking's time; the clock's when None)."""
     e = lambda value: escape(str(value or ""), SEP)  # noqa: E731
-    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
     qty = event.billing_quantity if event.billing_quantity is not None else event.quantity
     ttype = "CD" if event.kind == "credit" else "CG"
     ft1 = [

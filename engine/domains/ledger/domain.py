@@ -160,11 +160,17 @@ class LedgerBinding:
     def accepts(self, record: Any) -> bool:
         return isinstance(record, ConsumptionEvent | RequisitionRequest)
 
-    def charge_payload(self, event: ConsumptionEvent) -> tuple[bytes, str]:
+    def charge_payload(
+        self, event: ConsumptionEvent, now: float | None = None
+    ) -> tuple[bytes, str]:
+        """The billing call for ``event``, stamped at ``now`` (the booking's time)."""
         fmt = self.section.charge_format
         if fmt.startswith("fhir"):
             return charge_item(event, "R4B" if fmt == "fhir_r4b" else "R5")
-        return charge_dft(event, receiving_application=self.section.billing_application)
+        return charge_dft(event, receiving_application=self.section.billing_application, now=now)
+
+    def _charges_at(self, now: float) -> Any:
+        return lambda event: self.charge_payload(event, now)
 
     def book(self, tx: Transaction, message: Booking, records: Sequence[Any]) -> list[Outbound]:
         return rules.book_events(
@@ -175,7 +181,7 @@ class LedgerBinding:
             events=records,
             routes=self.routes,
             policies=self.policies,
-            charge_payload=self.charge_payload,
+            charge_payload=self._charges_at(message.now),
             now=message.now,
             issue_max_lines=self.section.issue_max_lines,
             orphan_credits=self.section.orphan_credits,
@@ -188,7 +194,7 @@ class LedgerBinding:
             credit,
             routes=self.routes,
             policies=self.policies,
-            charge_payload=self.charge_payload,
+            charge_payload=self._charges_at(now),
             now=now,
             issue_max_lines=self.section.issue_max_lines,
         )
@@ -259,6 +265,8 @@ class LedgerDomain:
     description = "Supply-ledger booking of consumption events."
     settings: Sequence[Field] = (UNBILLED_AFTER, PAR_SWEEP, LEDGER_RETENTION)
     durable = False
+    #: mapping tables booking reads besides those the channel names (configuration versions)
+    reads = ("items", "charge_codes", "uom_conversions")
 
     def migrations(self, dialect: str) -> Sequence[Migration]:
         return schema.migrations(dialect)

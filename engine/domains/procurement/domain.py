@@ -171,6 +171,8 @@ class ProcurementDomain:
     description = "X12 purchasing and receipt-to-pay."
     settings: Sequence[Field] = ()
     durable = True  # control numbers never come back after a power loss
+    #: mapping tables booking reads besides those the channel names (configuration versions)
+    reads = ("trading_partners", "uom_conversions", "items", "locations")
 
     def migrations(self, dialect: str) -> Sequence[Migration]:
         return schema.migrations(dialect)
