@@ -229,8 +229,10 @@ class Processor(service.Service):
         delivered: Callable[[str], None],
         workers: Callable[[str], dict[str, Any]] | None = None,
         per_channel: int | None = None,
+        metrics: Any = None,
     ) -> None:
         self.reactor = reactor
+        self.metrics = metrics  # engine.runtime.metrics.Metrics (statuses by channel)
         self.store = store
         self.executor = executor
         self.pool = pool
@@ -434,6 +436,8 @@ class Processor(service.Service):
             self.processed += len(results)
             woken: set[str] = set()
             for w, _, r in results:
+                if self.metrics is not None:
+                    self.metrics.process(w.channel, r.status)
                 if r.work_item:
                     log.error(
                         "work item {kind} for message {id} on {channel}: {subject}",

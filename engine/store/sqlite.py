@@ -724,6 +724,55 @@ class SqliteStore:
             "dead_letters": dead[0][0],
         }
 
+    def queue_stats(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Per (channel, destination) with deliveries waiting (pending or inflight): how many
+        and when the oldest was queued (``oldest_at``). Read from the partial indexes of
+        pending and inflight rows, so it costs the queue's length, never the outbox's."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for status in ("pending", "inflight"):
+            rows = self._query(
+                "queue_stats",
+                "SELECT channel, destination, COUNT(*), MIN(id) FROM outbox "
+                f"WHERE status = '{status}' GROUP BY channel, destination",
+            )
+            for channel, destination, n, first in rows:
+                entry = out.setdefault(
+                    (channel, destination), {"pending": 0, "inflight": 0, "first": first}
+                )
+                entry[status] = int(n)
+                entry["first"] = min(entry["first"], first)
+        for entry in out.values():
+            at = self._query(
+                "queue_stats", "SELECT created_at FROM outbox WHERE id = ?", (entry.pop("first"),)
+            )
+            entry["oldest_at"] = float(at[0][0]) if at else None
+        return out
+
+    def work_item_stats(self) -> dict[str, dict[str, Any]]:
+        """Open work items per kind: how many and when the oldest was opened (``oldest_at``),
+        from the index of open items by kind (ids grow with time: the smallest is the
+        oldest)."""
+        rows = self._query(
+            "work_item_stats",
+            "SELECT kind, COUNT(*), MIN(id) FROM work_items WHERE status = 'open' GROUP BY kind",
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for kind, n, first in rows:
+            at = self._query(
+                "work_item_stats", "SELECT created_at FROM work_items WHERE id = ?", (first,)
+            )
+            out[kind] = {"open": int(n), "oldest_at": float(at[0][0]) if at else None}
+        return out
+
+    def writable(self) -> bool:
+        """Whether a write transaction can start now (it writes nothing): for /readyz."""
+        try:
+            with self._write("writable", durable=False):
+                pass
+        except StoreError:
+            return False
+        return True
+
     def deliveries_for(self, message_id: str) -> list[dict[str, Any]]:
         """Every outbox row of a message (oldest first) as plain dicts, for the message view."""
         columns = (

@@ -310,6 +310,10 @@ class LedgerDomain:
             )
         return jobs
 
+    def gauges(self, tx: Transaction) -> Mapping[str, float]:
+        """Its business counters for the metrics (cheap: indexed counts)."""
+        return {"open_requisitions": float(repository(tx).open_requisitions())}
+
     def prune(self, tx: Transaction, settings: Any, now: float, limit: int) -> int:
         keep = getattr(settings, "ledger_retention", 0) or 0
         return repository(tx).prune(now - keep, limit) if keep else 0

@@ -91,6 +91,9 @@ class InMemoryLedgerRepository:
             for r in self.requisitions
         )
 
+    def open_requisitions(self) -> int:
+        return sum(1 for r in self.requisitions if r["status"] == "open")
+
     def requisition_requested(self, business_key: str) -> bool:
         return any(r["business_key"] == business_key for r in self.requisitions)
 

@@ -66,6 +66,8 @@ class LedgerRepository(Protocol):
 
     def has_open_requisition(self, location: str, item: str) -> bool: ...
 
+    def open_requisitions(self) -> int: ...
+
     def requisition_requested(self, business_key: str) -> bool: ...
 
     def add_requisition(
@@ -228,6 +230,14 @@ class SqliteLedgerRepository:
                 (location, item),
             ).fetchone()
             is not None
+        )
+
+    def open_requisitions(self) -> int:
+        """How many requisitions are open (from the index by status)."""
+        return int(
+            self.conn.execute("SELECT COUNT(*) FROM requisitions WHERE status = 'open'").fetchone()[
+                0
+            ]
         )
 
     def requisition_requested(self, business_key: str) -> bool:

@@ -136,11 +136,19 @@ _HELD_CREDITS = [
     "CREATE INDEX IF NOT EXISTS idx_held_credits_status ON held_credits(status, created_at)",
 ]
 
+# The open-requisitions metric counts open requisitions from an index of their status.
+MIGRATION_REQUISITIONS_BY_STATUS: Migration = (
+    5,
+    "index of requisitions by status (the open-requisitions metric)",
+    ["CREATE INDEX IF NOT EXISTS idx_requisitions_status ON requisitions(status)"],
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
     (3, "index of charges by event", _CHARGE_EVENT_INDEX),
     (4, "credits held for want of the line they reverse", _HELD_CREDITS),
+    MIGRATION_REQUISITIONS_BY_STATUS,
 ]
 
 
