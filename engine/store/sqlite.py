@@ -729,10 +729,14 @@ class SqliteStore:
         and when the oldest was queued (``oldest_at``). Read from the partial indexes of
         pending and inflight rows, so it costs the queue's length, never the outbox's."""
         out: dict[tuple[str, str], dict[str, Any]] = {}
-        for status in ("pending", "inflight"):
+        for status, index in (
+            ("pending", "idx_outbox_pending"),
+            ("inflight", "idx_outbox_inflight"),
+        ):
+            # INDEXED BY: the planner would rather scan the whole claim index (every row)
             rows = self._query(
                 "queue_stats",
-                "SELECT channel, destination, COUNT(*), MIN(id) FROM outbox "
+                f"SELECT channel, destination, COUNT(*), MIN(id) FROM outbox INDEXED BY {index} "
                 f"WHERE status = '{status}' GROUP BY channel, destination",
             )
             for channel, destination, n, first in rows:
