@@ -444,6 +444,7 @@ class Processor(service.Service):
                         kind=r.work_item[0],
                         id=w.id,
                         channel=w.channel,
+                        correlation_id=w.correlation_id,
                         subject=r.work_item[1],
                     )
                 elif r.error:
@@ -451,6 +452,7 @@ class Processor(service.Service):
                         "message {id} on {channel}: {status} at {where}",
                         id=w.id,
                         channel=w.channel,
+                        correlation_id=w.correlation_id,
                         status=r.status,
                         where=r.error_location,
                     )
