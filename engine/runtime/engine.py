@@ -448,6 +448,14 @@ class Engine(OrderedServices):
                 JobService(
                     "alerts", settings.alerts.interval, self.alerts.evaluate, self.reactor
                 ).setServiceParent(self)
+        from engine.runtime.canary import Canaries
+
+        for child in [c for c in self if (c.name or "").startswith("job:canary-")]:
+            await self.replace(child.name, None)
+        if self.canaries is None:
+            self.canaries = Canaries(self)
+        for job in self.canaries.jobs():
+            job.setServiceParent(self)
 
     # -- domains -------------------------------------------------------------------------------
     def _bindings_of(self, domain: Any) -> dict[str, Binding]:

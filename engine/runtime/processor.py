@@ -11,6 +11,7 @@ no claim commit of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from twisted.python.threadpool import ThreadPool
 from engine.channel import Channel, Result
 from engine.interfaces import Binding, Booking
 from engine.model import ERROR, Outbound
+from engine.runtime.canary import is_test
 
 log = Logger(namespace="wharf.pipeline")
 
@@ -59,15 +61,17 @@ class Outcome:
     channel: str = ""
     correlation_id: str = ""
     durable: bool = False  # a booking allocated what must survive a power loss
+    test: bool = False  # test data (a canary): the domains' bookings are undone (see _finish)
 
 
 def outcome_of(work: Work, channel: Channel, result: Result) -> Outcome:
     bookings = channel.bookings(result.events) if result.events else []
+    test = bool(result.outbound or bookings) and is_test(work.raw)
     return Outcome(
         message_id=work.id,
         status=result.status,
         transformed=result.transformed,
-        outbound=result.outbound,
+        outbound=[_marked(o, work.id) for o in result.outbound] if test else result.outbound,
         business_keys=result.keys,
         error=result.error,
         error_location=result.error_location,
@@ -76,7 +80,18 @@ def outcome_of(work: Work, channel: Channel, result: Result) -> Outcome:
         channel=work.channel,
         correlation_id=work.correlation_id,
         durable=any(binding.domain.durable for binding, _ in bookings),
+        test=test,
     )
+
+
+def _marked(out: Outbound, message_id: str) -> Outbound:
+    """A test message's payload: its delivery carries the test flag, and an idempotency key
+    of its own (a domain derives keys from business keys that its undone booking frees for
+    the next canary)."""
+    meta = {**out.meta, "test": True}
+    if "idempotency_key" in meta:
+        meta["idempotency_key"] = f"{meta['idempotency_key']}@test:{message_id}"
+    return dataclasses.replace(out, meta=meta)
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,12 @@ def _finish(
     if outcome.status != ERROR:
         booking = Booking(outcome.message_id, outcome.correlation_id, outcome.channel, now)
         for binding, records in outcome.bookings:
-            outbound += binding.book(tx, booking, records)
+            if outcome.test:  # its payloads go out, marked test; the domains keep no record
+                with tx.undone():
+                    made = binding.book(tx, booking, records)
+                outbound += [_marked(o, outcome.message_id) for o in made]
+            else:
+                outbound += binding.book(tx, booking, records)
     queued = tx.finish(
         outcome.message_id,
         status=outcome.status,

@@ -768,6 +768,16 @@ class SqliteStore:
             out[kind] = {"open": int(n), "oldest_at": float(at[0][0]) if at else None}
         return out
 
+    def message_by_dedup_key(self, channel: str, dedup_key: str) -> str | None:
+        """The id of the newest message of ``channel`` with ``dedup_key`` (its index)."""
+        rows = self._query(
+            "message_by_dedup_key",
+            "SELECT id FROM messages WHERE channel = ? AND dedup_key = ? "
+            "ORDER BY received_at DESC LIMIT 1",
+            (channel, dedup_key),
+        )
+        return rows[0][0] if rows else None
+
     def writable(self) -> bool:
         """Whether a write transaction can start now (it writes nothing): for /readyz."""
         try:
