@@ -448,6 +448,16 @@ class Engine(OrderedServices):
                 JobService(
                     "alerts", settings.alerts.interval, self.alerts.evaluate, self.reactor
                 ).setServiceParent(self)
+        if before is None or _strip(before.slos) != _strip(settings.slos):
+            from engine.runtime.slos import Objectives
+
+            await self.replace("job:slos", None)
+            self.slos = None
+            if settings.slos:
+                self.slos = Objectives(settings.slos, self.store, self.registry, self.reactor)
+                JobService(
+                    "slos", self.slos.interval, self.slos.measure, self.reactor
+                ).setServiceParent(self)
         from engine.runtime.canary import Canaries
 
         for child in [c for c in self if (c.name or "").startswith("job:canary-")]:

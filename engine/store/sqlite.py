@@ -768,6 +768,42 @@ class SqliteStore:
             out[kind] = {"open": int(n), "oldest_at": float(at[0][0]) if at else None}
         return out
 
+    def judged_messages(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, str, bool]]:
+        """Messages received in (since, until], oldest first (at most ``limit``; filtered and
+        conflicting ones left out): when, their channel, and whether every delivery settled
+        (status ``sent``) within ``within`` seconds of ingest. From the index of receipt
+        times."""
+        rows = self._query(
+            "judged_messages",
+            "SELECT received_at, channel, status, updated_at FROM messages "
+            "WHERE received_at > ? AND received_at <= ? ORDER BY received_at LIMIT ?",
+            (since, until, limit),
+        )
+        return [
+            (float(at), channel, status == "sent" and updated - at <= within)
+            for at, channel, status, updated in rows
+            if status not in ("filtered", "conflict")
+        ]
+
+    def judged_work_items(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, str, bool]]:
+        """Work items opened in (since, until], oldest first (at most ``limit``): when, their
+        kind, and whether they were closed or resolved within ``within`` seconds. From the
+        index of opening times (schema 15)."""
+        rows = self._query(
+            "judged_work_items",
+            "SELECT created_at, kind, status, updated_at FROM work_items "
+            "WHERE created_at > ? AND created_at <= ? ORDER BY created_at LIMIT ?",
+            (since, until, limit),
+        )
+        return [
+            (float(at), kind, status != "open" and updated - at <= within)
+            for at, kind, status, updated in rows
+        ]
+
     def message_by_dedup_key(self, channel: str, dedup_key: str) -> str | None:
         """The id of the newest message of ``channel`` with ``dedup_key`` (its index)."""
         rows = self._query(

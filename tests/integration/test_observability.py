@@ -130,3 +130,32 @@ class ObservabilityTests(unittest.TestCase):
             return code == 200
 
         yield defer.ensureDeferred(wait_for(ready_again, "/readyz to answer 200 again"))
+
+    @defer.inlineCallbacks
+    def test_objectives_are_measured_and_served(self) -> Any:
+        """An event-latency objective of 300 ms: one message sent at once is good; with the
+        ERP answering 503, the next is judged bad once its 300 ms are up; /api/slos and the
+        metrics show the measurement, the budget overspent and the burn rate."""
+        routes = (
+            "slos:\n  - {name: delivery, measure: event_latency, objective: 0.9, within: 300ms,"
+            " window: 1h, burn_window: 1s, fast_burn: 2}\n"
+        )
+        engine = yield defer.ensureDeferred(self.start(routes))
+        port = self.mllp_port(engine)
+        yield defer.ensureDeferred(send_mllp(port, SAMPLE))
+
+        async def judged(n: int) -> Any:
+            _, body = await get_json(self.admin, "api/slos")
+            (slo,) = body["slos"]
+            return slo if slo["total"] >= n else None
+
+        slo = yield defer.ensureDeferred(wait_for(lambda: judged(1), "the first judgement"))
+        self.assertEqual((slo["good"], slo["measurement"]), (1, 1.0))
+        self.erp.code = 503
+        yield defer.ensureDeferred(send_mllp(port, SAMPLE.replace(b"CATH-55001", b"CATH-2")))
+        slo = yield defer.ensureDeferred(wait_for(lambda: judged(2), "the second judgement"))
+        self.assertEqual((slo["good"], slo["total"]), (1, 2))
+        self.assertAlmostEqual(slo["error_budget_remaining"], 1 - 0.5 / 0.1)
+        _, text = yield defer.ensureDeferred(get(self.admin, "metrics"))
+        self.assertEqual(metric(text, "wharf_slo_measurement", slo="delivery"), 0.5)
+        self.assertEqual(metric(text, "wharf_slo_objective", slo="delivery"), 0.9)

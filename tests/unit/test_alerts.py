@@ -178,3 +178,31 @@ def test_a_bad_alerts_block_names_file_line_column_and_field(tmp_path: Path) -> 
         "routes.yaml:8:7: alerts.notify[0]: expected exactly one of webhook, email "
         "(got webhook, email)" in text
     )
+
+
+def test_slo_burn_and_work_item_sla_and_ack_overdue() -> None:
+    rules = Rules(
+        [
+            rule("burn", "slo_burn"),
+            rule("sla", "work_item_sla", older_than=3600.0, kinds=["UNBILLED_USAGE"]),
+            rule("acks", "ack_overdue"),
+        ]
+    )
+    slo = {"name": "delivery", "burn_rate": 20.0, "fast_burn": 14.4}
+    items = {
+        "UNBILLED_USAGE": {"open": 3, "oldest_at": 0.0},
+        "INVOICE_HELD": {"open": 9, "oldest_at": 0.0},
+        "ACK_OVERDUE": {"open": 1, "oldest_at": 5000.0},
+    }
+    fired = rules.step(Readings(now=7200.0, work_items=items, slos=[slo]))
+    assert [(e.rule, e.subject, e.state) for e in fired] == [
+        ("burn", "delivery", "firing"),
+        ("sla", "UNBILLED_USAGE", "firing"),
+        ("acks", "ACK_OVERDUE", "firing"),
+    ]
+    cleared = rules.step(Readings(now=7260.0, work_items={}, slos=[slo | {"burn_rate": 1.0}]))
+    assert [(e.rule, e.state) for e in cleared] == [
+        ("burn", "cleared"),
+        ("sla", "cleared"),
+        ("acks", "cleared"),
+    ]

@@ -68,6 +68,10 @@ class LedgerRepository(Protocol):
 
     def open_requisitions(self) -> int: ...
 
+    def charge_outcomes(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]]: ...
+
     def requisition_requested(self, business_key: str) -> bool: ...
 
     def add_requisition(
@@ -239,6 +243,20 @@ class SqliteLedgerRepository:
                 0
             ]
         )
+
+    def charge_outcomes(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]]:
+        """Chargeable events booked in (since, until], oldest first (at most ``limit``): when,
+        and whether their charge was accepted within ``within`` seconds of booking."""
+        rows = self.conn.execute(
+            "SELECT e.created_at, EXISTS (SELECT 1 FROM charges c WHERE c.event_id = e.id "
+            "AND c.status = 'accepted' AND c.updated_at <= e.created_at + ?) "
+            "FROM consumption_events e WHERE e.created_at > ? AND e.created_at <= ? "
+            "AND e.chargeable = 1 ORDER BY e.created_at LIMIT ?",
+            (within, since, until, limit),
+        ).fetchall()
+        return [(float(at), bool(good)) for at, good in rows]
 
     def requisition_requested(self, business_key: str) -> bool:
         return (
