@@ -129,6 +129,8 @@ class Canaries:
         status = await self._settled(message_id, sent + canary.expect_within)
         now = time.time()
         seen["status"] = status or "missing"
+        if status == "stopped":
+            return status
         if status == "sent":
             seen.update(last_arrival=now, latency=now - sent)
             self.engine.metrics.canary(channel, now - sent, now)
@@ -185,6 +187,8 @@ class Canaries:
     async def _settled(self, message_id: str, deadline: float) -> str | None:
         delay = 0.01
         while time.time() < deadline:
+            if not self.engine.running:  # stopping: the job's stop must not wait for it
+                return "stopped"
             row = await self.engine.executor.submit(self.engine.store.get_message, message_id)
             if row is not None and row.status in FINAL:
                 return row.status
