@@ -165,7 +165,7 @@ ALERTS_SPEC = Spec(
     check=_check_alerts,
 )
 
-SLO_MEASURES = ("event_latency", "reconciliation", "work_item_resolution")
+SLO_MEASURES = ("event_latency", "reconciliation", "receipts_invoiced", "work_item_resolution")
 
 SLO_SPEC = Spec(
     "slo",
@@ -176,7 +176,8 @@ SLO_SPEC = Spec(
             Enum(*SLO_MEASURES),
             description="`event_latency`: messages whose every delivery settled within `within` "
             "of ingest; `reconciliation`: chargeable usage whose charge was accepted within "
-            "`within`; `work_item_resolution`: work items (of `kinds`) closed within `within`.",
+            "`within`; `receipts_invoiced`: receipts whose PO line was invoiced (matched or "
+            "released) within `within`; `work_item_resolution`: work items (of `kinds`) closed within `within`.",
         ),
         Field("objective", Float(0.0, 1.0), description="The good share aimed at (0.99)."),
         Field("within", Duration(lo=0.001), description="What counts as good."),

@@ -206,3 +206,27 @@ def test_slo_burn_and_work_item_sla_and_ack_overdue() -> None:
         ("sla", "cleared"),
         ("acks", "cleared"),
     ]
+
+
+def test_lint_checks_the_channels_rules_name_and_each_canary_sample(tmp_path: Path) -> None:
+    (tmp_path / "channels").mkdir()
+    (tmp_path / "channels/usage.yaml").write_text(
+        "codec: {hl7v2: {}}\ncanary:\n  every: 5m\n  input: samples/nowhere.hl7\n"
+    )
+    (tmp_path / "routes.yaml").write_text(
+        "alerts:\n  rules:\n    - {name: errs, when: error_rate, rate: 0.1, channels: [usaeg]}\n"
+        "slos:\n  - {name: s, measure: event_latency, objective: 0.99, within: 5m, "
+        "channels: [nope]}\n"
+    )
+    with pytest.raises(LintFailed) as caught:
+        load_project(tmp_path, env={})
+    text = str(caught.value)
+    assert (
+        "routes.yaml:3:59: alerts.rules[0].channels[0]: no channel 'usaeg' in channels/ "
+        "(have: usage) (did you mean 'usage'?)" in text
+    )
+    assert "slos[0].channels[0]: no channel 'nope'" in text
+    assert (
+        "channels/usage.yaml:4:10: canary.input: expected a sample file relative to the "
+        "project root (got 'samples/nowhere.hl7': no such file) in channel 'usage'" in text
+    )

@@ -124,3 +124,32 @@ def test_reconciliation_is_usage_charged_within_its_time(store: Any) -> None:
     o = judge(store, [objective("reconciliation", within=86400.0 / 1000)], NOW)
     r = o.state(NOW)["slos"][0]
     assert (r["good"], r["total"]) == (1, 3)
+
+
+def test_receipts_invoiced_within_their_time(store: Any) -> None:
+    with store.transaction("t") as tx:
+        c = tx.connection
+        for i, (line, source) in enumerate([("1", "asn"), ("2", "erp"), ("3", "asn")]):
+            c.execute(
+                "INSERT INTO receipts (business_key, po_number, po_line, item_id, quantity, uom, "
+                "base_quantity, source, created_at) VALUES (?, 'PO1', ?, 'I', '1', 'EA', '1', ?, ?)",
+                (f"r{i}", line, source, NOW + 1 + i),
+            )
+        # line 1 invoiced and matched an hour after its receipt, line 2 a day after; 3 never
+        for n, (line, after, status) in enumerate(
+            [("1", 3600, "matched"), ("2", 86400, "released")]
+        ):
+            c.execute(
+                "INSERT INTO invoices (id, partner, vendor_key, invoice_key, invoice_number, "
+                "po_number, status, reasons, body, created_at, updated_at) VALUES "
+                "(?, 'p', 'v', ?, ?, 'PO1', ?, '[]', '{}', ?, ?)",
+                (n + 1, f"k{n}", f"INV{n}", status, NOW, NOW + after),
+            )
+            c.execute(
+                "INSERT INTO invoice_lines (invoice_id, line, po_line, base_quantity) "
+                "VALUES (?, '1', ?, '1')",
+                (n + 1, line),
+            )
+    o = judge(store, [objective("receipts_invoiced", within=2 * 3600.0)], NOW + 3 * 3600)
+    r = o.state(NOW + 3 * 3600)["slos"][0]
+    assert (r["good"], r["total"]) == (1, 3)
