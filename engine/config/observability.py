@@ -177,7 +177,8 @@ SLO_SPEC = Spec(
             description="`event_latency`: messages whose every delivery settled within `within` "
             "of ingest; `reconciliation`: chargeable usage whose charge was accepted within "
             "`within`; `receipts_invoiced`: receipts whose PO line was invoiced (matched or "
-            "released) within `within`; `work_item_resolution`: work items (of `kinds`) closed within `within`.",
+            "released) within `within`; `work_item_resolution`: work items (of `kinds`) "
+            "closed within `within`.",
         ),
         Field("objective", Float(0.0, 1.0), description="The good share aimed at (0.99)."),
         Field("within", Duration(lo=0.001), description="What counts as good."),
