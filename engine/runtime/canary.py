@@ -119,11 +119,11 @@ class Canaries:
         raw = mark_test(sample_of(self.engine.root, canary), self._n)
         seen = self.seen.setdefault(channel, {"last_arrival": None, "latency": None})
         sent = time.time()
-        seen.update(last_sent=sent, status="in_flight", error=None)
+        seen.update(last_sent=sent, status="in_flight")
         try:
             message_id = await self._send(channel, raw)
         except Exception as exc:
-            seen.update(status="refused", error=f"{type(exc).__name__}: {exc}")
+            seen.update(status="refused", error=f"{type(exc).__name__}: {exc}", last_failure=sent)
             log.warn("canary {channel}: {error}", channel=channel, error=seen["error"])
             return "refused"
         status = await self._settled(message_id, sent + canary.expect_within)
@@ -132,9 +132,10 @@ class Canaries:
         if status == "stopped":
             return status
         if status == "sent":
-            seen.update(last_arrival=now, latency=now - sent)
+            seen.update(last_arrival=now, latency=now - sent, error=None)
             self.engine.metrics.canary(channel, now - sent, now)
         else:
+            seen["last_failure"] = now
             seen["error"] = f"ended {status}" if status else "did not come through in time"
             log.warn(
                 "canary {channel}: {error}",
@@ -204,10 +205,12 @@ class Canaries:
         for channel, canary in self.configured().items():
             seen = self.seen.get(channel, {})
             sent, arrived = seen.get("last_sent"), seen.get("last_arrival")
-            late = (
+            failed = seen.get("last_failure")
+            # missing from a canary that failed (or is overdue) until one comes through
+            late = (failed is not None and (arrived is None or arrived < failed)) or (
                 sent is not None
                 and (arrived is None or arrived < sent)
-                and (now - sent > canary.expect_within or seen.get("status") != "in_flight")
+                and now - sent > canary.expect_within
             )
             out[channel] = {
                 "every": canary.every,

@@ -120,6 +120,7 @@ class CanaryTests(unittest.TestCase):
             self.assertEqual(self.ledger(f"SELECT COUNT(*) FROM {table}"), 0, table)
         # its deliveries went out marked test and were answered
         rows = self.engine.store.search(channel="usage", limit=3)
+        self.assertTrue(all(r.peer.startswith("127.0.0.1") for r in rows), rows)  # over MLLP
         deliveries = self.engine.store.deliveries_for(rows[-1].id)
         self.assertEqual(
             sorted((d["destination"], d["status"], d["meta"].get("test")) for d in deliveries),
@@ -142,6 +143,11 @@ class CanaryTests(unittest.TestCase):
         self.assertEqual(
             [(f["rule"], f["subject"]) for f in state["firing"]], [("canaries", "usage")]
         )
+        evaluations = self.engine.alerts.evaluations  # failing canaries go on: no second post
+        yield defer.ensureDeferred(
+            wait_for(lambda: self.engine.alerts.evaluations >= evaluations + 10, "10 evaluations")
+        )
+        self.assertEqual(len(self.hook.posts), 1)
         body = json.loads(self.hook.posts[0]["body"])
         self.assertEqual(
             [(a["subject"], a["state"]) for a in body["alerts"]], [("usage", "firing")]
