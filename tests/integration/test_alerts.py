@@ -159,3 +159,38 @@ class AlertOutageTests(unittest.TestCase):
         _, state = yield defer.ensureDeferred(get_json(admin, "api/alerts"))
         self.assertEqual(state["firing"], [])
         self.assertEqual(len(state["recent"]), 2)
+
+
+@pytest.mark.integration
+class AlertReloadTests(unittest.TestCase):
+    def setUp(self) -> Any:
+        base = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, base, True)
+        self.root = make_project(
+            base,
+            "alerts:\n  rules:\n    - {name: listeners, when: listener_down}\n",
+            {},
+        )
+        self.engine = Engine(self.root, reactor)
+        self.addCleanup(lambda: defer.ensureDeferred(self.engine.stop()))
+        return defer.ensureDeferred(self.engine.start())
+
+    @defer.inlineCallbacks
+    def test_a_reload_replaces_the_rules_and_their_job(self) -> Any:
+        first = self.engine.alerts
+        self.assertEqual([r.name for r in first.rules.rules], ["listeners"])
+        routes = self.root / "routes.yaml"
+        routes.write_text(
+            routes.read_text().replace(
+                "    - {name: listeners, when: listener_down}\n",
+                "    - {name: acks, when: ack_overdue}\n"
+                "slos:\n  - {name: d, measure: event_latency, objective: 0.9, within: 1m}\n",
+            )
+        )
+        changed = yield defer.ensureDeferred(self.engine.reload_if_changed())
+        self.assertTrue(changed)
+        self.assertIsNot(self.engine.alerts, first)
+        self.assertEqual([r.name for r in self.engine.alerts.rules.rules], ["acks"])
+        self.assertEqual([o.config.name for o in self.engine.slos.objectives], ["d"])
+        jobs = [s.name for s in self.engine if s.name in ("job:alerts", "job:slos")]
+        self.assertEqual(sorted(jobs), ["job:alerts", "job:slos"])
