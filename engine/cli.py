@@ -1024,6 +1024,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the engine")
     r.add_argument("--demo", action="store_true", help="start a sample ERP and drop the samples")
     r.add_argument("--exit-when-done", action="store_true", help="with --demo: stop when done")
+    r.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per line on stdout, with channel, message_id and "
+        "correlation_id on every line (what is printed for a person goes to stderr)",
+    )
     r.set_defaults(fn=cmd_run)
 
     sub.add_parser("lint", help="check routes, channels and mappings").set_defaults(fn=cmd_lint)

@@ -327,6 +327,11 @@ class DeliveryWorker:
         self._ready: list[tuple[list[Delivery], str]] = []  # pinned calls waiting for a slot
         self._calls = 0  # bulk calls in flight
         self._flush: IDelayedCall | None = None
+        # health, read by /readyz and the alert rules
+        self.observe: Callable[[str, str, str, int, float], None] | None = None
+        self.failing_since: float | None = None  # first failed attempt since the last success
+        self.consecutive_failures = 0
+        self.last_success: float | None = None
 
     # ----------------------------------------------------------------- control
 
@@ -592,8 +597,26 @@ class DeliveryWorker:
             self._inflight.pop(delivery.id, None)
             self._kick()
 
+    def failing_for(self, now: float) -> float:
+        """Seconds every attempt has failed (0 while the last one succeeded)."""
+        return 0.0 if self.failing_since is None else max(0.0, now - self.failing_since)
+
+    def _outcome(self, kind: str, n: int, started: float) -> None:
+        """Health and metrics of a settled call: ``n`` deliveries had ``kind``."""
+        now = self.clock.seconds()
+        if kind == model.SETTLE_SENT:
+            self.failing_since, self.consecutive_failures = None, 0
+            self.last_success = now
+        elif kind != model.SETTLE_HELD:
+            if self.failing_since is None:
+                self.failing_since = now
+            self.consecutive_failures += 1
+        if self.observe is not None:
+            self.observe(self.channel, self.name, kind, n, now - started)
+
     async def _attempt(self, delivery: Delivery) -> None:
         attempt = delivery.attempts + 1
+        started = self.clock.seconds()
         try:
             response = await defer.ensureDeferred(self.destination.send(delivery))
         except DeliveryError as e:
@@ -611,6 +634,7 @@ class DeliveryWorker:
                 await self.executor.submit(
                     self.store.delivery_succeeded, delivery.id, response, now
                 )
+            self._outcome(model.SETTLE_SENT, 1, started)
             self._log(delivery, attempt, "sent")
             return
 
@@ -624,9 +648,11 @@ class DeliveryWorker:
             until = self._hold(error, now)
             note = f"throttled, held (not counted as an attempt): {text}"
             await self._write(self.store.delivery_held, delivery.id, note, until, now)
+            self._outcome(model.SETTLE_HELD, 1, started)
             self._log(delivery, attempt, f"held {until - now:.1f}s", logged)
             return
         kind, reason, next_at = self._decide(error, attempt, delivery.created_at, now)
+        self._outcome(kind, 1, started)
         if kind == model.SETTLE_QUARANTINED:
             await self._write(
                 self.store.delivery_quarantined, delivery.id, reason, now, durable=True
@@ -787,6 +813,7 @@ class DeliveryWorker:
         if key is None:
             key = model.batch_key(rows)
             await self._write(self.store.pin_batch, [r.id for r in rows], key, self.clock.seconds())
+        started = self.clock.seconds()
         try:
             outcomes = await defer.ensureDeferred(send_batch(rows, key))
         except DeliveryError as e:
@@ -795,17 +822,17 @@ class DeliveryWorker:
             error = DeliveryError(f"{type(e).__name__}: {e}", retryable=True)
         else:
             if len(outcomes) == len(rows):
-                await self._settle_items(rows, outcomes, key)
+                await self._settle_items(rows, outcomes, key, started)
                 return
             error = DeliveryError(
                 f"bulk answer holds {len(outcomes)} result(s) for {len(rows)} item(s)",
                 retryable=True,
                 ambiguous=True,
             )
-        await self._settle_call(rows, error, key)
+        await self._settle_call(rows, error, key, started)
 
     async def _settle_items(
-        self, rows: list[Delivery], outcomes: list[ItemOutcome], key: str
+        self, rows: list[Delivery], outcomes: list[ItemOutcome], key: str, started: float
     ) -> None:
         now = self.clock.seconds()
         settlements: list[Settlement] = []
@@ -816,6 +843,8 @@ class DeliveryWorker:
             tally[s.kind] = tally.get(s.kind, 0) + 1
         if not any(o.error is not None and o.error.throttled for o in outcomes):
             self._throttles = 0
+        for kind, n in sorted(tally.items(), key=lambda kv: kv[0] == model.SETTLE_SENT):
+            self._outcome(kind, n, started)  # a call with any row sent ends healthy
         await self._write(
             self.store.settle_batch, settlements, now, durable=_settles_durably(settlements)
         )
@@ -856,7 +885,9 @@ class DeliveryWorker:
         # the key of the call that settled it.
         return Settlement(row.id, kind, response, reason, next_at, unpin=kind == model.SETTLE_RETRY)
 
-    async def _settle_call(self, rows: list[Delivery], error: DeliveryError, key: str) -> None:
+    async def _settle_call(
+        self, rows: list[Delivery], error: DeliveryError, key: str, started: float
+    ) -> None:
         """A call that failed as a whole: its rows are settled alike, once for the call (they
         stay pinned: a resend is the same call under the same key)."""
         now = self.clock.seconds()
@@ -874,6 +905,7 @@ class DeliveryWorker:
             )
             outcome = kind if next_at is None else f"retry in {next_at - now:.1f}s"
         settlements = [Settlement(r.id, kind, error.response, reason, next_at) for r in rows]
+        self._outcome(kind, len(rows), started)
         await self._write(
             self.store.settle_batch, settlements, now, durable=_settles_durably(settlements)
         )
@@ -907,6 +939,8 @@ class DeliveryWorker:
             outcome=outcome,
             sep=": " if error else "",
             error=error,
+            message_id=delivery.message_id,
+            correlation_id=delivery.correlation_id,
         )
 
 

@@ -60,13 +60,23 @@ def log_level(env: dict[str, str] | os._Environ[str] = os.environ) -> LogLevel:
     return LogLevel.levelWithName(name)
 
 
-def _start_logging() -> None:
+def _start_logging(fmt: str = "text") -> None:
+    """Log to stdout as text, or (``json``) as one JSON object per line (engine/jsonlog.py);
+    with json, what ``wharf run`` prints for a person goes to stderr, so every line of stdout
+    is JSON."""
     level = log_level()
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     if level > LogLevel.debug:
         # Twisted's own factory start/stop and access-log lines drown the engine's.
         predicate.setLogLevelForNamespace("twisted", LogLevel.warn)
-    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])
+    if fmt == "json":
+        from engine.jsonlog import JsonLines
+
+        sink: Any = JsonLines(sys.stdout)
+        sys.stdout = sys.stderr
+    else:
+        sink = textFileLogObserver(sys.stdout)
+    observer = FilteringLogObserver(sink, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -76,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.errors import LintFailed
     from engine.runtime import Engine
 
-    _start_logging()
+    _start_logging(getattr(args, "log_format", "text"))
     root: Path = args.root
     sandbox = None
     if args.demo and "ERP_URL" not in os.environ:

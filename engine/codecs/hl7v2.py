@@ -481,6 +481,20 @@ def make_hl7(options: Any) -> Hl7Codec:
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 
 
+def with_msh(raw: bytes, **fields: bytes) -> bytes:
+    """``raw`` with MSH fields replaced (``with_msh(raw, f11=b"T")`` sets MSH-11, the
+    processing id), segments ended by CR; the rest byte for byte."""
+    segments = raw.lstrip().replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+    sep = segments[0][3:4]
+    msh = segments[0].split(sep)  # msh[n - 1] is MSH-n (MSH-1 is the separator itself)
+    for name, value in fields.items():
+        n = int(name.removeprefix("f"))
+        msh += [b""] * (n - len(msh))
+        msh[n - 1] = value
+    segments[0] = sep.join(msh)
+    return b"\r".join(s for s in segments if s) + b"\r"
+
+
 def is_batch(raw: bytes) -> bool:
     """An HL7 batch file or batch (FHS/BHS envelope) rather than a single message."""
     return raw[:3] in (b"FHS", b"BHS")

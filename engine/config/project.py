@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from engine.config import observability
 from engine.config.store_path import STORE_DEFAULT
 from engine.config.yamlnodes import compose_file, empty_mapping
 from engine.errors import ConfigError, LintFailed
@@ -310,6 +311,7 @@ _CHANNEL_TAIL = [
         "Destination (MLLP) that takes enhanced-mode application ACKs when MSH-16 asks.",
     ),
     Field("tests", ListOf(TEST_SPEC), (), "Channel tests, run by `wharf test` and pytest."),
+    *observability.CHANNEL_FIELDS,
 ]
 
 RETENTION_SPEC = Spec(
@@ -383,6 +385,7 @@ _ROUTES_TAIL = [
         "Wharf's own SFTP server: a chrooted inbound/outbound/archive folder per trading "
         "partner; channels pick files up with a dropfolder source on a partner's inbound/.",
     ),
+    *observability.ROUTES_FIELDS,
 ]
 
 _SPECS: dict[tuple[str, int, tuple[str, ...]], Spec] = {}
@@ -536,6 +539,8 @@ def load_project(
             extras.update(loaded)
             errors += problems
     errors += _source_checks(channels, registry)
+    if settings is not INVALID:
+        errors += observability.check_project(settings, channels, root, error_at)
     if errors:
         raise LintFailed(errors)
     return Project(root, settings, channels, mappings, seen, extras, content_version(root))

@@ -343,6 +343,8 @@ class HttpDestination:
         headers = self._headers(
             delivery.content_type, delivery.idempotency_key, delivery.correlation_id, values
         )
+        if delivery.meta.get("test"):  # test data (a canary): the receiver records nothing
+            headers[b"X-Wharf-Test"] = [b"true"]
         answer = await call_with_auth(
             self.caller, self.auth, self.options.method, url, headers, delivery.payload
         )
@@ -386,6 +388,8 @@ class HttpDestination:
         url = render_template(self.options.url, values, what="url", quote=url_quote)
         body = json.dumps({bulk.items_field: items}, ensure_ascii=False).encode()
         headers = self._headers("application/json", key, first.correlation_id, values)
+        if all(d.meta.get("test") for d in deliveries):
+            headers[b"X-Wharf-Test"] = [b"true"]
         answer = await call_with_auth(self.caller, self.auth, "POST", url, headers, body)
         now = self.reactor.seconds()
         if not answer.ok:

@@ -40,7 +40,7 @@ from twisted.internet import endpoints, error, task
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 
-from engine.codecs.hl7v2 import Hl7Message, tokenize
+from engine.codecs.hl7v2 import Hl7Message, tokenize, with_msh
 from engine.errors import CodecError, DeliveryError
 from engine.model import Delivery
 from engine.net.mllp import (
@@ -386,6 +386,8 @@ class MLLPDestination:
         """Send ``delivery.payload`` and wait for its ACK; the ACK bytes on AA/CA, else raise
         :class:`DeliveryError`."""
         payload = delivery.payload
+        if delivery.meta.get("test") and payload.lstrip().startswith(b"MSH"):
+            payload = with_msh(payload, f11=b"T")  # test data (a canary): the receiver's flag
         control_id = _control_id(payload)
         if self._closed:
             raise DeliveryError(f"{self.peer}: destination is closed", retryable=True)

@@ -41,6 +41,7 @@ from engine.registry import REGISTRY, Registry
 from engine.resources import Resources, snapshot_of
 from engine.router import Listener
 from engine.runtime.ingest import FrontDoor
+from engine.runtime.metrics import Metrics
 from engine.runtime.outcomes import DeliveryBook
 from engine.runtime.pinned import pinned_channel
 from engine.runtime.processor import Processor
@@ -88,6 +89,7 @@ class Engine(OrderedServices):
         self.listeners: dict[str, Listener] = {}
         self.sources: dict[str, Any] = {}
         self.book = DeliveryBook(self.store, self._bindings)
+        self.metrics = Metrics()
         self.processor = Processor(
             reactor=reactor,
             store=self.store,
@@ -98,6 +100,7 @@ class Engine(OrderedServices):
             delivered=self.wake_destinations,
             workers=self._workers_of,
             pinned=self._pinned,
+            metrics=self.metrics,
         )
         self.door = FrontDoor(
             reactor=reactor,
@@ -108,8 +111,12 @@ class Engine(OrderedServices):
             channels=lambda: self.channels,
             listeners=lambda: self.listeners,
             sources=lambda: self.sources,
+            metrics=self.metrics,
         )
         self.sftp: Any = None
+        self.alerts: Any = None  # engine.runtime.alerts.Alerts when routes.yaml has alerts:
+        self.canaries: Any = None  # engine.runtime.canary.Canaries when a channel has one
+        self.slos: Any = None  # engine.runtime.slos.Objectives when routes.yaml has slos:
         self.rejected_fingerprint: dict[str, Any] | None = None
         self._reloading = False
         self._started: defer.Deferred | None = None
@@ -169,6 +176,7 @@ class Engine(OrderedServices):
             JobService("reload", interval, self.reload_if_changed, clock).setServiceParent(self)
         if self.project.settings.sftp_server is not None:
             await self._start_sftp()
+        await self._watch(None)
         self.processor.sweep()
 
     def stopService(self) -> defer.Deferred:
@@ -188,6 +196,8 @@ class Engine(OrderedServices):
                 pass  # a failed start still leaves what it opened to close
         service.Service.stopService(self)
         await self._stop_children()
+        if self.alerts is not None:
+            await self.alerts.close()
         await self.executor.stop()
         self.pool.stop()
         self.store.close()
@@ -327,7 +337,7 @@ class Engine(OrderedServices):
         return SourceService("source", source, chosen)
 
     def _worker(self, channel: str, dest: Any) -> WorkerService:
-        return make_worker(
+        svc = make_worker(
             self.registry,
             channel,
             dest,
@@ -337,6 +347,8 @@ class Engine(OrderedServices):
             executor=self.executor,
             lend={"resources": lambda: self.resources},
         )
+        svc.worker.observe = self.metrics.deliver
+        return svc
 
     def _add_channel(self, channel: Channel) -> None:
         tree = OrderedServices()
@@ -373,6 +385,38 @@ class Engine(OrderedServices):
         except KeyError:
             return {}
         return {c.worker.name: c.worker for c in tree if isinstance(c, WorkerService)}
+
+    # -- health (read by engine.web.observability and the alert rules) ------------------------
+    def listener_states(self) -> dict[str, bool]:
+        """Each source that listens on a port (a channel's, a shared listener's) and Wharf's
+        SFTP server, by key: whether it is bound now."""
+        out = {}
+        for key, src in self.sources.items():
+            if getattr(src, "ready", None) is None:
+                continue  # a folder or a poller: nothing to bind
+            out[key] = getattr(src, "port", None) is not None and getattr(src, "mounted", True)
+        if self.sftp is not None:
+            out["sftp-server"] = getattr(self.sftp, "listening", None) is not None
+        return out
+
+    def destination_states(self) -> list[dict[str, Any]]:
+        """Each running destination: ``failing_for`` (seconds every attempt has failed, 0
+        while healthy), ``consecutive_failures``, ``held_until`` (a 429's hold)."""
+        now = self.reactor.seconds()
+        return [
+            {
+                "channel": channel,
+                "destination": name,
+                "failing_for": worker.failing_for(now),
+                "consecutive_failures": worker.consecutive_failures,
+                "held_until": worker.held_until,
+            }
+            for (channel, name), worker in sorted(self.workers.items())
+        ]
+
+    def store_writable(self) -> defer.Deferred:
+        """Fires with whether the store takes a write now (on the store's own thread)."""
+        return self.executor.submit(self.store.writable)
 
     def wake_destinations(self, channel: str) -> None:
         try:
@@ -411,6 +455,45 @@ class Engine(OrderedServices):
 
     async def _audit(self, action: str, detail: dict[str, Any]) -> None:
         await self._audit_for("wharf", action, str(self.root), detail)
+
+    # -- watching: alerts, SLOs, canaries -------------------------------------------------------
+    async def _watch(self, old: Project | None) -> None:
+        """Start (or, after a reload that changed them, restart) the alert job, the SLO
+        measurement and the canaries."""
+        from engine.runtime.alerts import Alerts, readings_of
+
+        settings = self.project.settings
+        before = old.settings if old is not None else None
+        if before is None or _strip(before.alerts) != _strip(settings.alerts):
+            await self.replace("job:alerts", None)
+            if self.alerts is not None:
+                await self.alerts.close()
+                self.alerts = None
+            if settings.alerts is not None:
+                self.alerts = Alerts(
+                    settings.alerts, lambda: defer.ensureDeferred(readings_of(self)), self.reactor
+                )
+                JobService(
+                    "alerts", settings.alerts.interval, self.alerts.evaluate, self.reactor
+                ).setServiceParent(self)
+        if before is None or _strip(before.slos) != _strip(settings.slos):
+            from engine.runtime.slos import Objectives
+
+            await self.replace("job:slos", None)
+            self.slos = None
+            if settings.slos:
+                self.slos = Objectives(settings.slos, self.store, self.registry, self.reactor)
+                JobService(
+                    "slos", self.slos.interval, self.slos.measure, self.reactor
+                ).setServiceParent(self)
+        from engine.runtime.canary import Canaries
+
+        for child in [c for c in self if (c.name or "").startswith("job:canary-")]:
+            await self.replace(child.name, None)
+        if self.canaries is None:
+            self.canaries = Canaries(self)
+        for job in self.canaries.jobs():
+            job.setServiceParent(self)
 
     # -- domains -------------------------------------------------------------------------------
     def _bindings_of(self, domain: Any) -> dict[str, Binding]:
@@ -537,6 +620,7 @@ class Engine(OrderedServices):
                 await self.replace(child.name, None)
         for job in self._domain_jobs():
             job.setServiceParent(self)
+        await self._watch(old)
         await self._audit(
             "reload",
             {"channels": sorted(wanted), "changed": _changed(old.fingerprint, project.fingerprint)},

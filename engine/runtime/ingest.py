@@ -40,8 +40,10 @@ class FrontDoor:
         channels: Callable[[], Mapping[str, Any]],
         listeners: Callable[[], Mapping[str, Any]],
         sources: Callable[[], Mapping[str, Any]],
+        metrics: Any = None,
     ) -> None:
         self.reactor = reactor
+        self.metrics = metrics  # engine.runtime.metrics.Metrics (ingest outcomes, ACK latency)
         self.store = store
         self.executor = executor
         self.pool = pool
@@ -195,7 +197,16 @@ class FrontDoor:
             arrival=arrival,
         )
 
-    async def ingest(
+    async def ingest(self, channel_name: str, raw: bytes, peer: str, **kw: Any) -> IngestOutcome:
+        """One message into a channel (see :meth:`_ingest`), counted with the time until its
+        answer."""
+        started = time.monotonic()
+        outcome = await self._ingest(channel_name, raw, peer, **kw)
+        if self.metrics is not None:
+            self.metrics.ingest(channel_name, outcome.kind, time.monotonic() - started)
+        return outcome
+
+    async def _ingest(
         self,
         channel_name: str,
         raw: bytes,

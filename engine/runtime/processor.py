@@ -26,6 +26,7 @@ from twisted.python.threadpool import ThreadPool
 from engine.channel import Channel, Result
 from engine.interfaces import Binding, Booking
 from engine.model import ERROR, Outbound
+from engine.runtime.canary import is_test
 
 log = Logger(namespace="wharf.pipeline")
 
@@ -62,15 +63,17 @@ class Outcome:
     correlation_id: str = ""
     durable: bool = False  # a booking allocated what must survive a power loss
     config_version: str | None = None  # the configuration that produced it
+    test: bool = False  # test data (a canary): the domains' bookings are undone (see _finish)
 
 
 def outcome_of(work: Work, channel: Channel, result: Result) -> Outcome:
     bookings = channel.bookings(result.events) if result.events else []
+    test = bool(result.outbound or bookings) and is_test(work.raw)
     return Outcome(
         message_id=work.id,
         status=result.status,
         transformed=result.transformed,
-        outbound=result.outbound,
+        outbound=[_marked(o, work.id) for o in result.outbound] if test else result.outbound,
         business_keys=result.keys,
         error=result.error,
         error_location=result.error_location,
@@ -80,7 +83,18 @@ def outcome_of(work: Work, channel: Channel, result: Result) -> Outcome:
         correlation_id=work.correlation_id,
         durable=any(binding.domain.durable for binding, _ in bookings),
         config_version=channel.version,
+        test=test,
     )
+
+
+def _marked(out: Outbound, message_id: str) -> Outbound:
+    """A test message's payload: its delivery carries the test flag, and an idempotency key
+    of its own (a domain derives keys from business keys that its undone booking frees for
+    the next canary)."""
+    meta = {**out.meta, "test": True}
+    if "idempotency_key" in meta:
+        meta["idempotency_key"] = f"{meta['idempotency_key']}@test:{message_id}"
+    return dataclasses.replace(out, meta=meta)
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,12 @@ def _finish(
     if outcome.status != ERROR:
         booking = Booking(outcome.message_id, outcome.correlation_id, outcome.channel, now)
         for binding, records in outcome.bookings:
-            outbound += binding.book(tx, booking, records)
+            if outcome.test:  # its payloads go out, marked test; the domains keep no record
+                with tx.undone():
+                    made = binding.book(tx, booking, records)
+                outbound += [_marked(o, outcome.message_id) for o in made]
+            else:
+                outbound += binding.book(tx, booking, records)
     queued = tx.finish(
         outcome.message_id,
         status=outcome.status,
@@ -248,10 +267,12 @@ class Processor(service.Service):
         workers: Callable[[str], dict[str, Any]] | None = None,
         per_channel: int | None = None,
         pinned: Callable[[str, str], Channel | None] | None = None,
+        metrics: Any = None,
     ) -> None:
         """``pinned(channel, version)``: the channel as configuration ``version`` had it, for a
         replay "as originally processed" (None, or no ``pinned``: the running channel)."""
         self.reactor = reactor
+        self.metrics = metrics  # engine.runtime.metrics.Metrics (statuses by channel)
         self.store = store
         self.executor = executor
         self.pool = pool
@@ -480,12 +501,15 @@ class Processor(service.Service):
             self.processed += len(results)
             woken: set[str] = set()
             for w, _, r in results:
+                if self.metrics is not None:
+                    self.metrics.process(w.channel, r.status)
                 if r.work_item:
                     log.error(
                         "work item {kind} for message {id} on {channel}: {subject}",
                         kind=r.work_item[0],
                         id=w.id,
                         channel=w.channel,
+                        correlation_id=w.correlation_id,
                         subject=r.work_item[1],
                     )
                 elif r.error:
@@ -493,6 +517,7 @@ class Processor(service.Service):
                         "message {id} on {channel}: {status} at {where}",
                         id=w.id,
                         channel=w.channel,
+                        correlation_id=w.correlation_id,
                         status=r.status,
                         where=r.error_location,
                     )

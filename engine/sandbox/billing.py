@@ -70,6 +70,14 @@ class BillingReceiver:
             log.info("sandbox billing from {peer}: AR (not HL7)", peer=peer)
             return responder.rejected(frame, exc)
         msh = msg.msh
+        if str(msh.get(11) or "").split("^")[0] == "T":  # test data: checked, never recorded
+            try:
+                with self.state.dry_run():
+                    self._store(msg, f"MLLP-TEST:{msg.control_id}")
+            except Reject as exc:
+                return make_ack(msg, exc.code, exc.error)
+            log.info("sandbox billing from {peer}: AA (test message, not recorded)", peer=peer)
+            return make_ack(msg, "AA")
         key = f"MLLP:{msh.get(3)}|{msh.get(4)}|{msg.control_id}"
         seen = self.state.remembered(key) if msg.control_id else None
         if seen is not None:

@@ -223,6 +223,18 @@ class SandboxState:
         if self._depth == 0:
             self.db.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def dry_run(self) -> Iterator[None]:
+        """A transaction that is always undone: a test-marked request is checked as any other
+        and answered, and leaves no record (only the ``test_requests`` counter moves)."""
+        try:
+            with self.transaction():
+                yield
+                raise _Undone
+        except _Undone:
+            pass
+        self.bump("test_requests")
+
     def _next_id(self, table: str, prefix: str) -> str:
         row = self.db.execute(f"SELECT COALESCE(MAX(seq), 0) + 1 FROM {table}").fetchone()
         return f"{prefix}-{row[0]}"
@@ -581,3 +593,7 @@ class SandboxState:
         for row in self.db.execute("SELECT name, value FROM counters"):
             out[row["name"]] = row["value"]
         return out
+
+
+class _Undone(Exception):
+    """Raised to undo a dry run's transaction."""

@@ -266,6 +266,14 @@ CONFIG_VERSIONS_MIGRATION: Migration = (
     _config_versions,
 )
 
+# The work-item resolution SLO judges each item once its time to close is up, in the order
+# the items were opened (engine/runtime/slos.py): an index of their opening time.
+MIGRATION_WORK_ITEMS_BY_OPENING: Migration = (
+    16,
+    "work items by their opening time (the work-item resolution objective)",
+    ["CREATE INDEX IF NOT EXISTS idx_work_items_created ON work_items(created_at)"],
+)
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -282,6 +290,7 @@ MIGRATIONS: list[Migration] = [
     (13, "the credential each message came with (messages.origin)", _v13_message_origin),
     (14, "work items found by their message", _V14_WORK_ITEMS_BY_MESSAGE),
     CONFIG_VERSIONS_MIGRATION,
+    MIGRATION_WORK_ITEMS_BY_OPENING,
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

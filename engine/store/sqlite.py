@@ -744,6 +744,105 @@ class SqliteStore:
             "dead_letters": dead[0][0],
         }
 
+    def queue_stats(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Per (channel, destination) with deliveries waiting (pending or inflight): how many
+        and when the oldest was queued (``oldest_at``). Read from the partial indexes of
+        pending and inflight rows, so it costs the queue's length, never the outbox's."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for status, index in (
+            ("pending", "idx_outbox_pending"),
+            ("inflight", "idx_outbox_inflight"),
+        ):
+            # INDEXED BY: the planner would rather scan the whole claim index (every row)
+            rows = self._query(
+                "queue_stats",
+                f"SELECT channel, destination, COUNT(*), MIN(id) FROM outbox INDEXED BY {index} "
+                f"WHERE status = '{status}' GROUP BY channel, destination",
+            )
+            for channel, destination, n, first in rows:
+                entry = out.setdefault(
+                    (channel, destination), {"pending": 0, "inflight": 0, "first": first}
+                )
+                entry[status] = int(n)
+                entry["first"] = min(entry["first"], first)
+        for entry in out.values():
+            at = self._query(
+                "queue_stats", "SELECT created_at FROM outbox WHERE id = ?", (entry.pop("first"),)
+            )
+            entry["oldest_at"] = float(at[0][0]) if at else None
+        return out
+
+    def work_item_stats(self) -> dict[str, dict[str, Any]]:
+        """Open work items per kind: how many and when the oldest was opened (``oldest_at``),
+        from the index of open items by kind (ids grow with time: the smallest is the
+        oldest)."""
+        rows = self._query(
+            "work_item_stats",
+            "SELECT kind, COUNT(*), MIN(id) FROM work_items WHERE status = 'open' GROUP BY kind",
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for kind, n, first in rows:
+            at = self._query(
+                "work_item_stats", "SELECT created_at FROM work_items WHERE id = ?", (first,)
+            )
+            out[kind] = {"open": int(n), "oldest_at": float(at[0][0]) if at else None}
+        return out
+
+    def judged_messages(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, str, bool]]:
+        """Messages received in (since, until], oldest first (at most ``limit``; filtered and
+        conflicting ones left out): when, their channel, and whether every delivery settled
+        (status ``sent``) within ``within`` seconds of ingest. From the index of receipt
+        times."""
+        rows = self._query(
+            "judged_messages",
+            "SELECT received_at, channel, status, updated_at FROM messages "
+            "WHERE received_at > ? AND received_at <= ? ORDER BY received_at LIMIT ?",
+            (since, until, limit),
+        )
+        return [
+            (float(at), channel, status == "sent" and updated - at <= within)
+            for at, channel, status, updated in rows
+            if status not in ("filtered", "conflict")
+        ]
+
+    def judged_work_items(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, str, bool]]:
+        """Work items opened in (since, until], oldest first (at most ``limit``): when, their
+        kind, and whether they were closed or resolved within ``within`` seconds. From the
+        index of opening times (schema 15)."""
+        rows = self._query(
+            "judged_work_items",
+            "SELECT created_at, kind, status, updated_at FROM work_items "
+            "WHERE created_at > ? AND created_at <= ? ORDER BY created_at LIMIT ?",
+            (since, until, limit),
+        )
+        return [
+            (float(at), kind, status != "open" and updated - at <= within)
+            for at, kind, status, updated in rows
+        ]
+
+    def message_by_dedup_key(self, channel: str, dedup_key: str) -> str | None:
+        """The id of the newest message of ``channel`` with ``dedup_key`` (its index)."""
+        rows = self._query(
+            "message_by_dedup_key",
+            "SELECT id FROM messages WHERE channel = ? AND dedup_key = ? "
+            "ORDER BY received_at DESC LIMIT 1",
+            (channel, dedup_key),
+        )
+        return rows[0][0] if rows else None
+
+    def writable(self) -> bool:
+        """Whether a write transaction can start now (it writes nothing): for /readyz."""
+        try:
+            with self._write("writable", durable=False):
+                pass
+        except StoreError:
+            return False
+        return True
+
     def deliveries_for(self, message_id: str) -> list[dict[str, Any]]:
         """Every outbox row of a message (oldest first) as plain dicts, for the message view."""
         columns = (

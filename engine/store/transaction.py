@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,19 @@ class SqliteTransaction:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.connection = conn
+
+    @contextmanager
+    def undone(self) -> Iterator[None]:
+        """A savepoint that is always rolled back: what runs inside computes its answer and
+        leaves no row (a test message's domain bookings: their payloads go out, marked
+        test, and the domains' records stay as they were)."""
+        self.connection.execute("SAVEPOINT wharf_undone")
+        try:
+            yield
+        finally:
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK TO wharf_undone")
+                self.connection.execute("RELEASE wharf_undone")
 
     # ------------------------------------------------------------------ contents
 

@@ -318,6 +318,20 @@ class LedgerDomain:
             )
         return jobs
 
+    def gauges(self, tx: Transaction) -> Mapping[str, float]:
+        """Its business counters for the metrics (cheap: indexed counts)."""
+        return {"open_requisitions": float(repository(tx).open_requisitions())}
+
+    def judged(
+        self, tx: Transaction, measure: str, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]] | None:
+        """For the objectives (engine/runtime/slos.py): ``reconciliation``: each chargeable
+        event booked in (since, until] and whether its charge was accepted within ``within``;
+        None for a measure it does not keep."""
+        if measure != "reconciliation":
+            return None
+        return repository(tx).charge_outcomes(since, until, within, limit)
+
     def prune(self, tx: Transaction, settings: Any, now: float, limit: int) -> int:
         keep = getattr(settings, "ledger_retention", 0) or 0
         return repository(tx).prune(now - keep, limit) if keep else 0

@@ -91,6 +91,14 @@ class InMemoryLedgerRepository:
             for r in self.requisitions
         )
 
+    def charge_outcomes(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]]:
+        return []  # (the in-memory ledger of the channel tests keeps no booking times)
+
+    def open_requisitions(self) -> int:
+        return sum(1 for r in self.requisitions if r["status"] == "open")
+
     def requisition_requested(self, business_key: str) -> bool:
         return any(r["business_key"] == business_key for r in self.requisitions)
 

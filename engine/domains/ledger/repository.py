@@ -66,6 +66,12 @@ class LedgerRepository(Protocol):
 
     def has_open_requisition(self, location: str, item: str) -> bool: ...
 
+    def open_requisitions(self) -> int: ...
+
+    def charge_outcomes(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]]: ...
+
     def requisition_requested(self, business_key: str) -> bool: ...
 
     def add_requisition(
@@ -229,6 +235,28 @@ class SqliteLedgerRepository:
             ).fetchone()
             is not None
         )
+
+    def open_requisitions(self) -> int:
+        """How many requisitions are open (from the index by status)."""
+        return int(
+            self.conn.execute("SELECT COUNT(*) FROM requisitions WHERE status = 'open'").fetchone()[
+                0
+            ]
+        )
+
+    def charge_outcomes(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]]:
+        """Chargeable events booked in (since, until], oldest first (at most ``limit``): when,
+        and whether their charge was accepted within ``within`` seconds of booking."""
+        rows = self.conn.execute(
+            "SELECT e.created_at, EXISTS (SELECT 1 FROM charges c WHERE c.event_id = e.id "
+            "AND c.status = 'accepted' AND c.updated_at <= e.created_at + ?) "
+            "FROM consumption_events e WHERE e.created_at > ? AND e.created_at <= ? "
+            "AND e.chargeable = 1 ORDER BY e.created_at LIMIT ?",
+            (within, since, until, limit),
+        ).fetchall()
+        return [(float(at), bool(good)) for at, good in rows]
 
     def requisition_requested(self, business_key: str) -> bool:
         return (

@@ -136,11 +136,23 @@ _HELD_CREDITS = [
     "CREATE INDEX IF NOT EXISTS idx_held_credits_status ON held_credits(status, created_at)",
 ]
 
+# The open-requisitions metric counts open requisitions from an index of their status; the
+# reconciliation objective judges events in the order they were booked.
+MIGRATION_OBSERVABILITY_INDEXES: Migration = (
+    5,
+    "indexes of requisitions by status and events by booking time (metrics and objectives)",
+    [
+        "CREATE INDEX IF NOT EXISTS idx_requisitions_status ON requisitions(status)",
+        "CREATE INDEX IF NOT EXISTS idx_events_created ON consumption_events(created_at)",
+    ],
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
     (3, "index of charges by event", _CHARGE_EVENT_INDEX),
     (4, "credits held for want of the line they reverse", _HELD_CREDITS),
+    MIGRATION_OBSERVABILITY_INDEXES,
 ]
 
 

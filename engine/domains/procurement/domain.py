@@ -215,6 +215,16 @@ class ProcurementDomain:
             )
         ]
 
+    def judged(
+        self, tx: Transaction, measure: str, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]] | None:
+        """For the objectives (engine/runtime/slos.py): ``receipts_invoiced``: each receipt
+        recorded in (since, until] and whether its PO line was invoiced within ``within``;
+        None for a measure it does not keep."""
+        if measure != "receipts_invoiced":
+            return None
+        return repository(tx).receipt_outcomes(since, until, within, limit)
+
     def prune(self, tx: Transaction, settings: Any, now: float, limit: int) -> int:
         return 0  # purchase orders, receipts and invoices are kept (their retention: a follow-up)
 

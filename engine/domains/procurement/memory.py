@@ -359,6 +359,11 @@ class InMemoryProcurementRepository:
             if r["po_number"] == po_number and r["source"] in RECEIVED_SOURCES
         ]
 
+    def receipt_outcomes(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]]:
+        return []  # (the in-memory book of the channel tests keeps no receipt times)
+
     def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]:
         return [
             (r["po_number"], r["po_line"], r["item_id"], r["base_quantity"], r["created_at"])

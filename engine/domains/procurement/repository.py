@@ -238,6 +238,10 @@ class ProcurementRepository(Protocol):
 
     def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]: ...
 
+    def receipt_outcomes(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]]: ...
+
     def add_to_onhand(
         self, location: str, item: str, quantity: Decimal, uom: str, now: float
     ) -> None: ...
@@ -630,6 +634,22 @@ class SqliteProcurementRepository:
                 (po_number,),
             )
         ]
+
+    def receipt_outcomes(
+        self, since: float, until: float, within: float, limit: int
+    ) -> list[tuple[float, bool]]:
+        """Receipts (ASN, ERP) recorded in (since, until], oldest first (at most ``limit``):
+        when, and whether a matched or released invoice line for their PO line was on file
+        within ``within`` seconds of the receipt."""
+        rows = self.conn.execute(
+            "SELECT r.created_at, EXISTS (SELECT 1 FROM invoices i JOIN invoice_lines l "
+            "ON l.invoice_id = i.id WHERE i.po_number = r.po_number AND l.po_line = r.po_line "
+            "AND i.status IN ('matched', 'released') AND i.updated_at <= r.created_at + ?) "
+            "FROM receipts r WHERE r.created_at > ? AND r.created_at <= ? "
+            "AND r.source IN ('asn', 'erp') ORDER BY r.created_at LIMIT ?",
+            (within, since, until, limit),
+        ).fetchall()
+        return [(float(at), bool(good)) for at, good in rows]
 
     def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]:
         """(PO, PO line, item, quantity in the base unit, when) of every receipt (ASN, ERP)
