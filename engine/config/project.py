@@ -41,6 +41,7 @@ from engine.spec import (
     did_you_mean,
     join,
 )
+from engine.web.config import ADMIN_SPEC
 
 NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
 
@@ -354,6 +355,12 @@ _ROUTES_TAIL = [
         None,
         "Wharf's own SFTP server: a chrooted inbound/outbound/archive folder per trading "
         "partner; channels pick files up with a dropfolder source on a partner's inbound/.",
+    ),
+    Field(
+        "admin",
+        ADMIN_SPEC,
+        None,
+        "The admin listener: the web console, its JSON API, health and metrics (none: off).",
     ),
 ]
 

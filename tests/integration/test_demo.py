@@ -29,6 +29,7 @@ PORT_VARIABLES = (
     "PO_HTTP_PORT",
     "RECEIPT_HTTP_PORT",
     "SFTP_PORT",
+    "ADMIN_PORT",
     *DEMO_PORTS,
 )
 
