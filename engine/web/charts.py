@@ -48,6 +48,9 @@ def line(title: str, points: Sequence[tuple[float, float]], start: float, end: f
     if points:
         path = " ".join(xy(t, v) for t, v in points)
         parts.append(f'<polyline points="{path}" class="line"/>')
+        for t, v in points:
+            x, y = xy(t, v).split(",")
+            parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" class="dot"/>')
     parts.append(
         f'<text x="{PAD}" y="{HEIGHT - 8}">{_hm(start)}</text>'
         f'<text x="{WIDTH - PAD}" y="{HEIGHT - 8}" text-anchor="end">{_hm(end)}</text>'

@@ -154,7 +154,8 @@ async def integration(ctx: Ctx) -> Response:
     svg_throughput = charts.line(
         "messages received per 5 minutes (24h)", t["points"], t["since"], t["until"]
     )
-    svg_depth = charts.bars("queue depth by destination", data["queue_depth"])
+    deepest = [(name, n) for name, n in data["queue_depth"] if n][:12]
+    svg_depth = charts.bars("queue depth by destination (deepest 12)", deepest)
     return ctx.page("integration.html", data=data, throughput=svg_throughput, depth=svg_depth)
 
 

@@ -95,8 +95,8 @@ def integration(
         rows.append(
             {
                 "name": name,
-                "received": sum(c.values()),
                 **{s: c.get(s, 0) for s in model.MESSAGE_STATUSES},
+                "received": sum(c.values()),  # every message taken, whatever its status now
                 "errored": c.get(model.ERROR, 0) + c.get("conflict", 0),
                 "oldest_queued_age": _age(oldest, now),
                 "listener": listener,
@@ -120,9 +120,10 @@ def integration(
             "bucket_seconds": BUCKET_SECONDS,
             "points": points,
         },
-        "queue_depth": [
-            (f"{r['name']}/{d['name']}", d["queued"]) for r in rows for d in r["destinations"]
-        ],
+        "queue_depth": sorted(
+            ((f"{r['name']}/{d['name']}", d["queued"]) for r in rows for d in r["destinations"]),
+            key=lambda kv: -kv[1],
+        ),
     }
 
 
