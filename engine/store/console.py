@@ -463,7 +463,7 @@ def browse_sql(
         try:
             cursor = (float(at), int(rowid))
         except ValueError:
-            raise StoreError(f"expected a page cursor TIME:ROWID (got {after!r})") from None
+            raise ValueError(f"after: expected a page cursor TIME:ROWID (got {after!r})") from None
         clauses.append("(m.received_at < ? OR (m.received_at = ? AND m.rowid < ?))")
         params += [cursor[0], cursor[0], cursor[1]]
     if clauses:
