@@ -184,3 +184,32 @@ def test_a_pause_holds_deliveries_across_a_restart_until_resumed(tmp_path: Path)
         mine = [(e["action"], e["target"]) for e in audit["entries"] if e["actor"] == "operator"]
         assert ("pause", "usage_to_erp/*") in mine and ("resume", "usage_to_erp/*") in mine
     shutil.rmtree(tmp_path / "project", ignore_errors=True)
+
+
+def test_an_analyst_edits_and_replays_a_message_with_the_diff_audited(console_demo: Demo) -> None:
+    analyst = console_demo.client("analyst")
+    _, page = analyst.get_json("/api/messages?channel=usage_to_erp&status=error")
+    (bad,) = [m for m in page["messages"] if m["control_id"] == "POU-BAD-1"]
+    _, view = analyst.get_json(f"/api/messages/{bad['id']}?body=1")
+    raw = view["contents"]["raw"]["text"]
+    good = (ROOT / "mappings/charge_codes.csv").read_text().splitlines()[3].split(",")[0]
+    status, _ = analyst.request(
+        "POST",
+        f"/messages/{bad['id']}/edit",
+        form={"csrf": analyst.csrf or "", "raw": raw.replace("999999999", good)},
+    )
+    assert status == 303 and "edited" in analyst.last_headers["location"]
+
+    def processed() -> str | None:
+        _, v = analyst.get_json(f"/api/messages/{bad['id']}")
+        return v["message"]["status"] if v["message"]["status"] != "received" else None
+
+    assert wait_until(processed, 30, "the edited message processed") in ("queued", "sent")
+    _, audit = console_demo.client("admin").get_json("/api/audit")
+    (edit,) = [e for e in audit["entries"] if e["action"] == "edit_replay"]
+    assert edit["actor"] == "analyst" and "+FT1" in edit["detail"]["diff"]
+    assert "-FT1|1|CU-bad1||20260115093000||CG|999999999" in edit["detail"]["diff"]
+    status, _ = console_demo.client("operator").request(
+        "POST", f"/messages/{bad['id']}/edit", form={"raw": "x"}
+    )
+    assert status == 403  # an operator replays; editing is an analyst's
