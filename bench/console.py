@@ -174,7 +174,7 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float | None]]:
     live = {"listeners": {}, "workers": {}, "paused": {}}
     sample = store.browse(channel="ch3", status="sent", limit=1).rows[0]
     deep = store.browse(channel="ch3", limit=500)
-    for _ in range(9):  # a cursor 5,000 rows deep
+    for _ in range(99):  # a cursor 50,000 rows deep
         deep = store.browse(channel="ch3", after=deep.next, limit=500)
     conn = store._conn()
     timed: list[tuple[str, Callable[[], Any], Callable[[], Any] | None]] = [
@@ -189,7 +189,7 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float | None]]:
         ("messages: channel", lambda: store.browse(channel="ch2", limit=50), None),
         (
             "messages: channel + status",
-            lambda: store.browse(channel="ch2", status="error", limit=50),
+            lambda: store.browse(channel="ch3", status="error", limit=50),
             None,
         ),
         ("messages: status", lambda: store.browse(status="queued", limit=50), None),
@@ -210,9 +210,9 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float | None]]:
         ),
         ("messages: control number", lambda: store.browse(control_id="CTL000054321"), None),
         (
-            "messages: page 5,000 rows deep",
+            "messages: page 50,000 rows deep",
             lambda: store.browse(channel="ch3", after=deep.next, limit=500),
-            lambda: store.search(channel="ch3", offset=5000, limit=500),
+            lambda: store.search(channel="ch3", offset=50_000, limit=500),
         ),
         (
             "message detail",
@@ -232,7 +232,7 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float | None]]:
         ),
         ("supply chain", lambda: pages._supply(store, now), None),
         ("finance", lambda: pages._finance(store, now), None),
-        ("revenue cycle", lambda: pages._revenue(store, now, 86400.0), None),
+        ("revenue cycle", lambda: pages._revenue(store, now), None),
         ("utilization", lambda: pages._utilization(store, now - 30 * 86400), None),
         ("audit", lambda: store.audit_page(), None),
     ]

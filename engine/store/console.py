@@ -464,8 +464,8 @@ def browse_sql(
             cursor = (float(at), int(rowid))
         except ValueError:
             raise ValueError(f"after: expected a page cursor TIME:ROWID (got {after!r})") from None
-        clauses.append("(m.received_at < ? OR (m.received_at = ? AND m.rowid < ?))")
-        params += [cursor[0], cursor[0], cursor[1]]
+        clauses.append("(m.received_at, m.rowid) < (?, ?)")  # a range of the index
+        params += [cursor[0], cursor[1]]
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
     sql += " ORDER BY m.received_at DESC, m.rowid DESC LIMIT ?"

@@ -456,16 +456,18 @@ async def decide_invoice(ctx: Ctx, invoice: str, decision: str) -> Response:
     return _back("/finance", f"invoice {out.get('invoice', invoice)}: {out.get('status')}")
 
 
-def _revenue(store: Any, now: float, unbilled_after: float) -> dict[str, Any]:
+def _revenue(store: Any, now: float) -> dict[str, Any]:
+    """Unbilled usage is what the ledger's job found chargeable and not charged in time: its
+    open UNBILLED_USAGE work items (found by index, paged), not a scan of every event."""
     from engine.domains.ledger import reports as ledger
-    from engine.domains.ledger.domain import repository
 
+    unbilled = store.work_item_page(kind="UNBILLED_USAGE", limit=200).rows
+    ages = store.work_item_ages(now).get("UNBILLED_USAGE", {"open": 0})
     with store.reading() as rd:
-        unbilled = repository(rd).unbilled(now - unbilled_after)
-        rows = [u.__dict__ if hasattr(u, "__dict__") else dict(u._asdict()) for u in unbilled]
         return {
-            "unbilled": rows[:200],
-            "unbilled_count": len(rows),
+            "unbilled": unbilled,
+            "unbilled_count": ages["open"],
+            "unbilled_ages": views.age_buckets([(now - u["created_at"]) / 86400 for u in unbilled]),
             "rejected": ledger.charges_in(rd, "rejected"),
             "credits": ledger.held_credits(rd),
             "lot_serial": store.work_item_page(kind="MISSING_LOT_SERIAL").rows,
@@ -473,13 +475,13 @@ def _revenue(store: Any, now: float, unbilled_after: float) -> dict[str, Any]:
 
 
 async def revenue_data(ctx: Ctx) -> dict[str, Any]:
-    settings = ctx.console.engine.project.settings
-    after = float(getattr(settings, "unbilled_after", 86400.0) or 86400.0)
-    return await ctx.console.read(_revenue, ctx.console.store, time.time(), after)
+    return await ctx.console.read(_revenue, ctx.console.store, time.time())
 
 
 async def revenue(ctx: Ctx) -> Response:
-    return ctx.page("revenue.html", data=await revenue_data(ctx))
+    data = await revenue_data(ctx)
+    chart = charts.bars("unbilled usage by age (oldest 200)", data["unbilled_ages"])
+    return ctx.page("revenue.html", data=data, chart=chart)
 
 
 UTILIZATION_COLUMNS = [
