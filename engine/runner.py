@@ -165,7 +165,8 @@ async def start_console(engine: Any, *, demo: bool = False) -> Any:
     setup link when the store has no account. The demo says where the console is either way."""
     from engine.web.admin import AdminService
 
-    service = AdminService(engine, engine.project.settings.admin)
+    quiet = (lambda _line: None) if demo else print  # the demo says it in its own words
+    service = AdminService(engine, engine.project.settings.admin, out=quiet)
     try:
         await service.start()
     except Exception as exc:
