@@ -213,3 +213,24 @@ def test_an_analyst_edits_and_replays_a_message_with_the_diff_audited(console_de
         "POST", f"/messages/{bad['id']}/edit", form={"raw": "x"}
     )
     assert status == 403  # an operator replays; editing is an analyst's
+
+
+def test_an_operator_assigns_a_work_item_and_a_viewer_may_not(console_demo: Demo) -> None:
+    op = console_demo.client("operator")
+    _, items = op.get_json("/api/work-items")
+    item = items["items"][0]["id"]
+    status, _ = op.request(
+        "POST", f"/work-items/{item}/assign", form={"csrf": op.csrf or "", "to": "dana"}
+    )
+    assert status == 303 and "assigned+to+dana" in op.last_headers["location"]
+    _, after = op.get_json("/api/work-items")
+    assert [i["assignee"] for i in after["items"] if i["id"] == item] == ["dana"]
+    viewer = console_demo.client("viewer")
+    status, _ = viewer.request(
+        "POST", f"/work-items/{item}/assign", form={"csrf": viewer.csrf or ""}
+    )
+    assert status == 403
+    _, audit = console_demo.client("admin").get_json("/api/audit")
+    assert ("operator", "work_item.assign", str(item)) in [
+        (e["actor"], e["action"], e["target"]) for e in audit["entries"]
+    ]
