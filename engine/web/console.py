@@ -325,6 +325,7 @@ class Dispatch(resource.Resource):
             request.setHeader(b"x-content-type-options", b"nosniff")
             request.setHeader(b"x-frame-options", b"DENY")
             request.setHeader(b"cache-control", b"no-store")
+            request.setHeader(b"referrer-policy", b"no-referrer")  # setup tokens stay here
             request.setHeader(
                 b"content-security-policy",
                 b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
