@@ -134,13 +134,15 @@ def test_each_role_sees_what_it_may_and_is_refused_the_rest(
 
 
 def test_an_operator_replays_a_message(browser: Any, console_demo: Demo) -> None:
+    """A sent delivery sent again on purpose (the same idempotency key), as `wharf replay ID
+    --destination D` does."""
     from selenium.webdriver.common.by import By
 
     log_in(browser, console_demo, "operator")
-    browser.get(f"{console_demo.url}/messages?status=error&channel=usage_to_erp")
+    browser.get(f"{console_demo.url}/messages?status=sent&channel=usage_ledger")
     browser.find_element(By.CSS_SELECTOR, "#results td a").click()
-    browser.find_element(By.ID, "replay").click()
-    assert "replayed: sent back to processing" in browser.find_element(By.ID, "flash").text
+    browser.find_element(By.CSS_SELECTOR, "button[id^=resend-]").click()
+    assert "replayed: 1 requeued" in browser.find_element(By.ID, "flash").text
     assert absent(browser, By.ID, "show-body")  # an operator sees no bodies
 
 
