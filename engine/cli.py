@@ -260,12 +260,9 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _message_dict(row: Any) -> dict[str, Any]:
-    from engine.listing import iso
+    from engine.message_view import message_dict
 
-    out = dict(row.__dict__)
-    out["received_at"] = iso(row.received_at)
-    out["updated_at"] = iso(row.updated_at)
-    return out
+    return message_dict(row)
 
 
 def cmd_messages(args: argparse.Namespace) -> int:
@@ -307,109 +304,30 @@ def cmd_messages(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text(data: bytes | None) -> str | None:
-    if data is None:
-        return None
-    return data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _delivery_urls(root: Path, channel: str) -> dict[str, str]:
-    """The URL template of each HTTP destination of ``channel`` (empty when the channel is
-    gone or the project does not lint: the view shows what the store holds regardless)."""
+def _project_or_none(root: Path) -> Any:
     try:
-        project = _project(root)
+        return _project(root)
     except Exception:  # a project that does not load: the view shows what the store holds
-        return {}
-    defn = project.channels.get(channel)
-    if defn is None:
-        return {}
-    urls = {}
-    for dest in defn.config.destinations:
-        comp = dest.component
-        if getattr(comp, "name", None) == "http":
-            urls[dest.name] = comp.options.url
-    return urls
-
-
-def _url(template: str, row: dict[str, Any], message: Any) -> str:
-    from engine.model import Delivery
-    from engine.templating import render_template, template_values, url_quote
-
-    delivery = Delivery(
-        row["id"],
-        message.id,
-        message.channel,
-        row["destination"],
-        row["payload"],
-        row["content_type"],
-        row["idempotency_key"],
-        message.correlation_id or message.id,
-        row["order_key"],
-        row["attempts"],
-        row["created_at"],
-        row["meta"],
-    )
-    try:
-        return render_template(template, template_values(delivery), what="url", quote=url_quote)
-    except WharfError as exc:
-        return f"{template} ({exc})"
+        return None
 
 
 def _show_message(args: argparse.Namespace) -> int:
-    """One message in one place: its row, business keys, the answer it got, its content
-    stages, and every delivery with attempts, URL and the destination's answer. Audited:
-    ``view_message``, or ``view_body`` with ``--body`` (which adds the bodies)."""
-    from engine.listing import iso
+    """One message in one place (engine/message_view.py). Audited: ``view_message``, or
+    ``view_body`` with ``--body`` (which adds the bodies)."""
+    from engine.message_view import message_view
 
     with _read_store(args.root) as store:
-        row = store.get_message(args.show)
-        if row is None:
+        if store.get_message(args.show) is None:
             return _refuse("messages", f"no message {args.show!r} in the store", 1)
-        keys: dict[str, list[str]] = {}
-        for name, value in store.business_keys(row.id):
-            keys.setdefault(name, []).append(value)
-        sizes = store.content_sizes(row.id)
-        deliveries = store.deliveries_for(row.id)
-        urls = _delivery_urls(args.root, row.channel) if deliveries else {}
-        view: dict[str, Any] = {
-            "message": _message_dict(row),
-            "business_keys": keys,
-            "answer_to_sender": _text(store.get_content(row.id, "response")),
-            "contents": {stage: {"bytes": n} for stage, n in sizes.items()},
-            # the configuration version that produced its outputs (None: processed before
-            # versions were kept, or not processed yet)
-            "configuration": store.config_version(row.id),
-            "deliveries": [],
-        }
-        for d in deliveries:
-            item = {
-                "id": d["id"],
-                "destination": d["destination"],
-                "output": d["idx"],
-                "status": d["status"],
-                "attempts": d["attempts"],
-                "next_attempt_at": iso(d["next_attempt_at"]),
-                "last_error": d["last_error"],
-                "idempotency_key": d["idempotency_key"],
-                "order_key": d["order_key"],
-                "content_type": d["content_type"],
-                "payload_bytes": len(d["payload"]),
-                "answer": _text(d["response"]),
-                "created_at": iso(d["created_at"]),
-                "updated_at": iso(d["updated_at"]),
-            }
-            if d["destination"] in urls:
-                item["url"] = _url(urls[d["destination"]], d, row)
-            if args.body:
-                item["payload"] = _text(d["payload"])
-            view["deliveries"].append(item)
-        stages = []
-        if args.body:
-            for stage in sizes:
-                view["contents"][stage]["text"] = _text(store.get_content(row.id, stage))
-            stages = [*sizes, *(f"payload:{d['destination']}" for d in deliveries)]
+        has_deliveries = bool(store.deliveries_for(args.show))
+        project = _project_or_none(args.root) if has_deliveries else None
+        view = message_view(store, args.show, bodies=args.body, project=project)
+        assert view is not None
+        stages = view.pop("stages")
         action = "view_body" if args.body else "view_message"
-        store.audit(args.user, action, row.id, {"stages": stages} if args.body else {}, time.time())
+        store.audit(
+            args.user, action, args.show, {"stages": stages} if args.body else {}, time.time()
+        )
     print(json.dumps(view, indent=2, ensure_ascii=False, default=str))
     return 0
 
@@ -933,6 +851,68 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user(args: argparse.Namespace) -> int:
+    """Console accounts: list, add (a one-time setup link, or --password-stdin), disable,
+    enable, reset (a new setup link; the old password stops working). Audited."""
+    from engine.web import accounts
+    from engine.web.auth import AuthError
+    from engine.web.config import ADMIN_SPEC, base_url
+
+    if args.action != "list" and not args.name:
+        return _refuse("user", f"{args.action}: give the account name")
+    settings = _project(args.root).settings
+    admin = settings.admin if settings.admin is not None else ADMIN_SPEC.defaults()
+    with _read_store(args.root) as store:
+        try:
+            if args.action == "list":
+                rows = [
+                    {
+                        "name": u["name"],
+                        "roles": ",".join(u["roles"]),
+                        "channels": ",".join(u["channels"]),
+                        "state": "disabled"
+                        if u["disabled"]
+                        else ("active" if u["password_hash"] else "waiting for setup"),
+                    }
+                    for u in store.users()
+                ]
+                from engine.listing import table
+
+                columns = (("NAME", "name"), ("ROLES", "roles"), ("CHANNELS", "channels"))
+                table(rows, (*columns, ("STATE", "state")), noun="account(s)", as_json=args.json)
+                return 0
+            if args.action in ("disable", "enable"):
+                accounts.set_disabled(store, args.name, args.action == "disable", actor=args.user)
+                print(f"user {args.name}: {args.action}d")
+                return 0
+            if args.action == "add" and args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+                accounts.add_with_password(
+                    store,
+                    args.name,
+                    password,
+                    roles=args.role,
+                    channels=args.channel,
+                    actor=args.user,
+                )
+                print(f"user {args.name}: added ({', '.join(args.role)})")
+                return 0
+            token = accounts.issue_setup(
+                store,
+                args.name,
+                actor=args.user,
+                ttl=admin.setup_link_ttl,
+                roles=args.role,
+                channels=args.channel,
+                create=args.action == "add",
+            )
+        except (AuthError, ValueError) as exc:
+            return _refuse("user", str(exc), 1)
+    print(f"user {args.name}: one-time setup link (give it to the person; it works once):")
+    print(f"{base_url(admin)}/setup?token={token}")
+    return 0
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     from engine.docs import write_reference
 
@@ -1005,6 +985,7 @@ NEEDS_PROJECT = (
     "audit",
     "invoices",
     "receipts",
+    "user",
 )
 
 
@@ -1199,6 +1180,32 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--older-than", type=_duration, default=0.0, help="e.g. 30d")
     _json_flag(rc)
     rc.set_defaults(fn=cmd_receipts)
+
+    us = sub.add_parser(
+        "user", help="console accounts: list, add, disable, enable, reset (one-time setup links)"
+    )
+    us.add_argument("action", choices=("list", "add", "disable", "enable", "reset"))
+    us.add_argument("name", nargs="?")
+    us.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        help="with add: viewer, analyst, operator, admin, supply_chain, finance, revenue_cycle "
+        "(repeat for several)",
+    )
+    us.add_argument(
+        "--channel",
+        action="append",
+        default=None,
+        help="with add: a channel the account may see (repeat; default every channel)",
+    )
+    us.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="with add: read the password from stdin instead of printing a setup link",
+    )
+    _json_flag(us)
+    us.set_defaults(fn=cmd_user)
 
     tk = sub.add_parser("token", help="make a bearer token and its sha256 for auth.tokens")
     tk.add_argument("--name", default="sender", help="the token's name in the YAML line")

@@ -316,6 +316,7 @@ class DeliveryWorker:
             else None
         )
         self.held_until = 0.0  # a 429 holds the queue until then
+        self._paused = False  # an operator holds the queue (the console's pause)
         self._throttles = 0  # 429s in a row (the hold grows with them)
         self.throttled = 0  # 429s in all (tests and logs)
         # bulk calls
@@ -344,8 +345,20 @@ class DeliveryWorker:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def paused(self) -> bool:
+        """An operator holds this destination's queue: nothing is claimed or sent until it is
+        resumed (rows stay pending in the store; the pause itself is kept by the store)."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        was, self._paused = self._paused, bool(value)
+        if was and not value:
+            self._kick()
+
     def _held(self, now: float) -> bool:
-        return now < self.held_until
+        return self._paused or now < self.held_until
 
     def reserve(self, wanted: int) -> int:
         """Promise up to ``wanted`` send slots to rows that the pipeline's commit will claim
@@ -459,6 +472,8 @@ class DeliveryWorker:
 
     def _allowance(self, now: float) -> tuple[int, float]:
         """Calls that may start now (beyond the slots) and, when none, when to look again."""
+        if self._paused:
+            return 0, self.policy.poll_interval
         if self._held(now):
             return 0, self.held_until - now
         if self.bucket is None:

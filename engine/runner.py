@@ -126,12 +126,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     exit_code = [0]
 
+    admin: list[Any] = []
+
     async def main() -> None:
         await engine.start()
         print(
             f"wharf: running {len(engine.channels)} channel(s) from {root} "
             f"(store {engine.store.path}); Ctrl-C stops"
         )
+        if engine.project.settings.admin is not None:
+            admin.append(await start_console(engine, demo=args.demo))
         if args.demo:
             ok = await demo(engine, root, reactor, sandbox)
             exit_code[0] = 0 if ok else 1
@@ -139,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
                 reactor.stop()
 
     async def shutdown() -> None:
+        for console in admin:
+            await console.stop()
         await engine.stop()
         if sandbox is not None:
             await sandbox.stop()
@@ -162,6 +168,28 @@ def run(args: argparse.Namespace) -> int:
     reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(failed))
     reactor.run()
     return exit_code[0]
+
+
+async def start_console(engine: Any, *, demo: bool = False) -> Any:
+    """The admin listener of ``engine`` (routes.yaml ``admin:``), listening; it prints a one-time
+    setup link when the store has no account. The demo says where the console is either way."""
+    from engine.web.admin import AdminService
+
+    quiet = (lambda _line: None) if demo else print  # the demo says it in its own words
+    service = AdminService(engine, engine.project.settings.admin, out=quiet)
+    try:
+        await service.start()
+    except Exception as exc:
+        from engine.errors import ListenFailed
+
+        where = engine.project.settings.admin.listen
+        raise ListenFailed([f"routes.yaml: admin: cannot listen on {where!r}: {exc}"]) from exc
+    url = service.url()
+    if service.setup_link is None:
+        print(f"console: {url}/ (log in with your account; `wharf user reset NAME` for a new link)")
+    if demo and service.setup_link is not None:
+        print(f"demo: open {service.setup_link} once to set the admin password, then {url}/")
+    return service
 
 
 async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bool:

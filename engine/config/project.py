@@ -42,6 +42,7 @@ from engine.spec import (
     did_you_mean,
     join,
 )
+from engine.web.config import ADMIN_SPEC
 
 NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
 
@@ -386,6 +387,12 @@ _ROUTES_TAIL = [
         "partner; channels pick files up with a dropfolder source on a partner's inbound/.",
     ),
     *observability.ROUTES_FIELDS,
+    Field(
+        "admin",
+        ADMIN_SPEC,
+        None,
+        "The admin listener: the web console, its JSON API, health and metrics (none: off).",
+    ),
 ]
 
 _SPECS: dict[tuple[str, int, tuple[str, ...]], Spec] = {}

@@ -117,6 +117,9 @@ class Engine(OrderedServices):
         self.alerts: Any = None  # engine.runtime.alerts.Alerts when routes.yaml has alerts:
         self.canaries: Any = None  # engine.runtime.canary.Canaries when a channel has one
         self.slos: Any = None  # engine.runtime.slos.Objectives when routes.yaml has slos:
+        #: What operators paused: (channel, destination) to who, when, why (``*``: the whole
+        #: channel); loaded from the store at start, changed by :meth:`set_paused`.
+        self.paused: dict[tuple[str, str], dict[str, Any]] = {}
         self.rejected_fingerprint: dict[str, Any] | None = None
         self._reloading = False
         self._started: defer.Deferred | None = None
@@ -152,6 +155,7 @@ class Engine(OrderedServices):
         await self.executor.submit(migrate_domains, self.store, self.registry)
         counts = await self.executor.submit(self.store.recover, time.time())
         log.info("recovery: {counts}", counts=counts)
+        self.paused = await self.executor.submit(self.store.pauses)
         await self._audit("start", {"channels": sorted(self.project.channels)})
         await self._record_versions(self.project)
         for defn in self.project.channels.values():
@@ -336,6 +340,29 @@ class Engine(OrderedServices):
         self.sources[key] = source
         return SourceService("source", source, chosen)
 
+    def is_paused(self, channel: str, destination: str) -> bool:
+        """Whether an operator holds this destination (or its whole channel)."""
+        return (channel, destination) in self.paused or (channel, "*") in self.paused
+
+    async def set_paused(
+        self, channel: str, destination: str, paused: bool, *, actor: str, note: str = ""
+    ) -> bool:
+        """Pause or resume one destination of a channel (``*``: all of them): kept in the store
+        (audited; a restart keeps it) and applied to the running workers. The channel still
+        accepts and stores what it is sent; nothing leaves a paused destination. False when
+        it already was so."""
+        now = time.time()
+        changed = await self.executor.submit(
+            self.store.set_paused, channel, destination, paused, actor=actor, note=note, now=now
+        )
+        if paused:
+            self.paused[(channel, destination)] = {"actor": actor, "note": note, "at": now}
+        else:
+            self.paused.pop((channel, destination), None)
+        for name, worker in self._workers_of(channel).items():
+            worker.paused = self.is_paused(channel, name)
+        return bool(changed)
+
     def _worker(self, channel: str, dest: Any) -> WorkerService:
         svc = make_worker(
             self.registry,
@@ -348,6 +375,7 @@ class Engine(OrderedServices):
             lend={"resources": lambda: self.resources},
         )
         svc.worker.observe = self.metrics.deliver
+        svc.worker.paused = self.is_paused(channel, dest.name)
         return svc
 
     def _add_channel(self, channel: Channel) -> None:

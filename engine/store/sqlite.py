@@ -30,6 +30,7 @@ from engine import model
 from engine.errors import StoreError
 from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
 from engine.store import versions as config_versions
+from engine.store.console import ConsoleStore
 from engine.store.migrations import apply_migrations, current_version
 from engine.store.transaction import (
     DELIVERY_COLUMNS,
@@ -107,8 +108,9 @@ BACKSTOP_PAGES = 16384
 log = logging.getLogger("wharf.store")
 
 
-class SqliteStore:
-    """The durable store of one Wharf instance (one SQLite file, WAL mode)."""
+class SqliteStore(ConsoleStore):
+    """The durable store of one Wharf instance (one SQLite file, WAL mode); the admin
+    console's reads and writes are in :class:`~engine.store.console.ConsoleStore`."""
 
     def __init__(self, path: str | Path, *, background_checkpoints: bool = False) -> None:
         """``background_checkpoints``: a thread of the store copies the WAL back into the

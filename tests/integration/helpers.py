@@ -64,6 +64,7 @@ def wharf_env(tmp_path: Path, erp_port: int) -> dict[str, str]:
         RECEIPT_HTTP_PORT=str(free_port()),  # and the PO webhook (8091), FHIR (8090), SFTP (2222)
         FHIR_PORT=str(free_port()),
         SFTP_PORT=str(free_port()),
+        ADMIN_PORT=str(free_port()),  # the console (8088)
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -18,19 +18,10 @@ from pathlib import Path
 import pytest
 
 from engine.runner import DEMO_PORTS
+from tests.integration.console_helpers import PORT_VARIABLES
 from tests.integration.helpers import ROOT, free_port, run_cli
 
 pytestmark = pytest.mark.integration
-
-PORT_VARIABLES = (
-    "MLLP_PORT",
-    "LEDGER_MLLP_PORT",
-    "FHIR_PORT",
-    "PO_HTTP_PORT",
-    "RECEIPT_HTTP_PORT",
-    "SFTP_PORT",
-    *DEMO_PORTS,
-)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +60,9 @@ def test_the_demo_moves_with_the_port_variables(demo_runs: tuple) -> None:
     assert "usage_ledger CATH-55001     sent     erp=sent, billing=sent" in out
     assert "already in the store" not in out and "duplicate(s) of an earlier run" not in out
     assert re.search(r"demo: (\d+) message\(s\) delivered now\. ", out)
+    # the console: its URL and a one-time link to set the admin password (item 9)
+    console = f"http://127.0.0.1:{ports['ADMIN_PORT']}"
+    assert re.search(rf"demo: open {console}/setup\?token=\S+ once .* then {console}/", out)
 
 
 def test_a_second_run_in_the_same_folder_says_what_it_did(demo_runs: tuple) -> None:

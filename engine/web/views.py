@@ -1,0 +1,240 @@
+"""What the console's pages and its API show, gathered once for both: plain dicts from the
+store's and the domains' public reads (run on the console's read threads) and from the running
+engine's state (read on the reactor)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from typing import Any
+
+from engine import model
+from engine.store.migrations import BUCKET_SECONDS
+from engine.web.auth import Principal
+
+HOUR = 3600.0
+#: Age buckets of work items and unmatched receipts (upper bound in days, label).
+AGE_BUCKETS = ((1, "<1d"), (3, "1-3d"), (7, "3-7d"), (30, "7-30d"), (float("inf"), ">30d"))
+
+
+def live_state(engine: Any) -> dict[str, Any]:
+    """What only the running engine knows (read on the reactor): each source's listening
+    address (None: not bound), each destination worker's state, and what is paused."""
+    listeners: dict[str, str | None] = {}
+    for key, src in engine.sources.items():
+        port = getattr(src, "port", None)
+        if port is None and not hasattr(src, "ready"):
+            continue
+        try:
+            host = port.getHost()
+            listeners[key] = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
+        except Exception:
+            listeners[key] = None
+    workers: dict[tuple[str, str], dict[str, Any]] = {}
+    now = engine.reactor.seconds()
+    for (channel, dest), worker in engine.workers.items():
+        if worker.paused:
+            state = "paused"
+        elif worker.held_until > now:
+            state = "held"
+        else:
+            state = "up"
+        workers[(channel, dest)] = {"state": state, "inflight": worker.inflight}
+    return {"listeners": listeners, "workers": workers, "paused": dict(engine.paused)}
+
+
+def integration(
+    store: Any, channels: list[str], live: dict[str, Any], principal: Principal, now: float
+) -> dict[str, Any]:
+    """Every channel the person may see: counts by status (running counters), the oldest
+    queued message's age, its listener and each destination's state, and throughput."""
+    counts = store.message_counters()
+    deliveries = store.delivery_counters()
+    names = sorted(set(channels) | set(counts))
+    rows = []
+    for name in names:
+        if not principal.sees_channel(name):
+            continue
+        c = counts.get(name, {})
+        oldest = store.oldest_queued(name) if c.get(model.QUEUED) else None
+        dests = []
+        for (ch, dest), by_status in sorted(deliveries.items()):
+            if ch != name:
+                continue
+            w = live["workers"].get((ch, dest), {"state": "stopped", "inflight": 0})
+            pending = by_status.get("pending", 0) + by_status.get("inflight", 0)
+            state = w["state"]
+            if by_status.get("dead", 0) and state == "up":
+                state = "up, dead letters"
+            dests.append(
+                {
+                    "name": dest,
+                    "state": state,
+                    "queued": pending,
+                    "sent": by_status.get("sent", 0),
+                    "dead": by_status.get("dead", 0) + by_status.get("quarantined", 0),
+                    "paused": (ch, dest) in live["paused"],
+                    "oldest_age": _age(store.oldest_pending(ch, dest), now) if pending else None,
+                }
+            )
+        for (ch, dest), w in live["workers"].items():
+            if ch == name and not any(d["name"] == dest for d in dests):
+                dests.append(
+                    {
+                        "name": dest,
+                        "state": w["state"],
+                        "queued": 0,
+                        "sent": 0,
+                        "dead": 0,
+                        "paused": (ch, dest) in live["paused"],
+                        "oldest_age": None,
+                    }
+                )
+        listener = live["listeners"].get(name, "n/a")
+        rows.append(
+            {
+                "name": name,
+                **{s: c.get(s, 0) for s in model.MESSAGE_STATUSES},
+                "received": sum(c.values()),  # every message taken, whatever its status now
+                "errored": c.get(model.ERROR, 0) + c.get("conflict", 0),
+                "oldest_queued_age": _age(oldest, now),
+                "listener": listener,
+                "paused": (name, "*") in live["paused"],
+                "destinations": sorted(dests, key=lambda d: d["name"]),
+            }
+        )
+    since = now - 24 * HOUR
+    series = store.throughput(since, now)
+    total: dict[float, int] = {}
+    for name, points in series.items():
+        if principal.sees_channel(name):
+            for t, n in points:
+                total[t] = total.get(t, 0) + n
+    points = sorted(total.items())
+    return {
+        "channels": rows,
+        "throughput": {
+            "since": since,
+            "until": now,
+            "bucket_seconds": BUCKET_SECONDS,
+            "points": points,
+        },
+        "queue_depth": sorted(
+            ((f"{r['name']}/{d['name']}", d["queued"]) for r in rows for d in r["destinations"]),
+            key=lambda kv: -kv[1],
+        ),
+    }
+
+
+def _age(ts: float | None, now: float) -> float | None:
+    return None if ts is None else max(now - ts, 0.0)
+
+
+def age_buckets(ages_days: list[float]) -> list[tuple[str, int]]:
+    out = {label: 0 for _, label in AGE_BUCKETS}
+    for days in ages_days:
+        for bound, label in AGE_BUCKETS:
+            if days < bound:
+                out[label] += 1
+                break
+    return list(out.items())
+
+
+def work_items(
+    store: Any,
+    principal: Principal,
+    kind: str | None,
+    status: str | None,
+    after: int | None,
+    now: float,
+) -> dict[str, Any]:
+    """Work items the person's roles see, by kind with counts, ages and SLA; a page of them."""
+    from engine.model import WORK_ITEM_KINDS
+
+    kinds = principal.kinds
+    ages = store.work_item_ages(now)
+    by_kind = []
+    for k, a in sorted(ages.items()):
+        if kinds is not None and k not in kinds:
+            continue
+        oldest = _age(a["oldest"], now)
+        sla = SLA_DAYS.get(k, 3) * 86400
+        by_kind.append(
+            {
+                "kind": k,
+                "open": a["open"],
+                "oldest_age": oldest,
+                "sla_seconds": sla,
+                "breached": oldest is not None and oldest > sla,
+                "means": WORK_ITEM_KINDS.get(k, ""),
+            }
+        )
+    page = store.work_item_page(
+        kind=kind, kinds=sorted(kinds) if kinds is not None else None, status=status, after=after
+    )
+    items = []
+    for item in page.rows:
+        age = _age(item["created_at"], now) or 0.0
+        items.append({**item, "age": age, "breached": age > SLA_DAYS.get(item["kind"], 3) * 86400})
+    return {"kinds": by_kind, "items": items, "next": page.next}
+
+
+#: The time a person has to close a work item of each kind (days); 3 for any other.
+SLA_DAYS = {
+    "MISSING_MAPPING": 1,
+    "CHARGE_REJECTED": 2,
+    "UNBILLED_USAGE": 3,
+    "INVOICE_HELD": 5,
+    "ACK_OVERDUE": 1,
+    "ACK_REJECTED": 1,
+    "PO_CHANGED": 2,
+}
+
+
+def trace(
+    store: Any, principal: Principal, key: str | None, value: str | None, correlation: str | None
+) -> dict[str, Any]:
+    """Messages of one business flow: those with the key (or correlation id), then those that
+    share any business key with them (one hop), oldest first, across channels."""
+    first = []
+    if key and value:
+        first = store.keyed([(key, value)])
+    elif correlation:
+        first = store.correlated(correlation)
+    pairs = sorted({(n, v) for _, n, v in store.key_names([m.id for m in first])})
+    found = {m.id: m for m in first}
+    for m in store.keyed(pairs, limit=500) if pairs else []:
+        found.setdefault(m.id, m)
+    rows = sorted(found.values(), key=lambda m: m.received_at)
+    keys: dict[str, list[tuple[str, str]]] = {}
+    for mid, n, v in store.key_names([m.id for m in rows]):
+        keys.setdefault(mid, []).append((n, v))
+    return {
+        "messages": [
+            {
+                "id": m.id,
+                "channel": m.channel,
+                "status": m.status,
+                "control_id": m.control_id,
+                "received_at": m.received_at,
+                "keys": sorted(keys.get(m.id, [])),
+            }
+            for m in rows
+            if principal.sees_channel(m.channel)
+        ],
+        "keys": pairs,
+    }
+
+
+def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([r.get(c, "") for c in columns])
+    return out.getvalue().encode()
+
+
+def now() -> float:
+    return time.time()

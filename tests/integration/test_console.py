@@ -1,0 +1,236 @@
+"""The console over real HTTP against ``wharf run --demo`` (a real process, real sockets): every
+API path refuses a request without a session (401), each role sees its pages and is refused the
+others (403, and no link to them), a POST needs the session's CSRF token, a login locks out one
+(account, address) after its failures, a message body view is audited, and a pause holds a
+channel's deliveries across a restart until it is resumed (audited both ways)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.web.api import openapi_document
+from engine.web.auth import ROLE_PERMISSIONS, ROLES
+from engine.web.console import NAV
+from tests.integration.console_helpers import Client, Demo, start_demo
+from tests.integration.helpers import Processes, open_store, wait_until
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def api_calls() -> list[tuple[str, str]]:
+    calls = []
+    for path, ops in openapi_document()["paths"].items():
+        for method in ops:
+            if path != "/api/login":
+                calls.append((method.upper(), re.sub(r"\{\w+\}", "x", path)))
+    return calls
+
+
+@pytest.mark.parametrize(("method", "path"), api_calls())
+def test_every_api_path_refuses_a_request_without_a_session(
+    console_demo: Demo, method: str, path: str
+) -> None:
+    status, body = Client(console_demo.port).request(method, path, {} if method == "POST" else None)
+    assert status == 401, body
+    assert b"not logged in" in body
+
+
+def test_a_page_without_a_session_sends_to_the_login(console_demo: Demo) -> None:
+    c = Client(console_demo.port)
+    status, _ = c.get("/finance")
+    assert status == 303 and c.last_headers["location"] == "/login?next=%2Ffinance"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_sees_its_pages_and_is_refused_the_others(console_demo: Demo, role: str) -> None:
+    c = console_demo.client(role)
+    may = ROLE_PERMISSIONS[role]
+    status, home = c.get("/messages" if "messages" in may else "/work-items")
+    assert status == 200
+    for path, _title, permission in NAV:
+        status, body = c.get(path)
+        if permission in may:
+            assert status == 200, (role, path, body[:300])
+            assert f'href="{path}"'.encode() in home, (role, path)
+        else:
+            assert status == 403, (role, path)
+            assert b"may not" in body
+            assert f'href="{path}"'.encode() not in home, (role, path)
+
+
+def test_the_demo_fills_every_page(console_demo: Demo) -> None:
+    c = console_demo.client("admin")
+    _, channels = c.get_json("/api/channels")
+    by_name = {ch["name"]: ch for ch in channels["channels"]}
+    assert by_name["usage_ledger"]["sent"] >= 1 and by_name["usage_to_erp"]["errored"] >= 1
+    assert by_name["usage_mllp"]["listener"]  # bound: its address
+    assert channels["throughput"]["points"], channels["throughput"]
+    _, page = c.get_json("/api/messages?limit=5")
+    assert len(page["messages"]) == 5 and page["next"]
+    _, nxt = c.get_json(f"/api/messages?limit=5&after={page['next']}")
+    assert not {m["id"] for m in nxt["messages"]} & {m["id"] for m in page["messages"]}
+    _, po = c.get_json("/api/messages?key=po_number%3D4500012345")
+    assert len(po["messages"]) >= 2  # the 850 and the vendor's answers
+    _, fin = c.get_json("/api/invoices")
+    assert fin["counts"].get("held", 0) + fin["counts"].get("released", 0) >= 1
+    _, items = c.get_json("/api/work-items?status=all")
+    assert items["kinds"] or items["items"]
+    for path, marker in (
+        ("/supply", b"4500012345"),
+        ("/revenue", b"Unbilled usage"),
+        ("/utilization", b"LOC-"),
+        ("/utilization?format=csv", b"location,item,uom"),
+        ("/audit?verify=1", b"hash chain intact"),
+        ("/trace?key=po_number%3D4500012345", b"x12_from_vendors"),
+    ):
+        status, body = c.get(path)
+        assert status == 200 and marker in body, (path, body[:500])
+
+
+def test_a_post_without_the_csrf_token_is_refused(console_demo: Demo) -> None:
+    c = console_demo.client("operator")
+    status, out = c.post_json("/api/channels/usage_mllp/erp/pause", {}, csrf=False)
+    assert status == 403 and "CSRF" in out["error"]
+    status, _ = c.request(
+        "POST", "/channels/usage_mllp/erp/pause", form={"csrf": "forged"}, csrf=False
+    )
+    assert status == 403
+
+
+def test_a_role_may_not_act_beyond_its_permissions(console_demo: Demo) -> None:
+    viewer = console_demo.client("viewer")
+    status, out = viewer.post_json("/api/channels/usage_mllp/*/pause")
+    assert status == 403 and "viewer" in out["error"]
+    _, page = viewer.get_json("/api/messages?limit=1")
+    mid = page["messages"][0]["id"]
+    status, out = viewer.get_json(f"/api/messages/{mid}?body=1")
+    assert status == 403 and "bodies" in out["error"]
+
+
+def test_a_body_view_is_audited(console_demo: Demo) -> None:
+    analyst = console_demo.client("analyst")
+    _, page = analyst.get_json("/api/messages?channel=usage_ledger&limit=1")
+    mid = page["messages"][0]["id"]
+    status, view = analyst.get_json(f"/api/messages/{mid}?body=1")
+    assert status == 200 and view["contents"]["raw"]["text"].startswith("MSH|")
+    _, audit = console_demo.client("admin").get_json("/api/audit")
+    seen = [(e["actor"], e["action"], e["target"]) for e in audit["entries"]]
+    assert ("analyst", "view_body", mid) in seen
+
+
+def test_failed_logins_lock_one_account_from_one_address(console_demo: Demo) -> None:
+    from tests.integration.console_helpers import add_user
+
+    add_user(console_demo, "locky", ["viewer"])
+    c = Client(console_demo.port)
+    for _ in range(5):
+        status, _ = c.post_json("/api/login", {"name": "locky", "password": "wrong password!"})
+        assert status == 401
+    status, out = c.post_json("/api/login", {"name": "locky", "password": "a demo passphrase"})
+    assert status == 429, out
+    console_demo.client("viewer")  # another account from the same address still logs in
+    _, audit = console_demo.client("admin").get_json("/api/audit")
+    actions = [e["action"] for e in audit["entries"] if e["actor"] == "locky"]
+    assert actions.count("login.failed") == 5 and actions[0] == "login.locked"
+    assert "wrong password!" not in str(audit) and "a demo passphrase" not in str(audit)
+
+
+@pytest.mark.slow
+def test_a_pause_holds_deliveries_across_a_restart_until_resumed(tmp_path: Path) -> None:
+    with Processes(tmp_path) as procs:
+        demo = start_demo(tmp_path, procs)
+        op = demo.client("operator")
+        status, out = op.post_json("/api/channels/usage_to_erp/*/pause", {"note": "ERP upgrade"})
+        assert status == 200 and out["changed"], out
+        inbox = demo.root / "var" / "inbox" / "usage"
+        sample = (ROOT / "samples/hl7/dft_p03_screw.hl7").read_bytes()
+        fresh = sample.replace(b"|POU-000123|", b"|POU-PAUSED1|", 1)  # a new message
+        assert fresh != sample
+        (inbox / ".paused.part").write_bytes(fresh)
+        (inbox / ".paused.part").rename(inbox / "paused.hl7")
+        db = demo.root / "var" / "wharf.db"
+
+        def held() -> list:
+            with open_store(db) as store:
+                rows = store.search(channel="usage_to_erp", status="queued", limit=10)
+                return [r for r in rows if r.peer and "paused" in r.peer]
+
+        (row,) = wait_until(held, 60, "the new message queued behind the pause")
+        time.sleep(3)  # several claim polls: nothing may leave
+        with open_store(db) as store:
+            assert {d["status"] for d in store.deliveries_for(row.id)} == {"pending"}
+        demo.restart(demo=True)  # the demo again: its sandbox is the ERP
+        op = demo.client("operator")
+        _, channels = op.get_json("/api/channels")
+        (ch,) = [c for c in channels["channels"] if c["name"] == "usage_to_erp"]
+        assert ch["paused"] and all(d["state"] == "paused" for d in ch["destinations"])
+        with open_store(db) as store:
+            assert {d["status"] for d in store.deliveries_for(row.id)} == {"pending"}
+        status, _ = op.post_json("/api/channels/usage_to_erp/*/resume")
+        assert status == 200
+
+        def sent() -> bool:
+            with open_store(db) as store:
+                return store.get_message(row.id).status == "sent"
+
+        wait_until(sent, 60, "the held message delivered once resumed")
+        _, audit = demo.client("admin").get_json("/api/audit")
+        mine = [(e["action"], e["target"]) for e in audit["entries"] if e["actor"] == "operator"]
+        assert ("pause", "usage_to_erp/*") in mine and ("resume", "usage_to_erp/*") in mine
+    shutil.rmtree(tmp_path / "project", ignore_errors=True)
+
+
+def test_an_analyst_edits_and_replays_a_message_with_the_diff_audited(console_demo: Demo) -> None:
+    analyst = console_demo.client("analyst")
+    _, page = analyst.get_json("/api/messages?channel=usage_to_erp&status=error")
+    (bad,) = [m for m in page["messages"] if m["control_id"] == "POU-BAD-1"]
+    _, view = analyst.get_json(f"/api/messages/{bad['id']}?body=1")
+    raw = view["contents"]["raw"]["text"]
+    good = (ROOT / "mappings/charge_codes.csv").read_text().splitlines()[3].split(",")[0]
+    status, _ = analyst.request(
+        "POST",
+        f"/messages/{bad['id']}/edit",
+        form={"csrf": analyst.csrf or "", "raw": raw.replace("999999999", good)},
+    )
+    assert status == 303 and "edited" in analyst.last_headers["location"]
+
+    def processed() -> str | None:
+        _, v = analyst.get_json(f"/api/messages/{bad['id']}")
+        return v["message"]["status"] if v["message"]["status"] != "received" else None
+
+    assert wait_until(processed, 30, "the edited message processed") in ("queued", "sent")
+    _, audit = console_demo.client("admin").get_json("/api/audit")
+    (edit,) = [e for e in audit["entries"] if e["action"] == "edit_replay"]
+    assert edit["actor"] == "analyst" and "+FT1" in edit["detail"]["diff"]
+    assert "-FT1|1|CU-bad1||20260115093000||CG|999999999" in edit["detail"]["diff"]
+    status, _ = console_demo.client("operator").request(
+        "POST", f"/messages/{bad['id']}/edit", form={"raw": "x"}
+    )
+    assert status == 403  # an operator replays; editing is an analyst's
+
+
+def test_an_operator_assigns_a_work_item_and_a_viewer_may_not(console_demo: Demo) -> None:
+    op = console_demo.client("operator")
+    _, items = op.get_json("/api/work-items")
+    item = items["items"][0]["id"]
+    status, _ = op.request(
+        "POST", f"/work-items/{item}/assign", form={"csrf": op.csrf or "", "to": "dana"}
+    )
+    assert status == 303 and "assigned+to+dana" in op.last_headers["location"]
+    _, after = op.get_json("/api/work-items")
+    assert [i["assignee"] for i in after["items"] if i["id"] == item] == ["dana"]
+    viewer = console_demo.client("viewer")
+    status, _ = viewer.request(
+        "POST", f"/work-items/{item}/assign", form={"csrf": viewer.csrf or ""}
+    )
+    assert status == 403
+    _, audit = console_demo.client("admin").get_json("/api/audit")
+    assert ("operator", "work_item.assign", str(item)) in [
+        (e["actor"], e["action"], e["target"]) for e in audit["entries"]
+    ]

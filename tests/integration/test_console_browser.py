@@ -1,0 +1,185 @@
+"""The console in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven
+by selenium; never a downloaded browser) against ``wharf run --demo``: each role logs in, sees
+the links and pages it may and is refused the others; an operator replays a message, closes a
+work item and pauses a channel; finance releases a held invoice.
+
+With ``WHARF_CONSOLE_SCREENSHOTS=DIR`` the admin's view of every page is saved there (how
+``docs/console/`` was made)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.web.auth import ROLE_PERMISSIONS, ROLES
+from engine.web.console import NAV
+from tests.integration.console_helpers import PASSWORD, Demo
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+        pytest.skip("needs chromium and chromedriver (Debian packages chromium, chromium-driver)")
+    os.environ["SE_OFFLINE"] = "true"  # selenium must never fetch a browser or a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="wharf-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.implicitly_wait(5)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def log_in(driver: Any, demo: Demo, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.delete_all_cookies()
+    driver.get(f"{demo.url}/login")
+    driver.find_element(By.ID, "name").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "login").click()
+    assert driver.find_elements(By.ID, "logout"), driver.page_source[:500]
+
+
+def absent(driver: Any, by: str, value: str) -> bool:
+    """No such element on the page now (without the implicit wait for one to appear)."""
+    driver.implicitly_wait(0)
+    try:
+        return not driver.find_elements(by, value)
+    finally:
+        driver.implicitly_wait(5)
+
+
+def header_links(driver: Any) -> set[str]:
+    from selenium.webdriver.common.by import By
+
+    return {
+        a.get_attribute("href")
+        .removeprefix(driver.current_url.split("/")[0] + "//")
+        .split("/", 1)[-1]
+        for a in driver.find_elements(By.CSS_SELECTOR, "header a")
+    }
+
+
+def test_screenshots_of_every_page(browser: Any, console_demo: Demo) -> None:
+    """Every page renders for the admin with the demo's data (before the tests below change
+    it); with WHARF_CONSOLE_SCREENSHOTS set, each is saved as a PNG there."""
+    from selenium.webdriver.common.by import By
+
+    out = os.environ.get("WHARF_CONSOLE_SCREENSHOTS")
+    log_in(browser, console_demo, "admin")
+    browser.get(f"{console_demo.url}/messages?channel=usage_ledger")
+    detail = browser.find_element(By.CSS_SELECTOR, "#results td a").get_attribute("href")
+    pages = [(p.strip("/"), p) for p, _, _ in NAV]
+    pages += [
+        ("message", detail.split("//", 1)[1].split("/", 1)[1].join(("/", "?body=1"))),
+        ("trace", "/trace?key=po_number%3D4500012345"),
+    ]
+    for name, path in pages:
+        browser.get(f"{console_demo.url}{path if path.startswith('/') else '/' + path}")
+        assert browser.find_element(By.TAG_NAME, "h1").text
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(Path(out) / f"{name}.png"))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_sees_what_it_may_and_is_refused_the_rest(
+    browser: Any, console_demo: Demo, role: str
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, console_demo, role)
+    may = ROLE_PERMISSIONS[role]
+    links = header_links(browser)
+    for path, title, permission in NAV:
+        browser.get(f"{console_demo.url}{path}")
+        if permission in may:
+            assert path.lstrip("/") in links, (role, path, links)
+            assert browser.find_element(By.TAG_NAME, "h1").text.startswith(title.split()[0])
+            assert absent(browser, By.ID, "refused")
+        else:
+            assert path.lstrip("/") not in links, (role, path, links)
+            refused = browser.find_element(By.ID, "refused").text
+            assert "may not" in refused and role in refused
+
+
+def test_an_operator_replays_a_message(browser: Any, console_demo: Demo) -> None:
+    """A sent delivery sent again on purpose (the same idempotency key), as `wharf replay ID
+    --destination D` does."""
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, console_demo, "operator")
+    browser.get(f"{console_demo.url}/messages?status=sent&channel=usage_ledger")
+    browser.find_element(By.CSS_SELECTOR, "#results td a").click()
+    browser.find_element(By.CSS_SELECTOR, "button[id^=resend-]").click()
+    assert "replayed: 1 requeued" in browser.find_element(By.ID, "flash").text
+    assert absent(browser, By.ID, "show-body")  # an operator sees no bodies
+
+
+def test_finance_releases_a_held_invoice(browser: Any, console_demo: Demo) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, console_demo, "finance")
+    browser.get(f"{console_demo.url}/finance")
+    button = browser.find_element(By.CSS_SELECTOR, "button[id^=release-]")
+    invoice = button.get_attribute("id").removeprefix("release-")
+    button.click()
+    assert "released" in browser.find_element(By.ID, "flash").text
+    assert absent(browser, By.ID, f"invoice-{invoice}")
+    assert absent(browser, By.LINK_TEXT, "Integration")
+
+
+def test_an_operator_closes_a_work_item(browser: Any, console_demo: Demo) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, console_demo, "operator")
+    browser.get(f"{console_demo.url}/work-items")
+    button = browser.find_element(By.CSS_SELECTOR, "button[id^=resolve-]")
+    item = button.get_attribute("id").removeprefix("resolve-")
+    browser.find_element(By.ID, f"note-{item}").send_keys("checked with the vendor")
+    button.click()
+    assert f"work item {item} closed" in browser.find_element(By.ID, "flash").text
+    assert absent(browser, By.ID, f"resolve-{item}")
+
+
+def test_an_operator_pauses_and_resumes_a_channel(browser: Any, console_demo: Demo) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, console_demo, "operator")
+    browser.get(f"{console_demo.url}/integration")
+    browser.find_element(By.ID, "pause-usage_mllp").click()
+    assert "usage_mllp/* paused" in browser.find_element(By.ID, "flash").text
+    row = browser.find_element(By.ID, "channel-usage_mllp").text
+    assert "paused" in row
+    browser.find_element(By.ID, "resume-usage_mllp").click()
+    assert "usage_mllp/* resumed" in browser.find_element(By.ID, "flash").text
