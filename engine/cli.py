@@ -58,9 +58,9 @@ def _read_store(root: Path) -> Iterator[Any]:
     """The store's own tables only: no registry, no domain, no Twisted (``wharf messages``,
     ``status``, ``work-items``, ``audit`` start in a fraction of a second)."""
     from engine.config.store_path import store_path
-    from engine.store.sqlite import SqliteStore
+    from engine.store import make_store
 
-    store = SqliteStore(store_path(root)).open()
+    store = make_store(store_path(root)).open()
     try:
         yield store
     finally:
