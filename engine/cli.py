@@ -470,6 +470,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the store's missing schema migrations and every domain's (what ``wharf run`` does
+    at start), on the SQLite file or the PostgreSQL database the project names (``WHARF_DB``
+    first); print the versions reached."""
+    store = _store(args.root)
+    try:
+        with store.reading() as rd:
+            rows = rd.connection.execute(
+                "SELECT component, MAX(version) FROM component_versions GROUP BY component "
+                "ORDER BY component"
+            ).fetchall()
+        parts = [f"store v{store.schema_version}", *(f"{c} v{v}" for c, v in rows)]
+        print(f"migrated {store.path} ({store.dialect}): {', '.join(parts)}")
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_vacuum(args: argparse.Namespace) -> int:
     """Give a store's free pages back at once: a full VACUUM, which holds writers off while it
     runs (stop the engine first). A store made before incremental auto-vacuum is switched to it
@@ -894,6 +912,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--destination")
     rp.set_defaults(fn=cmd_replay)
 
+    mig = sub.add_parser(
+        "migrate",
+        help="apply the store's and the domains' schema migrations (SQLite or PostgreSQL)",
+    )
+    mig.set_defaults(fn=cmd_migrate)
     vac = sub.add_parser(
         "vacuum", help="give a store's free pages back at once (stop the engine first)"
     )

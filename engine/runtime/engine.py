@@ -79,6 +79,8 @@ class Engine(OrderedServices):
         self.store = make_store(
             resolve_store(self.root, self.project.settings.store), background_checkpoints=True
         )
+        # On PostgreSQL other nodes may share the store: recovery and sweeps leave their work.
+        self.store.shared = self.store.dialect == "postgresql"  # type: ignore[attr-defined]
         self.executor = StoreExecutor(self.store, reactor)
         self.resources = Resources.of_project(self.project)
         threads_ = self.project.settings.pipeline_threads

@@ -28,6 +28,8 @@ import hashlib
 import logging
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -68,6 +70,10 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+class _Return:
+    """Lives in a thread's local storage: when the thread ends, its connection goes back."""
+
+
 class PgTransaction(SqliteTransaction):
     """A store transaction on PostgreSQL (the same API; see :class:`SqliteTransaction`)."""
 
@@ -102,6 +108,7 @@ class PostgresStore(SqliteStore):
         self._pool: Any = None
         self._identity: frozenset[str] = frozenset()
         self._adapters: list[PgConnection] = []
+        self._ended: deque[PgConnection] = deque()  # connections of threads that ended
         #: Several nodes may share the database (the engine sets it): recovery and sweeps
         #: leave alone what another node may be doing. Off: one process, as with SQLite.
         self.shared = False
@@ -184,6 +191,8 @@ class PostgresStore(SqliteStore):
             return conn
         if conn is not None:  # the server dropped it: the pool discards it
             self._drop(conn)
+        while self._ended:
+            self._give_back_conn(self._ended.popleft())
         with self._lock:
             if not self._opened or self._pool is None:
                 raise StoreError(f"store {self.path} is not open; call open() first")
@@ -197,13 +206,21 @@ class PostgresStore(SqliteStore):
             self._adapters.append(conn)
         self._local.conn = conn
         self._local.depth = 0
+        # A thread that ends gives its connection back (its thread-local goes, and this with it).
+        self._local.returns = _Return()
+        # (a finalizer may run on any thread, inside this store's lock: it only queues)
+        weakref.finalize(self._local.returns, self._ended.append, conn)
         return conn
 
     def _drop(self, conn: PgConnection) -> None:
         self._local.conn = None
+        self._give_back_conn(conn)
+
+    def _give_back_conn(self, conn: PgConnection) -> None:
         with self._lock:
-            if conn in self._adapters:
-                self._adapters.remove(conn)
+            if conn not in self._adapters:
+                return  # given back already (dropped, or the store closed)
+            self._adapters.remove(conn)
             pool = self._pool
         if pool is not None:
             try:
@@ -284,14 +301,6 @@ class PostgresStore(SqliteStore):
             "received": by_status.get(model.RECEIVED, 0),
             "queued": by_status.get(model.QUEUED, 0),
         }
-
-    def run_alone(self, name: str, work: Any, *args: Any, **kwargs: Any) -> Any:
-        """``work(tx, ...)`` in a transaction, when no other node is running ``name`` (an
-        advisory lock held until the commit); None without running it otherwise."""
-        with self.transaction(f"job {name}", durable=False) as tx:
-            if not tx.try_lock(f"job:{name}"):
-                return None
-            return work(tx, *args, **kwargs)
 
     # ------------------------------------------------------------------ maintenance
 

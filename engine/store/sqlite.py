@@ -113,6 +113,8 @@ class SqliteStore:
     #: What a claim's SELECT ends with: SQLite's write lock already serialises claims.
     claim_lock = ""
     transaction_class = SqliteTransaction
+    #: Several processes share the store (PostgreSQL only: see PostgresStore).
+    shared = False
 
     def __init__(self, path: str | Path, *, background_checkpoints: bool = False) -> None:
         """``background_checkpoints``: a thread of the store copies the WAL back into the

@@ -86,6 +86,11 @@ class SqliteTransaction:
         sorted order, for what nodes must do one at a time). SQLite's write lock already
         holds the whole database."""
 
+    def try_lock(self, key: str) -> bool:
+        """``key`` held until this transaction ends when nobody else holds it; False (at once)
+        when another node does. One process on SQLite: always True."""
+        return True
+
     # ------------------------------------------------------------------ contents
 
     def put_content(self, message_id: str, stage: str, data: bytes, now: float) -> None:
