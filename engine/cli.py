@@ -488,6 +488,39 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    """Move an installation's SQLite store into an empty PostgreSQL database (every table, the
+    audit chain verified after the move); stop the engine first."""
+    from engine.runtime.store import open_store
+    from engine.store import is_url
+    from engine.store.move import move_store
+
+    source_path = Path(args.source)
+    if not source_path.is_file():
+        return _refuse(
+            "migrate-store", f"--from: expected a SQLite store file (got {args.source!r})"
+        )
+    if not is_url(args.target):
+        return _refuse("migrate-store", f"--to: expected a postgresql:// URL (got {args.target!r})")
+    source = open_store(source_path)
+    try:
+        target = open_store(args.target)
+        try:
+            copied = move_store(source, target)
+            target.audit(
+                args.user, "migrate-store", str(source_path), {"rows": copied}, time.time()
+            )
+        finally:
+            target.close()
+    finally:
+        source.close()
+    total = sum(copied.values())
+    print(f"moved {total} row(s) from {source_path} to {target.path}; audit chain verified")
+    for table, n in copied.items():
+        print(f"  {table}: {n}")
+    return 0
+
+
 def cmd_vacuum(args: argparse.Namespace) -> int:
     """Give a store's free pages back at once: a full VACUUM, which holds writers off while it
     runs (stop the engine first). A store made before incremental auto-vacuum is switched to it
@@ -917,6 +950,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply the store's and the domains' schema migrations (SQLite or PostgreSQL)",
     )
     mig.set_defaults(fn=cmd_migrate)
+    ms = sub.add_parser(
+        "migrate-store",
+        help="move a SQLite store into an empty PostgreSQL database (stop the engine first)",
+    )
+    ms.add_argument("--from", dest="source", required=True, help="the SQLite store file")
+    ms.add_argument("--to", dest="target", required=True, help="a postgresql:// URL")
+    ms.set_defaults(fn=cmd_migrate_store)
     vac = sub.add_parser(
         "vacuum", help="give a store's free pages back at once (stop the engine first)"
     )
