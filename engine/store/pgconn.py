@@ -75,6 +75,7 @@ class PgConnection:
         self.identity = identity
         self.total_changes = 0
         self.broken = False
+        self.pooled = True  #: from the store's pool (else one of its own, closed when done)
 
     @property
     def in_transaction(self) -> bool:

@@ -43,7 +43,9 @@ from engine.store.transaction import SqliteTransaction
 
 log = logging.getLogger("wharf.store")
 
-#: Seconds a thread waits for a connection (the server down: the write fails after this).
+#: Seconds a thread waits for a connection of the pool before it opens one of its own.
+POOL_WAIT = 1.0
+#: Seconds a connection attempt may take (the server down: the write fails after this).
 CONNECT_TIMEOUT = 3.0
 #: A message still ``received`` this long after its last change is another node's that died
 #: before its pipeline ran: a sweep takes it over.
@@ -68,6 +70,17 @@ def redacted(url: str) -> str:
     if parts.port:
         host += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _release(pool: Any, conn: PgConnection) -> None:
+    """A connection back to the pool it came from, or closed (one of our own, or no pool)."""
+    try:
+        if pool is not None and conn.pooled:
+            pool.putconn(conn.raw)
+        else:
+            conn.raw.close()
+    except Exception:  # pragma: no cover - closing is best effort
+        pass
 
 
 class _Return:
@@ -150,12 +163,9 @@ class PostgresStore(SqliteStore):
             pool, self._pool = self._pool, None
             self._opened = False
             self._local = threading.local()
+        for adapter in adapters:
+            _release(pool, adapter)
         if pool is not None:
-            for adapter in adapters:
-                try:
-                    pool.putconn(adapter.raw)
-                except Exception:  # pragma: no cover - closing is best effort
-                    pass
             pool.close()
 
     def _with_raw(self, work: Any, *args: Any, **kwargs: Any) -> Any:
@@ -197,11 +207,23 @@ class PostgresStore(SqliteStore):
             if not self._opened or self._pool is None:
                 raise StoreError(f"store {self.path} is not open; call open() first")
             pool = self._pool
+        pooled = True
         try:
-            raw = pool.getconn(timeout=CONNECT_TIMEOUT)
-        except Exception as exc:
-            raise StoreError(f"cannot reach store {self.path}: {exc}") from exc
+            raw = pool.getconn(timeout=POOL_WAIT)
+        except Exception:
+            # The pool has none ready: after an outage its background reconnects back off (up
+            # to minutes); a connection of our own is there as soon as the server is.
+            import psycopg
+
+            pooled = False
+            try:
+                raw = psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
+                )
+            except Exception as exc:
+                raise StoreError(f"cannot reach store {self.path}: {exc}") from exc
         conn = PgConnection(raw, self._identity)
+        conn.pooled = pooled
         with self._lock:
             self._adapters.append(conn)
         self._local.conn = conn
@@ -222,11 +244,7 @@ class PostgresStore(SqliteStore):
                 return  # given back already (dropped, or the store closed)
             self._adapters.remove(conn)
             pool = self._pool
-        if pool is not None:
-            try:
-                pool.putconn(conn.raw)
-            except Exception:  # pragma: no cover - a pool closed meanwhile
-                pass
+        _release(pool, conn)
 
     # ------------------------------------------------------------------ dialect hooks
 
