@@ -58,9 +58,9 @@ def _read_store(root: Path) -> Iterator[Any]:
     """The store's own tables only: no registry, no domain, no Twisted (``wharf messages``,
     ``status``, ``work-items``, ``audit`` start in a fraction of a second)."""
     from engine.config.store_path import store_path
-    from engine.store.sqlite import SqliteStore
+    from engine.store import make_store
 
-    store = SqliteStore(store_path(root)).open()
+    store = make_store(store_path(root)).open()
     try:
         yield store
     finally:
@@ -552,6 +552,57 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the store's missing schema migrations and every domain's (what ``wharf run`` does
+    at start), on the SQLite file or the PostgreSQL database the project names (``WHARF_DB``
+    first); print the versions reached."""
+    store = _store(args.root)
+    try:
+        with store.reading() as rd:
+            rows = rd.connection.execute(
+                "SELECT component, MAX(version) FROM component_versions GROUP BY component "
+                "ORDER BY component"
+            ).fetchall()
+        parts = [f"store v{store.schema_version}", *(f"{c} v{v}" for c, v in rows)]
+        print(f"migrated {store.path} ({store.dialect}): {', '.join(parts)}")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    """Move an installation's SQLite store into an empty PostgreSQL database (every table, the
+    audit chain verified after the move); stop the engine first."""
+    from engine.runtime.store import open_store
+    from engine.store import is_url
+    from engine.store.move import move_store
+
+    source_path = Path(args.source)
+    if not source_path.is_file():
+        return _refuse(
+            "migrate-store", f"--from: expected a SQLite store file (got {args.source!r})"
+        )
+    if not is_url(args.target):
+        return _refuse("migrate-store", f"--to: expected a postgresql:// URL (got {args.target!r})")
+    source = open_store(source_path)
+    try:
+        target = open_store(args.target)
+        try:
+            copied = move_store(source, target)
+            target.audit(
+                args.user, "migrate-store", str(source_path), {"rows": copied}, time.time()
+            )
+        finally:
+            target.close()
+    finally:
+        source.close()
+    total = sum(copied.values())
+    print(f"moved {total} row(s) from {source_path} to {target.path}; audit chain verified")
+    for table, n in copied.items():
+        print(f"  {table}: {n}")
+    return 0
 
 
 def cmd_vacuum(args: argparse.Namespace) -> int:
@@ -1095,6 +1146,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pv.set_defaults(fn=cmd_preview)
 
+    mig = sub.add_parser(
+        "migrate",
+        help="apply the store's and the domains' schema migrations (SQLite or PostgreSQL)",
+    )
+    mig.set_defaults(fn=cmd_migrate)
+    ms = sub.add_parser(
+        "migrate-store",
+        help="move a SQLite store into an empty PostgreSQL database (stop the engine first)",
+    )
+    ms.add_argument("--from", dest="source", required=True, help="the SQLite store file")
+    ms.add_argument("--to", dest="target", required=True, help="a postgresql:// URL")
+    ms.set_defaults(fn=cmd_migrate_store)
     vac = sub.add_parser(
         "vacuum", help="give a store's free pages back at once (stop the engine first)"
     )

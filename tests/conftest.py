@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +27,46 @@ def project_dir(tmp_path: Path) -> Path:
     """A fresh copy of the shipped routes, channels, mappings and samples."""
     (tmp_path / "project").mkdir()
     return copy_project(tmp_path / "project")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+_PG_SKIP = "PostgreSQL (initdb) not installed: apt-get install postgresql"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throw-away PostgreSQL cluster for the whole session (engine/testing/postgres.py);
+    skipped only when the server binaries are absent."""
+    from engine.testing.postgres import Cluster, bin_dir
+
+    if bin_dir() is None:
+        pytest.skip(_PG_SKIP)
+    cluster = Cluster(fsync=False).init().start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> Iterator[str]:
+    """A new empty database of the session's cluster; its postgresql:// URL."""
+    name = f"t{os.getpid()}_{next(_databases)}"
+    url = pg_cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: Any, tmp_path: Path) -> Path | str:
+    """Where a store test's store is: a SQLite file, then a new PostgreSQL database (the same
+    tests over both dialects)."""
+    if request.param == "sqlite":
+        return tmp_path / "data" / "wharf.db"
+    return str(request.getfixturevalue("pg_url"))

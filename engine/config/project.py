@@ -358,7 +358,13 @@ LISTENER_SPEC = Spec(
 
 _ROUTES_HEAD = [
     Field("listeners", ListOf(LISTENER_SPEC), (), "Shared sources with content-based routes."),
-    Field("store", Str(), STORE_DEFAULT, "SQLite store file, relative to the project root."),
+    Field(
+        "store",
+        Str(),
+        STORE_DEFAULT,
+        "SQLite store file, relative to the project root, or a postgresql:// URL (several "
+        "nodes sharing one database); the WHARF_DB environment variable overrides it.",
+    ),
     Field("retention", ListOf(RETENTION_SPEC), (), "Pruning rules run by `wharf prune`."),
     Field(
         "work_item_retention",

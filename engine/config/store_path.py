@@ -20,6 +20,22 @@ from engine.spec import Context, Str
 
 #: The store file when routes.yaml names none (the ``store`` field's default).
 STORE_DEFAULT = "var/wharf.db"
+#: The environment variable that names the store instead of routes.yaml (a SQLite file, or a
+#: ``postgresql://`` URL: several nodes sharing one database).
+STORE_ENV = "WHARF_DB"
+
+
+def is_store_url(value: str) -> bool:
+    """True when a store setting is a PostgreSQL URL rather than a file."""
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+def resolve_store(root: Path, value: str, env: Mapping[str, str] | None = None) -> Path | str:
+    """Where the store is: ``WHARF_DB`` when set, else ``value`` (routes.yaml's ``store``);
+    a ``postgresql://`` URL as it is, a file relative to ``root``."""
+    env = os.environ if env is None else env
+    chosen = env.get(STORE_ENV) or value
+    return chosen if is_store_url(chosen) else root / chosen
 
 
 def is_project(root: Path) -> bool:
@@ -35,11 +51,14 @@ def not_a_project(root: Path) -> str:
     )
 
 
-def store_path(root: Path, env: Mapping[str, str] | None = None) -> Path:
-    """The store file of the project at ``root``: routes.yaml's ``store``, relative to the
-    root; ``var/wharf.db`` when routes.yaml names none. A ``store`` value that does not
-    parse is a :class:`LintFailed` at its file:line:column."""
+def store_path(root: Path, env: Mapping[str, str] | None = None) -> Path | str:
+    """The store of the project at ``root``: ``WHARF_DB`` when set, else routes.yaml's
+    ``store``; a file relative to the root (``var/wharf.db`` when routes.yaml names none) or a
+    ``postgresql://`` URL. A ``store`` value that does not parse is a :class:`LintFailed` at
+    its file:line:column."""
     env = os.environ if env is None else env
+    if env.get(STORE_ENV):
+        return resolve_store(root, env[STORE_ENV], env)
     routes = root / "routes.yaml"
     if not routes.is_file():
         return root / STORE_DEFAULT
@@ -55,4 +74,4 @@ def store_path(root: Path, env: Mapping[str, str] | None = None) -> Path:
     value = Str().parse(value_node, ctx, "store")
     if ctx.errors:
         raise LintFailed(ctx.errors)
-    return root / value
+    return resolve_store(root, value, env)

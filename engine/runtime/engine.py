@@ -34,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 
 from engine.channel import Channel
 from engine.config.project import Project, fingerprint, load_project
+from engine.config.store_path import resolve_store
 from engine.config.versions import project_versions
 from engine.errors import LintFailed, ListenFailed
 from engine.interfaces import Binding
@@ -56,7 +57,7 @@ from engine.runtime.services import (
 )
 from engine.runtime.store import migrate_domains
 from engine.sources import IngestOutcome
-from engine.store import SqliteStore, StoreExecutor
+from engine.store import StoreExecutor, make_store
 
 log = Logger(namespace="wharf.engine")
 
@@ -78,9 +79,11 @@ class Engine(OrderedServices):
         self.reactor = reactor
         self.registry = registry
         self.project = project or load_project(self.root, registry=registry)
-        self.store = SqliteStore(
-            self.root / self.project.settings.store, background_checkpoints=True
+        self.store = make_store(
+            resolve_store(self.root, self.project.settings.store), background_checkpoints=True
         )
+        # On PostgreSQL other nodes may share the store: recovery and sweeps leave their work.
+        self.store.shared = self.store.dialect == "postgresql"  # type: ignore[attr-defined]
         self.executor = StoreExecutor(self.store, reactor)
         self.resources = Resources.of_project(self.project)
         threads_ = self.project.settings.pipeline_threads

@@ -179,11 +179,14 @@ class JobService(internet.TimerService):
 
 
 def domain_job(job: Job, *, store: Any, executor: Any, clock: Any) -> JobService:
-    """A domain's job, run in one store transaction on the store thread."""
+    """A domain's job, run in one store transaction on the store thread; by one node at a time
+    when several share the database (an advisory lock held until that transaction ends)."""
     import time
 
     def in_transaction() -> int:
         with store.transaction(job.name, durable=job.durable) as tx:
+            if not tx.try_lock(f"job:{job.name}"):
+                return 0  # another node sharing the database is running it right now
             return job.run(tx, time.time())
 
     def run() -> Any:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.registry import REGISTRY, Registry
-from engine.store import SqliteStore
+from engine.store import SqliteStore, make_store
 
 
 def open_store(path: Path | str, registry: Registry = REGISTRY) -> SqliteStore:
-    """An open :class:`SqliteStore` at ``path`` with the domains' tables in place."""
-    store = SqliteStore(path).open()
+    """An open store at ``path`` (a SQLite file, or a ``postgresql://`` URL) with the domains'
+    tables in place."""
+    store = make_store(path).open()
     try:
         migrate_domains(store, registry)
     except BaseException:
@@ -23,4 +24,4 @@ def open_store(path: Path | str, registry: Registry = REGISTRY) -> SqliteStore:
 def migrate_domains(store: SqliteStore, registry: Registry = REGISTRY) -> None:
     """Apply each registered domain's missing migrations (runs on the caller's thread)."""
     for domain in registry.domains():
-        store.migrate(domain.name, domain.migrations("sqlite"))
+        store.migrate(domain.name, domain.migrations(store.dialect))

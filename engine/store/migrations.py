@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -485,6 +486,30 @@ def _check_history(migrations: Sequence[Migration]) -> None:
         raise StoreError(f"migration versions must be {expected} in order (got {numbers})")
 
 
+def run_step(conn: Any, step: MigrationStep) -> None:
+    """One migration's work: its callable, or each of its statements."""
+    if callable(step):
+        step(conn)
+    else:
+        for statement in step:
+            conn.execute(statement)
+
+
+def record_version(conn: Any, number: int, description: str, component: str | None) -> None:
+    """Record an applied migration (``schema_version``, or ``component_versions``)."""
+    if component is None:
+        conn.execute(
+            "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+            (number, description, time.time()),
+        )
+    else:
+        conn.execute(
+            "INSERT INTO component_versions (component, version, description, applied_at) "
+            "VALUES (?, ?, ?, ?)",
+            (component, number, description, time.time()),
+        )
+
+
 def _apply_one(
     conn: sqlite3.Connection,
     number: int,
@@ -494,22 +519,8 @@ def _apply_one(
 ) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if callable(step):
-            step(conn)
-        else:
-            for statement in step:
-                conn.execute(statement)
-        if component is None:
-            conn.execute(
-                "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                (number, description, time.time()),
-            )
-        else:
-            conn.execute(
-                "INSERT INTO component_versions (component, version, description, applied_at) "
-                "VALUES (?, ?, ?, ?)",
-                (component, number, description, time.time()),
-            )
+        run_step(conn, step)
+        record_version(conn, number, description, component)
     except sqlite3.Error as exc:
         conn.execute("ROLLBACK")
         whose = f"{component} " if component else ""

@@ -112,6 +112,13 @@ class SqliteStore(ConsoleStore):
     """The durable store of one Wharf instance (one SQLite file, WAL mode); the admin
     console's reads and writes are in :class:`~engine.store.console.ConsoleStore`."""
 
+    dialect = "sqlite"
+    #: What a claim's SELECT ends with: SQLite's write lock already serialises claims.
+    claim_lock = ""
+    transaction_class = SqliteTransaction
+    #: Several processes share the store (PostgreSQL only: see PostgresStore).
+    shared = False
+
     def __init__(self, path: str | Path, *, background_checkpoints: bool = False) -> None:
         """``background_checkpoints``: a thread of the store copies the WAL back into the
         database (``wal_checkpoint(PASSIVE)``, :data:`CHECKPOINT_INTERVAL`) instead of the
@@ -262,7 +269,7 @@ class SqliteStore(ConsoleStore):
         Ingests, stored answers and the audit log stay ``synchronous=FULL``.
         """
         with self._write(what, durable) as conn:
-            yield SqliteTransaction(conn)
+            yield self.transaction_class(conn)
 
     @contextmanager
     def _write(self, what: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -275,8 +282,7 @@ class SqliteStore(ConsoleStore):
             with self._savepoint(conn, what, durable, depth):
                 yield conn
             return
-        if not durable:
-            conn.execute("PRAGMA synchronous=NORMAL")
+        self._sync_level(conn, durable)
         self._local.durable = durable
         self._local.sync_after = False
         try:
@@ -300,6 +306,7 @@ class SqliteStore(ConsoleStore):
                 self._rollback(conn)
                 return
             try:
+                self._before_commit(conn, durable or self._local.sync_after)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(conn)
@@ -308,8 +315,18 @@ class SqliteStore(ConsoleStore):
             if self._local.sync_after:  # a durable write committed at synchronous=NORMAL
                 self._sync_wal(what)
         finally:
-            if not durable:
-                conn.execute("PRAGMA synchronous=FULL")
+            self._sync_level(conn, True, durable)
+
+    def _sync_level(self, conn: sqlite3.Connection, durable: bool, was: bool = False) -> None:
+        """(Dialect hook) Before a transaction: its commit's sync level (``synchronous=NORMAL``
+        when not durable); after it (``was``: what it had), back to FULL."""
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        elif not was:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    def _before_commit(self, conn: sqlite3.Connection, durable: bool) -> None:
+        """(Dialect hook) Just before COMMIT; SQLite fixed the sync level at BEGIN."""
 
     def _sync_wal(self, what: str) -> None:
         """fsync the WAL: what a commit at ``synchronous=FULL`` does after writing its frames."""
@@ -367,7 +384,7 @@ class SqliteStore(ConsoleStore):
     def reading(self) -> Iterator[SqliteTransaction]:
         """This thread's connection for reads (a domain's queries, the CLI), no transaction
         opened; it has the same ``dialect``/``connection`` a domain's repository needs."""
-        yield SqliteTransaction(self._conn())
+        yield self.transaction_class(self._conn())
 
     # ------------------------------------------------------------------ configuration versions
 
@@ -416,6 +433,14 @@ class SqliteStore(ConsoleStore):
         if not items:
             return []
         with self._write(f"ingest of {len(items)} message(s)") as conn:
+            # Another node may be storing the same message: one at a time per duplicate key.
+            self.transaction_class(conn).lock(
+                *(
+                    f"dedup:{i.channel}:{i.dedup_key}"
+                    for i in items
+                    if i.dedup_key and i.dedup_window > 0
+                )
+            )
             return [self._ingest_one(conn, item, now) for item in items]
 
     def _ingest_one(self, conn: sqlite3.Connection, item: Inbound, now: float) -> IngestResult:
@@ -425,7 +450,7 @@ class SqliteStore(ConsoleStore):
             earlier = self._dedup_candidates(conn, item, now)
             for row_id, row_status, row_corr, row_sha in earlier:
                 if row_sha == digest:
-                    response = SqliteTransaction(conn).content(row_id, "response")
+                    response = self.transaction_class(conn).content(row_id, "response")
                     return IngestResult(row_id, "duplicate", row_status, row_corr, response)
             if earlier:
                 status = model.CONFLICT
@@ -456,7 +481,7 @@ class SqliteStore(ConsoleStore):
             raise StoreError(
                 f"message id {message_id!r} must be new but is already stored ({exc})"
             ) from exc
-        tx = SqliteTransaction(conn)
+        tx = self.transaction_class(conn)
         tx.put_content(message_id, "raw", item.raw, now)
         if item.response is not None:
             tx.put_content(message_id, "response", item.response, now)
@@ -618,7 +643,7 @@ class SqliteStore(ConsoleStore):
             "  SELECT 1 FROM outbox AS p WHERE p.channel = o.channel "
             "  AND p.destination = o.destination AND p.order_key = o.order_key "
             f"  AND p.id < o.id AND p.status IN ({marks}))) "
-            "ORDER BY o.id LIMIT ?"
+            f"ORDER BY o.id LIMIT ?{self.claim_lock}"
         )
         params = (channel, destination, now, *blocking, limit)
         if not self._query("claim_deliveries", sql, params):
@@ -631,7 +656,7 @@ class SqliteStore(ConsoleStore):
                 mates = conn.execute(
                     f"SELECT {_DELIVERY_COLUMNS} FROM outbox AS o INDEXED BY idx_outbox_pending "
                     "WHERE o.channel = ? AND o.destination = ? AND o.status = 'pending' "
-                    f"AND o.batch_key IN ({_placeholders(keys)}) ORDER BY o.id",
+                    f"AND o.batch_key IN ({_placeholders(keys)}) ORDER BY o.id{self.claim_lock}",
                     (channel, destination, *keys),
                 ).fetchall()
                 rows = sorted([*rows, *(m for m in mates if m[0] not in taken)])
@@ -947,6 +972,10 @@ class SqliteStore(ConsoleStore):
         if filters:
             raise TypeError(f"search_plan got unknown filters {sorted(filters)}")
         sql, params = self._search_sql(*args.values(), limit, offset)
+        return self._plan(sql, params)
+
+    def _plan(self, sql: str, params: Sequence[Any]) -> list[str]:
+        """(Dialect hook) The query planner's lines for ``sql``."""
         rows = self._query("search_plan", f"EXPLAIN QUERY PLAN {sql}", params)
         return [row[-1] for row in rows]
 
@@ -1056,7 +1085,7 @@ class SqliteStore(ConsoleStore):
                 "reprocess": reprocess,
                 "configuration": configuration,
             }
-            SqliteTransaction(conn).audit(actor, "replay", message_id, detail, now)
+            self.transaction_class(conn).audit(actor, "replay", message_id, detail, now)
         result: dict[str, Any] = {"requeued": len(ids), "reprocess": reprocess}
         if original:
             result["configuration"] = configuration

@@ -77,6 +77,8 @@ class SqliteTransaction:
     """The spine's writes inside one open SQLite transaction (see the module docstring)."""
 
     dialect = "sqlite"
+    #: What a claim's SELECT ends with (PostgreSQL: rows another node is claiming are skipped).
+    claim_lock = ""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.connection = conn
@@ -93,6 +95,16 @@ class SqliteTransaction:
             if self.connection.in_transaction:
                 self.connection.execute("ROLLBACK TO wharf_undone")
                 self.connection.execute("RELEASE wharf_undone")
+
+    def lock(self, *keys: str) -> None:
+        """Hold ``keys`` until this transaction ends (PostgreSQL: advisory locks, taken in
+        sorted order, for what nodes must do one at a time). SQLite's write lock already
+        holds the whole database."""
+
+    def try_lock(self, key: str) -> bool:
+        """``key`` held until this transaction ends when nobody else holds it; False (at once)
+        when another node does. One process on SQLite: always True."""
+        return True
 
     # ------------------------------------------------------------------ contents
 
@@ -334,7 +346,7 @@ class SqliteTransaction:
             "OR NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.channel = o.channel "
             "AND p.destination = o.destination AND p.order_key = o.order_key "
             f"AND p.id < o.id AND p.status IN ({placeholders(blocking)}))) "
-            "ORDER BY o.id LIMIT ?",
+            f"ORDER BY o.id LIMIT ?{self.claim_lock}",
             (*ids, now, *blocking, limit),
         ).fetchall()
         self.connection.executemany(

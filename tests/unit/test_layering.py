@@ -2,7 +2,7 @@
 transforms/; every import counts, the ones inside functions too).
 
 - no import cycle between our modules;
-- the kernel (errors, model, spec, interfaces, registry, resources, uploads) imports nothing of
+- the kernel (errors, model, spec, interfaces, registry, resources, uploads, sqldialect) imports nothing of
   ours but the kernel;
 - the store, the pipeline and the runtime import no domain;
 - the X12 standard (engine/x12) imports no domain, config, channel, component, store or runtime;
@@ -31,6 +31,7 @@ KERNEL = {
     "engine.registry",
     "engine.resources",
     "engine.uploads",
+    "engine.sqldialect",  # SQLite's SQL as PostgreSQL's: the store's and the domains' schemas
     "engine._version",
     "engine",
 }

@@ -19,7 +19,7 @@ from engine.domains.ledger.rules import book_events, effect_key, round_up_to_pac
 from engine.model import Inbound, Outbound
 from engine.runtime.outcomes import DeliveryBook
 from engine.spec import Context
-from engine.store import SqliteStore
+from engine.store import SqliteStore, make_store
 
 ROUTES = LedgerRoutes(issue="erp", charge="billing", requisition="erp_req")
 POLICIES = {
@@ -68,9 +68,9 @@ def _book(repo: Any, mid: str, events: Any, now: float) -> list[Outbound]:
 class Ledger:
     """The ledger's rules over the store's SQLite repository, booked in the message's commit."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.store = SqliteStore(tmp / "w.db").open()
-        self.store.migrate("ledger", LEDGER.migrations("sqlite"))
+    def __init__(self, location: Path | str) -> None:
+        self.store = make_store(location).open()
+        self.store.migrate("ledger", LEDGER.migrations(self.store.dialect))
         self.n = 0
 
     def book(self, *events: ConsumptionEvent) -> tuple[str, list[dict[str, Any]]]:
@@ -160,10 +160,15 @@ class MemoryLedger:
         return [(str(r["quantity"]), r["status"]) for r in self.repo.requisitions]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def ledger(request: Any, tmp_path: Path) -> Any:
-    """The rules run against both repositories and must give the same answers."""
-    return Ledger(tmp_path) if request.param == "sqlite" else MemoryLedger()
+    """The rules run against every repository (the store's on SQLite and on PostgreSQL, and
+    the in-memory one) and must give the same answers."""
+    if request.param == "sqlite":
+        return Ledger(tmp_path / "w.db")
+    if request.param == "postgresql":
+        return Ledger(request.getfixturevalue("pg_url"))
+    return MemoryLedger()
 
 
 def test_usage_moves_stock_issues_and_charges_in_the_message_commit(ledger: Any) -> None:
@@ -230,11 +235,11 @@ def test_round_up_to_pack() -> None:
 
 
 def test_billing_answer_updates_the_charge_and_a_rejection_opens_a_work_item(
-    tmp_path: Path,
+    store_location: Path | str,
 ) -> None:
     """A delivered charge is accepted; a charge the billing system refused (AE → dead letter)
     is rejected and opens a CHARGE_REJECTED work item."""
-    ledger = Ledger(tmp_path)
+    ledger = Ledger(store_location)
     ledger.book(event("CU-6"))
     ledger.book(event("CU-7"))
     store, now = ledger.store, time.time()
@@ -251,10 +256,10 @@ def test_billing_answer_updates_the_charge_and_a_rejection_opens_a_work_item(
     ]
 
 
-def test_unbilled_usage_opens_one_work_item_per_event(tmp_path: Path) -> None:
+def test_unbilled_usage_opens_one_work_item_per_event(store_location: Path | str) -> None:
     """Chargeable usage whose charge is not accepted after the delay opens UNBILLED_USAGE once;
     an accepted charge and non-chargeable usage do not."""
-    ledger = Ledger(tmp_path)
+    ledger = Ledger(store_location)
     ledger.book(event("CU-8"))
     ledger.book(event("CU-9", item="GAUZE", chargeable=False))
     store, book = ledger.store, delivery_book(ledger.store)
@@ -335,7 +340,7 @@ def test_the_rules_hold_on_the_in_memory_repository_without_sql() -> None:
 def test_the_charge_outcome_update_uses_an_index(tmp_path: Path) -> None:
     """What runs for every accepted or rejected charge looks its row up through an index (a
     full scan of charges grew with the table; moved here from the store's tests)."""
-    store = Ledger(tmp_path).store
+    store = Ledger(tmp_path / "w.db").store
     sql = "UPDATE charges SET status = 'accepted', updated_at = 1 WHERE event_id = 7"
     plan = [r[-1] for r in store._conn().execute("EXPLAIN QUERY PLAN " + sql)]
     assert not any(line.startswith("SCAN") for line in plan), plan
@@ -487,10 +492,10 @@ def test_the_par_sweep_orders_for_any_breach_once() -> None:
     assert rules.par_breaches(repo, POLICIES) == []
 
 
-def test_the_ledger_keeps_its_records_for_its_own_retention(tmp_path: Path) -> None:
+def test_the_ledger_keeps_its_records_for_its_own_retention(store_location: Path | str) -> None:
     """Past the ledger's retention, events with a settled charge (or none) go with their stock
     moves and charges; one whose charge is still pending stays; on-hand is never pruned."""
-    ledger = Ledger(tmp_path)
+    ledger = Ledger(store_location)
     ledger.seed(10)
     ledger.book(event("CU-R1", chargeable=False))
     ledger.book(event("CU-R2"))  # its charge stays pending

@@ -75,15 +75,21 @@ def project_root() -> Any:
     shutil.rmtree(base, True)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def env(request: Any, project_root: Path) -> Any:
-    """The book against both repositories: the same cases, the same answers."""
+    """The book against every repository (the store's on SQLite and on PostgreSQL, and the
+    in-memory one): the same cases, the same answers."""
     project = load_project(project_root, env={})
     channel = Channel.of(project, "x12_from_vendors")
     if request.param == "memory":
         yield MemoryBook(project, channel)
         return
-    store = open_store(Path(tempfile.mkdtemp()) / "w.db")
+    location = (
+        request.getfixturevalue("pg_url")
+        if request.param == "postgresql"
+        else Path(tempfile.mkdtemp()) / "w.db"
+    )
+    store = open_store(location)
     book = SqliteBook(project, channel, store)
     with store._write("more messages") as conn:
         for mid in ("m-855", "m-2", "m-3", "m-4", "m-5", "m-6"):

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from engine import model
 from engine.errors import Overloaded, StoreError
 from engine.model import Inbound, IngestResult
-from engine.store import SqliteStore, StoreExecutor
+from engine.store import SqliteStore, StoreExecutor, make_store
 
 T0 = 1_700_000_000.0
 TIMEOUT = 10.0
@@ -96,8 +96,9 @@ class GatedStore:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore(tmp_path / "wharf.db").open()
+def store(store_location: Path | str) -> SqliteStore:
+    """SQLite, then PostgreSQL (tests/conftest.py)."""
+    s = make_store(store_location).open()
     yield s
     s.close()
 

@@ -237,15 +237,21 @@ class MemoryBook(Book):
         return payload
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def env(request: Any) -> Any:
-    """The book against both repositories: the same scenarios, the same answers."""
+    """The book against every repository (the store's on SQLite and on PostgreSQL, and the
+    in-memory one): the same scenarios, the same answers."""
     project = load_project(REPO, env={})
     channel = Channel.of(project, "x12_from_vendors")
     if request.param == "memory":
         yield MemoryBook(project, channel)
         return
-    store = open_store(Path(tempfile.mkdtemp()) / "w.db")
+    location = (
+        request.getfixturevalue("pg_url")
+        if request.param == "postgresql"
+        else Path(tempfile.mkdtemp()) / "w.db"
+    )
+    store = open_store(location)
     yield SqliteBook(project, channel, store)
     store.close()
 

@@ -111,9 +111,11 @@ UNBILLED_AFTER = Field(
 
 def repository(tx: Transaction) -> LedgerRepository:
     """The ledger's repository for the store that opened ``tx``."""
-    if tx.dialect == "sqlite":
+    # One SQL for both dialects: the store's connection speaks SQLite's on PostgreSQL too
+    # (engine/store/pgconn.py).
+    if tx.dialect in ("sqlite", "postgresql"):
         return SqliteLedgerRepository(tx)
-    raise ValueError(f"the ledger has a repository for sqlite (got {tx.dialect!r})")
+    raise ValueError(f"the ledger has a repository for sqlite and postgresql (got {tx.dialect!r})")
 
 
 def add_to_onhand(

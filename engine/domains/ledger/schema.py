@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 from engine.interfaces import Migration
+from engine.sqldialect import ddl_all
 
 _TABLES: list[str] = [
     """
@@ -156,7 +157,27 @@ SQLITE_MIGRATIONS: list[Migration] = [
 ]
 
 
+# The same history on PostgreSQL (a new database: the statements as they are, no callables).
+POSTGRESQL_MIGRATIONS: list[Migration] = [
+    (1, SQLITE_MIGRATIONS[0][1], ddl_all(_TABLES)),
+    (
+        2,
+        SQLITE_MIGRATIONS[1][1],
+        [
+            "ALTER TABLE requisitions ADD COLUMN IF NOT EXISTS business_key TEXT",
+            "CREATE UNIQUE INDEX IF NOT EXISTS idx_requisitions_business_key "
+            "ON requisitions(business_key) WHERE business_key IS NOT NULL",
+        ],
+    ),
+    (3, SQLITE_MIGRATIONS[2][1], ddl_all(_CHARGE_EVENT_INDEX)),
+    (4, SQLITE_MIGRATIONS[3][1], ddl_all(_HELD_CREDITS)),
+    (5, SQLITE_MIGRATIONS[4][1], ddl_all(MIGRATION_OBSERVABILITY_INDEXES[2])),
+]
+
+
 def migrations(dialect: str) -> list[Migration]:
-    if dialect != "sqlite":
-        raise ValueError(f"the ledger's schema exists for sqlite (got {dialect!r})")
-    return SQLITE_MIGRATIONS
+    if dialect == "sqlite":
+        return SQLITE_MIGRATIONS
+    if dialect == "postgresql":
+        return POSTGRESQL_MIGRATIONS
+    raise ValueError(f"the ledger's schema exists for sqlite and postgresql (got {dialect!r})")

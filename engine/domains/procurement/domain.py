@@ -91,9 +91,11 @@ PROCUREMENT_SPEC = Spec(
 def repository(tx: Transaction) -> ProcurementRepository:
     """Procurement's repository for the store that opened ``tx`` (a transaction, or the
     read-only handle of ``store.reading()``)."""
-    if tx.dialect == "sqlite":
+    # One SQL for both dialects: the store's connection speaks SQLite's on PostgreSQL too
+    # (engine/store/pgconn.py).
+    if tx.dialect in ("sqlite", "postgresql"):
         return SqliteProcurementRepository(tx)
-    raise ValueError(f"procurement has a repository for sqlite (got {tx.dialect!r})")
+    raise ValueError(f"procurement has a repository for sqlite and postgresql (got {tx.dialect!r})")
 
 
 def routes_of(section: Any) -> ProcurementRoutes:

@@ -317,10 +317,19 @@ class SqliteProcurementRepository:
     # ------------------------------------------------------------------ control numbers
 
     def allocate(self, partner: str, kind: str, n: int = 1) -> list[int]:
+        self._hold_numbers(partner)
         return control.allocate(self.conn, partner, kind, n)
 
     def allocate_envelope(self, partner: str, sets: int = 1) -> ControlNumbers:
+        self._hold_numbers(partner)
         return control.allocate_envelope(self.conn, partner, sets=sets)
+
+    def _hold_numbers(self, partner: str) -> None:
+        """Nodes sharing one database allocate a partner's numbers one at a time (until this
+        transaction ends): none read the same last number, none is reused."""
+        lock = getattr(self.tx, "lock", None)
+        if lock is not None:
+            lock(f"x12-control:{partner}")
 
     def record_outbound(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.interfaces import Migration
+from engine.sqldialect import ddl, ddl_all
 
 _X12_CONTROL: list[str] = [
     """
@@ -158,6 +159,35 @@ _PROCUREMENT: list[str] = [
 ]
 
 
+_PO_CHANGES = """
+CREATE TABLE IF NOT EXISTS po_changes (
+    id INTEGER PRIMARY KEY,
+    po_number TEXT NOT NULL,
+    line TEXT NOT NULL,
+    partner TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('proposed', 'accepted', 'rejected',
+                                           'superseded')),
+    ack_code TEXT NOT NULL,
+    ordered_quantity TEXT NOT NULL,
+    ordered_uom TEXT NOT NULL,
+    ordered_price TEXT NOT NULL,
+    quantity TEXT,
+    uom TEXT,
+    unit_price TEXT,
+    ship_date TEXT,
+    message_id TEXT,
+    correlation_id TEXT,
+    created_at REAL NOT NULL,
+    decided_at REAL,
+    decided_by TEXT,
+    note TEXT
+)
+"""
+_PO_CHANGES_INDEX = (
+    "CREATE INDEX IF NOT EXISTS idx_po_changes_po ON po_changes(po_number, line, status)"
+)
+
+
 def _columns(conn: Any, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
@@ -175,35 +205,8 @@ def _line_holds_and_changes(conn: Any) -> None:
         )
     if "credit" not in have:
         conn.execute("ALTER TABLE invoice_lines ADD COLUMN credit INTEGER NOT NULL DEFAULT 0")
-    conn.execute(
-        """
-        CREATE TABLE IF NOT EXISTS po_changes (
-            id INTEGER PRIMARY KEY,
-            po_number TEXT NOT NULL,
-            line TEXT NOT NULL,
-            partner TEXT NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('proposed', 'accepted', 'rejected',
-                                                   'superseded')),
-            ack_code TEXT NOT NULL,
-            ordered_quantity TEXT NOT NULL,
-            ordered_uom TEXT NOT NULL,
-            ordered_price TEXT NOT NULL,
-            quantity TEXT,
-            uom TEXT,
-            unit_price TEXT,
-            ship_date TEXT,
-            message_id TEXT,
-            correlation_id TEXT,
-            created_at REAL NOT NULL,
-            decided_at REAL,
-            decided_by TEXT,
-            note TEXT
-        )
-        """
-    )
-    conn.execute(
-        "CREATE INDEX IF NOT EXISTS idx_po_changes_po ON po_changes(po_number, line, status)"
-    )
+    conn.execute(_PO_CHANGES)
+    conn.execute(_PO_CHANGES_INDEX)
 
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -213,7 +216,36 @@ SQLITE_MIGRATIONS: list[Migration] = [
 ]
 
 
+# The same history on PostgreSQL (a new database: the statements as they are, no callables);
+# po_lines.rowid is SQLite's implicit one (a PO's lines in the order they were written).
+POSTGRESQL_MIGRATIONS: list[Migration] = [
+    (1, SQLITE_MIGRATIONS[0][1], ddl_all(_X12_CONTROL)),
+    (
+        2,
+        SQLITE_MIGRATIONS[1][1],
+        [
+            *ddl_all(_PROCUREMENT),
+            "ALTER TABLE po_lines ADD COLUMN rowid BIGINT GENERATED ALWAYS AS IDENTITY",
+        ],
+    ),
+    (
+        3,
+        SQLITE_MIGRATIONS[2][1],
+        [
+            "ALTER TABLE invoice_lines ADD COLUMN posted BIGINT NOT NULL DEFAULT 0",
+            "UPDATE invoice_lines SET posted = 1 WHERE invoice_id IN "
+            "(SELECT id FROM invoices WHERE status IN ('matched', 'released'))",
+            "ALTER TABLE invoice_lines ADD COLUMN credit BIGINT NOT NULL DEFAULT 0",
+            ddl(_PO_CHANGES),
+            _PO_CHANGES_INDEX,
+        ],
+    ),
+]
+
+
 def migrations(dialect: str) -> list[Migration]:
-    if dialect != "sqlite":
-        raise ValueError(f"procurement's schema exists for sqlite (got {dialect!r})")
-    return SQLITE_MIGRATIONS
+    if dialect == "sqlite":
+        return SQLITE_MIGRATIONS
+    if dialect == "postgresql":
+        return POSTGRESQL_MIGRATIONS
+    raise ValueError(f"procurement's schema exists for sqlite and postgresql (got {dialect!r})")
