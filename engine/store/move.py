@@ -20,6 +20,10 @@ _SKIPPED = {"schema_version", "component_versions", "sqlite_sequence", "sqlite_s
 _BATCH = 500
 
 
+#: The console's running counters: kept by the target's own triggers as the messages and
+#: deliveries are copied (copying them too would count everything twice).
+_DERIVED = frozenset({"message_counts", "delivery_counts", "message_buckets"})
+
 def _tables(conn: Any) -> list[str]:
     """The SQLite file's tables, parents before the tables that reference them."""
     names = [
@@ -56,6 +60,8 @@ def move_store(source: Any, target: Any) -> dict[str, int]:
         if dst.execute("SELECT COUNT(*) FROM messages").fetchone()[0]:
             raise StoreError(f"the target {target.path} already holds messages; give an empty one")
         for table in _tables(src):
+            if table in _DERIVED:  # the target's triggers count what is copied
+                continue
             columns = [row[1] for row in src.execute(f"PRAGMA table_info({table})")]
             names = ", ".join(columns)
             marks = ", ".join("?" for _ in columns)

@@ -92,24 +92,33 @@ _V15_CONFIG_VERSIONS = [
     "CREATE TABLE IF NOT EXISTS config_files (sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL)",
 ]
 
-# 17: the console's tables, as SQLite's CONSOLE_SCHEMA (WITHOUT ROWID dropped), its counter
-# triggers as plpgsql functions, the work items' assignee, and the counters' backfill.
+# 17: the console's tables. Its running counters are append-only on PostgreSQL: a trigger adds
+# a row (+1 or -1) per change and readers sum them (PostgresStore.message_counters...). An
+# UPDATE of one counter row per (channel, status), as SQLite's triggers do, would make every
+# node's claim wait for the others' open transactions on that row (SKIP LOCKED skips outbox rows,
+# not the counter rows their triggers update).
+_CONSOLE_TABLES = [
+    "CREATE TABLE IF NOT EXISTS message_counts (channel TEXT NOT NULL, status TEXT NOT NULL, "
+    "n BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS delivery_counts (channel TEXT NOT NULL, destination TEXT NOT NULL, "
+    "status TEXT NOT NULL, n BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS message_buckets (channel TEXT NOT NULL, bucket BIGINT NOT NULL, "
+    "n BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS idx_message_buckets ON message_buckets(bucket, channel)",
+]
 _CONSOLE_TRIGGERS = [
     """
     CREATE OR REPLACE FUNCTION console_count_message() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            UPDATE message_counts SET n = n - 1
-                WHERE channel = OLD.channel AND status = OLD.status;
+            INSERT INTO message_counts (channel, status, n) VALUES (OLD.channel, OLD.status, -1);
         END IF;
         IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            INSERT INTO message_counts (channel, status, n) VALUES (NEW.channel, NEW.status, 1)
-                ON CONFLICT (channel, status) DO UPDATE SET n = message_counts.n + 1;
+            INSERT INTO message_counts (channel, status, n) VALUES (NEW.channel, NEW.status, 1);
         END IF;
         IF TG_OP = 'INSERT' THEN
             INSERT INTO message_buckets (channel, bucket, n)
-                VALUES (NEW.channel, CAST(FLOOR(NEW.received_at / 300) AS BIGINT), 1)
-                ON CONFLICT (channel, bucket) DO UPDATE SET n = message_buckets.n + 1;
+                VALUES (NEW.channel, CAST(FLOOR(NEW.received_at / 300) AS BIGINT), 1);
         END IF;
         RETURN NULL;
     END $$
@@ -125,14 +134,12 @@ _CONSOLE_TRIGGERS = [
     CREATE OR REPLACE FUNCTION console_count_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            UPDATE delivery_counts SET n = n - 1 WHERE channel = OLD.channel
-                AND destination = OLD.destination AND status = OLD.status;
+            INSERT INTO delivery_counts (channel, destination, status, n)
+                VALUES (OLD.channel, OLD.destination, OLD.status, -1);
         END IF;
         IF TG_OP IN ('INSERT', 'UPDATE') THEN
             INSERT INTO delivery_counts (channel, destination, status, n)
-                VALUES (NEW.channel, NEW.destination, NEW.status, 1)
-                ON CONFLICT (channel, destination, status)
-                DO UPDATE SET n = delivery_counts.n + 1;
+                VALUES (NEW.channel, NEW.destination, NEW.status, 1);
         END IF;
         RETURN NULL;
     END $$
@@ -148,11 +155,12 @@ _CONSOLE_TRIGGERS = [
 _v17_console = [
     *ddl_all(
         [
-            s.replace("WITHOUT ROWID", "")
+            s
             for s in sqlite_history.CONSOLE_SCHEMA
-            if "CREATE TRIGGER" not in s
+            if "CREATE TRIGGER" not in s and "_counts" not in s and "message_buckets" not in s
         ]
     ),
+    *_CONSOLE_TABLES,
     *_CONSOLE_TRIGGERS,
     "ALTER TABLE work_items ADD COLUMN IF NOT EXISTS assignee TEXT",
     "INSERT INTO message_counts (channel, status, n) "

@@ -249,6 +249,7 @@ def test_migrate_store_moves_everything_and_the_audit_chain_verifies(
         old.audit("ops", "act", f"t{i}", {"i": i}, T0 + i)
     old.prune_audit(older_than=1.5, now=T0 + 3, actor="ops")
     before = old.counts()
+    counters = (old.message_counters(), old.delivery_counters())
     old.close()
 
     assert (
@@ -259,6 +260,8 @@ def test_migrate_store_moves_everything_and_the_audit_chain_verifies(
     new = open_store(pg_url)
     try:
         assert new.counts() == before
+        # the console's counters: recounted by the target's triggers, not copied twice
+        assert (new.message_counters(), new.delivery_counters()) == counters
         assert new.get_content(sent, "raw") == b"msg-1"
         assert [d["response"] for d in new.deliveries_for(sent)] == [b"200", None]
         assert new.verify_audit()
