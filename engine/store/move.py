@@ -24,6 +24,7 @@ _BATCH = 500
 #: deliveries are copied (copying them too would count everything twice).
 _DERIVED = frozenset({"message_counts", "delivery_counts", "message_buckets"})
 
+
 def _tables(conn: Any) -> list[str]:
     """The SQLite file's tables, parents before the tables that reference them."""
     names = [
