@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from engine.testing.ports import free_port
 
 #: Where Debian's postgresql-15 package puts the server binaries (initdb, pg_ctl, postgres).
 BIN_DIRS = (
@@ -34,12 +35,6 @@ def bin_dir() -> Path | None:
             return Path(folder)
     found = shutil.which("initdb")
     return Path(found).parent if found and shutil.which("pg_ctl") else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Cluster:

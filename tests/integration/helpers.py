@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.store import SqliteStore
+from engine.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "hl7" / "dft_p03_screw.hl7"
@@ -33,13 +34,6 @@ T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- ports and env
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 
 from twisted.internet import threads
 
+from engine.testing.ports import free_port
+
 SSHD = "/usr/sbin/sshd"
 SFTP = shutil.which("sftp") or "/usr/bin/sftp"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -31,12 +33,6 @@ def missing_openssh() -> str | None:
     if not shutil.which("ssh-keygen"):
         return "needs ssh-keygen: apt-get install openssh-client"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def keygen(path: Path, kind: str = "ed25519") -> tuple[Path, str]:
