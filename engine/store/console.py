@@ -180,12 +180,20 @@ class ConsoleStore:
 
     # ------------------------------------------------------------------ counters
 
+    #: The counters' reads (PostgresStore sums append-only rows instead: engine/store/pgschema.py).
+    message_counters_sql = "SELECT channel, status, n FROM message_counts WHERE n != 0"
+    delivery_counters_sql = (
+        "SELECT channel, destination, status, n FROM delivery_counts WHERE n != 0"
+    )
+    throughput_sql = (
+        "SELECT channel, bucket, n FROM message_buckets WHERE bucket >= ? AND bucket <= ? "
+        "ORDER BY channel, bucket"
+    )
+
     def message_counters(self) -> dict[str, dict[str, int]]:
         """Messages by channel and status, from the running counters."""
         out: dict[str, dict[str, int]] = {}
-        for channel, status, n in self._query(
-            "message_counters", "SELECT channel, status, n FROM message_counts WHERE n != 0"
-        ):
+        for channel, status, n in self._query("message_counters", self.message_counters_sql):
             out.setdefault(channel, {})[status] = int(n)
         return out
 
@@ -194,7 +202,7 @@ class ConsoleStore:
         out: dict[tuple[str, str], dict[str, int]] = {}
         for channel, dest, status, n in self._query(
             "delivery_counters",
-            "SELECT channel, destination, status, n FROM delivery_counts WHERE n != 0",
+            self.delivery_counters_sql,
         ):
             out.setdefault((channel, dest), {})[status] = int(n)
         return out
@@ -204,8 +212,7 @@ class ConsoleStore:
         to ``until``: ``{channel: [(bucket start, count), ...]}``, buckets with none left out."""
         rows = self._query(
             "throughput",
-            "SELECT channel, bucket, n FROM message_buckets WHERE bucket >= ? AND bucket <= ? "
-            "ORDER BY channel, bucket",
+            self.throughput_sql,
             (int(since // BUCKET_SECONDS), int(until // BUCKET_SECONDS)),
         )
         out: dict[str, list[tuple[float, int]]] = {}

@@ -36,7 +36,6 @@ from typing import Any
 
 from engine import model
 from engine.errors import StoreError
-from engine.store.migrations import BUCKET_SECONDS
 from engine.store.pgconn import PgConnection
 from engine.store.pgschema import apply_migrations, current_version
 from engine.store.sqlite import SqliteStore
@@ -117,41 +116,18 @@ class PostgresStore(SqliteStore):
 
     # The console's counters are append-only here (engine/store/pgschema.py, migration 17):
     # each is the sum of its rows.
-
-    def message_counters(self) -> dict[str, dict[str, int]]:
-        """Messages by channel and status, from the running counters."""
-        out: dict[str, dict[str, int]] = {}
-        for channel, status, n in self._query(
-            "message_counters",
-            "SELECT channel, status, SUM(n) FROM message_counts GROUP BY channel, status "
-            "HAVING SUM(n) != 0",
-        ):
-            out.setdefault(channel, {})[status] = int(n)
-        return out
-
-    def delivery_counters(self) -> dict[tuple[str, str], dict[str, int]]:
-        """Deliveries by (channel, destination) and status, from the running counters."""
-        out: dict[tuple[str, str], dict[str, int]] = {}
-        for channel, dest, status, n in self._query(
-            "delivery_counters",
-            "SELECT channel, destination, status, SUM(n) FROM delivery_counts "
-            "GROUP BY channel, destination, status HAVING SUM(n) != 0",
-        ):
-            out.setdefault((channel, dest), {})[status] = int(n)
-        return out
-
-    def throughput(self, since: float, until: float) -> dict[str, list[tuple[float, int]]]:
-        """Messages received per channel per bucket from ``since`` up to ``until``."""
-        rows = self._query(
-            "throughput",
-            "SELECT channel, bucket, SUM(n) FROM message_buckets WHERE bucket >= ? AND "
-            "bucket <= ? GROUP BY channel, bucket ORDER BY channel, bucket",
-            (int(since // BUCKET_SECONDS), int(until // BUCKET_SECONDS)),
-        )
-        out: dict[str, list[tuple[float, int]]] = {}
-        for channel, bucket, n in rows:
-            out.setdefault(channel, []).append((float(bucket * BUCKET_SECONDS), int(n)))
-        return out
+    message_counters_sql = (
+        "SELECT channel, status, SUM(n) FROM message_counts GROUP BY channel, status "
+        "HAVING SUM(n) != 0"
+    )
+    delivery_counters_sql = (
+        "SELECT channel, destination, status, SUM(n) FROM delivery_counts "
+        "GROUP BY channel, destination, status HAVING SUM(n) != 0"
+    )
+    throughput_sql = (
+        "SELECT channel, bucket, SUM(n) FROM message_buckets WHERE bucket >= ? AND bucket <= ? "
+        "GROUP BY channel, bucket ORDER BY channel, bucket"
+    )
 
     def __init__(self, url: str, *, background_checkpoints: bool = False, **_: Any) -> None:
         super().__init__(redacted(url))
