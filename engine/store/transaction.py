@@ -19,7 +19,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine import model
@@ -56,6 +56,8 @@ class Settled:
     destination: str
     correlation_id: str
     meta: dict[str, Any]
+    #: what the destination answered, when the attempt succeeded (an ERP's document number)
+    response: bytes | None = None
 
 
 DELIVERY_COLUMNS = (
@@ -376,7 +378,7 @@ class SqliteTransaction:
             (model.DELIVERED, response, now, delivery_id),
         )
         self._roll_up(settled.message_id, now)
-        return settled
+        return replace(settled, response=response)
 
     def delivery_retry(
         self, delivery_id: int, error: str, next_attempt_at: float, now: float

@@ -404,6 +404,35 @@ async def supply(ctx: Ctx) -> Response:
     return ctx.page("supply.html", data=data, chart=chart)
 
 
+def _reconciliation_columns() -> list[str]:
+    from engine.domains.ledger.reports import RECONCILIATION_FIGURES
+
+    return ["period", "location", "item", "uom", *RECONCILIATION_FIGURES, "reason"]
+
+
+def _reconciliation(store: Any, mappings: Any, since: float) -> dict[str, Any]:
+    from engine.domains.ledger import reports as ledger
+    from engine.domains.ledger.domain import item_cost
+
+    with store.reading() as rd:
+        return ledger.reconciliation(rd, since, lambda item: item_cost(mappings, item))
+
+
+def _days(ctx: Ctx, default: int) -> float:
+    """``since`` from the ``days`` argument (ValueError naming a bad one)."""
+    days = ctx.args.get("days", str(default)) or str(default)
+    if not days.isdigit() or not 1 <= int(days) <= 3660:
+        raise ValueError(f"days: expected a whole number of days from 1 to 3660 (got {days!r})")
+    return time.time() - int(days) * 86400
+
+
+async def reconciliation_data(ctx: Ctx) -> dict[str, Any]:
+    """Inventory-to-finance reconciliation over the last ``days`` (90) of booked usage."""
+    since = _days(ctx, 90)
+    mappings = ctx.console.engine.project.mappings
+    return await ctx.console.read(_reconciliation, ctx.console.store, mappings, since)
+
+
 def _finance(store: Any, now: float) -> dict[str, Any]:
     from engine.domains.procurement import desk, reports
     from engine.domains.procurement.domain import repository
@@ -438,10 +467,28 @@ async def finance_data(ctx: Ctx) -> dict[str, Any]:
 
 
 async def finance(ctx: Ctx) -> Response:
+    try:
+        recon = await reconciliation_data(ctx)
+    except ValueError as exc:
+        return ctx.page("refused.html", 400, text=str(exc))
+    if ctx.args.get("format") == "csv":
+        return Response(
+            200,
+            views.to_csv(recon["rows"], _reconciliation_columns()),
+            "text/csv; charset=utf-8",
+            {"Content-Disposition": 'attachment; filename="reconciliation.csv"'},
+        )
     data = await finance_data(ctx)
     chart = charts.bars("GR/IR: received, not invoiced, by age", data["grir_ages"])
     held = charts.bars("held invoices by reason", data["reasons"])
-    return ctx.page("finance.html", data=data, chart=chart, held_chart=held)
+    return ctx.page(
+        "finance.html",
+        data=data,
+        chart=chart,
+        held_chart=held,
+        recon=recon,
+        days=ctx.args.get("days", "90"),
+    )
 
 
 async def decide_invoice(ctx: Ctx, invoice: str, decision: str) -> Response:

@@ -501,7 +501,8 @@ def test_the_ledger_keeps_its_records_for_its_own_retention(store_location: Path
     ledger.book(event("CU-R2"))  # its charge stays pending
     with ledger.store.transaction("prune") as tx:
         deleted = repository(tx).prune(time.time() + 1, 100)
-    assert deleted == 2  # CU-R1's event and its stock move
+    assert deleted == 3  # CU-R1's event, its stock move and its ERP posting
     assert ledger.count("consumption_events") == 1
+    assert ledger.count("erp_postings") == 1  # CU-R2's
     assert ledger.count("charges") == 1
     assert ledger.onhand() == Decimal(8)

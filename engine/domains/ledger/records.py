@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -120,3 +121,34 @@ class HeldCredit:
     correlation_id: str
     event: ConsumptionEvent
     created_at: float
+
+
+@dataclass(frozen=True)
+class Posting:
+    """A stock issue (or return) line sent to an ERP in the issue document ``issue_key``: what
+    the ERP is to post, pending until the delivery settles (inventory-to-finance
+    reconciliation). ``quantity`` is issued quantity: a return is negative."""
+
+    event_id: int
+    event_key: str
+    issue_key: str
+    destination: str
+    location_id: str
+    item_id: str
+    quantity: Decimal
+    uom: str
+    message_id: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class PostingOutcome:
+    """The ERP's answer to one issue document: ``posted`` (with the document number it gave),
+    ``dead`` (dead-lettered) or ``rejected`` (refused by the ERP), with the reason; a posted
+    line is valued at ``unit_cost(item)`` (the item master's) when that is known."""
+
+    status: str
+    at: float
+    document: str | None = None
+    reason: str | None = None
+    unit_cost: Callable[[str], Decimal | None] | None = None
