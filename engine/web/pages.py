@@ -531,41 +531,67 @@ async def revenue(ctx: Ctx) -> Response:
     return ctx.page("revenue.html", data=data, chart=chart)
 
 
-UTILIZATION_COLUMNS = [
-    "location",
-    "item",
-    "uom",
-    "events",
-    "quantity",
-    "billable_quantity",
-    "non_billable_quantity",
-    "charged",
-]
+#: The mapping table that names physicians by id (``id``, ``name``), when a project has one:
+#: names are shown only from it (the ledger keeps ids; a name is PHI-adjacent, never logged).
+PHYSICIANS_TABLE = "physicians"
 
 
-def _utilization(store: Any, since: float) -> list[dict[str, Any]]:
+def utilization_columns(by: str) -> list[str]:
+    from engine.domains.ledger.reports import UTILIZATION_FIGURES, UTILIZATION_GROUPS
+
+    named = ["name"] if by in ("physician", "ordering_physician") else []
+    return [*UTILIZATION_GROUPS[by], *named, *UTILIZATION_FIGURES]
+
+
+def _utilization(
+    store: Any, since: float, by: str = "item", mappings: Any = None
+) -> list[dict[str, Any]]:
     from engine.domains.ledger import reports as ledger
+    from engine.domains.ledger.domain import item_cost
 
     with store.reading() as rd:
-        return ledger.utilization(rd, since)
+        rows = ledger.utilization(rd, since, by=by, cost=lambda item: item_cost(mappings, item))
+    if by in ("physician", "ordering_physician"):
+        names = (
+            mappings.table(PHYSICIANS_TABLE).rows if PHYSICIANS_TABLE in (mappings or ()) else {}
+        )
+        for r in rows:
+            row = names.get(r[by])
+            r["name"] = (row.get("name") if isinstance(row, dict) else row) or ""
+    return rows
 
 
 async def utilization_rows(ctx: Ctx) -> list[dict[str, Any]]:
-    days = ctx.args.get("days", "30")
-    since = time.time() - (int(days) if days.isdigit() else 30) * 86400
-    return await ctx.console.read(_utilization, ctx.console.store, since)
+    since = _days(ctx, 30)
+    by = ctx.args.get("by", "item") or "item"
+    mappings = ctx.console.engine.project.mappings
+    return await ctx.console.read(_utilization, ctx.console.store, since, by, mappings)
 
 
 async def utilization(ctx: Ctx) -> Response:
-    rows = await utilization_rows(ctx)
+    from engine.domains.ledger.reports import UTILIZATION_GROUPS
+
+    try:
+        rows = await utilization_rows(ctx)
+    except ValueError as exc:
+        return ctx.page("refused.html", 400, text=str(exc))
+    by = ctx.args.get("by", "item") or "item"
+    columns = utilization_columns(by)
     if ctx.args.get("format") == "csv":
         return Response(
             200,
-            views.to_csv(rows, UTILIZATION_COLUMNS),
+            views.to_csv(rows, columns),
             "text/csv; charset=utf-8",
-            {"Content-Disposition": 'attachment; filename="utilization.csv"'},
+            {"Content-Disposition": f'attachment; filename="utilization-by-{by}.csv"'},
         )
-    return ctx.page("utilization.html", rows=rows, columns=UTILIZATION_COLUMNS)
+    return ctx.page(
+        "utilization.html",
+        rows=rows,
+        columns=columns,
+        by=by,
+        groupings=list(UTILIZATION_GROUPS),
+        days=ctx.args.get("days") or "30",
+    )
 
 
 # -- audit and users ---------------------------------------------------------------------------

@@ -31,8 +31,11 @@ class ConsumptionEvent:
     revenue_code: str | None = None
     hcpcs: str | None = None
     patient: str | None = None
-    performer: str | None = None
+    performer: str | None = None  # performing physician's id (FT1-20.1), never a name
     procedure: str | None = None
+    orderer: str | None = None  # ordering physician's id (FT1-21.1)
+    payer: str | None = None  # IN1-3 insurance company id, else PV1-20 financial class
+    payer_kind: str | None = None  # "insurer" | "financial_class"
     source_line: str = ""
     reverses: str | None = None  # business key of the line a credit reverses
     lot: str | None = None

@@ -4,6 +4,7 @@ hands out (``store.reading()``); nothing here writes."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -51,41 +52,96 @@ def held_credits(tx: Any, limit: int = LIMIT) -> list[dict[str, Any]]:
     )
 
 
-def utilization(tx: Any, since: float, limit: int = 1000) -> list[dict[str, Any]]:
-    """Usage booked since ``since`` by location and item: events, quantity, how much of it was
-    billable, and the amount charged (non-billable usage kept for exactly this reporting)."""
+#: How the utilization report groups usage: its group columns for each grouping.
+UTILIZATION_GROUPS: dict[str, tuple[str, ...]] = {
+    "item": ("location", "item", "uom"),
+    "location": ("location",),
+    "procedure": ("procedure",),
+    "physician": ("physician",),
+    "ordering_physician": ("ordering_physician",),
+    "payer": ("payer", "payer_kind"),
+}
+#: The figures of each utilization row (decimal text but ``events``).
+UTILIZATION_FIGURES = (
+    "events",
+    "quantity",
+    "billable_quantity",
+    "non_billable_quantity",
+    "charged",
+    "supply_cost",
+    "margin",
+)
+#: What a group shows when the messages did not say (a FHIR SupplyDelivery names no payer).
+NOT_GIVEN = "not given"
+
+
+def _group_key(r: dict[str, Any], by: str) -> tuple[str, ...]:
+    if by == "procedure":
+        detail = json.loads(r["detail"]) if r["detail"] else {}
+        return (detail.get("procedure") or NOT_GIVEN,)
+    values = {
+        "location": r["location"],
+        "item": r["item"],
+        "uom": r["uom"],
+        "physician": r["performer"],
+        "ordering_physician": r["orderer"],
+        "payer": r["payer"],
+        "payer_kind": r["payer_kind"],
+    }
+    return tuple(values[c] or NOT_GIVEN for c in UTILIZATION_GROUPS[by])
+
+
+def utilization(
+    tx: Any,
+    since: float,
+    limit: int = 1000,
+    *,
+    by: str = "item",
+    cost: Callable[[str], Decimal | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Usage booked since ``since`` grouped ``by`` one of :data:`UTILIZATION_GROUPS` (location
+    and item; location; procedure; performing or ordering physician, by id; payer): events,
+    quantity, how much of it was billable, the amount charged, the supply cost at the item
+    master's cost (``cost(item)``) and the margin (charged less cost). Non-billable usage is
+    kept for exactly this reporting; what the messages did not give shows as ``not given``."""
+    if by not in UTILIZATION_GROUPS:
+        raise ValueError(f"by: expected one of {', '.join(UTILIZATION_GROUPS)} (got {by!r})")
     rows = _rows(
         tx,
         "SELECT e.location_id AS location, e.item_id AS item, e.chargeable, e.quantity, "
-        "e.uom, c.amount, c.status AS charge_status FROM consumption_events AS e "
+        "e.uom, e.kind, e.performer, e.orderer, e.payer, e.payer_kind, "
+        f"{'e.detail' if by == 'procedure' else 'NULL AS detail'}, "
+        "c.amount, c.status AS charge_status FROM consumption_events AS e "
         "LEFT JOIN charges AS c ON c.event_id = e.id "
         "WHERE e.created_at >= ? ORDER BY e.id DESC LIMIT ?",
         (since, limit * 20),
     )
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+    columns = UTILIZATION_GROUPS[by]
+    costs: dict[str, Decimal | None] = {}
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in rows:
-        agg = out.setdefault(
-            (r["location"], r["item"]),
-            {
-                "location": r["location"],
-                "item": r["item"],
-                "uom": r["uom"],
-                "events": 0,
-                "quantity": Decimal(0),
-                "billable_quantity": Decimal(0),
-                "non_billable_quantity": Decimal(0),
-                "charged": Decimal(0),
-            },
-        )
+        key = _group_key(r, by)
+        agg = out.get(key)
+        if agg is None:
+            agg = out[key] = dict(zip(columns, key, strict=True))
+            agg.update({f: Decimal(0) for f in UTILIZATION_FIGURES}, events=0)
         qty = _dec(r["quantity"])
+        if r["kind"] == "credit":
+            qty = -qty  # a credit takes its usage back
         agg["events"] += 1
         agg["quantity"] += qty
         agg["billable_quantity" if r["chargeable"] else "non_billable_quantity"] += qty
         if r["amount"] and r["charge_status"] != "rejected":
             agg["charged"] += _dec(r["amount"])
-    listed = sorted(out.values(), key=lambda a: (a["location"], a["item"]))[:limit]
+        if cost is not None:
+            if r["item"] not in costs:
+                costs[r["item"]] = cost(r["item"])
+            unit = costs[r["item"]]
+            agg["supply_cost"] += qty * unit if unit is not None else 0
+    listed = sorted(out.values(), key=lambda a: tuple(a[c] for c in columns))[:limit]
     for a in listed:
-        for k in ("quantity", "billable_quantity", "non_billable_quantity", "charged"):
+        a["margin"] = a["charged"] - a["supply_cost"]
+        for k in UTILIZATION_FIGURES[1:]:
             a[k] = str(a[k])
     return listed
 

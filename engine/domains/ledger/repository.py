@@ -163,7 +163,8 @@ class SqliteLedgerRepository:
         cur = self.conn.execute(
             "INSERT INTO consumption_events (business_key, kind, item_id, location_id, quantity, "
             "uom, chargeable, encounter, service_time, reverses, lot, serial, detail, message_id, "
-            "correlation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "correlation_id, created_at, performer, orderer, payer, payer_kind) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ev.business_key,
                 ev.kind,
@@ -181,6 +182,10 @@ class SqliteLedgerRepository:
                 message_id,
                 correlation_id,
                 now,
+                ev.performer,
+                ev.orderer,
+                ev.payer,
+                ev.payer_kind,
             ),
         )
         return int(cur.lastrowid or 0)

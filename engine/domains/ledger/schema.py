@@ -182,6 +182,26 @@ MIGRATION_ERP_POSTINGS: Migration = (
     ],
 )
 
+# Utilization by physician and payer: the performing (FT1-20) and ordering (FT1-21)
+# physician's id (never a name: names are PHI) and the payer (IN1-3 insurance company id, else
+# PV1-20 financial class; ``payer_kind`` says which) of each usage event; the performing
+# physician of events booked before is taken from their detail.
+_PHYSICIAN_PAYER_COLUMNS = [
+    "ALTER TABLE consumption_events ADD COLUMN performer TEXT",
+    "ALTER TABLE consumption_events ADD COLUMN orderer TEXT",
+    "ALTER TABLE consumption_events ADD COLUMN payer TEXT",
+    "ALTER TABLE consumption_events ADD COLUMN payer_kind TEXT",
+]
+MIGRATION_PHYSICIAN_PAYER: Migration = (
+    7,
+    "usage events: performing and ordering physician, payer",
+    [
+        *_PHYSICIAN_PAYER_COLUMNS,
+        "UPDATE consumption_events SET performer = json_extract(detail, '$.performer') "
+        "WHERE performer IS NULL",
+    ],
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
@@ -189,6 +209,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
     (4, "credits held for want of the line they reverse", _HELD_CREDITS),
     MIGRATION_OBSERVABILITY_INDEXES,
     MIGRATION_ERP_POSTINGS,
+    MIGRATION_PHYSICIAN_PAYER,
 ]
 
 
@@ -208,6 +229,18 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
     (4, SQLITE_MIGRATIONS[3][1], ddl_all(_HELD_CREDITS)),
     (5, SQLITE_MIGRATIONS[4][1], ddl_all(MIGRATION_OBSERVABILITY_INDEXES[2])),
     (6, MIGRATION_ERP_POSTINGS[1], ddl_all(MIGRATION_ERP_POSTINGS[2])),
+    (
+        7,
+        MIGRATION_PHYSICIAN_PAYER[1],
+        [
+            *(
+                c.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")
+                for c in _PHYSICIAN_PAYER_COLUMNS
+            ),
+            "UPDATE consumption_events SET performer = detail::json ->> 'performer' "
+            "WHERE performer IS NULL",
+        ],
+    ),
 ]
 
 

@@ -1,9 +1,13 @@
-"""Inventory-to-finance reconciliation through the engine and the console's API, over real
-sockets: usage booked in the ledger goes to an ERP (a twisted.web peer that posts some issues,
+"""The console's finance and utilization pages through the engine, over real sockets.
+
+Inventory-to-finance reconciliation: usage booked in the ledger goes to an ERP (a twisted.web peer that posts some issues,
 refuses one with a 422 and fails one with a 503 until it is dead-lettered); another channel's
 ERP keeps failing (still pending) and a third channel sends no issue at all. The console shows
 exactly those differences by location, item and month, with their reason and the messages
-behind them, and the ERP's document numbers of what it posted."""
+behind them, and the ERP's document numbers of what it posted.
+
+Utilization and margin: usage with different performing and ordering physicians and payers
+(IN1-3, PV1-20), grouped by each, with supply cost and margin, names only from a mapping."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.client import HTTPConnectionPool
 
+from engine.domains.ledger.reports import UTILIZATION_FIGURES
 from engine.runner import start_console
 from engine.runtime import Engine
 from engine.testing.ports import free_port
@@ -56,11 +61,11 @@ class Erp(resource.Resource):
 
 
 def channel(url: str, retry: str, issue: bool = True) -> str:
-    ledger = "ledger:\n  issue: erp\n" if issue else "ledger: {}\n"
+    ledger = "ledger:\n  issue: erp\n" if issue else "ledger:\n  charge: billing\n"
     return (
         "codec: {hl7v2: {}}\ntransformer:\n  - transform: hl7_usage_to_ledger\n"
         f"{ledger}destinations:\n  - name: erp\n    http: {{url: '{url}/issues'}}\n"
-        f"    retry: {retry}\n"
+        f"    retry: {retry}\n  - name: billing\n    file: {{dir: out/billing}}\n"
     )
 
 
@@ -78,7 +83,10 @@ def dft(n: str, encounter: str, point: str, qty: int) -> bytes:
     return ("\r".join(segments) + "\r").encode()
 
 
-class ReconciliationTests(unittest.TestCase):
+class ConsoleFlow(unittest.TestCase):
+    """The engine with three usage channels (see the module docstring), its console, a finance
+    and an operator account."""
+
     timeout = 120
 
     def setUp(self) -> Any:
@@ -91,6 +99,9 @@ class ReconciliationTests(unittest.TestCase):
         self.root = base / "p"
         (self.root / "channels").mkdir(parents=True)
         shutil.copytree(ROOT / "mappings", self.root / "mappings")
+        (self.root / "mappings/physicians.csv").write_text(
+            "# owner: medical staff office\n# change: 2026-01 test\nid,name\nDR100,Dr Sam Surgeon\n"
+        )
         self.admin_port = free_port()
         (self.root / "routes.yaml").write_text(
             "store: var/wharf.db\nreload_interval: 0\n"
@@ -151,6 +162,8 @@ class ReconciliationTests(unittest.TestCase):
             await task.deferLater(reactor, 0.05, lambda: None)
         raise AssertionError(f"the ERP's answers did not all arrive: {data}")
 
+
+class ReconciliationTests(ConsoleFlow):
     @defer.inlineCallbacks
     def test_the_console_shows_each_difference_with_its_reason_and_messages(self) -> Any:
         yield defer.ensureDeferred(self._flow())
@@ -250,3 +263,67 @@ class ReconciliationTests(unittest.TestCase):
         assert code == 400 and b"days: expected" in body
         code, _ = await self.get("/api/reconciliation", who="ops")
         assert code == 403
+
+
+def usage(n: str, code: str, qty: int, performer: str, orderer: str, payer: str) -> bytes:
+    """A DFT^P03 of one line with its physicians (FT1-20, FT1-21) and a payer: ``IN1:ID`` (an
+    IN1 segment) or ``FC:CODE`` (PV1-20 financial class)."""
+    fc = payer[3:] if payer.startswith("FC:") else ""
+    segments = [
+        f"MSH|^~\\&|POU_CABINET|GENHOSP|WHARF|GENHOSP|20260115103000||DFT^P03^DFT_P03|"
+        f"UTL-{n}|P|2.5.1",
+        "EVN|P03|20260115103000",
+        "PID|1||MRN12345^^^GENHOSP^MR||DOE^JANE",
+        f"PV1|1|O|OR^01^01^GENHOSP||||||||||||||||ENC-U{n}^^^GENHOSP^VN|{fc}",
+        f"FT1|1|UT-{n}||20260115093000|20260115103000|CG|{code}^SUPPLY^99CDM|||{qty}"
+        f"||||||OR^01^01^GENHOSP||||{performer}|{orderer}",
+    ]
+    if payer.startswith("IN1:"):
+        segments.append(f"IN1|1|PLAN1|{payer[4:]}^^^^NIIP|SOME INSURER")
+    return ("\r".join(segments) + "\r").encode()
+
+
+class UtilizationTests(ConsoleFlow):
+    """Utilization and margin by physician and payer (the local channel charges)."""
+
+    @defer.inlineCallbacks
+    def test_usage_by_physician_and_payer_with_cost_and_margin(self) -> Any:
+        yield defer.ensureDeferred(self._utilization())
+
+    async def _utilization(self) -> None:
+        foley, suture = "272100049", "272000010"  # foley: 44.00 charged, 12.40 cost; 4.10, free
+        await self.send(
+            "usage_local", usage("1", foley, 2, "DR100^SURGEON^SAM", "DR200^O^O", "IN1:AETNA01")
+        )
+        await self.send("usage_local", usage("2", suture, 3, "DR100^SURGEON^SAM", "", "FC:SP"))
+        await self.send("usage_local", usage("3", foley, 1, "DR300^CUTTER^CAL", "", "IN1:BCBS02"))
+
+        def table(csv: bytes) -> list[list[str]]:
+            return [line.split(",") for line in csv.decode().strip().splitlines()]
+
+        code, csv = await self.get("/utilization?format=csv&by=physician")
+        assert code == 200, csv
+        assert table(csv) == [
+            ["physician", "name", *FIGURES],
+            ["DR100", "Dr Sam Surgeon", "2", "5", "2", "3", "88.00", "37.10", "50.90"],
+            ["DR300", "", "1", "1", "1", "0", "44.00", "12.40", "31.60"],
+        ]
+        code, csv = await self.get("/utilization?format=csv&by=ordering_physician")
+        assert table(csv)[1:] == [
+            ["DR200", "", "1", "2", "2", "0", "88.00", "24.80", "63.20"],
+            ["not given", "", "2", "4", "1", "3", "44.00", "24.70", "19.30"],
+        ]
+        code, csv = await self.get("/utilization?format=csv&by=payer")
+        assert table(csv) == [
+            ["payer", "payer_kind", *FIGURES],
+            ["AETNA01", "insurer", "1", "2", "2", "0", "88.00", "24.80", "63.20"],
+            ["BCBS02", "insurer", "1", "1", "1", "0", "44.00", "12.40", "31.60"],
+            ["SP", "financial_class", "1", "3", "0", "3", "0", "12.30", "-12.30"],
+        ]
+        code, page = await self.get("/utilization?by=payer")
+        assert code == 200 and b"financial_class" in page and b'id="by-physician"' in page
+        code, page = await self.get("/utilization?by=surgeon")
+        assert code == 400 and b"by: expected one of item, location" in page
+
+
+FIGURES = list(UTILIZATION_FIGURES)
