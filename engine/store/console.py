@@ -38,6 +38,11 @@ _USER_COLUMNS = (
     "created_at",
     "updated_at",
 )
+_WORK_ITEM_COLUMNS = (
+    "id, kind, subject, detail, status, message_id, correlation_id, created_at, updated_at, "
+    "assignee"
+)
+_WORK_ITEM_NAMES = tuple(c.strip() for c in _WORK_ITEM_COLUMNS.split(","))
 #: A whole channel's pause (every destination of it) is kept under this destination name.
 WHOLE_CHANNEL = "*"
 
@@ -279,18 +284,33 @@ class ConsoleStore:
             clauses.append(f"kind IN ({', '.join('?' * len(kinds)) or 'NULL'})")
             args += list(kinds)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        columns = (
-            "id, kind, subject, detail, status, message_id, correlation_id, created_at, "
-            "updated_at, assignee"
-        )
         rows = self._query(
             "work_item_page",
-            f"SELECT {columns} FROM work_items{where} ORDER BY id LIMIT ?",
+            f"SELECT {_WORK_ITEM_COLUMNS} FROM work_items{where} ORDER BY id LIMIT ?",
             (*args, limit + 1),
         )
-        names = [c.strip() for c in columns.split(",")]
-        items = [dict(zip(names, r, strict=True)) for r in rows[:limit]]
+        items = [dict(zip(_WORK_ITEM_NAMES, r, strict=True)) for r in rows[:limit]]
         return Page(items, str(items[-1]["id"]) if len(rows) > limit else None)
+
+    def work_items_about(
+        self, kind: str, subject_prefix: str = "", *, status: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """The newest work items of ``kind`` whose subject starts with ``subject_prefix`` (a
+        range of the (kind, subject) index), in ``status`` if given."""
+        clauses, args = ["kind = ?"], [kind]
+        if subject_prefix:
+            clauses += ["subject >= ?", "subject < ?"]
+            args += [subject_prefix, subject_prefix + "\U0010ffff"]
+        if status is not None:
+            clauses.append("+status = ?")
+            args.append(status)
+        rows = self._query(
+            "work_items_about",
+            f"SELECT {_WORK_ITEM_COLUMNS} FROM work_items WHERE {' AND '.join(clauses)} "
+            "ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [dict(zip(_WORK_ITEM_NAMES, r, strict=True)) for r in rows]
 
     def assign_work_item(self, item_id: int, assignee: str, *, actor: str, now: float) -> None:
         """Assign an open work item to a person, audited in the same commit."""

@@ -39,6 +39,8 @@ def register(console: Console) -> None:
     r("POST", "/invoices/{invoice}/{decision}", "release")(decide_invoice)
     r("GET", "/revenue", "revenue")(revenue)
     r("GET", "/utilization", "utilization")(utilization)
+    r("GET", "/mappings", "mappings")(mappings)
+    r("GET", "/mappings/{table}", "mappings")(mapping_table)
     r("GET", "/audit", "audit")(audit)
     r("GET", "/users", "users")(users)
     r("POST", "/users", "users")(add_user)
@@ -591,6 +593,50 @@ async def utilization(ctx: Ctx) -> Response:
         by=by,
         groupings=list(UTILIZATION_GROUPS),
         days=ctx.args.get("days") or "30",
+    )
+
+
+# -- mapping tables (read-only: edits stay in git) -------------------------------------------
+MISSING_MAPPING = "MISSING_MAPPING"
+
+
+def _open_misses(store: Any) -> dict[str, int]:
+    """Open MISSING_MAPPING work items by table (their subject is ``table:key``)."""
+    out: dict[str, int] = {}
+    for item in store.work_items_about(MISSING_MAPPING, status="open", limit=5000):
+        table = item["subject"].partition(":")[0]
+        out[table] = out.get(table, 0) + 1
+    return out
+
+
+async def mappings(ctx: Ctx) -> Response:
+    console = ctx.console
+    misses = await console.read(_open_misses, console.store)
+    tables = views.mapping_tables(console.engine.root, console.engine.project.mappings, misses)
+    return ctx.page("mappings.html", tables=tables)
+
+
+async def mapping_table(ctx: Ctx, table: str) -> Response:
+    console = ctx.console
+    found = console.engine.project.mappings.tables.get(table)
+    if found is None:
+        return _refused(ctx, Refused(404, f"expected a mapping table's name (got {table!r})"))
+    search = ctx.args.get("q", "")
+    columns, rows, total = views.mapping_rows(found, search, 500)
+    misses = await console.read(
+        console.store.work_items_about, MISSING_MAPPING, f"{table}:", limit=50
+    )
+    (info,) = views.mapping_tables(
+        console.engine.root, type(console.engine.project.mappings)({table: found}), {}
+    )
+    return ctx.page(
+        "mapping.html",
+        table=info,
+        columns=columns,
+        rows=rows,
+        total=total,
+        search=search,
+        misses=misses,
     )
 
 

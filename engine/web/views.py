@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 from engine import model
@@ -225,6 +226,47 @@ def trace(
         ],
         "keys": pairs,
     }
+
+
+def mapping_tables(root: Path, mappings: Any, open_misses: dict[str, int]) -> list[dict[str, Any]]:
+    """Each mapping table: file, owner, change notes (the newest last), rows, columns, and its
+    open MISSING_MAPPING work items (``open_misses``: by table)."""
+    from engine.config.governance import owner_and_changes
+
+    out = []
+    for name in sorted(mappings.tables):
+        table = mappings.tables[name]
+        owner, changes = owner_and_changes(root, table)
+        out.append(
+            {
+                "name": name,
+                "file": table.file,
+                "owner": owner,
+                "changes": changes,
+                "last_change": max(changes) if changes else None,
+                "rows": len(table.rows),
+                "columns": list(table.columns),
+                "missing": open_misses.get(name, 0),
+            }
+        )
+    return out
+
+
+def mapping_rows(table: Any, search: str, limit: int) -> tuple[list[str], list[list[str]], int]:
+    """A table's columns (its key first) and up to ``limit`` rows whose key or any value holds
+    ``search`` (any case), with how many match in all."""
+    columns = [c for c in table.columns] or ["value"]
+    wanted = search.strip().lower()
+    found, total = [], 0
+    for key, row in table.rows.items():
+        values = [row.get(c) for c in columns] if isinstance(row, dict) else [row]
+        cells = [str(key), *("" if v is None else str(v) for v in values)]
+        if wanted and not any(wanted in c.lower() for c in cells):
+            continue
+        total += 1
+        if len(found) < limit:
+            found.append(cells)
+    return ["key", *columns], found, total
 
 
 def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:

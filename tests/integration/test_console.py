@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -239,3 +240,49 @@ def test_an_operator_assigns_a_work_item_and_a_viewer_may_not(console_demo: Demo
     assert ("operator", "work_item.assign", str(item)) in [
         (e["actor"], e["action"], e["target"]) for e in audit["entries"]
     ]
+
+
+def test_an_analyst_reads_the_mapping_tables_and_their_missing_mappings(
+    console_demo: Demo,
+) -> None:
+    analyst = console_demo.client("analyst")
+    status, page = analyst.get("/mappings")
+    assert status == 200
+    row = re.search(rb'<tr id="table-items">(.*?)</tr>', page, re.S)
+    assert row, page[:2000]
+    assert b"supply chain item master" in row.group(1)  # the owner line of items.csv
+    assert b"2026-01 sample item master" in row.group(1)  # its change note
+    items = [
+        line
+        for line in (ROOT / "mappings/items.csv").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert f"<td>{len(items) - 1}</td>".encode() in row.group(1)  # rows, the header aside
+    status, page = analyst.get("/mappings/items?q=foley%20catheter%20tray%2014f")
+    assert status == 200 and b'<p id="matches">1 row(s)' in page and b"ITEM-160004" in page
+    assert b"ITEM-160005" not in page
+    # a usage line whose charge code the CDM lacks: a MISSING_MAPPING work item on the table
+    raw = (ROOT / "samples/hl7/broken/broken_unknown_item.hl7").read_bytes()
+    raw = raw.replace(b"|POU-BAD-1|", b"|POU-BAD-MAP|")
+    with socket.create_connection(("127.0.0.1", int(console_demo.env["LEDGER_MLLP_PORT"]))) as s:
+        s.sendall(b"\x0b" + raw + b"\x1c\r")
+        s.settimeout(30)
+        assert b"MSA|" in s.recv(65536)  # answered (the work item is what counts here)
+
+    def missing() -> list[dict]:
+        _, listed = console_demo.client("admin").get_json(
+            "/api/work-items?kind=MISSING_MAPPING&status=all"
+        )
+        return [w for w in listed["items"] if w["subject"] == "charge_codes:999999999"]
+
+    (item,) = wait_until(missing, 30, "the MISSING_MAPPING work item")
+    status, page = analyst.get("/mappings/charge_codes")
+    assert status == 200
+    assert f'href="/messages/{item["message_id"]}"'.encode() in page
+    assert b"<td>999999999</td>" in page
+    status, page = analyst.get("/mappings/no_such_table")
+    assert status == 404 and b"mapping table" in page
+    status, _ = console_demo.client("viewer").get("/mappings/items")
+    assert status == 403
+    status, _ = analyst.request("POST", "/mappings/items", form={"csrf": analyst.csrf or ""})
+    assert status in (404, 405)  # read-only: nothing to post to
