@@ -192,14 +192,24 @@ _PHYSICIAN_PAYER_COLUMNS = [
     "ALTER TABLE consumption_events ADD COLUMN payer TEXT",
     "ALTER TABLE consumption_events ADD COLUMN payer_kind TEXT",
 ]
+
+
+def _physician_payer(conn: sqlite3.Connection) -> None:
+    """The columns where missing (a database may have them already), then the backfill."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(consumption_events)")}
+    for statement in _PHYSICIAN_PAYER_COLUMNS:
+        if statement.split()[-2] not in columns:
+            conn.execute(statement)
+    conn.execute(
+        "UPDATE consumption_events SET performer = json_extract(detail, '$.performer') "
+        "WHERE performer IS NULL"
+    )
+
+
 MIGRATION_PHYSICIAN_PAYER: Migration = (
     7,
     "usage events: performing and ordering physician, payer",
-    [
-        *_PHYSICIAN_PAYER_COLUMNS,
-        "UPDATE consumption_events SET performer = json_extract(detail, '$.performer') "
-        "WHERE performer IS NULL",
-    ],
+    _physician_payer,
 )
 
 SQLITE_MIGRATIONS: list[Migration] = [
