@@ -40,7 +40,7 @@ _USER_COLUMNS = (
 )
 _WORK_ITEM_COLUMNS = (
     "id, kind, subject, detail, status, message_id, correlation_id, created_at, updated_at, "
-    "assignee"
+    "assignee, channel"
 )
 _WORK_ITEM_NAMES = tuple(c.strip() for c in _WORK_ITEM_COLUMNS.split(","))
 #: A whole channel's pause (every destination of it) is kept under this destination name.
@@ -272,9 +272,11 @@ class ConsoleStore:
         status: str | None = "open",
         after: int | None = None,
         limit: int = 50,
+        channels: Sequence[str] | None = None,
     ) -> Page:
         """Work items (oldest first), a page at a time by id; ``kinds`` limits them to those a
-        person's roles may see."""
+        person's roles may see, ``channels`` to a person's channel scope (an item of no
+        channel is outside every scope)."""
         clauses, args = [], []
         for clause, arg in (("kind = ?", kind), ("status = ?", status), ("id > ?", after)):
             if arg is not None:
@@ -283,6 +285,9 @@ class ConsoleStore:
         if kinds is not None:
             clauses.append(f"kind IN ({', '.join('?' * len(kinds)) or 'NULL'})")
             args += list(kinds)
+        if channels is not None:
+            clauses.append(_in_channels(channels))
+            args += list(channels)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._query(
             "work_item_page",
@@ -293,16 +298,26 @@ class ConsoleStore:
         return Page(items, str(items[-1]["id"]) if len(rows) > limit else None)
 
     def work_items_about(
-        self, kind: str, subject_prefix: str = "", *, status: str | None = None, limit: int = 50
+        self,
+        kind: str,
+        subject_prefix: str = "",
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        channels: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """The newest work items of ``kind`` whose subject starts with ``subject_prefix`` (a
-        range of the (kind, subject) index), in ``status`` if given."""
+        range of the (kind, subject) index), in ``status`` if given, of ``channels`` only if
+        given."""
         clauses, args = ["kind = ?"], [kind]
+        if channels is not None:
+            clauses.append(_in_channels(channels))
+            args += list(channels)
         if subject_prefix:
             clauses += ["subject >= ?", "subject < ?"]
             args += [subject_prefix, subject_prefix + "\U0010ffff"]
         if status is not None:
-            clauses.append("+status = ?")
+            clauses.append("status = ?")
             args.append(status)
         rows = self._query(
             "work_items_about",
@@ -357,12 +372,19 @@ class ConsoleStore:
                 actor, "edit_replay", message_id, {"diff": diff, "previous_status": row[0]}, now
             )
 
-    def work_item_ages(self, now: float) -> dict[str, dict[str, Any]]:
-        """Open work items by kind: how many and the oldest one's opening time."""
+    def work_item_ages(
+        self, now: float, channels: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Open work items by kind: how many and the oldest one's opening time; of the
+        ``channels`` given (a person's scope) only."""
+        where, args = "", []
+        if channels is not None:
+            where, args = f" AND {_in_channels(channels)}", list(channels)
         rows = self._query(
             "work_item_ages",
-            "SELECT kind, COUNT(*), MIN(created_at) FROM work_items WHERE status = 'open' "
-            "GROUP BY kind",
+            "SELECT kind, COUNT(*), MIN(created_at) FROM work_items WHERE status = 'open'"
+            f"{where} GROUP BY kind",
+            args,
         )
         return {r[0]: {"open": int(r[1]), "oldest": r[2]} for r in rows}
 
@@ -415,6 +437,11 @@ class ConsoleStore:
                 (mid,),
             ):
                 yield mid, name, value
+
+
+def _in_channels(channels: Sequence[str]) -> str:
+    """A clause keeping work items of the given channels (parameters: the channels)."""
+    return f"channel IN ({', '.join('?' * len(channels)) or 'NULL'})"
 
 
 def _user(row: Sequence[Any]) -> dict[str, Any]:

@@ -405,6 +405,25 @@ CONSOLE_SCHEMA: list[str] = [
 #: The console's migration, as one entry (renumbered with this one line when histories merge).
 CONSOLE_MIGRATION: Migration = (17, "the console: accounts, pauses, running counters", _v15_console)
 
+#: Work items know their message's channel (the console's per-channel scopes filter them);
+#: those opened before take it from their message. One entry, renumbered when histories merge.
+_WORK_ITEM_CHANNEL_BACKFILL = (
+    "UPDATE work_items SET channel = (SELECT m.channel FROM messages AS m "
+    "WHERE m.id = work_items.message_id) WHERE message_id IS NOT NULL AND channel IS NULL"
+)
+_WORK_ITEM_CHANNEL_INDEX = (
+    "CREATE INDEX IF NOT EXISTS idx_work_items_channel ON work_items(channel, status, kind)"
+)
+MIGRATION_WORK_ITEM_CHANNEL: Migration = (
+    18,
+    "work items: the channel of their message (console scopes)",
+    [
+        "ALTER TABLE work_items ADD COLUMN channel TEXT",
+        _WORK_ITEM_CHANNEL_BACKFILL,
+        _WORK_ITEM_CHANNEL_INDEX,
+    ],
+)
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -423,6 +442,7 @@ MIGRATIONS: list[Migration] = [
     CONFIG_VERSIONS_MIGRATION,
     MIGRATION_WORK_ITEMS_BY_OPENING,
     CONSOLE_MIGRATION,
+    MIGRATION_WORK_ITEM_CHANNEL,
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -203,6 +203,15 @@ PG_MIGRATIONS: list[Migration] = [
         ddl_all(sqlite_history.MIGRATION_WORK_ITEMS_BY_OPENING[2]),
     ),
     (17, sqlite_history.MIGRATIONS[16][1], _v17_console),
+    (
+        18,
+        sqlite_history.MIGRATION_WORK_ITEM_CHANNEL[1],
+        [
+            "ALTER TABLE work_items ADD COLUMN IF NOT EXISTS channel TEXT",
+            sqlite_history._WORK_ITEM_CHANNEL_BACKFILL,
+            sqlite_history._WORK_ITEM_CHANNEL_INDEX,
+        ],
+    ),
 ]
 
 

@@ -1192,6 +1192,7 @@ class SqliteStore(ConsoleStore):
         "correlation_id",
         "created_at",
         "updated_at",
+        "channel",
     )
 
     def work_items(

@@ -554,8 +554,9 @@ class SqliteTransaction:
             return False
         conn.execute(
             "INSERT INTO work_items (kind, subject, detail, status, message_id, correlation_id, "
-            "created_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?, ?)",
-            (kind, subject, detail, message_id, correlation_id, now, now),
+            "created_at, updated_at, channel) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, "
+            "(SELECT channel FROM messages WHERE id = ?))",
+            (kind, subject, detail, message_id, correlation_id, now, now, message_id),
         )
         return True
 

@@ -378,7 +378,7 @@ def _int(text: str) -> int:
 
 
 # -- business pages ----------------------------------------------------------------------------
-def _supply(store: Any, now: float) -> dict[str, Any]:
+def _supply(store: Any, now: float, channels: list[str] | None = None) -> dict[str, Any]:
     from engine.domains.ledger import reports as ledger
     from engine.domains.procurement import changes, desk, reports
     from engine.domains.procurement.domain import repository
@@ -392,12 +392,13 @@ def _supply(store: Any, now: float) -> dict[str, Any]:
             "changes": changes.changes(repo, "proposed", None),
             "unmatched": unmatched,
             "unmatched_ages": views.age_buckets([r["age_days"] for r in unmatched]),
-            "asn": store.work_item_page(kind="ASN_UNMATCHED").rows,
+            "asn": store.work_item_page(kind="ASN_UNMATCHED", channels=channels).rows,
         }
 
 
 async def supply_data(ctx: Ctx) -> dict[str, Any]:
-    return await ctx.console.read(_supply, ctx.console.store, time.time())
+    scope = ctx.principal.channel_scope
+    return await ctx.console.read(_supply, ctx.console.store, time.time(), scope)
 
 
 async def supply(ctx: Ctx) -> Response:
@@ -505,13 +506,14 @@ async def decide_invoice(ctx: Ctx, invoice: str, decision: str) -> Response:
     return _back("/finance", f"invoice {out.get('invoice', invoice)}: {out.get('status')}")
 
 
-def _revenue(store: Any, now: float) -> dict[str, Any]:
+def _revenue(store: Any, now: float, channels: list[str] | None = None) -> dict[str, Any]:
     """Unbilled usage is what the ledger's job found chargeable and not charged in time: its
-    open UNBILLED_USAGE work items (found by index, paged), not a scan of every event."""
+    open UNBILLED_USAGE work items (found by index, paged), not a scan of every event; work
+    items of the person's channels only."""
     from engine.domains.ledger import reports as ledger
 
-    unbilled = store.work_item_page(kind="UNBILLED_USAGE", limit=200).rows
-    ages = store.work_item_ages(now).get("UNBILLED_USAGE", {"open": 0})
+    unbilled = store.work_item_page(kind="UNBILLED_USAGE", limit=200, channels=channels).rows
+    ages = store.work_item_ages(now, channels).get("UNBILLED_USAGE", {"open": 0})
     with store.reading() as rd:
         return {
             "unbilled": unbilled,
@@ -519,12 +521,13 @@ def _revenue(store: Any, now: float) -> dict[str, Any]:
             "unbilled_ages": views.age_buckets([(now - u["created_at"]) / 86400 for u in unbilled]),
             "rejected": ledger.charges_in(rd, "rejected"),
             "credits": ledger.held_credits(rd),
-            "lot_serial": store.work_item_page(kind="MISSING_LOT_SERIAL").rows,
+            "lot_serial": store.work_item_page(kind="MISSING_LOT_SERIAL", channels=channels).rows,
         }
 
 
 async def revenue_data(ctx: Ctx) -> dict[str, Any]:
-    return await ctx.console.read(_revenue, ctx.console.store, time.time())
+    scope = ctx.principal.channel_scope
+    return await ctx.console.read(_revenue, ctx.console.store, time.time(), scope)
 
 
 async def revenue(ctx: Ctx) -> Response:
@@ -600,10 +603,12 @@ async def utilization(ctx: Ctx) -> Response:
 MISSING_MAPPING = "MISSING_MAPPING"
 
 
-def _open_misses(store: Any) -> dict[str, int]:
+def _open_misses(store: Any, channels: list[str] | None) -> dict[str, int]:
     """Open MISSING_MAPPING work items by table (their subject is ``table:key``)."""
     out: dict[str, int] = {}
-    for item in store.work_items_about(MISSING_MAPPING, status="open", limit=5000):
+    for item in store.work_items_about(
+        MISSING_MAPPING, status="open", limit=5000, channels=channels
+    ):
         table = item["subject"].partition(":")[0]
         out[table] = out.get(table, 0) + 1
     return out
@@ -611,7 +616,7 @@ def _open_misses(store: Any) -> dict[str, int]:
 
 async def mappings(ctx: Ctx) -> Response:
     console = ctx.console
-    misses = await console.read(_open_misses, console.store)
+    misses = await console.read(_open_misses, console.store, ctx.principal.channel_scope)
     tables = views.mapping_tables(console.engine.root, console.engine.project.mappings, misses)
     return ctx.page("mappings.html", tables=tables)
 
@@ -624,7 +629,11 @@ async def mapping_table(ctx: Ctx, table: str) -> Response:
     search = ctx.args.get("q", "")
     columns, rows, total = views.mapping_rows(found, search, 500)
     misses = await console.read(
-        console.store.work_items_about, MISSING_MAPPING, f"{table}:", limit=50
+        console.store.work_items_about,
+        MISSING_MAPPING,
+        f"{table}:",
+        limit=50,
+        channels=ctx.principal.channel_scope,
     )
     (info,) = views.mapping_tables(
         console.engine.root, type(console.engine.project.mappings)({table: found}), {}

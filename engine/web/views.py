@@ -150,11 +150,13 @@ def work_items(
     after: int | None,
     now: float,
 ) -> dict[str, Any]:
-    """Work items the person's roles see, by kind with counts, ages and SLA; a page of them."""
+    """Work items the person's roles and channel scope see, by kind with counts, ages and SLA;
+    a page of them."""
     from engine.model import WORK_ITEM_KINDS
 
     kinds = principal.kinds
-    ages = store.work_item_ages(now)
+    scope = principal.channel_scope
+    ages = store.work_item_ages(now, channels=scope)
     by_kind = []
     for k, a in sorted(ages.items()):
         if kinds is not None and k not in kinds:
@@ -172,7 +174,11 @@ def work_items(
             }
         )
     page = store.work_item_page(
-        kind=kind, kinds=sorted(kinds) if kinds is not None else None, status=status, after=after
+        kind=kind,
+        kinds=sorted(kinds) if kinds is not None else None,
+        status=status,
+        after=after,
+        channels=scope,
     )
     items = []
     for item in page.rows:
