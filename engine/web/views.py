@@ -259,20 +259,23 @@ def mapping_tables(root: Path, mappings: Any, open_misses: dict[str, int]) -> li
 
 
 def mapping_rows(table: Any, search: str, limit: int) -> tuple[list[str], list[list[str]], int]:
-    """A table's columns (its key first) and up to ``limit`` rows whose key or any value holds
-    ``search`` (any case), with how many match in all."""
+    """A table's columns (its key first, unless its first column is the key) and up to
+    ``limit`` rows whose key or any value holds ``search`` (any case), with how many match."""
     columns = [c for c in table.columns] or ["value"]
+    first = next(iter(table.rows.items()), None)
+    # a CSV table's key is its first column: shown once
+    keyed = not (first and isinstance(first[1], dict) and str(first[1].get(columns[0])) == first[0])
     wanted = search.strip().lower()
     found, total = [], 0
     for key, row in table.rows.items():
         values = [row.get(c) for c in columns] if isinstance(row, dict) else [row]
-        cells = [str(key), *("" if v is None else str(v) for v in values)]
+        cells = [*([str(key)] if keyed else []), *("" if v is None else str(v) for v in values)]
         if wanted and not any(wanted in c.lower() for c in cells):
             continue
         total += 1
         if len(found) < limit:
             found.append(cells)
-    return ["key", *columns], found, total
+    return [*(["key"] if keyed else []), *columns], found, total
 
 
 def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:

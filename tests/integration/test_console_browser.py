@@ -103,6 +103,8 @@ def test_screenshots_of_every_page(browser: Any, console_demo: Demo) -> None:
     pages += [
         ("message", detail.split("//", 1)[1].split("/", 1)[1].join(("/", "?body=1"))),
         ("trace", "/trace?key=po_number%3D4500012345"),
+        ("reconciliation", "/finance#recon"),
+        ("mapping", "/mappings/items?q=STENT"),
     ]
     for name, path in pages:
         browser.get(f"{console_demo.url}{path if path.startswith('/') else '/' + path}")
