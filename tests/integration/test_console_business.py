@@ -238,7 +238,12 @@ class ReconciliationTests(ConsoleFlow):
                 {"not sent": "6"},
             ),
         }, shown
-        assert sorted(by_location["LOC-OR-MAIN"]["documents"]) == ["ISS-1", "ISS-2"]
+        with self.engine.store.reading() as rd:  # the ERP's document numbers, as recorded
+            posted = rd.connection.execute(
+                "SELECT document, posted_quantity, posted_value FROM erp_postings "
+                "WHERE status = 'posted' ORDER BY document"
+            ).fetchall()
+        assert [tuple(r) for r in posted] == [("ISS-1", "3", "12.30"), ("ISS-2", "2", "8.20")]
         assert data["periods"] == [
             {
                 "period": "2026-01",

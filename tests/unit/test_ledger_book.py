@@ -506,3 +506,60 @@ def test_the_ledger_keeps_its_records_for_its_own_retention(store_location: Path
     assert ledger.count("erp_postings") == 1  # CU-R2's
     assert ledger.count("charges") == 1
     assert ledger.onhand() == Decimal(8)
+
+
+def test_the_reconciliation_follows_what_the_erp_did_with_each_issue(
+    store_location: Path | str,
+) -> None:
+    """Issues the ERP posted (one a return), one dead-lettered, one refused: by location, item
+    and service month, the ledger's value against the postings, with each difference's reason
+    and message; the same figures on both dialects."""
+    from engine.domains.ledger import reports
+
+    ledger = Ledger(store_location)
+    ledger.seed(10)
+    used = event("CU-A", qty="1.5")
+    _, (issue_a, _charge) = ledger.book(used)
+    _, (issue_b, _) = ledger.book(
+        event("CU-B", qty="0.5", kind="credit", reverses=used.business_key)
+    )
+    dead_mid, (issue_c, _) = ledger.book(event("CU-C", service_time="2026-02-03T10:00:00Z"))
+    refused_mid, (issue_d, _) = ledger.book(event("CU-D", qty="3"))
+    cost = {"STENT": Decimal("100.00")}.get
+    sap = b'{"MaterialDocument": "4900001", "MaterialDocumentYear": "2026"}'
+    outcomes = [
+        (issue_a, "delivered", None, sap),
+        (issue_b, "delivered", None, b'{"id": "ISS-2"}'),
+        (issue_c, "dead", "gave up after 10 attempts: 503", None),
+        (issue_d, "dead", "permanent failure: 422 item blocked", None),
+    ]
+    with ledger.store.transaction("settle") as tx:
+        for issue, outcome, reason, answer in outcomes:
+            assert issue["meta"]["effect"] == "issue"
+            lines = rules.issue_outcome(
+                repository(tx), issue["meta"], outcome, reason, answer, time.time(), cost
+            )
+            assert lines == 1
+    with ledger.store.reading() as rd:
+        data = reports.reconciliation(rd, 0.0, cost)
+        documents = rd.connection.execute(
+            "SELECT document FROM erp_postings WHERE document IS NOT NULL ORDER BY document"
+        ).fetchall()
+    assert [d[0] for d in documents] == ["4900001/2026", "ISS-2"]
+    shown = [
+        (
+            r["period"],
+            *(Decimal(r[k]) for k in reports.RECONCILIATION_FIGURES),
+            {k: Decimal(v) for k, v in r["reasons"].items()},
+            r["messages"],
+        )
+        for r in data["rows"]
+    ]
+    assert shown == [
+        ("2026-01", 4, 400, 1, 100, 3, 300, {"rejected by the ERP": 3}, [refused_mid]),
+        ("2026-02", 1, 100, 0, 0, 1, 100, {"dead-lettered": 1}, [dead_mid]),
+    ]
+    assert [(p["period"], Decimal(p["difference_value"])) for p in data["periods"]] == [
+        ("2026-01", 300),
+        ("2026-02", 100),
+    ]

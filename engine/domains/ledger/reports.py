@@ -5,7 +5,6 @@ hands out (``store.reading()``); nothing here writes."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -173,13 +172,20 @@ RECONCILIATION_FIGURES = (
 )
 
 
-def period_of(service_time: str, created_at: float) -> str:
-    """The month (``YYYY-MM``) of a service date (HL7 ``YYYYMMDD...`` or ISO 8601), else of
-    the booking."""
-    digits = "".join(c for c in (service_time or "")[:10] if c.isdigit())
-    if len(digits) >= 6:
-        return f"{digits[:4]}-{digits[4:6]}"
-    return time.strftime("%Y-%m", time.gmtime(created_at))
+#: The service month (``YYYY-MM``) of an event, from its HL7 (``YYYYMMDD``) or ISO 8601 date.
+_PERIOD = (
+    "CASE WHEN substr(e.service_time, 5, 1) = '-' THEN substr(e.service_time, 1, 7) "
+    "ELSE substr(e.service_time, 1, 4) || '-' || substr(e.service_time, 5, 2) END"
+)
+
+
+def _events_since(columns: str) -> str:
+    """The newest events booked since a time (parameters: since, limit) with their ERP
+    posting: from the index of events by booking time, never a scan of every event."""
+    return (
+        f"SELECT {columns} FROM (SELECT * FROM consumption_events WHERE created_at >= ? "
+        "ORDER BY created_at DESC LIMIT ?) AS e LEFT JOIN erp_postings AS p ON p.event_id = e.id"
+    )
 
 
 def reconciliation(
@@ -190,60 +196,67 @@ def reconciliation(
     limit: int = 1000,
     drill: int = 10,
 ) -> dict[str, Any]:
-    """Inventory-to-finance reconciliation of the usage booked since ``since``: by location,
-    item and period (service month), the ledger's issued quantity (usage less returns) and its
-    value at the item master's cost (``cost(item)``) against what the ERP acknowledged posting
-    (``erp_postings``); the difference, its reasons (``DIFFERENCE_REASONS``: quantity by
-    reason) and the messages behind it (up to ``drill`` a row); totals per period."""
-    rows = _rows(
+    """Inventory-to-finance reconciliation of the usage booked since ``since`` (its newest
+    ``limit`` x 20 events): by location, item and period (service month), the ledger's issued
+    quantity (usage less returns) and its value at the item master's cost (``cost(item)``)
+    against what the ERP acknowledged posting (``erp_postings``); the difference, its reasons
+    (``DIFFERENCE_REASONS``: quantity by reason) and the messages behind it (up to ``drill`` a
+    row); totals per period. Sums are the database's (exact decimals on PostgreSQL; on SQLite
+    quantities are summed as binary floating point and rounded to 6 places)."""
+    groups = _rows(
         tx,
-        "SELECT e.kind, e.location_id, e.item_id, e.quantity, e.uom, e.service_time, "
-        "e.message_id, e.created_at, p.status, p.posted_quantity, p.posted_value, p.document "
-        "FROM consumption_events AS e LEFT JOIN erp_postings AS p ON p.event_id = e.id "
-        "WHERE e.created_at >= ? ORDER BY e.id LIMIT ?",
+        _events_since(
+            f"e.location_id AS location, e.item_id AS item, {_PERIOD} AS period, e.uom, "
+            "e.kind, p.status, SUM(CAST(e.quantity AS NUMERIC)) AS quantity, "
+            "SUM(CAST(p.posted_quantity AS NUMERIC)) AS posted, "
+            "SUM(CAST(p.posted_value AS NUMERIC)) AS posted_value, "
+            "SUM(CASE WHEN p.posted_value IS NULL THEN CAST(p.posted_quantity AS NUMERIC) END) "
+            "AS unvalued"
+        )
+        + " GROUP BY 1, 2, 3, 4, 5, 6",
         (since, limit * 20),
     )
     zero = Decimal(0)
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for r in rows:
-        period = period_of(r["service_time"], r["created_at"])
-        key = (r["location_id"], r["item_id"], period)
-        agg = out.setdefault(
-            key,
-            {
+    for r in groups:
+        key = (r["location"], r["item"], _period(r["period"]))
+        agg = out.get(key)
+        if agg is None:
+            agg = out[key] = {
                 "location": key[0],
                 "item": key[1],
-                "period": period,
+                "period": key[2],
                 "uom": r["uom"],
-                "ledger_quantity": zero,
-                "ledger_value": zero,
-                "posted_quantity": zero,
-                "posted_value": zero,
+                **{k: zero for k in RECONCILIATION_FIGURES},
                 "reasons": {},
                 "messages": [],
-                "documents": [],
                 "_cost": cost(key[1]),
-            },
-        )
+            }
         unit = agg["_cost"]
-        sign = -1 if r["kind"] == "credit" else 1
-        qty = sign * _dec(r["quantity"])
+        qty = _sum(r["quantity"]) * (-1 if r["kind"] == "credit" else 1)
         agg["ledger_quantity"] += qty
         agg["ledger_value"] += qty * unit if unit is not None else zero
         if r["status"] == "posted":
-            posted = _dec(r["posted_quantity"])
-            agg["posted_quantity"] += posted
-            if r["posted_value"] is not None:
-                agg["posted_value"] += _dec(r["posted_value"])
-            elif unit is not None:
-                agg["posted_value"] += posted * unit
-            if r["document"] and r["document"] not in agg["documents"]:
-                agg["documents"].append(r["document"])
+            agg["posted_quantity"] += _sum(r["posted"])
+            agg["posted_value"] += _sum(r["posted_value"])
+            if unit is not None:
+                agg["posted_value"] += _sum(r["unvalued"]) * unit
             continue
         reason = DIFFERENCE_REASONS.get(r["status"], DIFFERENCE_REASONS[None])
         agg["reasons"][reason] = agg["reasons"].get(reason, zero) + qty
-        if len(agg["messages"]) < drill and r["message_id"] not in agg["messages"]:
-            agg["messages"].append(r["message_id"])
+    behind = _rows(
+        tx,
+        _events_since(
+            f"e.location_id AS location, e.item_id AS item, {_PERIOD} AS period, e.message_id"
+        )
+        + " WHERE p.status IS NULL OR p.status != 'posted' ORDER BY e.id LIMIT ?",
+        (since, limit * 20, limit * drill),
+    )
+    for r in behind:
+        agg = out.get((r["location"], r["item"], _period(r["period"])))
+        if agg is not None and len(agg["messages"]) < drill:
+            if r["message_id"] not in agg["messages"]:
+                agg["messages"].append(r["message_id"])
     listed = sorted(out.values(), key=lambda a: (a["period"], a["location"], a["item"]))[:limit]
     totals: dict[str, dict[str, Decimal]] = {}
     for a in listed:
@@ -265,3 +278,21 @@ def reconciliation(
             {"period": p, **{k: str(v) for k, v in t.items()}} for p, t in sorted(totals.items())
         ],
     }
+
+
+def _period(text: str | None) -> str:
+    """A ``YYYY-MM`` period as is; anything else (no service date): ``not given``."""
+    text = text or ""
+    return (
+        text if len(text) == 7 and text[4] == "-" and text.replace("-", "").isdigit() else NOT_GIVEN
+    )
+
+
+def _sum(value: Any) -> Decimal:
+    """A database sum as a Decimal: exact from PostgreSQL's numeric, a float from SQLite
+    rounded to 6 places (then without trailing zeros)."""
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, float):
+        return Decimal(repr(round(value, 6))).normalize() + 0
+    return Decimal(str(value))
