@@ -199,7 +199,7 @@ class ReconciliationTests(ConsoleFlow):
                 "4",
                 "16.40",
                 "0",
-                "0",
+                "0.00",
                 "4",
                 "16.40",
                 {"dead-lettered": "4"},
@@ -210,7 +210,7 @@ class ReconciliationTests(ConsoleFlow):
                 "1",
                 "4.10",
                 "0",
-                "0",
+                "0.00",
                 "1",
                 "4.10",
                 {"rejected by the ERP": "1"},
@@ -221,7 +221,7 @@ class ReconciliationTests(ConsoleFlow):
                 "2",
                 "8.20",
                 "0",
-                "0",
+                "0.00",
                 "2",
                 "8.20",
                 {"pending delivery": "2"},
@@ -232,7 +232,7 @@ class ReconciliationTests(ConsoleFlow):
                 "6",
                 "24.60",
                 "0",
-                "0",
+                "0.00",
                 "6",
                 "24.60",
                 {"not sent": "6"},
@@ -263,7 +263,7 @@ class ReconciliationTests(ConsoleFlow):
         assert b"rejected by the ERP: 1" in page and b"not sent: 6" in page
         code, csv = await self.get("/finance?format=csv&days=30")
         assert code == 200 and csv.startswith(b"period,location,item,uom,ledger_quantity")
-        assert b"2026-01,LOC-CATH-1,ITEM-200010,EA,4,16.40,0,0,4,16.40,dead-lettered 4" in csv
+        assert b"2026-01,LOC-CATH-1,ITEM-200010,EA,4,16.40,0,0.00,4,16.40,dead-lettered 4" in csv
         code, body = await self.get("/api/reconciliation?days=0")
         assert code == 400 and b"days: expected" in body
         code, _ = await self.get("/api/reconciliation", who="ops")
@@ -323,7 +323,7 @@ class UtilizationTests(ConsoleFlow):
             ["payer", "payer_kind", *FIGURES],
             ["AETNA01", "insurer", "1", "2", "2", "0", "88.00", "24.80", "63.20"],
             ["BCBS02", "insurer", "1", "1", "1", "0", "44.00", "12.40", "31.60"],
-            ["SP", "financial_class", "1", "3", "0", "3", "0", "12.30", "-12.30"],
+            ["SP", "financial_class", "1", "3", "0", "3", "0.00", "12.30", "-12.30"],
         ]
         code, page = await self.get("/utilization?by=payer")
         assert code == 200 and b"financial_class" in page and b'id="by-physician"' in page

@@ -563,3 +563,44 @@ def test_the_reconciliation_follows_what_the_erp_did_with_each_issue(
         ("2026-01", 300),
         ("2026-02", 100),
     ]
+
+
+def test_utilization_by_physician_payer_and_procedure(store_location: Path | str) -> None:
+    """Usage grouped by what its events carry (ids, payer, procedure; 'not given' where the
+    message said nothing), with supply cost and margin; the same on both dialects."""
+    from engine.domains.ledger import reports
+
+    ledger = Ledger(store_location)
+    ledger.seed(10)
+    ledger.book(
+        event("CU-1", qty="2", unit_price=Decimal("150.00"), performer="DR1", payer="AET"),
+        event("CU-2", qty="1", performer="DR1", procedure="27447", payer_kind="insurer"),
+    )
+    ledger.book(event("CU-3", qty="0.5", chargeable=False, orderer="DR9", procedure="27447"))
+    cost = {"STENT": Decimal("40")}.get
+    with ledger.store.reading() as rd:
+
+        def grouped(by: str) -> list[tuple[Any, ...]]:
+            return [
+                (
+                    *(r[c] for c in reports.UTILIZATION_GROUPS[by]),
+                    r["events"],
+                    *(Decimal(r[k]) for k in reports.UTILIZATION_FIGURES[1:]),
+                )
+                for r in reports.utilization(rd, 0.0, by=by, cost=cost)
+            ]
+
+        assert grouped("physician") == [
+            ("DR1", 2, 3, 3, 0, 300, 120, 180),
+            ("not given", 1, Decimal("0.5"), 0, Decimal("0.5"), 0, 20, -20),
+        ]
+        assert grouped("ordering_physician")[0][:2] == ("DR9", 1)
+        assert grouped("procedure") == [
+            ("27447", 2, Decimal("1.5"), 1, Decimal("0.5"), 0, 60, -60),
+            ("not given", 1, 2, 2, 0, 300, 80, 220),
+        ]
+        assert [r[:3] for r in grouped("payer")] == [
+            ("AET", "not given", 1),
+            ("not given", "insurer", 1),
+            ("not given", "not given", 1),
+        ]

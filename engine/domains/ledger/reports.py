@@ -4,9 +4,8 @@ hands out (``store.reading()``); nothing here writes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 #: Most rows any list of a report returns (newest or oldest first, as each says).
@@ -74,20 +73,17 @@ UTILIZATION_FIGURES = (
 NOT_GIVEN = "not given"
 
 
-def _group_key(r: dict[str, Any], by: str) -> tuple[str, ...]:
-    if by == "procedure":
-        detail = json.loads(r["detail"]) if r["detail"] else {}
-        return (detail.get("procedure") or NOT_GIVEN,)
-    values = {
-        "location": r["location"],
-        "item": r["item"],
-        "uom": r["uom"],
-        "physician": r["performer"],
-        "ordering_physician": r["orderer"],
-        "payer": r["payer"],
-        "payer_kind": r["payer_kind"],
-    }
-    return tuple(values[c] or NOT_GIVEN for c in UTILIZATION_GROUPS[by])
+#: The event column behind each group column of the utilization report.
+_GROUP_COLUMNS = {
+    "location": "e.location_id",
+    "item": "e.item_id",
+    "uom": "e.uom",
+    "procedure": "e.procedure",
+    "physician": "e.performer",
+    "ordering_physician": "e.orderer",
+    "payer": "e.payer",
+    "payer_kind": "e.payer_kind",
+}
 
 
 def utilization(
@@ -98,50 +94,48 @@ def utilization(
     by: str = "item",
     cost: Callable[[str], Decimal | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Usage booked since ``since`` grouped ``by`` one of :data:`UTILIZATION_GROUPS` (location
-    and item; location; procedure; performing or ordering physician, by id; payer): events,
-    quantity, how much of it was billable, the amount charged, the supply cost at the item
-    master's cost (``cost(item)``) and the margin (charged less cost). Non-billable usage is
-    kept for exactly this reporting; what the messages did not give shows as ``not given``."""
+    """Usage booked since ``since`` (its newest ``limit`` x 20 events) grouped ``by`` one of
+    :data:`UTILIZATION_GROUPS` (location and item; location; procedure; performing or ordering
+    physician, by id; payer): events, quantity, how much of it was billable, the amount
+    charged, the supply cost at the item master's cost (``cost(item)``) and the margin
+    (charged less cost). Non-billable usage is kept for exactly this reporting; a credit takes
+    its usage back; what the messages did not give shows as ``not given``. Summed in the
+    database (see :func:`reconciliation` for the precision)."""
     if by not in UTILIZATION_GROUPS:
         raise ValueError(f"by: expected one of {', '.join(UTILIZATION_GROUPS)} (got {by!r})")
+    columns = UTILIZATION_GROUPS[by]
+    grouped = ", ".join(f"{_GROUP_COLUMNS[c]} AS {c}" for c in columns)
     rows = _rows(
         tx,
-        "SELECT e.location_id AS location, e.item_id AS item, e.chargeable, e.quantity, "
-        "e.uom, e.kind, e.performer, e.orderer, e.payer, e.payer_kind, "
-        f"{'e.detail' if by == 'procedure' else 'NULL AS detail'}, "
-        "c.amount, c.status AS charge_status FROM consumption_events AS e "
+        f"SELECT {grouped}, e.item_id AS costed, e.kind, e.chargeable, COUNT(*) AS events, "
+        "SUM(CAST(e.quantity AS NUMERIC)) AS quantity, SUM(CASE WHEN c.status != 'rejected' "
+        "THEN CAST(c.amount AS NUMERIC) END) AS charged FROM (SELECT * FROM consumption_events "
+        "WHERE created_at >= ? ORDER BY created_at DESC LIMIT ?) AS e "
         "LEFT JOIN charges AS c ON c.event_id = e.id "
-        "WHERE e.created_at >= ? ORDER BY e.id DESC LIMIT ?",
+        f"GROUP BY {', '.join(_GROUP_COLUMNS[c] for c in columns)}, e.item_id, e.kind, "
+        "e.chargeable",
         (since, limit * 20),
     )
-    columns = UTILIZATION_GROUPS[by]
-    costs: dict[str, Decimal | None] = {}
     out: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in rows:
-        key = _group_key(r, by)
+        key = tuple(r[c] or NOT_GIVEN for c in columns)
         agg = out.get(key)
         if agg is None:
             agg = out[key] = dict(zip(columns, key, strict=True))
             agg.update({f: Decimal(0) for f in UTILIZATION_FIGURES}, events=0)
-        qty = _dec(r["quantity"])
-        if r["kind"] == "credit":
-            qty = -qty  # a credit takes its usage back
-        agg["events"] += 1
+        qty = _sum(r["quantity"]) * (-1 if r["kind"] == "credit" else 1)
+        agg["events"] += int(r["events"])
         agg["quantity"] += qty
         agg["billable_quantity" if r["chargeable"] else "non_billable_quantity"] += qty
-        if r["amount"] and r["charge_status"] != "rejected":
-            agg["charged"] += _dec(r["amount"])
-        if cost is not None:
-            if r["item"] not in costs:
-                costs[r["item"]] = cost(r["item"])
-            unit = costs[r["item"]]
-            agg["supply_cost"] += qty * unit if unit is not None else 0
+        agg["charged"] += _sum(r["charged"])
+        unit = cost(r["costed"]) if cost is not None else None
+        if unit is not None:
+            agg["supply_cost"] += qty * unit
     listed = sorted(out.values(), key=lambda a: tuple(a[c] for c in columns))[:limit]
     for a in listed:
         a["margin"] = a["charged"] - a["supply_cost"]
         for k in UTILIZATION_FIGURES[1:]:
-            a[k] = str(a[k])
+            a[k] = str(money(a[k]) if k in ("charged", "supply_cost", "margin") else a[k])
     return listed
 
 
@@ -269,13 +263,14 @@ def reconciliation(
         for k in t:
             t[k] += a[k]
         for k in RECONCILIATION_FIGURES:
-            a[k] = str(a[k])
+            a[k] = str(money(a[k]) if k.endswith("_value") else a[k])
         a["reasons"] = {k: str(v) for k, v in sorted(a["reasons"].items())}
         a["reason"] = "; ".join(f"{k} {v}" for k, v in a["reasons"].items())
     return {
         "rows": listed,
         "periods": [
-            {"period": p, **{k: str(v) for k, v in t.items()}} for p, t in sorted(totals.items())
+            {"period": p, **{k: str(money(v)) for k, v in t.items()}}
+            for p, t in sorted(totals.items())
         ],
     }
 
@@ -286,6 +281,11 @@ def _period(text: str | None) -> str:
     return (
         text if len(text) == 7 and text[4] == "-" and text.replace("-", "").isdigit() else NOT_GIVEN
     )
+
+
+def money(value: Decimal) -> Decimal:
+    """An amount to the cent (half up), as finance reads it."""
+    return value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
 def _sum(value: Any) -> Decimal:

@@ -163,8 +163,8 @@ class SqliteLedgerRepository:
         cur = self.conn.execute(
             "INSERT INTO consumption_events (business_key, kind, item_id, location_id, quantity, "
             "uom, chargeable, encounter, service_time, reverses, lot, serial, detail, message_id, "
-            "correlation_id, created_at, performer, orderer, payer, payer_kind) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "correlation_id, created_at, performer, orderer, payer, payer_kind, procedure) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ev.business_key,
                 ev.kind,
@@ -186,6 +186,7 @@ class SqliteLedgerRepository:
                 ev.orderer,
                 ev.payer,
                 ev.payer_kind,
+                ev.procedure,
             ),
         )
         return int(cur.lastrowid or 0)

@@ -183,14 +183,15 @@ MIGRATION_ERP_POSTINGS: Migration = (
 )
 
 # Utilization by physician and payer: the performing (FT1-20) and ordering (FT1-21)
-# physician's id (never a name: names are PHI) and the payer (IN1-3 insurance company id, else
-# PV1-20 financial class; ``payer_kind`` says which) of each usage event; the performing
-# physician of events booked before is taken from their detail.
+# physician's id (never a name: names are PHI), the payer (IN1-3 insurance company id, else
+# PV1-20 financial class; ``payer_kind`` says which) and the procedure of each usage event; the
+# performing physician and procedure of events booked before are taken from their detail.
 _PHYSICIAN_PAYER_COLUMNS = [
     "ALTER TABLE consumption_events ADD COLUMN performer TEXT",
     "ALTER TABLE consumption_events ADD COLUMN orderer TEXT",
     "ALTER TABLE consumption_events ADD COLUMN payer TEXT",
     "ALTER TABLE consumption_events ADD COLUMN payer_kind TEXT",
+    "ALTER TABLE consumption_events ADD COLUMN procedure TEXT",
 ]
 
 
@@ -201,14 +202,14 @@ def _physician_payer(conn: sqlite3.Connection) -> None:
         if statement.split()[-2] not in columns:
             conn.execute(statement)
     conn.execute(
-        "UPDATE consumption_events SET performer = json_extract(detail, '$.performer') "
-        "WHERE performer IS NULL"
+        "UPDATE consumption_events SET performer = json_extract(detail, '$.performer'), "
+        "procedure = json_extract(detail, '$.procedure')"
     )
 
 
 MIGRATION_PHYSICIAN_PAYER: Migration = (
     7,
-    "usage events: performing and ordering physician, payer",
+    "usage events: performing and ordering physician, payer, procedure",
     _physician_payer,
 )
 
@@ -247,8 +248,8 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
                 c.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")
                 for c in _PHYSICIAN_PAYER_COLUMNS
             ),
-            "UPDATE consumption_events SET performer = detail::json ->> 'performer' "
-            "WHERE performer IS NULL",
+            "UPDATE consumption_events SET performer = detail::json ->> 'performer', "
+            "procedure = detail::json ->> 'procedure'",
         ],
     ),
 ]
