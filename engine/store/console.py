@@ -466,9 +466,10 @@ def browse_sql(
     after: str | None = None,
     limit: int = 51,
 ) -> tuple[str, list[Any]]:
-    """The browser's query. Only the most selective filter given may use an index (a unary
-    ``+`` keeps SQLite's planner off the others): a business key, else a correlation id, else
-    a control id, else channel and status, channel, status or time; the rest filter the rows
+    """The browser's query. Only the most selective filter given may use an index (the others
+    compare an expression, ``column || ''`` or ``column + 0``, which keeps the planner of both
+    SQLite and PostgreSQL off their indexes): a business key, else a correlation id, else a
+    control id, else channel and status, channel, status or time; the rest filter the rows
     that index finds. Pages by ``(received_at, rowid)`` below the cursor ``after``."""
     if (key is None) != (value is None):
         raise ValueError(f"a business key search needs both a name and a value (got {key=})")
@@ -487,8 +488,10 @@ def browse_sql(
     )
     free = driver == "index"  # channel, status and time may use their indexes
 
-    def add(clause: str, param: Any, indexed: bool) -> None:
-        clauses.append(clause if indexed else "+" + clause)
+    def add(column: str, test: str, param: Any, indexed: bool) -> None:
+        if not indexed:  # an expression no index holds; the same in both dialects
+            column = f"{column} + 0" if column == "m.received_at" else f"{column} || ''"
+        clauses.append(f"{column} {test}")
         params.append(param)
 
     if key is not None:
@@ -496,21 +499,21 @@ def browse_sql(
         clauses += ["bk.name = ?", "bk.value = ?"]
         params += [key, value]
     if correlation_id is not None:
-        add("m.correlation_id = ?", correlation_id, driver == "correlation")
+        add("m.correlation_id", "= ?", correlation_id, driver == "correlation")
     if control_id is not None:
-        add("m.control_id = ?", control_id, driver == "control")
+        add("m.control_id", "= ?", control_id, driver == "control")
     if channel is not None:
-        add("m.channel = ?", channel, free)
+        add("m.channel", "= ?", channel, free)
     if status is not None:
         if status not in model.MESSAGE_STATUSES:
             raise ValueError(f"status must be one of {model.MESSAGE_STATUSES} (got {status!r})")
-        add("m.status = ?", status, free)
+        add("m.status", "= ?", status, free)
     if since is not None:
-        add("m.received_at >= ?", since, free)
+        add("m.received_at", ">= ?", since, free)
     if until is not None:
-        add("m.received_at < ?", until, free)
+        add("m.received_at", "< ?", until, free)
     if channels is not None:
-        clauses.append(f"+m.channel IN ({', '.join('?' * len(channels)) or 'NULL'})")
+        clauses.append(f"m.channel || '' IN ({', '.join('?' * len(channels)) or 'NULL'})")
         params += list(channels)
     if after:
         at, _, rowid = after.rpartition(":")
