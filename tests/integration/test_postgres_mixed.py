@@ -488,8 +488,8 @@ def test_mixed_load_on_two_nodes_kill_9_one_ledger_equals_the_erp(
         wait_until(
             lambda: port_open(mllp_front) and port_open(fhir_front), 15, "HAProxy", procs=[proxy]
         )
-        # The ERP creates and releases the purchase orders the partner's files answer (to node 2: the PO
-        # webhook is not behind HAProxy in the shipped configuration).
+        # The ERP creates and releases the purchase orders the partner's files answer (to node
+        # 2: the PO webhook is not behind HAProxy in the shipped configuration).
         for po in pos:
             body = json.dumps({**PO, "po_number": po}).encode()
             created = http_post(http_port, "/purchase-orders", body, "", "application/json")
@@ -574,7 +574,8 @@ def test_mixed_load_on_two_nodes_kill_9_one_ledger_equals_the_erp(
             r[0]
             for r in pg(
                 pg_url,
-                "SELECT name FROM job_leases WHERE holder = ANY(%s) AND name LIKE 'dropfolder:var/%%'",
+                "SELECT name FROM job_leases WHERE holder = ANY(%s) "
+                "AND name LIKE 'dropfolder:var/%%'",
                 list(node1_name),
             )
         ]
@@ -692,7 +693,8 @@ def test_mixed_load_on_two_nodes_kill_9_one_ledger_equals_the_erp(
             f"({leases[n]['since'] - leases[n]['taken_from_until']:.1f}s after expiry)"
             for n in held_by_node1
         )
-        + f"; {len(isa13s)} ACMEMED interchanges, ISA13 {min(isa13s)}..{max(isa13s)}; on-hand equal on {len(onhand)} pairs, charges "
+        + f"; {len(isa13s)} ACMEMED interchanges, ISA13 {min(isa13s)}..{max(isa13s)}; "
+        f"on-hand equal on {len(onhand)} pairs, charges "
         f"{sum(ledger_amounts.values())} USD on {sum(ledger_charges.values())} lines"
     )
 
