@@ -69,8 +69,9 @@ class Alone:
 
 
 class Leases:
-    """The leases one pickup holds: renewed when half of their time is gone, so that a node
-    holding a folder writes a row every ``seconds / 2``, not at every poll."""
+    """The leases one pickup holds: renewed when half of their time is gone (at a poll, or by
+    :meth:`renew`), so that a node holding a folder writes a row every few seconds, not at
+    every poll."""
 
     def __init__(self, coordination: Coordination, seconds: float, clock: Any) -> None:
         self.coordination = coordination
@@ -94,6 +95,19 @@ class Leases:
                     self._until.pop(name, None)
             fresh |= set(got)
         return fresh
+
+    async def renew(self) -> None:
+        """Renew the leases held now (a timer of their own calls this at a third of their time,
+        so that a poll busy with many files does not let them run out under it)."""
+        if self._until and self.coordination.shared:
+            now = self.clock.seconds()
+            names = list(self._until)
+            got = await self.coordination.hold(names, self.seconds)
+            for name in names:
+                if name in got:
+                    self._until[name] = now + self.seconds
+                else:
+                    self._until.pop(name, None)
 
     async def release(self) -> None:
         names, self._until = list(self._until), {}

@@ -171,6 +171,7 @@ class DropFolderSource:
         )
         self.taken = 0
         self.loop: task.LoopingCall | None = None
+        self.renewing: task.LoopingCall | None = None
         self._polling: defer.Deferred | None = None
         self._sem = defer.DeferredSemaphore(options.concurrency)
 
@@ -211,6 +212,18 @@ class DropFolderSource:
         self.loop = task.LoopingCall(self._tick)
         self.loop.clock = self.reactor
         self.loop.start(self.options.poll_interval, now=True)
+        if self.leases is not None and self.leases.coordination.shared:
+            self.renewing = task.LoopingCall(self._renew)
+            self.renewing.clock = self.reactor
+            self.renewing.start(self.options.lease / 3, now=False)
+
+    def _renew(self) -> defer.Deferred:
+        """Keep this node's folders while a poll is busy with many files."""
+        assert self.leases is not None
+        d = defer.ensureDeferred(self.leases.renew())
+        return d.addErrback(
+            lambda f: log.failure("drop folder {c}: lease renewal failed", f, c=self.channel)
+        )
 
     def _tick(self) -> None:
         if self._polling is None:
@@ -222,6 +235,8 @@ class DropFolderSource:
         self._polling = None
 
     async def stop(self) -> None:
+        if self.renewing is not None and self.renewing.running:
+            self.renewing.stop()
         if self.loop is not None and self.loop.running:
             self.loop.stop()
         while self._polling is not None:
