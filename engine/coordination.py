@@ -86,28 +86,23 @@ class Leases:
         now = self.clock.seconds()
         fresh = {n for n in names if self._until.get(n, 0.0) - now > self.seconds / 2}
         stale = [n for n in names if n not in fresh]
-        if stale:
-            got = await self.coordination.hold(stale, self.seconds)
-            for name in stale:
-                if name in got:
-                    self._until[name] = now + self.seconds
-                else:
-                    self._until.pop(name, None)
-            fresh |= set(got)
-        return fresh
+        return fresh | (await self._hold(stale) if stale else set())
 
     async def renew(self) -> None:
         """Renew the leases held now (a timer of their own calls this at a third of their time,
         so that a poll busy with many files does not let them run out under it)."""
         if self._until and self.coordination.shared:
-            now = self.clock.seconds()
-            names = list(self._until)
-            got = await self.coordination.hold(names, self.seconds)
-            for name in names:
-                if name in got:
-                    self._until[name] = now + self.seconds
-                else:
-                    self._until.pop(name, None)
+            await self._hold(list(self._until))
+
+    async def _hold(self, names: list[str]) -> set[str]:
+        now = self.clock.seconds()
+        got = set(await self.coordination.hold(names, self.seconds))
+        for name in names:
+            if name in got:
+                self._until[name] = now + self.seconds
+            else:
+                self._until.pop(name, None)
+        return got
 
     async def release(self) -> None:
         names, self._until = list(self._until), {}
