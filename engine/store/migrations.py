@@ -402,6 +402,45 @@ CONSOLE_SCHEMA: list[str] = [
     "CREATE INDEX IF NOT EXISTS idx_messages_control ON messages(control_id)",
 ]
 
+#: One-at-a-time jobs held by one node at a time (``job_leases``: the pickup of one folder, a
+#: partner's SFTP remote) and the SFTP server's upload registry (``sftp_uploads``: what is being
+#: written, complete, handed over), shared by the nodes of one PostgreSQL store.
+_V19_LEASES_AND_UPLOADS = [
+    """
+    CREATE TABLE IF NOT EXISTS job_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        since REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        until REAL NOT NULL,
+        taken_from TEXT,
+        taken_from_until REAL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS sftp_uploads (
+        path TEXT PRIMARY KEY,
+        part TEXT,
+        node TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'complete', 'handed')),
+        size INTEGER,
+        sha256 TEXT,
+        opened_at REAL NOT NULL,
+        closed_at REAL,
+        handed_at REAL,
+        handed_by TEXT,
+        message_id TEXT
+    )
+    """,
+]
+
+#: The leases and uploads migration, as one entry (renumbered with this one line at a merge).
+LEASES_MIGRATION: Migration = (
+    19,
+    "leases of one-at-a-time jobs, the SFTP server's upload registry",
+    _V19_LEASES_AND_UPLOADS,
+)
+
 #: The console's migration, as one entry (renumbered with this one line when histories merge).
 CONSOLE_MIGRATION: Migration = (17, "the console: accounts, pauses, running counters", _v15_console)
 
@@ -443,6 +482,7 @@ MIGRATIONS: list[Migration] = [
     MIGRATION_WORK_ITEMS_BY_OPENING,
     CONSOLE_MIGRATION,
     MIGRATION_WORK_ITEM_CHANNEL,
+    LEASES_MIGRATION,
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

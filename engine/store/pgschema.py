@@ -212,6 +212,11 @@ PG_MIGRATIONS: list[Migration] = [
             sqlite_history._WORK_ITEM_CHANNEL_INDEX,
         ],
     ),
+    (
+        sqlite_history.LEASES_MIGRATION[0],
+        sqlite_history.LEASES_MIGRATION[1],
+        ddl_all(sqlite_history._V19_LEASES_AND_UPLOADS),
+    ),
 ]
 
 

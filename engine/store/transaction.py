@@ -495,6 +495,10 @@ class SqliteTransaction:
         return model.QUEUED
 
     def _roll_up(self, message_id: str, now: float) -> None:
+        # Nodes settling two deliveries of one message at once take turns here: each then
+        # sees the other's outcome (else both read the other's row still open, and the
+        # message stays queued with every delivery sent).
+        self.lock(f"roll-up:{message_id}")
         conn = self.connection
         current = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
         if current is None or current[0] != model.QUEUED:

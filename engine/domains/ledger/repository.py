@@ -203,7 +203,12 @@ class SqliteLedgerRepository:
         message_id: str | None = None,
         correlation_id: str | None = None,
     ) -> Decimal:
-        """Change on-hand by ``delta``; with an event, the inventory transaction too."""
+        """Change on-hand by ``delta``; with an event, the inventory transaction too. Nodes
+        sharing one database change one location's item one at a time (until this transaction
+        ends): each reads the figure the one before it wrote, none is lost."""
+        lock = getattr(self.tx, "lock", None)
+        if lock is not None:
+            lock(f"onhand:{location}:{item}")
         if event_id is not None:
             self.conn.execute(
                 "INSERT INTO inventory_transactions (event_id, location_id, item_id, delta, uom, "
