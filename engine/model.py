@@ -50,7 +50,7 @@ WORK_ITEM_KINDS: dict[str, str] = {
     "MISSING_LOT_SERIAL": "an implant came without the lot or serial its item requires",
     "CHARGE_REJECTED": "billing rejected a charge",
     "UNBILLED_USAGE": "chargeable usage has no accepted charge after the allowed time",
-    "PO_CHANGED": "a vendor's 855 changed, backordered or rejected lines of a purchase order",
+    "PO_CHANGED": "a vendor's 855 changed, backordered, held or rejected lines of a purchase order",
     "ACK_REJECTED": "a trading partner's TA1/997/999 rejected one of our interchanges",
     "ACK_OVERDUE": "no 997/999 from a trading partner in time",
     "ASN_UNMATCHED": "an 856 line names no purchase order line Wharf knows",

@@ -436,6 +436,7 @@ class _Book:
                 "accepted": "accepted",
                 "changed": "changed",
                 "backordered": "backordered",
+                "held": "held",
                 "rejected": "rejected",
             }.get(kind, "acknowledged")
             qty, unit = _acknowledged(line)
@@ -461,7 +462,7 @@ class _Book:
                     detail["change_id"] = change_id
             self.repo.set_line_ack(ack.po_number, line.line_number, status, detail)
             lines.append({"line": line.line_number, "status": status, **detail})
-            if status in ("changed", "backordered", "rejected"):
+            if status in ("changed", "backordered", "held", "rejected"):
                 what = f"line {line.line_number} {status} ({line.status})"
                 if change_id is not None:
                     what += (
