@@ -123,8 +123,9 @@ UNIT_ELEMENT = {"PO1": 3, "PO4": 3, "ACK": 3, "SN1": 3, "IT1": 3}
 
 
 def in_cases(data: bytes) -> bytes:
-    """A sample as another vendor's system writes it: every unit is CS (case), the commonest
-    unit in supply and a code of X12 element 355."""
+    """A sample as another vendor's system writes it: every unit is CS, how many systems write
+    a case (the UN/ECE Rec. 21 package code; in X12 element 355, CS is "cassette" and case is
+    CA), a well-formed 355 code whose meaning is the partner's uom map's business."""
     segments = []
     for segment in data.split(b"~"):
         parts = segment.split(b"*")
