@@ -60,6 +60,8 @@ WORK_ITEM_KINDS: dict[str, str] = {
     "ORPHAN_CREDIT": "a credit for a line the ledger never booked waits for a person",
     "SENDER_REFUSED": "an interchange came in under another partner's identity than its channel's",
     "X12_REFUSED": "a file in a partner's inbound folder could not be read as X12",
+    "X12_NOT_APPLIED": "an accepted 855/856/810 whose purpose (a cancellation, a replacement, a "
+    "duplicate...) Wharf does not apply by itself",
 }
 
 _NS = uuid.UUID("6f0b1c1e-8a8f-4a55-9a53-77686172660a")

@@ -13,8 +13,8 @@ Conventions:
   ``dataele.xml`` per map folder): REF02 (127) 1/50 instead of 1/30, PER04 (364) 1/256 instead
   of 1/80, AK302 (719) 1/10 instead of 1/6. A 4010 value between the two limits is accepted.
 * Code lists (docs/x12-code-lists.md): an element carries a list only where Wharf acts on its
-  code and would do the wrong thing with another one (353 purpose, 668 line status, 248
-  allowance/charge, 1250 date format, the envelope and the acknowledgment codes); a code
+  code and would do the wrong thing with another one (668 line status, 248 allowance/charge,
+  1250 date format, the envelope and the acknowledgment codes); a code
   outside it is an "invalid code value" (997 AK403 / 999 IK403 = 7). The other coded elements
   (:data:`CODED_WITHOUT_LIST`: 355 units, 235 product id qualifiers, 128 reference and 374 date
   qualifiers...) are checked for type, length and the form of a code only, so that a valid
@@ -331,9 +331,6 @@ def _codes(text: str) -> tuple[str, ...]:
 
 # ---- code lists: only where Wharf acts on the code (docs/x12-code-lists.md) ----
 # A code outside one of these lists is rejected (997 AK403 / 999 IK403 = 7).
-# Transaction set purpose: Wharf applies 855/856/810 as the purposes a supply-chain partner
-# sends; an unknown purpose is refused rather than applied as an original.
-PURPOSE_353 = _codes("00 01 03 04 05 06 07 15 18 22")
 # Line item status: every code of the standard's list (004030 and later: 26 codes); each has a
 # behaviour in engine.x12.documents.common.ACK_STATUS.
 LINE_STATUS_668 = _codes(
@@ -369,7 +366,7 @@ TA1_NOTE_I18 = tuple(f"{n:03d}" for n in range(32))
 #: A list dropped in ``mappings/x12/codelists/`` (engine.domains.procurement.codelists) makes
 #: the check complete.
 CODED_WITHOUT_LIST = frozenset(
-    "66 88 91 92 98 128 235 349 355 365 366 374 587 639 640 735 1005".split()
+    "66 88 91 92 98 128 235 349 353 355 365 366 374 587 639 640 735 1005".split()
 )
 #: What an X12 code value looks like (upper-case letters and digits), for the elements above.
 CODE_FORM = "^[A-Z0-9]+$"
@@ -458,7 +455,7 @@ _SEGMENT_LIST = [
     _seg(
         "BEG",
         "Beginning Segment for Purchase Order",
-        _e("353", "R", codes=PURPOSE_353),
+        _e("353", "R"),
         _e("92", "R"),
         _e("324", "R"),
         _e("328"),
@@ -474,7 +471,7 @@ _SEGMENT_LIST = [
     _seg(
         "BAK",
         "Beginning Segment for Purchase Order Acknowledgment",
-        _e("353", "R", codes=PURPOSE_353),
+        _e("353", "R"),
         _e("587", "R"),
         _e("324", "R"),
         _e("373", "R"),
@@ -489,7 +486,7 @@ _SEGMENT_LIST = [
     _seg(
         "BSN",
         "Beginning Segment for Ship Notice",
-        _e("353", "R", codes=PURPOSE_353),
+        _e("353", "R"),
         _e("396", "R"),
         _e("373", "R"),
         _e("337", "R"),
@@ -508,7 +505,7 @@ _SEGMENT_LIST = [
         _e("328"),
         _e("327"),
         _e("640"),
-        _e("353", codes=PURPOSE_353),
+        _e("353"),
         _e("306"),
         _e("76"),
     ),

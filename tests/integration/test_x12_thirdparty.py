@@ -264,6 +264,35 @@ class ThirdPartyDocuments(EngineStore, SandboxErp, unittest.TestCase):
         assert "line 2 rejected (R5)" in detail and "line 3 held (IH)" in detail, detail
 
     @defer.inlineCallbacks
+    def test_a_cancellation_or_duplicate_is_acknowledged_and_held_not_applied(self) -> Any:
+        yield defer.ensureDeferred(self._purposes())
+
+    async def _purposes(self) -> None:
+        """BSN01 01 (cancellation) and BAK01 07 (duplicate) are valid X12 (997 AK5*A) that Wharf
+        does not apply by itself: no receipt, no line status, an X12_NOT_APPLIED work item each;
+        the original (00) of the same ASN is then applied."""
+        await self.release_po()
+        asn = (SAMPLES / "856_4010_cases.x12").read_bytes()
+        assert asn.count(b"BSN|00|") == 1
+        cancel = renumber(asn.replace(b"BSN|00|", b"BSN|01|"), 9003, 9041)
+        assert_accepted(await self.drop("856_cancel.x12", cancel), "856")
+        ack = (SAMPLES / "855_4010_cases.x12").read_bytes()
+        dup = renumber(ack.replace(b"BAK|00|", b"BAK|07|"), 9002, 9042)
+        assert_accepted(await self.drop("855_dup.x12", dup), "855")
+        assert self.db("SELECT COUNT(*) FROM receipts") == [(0,)]
+        erp_po = await self.erp("/purchase-orders/4500077001")
+        assert (erp_po["status"], erp_po["lines"]) == ("sent", {}), erp_po
+        items = self.db("SELECT kind, subject, detail FROM work_items ORDER BY id")
+        assert [(k, s) for k, s, _ in items] == [
+            ("X12_NOT_APPLIED", "harbor:856:HMD-ASN-77120:0001"),
+            ("X12_NOT_APPLIED", "harbor:855:4500077001:0001"),
+        ], items
+        assert "purpose 01 (cancellation)" in items[0][2], items
+        assert "purpose 07 (duplicate)" in items[1][2], items
+        assert_accepted(await self.drop("856.x12", asn), "856")
+        assert self.db("SELECT COUNT(*) FROM receipts") == [(3,)]
+
+    @defer.inlineCallbacks
     def test_a_dropped_in_unit_list_refuses_a_unit_outside_it(self) -> Any:
         yield defer.ensureDeferred(self._dropped_in_list())
 

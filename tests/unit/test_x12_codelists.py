@@ -65,14 +65,13 @@ def test_valid_standard_codes_outside_the_old_subsets_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "ak3", "ak4"),
     [
-        # an element Wharf acts on: a code outside its list is refused (AK403 7)
+        # elements checked for form only: a value that is no X12 code is still refused
         (
             b"BEG|00|NP|",
-            b"BEG|ZZ|NP|",
+            b"BEG|0!|NP|",
             ["AK3", "BEG", "2", "", "8"],
-            ["AK4", "1", "353", "7", "ZZ"],
+            ["AK4", "1", "353", "7", "0!"],
         ),
-        # an element checked for form only: a value that is no X12 code is still refused
         (b"REF|L1|", b"REF|l1|", ["AK3", "REF", "5", "", "8"], ["AK4", "1", "128", "7", "l1"]),
         (b"N1|FA|", b"N1|F-|", ["AK3", "N1", "8", "", "8"], ["AK4", "1", "98", "7", "F-"]),
     ],

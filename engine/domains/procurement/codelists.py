@@ -17,7 +17,7 @@ A file that breaks these rules is a configuration error naming ``file:line:colum
 
 From then on the validator checks those elements against the list: a code outside it is an
 "invalid code value" (997 AK403 / 999 IK403 = 7) naming the segment, the element and the value.
-A list for an element where Wharf keeps its own (the codes it acts on: 353, 668, 248...) does not
+A list for an element where Wharf keeps its own (the codes it acts on: 668, 248...) does not
 widen Wharf's: it is listed in :attr:`CodeLists.kept` and not used. A list for an element that
 none of Wharf's maps use is listed in :attr:`CodeLists.unused`.
 
