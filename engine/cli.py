@@ -1182,7 +1182,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--kind",
         help="MISSING_MAPPING, CHARGE_REJECTED, UNBILLED_USAGE, INVOICE_HELD, PO_CHANGED, "
-        "SENDER_REFUSED, X12_REFUSED, ORPHAN_CREDIT, ...",
+        "SENDER_REFUSED, X12_REFUSED, X12_NOT_APPLIED, ORPHAN_CREDIT, ...",
     )
     w.add_argument(
         "--status",

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from engine.config.text import declared_encoding, decode
+from engine.config.text import read_csv_text
 from engine.config.yamlnodes import compose_file
 from engine.errors import ConfigError, MappingMiss
 from engine.spec import Any_, Context
@@ -106,15 +106,8 @@ class Mappings:
 
 
 def load_csv(path: Path, shown: str, errors: list[ConfigError]) -> Table | None:
-    try:
-        data = path.read_bytes()
-        encoding, _ = declared_encoding(data, shown)
-        text = decode(data, shown, encoding or "utf-8-sig", csv=True)
-    except ConfigError as exc:
-        errors.append(exc)
-        return None
-    except OSError as exc:
-        errors.append(ConfigError(f"cannot read the table: {exc.strerror}", file=shown))
+    text = read_csv_text(path, shown, errors, "the table")
+    if text is None:
         return None
     lines = text.splitlines()
     first = 0

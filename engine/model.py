@@ -50,7 +50,7 @@ WORK_ITEM_KINDS: dict[str, str] = {
     "MISSING_LOT_SERIAL": "an implant came without the lot or serial its item requires",
     "CHARGE_REJECTED": "billing rejected a charge",
     "UNBILLED_USAGE": "chargeable usage has no accepted charge after the allowed time",
-    "PO_CHANGED": "a vendor's 855 changed, backordered or rejected lines of a purchase order",
+    "PO_CHANGED": "a vendor's 855 changed, backordered, held or rejected lines of a purchase order",
     "ACK_REJECTED": "a trading partner's TA1/997/999 rejected one of our interchanges",
     "ACK_OVERDUE": "no 997/999 from a trading partner in time",
     "ASN_UNMATCHED": "an 856 line names no purchase order line Wharf knows",
@@ -60,6 +60,8 @@ WORK_ITEM_KINDS: dict[str, str] = {
     "ORPHAN_CREDIT": "a credit for a line the ledger never booked waits for a person",
     "SENDER_REFUSED": "an interchange came in under another partner's identity than its channel's",
     "X12_REFUSED": "a file in a partner's inbound folder could not be read as X12",
+    "X12_NOT_APPLIED": "an accepted 855/856/810 whose purpose (a cancellation, a replacement, a "
+    "duplicate...) Wharf does not apply by itself",
 }
 
 _NS = uuid.UUID("6f0b1c1e-8a8f-4a55-9a53-77686172660a")

@@ -33,6 +33,7 @@ from engine.x12.validate import validate
 from transforms._master import decimal_field
 
 PARTNERS = "trading_partners"
+CODELISTS = "x12_codelists"
 
 PO_SPEC = Spec(
     "erp_po_to_850",
@@ -56,7 +57,9 @@ INBOUND_SPEC = Spec(
     "x12_inbound",
     [],
     description=(
-        "Validates an X12 file with pyx12 against Wharf's maps (engine/x12/maps), finds the "
+        "Validates an X12 file with pyx12 against Wharf's maps (engine/x12/maps, with the "
+        "complete code lists an installation drops in mappings/x12/codelists/: "
+        "docs/x12-code-lists.md), finds the "
         "trading partner by ISA05/ISA06, and books the interchange: its TA1 and 997/999 (per "
         "partner: 997 or 999, mirroring the inbound envelope and GS08), and the documents of "
         "the accepted sets: 855 (PO line statuses), 856 (receipt lines), 810 (three-way "
@@ -178,7 +181,9 @@ def x12_inbound(raw: Any, ctx: TransformContext) -> dict[str, Any]:
             raise MappingMiss(PARTNERS, f"origin {ctx.origin}")
     digest = hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
     scanned = scan(raw)  # decoded and tokenized once, for pyx12 and for the readers
-    checked = validate(scanned)
+    # complete code lists the installation dropped in (mappings/x12/codelists/), if any
+    codelists = ctx.resource(CODELISTS)
+    checked = validate(scanned, map_path=codelists.map_path() if codelists else None)
     try:
         parsed = {(ic.sender_id.strip(), ic.control_number): ic for ic in scanned.interchanges}
         problem = ""

@@ -469,7 +469,7 @@ def fingerprint(root: Path) -> dict[str, tuple[int, int]]:
         if p.exists():
             st = p.stat()
             out[rel] = (st.st_mtime_ns, st.st_size)
-    for folder in ("channels", "mappings"):
+    for folder in ("channels", "mappings", "mappings/x12/codelists"):
         d = root / folder
         if d.is_dir():
             for p in sorted(d.iterdir()):

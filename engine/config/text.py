@@ -91,3 +91,18 @@ def bad_bytes(
 def read_text(path: Path, shown: str, encoding: str = "utf-8-sig") -> str:
     """The file's text; a ConfigError at the first byte that does not decode."""
     return decode(path.read_bytes(), shown, encoding)
+
+
+def read_csv_text(path: Path, shown: str, errors: list[ConfigError], what: str) -> str | None:
+    """A CSV file's text in its declared encoding (``# encoding: NAME``, else UTF-8); None
+    with the ConfigError appended to ``errors`` when it cannot be read (``what`` names the
+    file in that error: "the table", "the code list")."""
+    try:
+        data = path.read_bytes()
+        encoding, _ = declared_encoding(data, shown)
+        return decode(data, shown, encoding or "utf-8-sig", csv=True)
+    except ConfigError as exc:
+        errors.append(exc)
+    except OSError as exc:
+        errors.append(ConfigError(f"cannot read {what}: {exc.strerror}", file=shown))
+    return None

@@ -63,6 +63,7 @@ ROLE_KINDS: dict[str, frozenset[str]] = {
             "RECEIPT_UNMATCHED",
             "SENDER_REFUSED",
             "X12_REFUSED",
+            "X12_NOT_APPLIED",
         }
     ),
     "finance": frozenset({"INVOICE_HELD", "INVOICE_DUPLICATE", "RECEIPT_UNMATCHED"}),

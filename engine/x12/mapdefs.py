@@ -12,13 +12,17 @@ Conventions:
 * Data element lengths are those of 005010 where the two versions differ (pyx12 reads one
   ``dataele.xml`` per map folder): REF02 (127) 1/50 instead of 1/30, PER04 (364) 1/256 instead
   of 1/80, AK302 (719) 1/10 instead of 1/6. A 4010 value between the two limits is accepted.
-* Element 355 (Unit or Basis for Measurement Code: several hundred codes in the standard)
-  carries no code list: which units a partner may send is that partner's uom map
-  (``mappings/trading_partners.yaml``), and a unit it lacks becomes a MISSING_MAPPING work
-  item for a person, not a rejected document. The ID type still holds (2 characters).
-* The other code lists hold the codes used in healthcare supply chain, not the whole X12
-  code list (for example 128 reference qualifiers). A code outside the list is an "invalid
-  code value" (997 AK403 / 999 IK403 = 7). Add codes here when a partner needs them.
+* Code lists (docs/x12-code-lists.md): an element carries a list only where Wharf acts on its
+  code and would do the wrong thing with another one (668 line status, 248 allowance/charge,
+  1250 date format, the envelope and the acknowledgment codes); a code
+  outside it is an "invalid code value" (997 AK403 / 999 IK403 = 7). The other coded elements
+  (:data:`CODED_WITHOUT_LIST`: 355 units, 235 product id qualifiers, 128 reference and 374 date
+  qualifiers...) are checked for type, length and the form of a code only, so that a valid
+  standard code is never refused: X12's complete lists are a licensed product and Wharf ships
+  none. Units (355) are the partner's uom map's business (``mappings/trading_partners.yaml``):
+  a unit it lacks becomes a MISSING_MAPPING work item. An installation that licenses the
+  complete lists drops them in ``mappings/x12/codelists/``
+  (:mod:`engine.domains.procurement.codelists`).
 * Each transaction lists the segments of DOMAIN §3.2 plus the usual companions (N2-N4, PER,
   FOB, ITD, TD1/TD5, MAN, TXI, SAC, N9/MSG, PO4, MEA, SCH…) in standard order and with the
   standard repeats. A standard segment not listed (TAX, CTP, PKG, SLN…) is "segment not
@@ -32,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
+    "CODED_WITHOUT_LIST",
+    "CODE_FORM",
     "DATA_ELEMENTS",
     "SEGMENTS",
     "TRANSACTIONS",
@@ -323,37 +329,18 @@ def _codes(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-# ---- code lists (healthcare supply chain subset; see the module docstring) ----
-PURPOSE_353 = _codes("00 01 03 04 05 06 07 15 18 22")
-PO_TYPE_92 = _codes("BK CN DS EO KN NE OS RE RL RO SA ST")
-ACK_TYPE_587 = _codes("AC AD AE AH AK AP AT NA RD RF RJ RN RO RV ZZ")
-LINE_STATUS_668 = _codes("AA AC AR BP DR IA IB IC ID IE IF IH IP IQ IR IS IW R1 R2 R3 R4 SP")
-PRODUCT_QUAL_235 = _codes(
-    "B8 BP CB CH EN HI IN LT MF MG MN N4 ND PD PI PN SK SN UI UK UP VA VC VN VP ZZ"
+# ---- code lists: only where Wharf acts on the code (docs/x12-code-lists.md) ----
+# A code outside one of these lists is rejected (997 AK403 / 999 IK403 = 7).
+# Line item status: every code of the standard's list (004030 and later: 26 codes); each has a
+# behaviour in engine.x12.documents.common.ACK_STATUS.
+LINE_STATUS_668 = _codes(
+    "AA AC AR BP DR IA IB IC ID IE IF IH IP IQ IR IS IW R1 R2 R3 R4 R5 R6 R7 R8 SP"
 )
-ENTITY_98 = _codes(
-    "40 41 72 BS BT BY CA CN DA FR II MA MF OB PE PR RE RI SE SF SH SO ST SU TO VN WH ZZ"
-)
-ID_QUAL_66 = _codes("1 2 9 10 11 15 21 91 92 93 94 UL XX ZZ")
-REF_128 = _codes(
-    "06 11 12 14 1W AH AN BM BT CA CN CO CR CT DO DP EA EJ EU IA IL IT IV LT LU MR OQ PD PK "
-    "PO PR RQ SE SI SN TN VN VR ZZ"
-)
-DATE_374 = _codes(
-    "001 002 003 004 010 011 017 036 037 038 050 063 064 067 068 069 094 097 118 150 151 "
-    "371 405 472"
-)
-CONTACT_366 = _codes("AP AR BD BI CN DC EX IC OC RE SR")
-COMM_365 = _codes("CP EM EX FX TE UR WP")
-PRICE_BASIS_639 = _codes("CA CT NC PE QT UM")
-DESC_TYPE_349 = _codes("F S X")
-HSTRUCT_1005 = _codes("0001 0002 0003 0004")
-HL_LEVEL_735 = _codes("D F I O P Q S T")
+# Allowance or charge: decides the sign of a SAC amount in the invoice match.
 SAC_248 = _codes("A C N")
-MARKS_88 = _codes("AA CP GM L SM UC ZZ")
-TRANSPORT_91 = _codes("A AE C D E H L LT M O P R S U X ZZ")
-INVOICE_TYPE_640 = _codes("CI CR DI DR PR")
+# Date/time format qualifier: pyx12 checks DTM06 against the format it names.
 DATE_FORMAT_1250 = _codes("D8 RD8 DT")
+# ---- envelope and acknowledgment codes (the standard's lists; Wharf acts on each) ----
 ISA_QUAL_I05 = _codes(
     "01 02 03 04 07 08 09 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 "
     "31 32 33 34 35 36 AM NR SA SN ZZ"
@@ -373,6 +360,17 @@ GROUP_ACK_715 = _codes("A E M P R W X")
 GROUP_ERR_716 = _codes("1 2 3 4 5 6 10 11 12 13 14 15 16 17 18 19 23 24 25 26")
 TA1_NOTE_I18 = tuple(f"{n:03d}" for n in range(32))
 
+#: Coded elements of the transaction sets checked for type, length and the form of an X12 code
+#: (letters and digits, :data:`CODE_FORM`) but against no list of ours: Wharf does not act on
+#: their codes, or acts on some and reads the others as documented in docs/x12-code-lists.md.
+#: A list dropped in ``mappings/x12/codelists/`` (engine.domains.procurement.codelists) makes
+#: the check complete.
+CODED_WITHOUT_LIST = frozenset(
+    "66 88 91 92 98 128 235 349 353 355 365 366 374 587 639 640 735 1005".split()
+)
+#: What an X12 code value looks like (upper-case letters and digits), for the elements above.
+CODE_FORM = "^[A-Z0-9]+$"
+
 
 def _e(ref: str, usage: str = "S", name: str = "", codes: tuple[str, ...] = (), since: str = ""):
     return Element(ref, usage, name, codes, since)
@@ -383,7 +381,7 @@ def _pairs(n: int, first_usage: str = "S") -> tuple[Element, ...]:
     out: list[Element] = []
     for i in range(n):
         usage = first_usage if i == 0 else "S"
-        out.append(_e("235", usage, codes=PRODUCT_QUAL_235))
+        out.append(_e("235", usage))
         out.append(_e("234", usage))
     return tuple(out)
 
@@ -396,7 +394,7 @@ _C040 = Composite(
     "C040",
     "S",
     "Reference Identifier",
-    (_e("128", "R", codes=REF_128), _e("127", "R"), _e("128"), _e("127"), _e("128"), _e("127")),
+    (_e("128", "R"), _e("127", "R"), _e("128"), _e("127"), _e("128"), _e("127")),
 )
 
 
@@ -457,13 +455,13 @@ _SEGMENT_LIST = [
     _seg(
         "BEG",
         "Beginning Segment for Purchase Order",
-        _e("353", "R", codes=PURPOSE_353),
-        _e("92", "R", codes=PO_TYPE_92),
+        _e("353", "R"),
+        _e("92", "R"),
         _e("324", "R"),
         _e("328"),
         _e("373", "R"),
         _e("367"),
-        _e("587", codes=ACK_TYPE_587),
+        _e("587"),
         _e("1019"),
         _e("1166"),
         _e("1232"),
@@ -473,8 +471,8 @@ _SEGMENT_LIST = [
     _seg(
         "BAK",
         "Beginning Segment for Purchase Order Acknowledgment",
-        _e("353", "R", codes=PURPOSE_353),
-        _e("587", "R", codes=ACK_TYPE_587),
+        _e("353", "R"),
+        _e("587", "R"),
         _e("324", "R"),
         _e("373", "R"),
         _e("328"),
@@ -488,11 +486,11 @@ _SEGMENT_LIST = [
     _seg(
         "BSN",
         "Beginning Segment for Ship Notice",
-        _e("353", "R", codes=PURPOSE_353),
+        _e("353", "R"),
         _e("396", "R"),
         _e("373", "R"),
         _e("337", "R"),
-        _e("1005", codes=HSTRUCT_1005),
+        _e("1005"),
         _e("640"),
         _e("641"),
         syntax=("C0706",),
@@ -506,27 +504,27 @@ _SEGMENT_LIST = [
         _e("324"),
         _e("328"),
         _e("327"),
-        _e("640", codes=INVOICE_TYPE_640),
-        _e("353", codes=PURPOSE_353),
+        _e("640"),
+        _e("353"),
         _e("306"),
         _e("76"),
     ),
     _seg(
         "CUR",
         "Currency",
-        _e("98", "R", codes=ENTITY_98),
+        _e("98", "R"),
         _e("100", "R"),
         _e("280"),
-        _e("98", codes=ENTITY_98),
+        _e("98"),
         _e("100"),
         _e("669"),
-        *(x for _ in range(5) for x in (_e("374", codes=DATE_374), _e("373"), _e("337"))),
+        *(x for _ in range(5) for x in (_e("374"), _e("373"), _e("337"))),
         syntax=("C0807", "C0907", "L101112", "C1110", "C1210", "L131415", "C1413", "C1513"),
     ),
     _seg(
         "REF",
         "Reference Identification",
-        _e("128", "R", codes=REF_128),
+        _e("128", "R"),
         _e("127"),
         _e("352"),
         _C040,
@@ -535,13 +533,13 @@ _SEGMENT_LIST = [
     _seg(
         "PER",
         "Administrative Communications Contact",
-        _e("366", "R", codes=CONTACT_366),
+        _e("366", "R"),
         _e("93"),
-        _e("365", codes=COMM_365),
+        _e("365"),
         _e("364"),
-        _e("365", codes=COMM_365),
+        _e("365"),
         _e("364"),
-        _e("365", codes=COMM_365),
+        _e("365"),
         _e("364"),
         _e("443"),
         syntax=("P0304", "P0506", "P0708"),
@@ -583,7 +581,7 @@ _SEGMENT_LIST = [
     _seg(
         "DTM",
         "Date/Time Reference",
-        _e("374", "R", codes=DATE_374),
+        _e("374", "R"),
         _e("373"),
         _e("337"),
         _e("623"),
@@ -610,9 +608,9 @@ _SEGMENT_LIST = [
         "TD5",
         "Carrier Details (Routing Sequence/Transit Time)",
         _e("133"),
-        _e("66", codes=ID_QUAL_66),
+        _e("66"),
         _e("67"),
-        _e("91", codes=TRANSPORT_91),
+        _e("91"),
         _e("387"),
         _e("368"),
         _e("309"),
@@ -629,10 +627,10 @@ _SEGMENT_LIST = [
     _seg(
         "MAN",
         "Marks and Numbers",
-        _e("88", "R", codes=MARKS_88),
+        _e("88", "R"),
         _e("87", "R"),
         _e("87"),
-        _e("88", codes=MARKS_88),
+        _e("88"),
         _e("87"),
         _e("87"),
         syntax=("P0405", "C0605"),
@@ -676,7 +674,7 @@ _SEGMENT_LIST = [
     _seg(
         "N9",
         "Reference Identification",
-        _e("128", "R", codes=REF_128),
+        _e("128", "R"),
         _e("127"),
         _e("369"),
         _e("373"),
@@ -689,12 +687,12 @@ _SEGMENT_LIST = [
     _seg(
         "N1",
         "Name",
-        _e("98", "R", codes=ENTITY_98),
+        _e("98", "R"),
         _e("93"),
-        _e("66", codes=ID_QUAL_66),
+        _e("66"),
         _e("67"),
         _e("706"),
-        _e("98", codes=ENTITY_98),
+        _e("98"),
         syntax=("R0203", "P0304"),
     ),
     _seg("N2", "Additional Name Information", _e("93", "R"), _e("93")),
@@ -719,14 +717,14 @@ _SEGMENT_LIST = [
         _e("330"),
         _e("355"),
         _e("212"),
-        _e("639", codes=PRICE_BASIS_639),
+        _e("639"),
         *_pairs(10),
         syntax=("C0302", "C0504", *_pair_syntax(6, 10)),
     ),
     _seg(
         "PID",
         "Product/Item Description",
-        _e("349", "R", codes=DESC_TYPE_349),
+        _e("349", "R"),
         _e("750"),
         _e("559"),
         _e("751"),
@@ -791,12 +789,12 @@ _SEGMENT_LIST = [
         "Line Item Schedule",
         _e("380", "R"),
         _e("355", "R"),
-        _e("98", codes=ENTITY_98),
+        _e("98"),
         _e("93"),
-        _e("374", "R", codes=DATE_374),
+        _e("374", "R"),
         _e("373", "R"),
         _e("337"),
-        _e("374", codes=DATE_374),
+        _e("374"),
         _e("373"),
         _e("337"),
         _e("326"),
@@ -809,7 +807,7 @@ _SEGMENT_LIST = [
         _e("668", "R", codes=LINE_STATUS_668),
         _e("380"),
         _e("355"),
-        _e("374", codes=DATE_374),
+        _e("374"),
         _e("373"),
         _e("326"),
         *_pairs(10),
@@ -823,7 +821,7 @@ _SEGMENT_LIST = [
         "Hierarchical Level",
         _e("628", "R"),
         _e("734"),
-        _e("735", "R", codes=HL_LEVEL_735),
+        _e("735", "R"),
         _e("736", codes=("0", "1")),
     ),
     _seg(
@@ -835,7 +833,7 @@ _SEGMENT_LIST = [
         _e("373"),
         _e("350"),
         _e("367"),
-        _e("92", codes=PO_TYPE_92),
+        _e("92"),
     ),
     _seg(
         "LIN",
@@ -864,7 +862,7 @@ _SEGMENT_LIST = [
         _e("358"),
         _e("355"),
         _e("212"),
-        _e("639", codes=PRICE_BASIS_639),
+        _e("639"),
         *_pairs(10),
         syntax=("P020304", *_pair_syntax(6, 10)),
     ),
@@ -872,13 +870,13 @@ _SEGMENT_LIST = [
     _seg(
         "CAD",
         "Carrier Detail",
-        _e("91", codes=TRANSPORT_91),
+        _e("91"),
         _e("206"),
         _e("207"),
         _e("140"),
         _e("387"),
         _e("368"),
-        _e("128", codes=REF_128),
+        _e("128"),
         _e("127"),
         _e("284"),
         syntax=("R0405", "C0708"),

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from engine.x12.mapdefs import (
+    CODE_FORM,
+    CODED_WITHOUT_LIST,
     DATA_ELEMENTS,
     SEGMENTS,
     TRANSACTIONS,
@@ -52,11 +55,13 @@ _ICVN = {"004010": "00401", "005010": "00501"}
 
 
 class _Codesets:
-    """External code lists, named after the data element they belong to."""
+    """External code lists, named after the data element they belong to; ``extra`` holds the
+    complete lists an installation dropped in (by data element), used where Wharf has none."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: Mapping[str, tuple[str, ...]] | None = None) -> None:
         self.by_codes: dict[tuple[str, str], str] = {}
         self.lists: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+        self.extra = dict(extra or {})
 
     def name(self, ref: str, codes: tuple[str, ...]) -> str:
         key = (ref, " ".join(codes))
@@ -85,6 +90,10 @@ def _element_node(
     node = ET.SubElement(
         parent, "element", xid=xid, data_ele=el.ref, name=name, usage=el.usage, seq=f"{seq:02d}"
     )
+    if not codes and external:
+        codes = codesets.extra.get(el.ref, ())
+    if not codes and el.ref in CODED_WITHOUT_LIST:
+        ET.SubElement(node, "regex").text = CODE_FORM
     if codes:
         valid = ET.SubElement(node, "valid_codes")
         if external:
@@ -308,9 +317,11 @@ def _serialize(tree: ET.ElementTree) -> bytes:
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<!--{_HEADER_COMMENT}-->\n{body}\n').encode()
 
 
-def build() -> dict[str, bytes]:
-    """Every file of the map folder, by name."""
-    codesets = _Codesets()
+def build(extra: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, bytes]:
+    """Every file of the map folder, by name. ``extra``: complete code lists by data element
+    (an installation's, :mod:`engine.domains.procurement.codelists`), checked where Wharf's
+    maps have none."""
+    codesets = _Codesets(extra)
     files: dict[str, bytes] = {}
     for tx in TRANSACTIONS:
         files[f"{tx.file_stem}.xml"] = _serialize(_transaction_map(tx, codesets))
@@ -322,11 +333,13 @@ def build() -> dict[str, bytes]:
     return files
 
 
-def write(folder: Path = MAP_PATH) -> list[Path]:
+def write(
+    folder: Path = MAP_PATH, extra: Mapping[str, tuple[str, ...]] | None = None
+) -> list[Path]:
     """Write the map files into ``folder``; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, data in build().items():
+    for name, data in build(extra).items():
         path = folder / name
         path.write_bytes(data)
         written.append(path)

@@ -236,6 +236,88 @@ class ThirdPartyDocuments(EngineStore, SandboxErp, unittest.TestCase):
         erp_po = await self.erp("/purchase-orders/4500077001")
         assert erp_po["lines"]["3"]["unit"] == "KT" and erp_po["lines"]["1"]["unit"] == "CA"
 
+    # ------------------------------------------------------------------ code lists
+
+    @defer.inlineCallbacks
+    def test_standard_codes_outside_the_old_subsets_are_accepted_and_acted_on(self) -> Any:
+        yield defer.ensureDeferred(self._standard_codes())
+
+    async def _standard_codes(self) -> None:
+        """docs/x12-code-lists.md: BEG02 NP, REF L1 and N1 FA (elements Wharf does not act on)
+        and ACK01 R5 and IH (668, acted on: every standard code has a behaviour) are accepted;
+        R5 rejects the line, IH holds it, and a person hears of both."""
+        await self.release_po()
+        answer = await self.drop(
+            "850_std.x12", (SAMPLES / "850_4010_standard_codes.x12").read_bytes()
+        )
+        assert_accepted(answer, "850")
+        answer = await self.drop(
+            "855_std.x12", (SAMPLES / "855_4010_standard_codes.x12").read_bytes()
+        )
+        assert_accepted(answer, "855")
+        erp_po = await self.erp("/purchase-orders/4500077001")
+        lines = {k: (v["status"], v["unit"]) for k, v in erp_po["lines"].items()}
+        assert lines == {"1": ("accepted", "CA"), "2": ("rejected", "BX"), "3": ("held", "PK")}
+        assert erp_po["status"] == "changed", erp_po
+        assert self.work_items() == [("PO_CHANGED", "harbor:4500077001")]
+        (detail,) = self.db("SELECT detail FROM work_items")[0]
+        assert "line 2 rejected (R5)" in detail and "line 3 held (IH)" in detail, detail
+
+    @defer.inlineCallbacks
+    def test_a_cancellation_or_duplicate_is_acknowledged_and_held_not_applied(self) -> Any:
+        yield defer.ensureDeferred(self._purposes())
+
+    async def _purposes(self) -> None:
+        """BSN01 01 (cancellation) and BAK01 07 (duplicate) are valid X12 (997 AK5*A) that Wharf
+        does not apply by itself: no receipt, no line status, an X12_NOT_APPLIED work item each;
+        the original (00) of the same ASN is then applied."""
+        await self.release_po()
+        asn = (SAMPLES / "856_4010_cases.x12").read_bytes()
+        assert asn.count(b"BSN|00|") == 1
+        cancel = renumber(asn.replace(b"BSN|00|", b"BSN|01|"), 9003, 9041)
+        assert_accepted(await self.drop("856_cancel.x12", cancel), "856")
+        ack = (SAMPLES / "855_4010_cases.x12").read_bytes()
+        dup = renumber(ack.replace(b"BAK|00|", b"BAK|07|"), 9002, 9042)
+        assert_accepted(await self.drop("855_dup.x12", dup), "855")
+        assert self.db("SELECT COUNT(*) FROM receipts") == [(0,)]
+        erp_po = await self.erp("/purchase-orders/4500077001")
+        assert (erp_po["status"], erp_po["lines"]) == ("sent", {}), erp_po
+        items = self.db("SELECT kind, subject, detail FROM work_items ORDER BY id")
+        assert [(k, s) for k, s, _ in items] == [
+            ("X12_NOT_APPLIED", "harbor:856:HMD-ASN-77120:0001"),
+            ("X12_NOT_APPLIED", "harbor:855:4500077001:0001"),
+        ], items
+        assert "purpose 01 (cancellation)" in items[0][2], items
+        assert "purpose 07 (duplicate)" in items[1][2], items
+        assert_accepted(await self.drop("856.x12", asn), "856")
+        assert self.db("SELECT COUNT(*) FROM receipts") == [(3,)]
+
+    @defer.inlineCallbacks
+    def test_a_dropped_in_unit_list_refuses_a_unit_outside_it(self) -> Any:
+        yield defer.ensureDeferred(self._dropped_in_list())
+
+    async def _dropped_in_list(self) -> None:
+        """An installation drops a (licensed) list of element 355 in mappings/x12/codelists/;
+        after the hot reload, HARBOR's ASN in CS is refused by the 997 naming SN1, element 3,
+        data element 355 and CS, and nothing of it is booked."""
+        await self.release_po()
+        folder = self.root / "mappings/x12/codelists"
+        folder.mkdir(parents=True)
+        shutil.copy(REPO / "samples/x12/codelists/355.csv", folder / "355.csv")
+        assert await self.engine.reload_if_changed()
+        assert self.engine.resources.get("x12_codelists").used["355"] == (
+            "BX", "CA", "DZ", "EA", "LB", "PK",
+        )  # fmt: skip
+        answer = await self.drop("856_cs.x12", (SAMPLES / "856_4010_cases.x12").read_bytes())
+        assert_rejected(answer, ["AK3", "SN1", "15", "", "8"], ["AK4", "3", "355", "7", "CS"])
+        assert self.db("SELECT COUNT(*) FROM receipts") == [(0,)]
+        assert self.work_items() == []
+        # the same document in CA, a unit on the list, is accepted and booked
+        ca = renumber((SAMPLES / "856_4010_cases.x12").read_bytes(), 9003, 9031)
+        answer = await self.drop("856_ca.x12", ca.replace(b"|CS", b"|CA"))
+        assert_accepted(answer, "856")
+        assert self.db("SELECT COUNT(*) FROM receipts") == [(3,)]
+
 
 def renumber(data: bytes, old: int, new: int) -> bytes:
     """A sample sent again as a new interchange: ISA13/IEA02 and GS06/GE02 ``old`` (the

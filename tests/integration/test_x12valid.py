@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.domains.procurement.codelists import CODELISTS_DIR, load_codelists
 from engine.x12.ack import acknowledge
 from engine.x12.mapgen import MAP_PATH
 from engine.x12.validate import validate
@@ -28,10 +29,10 @@ X12VALID = Path(sys.executable).parent / "x12valid"
 STATUS = re.compile(r"^(?P<file>\S+): (?P<status>OK|Failure)$", re.MULTILINE)
 
 
-def x12valid(files: list[Path]) -> dict[str, str]:
+def x12valid(files: list[Path], map_path: Path = MAP_PATH) -> dict[str, str]:
     """Run x12valid on ``files`` (in their folder, where it also writes ``<file>.997``)."""
     proc = subprocess.run(
-        [str(X12VALID), "--map-path", str(MAP_PATH), *(p.name for p in files)],
+        [str(X12VALID), "--map-path", str(map_path), *(p.name for p in files)],
         cwd=files[0].parent,
         capture_output=True,
         text=True,
@@ -122,8 +123,9 @@ UNIT_ELEMENT = {"PO1": 3, "PO4": 3, "ACK": 3, "SN1": 3, "IT1": 3}
 
 
 def in_cases(data: bytes) -> bytes:
-    """A sample as another vendor's system writes it: every unit is CS (case), the commonest
-    unit in supply and a code of X12 element 355."""
+    """A sample as another vendor's system writes it: every unit is CS, how many systems write
+    a case (the UN/ECE Rec. 21 package code; in X12 element 355, CS is "cassette" and case is
+    CA), a well-formed 355 code whose meaning is the partner's uom map's business."""
     segments = []
     for segment in data.split(b"~"):
         parts = segment.split(b"*")
@@ -154,7 +156,25 @@ def test_third_party_4010_documents_in_cases_pass_both_validators() -> None:
             assert validate(path.read_bytes()).ok, path.name
             shutil.copy(path, tmp / path.name)
             files.append(tmp / path.name)
-        assert len(files) == 4 + 5
+        # 5 in cases, and the two in standard codes outside the old subsets
+        assert len(files) == 4 + 7
         assert x12valid(files) == {p.name: "OK" for p in files}
     finally:
         shutil.rmtree(tmp)
+
+
+def test_x12valid_checks_a_dropped_in_code_list_like_validate_does(tmp_path: Path) -> None:
+    """The maps written for a list dropped in mappings/x12/codelists/ (engine.domains.procurement.codelists)
+    are pyx12 maps like Wharf's own: x12valid refuses HARBOR's ASN in CS against
+    samples/x12/codelists/355.csv, and takes it in CA."""
+    folder = tmp_path / "project" / CODELISTS_DIR
+    folder.mkdir(parents=True)
+    shutil.copy(SAMPLES / "codelists" / "355.csv", folder / "355.csv")
+    map_path = load_codelists(tmp_path / "project").map_path()
+    assert map_path is not None
+    data = (SAMPLES / "thirdparty" / "856_4010_cases.x12").read_bytes()
+    (tmp_path / "in_cs.x12").write_bytes(data)
+    (tmp_path / "in_ca.x12").write_bytes(data.replace(b"|CS", b"|CA"))
+    files = [tmp_path / "in_cs.x12", tmp_path / "in_ca.x12"]
+    assert x12valid(files, map_path) == {"in_cs.x12": "Failure", "in_ca.x12": "OK"}
+    assert x12valid(files[:1]) == {"in_cs.x12": "OK"}  # Wharf's own maps: no list for 355

@@ -71,6 +71,21 @@ from engine.x12.writer import TransactionSet as OutSet
 X12 = "application/edi-x12"
 DAY = 86400.0
 
+#: BEG01/BAK01/BSN01/BIG08 (element 353) values Wharf applies; an 855/856/810 with another
+#: purpose is acknowledged and held as an X12_NOT_APPLIED work item (docs/x12-code-lists.md).
+APPLIED_PURPOSES = frozenset(("", "00", "06"))
+#: What the purposes partners send mean, for the work item's text.
+PURPOSES = {
+    "01": "cancellation",
+    "03": "delete",
+    "04": "change",
+    "05": "replace",
+    "07": "duplicate",
+    "15": "re-submission",
+    "18": "reissue",
+    "22": "information copy",
+}
+
 
 @dataclass(frozen=True)
 class ProcurementRoutes:
@@ -285,12 +300,30 @@ class _Book:
         for doc, ts, gs06 in ic.documents:
             if gs06 in seen_groups:
                 continue
+            if getattr(doc, "purpose", "") not in APPLIED_PURPOSES:
+                self._not_applied(partner, doc, ts)
+                continue
             if isinstance(doc, PurchaseOrderAck):
                 self._po_ack(partner, doc)
             elif isinstance(doc, ShipNotice):
                 self._ship_notice(partner, doc)
             elif isinstance(doc, Invoice):
                 self._match(partner, doc, None, _set_to_json(ts))
+
+    def _not_applied(self, partner: Partner, doc: Any, ts: Any) -> None:
+        """A document whose purpose (353) is not an original or a confirmation: accepted by
+        the 997/999 (it is valid X12) and held for a person, who undoes or redoes by hand what
+        it asks for (docs/x12-code-lists.md)."""
+        key = getattr(doc, "po_number", "") if isinstance(doc, PurchaseOrderAck) else ""
+        key = key or getattr(doc, "shipment_id", "") or getattr(doc, "invoice_number", "")
+        meaning = PURPOSES.get(doc.purpose, "a purpose Wharf does not apply")
+        self._work_item(
+            "X12_NOT_APPLIED",
+            f"{partner.id}:{ts.id}:{key}:{ts.control_number}",
+            f"{ts.id} {key} (ST02 {ts.control_number}) has purpose {doc.purpose} ({meaning}); "
+            "it was acknowledged but not applied: Wharf applies originals (00) and "
+            "confirmations (06) only",
+        )
 
     # ------------------------------------------------------------------ who may speak
 
@@ -436,6 +469,7 @@ class _Book:
                 "accepted": "accepted",
                 "changed": "changed",
                 "backordered": "backordered",
+                "held": "held",
                 "rejected": "rejected",
             }.get(kind, "acknowledged")
             qty, unit = _acknowledged(line)
@@ -461,7 +495,7 @@ class _Book:
                     detail["change_id"] = change_id
             self.repo.set_line_ack(ack.po_number, line.line_number, status, detail)
             lines.append({"line": line.line_number, "status": status, **detail})
-            if status in ("changed", "backordered", "rejected"):
+            if status in ("changed", "backordered", "held", "rejected"):
                 what = f"line {line.line_number} {status} ({line.status})"
                 if change_id is not None:
                     what += (

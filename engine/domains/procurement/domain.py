@@ -19,6 +19,7 @@ from typing import Any
 # Procurement's own component: imported here so that it registers with the domain.
 from engine.domains.procurement import schema, x12_partner  # noqa: F401 (registers it)
 from engine.domains.procurement.book import ProcurementRoutes, book_x12, flag_overdue_acks
+from engine.domains.procurement.codelists import CodeLists, load_codelists
 from engine.domains.procurement.match import converter_from_graph
 from engine.domains.procurement.partners import PARTNERS_FILE, TradingPartners, load_partners
 from engine.domains.procurement.records import (
@@ -41,6 +42,7 @@ from engine.uom import UomGraph, graph_of
 NAME = Str(pattern=r"[a-z][a-z0-9_]*", hint="a name of lowercase letters, digits and _")
 DAY = 86400.0
 PARTNERS = "trading_partners"
+CODELISTS = "x12_codelists"
 
 PROCUREMENT_SPEC = Spec(
     "procurement",
@@ -190,16 +192,24 @@ class ProcurementDomain:
     def load(
         self, root: Any, env: Mapping[str, str], settings: Any
     ) -> tuple[Mapping[str, Any], list[ConfigError]]:
-        """The trading partners (``mappings/trading_partners.yaml``), linted like the rest."""
+        """The trading partners (``mappings/trading_partners.yaml``) and the complete X12 code
+        lists an installation dropped in (``mappings/x12/codelists/``), linted like the rest."""
         server = getattr(settings, "sftp_server", None)
         accounts = [p.name for p in server.partners] if server is not None else None
+        errors: list[ConfigError] = []
         try:
             partners = load_partners(
                 Path(root) / PARTNERS_FILE, shown=PARTNERS_FILE, env=env, sftp_accounts=accounts
             )
         except LintFailed as exc:
-            return {PARTNERS: TradingPartners({}, PARTNERS_FILE)}, list(exc.errors)
-        return {PARTNERS: partners}, []
+            partners = TradingPartners({}, PARTNERS_FILE)
+            errors += exc.errors
+        try:
+            codelists = load_codelists(root)
+        except LintFailed as exc:
+            codelists = CodeLists()
+            errors += exc.errors
+        return {PARTNERS: partners, CODELISTS: codelists}, errors
 
     def bind(self, channel: str, section: Any, snapshot: Any) -> ProcurementBinding:
         return ProcurementBinding(self, channel, section, snapshot)

@@ -18,23 +18,28 @@ from engine.x12.segments import TransactionSet
 ProductIds = tuple[tuple[str, str], ...]
 _LOT_SERIAL = ("LT", "SN")
 
-# ACK01 line item status (element 668) → the PO line state it means.
+# ACK01 line item status (element 668) → the PO line state it means. Every code of the
+# standard's list has one (the maps reject any other code: docs/x12-code-lists.md).
 ACK_STATUS: dict[str, str] = {
     "IA": "accepted",
     "AC": "accepted",  # accepted and shipped
     "AR": "accepted",  # accepted and released for shipment
+    "AA": "accepted",  # accepted, order forwarded to an alternate supplier location
+    "IE": "accepted",  # accepted, price pending (the invoice's price is matched)
+    "SP": "accepted",  # accepted, schedule date pending
     "IB": "backordered",
+    "BP": "backordered",  # partial shipment, balance backordered
     "IC": "changed",
     "IP": "changed",  # price changed
     "IQ": "changed",  # quantity changed
     "DR": "changed",  # date rescheduled
     "IS": "changed",  # substitution
+    "IF": "held",  # on hold, incomplete description
+    "IH": "held",  # on hold
+    "IW": "held",  # on hold, waiver required
     "ID": "rejected",  # deleted
     "IR": "rejected",
-    "R1": "rejected",
-    "R2": "rejected",
-    "R3": "rejected",
-    "R4": "rejected",
+    **{f"R{n}": "rejected" for n in range(1, 9)},  # rejected: not a contract item...
 }
 
 
@@ -258,7 +263,7 @@ class LineAck:
 
     @property
     def kind(self) -> str:
-        """``accepted`` | ``backordered`` | ``changed`` | ``rejected`` | ``unknown``."""
+        """``accepted`` | ``backordered`` | ``changed`` | ``held`` | ``rejected`` | ``unknown``."""
         return ACK_STATUS.get(self.status, "unknown")
 
 

@@ -75,6 +75,7 @@ class Invoice:
     po_date: date | None = None
     release: str = ""  # BIG05
     transaction_type: str = ""  # BIG07: CR credit memo, DI debit invoice…
+    purpose: str = ""  # BIG08 (353): empty or 00 for an original
     currency: str = ""
     refs: tuple[Reference, ...] = ()
     dates: tuple[DateRef, ...] = ()
@@ -225,6 +226,7 @@ def read_invoice(ts: TransactionSet, *, po_line_refs: tuple[str, ...] = ("LI",))
         po_date=_date(ts, big_i, 3),
         release=_el(big, 5),
         transaction_type=_el(big, 7),
+        purpose=_el(big, 8),
         currency=currency,
         refs=tuple(refs),
         dates=tuple(dates),

@@ -47,9 +47,9 @@ class AckLine(_Identified):
 
     @property
     def kind(self) -> str:
-        """The line state: rejected wins, then changed, backordered, accepted."""
+        """The line state: rejected wins, then changed, held, backordered, accepted."""
         kinds = {a.kind for a in self.acks}
-        for kind in ("rejected", "changed", "backordered", "accepted"):
+        for kind in ("rejected", "changed", "held", "backordered", "accepted"):
             if kind in kinds:
                 return kind
         return "unknown" if self.acks else "none"
