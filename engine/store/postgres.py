@@ -214,6 +214,14 @@ class PostgresStore(SqliteStore):
         conn: PgConnection | None = getattr(self._local, "conn", None)
         if conn is not None and not conn.broken and not conn.raw.closed:
             return conn
+        if conn is not None and getattr(self._local, "depth", 0):
+            # Lost inside a transaction (a writer turn): the turn is gone with it. A new
+            # connection now would run the turn's later writes as transactions of their own,
+            # committed while the turn they belong to fails.
+            raise StoreError(
+                f"the connection to {self.path} was lost inside a transaction; "
+                "nothing of it was committed"
+            )
         if conn is not None:  # the server dropped it: the pool discards it
             self._drop(conn)
         while self._ended:
@@ -285,14 +293,24 @@ class PostgresStore(SqliteStore):
 
     @contextmanager
     def _write(self, what: str, durable: bool = True) -> Iterator[Any]:
+        """The SQLite store's, and a connection the server dropped during a transaction
+        fails that transaction even when nothing in it was written (a turn whose first write
+        hit the dead connection is not an idle turn that succeeded); it is replaced once the
+        outermost transaction ended, never inside one (:meth:`_conn`)."""
+        outermost = not getattr(self._local, "depth", 0)
         try:
             with super()._write(what, durable) as conn:
                 yield conn
         finally:
-            conn = getattr(self._local, "conn", None)
-            if conn is not None and conn.broken:
-                self._local.depth = 0
-                self._drop(conn)
+            lost = getattr(self._local, "conn", None)
+            if outermost and lost is not None and (lost.broken or lost.raw.closed):
+                self._drop(lost)
+            else:
+                lost = None
+        if lost is not None:
+            raise StoreError(
+                f"{what}: the connection to {self.path} was lost; nothing was committed"
+            )
 
     # ------------------------------------------------------------------ several nodes
 

@@ -348,7 +348,10 @@ class SqliteStore(ConsoleStore):
             # refuses to change it inside one): the WAL is fsync'd after that commit instead.
             self._local.sync_after = True
         name = f"wharf_{depth}"
-        conn.execute(f"SAVEPOINT {name}")
+        try:
+            conn.execute(f"SAVEPOINT {name}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{what}: cannot open a savepoint: {exc}") from exc
         self._local.depth = depth + 1
         try:
             yield

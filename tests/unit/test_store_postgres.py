@@ -15,6 +15,7 @@ from engine.domains.ledger import schema as ledger_schema
 from engine.domains.procurement import control
 from engine.domains.procurement import schema as procurement_schema
 from engine.domains.procurement.repository import SqliteProcurementRepository
+from engine.errors import StoreError
 from engine.model import Inbound, Outbound
 from engine.runtime.store import open_store
 from engine.sqldialect import ddl, translate
@@ -280,3 +281,63 @@ def test_migrate_store_moves_everything_and_the_audit_chain_verifies(
         main(["--root", str(project_dir), "migrate-store", "--from", str(path), "--to", pg_url])
         != 0
     )
+
+
+# --------------------------------------------------------------------------- lost connections
+
+
+def _kill_backend(url: str, pid: int) -> None:
+    """The server ends one connection (what a restart of PostgreSQL does to all of them)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    deadline = time.monotonic() + 10
+    with psycopg.connect(url, autocommit=True) as admin:
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline, f"backend {pid} still there"
+            time.sleep(0.05)
+
+
+def _audited(store: PostgresStore) -> set[str]:
+    return {e["action"] for e in store.audit_entries(limit=100)}
+
+
+def test_a_turn_whose_connection_dies_fails_whole_and_the_next_turn_works(pg_url: str) -> None:
+    """The connection dropped between two savepoints of a writer turn: every later write of
+    the turn fails (none is committed on a new connection behind the turn's back), the turn
+    fails, nothing of it is kept, and the next turn works on a new connection."""
+    with open_store(pg_url) as store:
+        store.audit("t", "before", "x", {}, T0)
+        failed: list[str] = []
+        with pytest.raises(StoreError, match="writer turn"):
+            with store.turn(True):
+                with store.savepoint("first"):
+                    store.audit("t", "first", "x", {}, T0)
+                _kill_backend(pg_url, store._conn().raw.info.backend_pid)
+                for what in ("second", "third"):
+                    try:
+                        with store.savepoint(what):
+                            store.audit("t", what, "x", {}, T0)
+                    except StoreError:  # (what the executor does with a failing job)
+                        failed.append(what)
+        assert failed == ["second", "third"]
+        assert _audited(store) == {"before"}
+        with store.turn(True):
+            with store.savepoint("after"):
+                store.audit("t", "after", "x", {}, T0)
+        assert _audited(store) == {"before", "after"}
+
+
+def test_a_turn_whose_connection_died_before_any_write_fails_too(pg_url: str) -> None:
+    """A turn that wrote nothing before its connection died is not taken for an idle, read
+    only turn that succeeded: it fails (its callers hear of it)."""
+    with open_store(pg_url) as store:
+        with pytest.raises(StoreError):
+            with store.turn(False):
+                _kill_backend(pg_url, store._conn().raw.info.backend_pid)
+                try:
+                    store.counts()
+                except StoreError:
+                    pass  # (the read fails; the turn must fail too, below)
+        assert store.counts()["messages"] == {}
