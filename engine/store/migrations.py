@@ -405,6 +405,15 @@ CONSOLE_SCHEMA: list[str] = [
 #: The console's migration, as one entry (renumbered with this one line when histories merge).
 CONSOLE_MIGRATION: Migration = (17, "the console: accounts, pauses, running counters", _v15_console)
 
+#: A message a replay put back to ``received`` is free for any node's sweep at once:
+#: ``pipeline_until`` is when the pipeline of the node that took it lets it go (NULL: the node
+#: that stored it holds it for a while after ``updated_at``; see PostgresStore.received_ids).
+PIPELINE_UNTIL_MIGRATION: Migration = (
+    18,
+    "received messages: how long a node's pipeline holds them (messages.pipeline_until)",
+    ["ALTER TABLE messages ADD COLUMN pipeline_until REAL"],
+)
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -423,6 +432,7 @@ MIGRATIONS: list[Migration] = [
     CONFIG_VERSIONS_MIGRATION,
     MIGRATION_WORK_ITEMS_BY_OPENING,
     CONSOLE_MIGRATION,
+    PIPELINE_UNTIL_MIGRATION,
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

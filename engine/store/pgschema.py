@@ -203,6 +203,11 @@ PG_MIGRATIONS: list[Migration] = [
         ddl_all(sqlite_history.MIGRATION_WORK_ITEMS_BY_OPENING[2]),
     ),
     (17, sqlite_history.MIGRATIONS[16][1], _v17_console),
+    (
+        sqlite_history.PIPELINE_UNTIL_MIGRATION[0],
+        sqlite_history.PIPELINE_UNTIL_MIGRATION[1],
+        ddl_all(sqlite_history.PIPELINE_UNTIL_MIGRATION[2]),
+    ),
 ]
 
 

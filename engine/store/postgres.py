@@ -315,17 +315,20 @@ class PostgresStore(SqliteStore):
     # ------------------------------------------------------------------ several nodes
 
     def received_ids(self, limit: int, channel: str | None = None) -> list[str]:
-        """Messages waiting for the pipeline that no node touched for :data:`PIPELINE_LEASE`
-        seconds (their node died before its pipeline ran), oldest first; each is leased to
-        this node (``updated_at`` now) so that no other sweep takes it too."""
+        """Messages waiting for the pipeline that no node's pipeline holds, oldest first: a
+        message a node stored is its pipeline's for :data:`PIPELINE_LEASE` seconds after its
+        last change (past that, its node died before its pipeline ran), one a replay put back
+        is nobody's (``pipeline_until`` 0), one a sweep took is that node's until its
+        ``pipeline_until``. Each is leased to this node for :data:`PIPELINE_LEASE` seconds so
+        that no other sweep takes it too."""
         if not self.shared:
             return super().received_ids(limit, channel)
         now = time.time()
         sql = (
-            "UPDATE messages SET updated_at = ? WHERE id IN (SELECT id FROM messages "
-            "WHERE status = ? AND updated_at < ?"
+            "UPDATE messages SET pipeline_until = ? WHERE id IN (SELECT id FROM messages "
+            "WHERE status = ? AND COALESCE(pipeline_until, updated_at + ?) < ?"
         )
-        params: list[Any] = [now, model.RECEIVED, now - PIPELINE_LEASE]
+        params: list[Any] = [now + PIPELINE_LEASE, model.RECEIVED, PIPELINE_LEASE, now]
         if channel is not None:
             sql += " AND channel = ?"
             params.append(channel)

@@ -1127,9 +1127,12 @@ class SqliteStore(ConsoleStore):
 
     @staticmethod
     def _set_status(conn: sqlite3.Connection, message_id: str, status: str, now: float) -> None:
+        """A message's status set by a person (a replay, an edit and replay). One put back
+        to ``received`` this way is no node's pipeline's (``pipeline_until`` 0): any node's
+        next sweep takes it (PostgreSQL; SQLite's sweep takes every ``received`` message)."""
         conn.execute(
             "UPDATE messages SET status = ?, error = NULL, error_location = NULL, "
-            "updated_at = ? WHERE id = ?",
+            "updated_at = ?, pipeline_until = 0 WHERE id = ?",
             (status, now, message_id),
         )
 

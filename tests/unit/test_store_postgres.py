@@ -149,6 +149,25 @@ def test_a_received_message_is_swept_by_another_node_only_after_the_pipeline_lea
     assert fresh.message_id not in taken
 
 
+def test_a_replayed_message_is_swept_at_once_by_one_node(nodes: Any) -> None:
+    """A replay puts a failed message back to ``received`` for no node's pipeline in
+    particular (the console of either node, or ``wharf replay``): the next sweep of any node
+    takes it at once, as on SQLite (not after the pipeline lease, which is for messages a
+    node stored and runs itself), and only one node does."""
+    a, b = nodes
+    now = time.time()
+    (failed,) = a.ingest_batch([Inbound("adt", "mllp", b"bad", "x", now)], now)
+    a.finish_processing(failed.message_id, status=model.ERROR, now=now, error="boom")
+    assert a.replay(failed.message_id, actor="t", now=time.time())["reprocess"]
+    taken = b.received_ids(10) + a.received_ids(10)
+    assert taken == [failed.message_id]  # one node took it, leased to it now
+    assert b.received_ids(10) == [] and a.received_ids(10) == []
+    # a second replay after a failure of that run frees it again
+    a.finish_processing(failed.message_id, status=model.ERROR, now=time.time(), error="boom")
+    a.replay(failed.message_id, actor="t", now=time.time())
+    assert a.received_ids(10) == [failed.message_id]
+
+
 def test_the_same_message_to_two_nodes_at_once_is_stored_once(nodes: Any) -> None:
     """20 times: both nodes store the same message (same dedup key) at the same moment; one
     stores it, the other sees a duplicate of it, and both answer with the same message."""
