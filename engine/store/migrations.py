@@ -414,6 +414,26 @@ PIPELINE_UNTIL_MIGRATION: Migration = (
     ["ALTER TABLE messages ADD COLUMN pipeline_until REAL"],
 )
 
+#: The node registry (engine/store/nodes.py): each node's heartbeat, configuration version and
+#: listeners, for the console and /metrics.
+NODES_MIGRATION: Migration = (
+    19,
+    "the node registry: each node's heartbeat, configuration version and listeners",
+    [
+        """
+        CREATE TABLE IF NOT EXISTS nodes (
+            node TEXT PRIMARY KEY,
+            started_at REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            heartbeat REAL NOT NULL,
+            config_version TEXT NOT NULL,
+            config_since REAL NOT NULL,
+            listeners TEXT NOT NULL
+        )
+        """
+    ],
+)
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -433,6 +453,7 @@ MIGRATIONS: list[Migration] = [
     MIGRATION_WORK_ITEMS_BY_OPENING,
     CONSOLE_MIGRATION,
     PIPELINE_UNTIL_MIGRATION,
+    NODES_MIGRATION,
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

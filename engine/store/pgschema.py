@@ -208,6 +208,11 @@ PG_MIGRATIONS: list[Migration] = [
         sqlite_history.PIPELINE_UNTIL_MIGRATION[1],
         ddl_all(sqlite_history.PIPELINE_UNTIL_MIGRATION[2]),
     ),
+    (
+        sqlite_history.NODES_MIGRATION[0],
+        sqlite_history.NODES_MIGRATION[1],
+        ddl_all(sqlite_history.NODES_MIGRATION[2]),
+    ),
 ]
 
 

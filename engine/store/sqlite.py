@@ -29,6 +29,7 @@ from typing import Any
 from engine import model
 from engine.errors import StoreError
 from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
+from engine.store import nodes as node_registry
 from engine.store import versions as config_versions
 from engine.store.console import ConsoleStore
 from engine.store.migrations import apply_migrations, current_version
@@ -407,6 +408,20 @@ class SqliteStore(ConsoleStore):
     def replay_pins(self, ids: Sequence[str]) -> dict[str, str]:
         """The configuration versions replays asked for, by message id."""
         return config_versions.replay_pins(self._conn(), ids)
+
+    # ------------------------------------------------------------------ node registry
+
+    def node_heartbeat(self, heartbeat: node_registry.Heartbeat) -> None:
+        """Record one node's heartbeat (engine/store/nodes.py)."""
+        with self._write(f"node_heartbeat({heartbeat.node})", durable=False) as conn:
+            node_registry.beat(conn, heartbeat)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node that ran on this store, with its last heartbeat (by name)."""
+        try:
+            return node_registry.nodes(self._conn())
+        except sqlite3.Error as exc:
+            raise StoreError(f"nodes failed: {exc}") from exc
 
     def migrate(self, component: str, migrations: Sequence[Any]) -> int:
         """Apply a component's (a domain's) own schema history; returns the version reached."""
