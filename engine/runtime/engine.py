@@ -13,6 +13,7 @@
      +-- job:<domain job>             JobService per Job a domain contributes
      +-- job:reload                   JobService: changed files linted and applied
      +-- job:heartbeat                JobService: this node's row in the node registry
+     +-- job:compact_counters         JobService: PostgreSQL's counter rows folded (one node)
      +-- sftp-server                  Wharf's SFTP server for trading partners
 
 Children stop newest first, one after the other. A hot reload replaces the child services
@@ -38,7 +39,7 @@ from engine.config.project import Project, fingerprint, load_project
 from engine.config.store_path import resolve_store
 from engine.config.versions import project_versions
 from engine.errors import LintFailed, ListenFailed
-from engine.interfaces import Binding
+from engine.interfaces import Binding, Job
 from engine.registry import REGISTRY, Registry
 from engine.resources import Resources, snapshot_of
 from engine.router import Listener
@@ -187,6 +188,12 @@ class Engine(OrderedServices):
         JobService("optimize", 3600.0, self._optimize, clock).setServiceParent(self)
         for job in self._domain_jobs():
             job.setServiceParent(self)
+        compact = getattr(self.store, "compact_counters", None)
+        if compact is not None:  # PostgreSQL's append-only counters folded, by one node
+            job = Job("compact_counters", self.store.compact_interval, compact)
+            domain_job(job, store=self.store, executor=self.executor, clock=clock).setServiceParent(
+                self
+            )
         interval = self.project.settings.reload_interval
         if interval:
             JobService("reload", interval, self.reload_if_changed, clock).setServiceParent(self)

@@ -52,6 +52,14 @@ CONNECT_TIMEOUT = 3.0
 PIPELINE_LEASE = 30.0
 #: Most connections the pool opens (threads of one node that touch the store).
 POOL_MAX = 16
+#: The console's append-only counters (pgschema migration 17) and the key of each.
+COUNTER_KEYS = {
+    "message_counts": ("channel", "status"),
+    "delivery_counts": ("channel", "destination", "status"),
+    "message_buckets": ("channel", "bucket"),
+}
+#: Seconds between two compactions of the counters (by one node of all).
+COMPACT_INTERVAL = 60.0
 
 
 def lock_key(name: str) -> int:
@@ -113,6 +121,7 @@ class PostgresStore(SqliteStore):
     dialect = "postgresql"
     claim_lock = PgTransaction.claim_lock
     transaction_class = PgTransaction
+    compact_interval = COMPACT_INTERVAL  #: the engine's job: :meth:`compact_counters`
 
     # The console's counters are append-only here (engine/store/pgschema.py, migration 17):
     # each is the sum of its rows.
@@ -355,6 +364,30 @@ class PostgresStore(SqliteStore):
             "received": by_status.get(model.RECEIVED, 0),
             "queued": by_status.get(model.QUEUED, 0),
         }
+
+    # ------------------------------------------------------------------ console counters
+
+    def compact_counters(self, tx: PgTransaction, now: float) -> int:
+        """Fold the console's append-only counter rows into one row per key (a key whose
+        rows sum to 0 goes); returns how many rows fewer. Run as a job of one node at a time
+        (``tx`` holds its advisory lock): :data:`COUNTER_KEYS`.
+
+        Exact under concurrent inserts: one statement per table deletes the rows of the keys
+        it folds and inserts their sums, both from the statement's snapshot. A row another
+        transaction adds meanwhile is not in that snapshot: not deleted, not summed, counted
+        once by the readers (which sum every row) before and after the commit."""
+        fewer = 0
+        for table, keys in COUNTER_KEYS.items():
+            cols = ", ".join(keys)
+            gone, kept = tx.connection.execute(
+                f"WITH gone AS (DELETE FROM {table} WHERE ({cols}) IN (SELECT {cols} "
+                f"FROM {table} GROUP BY {cols} HAVING COUNT(*) > 1) RETURNING {cols}, n), "
+                f"kept AS (INSERT INTO {table} ({cols}, n) SELECT {cols}, SUM(n) FROM gone "
+                f"GROUP BY {cols} HAVING SUM(n) != 0 RETURNING 1) "
+                "SELECT (SELECT COUNT(*) FROM gone), (SELECT COUNT(*) FROM kept)"
+            ).fetchone()
+            fewer += int(gone) - int(kept)
+        return fewer
 
     # ------------------------------------------------------------------ maintenance
 
