@@ -393,11 +393,7 @@ class StoreExecutor:
             self._ingests.popleft()[2].errback(Failure(error))
         while self._jobs:
             job = self._jobs.popleft()
-            groups = job.args[1] if job.group else None
-            # (the caller holds the lock: the group is closed here, not through _detach)
-            if groups is not None and self._groups.get(job.args[0]) is groups:
-                del self._groups[job.args[0]]
-            for d in groups[1] if groups is not None else [job.d]:
+            for d in self._waiters(job):  # (the lock is re-entrant: a Condition's RLock)
                 d.errback(Failure(error))
 
 
