@@ -100,7 +100,6 @@ class PgTransaction(SqliteTransaction):
 
     dialect = "postgresql"
     claim_lock = " FOR UPDATE OF o SKIP LOCKED"
-    row_lock = " FOR UPDATE"
 
     def lock(self, *keys: str) -> None:
         """Advisory transaction locks on ``keys`` (sorted: two nodes never wait on each other

@@ -79,8 +79,6 @@ class SqliteTransaction:
     dialect = "sqlite"
     #: What a claim's SELECT ends with (PostgreSQL: rows another node is claiming are skipped).
     claim_lock = ""
-    #: (PostgreSQL: `` FOR UPDATE``) a row read to decide a write, locked until the commit.
-    row_lock = ""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.connection = conn
@@ -496,12 +494,7 @@ class SqliteTransaction:
 
     def _roll_up(self, message_id: str, now: float) -> None:
         conn = self.connection
-        # The message row locked before its deliveries are read: two nodes completing two of
-        # its deliveries at once would each see the other's still in flight and both leave it
-        # queued (write skew); the second waits here and reads after the first's commit.
-        current = conn.execute(
-            f"SELECT status FROM messages WHERE id = ?{self.row_lock}", (message_id,)
-        ).fetchone()
+        current = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
         if current is None or current[0] != model.QUEUED:
             return  # only a message waiting on its deliveries takes their outcome
         status = self._rolled_up_status(message_id)

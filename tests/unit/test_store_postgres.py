@@ -103,28 +103,6 @@ def test_two_nodes_never_claim_the_same_row(nodes: tuple[Any, Any]) -> None:
     assert a.claim_deliveries("adt", "erp", 10, T0, 60) == []
 
 
-def test_two_nodes_completing_one_messages_deliveries_at_once_roll_it_up_to_sent(
-    nodes: tuple[Any, Any],
-) -> None:
-    """A message's two deliveries sent by two nodes at the same moment: each completion sees
-    the other's row still in flight, so without a lock each leaves the message ``queued`` and
-    it stays so for ever with every delivery sent. The roll-up locks the message row first:
-    the second waits for the first's commit, then sees both sent."""
-    a, b = nodes
-    message_id = queued(a, [Outbound("erp", b"1"), Outbound("archive", b"2")], b"m")
-    (erp,) = a.claim_deliveries("adt", "erp", 10, T0, 60)
-    (archive,) = b.claim_deliveries("adt", "archive", 10, T0, 60)
-    with a.turn(False):
-        a.delivery_succeeded(erp.id, b"ok", T0)
-        other = threading.Thread(target=b.delivery_succeeded, args=(archive.id, b"ok", T0))
-        other.start()
-        other.join(0.5)  # (B is waiting for A's message row: it cannot finish before A's commit)
-        assert other.is_alive()
-    other.join(30)
-    assert not other.is_alive()
-    assert a.get_message(message_id).status == model.SENT
-
-
 def test_an_order_key_holds_across_nodes(nodes: tuple[Any, Any]) -> None:
     """A claims the first row of key K; B must not claim K's second row (still behind it),
     while a row of another key flows."""
