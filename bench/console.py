@@ -44,6 +44,7 @@ DAYS = 30
 CHANNELS = [f"ch{i}" for i in range(8)]
 ADMIN = Principal("bench", ["admin"], ["*"])
 FINANCE = Principal("fin", ["finance"], ["*"])
+SCOPED = Principal("ops3", ["operator"], ["ch3"])  # one channel's work items
 
 
 def seed(path: Path, n: int) -> None:
@@ -98,6 +99,10 @@ def seed(path: Path, n: int) -> None:
         "'closed' END, printf('m%09d', i * 7 % ?), 'c', ? - i * 60, ? - i * 60 FROM n",
         (29_999, n, now, now),
     )
+    conn.execute(  # what store migration 18 and open_work_item do
+        "UPDATE work_items SET channel = (SELECT m.channel FROM messages AS m "
+        "WHERE m.id = work_items.message_id)"
+    )
     events = n // 2
     conn.execute(
         seq + "INSERT INTO consumption_events (id, business_key, kind, item_id, location_id, "
@@ -113,6 +118,18 @@ def seed(path: Path, n: int) -> None:
         "updated_at) SELECT id, encounter, 'CDM', quantity, uom, 'CG', '12.50', 'USD', "
         "CASE WHEN id % 50 = 0 THEN 'rejected' ELSE 'accepted' END, message_id, 'c', "
         "created_at, created_at FROM consumption_events WHERE chargeable"
+    )
+    conn.execute(  # physicians and payers (ledger v7); ERP postings, most posted (v6)
+        "UPDATE consumption_events SET performer = 'DR' || (id % 40), payer = 'PAYER' || "
+        "(id % 12), payer_kind = 'insurer'"
+    )
+    conn.execute(
+        "INSERT INTO erp_postings (event_id, event_key, issue_key, destination, location_id, "
+        "item_id, quantity, uom, status, posted_quantity, document, message_id, created_at, "
+        "updated_at) SELECT id, business_key, 'i' || id, 'erp', location_id, item_id, "
+        "quantity, uom, CASE WHEN id % 40 = 0 THEN 'dead' ELSE 'posted' END, quantity, "
+        "'DOC' || id, message_id, created_at, created_at FROM consumption_events "
+        "WHERE id % 100 != 0"
     )
     pos = max(n // 100, 1)
     conn.execute(
@@ -230,10 +247,21 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float | None]]:
             lambda: views.work_items(store, FINANCE, None, "open", None, now),
             None,
         ),
+        (
+            "work items (one channel)",
+            lambda: views.work_items(store, SCOPED, None, "open", None, now),
+            None,
+        ),
         ("supply chain", lambda: pages._supply(store, now), None),
         ("finance", lambda: pages._finance(store, now), None),
         ("revenue cycle", lambda: pages._revenue(store, now), None),
         ("utilization", lambda: pages._utilization(store, now - 30 * 86400), None),
+        (
+            "utilization by physician",
+            lambda: pages._utilization(store, now - 30 * 86400, "physician"),
+            None,
+        ),
+        ("reconciliation", lambda: pages._reconciliation(store, None, now - 90 * 86400), None),
         ("audit", lambda: store.audit_page(), None),
     ]
     out = []

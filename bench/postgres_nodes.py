@@ -10,12 +10,19 @@ latency, usage events/s (consumption events booked, counted in the store, over t
 first to the last one) and each figure's ratio to SQLite's in the same run. PostgreSQL runs a
 throw-away cluster with fsync on (the same durability as SQLite's synchronous=FULL).
 
+The last row is the same two nodes under a mixed load: half the MLLP senders, a quarter as
+many FHIR clients POSTing SupplyDeliveries (each waiting for its answer), and the partner's X12
+files (an 855 every 50 ms) dropped into its SFTP inbound folder that both nodes watch (one
+holds the pickup lease). Its events/s counts the usage booked from MLLP and FHIR together; the
+line under it gives the FHIR answers/s and the X12 files stored.
+
     python bench/postgres_nodes.py [--seconds 5] [--senders 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -25,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor, task, threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,12 +89,14 @@ def project(tmp: Path) -> Path:
     return root
 
 
-def start_node(root: Path, tmp: Path, name: str, store: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def start_node(root: Path, tmp: Path, name: str, store: str) -> tuple[subprocess.Popen, int, int]:
+    """``wharf run``: its process, its usage_ledger MLLP port and its FHIR port."""
+    port, fhir = free_port(), free_port()
     env = {**os.environ, "WHARF_LOG_LEVEL": "warn", "WHARF_DB": store}
     env["LEDGER_MLLP_PORT"] = str(port)
-    for var in ("MLLP_PORT", "BILLING_PORT", "PO_HTTP_PORT", "RECEIPT_HTTP_PORT", "FHIR_PORT"):
+    for var in ("MLLP_PORT", "BILLING_PORT", "PO_HTTP_PORT", "RECEIPT_HTTP_PORT", "ADMIN_PORT"):
         env[var] = str(free_port())
+    env["FHIR_PORT"] = str(fhir)
     env["SFTP_PORT"] = str(free_port())
     env["ERP_URL"] = f"http://127.0.0.1:{free_port()}"  # nobody: deliveries retry, as everywhere
     for var in ("WHARF_INBOX", "WHARF_ARCHIVE", "WHARF_MLLP_ARCHIVE"):
@@ -96,7 +105,63 @@ def start_node(root: Path, tmp: Path, name: str, store: str) -> tuple[subprocess
     cmd = [str(Path(sys.executable).parent / "wharf"), "--root", str(root), "run"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
     wait_port(port, 60)
-    return proc, port
+    wait_port(fhir, 60)
+    return proc, port, fhir
+
+
+FHIR_TOKEN = "wharf-demo-pou-token"  # the shipped fhir_supply channel's demo token
+DELIVERY = json.loads((ROOT / "samples/fhir/r5_supplydelivery_code.json").read_text())
+ACK_855 = (ROOT / "samples/x12/855_5010.x12").read_text()
+
+
+def fhir_client(ident: int, ports: list[int], deadline: float, latencies: list[float]) -> None:
+    """POST SupplyDeliveries (each its own identifier) until ``deadline``, one at a time."""
+    import http.client
+
+    n = 0
+    while time.perf_counter() < deadline:
+        n += 1
+        doc = {**DELIVERY, "identifier": [{"system": "urn:bench", "value": f"B{ident}-{n}"}]}
+        conn = http.client.HTTPConnection("127.0.0.1", ports[n % len(ports)], timeout=30)
+        started = time.perf_counter()
+        try:
+            conn.request(
+                "POST",
+                "/fhir/R5/SupplyDelivery",
+                json.dumps(doc).encode(),
+                {"Content-Type": "application/fhir+json", "Authorization": f"Bearer {FHIR_TOKEN}"},
+            )
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status in (200, 201):
+                latencies.append(time.perf_counter() - started)
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            conn.close()
+
+
+def x12_dropper(inbound: Path, deadline: float) -> int:
+    """The partner's 855s (each its own ISA13 and GS06) into ``inbound``, one every 50 ms."""
+    inbound.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while time.perf_counter() < deadline:
+        n += 1
+        text = (
+            ACK_855.replace("000005502", f"{n:09d}")
+            .replace("*5502*", f"*{n}*")
+            .replace("GE*1*5502", f"GE*1*{n}")
+        )
+        part = inbound / f".855_{n}.part"
+        part.write_text(text)
+        os.replace(part, inbound / f"855_{n}.x12")
+        time.sleep(0.05)
+    return n
+
+
+def stored(store: str | Path, channel: str) -> int:
+    with open_store(store) as s:
+        return sum(s.counts(channel=channel)["messages"].values())
 
 
 def events_per_second(store: str | Path) -> tuple[int, float]:
@@ -132,16 +197,38 @@ def round_trip_us(url: str, n: int = 2000) -> float:
 
 
 async def run_config(
-    name: str, store: str | Path, nodes: int, tmp: Path, args: argparse.Namespace
+    name: str,
+    store: str | Path,
+    nodes: int,
+    tmp: Path,
+    args: argparse.Namespace,
+    mixed: bool = False,
 ) -> dict[str, float]:
     root = project(tmp / name)
     url = str(store) if str(store).startswith("postgresql://") else None
     commits = pg_commits(url) if url else 0
     procs = [start_node(root, tmp / name, f"node{i}", str(store)) for i in range(nodes)]
+    fhir_lat: list[float] = []
+    dropped = 0
     try:
-        elapsed, lat = await load([p for _, p in procs], args.senders, args.seconds)
+        if not mixed:
+            elapsed, lat = await load([p for _, p, _ in procs], args.senders, args.seconds)
+        else:
+            deadline = time.perf_counter() + args.seconds
+            fhir_ports = [f for _, _, f in procs]
+            clients = [
+                threads.deferToThread(fhir_client, i, fhir_ports, deadline, fhir_lat)
+                for i in range(max(1, args.senders // 4))
+            ]
+            drops = threads.deferToThread(x12_dropper, root / "var/sftp/acmemed/inbound", deadline)
+            elapsed, lat = await load(
+                [p for _, p, _ in procs], max(1, args.senders // 2), args.seconds
+            )
+            await defer.gatherResults(clients)
+            dropped = await drops
+            time.sleep(2)  # the last files' pickup
     finally:
-        for proc, _ in procs:
+        for proc, _, _ in procs:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     n, rate = events_per_second(store)
@@ -155,6 +242,10 @@ async def run_config(
         "events": n,
         "events_s": rate,
         "commits_per_event": commits / n if n and url else 0.0,
+        "fhir_s": len(fhir_lat) / elapsed if mixed else 0.0,
+        "fhir_p50": pct(fhir_lat, 0.5) if fhir_lat else 0.0,
+        "x12_dropped": dropped,
+        "x12_stored": stored(store, "x12_from_vendors") if mixed else 0,
     }
 
 
@@ -167,6 +258,7 @@ async def main(args: argparse.Namespace) -> None:
                 ("sqlite", tmp / "sqlite" / "wharf.db", 1),
                 ("postgresql, 1 node", cluster.create_database("one"), 1),
                 ("postgresql, 2 nodes", cluster.create_database("two"), 2),
+                ("postgresql, 2 nodes, mixed", cluster.create_database("mixed"), 2),
             ]
             print(
                 f"usage over MLLP to the ledger channel, {args.senders} senders, "
@@ -174,22 +266,29 @@ async def main(args: argparse.Namespace) -> None:
                 "senders, nodes and PostgreSQL"
             )
             print(
-                f"{'store':>22} {'ACK/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'events/s':>9} "
+                f"{'store':>26} {'ACK/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'events/s':>9} "
                 f"{'ACK ratio':>9} {'events ratio':>12}"
             )
             base: dict[str, float] = {}
             for name, store, nodes in configs:
                 (tmp / name).mkdir(parents=True, exist_ok=True)
-                r = await run_config(name, store, nodes, tmp, args)
+                mixed = name.endswith("mixed")
+                r = await run_config(name, store, nodes, tmp, args, mixed)
                 base = base or r
                 print(
-                    f"{name:>22} {r['acks']:>7.0f} {r['p50']:>7.1f} {r['p99']:>7.1f} "
+                    f"{name:>26} {r['acks']:>7.0f} {r['p50']:>7.1f} {r['p99']:>7.1f} "
                     f"{r['events_s']:>9.0f} {r['acks'] / base['acks']:>9.2f} "
                     f"{(r['events_s'] / base['events_s']) if base['events_s'] else 0:>12.2f}",
                     flush=True,
                 )
                 if r["commits_per_event"]:
-                    print(f"{'':>22} {r['commits_per_event']:.2f} PostgreSQL commits per event")
+                    print(f"{'':>26} {r['commits_per_event']:.2f} PostgreSQL commits per event")
+                if mixed:
+                    print(
+                        f"{'':>26} with {r['fhir_s']:.0f} FHIR answers/s (p50 "
+                        f"{r['fhir_p50']:.1f} ms) and {r['x12_stored']} of {r['x12_dropped']} "
+                        "X12 files stored"
+                    )
             print("ratios: against SQLite in the same run")
             print(
                 f"one statement's round trip to PostgreSQL over loopback: "

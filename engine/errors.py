@@ -228,6 +228,11 @@ class StoreError(WharfError):
     """The store failed; nothing was acknowledged."""
 
 
+class StoreConflict(StoreError):
+    """Another node's transaction stood in the way (PostgreSQL: a deadlock or a serialization
+    failure): nothing of this one was written, and the same work again may well succeed."""
+
+
 class Overloaded(StoreError):
     """The ingest queue is full; the source must refuse (NAK / 503) and let the sender retry."""
 

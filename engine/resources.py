@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.coordination import Alone, Coordination
 from engine.uploads import OpenUploads
 
 
@@ -39,6 +40,9 @@ class Resources:
     ) -> None:
         self.root = Path(root)
         self.uploads = uploads if uploads is not None else OpenUploads()
+        #: Leases and the upload registry shared with other nodes (the engine sets the
+        #: store's on PostgreSQL; alone otherwise).
+        self.coordination: Coordination = Alone()
         self._snapshot = snapshot or Snapshot()
 
     @property

@@ -2,10 +2,12 @@
 
 Item from FT1-7.1 (charge code) through the item table; location from FT1-16.1 or PV1-3.1
 through the location table; quantity FT1-10 in the billing unit, converted to the stocking unit
-with the item's ``pack_qty``; encounter PV1-19.1; performer FT1-20; procedure FT1-25 or PR1-3;
-service date FT1-4. A credit is FT1-6 = CD or a negative quantity. Implant lot, serial and UDI
-come from a Z-segment (``ZUD``: ZUD-2 UDI, ZUD-4 lot, ZUD-5 serial, ZUD-6 expiry) or the 2.8.2
-PRT segment (PRT-10 UDI, PRT-16 expiry, PRT-17 lot, PRT-18 serial) after the FT1.
+with the item's ``pack_qty``; encounter PV1-19.1; performing physician FT1-20.1 and ordering
+physician FT1-21.1 (ids only); payer IN1-3.1 (insurance company id) or else PV1-20.1 (financial
+class); procedure FT1-25 or PR1-3; service date FT1-4. A credit is FT1-6 = CD or a negative
+quantity. Implant lot, serial and UDI come from a Z-segment (``ZUD``: ZUD-2 UDI, ZUD-4 lot,
+ZUD-5 serial, ZUD-6 expiry) or the 2.8.2 PRT segment (PRT-10 UDI, PRT-16 expiry, PRT-17 lot,
+PRT-18 serial) after the FT1.
 """
 
 from __future__ import annotations
@@ -91,6 +93,16 @@ def _detail_after(msg: Hl7Message, ft1: Segment, opts: Any) -> dict[str, str | N
     return found
 
 
+def payer_of(msg: Hl7Message) -> tuple[str | None, str | None]:
+    """The payer: the first IN1's insurance company id (IN1-3.1), else the visit's financial
+    class (PV1-20.1); with which it is (``insurer``, ``financial_class``)."""
+    insurer = msg.get("IN1-3.1")
+    if insurer:
+        return insurer, "insurer"
+    fc = msg.get("PV1-20.1")
+    return (fc, "financial_class") if fc else (None, None)
+
+
 @transform("hl7_usage_to_ledger", SPEC)
 def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
     opts = ctx.options
@@ -107,6 +119,7 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
     patient = msg.get("PID-3.1")
     message_procedure = msg.get("PR1-3.1")
     sent = msg.msh.get(7)
+    payer, payer_kind = payer_of(msg)
     for i, ft1 in enumerate(ft1s, start=1):
         field_no, _, comp = opts.item_field.removeprefix("FT1-").partition(".")
         code = ft1.get(int(field_no), int(comp or 1))
@@ -173,6 +186,9 @@ def run(msg: Hl7Message, ctx: TransformContext) -> dict[str, Any]:
             hcpcs=ft1.get(25) or charge.get("hcpcs") or None,
             patient=patient,
             performer=ft1.get(20) or None,
+            orderer=ft1.get(21) or None,
+            payer=payer,
+            payer_kind=payer_kind,
             procedure=ft1.get(25) or message_procedure,
             source_line=line_id,
             reverses=original if credit else None,

@@ -90,6 +90,10 @@ class Engine(OrderedServices):
         self.store.shared = self.store.dialect == "postgresql"  # type: ignore[attr-defined]
         self.executor = StoreExecutor(self.store, reactor)
         self.resources = Resources.of_project(self.project)
+        if self.store.shared:  # type: ignore[attr-defined]
+            from engine.runtime.coordination import SharedCoordination
+
+            self.resources.coordination = SharedCoordination(self.store, self.executor)
         threads_ = self.project.settings.pipeline_threads
         self.pool = ThreadPool(1, threads_, name="wharf-pipeline")
         self.channels: dict[str, Channel] = {}
@@ -511,6 +515,7 @@ class Engine(OrderedServices):
             reactor=self.reactor,
             audit=self._audit_for,
             uploads=self.resources.uploads,
+            coordination=self.resources.coordination,
         )
         wrapper = _SftpService(self.sftp)
         wrapper.setServiceParent(self)

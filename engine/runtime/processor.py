@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from engine.channel import Channel, Result
+from engine.errors import StoreConflict
 from engine.interfaces import Binding, Booking
 from engine.model import ERROR, Outbound
 from engine.runtime.canary import is_test
@@ -162,11 +163,18 @@ def _finish(
 
 
 def record(
-    store: Any, outcomes: Sequence[Outcome], now: float, claims: Claims | None = None
+    store: Any,
+    outcomes: Sequence[Outcome],
+    now: float,
+    claims: Claims | None = None,
+    *,
+    final: bool = True,
 ) -> Claimed:
     """Runs on the store thread: one commit for the batch; if the store refuses it, record
     message by message, and put a message whose own result cannot be stored in error rather
-    than retrying it forever. Returns the deliveries claimed for the workers (``claims``)."""
+    than retrying it forever. Returns the deliveries claimed for the workers (``claims``).
+    Not ``final``: a :class:`StoreConflict` (another node's transaction in the way) is raised
+    for the caller to record the batch again later, rather than putting it in error."""
     durable = any(o.durable for o in outcomes)
     claimed: Claimed = {}
     try:
@@ -175,6 +183,8 @@ def record(
                 _finish(tx, outcome, now, claims, claimed)
         return claimed
     except Exception as exc:
+        if isinstance(exc, StoreConflict) and not final:
+            raise  # inside a writer turn: tried again in a turn (a transaction) of its own
         if len(outcomes) == 1:
             failures = [(outcomes[0], exc)]
         else:
@@ -207,6 +217,12 @@ def record(
                 error_location="pipeline",
             )
     return {}  # recorded one by one: the workers claim what was queued themselves
+
+
+#: How many times the processor records a batch again when another node's transaction stood in
+#: its way (a PostgreSQL deadlock or serialization failure between nodes booking the same
+#: rows), each time in a writer turn of its own, before its messages go to error.
+CONFLICT_RETRIES = 5
 
 
 def record_each(store: Any, outcomes: Sequence[tuple[Outcome, float]]) -> None:
@@ -445,6 +461,29 @@ class Processor(service.Service):
         self._busy[channel] = max(0, self._busy.get(channel, 0) - 1)
         self.wake()
 
+    async def _record(self, submit: Any, outcomes: list[Outcome], claims: Claims) -> Claimed:
+        """:func:`record` in the writer's turn; a batch another node's transaction stood in the
+        way of (:class:`StoreConflict`) is recorded again, in a turn of its own each time, the
+        last time ``final`` (what still fails goes to error)."""
+        durable = any(o.durable for o in outcomes)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            final = attempt == CONFLICT_RETRIES
+            try:
+                claimed: Claimed = await submit(
+                    record, self.store, outcomes, time.time(), claims, final=final, durable=durable
+                )
+                return claimed
+            except StoreConflict as exc:
+                log.info(
+                    "{n} result(s) ran into another node's commit (try {attempt}): {error}; "
+                    "recording them again",
+                    n=len(outcomes),
+                    attempt=attempt + 1,
+                    error=str(exc),
+                )
+                await task.deferLater(self.reactor, 0.02 * (attempt + 1), lambda: None)
+        raise AssertionError("unreachable: the final try does not raise StoreConflict")
+
     async def _batch(self, batch: list[Work]) -> None:
         """Process a batch on a pipeline thread, then record it in one commit."""
         released = False
@@ -477,14 +516,7 @@ class Processor(service.Service):
                         record, self.store, outcomes, time.time(), claims
                     )
                 else:
-                    claimed = await submit(
-                        record,
-                        self.store,
-                        outcomes,
-                        time.time(),
-                        claims,
-                        durable=any(o.durable for o in outcomes),
-                    )
+                    claimed = await self._record(submit, outcomes, claims)
             finally:
                 orphans = []
                 for key, (worker, claim) in promised.items():

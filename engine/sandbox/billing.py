@@ -166,7 +166,9 @@ class BillingReceiver:
                     "AE",
                     AckError(f"FT1 #{n}: FT1-10 (quantity) must be a number", "102", f"FT1^{n}^10"),
                 ) from None
-            lines.append((ft1.get(2), code, ft1.get(7, 2), decimal_text(qty), kind))
+            # FT1-11 (extended amount, currency), as the billing system books it
+            price = {"amount": ft1.get(11, 1), "currency": ft1.get(11, 2)} if ft1.get(11) else None
+            lines.append((ft1.get(2), code, ft1.get(7, 2), decimal_text(qty), kind, price))
         return [
             self.state.add_charge(
                 source="mllp",
@@ -177,8 +179,9 @@ class BillingReceiver:
                 description=description,
                 quantity=qty,
                 type=kind,
+                doc=price,
             )
-            for line_id, code, description, qty, kind in lines
+            for line_id, code, description, qty, kind, price in lines
         ]
 
 

@@ -528,6 +528,19 @@ class SandboxState:
         )
         return [dict(r) for r in rows]
 
+    def charge_amounts(self) -> dict[str, Decimal]:
+        """Per encounter, the sum of the charges' amounts as billing received them: an MLLP
+        charge's FT1-11, a FHIR ChargeItem's totalPriceComponent (R5) or priceOverride (R4B);
+        a charge that came without one counts 0."""
+        totals: dict[str, Decimal] = {}
+        for row in self.db.execute("SELECT encounter, doc FROM charges ORDER BY seq"):
+            doc = json.loads(row["doc"]) if row["doc"] else {}
+            price = doc.get("totalPriceComponent", {}).get("amount") or doc.get("priceOverride")
+            value = price.get("value") if price else doc.get("amount")
+            amount = Decimal(str(value)) if value not in (None, "") else Decimal(0)
+            totals[row["encounter"]] = totals.get(row["encounter"], Decimal(0)) + amount
+        return totals
+
     def charge_doc(self, charge_id: str) -> Any:
         row = self.db.execute("SELECT doc FROM charges WHERE id = ?", (charge_id,)).fetchone()
         return json.loads(row["doc"]) if row and row["doc"] else None

@@ -65,6 +65,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python import components
 from zope.interface import implementer
 
+from engine.coordination import Alone, Coordination
 from engine.net.admission import peer_key
 from engine.sftp import jail
 from engine.uploads import OpenUploads
@@ -152,9 +153,12 @@ class ServerContext:
         audit: Audit,
         clock: Any,
         uploads: OpenUploads | None = None,
+        coordination: Coordination | None = None,
     ):
         self.partners = partners
         self.uploads = uploads if uploads is not None else OpenUploads()
+        #: The upload registry other nodes on the same store see (alone: nothing registered).
+        self.coordination: Coordination = coordination if coordination is not None else Alone()
         self.config = config
         self._audit = audit
         self.clock = clock
@@ -611,7 +615,8 @@ class PartnerSFTP:
     def openFile(self, filename: bytes, flags: int, attrs: dict) -> Any:
         writing = flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC)
         if writing:
-            return self._open_upload(filename, flags)
+            upload = self._open_upload(filename, flags)
+            return upload if not self.ctx.coordination.shared else upload.registered()
         area, name = self.file_parts("open", filename, AREAS_READ)
         dfd = self.dir_fd("open", filename, [area])
         try:
@@ -918,6 +923,22 @@ class UploadFile:
         os.pwrite(self.fd, data, offset)
         self.size = max(self.size, end)
 
+    def registered(self) -> defer.Deferred:
+        """Fires with this handle once the shared upload registry lists it as open (other
+        nodes then leave its part file alone); the upload is refused when the store cannot
+        record it."""
+        d = self.server.ctx.coordination.upload_opened(str(self.final_path), self.tmp)
+
+        def refused(failure: Any) -> None:
+            log.failure(
+                "SFTP upload registry: cannot register {target}", failure, target=self.target
+            )
+            self.failed = "the upload registry is unavailable; try again later"
+            self.close()
+            raise SFTPError(FX_FAILURE, self.failed)
+
+        return d.addCallbacks(lambda _: self, refused)
+
     def _fail(self, reason: str) -> None:
         self.failed = reason
         self.server.audit("sftp.refused", self.target, {"op": "write", "reason": reason})
@@ -935,9 +956,32 @@ class UploadFile:
     def setAttrs(self, attrs: dict) -> None:
         return None
 
-    def close(self) -> None:
+    def close(self) -> Any:
+        """Link the upload under its name (or drop it when aborted); with nodes sharing the
+        folders, returns a Deferred fired once the upload registry knows the outcome."""
         if self.fd < 0:
-            return
+            return None
+        self._outcome: tuple[int, str] | None = None
+        try:
+            self._close()
+        except BaseException:
+            self._record(None)
+            raise
+        return self._record(self._outcome)
+
+    def _record(self, outcome: tuple[int, str] | None) -> Any:
+        if not self.server.ctx.coordination.shared:
+            return None
+        size, digest = outcome if outcome is not None else (None, None)
+        d = self.server.ctx.coordination.upload_closed(str(self.final_path), size, digest)
+        d.addErrback(
+            lambda f: log.failure(
+                "SFTP upload registry: cannot record {target}", f, target=self.target
+            )
+        )
+        return d if outcome is not None else None
+
+    def _close(self) -> None:
         try:
             if self.aborted or self.failed:
                 os.close(self.fd)
@@ -974,6 +1018,7 @@ class UploadFile:
             os.unlink(self.tmp, dir_fd=self.dfd)
             os.fsync(self.dfd)
             self.server.audit("sftp.upload", self.target, {"size": size, "sha256": digest})
+            self._outcome = (size, digest)
         finally:
             if self.fd >= 0:
                 os.close(self.fd)

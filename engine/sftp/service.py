@@ -16,6 +16,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from engine.coordination import Alone, Coordination
 from engine.errors import ConfigError
 from engine.net.admission import networks
 from engine.net.files import private_dirs
@@ -40,16 +41,26 @@ def ensure_host_key(path: Path, kind: str = "ed25519") -> keys.Key:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under a private name, then linked: nodes sharing the folder and
+        # starting together make one key between them (the link of the others fails).
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(pem)
             fh.flush()
             os.fsync(fh.fileno())
-        pub = private.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        Path(f"{path}.pub").write_bytes(pub + b" wharf-sftp-host\n")
-        log.info("created SFTP host key {path}", path=str(path))
+        try:
+            os.link(part, path)
+        except FileExistsError:
+            pass  # another node made it first: every node serves that one
+        else:
+            pub = private.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+            Path(f"{path}.pub").write_bytes(pub + b" wharf-sftp-host\n")
+            log.info("created SFTP host key {path}", path=str(path))
+        finally:
+            part.unlink()
     return keys.Key.fromFile(str(path))
 
 
@@ -93,9 +104,11 @@ class SftpServerService:
         reactor: Any,
         audit: Callable[[str, str, str, dict], Any],
         uploads: OpenUploads | None = None,
+        coordination: Coordination | None = None,
     ) -> None:
         self.config = config
         self.uploads = uploads if uploads is not None else OpenUploads()
+        self.coordination: Coordination = coordination if coordination is not None else Alone()
         self.root = Path(root).resolve()
         self.reactor = reactor
         self.audit = audit
@@ -113,7 +126,9 @@ class SftpServerService:
         p = Path(text)
         return p if p.is_absolute() else self.root / p
 
-    def partners(self) -> dict[str, Partner]:
+    def partners(self, writing: frozenset[str] = frozenset()) -> dict[str, Partner]:
+        """The accounts, their folders made; part files left by a crash are removed, except
+        those in ``writing`` (uploads another node sharing the folders is writing now)."""
         out: dict[str, Partner] = {}
         for p in self.config.partners:
             root = self._path(p.root)
@@ -121,7 +136,7 @@ class SftpServerService:
             root = root.resolve()
             for area in AREAS:
                 private_dirs(root / area)
-                self._sweep_parts(root / area)
+                self._sweep_parts(root / area, writing)
             out[p.name] = Partner(
                 name=p.name,
                 root=root,
@@ -135,9 +150,12 @@ class SftpServerService:
         return out
 
     @staticmethod
-    def _sweep_parts(folder: Path) -> None:
-        """Remove temporary upload files left by a crash (they were never complete)."""
+    def _sweep_parts(folder: Path, writing: frozenset[str] = frozenset()) -> None:
+        """Remove temporary upload files left by a crash (they were never complete), but not
+        those another node is writing (``writing``: their paths)."""
         for entry in folder.iterdir():
+            if str(entry) in writing:
+                continue
             if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
                 try:
                     entry.unlink()
@@ -146,8 +164,21 @@ class SftpServerService:
                     pass
 
     def start(self) -> defer.Deferred:
+        """Listen (after asking the upload registry which part files other nodes are
+        writing: the start-up sweep leaves them)."""
+        d = self.coordination.open_parts()
+        return d.addCallback(lambda writing: self._start(frozenset(writing)))
+
+    def _start(self, writing: frozenset[str]) -> defer.Deferred:
         self.host_key = ensure_host_key(self._path(self.config.host_key), self.config.host_key_type)
-        ctx = ServerContext(self.partners(), self.config, self.audit, self.reactor, self.uploads)
+        ctx = ServerContext(
+            self.partners(writing),
+            self.config,
+            self.audit,
+            self.reactor,
+            self.uploads,
+            self.coordination,
+        )
         self.factory = WharfSSHFactory(ctx, self.host_key, self.config)
         endpoint = serverFromString(self.reactor, self.config.listen)
         d = endpoint.listen(self.factory)

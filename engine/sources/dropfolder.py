@@ -9,7 +9,15 @@ poll ingests it again and the store answers it as a duplicate, so nothing runs t
 ``path`` may be a glob (``var/sftp/*/inbound``): one source then serves every folder it matches,
 listed again at each poll (a folder that appears later is served from then on), and each ``*``
 in ``processed_dir``/``error_dir`` stands for what the wildcards of ``path`` matched, in order
-(``var/sftp/*/archive``). Each file is ingested with its ``arrival`` (name, inode, mtime and
+(``var/sftp/*/archive``).
+
+Several nodes on one PostgreSQL store may watch the same folders (a shared volume): each folder
+is picked up by one node at a time, the one holding its lease (``resources.coordination``,
+rows of the shared store; renewed while it polls, taken over by another node once ``lease``
+ran out), and a file of an SFTP account is recorded in the SFTP server's upload registry as
+handed over (which node, which message) once stored and moved.
+
+Each file is ingested with its ``arrival`` (name, inode, mtime and
 size: a retake after a crash is the same arrival, a new upload of the same bytes is not) and,
 when its folder lies inside an account of Wharf's own SFTP server, the ``origin``
 ``sftp:<account>``: the credential it came with.
@@ -28,6 +36,7 @@ from typing import Any
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from engine.coordination import Leases
 from engine.registry import source
 from engine.resources import Resources
 from engine.sources import Ingest, IngestOutcome
@@ -84,6 +93,14 @@ DROPFOLDER_SPEC = Spec(
         Field("max_file_size", ByteSize(), 10 * 1024 * 1024, "Bigger files go to `error/`."),
         Field("batch", Int(1, 100000), 500, "Most files taken in one poll."),
         Field("concurrency", Int(1, 4096), 64, "Most files being ingested at once."),
+        Field(
+            "lease",
+            Duration(lo=0.5),
+            10.0,
+            "Several nodes on one PostgreSQL store sharing the folders: how long one node holds "
+            "a folder's pickup (renewed while it runs); a dead node's folders are taken over "
+            "once this ran out.",
+        ),
     ],
     description=(
         "Polls a local folder (or every folder a glob matches). Files move to `processed/` "
@@ -146,8 +163,15 @@ class DropFolderSource:
         ).resolve()
         self.errors = (self.base_dir / (options.error_dir or f"{options.path}/error")).resolve()
         self.inflight: set[str] = set()
+        self.coordination = resources.coordination if resources is not None else None
+        self.leases = (
+            Leases(self.coordination, options.lease, reactor)
+            if self.coordination is not None
+            else None
+        )
         self.taken = 0
         self.loop: task.LoopingCall | None = None
+        self.renewing: task.LoopingCall | None = None
         self._polling: defer.Deferred | None = None
         self._sem = defer.DeferredSemaphore(options.concurrency)
 
@@ -188,6 +212,18 @@ class DropFolderSource:
         self.loop = task.LoopingCall(self._tick)
         self.loop.clock = self.reactor
         self.loop.start(self.options.poll_interval, now=True)
+        if self.leases is not None and self.leases.coordination.shared:
+            self.renewing = task.LoopingCall(self._renew)
+            self.renewing.clock = self.reactor
+            self.renewing.start(self.options.lease / 3, now=False)
+
+    def _renew(self) -> defer.Deferred:
+        """Keep this node's folders while a poll is busy with many files."""
+        assert self.leases is not None
+        d = defer.ensureDeferred(self.leases.renew())
+        return d.addErrback(
+            lambda f: log.failure("drop folder {c}: lease renewal failed", f, c=self.channel)
+        )
 
     def _tick(self) -> None:
         if self._polling is None:
@@ -199,15 +235,42 @@ class DropFolderSource:
         self._polling = None
 
     async def stop(self) -> None:
+        if self.renewing is not None and self.renewing.running:
+            self.renewing.stop()
         if self.loop is not None and self.loop.running:
             self.loop.stop()
         while self._polling is not None:
             await self._polling
+        if self.leases is not None:
+            try:
+                await self.leases.release()  # the next node need not wait for them to run out
+            except Exception as e:
+                log.warn(
+                    "drop folder {channel}: leases not released ({e})", channel=self.channel, e=e
+                )
 
-    def _ready(self) -> list[_Ready]:
+    def lease_name(self, folder: Folder) -> str:
+        """The name of ``folder``'s pickup lease: its path relative to the project root (the
+        same on every node sharing the folders), absolute when outside it."""
+        try:
+            where = str(folder.path.relative_to(self.base_dir.resolve()))
+        except ValueError:
+            where = str(folder.path)
+        return f"dropfolder:{where}"
+
+    async def _held(self) -> list[Folder]:
+        """The folders this node picks up from now (each of them while it holds its lease)."""
+        pool = self.reactor.getThreadPool()
+        folders = await threads.deferToThreadPool(self.reactor, pool, self.folders)
+        if self.leases is None or not self.leases.coordination.shared:
+            return folders
+        held = await self.leases.held([self.lease_name(f) for f in folders])
+        return [f for f in folders if self.lease_name(f) in held]
+
+    def _ready(self, folders: list[Folder]) -> list[_Ready]:
         now = time.time()
         out: list[tuple[float, str, _Ready]] = []
-        for folder in self.folders():
+        for folder in folders:
             try:
                 it = os.scandir(folder.path)
             except FileNotFoundError:
@@ -233,17 +296,23 @@ class DropFolderSource:
 
     async def poll(self) -> int:
         """List once and ingest every ready file; returns how many were taken."""
+        folders = await self._held()
         ready = await threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), self._ready
+            self.reactor, self.reactor.getThreadPool(), self._ready, folders
         )
         pending = []
         for r in ready:
             self.inflight.add(str(r.path))
             pending.append(self._sem.run(lambda r=r: defer.ensureDeferred(self._take(r))))
-        await defer.gatherResults(pending, consumeErrors=True)
+        handed = await defer.gatherResults(pending, consumeErrors=True)
+        uploads = [h for h in handed if h is not None]
+        if uploads and self.coordination is not None and self.coordination.shared:
+            await self.coordination.handed(uploads)
         return len(ready)
 
-    async def _take(self, r: _Ready) -> None:
+    async def _take(self, r: _Ready) -> tuple[str, str | None] | None:
+        """Ingest one file and move it; returns ``(path, message id)`` when it was an SFTP
+        account's upload, stored and moved (the upload registry records it as handed over)."""
         name, folder = r.name, r.folder
         try:
             path = r.path
@@ -265,6 +334,8 @@ class DropFolderSource:
                     self.reactor, pool, self._move, folder, name, folder.processed
                 )
                 self.taken += 1
+                if folder.origin is not None:
+                    return (str(path), outcome.message_id)
             elif outcome.kind == "rejected":
                 await threads.deferToThreadPool(
                     self.reactor, pool, self._move_error, folder, name, outcome.reason
@@ -280,6 +351,7 @@ class DropFolderSource:
             pass  # taken away meanwhile (another node or a person)
         finally:
             self.inflight.discard(str(r.path))
+        return None
 
     def _move(self, folder: Folder, name: str, to: Path) -> Path:
         to.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,10 @@ ingest's peer label).
 When the server is down, polls back off (``backoff_initial`` doubling up to ``backoff_max``); if
 it stays down longer than ``alert_after``, ``log.error`` fires once for that outage, naming the
 partner and how long it has been down.
+
+Several nodes on one PostgreSQL store running the same channel poll the partner one at a time:
+the node holding the remote folder's lease (``resources.coordination``, renewed while it polls;
+another node takes it over once ``lease`` ran out) polls, the others skip their turn.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from twisted.conch.ssh.filetransfer import SFTPError
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from engine.coordination import Leases
 from engine.net.sftp import Outage, SftpSession, connect, connection_fields, remote_of
 from engine.registry import source
+from engine.resources import Resources
 from engine.sources import Ingest
 from engine.spec import ByteSize, Context, Duration, Enum, Field, Int, Spec, Str, join
 
@@ -65,6 +71,13 @@ SFTP_POLL_SPEC = Spec(
         Field("batch", Int(1, 100000), 100, "Most files taken in one poll."),
         Field("backoff_initial", Duration(lo=0.01), 1.0, "First delay after a failed poll."),
         Field("backoff_max", Duration(lo=0.01), 300.0, "Longest delay between failed polls."),
+        Field(
+            "lease",
+            Duration(lo=0.5),
+            60.0,
+            "Several nodes on one PostgreSQL store: how long one node holds this remote "
+            "folder's polls (renewed while it polls); another node takes over once it ran out.",
+        ),
     ],
     description=(
         "Polls a partner's SFTP server. A file is taken when unchanged across two listings and "
@@ -85,7 +98,14 @@ SFTP_POLL_SPEC = Spec(
 
 class SftpPollSource:
     def __init__(
-        self, options: Any, *, reactor: Any, channel: str, base_dir: Path, ingest: Ingest
+        self,
+        options: Any,
+        *,
+        reactor: Any,
+        channel: str,
+        base_dir: Path,
+        ingest: Ingest,
+        resources: Resources | None = None,
     ) -> None:
         self.options = options
         self.reactor = reactor
@@ -100,6 +120,9 @@ class SftpPollSource:
         self.previous: dict[str, tuple[int, int]] = {}
         self.refused: dict[str, tuple[int, int]] = {}
         self.taken = 0
+        coordination = resources.coordination if resources is not None else None
+        self.leases = Leases(coordination, options.lease, reactor) if coordination else None
+        self.lease_name = f"sftp_poll:{options.user}@{options.host}:{options.port}{self.dir}"
         self._call: Any = None
         self._polling: defer.Deferred | None = None
         self._stopped = False
@@ -139,13 +162,24 @@ class SftpPollSource:
         self._call = None
         while self._polling is not None:
             await self._polling
+        if self.leases is not None:
+            try:
+                await self.leases.release()
+            except Exception as e:
+                log.warn("{what}: lease not released ({e})", what=self.what, e=e)
 
     def _path(self, name: str) -> str:
         return f"{self.dir}/{name}" if self.dir != "/" else f"/{name}"
 
     async def poll(self) -> int:
         """Connect, list once and ingest every complete file; returns how many were taken.
-        Raises when the server cannot be reached or listed."""
+        Raises when the server cannot be reached or listed. Another node sharing the store
+        holding this remote's lease: nothing is done (0)."""
+        if self.leases is not None and self.lease_name not in await self.leases.held(
+            [self.lease_name]
+        ):
+            self.previous = {}  # the holder takes files meanwhile: list twice again once ours
+            return 0
         session = await connect(self.reactor, self.remote)
         try:
             return await self._poll(session)
@@ -233,10 +267,5 @@ class SftpPollSource:
             )
 
 
-@source("sftp_poll", SFTP_POLL_SPEC)
-def make_sftp_poll(
-    options: Any, *, reactor: Any, channel: str, base_dir: Path, ingest: Ingest
-) -> SftpPollSource:
-    return SftpPollSource(
-        options, reactor=reactor, channel=channel, base_dir=base_dir, ingest=ingest
-    )
+#: The source is its own factory: the runtime reads the keywords it takes from ``__init__``.
+source("sftp_poll", SFTP_POLL_SPEC)(SftpPollSource)

@@ -38,6 +38,11 @@ _USER_COLUMNS = (
     "created_at",
     "updated_at",
 )
+_WORK_ITEM_COLUMNS = (
+    "id, kind, subject, detail, status, message_id, correlation_id, created_at, updated_at, "
+    "assignee, channel"
+)
+_WORK_ITEM_NAMES = tuple(c.strip() for c in _WORK_ITEM_COLUMNS.split(","))
 #: A whole channel's pause (every destination of it) is kept under this destination name.
 WHOLE_CHANNEL = "*"
 
@@ -267,9 +272,11 @@ class ConsoleStore:
         status: str | None = "open",
         after: int | None = None,
         limit: int = 50,
+        channels: Sequence[str] | None = None,
     ) -> Page:
         """Work items (oldest first), a page at a time by id; ``kinds`` limits them to those a
-        person's roles may see."""
+        person's roles may see, ``channels`` to a person's channel scope (an item of no
+        channel is outside every scope)."""
         clauses, args = [], []
         for clause, arg in (("kind = ?", kind), ("status = ?", status), ("id > ?", after)):
             if arg is not None:
@@ -278,19 +285,47 @@ class ConsoleStore:
         if kinds is not None:
             clauses.append(f"kind IN ({', '.join('?' * len(kinds)) or 'NULL'})")
             args += list(kinds)
+        if channels is not None:
+            clauses.append(_in_channels(channels))
+            args += list(channels)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        columns = (
-            "id, kind, subject, detail, status, message_id, correlation_id, created_at, "
-            "updated_at, assignee"
-        )
         rows = self._query(
             "work_item_page",
-            f"SELECT {columns} FROM work_items{where} ORDER BY id LIMIT ?",
+            f"SELECT {_WORK_ITEM_COLUMNS} FROM work_items{where} ORDER BY id LIMIT ?",
             (*args, limit + 1),
         )
-        names = [c.strip() for c in columns.split(",")]
-        items = [dict(zip(names, r, strict=True)) for r in rows[:limit]]
+        items = [dict(zip(_WORK_ITEM_NAMES, r, strict=True)) for r in rows[:limit]]
         return Page(items, str(items[-1]["id"]) if len(rows) > limit else None)
+
+    def work_items_about(
+        self,
+        kind: str,
+        subject_prefix: str = "",
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        channels: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest work items of ``kind`` whose subject starts with ``subject_prefix`` (a
+        range of the (kind, subject) index), in ``status`` if given, of ``channels`` only if
+        given."""
+        clauses, args = ["kind = ?"], [kind]
+        if channels is not None:
+            clauses.append(_in_channels(channels))
+            args += list(channels)
+        if subject_prefix:
+            clauses += ["subject >= ?", "subject < ?"]
+            args += [subject_prefix, subject_prefix + "\U0010ffff"]
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        rows = self._query(
+            "work_items_about",
+            f"SELECT {_WORK_ITEM_COLUMNS} FROM work_items WHERE {' AND '.join(clauses)} "
+            "ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [dict(zip(_WORK_ITEM_NAMES, r, strict=True)) for r in rows]
 
     def assign_work_item(self, item_id: int, assignee: str, *, actor: str, now: float) -> None:
         """Assign an open work item to a person, audited in the same commit."""
@@ -333,12 +368,19 @@ class ConsoleStore:
                 actor, "edit_replay", message_id, {"diff": diff, "previous_status": row[0]}, now
             )
 
-    def work_item_ages(self, now: float) -> dict[str, dict[str, Any]]:
-        """Open work items by kind: how many and the oldest one's opening time."""
+    def work_item_ages(
+        self, now: float, channels: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Open work items by kind: how many and the oldest one's opening time; of the
+        ``channels`` given (a person's scope) only."""
+        where, args = "", []
+        if channels is not None:
+            where, args = f" AND {_in_channels(channels)}", list(channels)
         rows = self._query(
             "work_item_ages",
-            "SELECT kind, COUNT(*), MIN(created_at) FROM work_items WHERE status = 'open' "
-            "GROUP BY kind",
+            "SELECT kind, COUNT(*), MIN(created_at) FROM work_items WHERE status = 'open'"
+            f"{where} GROUP BY kind",
+            args,
         )
         return {r[0]: {"open": int(r[1]), "oldest": r[2]} for r in rows}
 
@@ -393,6 +435,11 @@ class ConsoleStore:
                 yield mid, name, value
 
 
+def _in_channels(channels: Sequence[str]) -> str:
+    """A clause keeping work items of the given channels (parameters: the channels)."""
+    return f"channel IN ({', '.join('?' * len(channels)) or 'NULL'})"
+
+
 def _user(row: Sequence[Any]) -> dict[str, Any]:
     user = dict(zip(_USER_COLUMNS, row, strict=True))
     user["roles"] = json.loads(user["roles"])
@@ -415,9 +462,10 @@ def browse_sql(
     after: str | None = None,
     limit: int = 51,
 ) -> tuple[str, list[Any]]:
-    """The browser's query. Only the most selective filter given may use an index (a unary
-    ``+`` keeps SQLite's planner off the others): a business key, else a correlation id, else
-    a control id, else channel and status, channel, status or time; the rest filter the rows
+    """The browser's query. Only the most selective filter given may use an index (the others
+    compare an expression, ``column || ''`` or ``column + 0``, which keeps the planner of both
+    SQLite and PostgreSQL off their indexes): a business key, else a correlation id, else a
+    control id, else channel and status, channel, status or time; the rest filter the rows
     that index finds. Pages by ``(received_at, rowid)`` below the cursor ``after``."""
     if (key is None) != (value is None):
         raise ValueError(f"a business key search needs both a name and a value (got {key=})")
@@ -436,8 +484,10 @@ def browse_sql(
     )
     free = driver == "index"  # channel, status and time may use their indexes
 
-    def add(clause: str, param: Any, indexed: bool) -> None:
-        clauses.append(clause if indexed else "+" + clause)
+    def add(column: str, test: str, param: Any, indexed: bool) -> None:
+        if not indexed:  # an expression no index holds; the same in both dialects
+            column = f"{column} + 0" if column == "m.received_at" else f"{column} || ''"
+        clauses.append(f"{column} {test}")
         params.append(param)
 
     if key is not None:
@@ -445,21 +495,21 @@ def browse_sql(
         clauses += ["bk.name = ?", "bk.value = ?"]
         params += [key, value]
     if correlation_id is not None:
-        add("m.correlation_id = ?", correlation_id, driver == "correlation")
+        add("m.correlation_id", "= ?", correlation_id, driver == "correlation")
     if control_id is not None:
-        add("m.control_id = ?", control_id, driver == "control")
+        add("m.control_id", "= ?", control_id, driver == "control")
     if channel is not None:
-        add("m.channel = ?", channel, free)
+        add("m.channel", "= ?", channel, free)
     if status is not None:
         if status not in model.MESSAGE_STATUSES:
             raise ValueError(f"status must be one of {model.MESSAGE_STATUSES} (got {status!r})")
-        add("m.status = ?", status, free)
+        add("m.status", "= ?", status, free)
     if since is not None:
-        add("m.received_at >= ?", since, free)
+        add("m.received_at", ">= ?", since, free)
     if until is not None:
-        add("m.received_at < ?", until, free)
+        add("m.received_at", "< ?", until, free)
     if channels is not None:
-        clauses.append(f"+m.channel IN ({', '.join('?' * len(channels)) or 'NULL'})")
+        clauses.append(f"m.channel || '' IN ({', '.join('?' * len(channels)) or 'NULL'})")
         params += list(channels)
     if after:
         at, _, rowid = after.rpartition(":")

@@ -402,14 +402,72 @@ CONSOLE_SCHEMA: list[str] = [
     "CREATE INDEX IF NOT EXISTS idx_messages_control ON messages(control_id)",
 ]
 
+#: One-at-a-time jobs held by one node at a time (``job_leases``: the pickup of one folder, a
+#: partner's SFTP remote) and the SFTP server's upload registry (``sftp_uploads``: what is being
+#: written, complete, handed over), shared by the nodes of one PostgreSQL store.
+_V19_LEASES_AND_UPLOADS = [
+    """
+    CREATE TABLE IF NOT EXISTS job_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        since REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        until REAL NOT NULL,
+        taken_from TEXT,
+        taken_from_until REAL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS sftp_uploads (
+        path TEXT PRIMARY KEY,
+        part TEXT,
+        node TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'complete', 'handed')),
+        size INTEGER,
+        sha256 TEXT,
+        opened_at REAL NOT NULL,
+        closed_at REAL,
+        handed_at REAL,
+        handed_by TEXT,
+        message_id TEXT
+    )
+    """,
+]
+
+#: The leases and uploads migration, as one entry (renumbered with this one line at a merge).
+LEASES_MIGRATION: Migration = (
+    19,
+    "leases of one-at-a-time jobs, the SFTP server's upload registry",
+    _V19_LEASES_AND_UPLOADS,
+)
+
 #: The console's migration, as one entry (renumbered with this one line when histories merge).
 CONSOLE_MIGRATION: Migration = (17, "the console: accounts, pauses, running counters", _v15_console)
+
+#: Work items know their message's channel (the console's per-channel scopes filter them);
+#: those opened before take it from their message. One entry, renumbered when histories merge.
+_WORK_ITEM_CHANNEL_BACKFILL = (
+    "UPDATE work_items SET channel = (SELECT m.channel FROM messages AS m "
+    "WHERE m.id = work_items.message_id) WHERE message_id IS NOT NULL AND channel IS NULL"
+)
+_WORK_ITEM_CHANNEL_INDEX = (
+    "CREATE INDEX IF NOT EXISTS idx_work_items_channel ON work_items(channel, status, kind)"
+)
+MIGRATION_WORK_ITEM_CHANNEL: Migration = (
+    18,
+    "work items: the channel of their message (console scopes)",
+    [
+        "ALTER TABLE work_items ADD COLUMN channel TEXT",
+        _WORK_ITEM_CHANNEL_BACKFILL,
+        _WORK_ITEM_CHANNEL_INDEX,
+    ],
+)
 
 #: A message a replay put back to ``received`` is free for any node's sweep at once:
 #: ``pipeline_until`` is when the pipeline of the node that took it lets it go (NULL: the node
 #: that stored it holds it for a while after ``updated_at``; see PostgresStore.received_ids).
 PIPELINE_UNTIL_MIGRATION: Migration = (
-    18,
+    20,
     "received messages: how long a node's pipeline holds them (messages.pipeline_until)",
     ["ALTER TABLE messages ADD COLUMN pipeline_until REAL"],
 )
@@ -417,7 +475,7 @@ PIPELINE_UNTIL_MIGRATION: Migration = (
 #: The node registry (engine/store/nodes.py): each node's heartbeat, configuration version and
 #: listeners, for the console and /metrics.
 NODES_MIGRATION: Migration = (
-    19,
+    21,
     "the node registry: each node's heartbeat, configuration version and listeners",
     [
         """
@@ -452,6 +510,8 @@ MIGRATIONS: list[Migration] = [
     CONFIG_VERSIONS_MIGRATION,
     MIGRATION_WORK_ITEMS_BY_OPENING,
     CONSOLE_MIGRATION,
+    MIGRATION_WORK_ITEM_CHANNEL,
+    LEASES_MIGRATION,
     PIPELINE_UNTIL_MIGRATION,
     NODES_MIGRATION,
 ]

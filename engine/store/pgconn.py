@@ -57,6 +57,12 @@ class PgCursor:
             row = cursor.fetchone() if cursor.rowcount else None
             self.lastrowid = None if row is None else int(row[0])
 
+    @property
+    def description(self) -> list[tuple[Any, ...]] | None:
+        """The result's columns as ``sqlite3`` gives them (name first), or None."""
+        found = self._cursor.description
+        return None if found is None else [(c.name, *[None] * 6) for c in found]
+
     def fetchone(self) -> tuple[Any, ...] | None:
         return self._cursor.fetchone() if self._cursor.description else None
 

@@ -204,6 +204,20 @@ PG_MIGRATIONS: list[Migration] = [
     ),
     (17, sqlite_history.MIGRATIONS[16][1], _v17_console),
     (
+        18,
+        sqlite_history.MIGRATION_WORK_ITEM_CHANNEL[1],
+        [
+            "ALTER TABLE work_items ADD COLUMN IF NOT EXISTS channel TEXT",
+            sqlite_history._WORK_ITEM_CHANNEL_BACKFILL,
+            sqlite_history._WORK_ITEM_CHANNEL_INDEX,
+        ],
+    ),
+    (
+        sqlite_history.LEASES_MIGRATION[0],
+        sqlite_history.LEASES_MIGRATION[1],
+        ddl_all(sqlite_history._V19_LEASES_AND_UPLOADS),
+    ),
+    (
         sqlite_history.PIPELINE_UNTIL_MIGRATION[0],
         sqlite_history.PIPELINE_UNTIL_MIGRATION[1],
         ddl_all(sqlite_history.PIPELINE_UNTIL_MIGRATION[2]),

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from engine import model
-from engine.errors import StoreError
+from engine.errors import StoreConflict, StoreError
 from engine.store.pgconn import PgConnection
 from engine.store.pgschema import apply_migrations, current_version
 from engine.store.sqlite import SqliteStore
@@ -89,6 +89,19 @@ def _release(pool: Any, conn: PgConnection) -> None:
             conn.raw.close()
     except Exception:  # pragma: no cover - closing is best effort
         pass
+
+
+def _conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a deadlock or a serialization failure (psycopg's error is the
+    cause of the ``sqlite3`` one :mod:`engine.store.pgconn` raised, the cause of ``exc``)."""
+    import psycopg
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class _Return:
@@ -310,6 +323,10 @@ class PostgresStore(SqliteStore):
         try:
             with super()._write(what, durable) as conn:
                 yield conn
+        except StoreError as exc:
+            if _conflict(exc):  # another node's transaction: the caller may try again
+                raise StoreConflict(str(exc)) from exc
+            raise
         finally:
             lost = getattr(self._local, "conn", None)
             if outermost and lost is not None and (lost.broken or lost.raw.closed):

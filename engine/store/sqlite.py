@@ -32,6 +32,7 @@ from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
 from engine.store import nodes as node_registry
 from engine.store import versions as config_versions
 from engine.store.console import ConsoleStore
+from engine.store.leases import LeaseStore
 from engine.store.migrations import apply_migrations, current_version
 from engine.store.transaction import (
     DELIVERY_COLUMNS,
@@ -109,7 +110,7 @@ BACKSTOP_PAGES = 16384
 log = logging.getLogger("wharf.store")
 
 
-class SqliteStore(ConsoleStore):
+class SqliteStore(ConsoleStore, LeaseStore):
     """The durable store of one Wharf instance (one SQLite file, WAL mode); the admin
     console's reads and writes are in :class:`~engine.store.console.ConsoleStore`."""
 
@@ -1213,6 +1214,7 @@ class SqliteStore(ConsoleStore):
         "correlation_id",
         "created_at",
         "updated_at",
+        "channel",
     )
 
     def work_items(

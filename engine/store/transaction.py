@@ -19,7 +19,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine import model
@@ -56,6 +56,8 @@ class Settled:
     destination: str
     correlation_id: str
     meta: dict[str, Any]
+    #: what the destination answered, when the attempt succeeded (an ERP's document number)
+    response: bytes | None = None
 
 
 DELIVERY_COLUMNS = (
@@ -376,7 +378,7 @@ class SqliteTransaction:
             (model.DELIVERED, response, now, delivery_id),
         )
         self._roll_up(settled.message_id, now)
-        return settled
+        return replace(settled, response=response)
 
     def delivery_retry(
         self, delivery_id: int, error: str, next_attempt_at: float, now: float
@@ -493,6 +495,10 @@ class SqliteTransaction:
         return model.QUEUED
 
     def _roll_up(self, message_id: str, now: float) -> None:
+        # Nodes settling two deliveries of one message at once take turns here: each then
+        # sees the other's outcome (else both read the other's row still open, and the
+        # message stays queued with every delivery sent).
+        self.lock(f"roll-up:{message_id}")
         conn = self.connection
         current = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
         if current is None or current[0] != model.QUEUED:
@@ -552,8 +558,9 @@ class SqliteTransaction:
             return False
         conn.execute(
             "INSERT INTO work_items (kind, subject, detail, status, message_id, correlation_id, "
-            "created_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?, ?)",
-            (kind, subject, detail, message_id, correlation_id, now, now),
+            "created_at, updated_at, channel) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, "
+            "(SELECT channel FROM messages WHERE id = ?))",
+            (kind, subject, detail, message_id, correlation_id, now, now, message_id),
         )
         return True
 

@@ -127,6 +127,8 @@ async def _work_item(console: Any, who: Principal, item_id: int) -> dict[str, An
         raise Refused(404, f"no work item {item_id}")
     if who.kinds is not None and item["kind"] not in who.kinds:
         raise Refused(403, f"work items of kind {item['kind']} are not your roles'")
+    if who.channel_scope is not None and item.get("channel") not in who.channel_scope:
+        raise Refused(403, f"work item {item_id} is outside your channels")
     return dict(item)
 
 

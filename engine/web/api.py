@@ -28,6 +28,7 @@ def register(console: Console) -> None:
     r("GET", "/api/work-items", "work_items", api=True)(work_items)
     r("POST", "/api/work-items/{item}/resolve", "resolve", api=True)(resolve)
     r("GET", "/api/invoices", "finance", api=True)(invoices)
+    r("GET", "/api/reconciliation", "finance", api=True)(reconciliation)
     r("POST", "/api/invoices/{invoice}/{decision}", "release", api=True)(decide_invoice)
     r("GET", "/api/audit", "audit", api=True)(audit)
 
@@ -180,6 +181,10 @@ async def resolve(ctx: Ctx, item: str) -> Response:
 
 async def invoices(ctx: Ctx) -> Response:
     return json_response(await pages.finance_data(ctx))
+
+
+async def reconciliation(ctx: Ctx) -> Response:
+    return await _guard(lambda: pages.reconciliation_data(ctx))
 
 
 async def decide_invoice(ctx: Ctx, invoice: str, decision: str) -> Response:

@@ -22,7 +22,9 @@ from engine.errors import WharfError
 #: Every role and what it may do (a permission per page or action).
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"integration", "messages", "work_items"}),
-    "analyst": frozenset({"integration", "messages", "body", "edit_replay", "work_items"}),
+    "analyst": frozenset(
+        {"integration", "messages", "body", "edit_replay", "work_items", "mappings"}
+    ),
     "operator": frozenset({"integration", "messages", "replay", "pause", "work_items", "resolve"}),
     "admin": frozenset(
         {
@@ -34,6 +36,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "pause",
             "work_items",
             "resolve",
+            "mappings",
             "supply",
             "finance",
             "release",

@@ -39,6 +39,7 @@ NAV = (
     ("/finance", "Finance", "finance"),
     ("/revenue", "Revenue cycle", "revenue"),
     ("/utilization", "Utilization", "utilization"),
+    ("/mappings", "Mappings", "mappings"),
     ("/audit", "Audit", "audit"),
     ("/users", "Users", "users"),
 )

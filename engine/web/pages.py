@@ -39,6 +39,8 @@ def register(console: Console) -> None:
     r("POST", "/invoices/{invoice}/{decision}", "release")(decide_invoice)
     r("GET", "/revenue", "revenue")(revenue)
     r("GET", "/utilization", "utilization")(utilization)
+    r("GET", "/mappings", "mappings")(mappings)
+    r("GET", "/mappings/{table}", "mappings")(mapping_table)
     r("GET", "/audit", "audit")(audit)
     r("GET", "/users", "users")(users)
     r("POST", "/users", "users")(add_user)
@@ -376,7 +378,7 @@ def _int(text: str) -> int:
 
 
 # -- business pages ----------------------------------------------------------------------------
-def _supply(store: Any, now: float) -> dict[str, Any]:
+def _supply(store: Any, now: float, channels: list[str] | None = None) -> dict[str, Any]:
     from engine.domains.ledger import reports as ledger
     from engine.domains.procurement import changes, desk, reports
     from engine.domains.procurement.domain import repository
@@ -390,18 +392,48 @@ def _supply(store: Any, now: float) -> dict[str, Any]:
             "changes": changes.changes(repo, "proposed", None),
             "unmatched": unmatched,
             "unmatched_ages": views.age_buckets([r["age_days"] for r in unmatched]),
-            "asn": store.work_item_page(kind="ASN_UNMATCHED").rows,
+            "asn": store.work_item_page(kind="ASN_UNMATCHED", channels=channels).rows,
         }
 
 
 async def supply_data(ctx: Ctx) -> dict[str, Any]:
-    return await ctx.console.read(_supply, ctx.console.store, time.time())
+    scope = ctx.principal.channel_scope
+    return await ctx.console.read(_supply, ctx.console.store, time.time(), scope)
 
 
 async def supply(ctx: Ctx) -> Response:
     data = await supply_data(ctx)
     chart = charts.bars("unmatched receipt lines by age", data["unmatched_ages"])
     return ctx.page("supply.html", data=data, chart=chart)
+
+
+def _reconciliation_columns() -> list[str]:
+    from engine.domains.ledger.reports import RECONCILIATION_FIGURES
+
+    return ["period", "location", "item", "uom", *RECONCILIATION_FIGURES, "reason"]
+
+
+def _reconciliation(store: Any, mappings: Any, since: float) -> dict[str, Any]:
+    from engine.domains.ledger import reports as ledger
+    from engine.domains.ledger.domain import item_cost
+
+    with store.reading() as rd:
+        return ledger.reconciliation(rd, since, lambda item: item_cost(mappings, item))
+
+
+def _days(ctx: Ctx, default: int) -> float:
+    """``since`` from the ``days`` argument (ValueError naming a bad one)."""
+    days = ctx.args.get("days", str(default)) or str(default)
+    if not days.isdigit() or not 1 <= int(days) <= 3660:
+        raise ValueError(f"days: expected a whole number of days from 1 to 3660 (got {days!r})")
+    return time.time() - int(days) * 86400
+
+
+async def reconciliation_data(ctx: Ctx) -> dict[str, Any]:
+    """Inventory-to-finance reconciliation over the last ``days`` (90) of booked usage."""
+    since = _days(ctx, 90)
+    mappings = ctx.console.engine.project.mappings
+    return await ctx.console.read(_reconciliation, ctx.console.store, mappings, since)
 
 
 def _finance(store: Any, now: float) -> dict[str, Any]:
@@ -438,10 +470,28 @@ async def finance_data(ctx: Ctx) -> dict[str, Any]:
 
 
 async def finance(ctx: Ctx) -> Response:
+    try:
+        recon = await reconciliation_data(ctx)
+    except ValueError as exc:
+        return ctx.page("refused.html", 400, text=str(exc))
+    if ctx.args.get("format") == "csv":
+        return Response(
+            200,
+            views.to_csv(recon["rows"], _reconciliation_columns()),
+            "text/csv; charset=utf-8",
+            {"Content-Disposition": 'attachment; filename="reconciliation.csv"'},
+        )
     data = await finance_data(ctx)
     chart = charts.bars("GR/IR: received, not invoiced, by age", data["grir_ages"])
     held = charts.bars("held invoices by reason", data["reasons"])
-    return ctx.page("finance.html", data=data, chart=chart, held_chart=held)
+    return ctx.page(
+        "finance.html",
+        data=data,
+        chart=chart,
+        held_chart=held,
+        recon=recon,
+        days=ctx.args.get("days", "90"),
+    )
 
 
 async def decide_invoice(ctx: Ctx, invoice: str, decision: str) -> Response:
@@ -456,13 +506,14 @@ async def decide_invoice(ctx: Ctx, invoice: str, decision: str) -> Response:
     return _back("/finance", f"invoice {out.get('invoice', invoice)}: {out.get('status')}")
 
 
-def _revenue(store: Any, now: float) -> dict[str, Any]:
+def _revenue(store: Any, now: float, channels: list[str] | None = None) -> dict[str, Any]:
     """Unbilled usage is what the ledger's job found chargeable and not charged in time: its
-    open UNBILLED_USAGE work items (found by index, paged), not a scan of every event."""
+    open UNBILLED_USAGE work items (found by index, paged), not a scan of every event; work
+    items of the person's channels only."""
     from engine.domains.ledger import reports as ledger
 
-    unbilled = store.work_item_page(kind="UNBILLED_USAGE", limit=200).rows
-    ages = store.work_item_ages(now).get("UNBILLED_USAGE", {"open": 0})
+    unbilled = store.work_item_page(kind="UNBILLED_USAGE", limit=200, channels=channels).rows
+    ages = store.work_item_ages(now, channels).get("UNBILLED_USAGE", {"open": 0})
     with store.reading() as rd:
         return {
             "unbilled": unbilled,
@@ -470,12 +521,13 @@ def _revenue(store: Any, now: float) -> dict[str, Any]:
             "unbilled_ages": views.age_buckets([(now - u["created_at"]) / 86400 for u in unbilled]),
             "rejected": ledger.charges_in(rd, "rejected"),
             "credits": ledger.held_credits(rd),
-            "lot_serial": store.work_item_page(kind="MISSING_LOT_SERIAL").rows,
+            "lot_serial": store.work_item_page(kind="MISSING_LOT_SERIAL", channels=channels).rows,
         }
 
 
 async def revenue_data(ctx: Ctx) -> dict[str, Any]:
-    return await ctx.console.read(_revenue, ctx.console.store, time.time())
+    scope = ctx.principal.channel_scope
+    return await ctx.console.read(_revenue, ctx.console.store, time.time(), scope)
 
 
 async def revenue(ctx: Ctx) -> Response:
@@ -484,41 +536,117 @@ async def revenue(ctx: Ctx) -> Response:
     return ctx.page("revenue.html", data=data, chart=chart)
 
 
-UTILIZATION_COLUMNS = [
-    "location",
-    "item",
-    "uom",
-    "events",
-    "quantity",
-    "billable_quantity",
-    "non_billable_quantity",
-    "charged",
-]
+#: The mapping table that names physicians by id (``id``, ``name``), when a project has one:
+#: names are shown only from it (the ledger keeps ids; a name is PHI-adjacent, never logged).
+PHYSICIANS_TABLE = "physicians"
 
 
-def _utilization(store: Any, since: float) -> list[dict[str, Any]]:
+def utilization_columns(by: str) -> list[str]:
+    from engine.domains.ledger.reports import UTILIZATION_FIGURES, UTILIZATION_GROUPS
+
+    named = ["name"] if by in ("physician", "ordering_physician") else []
+    return [*UTILIZATION_GROUPS[by], *named, *UTILIZATION_FIGURES]
+
+
+def _utilization(
+    store: Any, since: float, by: str = "item", mappings: Any = None
+) -> list[dict[str, Any]]:
     from engine.domains.ledger import reports as ledger
+    from engine.domains.ledger.domain import item_cost
 
     with store.reading() as rd:
-        return ledger.utilization(rd, since)
+        rows = ledger.utilization(rd, since, by=by, cost=lambda item: item_cost(mappings, item))
+    if by in ("physician", "ordering_physician"):
+        names = (
+            mappings.table(PHYSICIANS_TABLE).rows if PHYSICIANS_TABLE in (mappings or ()) else {}
+        )
+        for r in rows:
+            row = names.get(r[by])
+            r["name"] = (row.get("name") if isinstance(row, dict) else row) or ""
+    return rows
 
 
 async def utilization_rows(ctx: Ctx) -> list[dict[str, Any]]:
-    days = ctx.args.get("days", "30")
-    since = time.time() - (int(days) if days.isdigit() else 30) * 86400
-    return await ctx.console.read(_utilization, ctx.console.store, since)
+    since = _days(ctx, 30)
+    by = ctx.args.get("by", "item") or "item"
+    mappings = ctx.console.engine.project.mappings
+    return await ctx.console.read(_utilization, ctx.console.store, since, by, mappings)
 
 
 async def utilization(ctx: Ctx) -> Response:
-    rows = await utilization_rows(ctx)
+    from engine.domains.ledger.reports import UTILIZATION_GROUPS
+
+    try:
+        rows = await utilization_rows(ctx)
+    except ValueError as exc:
+        return ctx.page("refused.html", 400, text=str(exc))
+    by = ctx.args.get("by", "item") or "item"
+    columns = utilization_columns(by)
     if ctx.args.get("format") == "csv":
         return Response(
             200,
-            views.to_csv(rows, UTILIZATION_COLUMNS),
+            views.to_csv(rows, columns),
             "text/csv; charset=utf-8",
-            {"Content-Disposition": 'attachment; filename="utilization.csv"'},
+            {"Content-Disposition": f'attachment; filename="utilization-by-{by}.csv"'},
         )
-    return ctx.page("utilization.html", rows=rows, columns=UTILIZATION_COLUMNS)
+    return ctx.page(
+        "utilization.html",
+        rows=rows,
+        columns=columns,
+        by=by,
+        groupings=list(UTILIZATION_GROUPS),
+        days=ctx.args.get("days") or "30",
+    )
+
+
+# -- mapping tables (read-only: edits stay in git) -------------------------------------------
+MISSING_MAPPING = "MISSING_MAPPING"
+
+
+def _open_misses(store: Any, channels: list[str] | None) -> dict[str, int]:
+    """Open MISSING_MAPPING work items by table (their subject is ``table:key``)."""
+    out: dict[str, int] = {}
+    for item in store.work_items_about(
+        MISSING_MAPPING, status="open", limit=5000, channels=channels
+    ):
+        table = item["subject"].partition(":")[0]
+        out[table] = out.get(table, 0) + 1
+    return out
+
+
+async def mappings(ctx: Ctx) -> Response:
+    console = ctx.console
+    misses = await console.read(_open_misses, console.store, ctx.principal.channel_scope)
+    tables = views.mapping_tables(console.engine.root, console.engine.project.mappings, misses)
+    return ctx.page("mappings.html", tables=tables)
+
+
+async def mapping_table(ctx: Ctx, table: str) -> Response:
+    console = ctx.console
+    found = console.engine.project.mappings.tables.get(table)
+    if found is None:
+        return _refused(ctx, Refused(404, f"expected a mapping table's name (got {table!r})"))
+    search = ctx.args.get("q", "")
+    columns, rows, total = views.mapping_rows(found, search, 500)
+    misses = await console.read(
+        console.store.work_items_about,
+        MISSING_MAPPING,
+        f"{table}:",
+        limit=50,
+        channels=ctx.principal.channel_scope,
+    )
+    (info,) = views.mapping_tables(
+        console.engine.root, type(console.engine.project.mappings)({table: found}), {}
+    )
+    return ctx.page(
+        "mapping.html",
+        table=info,
+        columns=columns,
+        rows=rows,
+        total=total,
+        search=search,
+        misses=misses,
+    )
 
 
 # -- audit and users ---------------------------------------------------------------------------

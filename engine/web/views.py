@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 from engine import model
@@ -149,11 +150,13 @@ def work_items(
     after: int | None,
     now: float,
 ) -> dict[str, Any]:
-    """Work items the person's roles see, by kind with counts, ages and SLA; a page of them."""
+    """Work items the person's roles and channel scope see, by kind with counts, ages and SLA;
+    a page of them."""
     from engine.model import WORK_ITEM_KINDS
 
     kinds = principal.kinds
-    ages = store.work_item_ages(now)
+    scope = principal.channel_scope
+    ages = store.work_item_ages(now, channels=scope)
     by_kind = []
     for k, a in sorted(ages.items()):
         if kinds is not None and k not in kinds:
@@ -171,7 +174,11 @@ def work_items(
             }
         )
     page = store.work_item_page(
-        kind=kind, kinds=sorted(kinds) if kinds is not None else None, status=status, after=after
+        kind=kind,
+        kinds=sorted(kinds) if kinds is not None else None,
+        status=status,
+        after=after,
+        channels=scope,
     )
     items = []
     for item in page.rows:
@@ -225,6 +232,50 @@ def trace(
         ],
         "keys": pairs,
     }
+
+
+def mapping_tables(root: Path, mappings: Any, open_misses: dict[str, int]) -> list[dict[str, Any]]:
+    """Each mapping table: file, owner, change notes (the newest last), rows, columns, and its
+    open MISSING_MAPPING work items (``open_misses``: by table)."""
+    from engine.config.governance import owner_and_changes
+
+    out = []
+    for name in sorted(mappings.tables):
+        table = mappings.tables[name]
+        owner, changes = owner_and_changes(root, table)
+        out.append(
+            {
+                "name": name,
+                "file": table.file,
+                "owner": owner,
+                "changes": changes,
+                "last_change": max(changes) if changes else None,
+                "rows": len(table.rows),
+                "columns": list(table.columns),
+                "missing": open_misses.get(name, 0),
+            }
+        )
+    return out
+
+
+def mapping_rows(table: Any, search: str, limit: int) -> tuple[list[str], list[list[str]], int]:
+    """A table's columns (its key first, unless its first column is the key) and up to
+    ``limit`` rows whose key or any value holds ``search`` (any case), with how many match."""
+    columns = [c for c in table.columns] or ["value"]
+    first = next(iter(table.rows.items()), None)
+    # a CSV table's key is its first column: shown once
+    keyed = not (first and isinstance(first[1], dict) and str(first[1].get(columns[0])) == first[0])
+    wanted = search.strip().lower()
+    found, total = [], 0
+    for key, row in table.rows.items():
+        values = [row.get(c) for c in columns] if isinstance(row, dict) else [row]
+        cells = [*([str(key)] if keyed else []), *("" if v is None else str(v) for v in values)]
+        if wanted and not any(wanted in c.lower() for c in cells):
+            continue
+        total += 1
+        if len(found) < limit:
+            found.append(cells)
+    return [*(["key"] if keyed else []), *columns], found, total
 
 
 def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:

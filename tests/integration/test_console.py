@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -239,3 +240,82 @@ def test_an_operator_assigns_a_work_item_and_a_viewer_may_not(console_demo: Demo
     assert ("operator", "work_item.assign", str(item)) in [
         (e["actor"], e["action"], e["target"]) for e in audit["entries"]
     ]
+
+
+def unknown_item(demo: Demo, control_id: str) -> list[dict]:
+    """Send the ledger channel a usage line whose charge code the CDM lacks (MSH-10
+    ``control_id``); its MISSING_MAPPING work item (charge_codes), once open."""
+    raw = (ROOT / "samples/hl7/broken/broken_unknown_item.hl7").read_bytes()
+    raw = raw.replace(b"|POU-BAD-1|", f"|{control_id}|".encode())
+    with socket.create_connection(("127.0.0.1", int(demo.env["LEDGER_MLLP_PORT"]))) as s:
+        s.sendall(b"\x0b" + raw + b"\x1c\r")
+        s.settimeout(30)
+        assert b"MSA|" in s.recv(65536)  # answered (the work item is what counts here)
+
+    def missing() -> list[dict]:
+        _, listed = demo.client("admin").get_json("/api/work-items?kind=MISSING_MAPPING")
+        return [
+            w
+            for w in listed["items"]
+            if w["subject"] == "charge_codes:999999999"
+            and demo.client("admin").get_json(f"/api/messages/{w['message_id']}")[1]["message"][
+                "control_id"
+            ]
+            == control_id
+        ]
+
+    return wait_until(missing, 30, f"the MISSING_MAPPING work item of {control_id}")
+
+
+def test_an_analyst_reads_the_mapping_tables_and_their_missing_mappings(
+    console_demo: Demo,
+) -> None:
+    analyst = console_demo.client("analyst")
+    status, page = analyst.get("/mappings")
+    assert status == 200
+    row = re.search(rb'<tr id="table-items">(.*?)</tr>', page, re.S)
+    assert row, page[:2000]
+    assert b"supply chain item master" in row.group(1)  # the owner line of items.csv
+    assert b"2026-01 sample item master" in row.group(1)  # its change note
+    items = [
+        line
+        for line in (ROOT / "mappings/items.csv").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert f"<td>{len(items) - 1}</td>".encode() in row.group(1)  # rows, the header aside
+    status, page = analyst.get("/mappings/items?q=foley%20catheter%20tray%2014f")
+    assert status == 200 and b'<p id="matches">1 row(s)' in page and b"ITEM-160004" in page
+    assert b"ITEM-160005" not in page
+    (item,) = unknown_item(console_demo, "POU-BAD-MAP")
+    status, page = analyst.get("/mappings/charge_codes")
+    assert status == 200
+    assert f'href="/messages/{item["message_id"]}"'.encode() in page
+    assert b"<td>999999999</td>" in page
+    status, page = analyst.get("/mappings/no_such_table")
+    assert status == 404 and b"mapping table" in page
+    status, _ = console_demo.client("viewer").get("/mappings/items")
+    assert status == 403
+    status, _ = analyst.request("POST", "/mappings/items", form={"csrf": analyst.csrf or ""})
+    assert status in (404, 405)  # read-only: nothing to post to
+
+
+def test_a_scoped_account_sees_only_its_channels_work_items(console_demo: Demo) -> None:
+    from tests.integration.console_helpers import add_user
+
+    add_user(console_demo, "ledger_ops", ["operator"], ["usage_ledger"])
+    (mine,) = unknown_item(console_demo, "POU-BAD-SCOPE")
+    _, every = console_demo.client("admin").get_json("/api/work-items")
+    channels = {w["channel"] for w in every["items"]}
+    assert "usage_ledger" in channels and channels - {"usage_ledger"}, channels
+    scoped = console_demo.client("ledger_ops")
+    _, seen = scoped.get_json("/api/work-items")
+    assert mine["id"] in [w["id"] for w in seen["items"]]
+    assert {w["channel"] for w in seen["items"]} == {"usage_ledger"}
+    open_here = sum(1 for w in every["items"] if w["channel"] == "usage_ledger")
+    assert sum(k["open"] for k in seen["kinds"]) == open_here  # the counts follow the scope
+    other = next(w for w in every["items"] if w["channel"] != "usage_ledger")
+    status, out = scoped.post_json(f"/api/work-items/{other['id']}/resolve", {"note": "not mine"})
+    assert status == 403 and "outside your channels" in out["error"]
+    status, page = scoped.get("/work-items")
+    assert status == 200 and f'id="item-{other["id"]}"'.encode() not in page
+    assert f'id="item-{mine["id"]}"'.encode() in page

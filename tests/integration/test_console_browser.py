@@ -103,6 +103,8 @@ def test_screenshots_of_every_page(browser: Any, console_demo: Demo) -> None:
     pages += [
         ("message", detail.split("//", 1)[1].split("/", 1)[1].join(("/", "?body=1"))),
         ("trace", "/trace?key=po_number%3D4500012345"),
+        ("reconciliation", "/finance#recon"),
+        ("mapping", "/mappings/items?q=STENT"),
     ]
     for name, path in pages:
         browser.get(f"{console_demo.url}{path if path.startswith('/') else '/' + path}")
@@ -183,3 +185,23 @@ def test_an_operator_pauses_and_resumes_a_channel(browser: Any, console_demo: De
     assert "paused" in row
     browser.find_element(By.ID, "resume-usage_mllp").click()
     assert "usage_mllp/* resumed" in browser.find_element(By.ID, "flash").text
+
+
+def test_an_analyst_searches_a_mapping_table_and_a_viewer_is_refused(
+    browser: Any, console_demo: Demo
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, console_demo, "analyst")
+    assert "mappings" in header_links(browser)
+    browser.get(f"{console_demo.url}/mappings")
+    browser.find_element(By.LINK_TEXT, "items").click()
+    browser.find_element(By.ID, "q").send_keys("FOLEY CATHETER TRAY 14F")
+    browser.find_element(By.ID, "search").click()
+    assert browser.find_element(By.ID, "matches").text.startswith("1 row(s)")
+    assert "ITEM-160004" in browser.find_element(By.ID, "mapping-rows").text
+    log_in(browser, console_demo, "viewer")
+    assert "mappings" not in header_links(browser)
+    browser.get(f"{console_demo.url}/mappings/items")
+    refused = browser.find_element(By.ID, "refused").text
+    assert "may not" in refused and "viewer" in refused

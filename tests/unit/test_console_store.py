@@ -11,7 +11,7 @@ import pytest
 
 from engine import model
 from engine.model import Outbound
-from engine.store import SqliteStore
+from engine.store import SqliteStore, make_store
 from engine.store.migrations import apply_migrations
 from tests.unit.test_store import T0, store_one
 
@@ -19,6 +19,14 @@ from tests.unit.test_store import T0, store_one
 @pytest.fixture
 def store(tmp_path: Path) -> SqliteStore:
     s = SqliteStore(tmp_path / "wharf.db").open()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def any_store(store_location: Path | str) -> SqliteStore:
+    """SQLite, then PostgreSQL (tests/conftest.py): for what both dialects must answer alike."""
+    s = make_store(store_location).open()
     yield s
     s.close()
 
@@ -109,7 +117,8 @@ def test_each_search_starts_from_its_most_selective_index(
     assert index in plan[0], plan
 
 
-def test_searches_find_what_they_say(store: SqliteStore) -> None:
+def test_searches_find_what_they_say(any_store: SqliteStore) -> None:
+    store = any_store
     a = store_one(store, b"MSH|a", T0, channel="c", control_id="CTL-1")
     b = store_one(store, b"MSH|b", T0 + 1, channel="c")
     store.finish_processing(
@@ -120,6 +129,10 @@ def test_searches_find_what_they_say(store: SqliteStore) -> None:
     assert [m.id for m in store.browse(key="po", value="45", status="queued").rows] == [a]
     assert [m.id for m in store.browse(control_id="CTL-1").rows] == [a]
     assert store.browse(key="po", value="45", channels=["other"]).rows == []
+    # every filter that does not drive the search is an expression no index holds
+    assert [m.id for m in store.browse(channel="c", channels=["c"], since=T0 + 1).rows] == [b]
+    assert [m.id for m in store.browse(control_id="CTL-1", channel="c", until=T0 + 1).rows] == [a]
+    assert store.browse(control_id="CTL-1", status="filtered", channels=["c"]).rows == []
 
 
 def test_pauses_are_kept_and_audited_once(store: SqliteStore) -> None:

@@ -31,6 +31,7 @@ KERNEL = {
     "engine.registry",
     "engine.resources",
     "engine.uploads",
+    "engine.coordination",  # leases and the upload registry nodes share
     "engine.sqldialect",  # SQLite's SQL as PostgreSQL's: the store's and the domains' schemas
     "engine._version",
     "engine",

@@ -501,7 +501,106 @@ def test_the_ledger_keeps_its_records_for_its_own_retention(store_location: Path
     ledger.book(event("CU-R2"))  # its charge stays pending
     with ledger.store.transaction("prune") as tx:
         deleted = repository(tx).prune(time.time() + 1, 100)
-    assert deleted == 2  # CU-R1's event and its stock move
+    assert deleted == 3  # CU-R1's event, its stock move and its ERP posting
     assert ledger.count("consumption_events") == 1
+    assert ledger.count("erp_postings") == 1  # CU-R2's
     assert ledger.count("charges") == 1
     assert ledger.onhand() == Decimal(8)
+
+
+def test_the_reconciliation_follows_what_the_erp_did_with_each_issue(
+    store_location: Path | str,
+) -> None:
+    """Issues the ERP posted (one a return), one dead-lettered, one refused: by location, item
+    and service month, the ledger's value against the postings, with each difference's reason
+    and message; the same figures on both dialects."""
+    from engine.domains.ledger import reports
+
+    ledger = Ledger(store_location)
+    ledger.seed(10)
+    used = event("CU-A", qty="1.5")
+    _, (issue_a, _charge) = ledger.book(used)
+    _, (issue_b, _) = ledger.book(
+        event("CU-B", qty="0.5", kind="credit", reverses=used.business_key)
+    )
+    dead_mid, (issue_c, _) = ledger.book(event("CU-C", service_time="2026-02-03T10:00:00Z"))
+    refused_mid, (issue_d, _) = ledger.book(event("CU-D", qty="3"))
+    cost = {"STENT": Decimal("100.00")}.get
+    sap = b'{"MaterialDocument": "4900001", "MaterialDocumentYear": "2026"}'
+    outcomes = [
+        (issue_a, "delivered", None, sap),
+        (issue_b, "delivered", None, b'{"id": "ISS-2"}'),
+        (issue_c, "dead", "gave up after 10 attempts: 503", None),
+        (issue_d, "dead", "permanent failure: 422 item blocked", None),
+    ]
+    with ledger.store.transaction("settle") as tx:
+        for issue, outcome, reason, answer in outcomes:
+            assert issue["meta"]["effect"] == "issue"
+            lines = rules.issue_outcome(
+                repository(tx), issue["meta"], outcome, reason, answer, time.time(), cost
+            )
+            assert lines == 1
+    with ledger.store.reading() as rd:
+        data = reports.reconciliation(rd, 0.0, cost)
+        documents = rd.connection.execute(
+            "SELECT document FROM erp_postings WHERE document IS NOT NULL ORDER BY document"
+        ).fetchall()
+    assert [d[0] for d in documents] == ["4900001/2026", "ISS-2"]
+    shown = [
+        (
+            r["period"],
+            *(Decimal(r[k]) for k in reports.RECONCILIATION_FIGURES),
+            {k: Decimal(v) for k, v in r["reasons"].items()},
+            r["messages"],
+        )
+        for r in data["rows"]
+    ]
+    assert shown == [
+        ("2026-01", 4, 400, 1, 100, 3, 300, {"rejected by the ERP": 3}, [refused_mid]),
+        ("2026-02", 1, 100, 0, 0, 1, 100, {"dead-lettered": 1}, [dead_mid]),
+    ]
+    assert [(p["period"], Decimal(p["difference_value"])) for p in data["periods"]] == [
+        ("2026-01", 300),
+        ("2026-02", 100),
+    ]
+
+
+def test_utilization_by_physician_payer_and_procedure(store_location: Path | str) -> None:
+    """Usage grouped by what its events carry (ids, payer, procedure; 'not given' where the
+    message said nothing), with supply cost and margin; the same on both dialects."""
+    from engine.domains.ledger import reports
+
+    ledger = Ledger(store_location)
+    ledger.seed(10)
+    ledger.book(
+        event("CU-1", qty="2", unit_price=Decimal("150.00"), performer="DR1", payer="AET"),
+        event("CU-2", qty="1", performer="DR1", procedure="27447", payer_kind="insurer"),
+    )
+    ledger.book(event("CU-3", qty="0.5", chargeable=False, orderer="DR9", procedure="27447"))
+    cost = {"STENT": Decimal("40")}.get
+    with ledger.store.reading() as rd:
+
+        def grouped(by: str) -> list[tuple[Any, ...]]:
+            return [
+                (
+                    *(r[c] for c in reports.UTILIZATION_GROUPS[by]),
+                    r["events"],
+                    *(Decimal(r[k]) for k in reports.UTILIZATION_FIGURES[1:]),
+                )
+                for r in reports.utilization(rd, 0.0, by=by, cost=cost)
+            ]
+
+        assert grouped("physician") == [
+            ("DR1", 2, 3, 3, 0, 300, 120, 180),
+            ("not given", 1, Decimal("0.5"), 0, Decimal("0.5"), 0, 20, -20),
+        ]
+        assert grouped("ordering_physician")[0][:2] == ("DR9", 1)
+        assert grouped("procedure") == [
+            ("27447", 2, Decimal("1.5"), 1, Decimal("0.5"), 0, 60, -60),
+            ("not given", 1, 2, 2, 0, 300, 80, 220),
+        ]
+        assert [r[:3] for r in grouped("payer")] == [
+            ("AET", "not given", 1),
+            ("not given", "insurer", 1),
+            ("not given", "not given", 1),
+        ]

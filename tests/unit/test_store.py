@@ -870,3 +870,52 @@ def test_pruning_the_audit_keeps_the_chain_verifiable(store: SqliteStore) -> Non
     drop_trigger(store, "audit_no_delete")  # someone with the database goes around it
     conn.execute("DELETE FROM audit WHERE id = ?", (first,))
     assert not store.verify_audit()
+
+
+def test_work_items_know_their_channel_and_a_scope_sees_its_own(store: SqliteStore) -> None:
+    """A work item takes its message's channel; a channel scope sees only its channels' items
+    (in the page and the counts by kind); an item of no message is outside every scope."""
+    adt = store_one(store, b"MSH|1", channel="adt")
+    lab = store_one(store, b"MSH|2", channel="lab")
+    with store.transaction("items") as tx:
+        tx.open_work_item("MISSING_MAPPING", "items:A", "d", adt, adt, T0)
+        tx.open_work_item("MISSING_MAPPING", "items:B", "d", lab, lab, T0 + 1)
+        tx.open_work_item("ACK_OVERDUE", "p:850:1", "d", None, None, T0 + 2)
+    every = store.work_item_page().rows
+    assert [(w["subject"], w["channel"]) for w in every] == [
+        ("items:A", "adt"),
+        ("items:B", "lab"),
+        ("p:850:1", None),
+    ]
+    assert [w["subject"] for w in store.work_item_page(channels=["lab"]).rows] == ["items:B"]
+    assert store.work_item_page(channels=[]).rows == []
+    assert store.work_item_ages(T0, channels=["adt"]) == {
+        "MISSING_MAPPING": {"open": 1, "oldest": T0}
+    }
+    assert set(store.work_item_ages(T0)) == {"MISSING_MAPPING", "ACK_OVERDUE"}
+    about = store.work_items_about("MISSING_MAPPING", "items:", channels=["adt", "x"])
+    assert [w["subject"] for w in about] == ["items:A"]
+    assert store.work_item(every[1]["id"])["channel"] == "lab"
+
+
+def test_work_items_from_before_take_their_channel_from_their_message(tmp_path: Path) -> None:
+    """Migration 18 fills the channel of the work items a store already had."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    apply_migrations(conn, target=17)
+    conn.execute(
+        "INSERT INTO messages (id, channel, source, content_type, received_at, updated_at, "
+        "sha256, size, status) VALUES ('m1', 'adt', 'mllp', 'x', 1.0, 1.0, 'abc', 3, 'error')"
+    )
+    for message in ("m1", None):
+        conn.execute(
+            "INSERT INTO work_items (kind, subject, detail, status, message_id, "
+            "correlation_id, created_at, updated_at) VALUES ('K', 's', 'd', 'open', ?, ?, 1, 1)",
+            (message, message),
+        )
+    conn.close()
+    with SqliteStore(path) as s:
+        assert raw_sql(s, "SELECT message_id, channel FROM work_items ORDER BY id") == [
+            ("m1", "adt"),
+            (None, None),
+        ]

@@ -126,6 +126,18 @@ def add_to_onhand(
     return repository(tx).move_stock(location, item, quantity, uom, now)
 
 
+def item_cost(mappings: Any, item: str) -> Decimal | None:
+    """The item master's (mapping table ``items``) ``unit_cost`` of ``item``, or None."""
+    if mappings is None or "items" not in mappings:
+        return None
+    row = mappings.table("items").rows.get(item)
+    cost = row.get("unit_cost") if isinstance(row, dict) else None
+    try:
+        return None if cost in (None, "") else Decimal(str(cost))
+    except ArithmeticError:
+        return None
+
+
 def par_policies(mappings: Any, table: str | None) -> dict[tuple[str, str], ParPolicy]:
     """The par policies of mapping table ``table`` by (location, item)."""
     if table is None:
@@ -161,6 +173,10 @@ class LedgerBinding:
 
     def accepts(self, record: Any) -> bool:
         return isinstance(record, ConsumptionEvent | RequisitionRequest)
+
+    def unit_cost(self, item: str) -> Decimal | None:
+        """The item master's ``unit_cost`` of ``item`` (per stocking unit), or None."""
+        return item_cost(self.mappings, item)
 
     def charge_payload(
         self, event: ConsumptionEvent, now: float | None = None
@@ -245,8 +261,21 @@ class LedgerBinding:
         self, tx: Transaction, delivery: Any, outcome: str, reason: str | None, now: float
     ) -> None:
         """A charge accepted by billing, or given up on (dead, quarantined): the ledger's
-        charge status follows; a retry changes nothing."""
-        if outcome == "retry" or delivery.destination != self.routes.charge:
+        charge status follows; a stock issue posted by the ERP, dead-lettered or rejected: its
+        lines' ERP postings follow; a retry changes nothing."""
+        if outcome == "retry":
+            return
+        if delivery.destination == self.routes.issue:
+            rules.issue_outcome(
+                repository(tx),
+                delivery.meta,
+                outcome,
+                reason,
+                getattr(delivery, "response", None),
+                now,
+                unit_cost=self.unit_cost,
+            )
+        if delivery.destination != self.routes.charge:
             return
         rules.charge_outcome(
             repository(tx),

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from engine.domains.ledger.records import ConsumptionEvent, HeldCredit
-from engine.domains.ledger.repository import Unbilled
+from engine.domains.ledger.records import ConsumptionEvent, HeldCredit, Posting, PostingOutcome
+from engine.domains.ledger.repository import Unbilled, posted_figures
 
 
 @dataclass
@@ -32,6 +32,7 @@ class InMemoryLedgerRepository:
     requisitions: list[dict[str, Any]] = field(default_factory=list)
     work_items: list[dict[str, Any]] = field(default_factory=list)
     credits: dict[int, HeldCredit] = field(default_factory=dict)
+    postings: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def event_booked(self, business_key: str) -> bool:
         return business_key in self.events
@@ -206,6 +207,22 @@ class InMemoryLedgerRepository:
                 )
         return out
 
+    def add_posting(self, posting: Posting) -> None:
+        self.postings.setdefault(posting.event_id, {"posting": posting, "status": "pending"})
+
+    def settle_postings(self, issue_key: str, outcome: PostingOutcome) -> int:
+        rows = [p for p in self.postings.values() if p["posting"].issue_key == issue_key]
+        for p in rows:
+            posted, value = posted_figures(outcome, p["posting"].item_id, p["posting"].quantity)
+            p.update(
+                status=outcome.status,
+                document=outcome.document,
+                reason=outcome.reason,
+                posted_quantity=posted,
+                posted_value=value,
+            )
+        return len(rows)
+
     def prune(self, before: float, limit: int) -> int:
         """Drop up to ``limit`` events created before ``before`` whose charge is settled."""
         old = [
@@ -217,6 +234,7 @@ class InMemoryLedgerRepository:
         for key in old:
             booked = self.events.pop(key)
             self.charges.pop(booked.id, None)
+            self.postings.pop(booked.id, None)
         return len(old)
 
     def onhand(self, location: str, item: str) -> Decimal | None:

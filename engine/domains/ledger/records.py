@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -30,8 +31,11 @@ class ConsumptionEvent:
     revenue_code: str | None = None
     hcpcs: str | None = None
     patient: str | None = None
-    performer: str | None = None
+    performer: str | None = None  # performing physician's id (FT1-20.1), never a name
     procedure: str | None = None
+    orderer: str | None = None  # ordering physician's id (FT1-21.1)
+    payer: str | None = None  # IN1-3 insurance company id, else PV1-20 financial class
+    payer_kind: str | None = None  # "insurer" | "financial_class"
     source_line: str = ""
     reverses: str | None = None  # business key of the line a credit reverses
     lot: str | None = None
@@ -120,3 +124,34 @@ class HeldCredit:
     correlation_id: str
     event: ConsumptionEvent
     created_at: float
+
+
+@dataclass(frozen=True)
+class Posting:
+    """A stock issue (or return) line sent to an ERP in the issue document ``issue_key``: what
+    the ERP is to post, pending until the delivery settles (inventory-to-finance
+    reconciliation). ``quantity`` is issued quantity: a return is negative."""
+
+    event_id: int
+    event_key: str
+    issue_key: str
+    destination: str
+    location_id: str
+    item_id: str
+    quantity: Decimal
+    uom: str
+    message_id: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class PostingOutcome:
+    """The ERP's answer to one issue document: ``posted`` (with the document number it gave),
+    ``dead`` (dead-lettered) or ``rejected`` (refused by the ERP), with the reason; a posted
+    line is valued at ``unit_cost(item)`` (the item master's) when that is known."""
+
+    status: str
+    at: float
+    document: str | None = None
+    reason: str | None = None
+    unit_cost: Callable[[str], Decimal | None] | None = None

@@ -4,7 +4,8 @@ hands out (``store.reading()``); nothing here writes."""
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 #: Most rows any list of a report returns (newest or oldest first, as each says).
@@ -49,42 +50,92 @@ def held_credits(tx: Any, limit: int = LIMIT) -> list[dict[str, Any]]:
     )
 
 
-def utilization(tx: Any, since: float, limit: int = 1000) -> list[dict[str, Any]]:
-    """Usage booked since ``since`` by location and item: events, quantity, how much of it was
-    billable, and the amount charged (non-billable usage kept for exactly this reporting)."""
+#: How the utilization report groups usage: its group columns for each grouping.
+UTILIZATION_GROUPS: dict[str, tuple[str, ...]] = {
+    "item": ("location", "item", "uom"),
+    "location": ("location",),
+    "procedure": ("procedure",),
+    "physician": ("physician",),
+    "ordering_physician": ("ordering_physician",),
+    "payer": ("payer", "payer_kind"),
+}
+#: The figures of each utilization row (decimal text but ``events``).
+UTILIZATION_FIGURES = (
+    "events",
+    "quantity",
+    "billable_quantity",
+    "non_billable_quantity",
+    "charged",
+    "supply_cost",
+    "margin",
+)
+#: What a group shows when the messages did not say (a FHIR SupplyDelivery names no payer).
+NOT_GIVEN = "not given"
+
+
+#: The event column behind each group column of the utilization report.
+_GROUP_COLUMNS = {
+    "location": "e.location_id",
+    "item": "e.item_id",
+    "uom": "e.uom",
+    "procedure": "e.procedure",
+    "physician": "e.performer",
+    "ordering_physician": "e.orderer",
+    "payer": "e.payer",
+    "payer_kind": "e.payer_kind",
+}
+
+
+def utilization(
+    tx: Any,
+    since: float,
+    limit: int = 1000,
+    *,
+    by: str = "item",
+    cost: Callable[[str], Decimal | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Usage booked since ``since`` (its newest ``limit`` x 20 events) grouped ``by`` one of
+    :data:`UTILIZATION_GROUPS` (location and item; location; procedure; performing or ordering
+    physician, by id; payer): events, quantity, how much of it was billable, the amount
+    charged, the supply cost at the item master's cost (``cost(item)``) and the margin
+    (charged less cost). Non-billable usage is kept for exactly this reporting; a credit takes
+    its usage back; what the messages did not give shows as ``not given``. Summed in the
+    database (see :func:`reconciliation` for the precision)."""
+    if by not in UTILIZATION_GROUPS:
+        raise ValueError(f"by: expected one of {', '.join(UTILIZATION_GROUPS)} (got {by!r})")
+    columns = UTILIZATION_GROUPS[by]
+    grouped = ", ".join(f"{_GROUP_COLUMNS[c]} AS {c}" for c in columns)
     rows = _rows(
         tx,
-        "SELECT e.location_id AS location, e.item_id AS item, e.chargeable, e.quantity, "
-        "e.uom, c.amount, c.status AS charge_status FROM consumption_events AS e "
+        f"SELECT {grouped}, e.item_id AS costed, e.kind, e.chargeable, COUNT(*) AS events, "
+        "SUM(CAST(e.quantity AS NUMERIC)) AS quantity, SUM(CASE WHEN c.status != 'rejected' "
+        "THEN CAST(c.amount AS NUMERIC) END) AS charged FROM (SELECT * FROM consumption_events "
+        "WHERE created_at >= ? ORDER BY created_at DESC LIMIT ?) AS e "
         "LEFT JOIN charges AS c ON c.event_id = e.id "
-        "WHERE e.created_at >= ? ORDER BY e.id DESC LIMIT ?",
+        f"GROUP BY {', '.join(_GROUP_COLUMNS[c] for c in columns)}, e.item_id, e.kind, "
+        "e.chargeable",
         (since, limit * 20),
     )
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in rows:
-        agg = out.setdefault(
-            (r["location"], r["item"]),
-            {
-                "location": r["location"],
-                "item": r["item"],
-                "uom": r["uom"],
-                "events": 0,
-                "quantity": Decimal(0),
-                "billable_quantity": Decimal(0),
-                "non_billable_quantity": Decimal(0),
-                "charged": Decimal(0),
-            },
-        )
-        qty = _dec(r["quantity"])
-        agg["events"] += 1
+        key = tuple(r[c] or NOT_GIVEN for c in columns)
+        agg = out.get(key)
+        if agg is None:
+            agg = out[key] = dict(zip(columns, key, strict=True))
+            agg.update({f: Decimal(0) for f in UTILIZATION_FIGURES}, events=0)
+        qty = _sum(r["quantity"]) * (-1 if r["kind"] == "credit" else 1)
+        agg["events"] += int(r["events"])
         agg["quantity"] += qty
         agg["billable_quantity" if r["chargeable"] else "non_billable_quantity"] += qty
-        if r["amount"] and r["charge_status"] != "rejected":
-            agg["charged"] += _dec(r["amount"])
-    listed = sorted(out.values(), key=lambda a: (a["location"], a["item"]))[:limit]
+        agg["charged"] += _sum(r["charged"])
+        unit = cost(r["costed"]) if cost is not None else None
+        if unit is not None:
+            agg["supply_cost"] += qty * unit
+    listed = sorted(out.values(), key=lambda a: tuple(a[c] for c in columns))[:limit]
     for a in listed:
-        for k in ("quantity", "billable_quantity", "non_billable_quantity", "charged"):
-            a[k] = str(a[k])
+        a["margin"] = a["charged"] - a["supply_cost"]
+        for k in UTILIZATION_FIGURES[1:]:
+            a[k] = str(money(a[k]) if k in ("charged", "supply_cost", "margin") else a[k])
     return listed
 
 
@@ -93,3 +144,155 @@ def _dec(text: Any) -> Decimal:
         return Decimal(str(text))
     except (InvalidOperation, ValueError):
         return Decimal(0)
+
+
+#: Why the ledger and the ERP differ for a line the ERP has not posted, by its posting's state.
+DIFFERENCE_REASONS = {
+    "pending": "pending delivery",
+    "dead": "dead-lettered",
+    "rejected": "rejected by the ERP",
+    None: "not sent",
+}
+
+
+#: The figures of a reconciliation row (decimal text).
+RECONCILIATION_FIGURES = (
+    "ledger_quantity",
+    "ledger_value",
+    "posted_quantity",
+    "posted_value",
+    "difference_quantity",
+    "difference_value",
+)
+
+
+#: The service month (``YYYY-MM``) of an event, from its HL7 (``YYYYMMDD``) or ISO 8601 date.
+_PERIOD = (
+    "CASE WHEN substr(e.service_time, 5, 1) = '-' THEN substr(e.service_time, 1, 7) "
+    "ELSE substr(e.service_time, 1, 4) || '-' || substr(e.service_time, 5, 2) END"
+)
+
+
+def _events_since(columns: str) -> str:
+    """The newest events booked since a time (parameters: since, limit) with their ERP
+    posting: from the index of events by booking time, never a scan of every event."""
+    return (
+        f"SELECT {columns} FROM (SELECT * FROM consumption_events WHERE created_at >= ? "
+        "ORDER BY created_at DESC LIMIT ?) AS e LEFT JOIN erp_postings AS p ON p.event_id = e.id"
+    )
+
+
+def reconciliation(
+    tx: Any,
+    since: float,
+    cost: Callable[[str], Decimal | None],
+    *,
+    limit: int = 1000,
+    drill: int = 10,
+) -> dict[str, Any]:
+    """Inventory-to-finance reconciliation of the usage booked since ``since`` (its newest
+    ``limit`` x 20 events): by location, item and period (service month), the ledger's issued
+    quantity (usage less returns) and its value at the item master's cost (``cost(item)``)
+    against what the ERP acknowledged posting (``erp_postings``); the difference, its reasons
+    (``DIFFERENCE_REASONS``: quantity by reason) and the messages behind it (up to ``drill`` a
+    row); totals per period. Sums are the database's (exact decimals on PostgreSQL; on SQLite
+    quantities are summed as binary floating point and rounded to 6 places)."""
+    groups = _rows(
+        tx,
+        _events_since(
+            f"e.location_id AS location, e.item_id AS item, {_PERIOD} AS period, e.uom, "
+            "e.kind, p.status, SUM(CAST(e.quantity AS NUMERIC)) AS quantity, "
+            "SUM(CAST(p.posted_quantity AS NUMERIC)) AS posted, "
+            "SUM(CAST(p.posted_value AS NUMERIC)) AS posted_value, "
+            "SUM(CASE WHEN p.posted_value IS NULL THEN CAST(p.posted_quantity AS NUMERIC) END) "
+            "AS unvalued"
+        )
+        + " GROUP BY 1, 2, 3, 4, 5, 6",
+        (since, limit * 20),
+    )
+    zero = Decimal(0)
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in groups:
+        key = (r["location"], r["item"], _period(r["period"]))
+        agg = out.get(key)
+        if agg is None:
+            agg = out[key] = {
+                "location": key[0],
+                "item": key[1],
+                "period": key[2],
+                "uom": r["uom"],
+                **{k: zero for k in RECONCILIATION_FIGURES},
+                "reasons": {},
+                "messages": [],
+                "_cost": cost(key[1]),
+            }
+        unit = agg["_cost"]
+        qty = _sum(r["quantity"]) * (-1 if r["kind"] == "credit" else 1)
+        agg["ledger_quantity"] += qty
+        agg["ledger_value"] += qty * unit if unit is not None else zero
+        if r["status"] == "posted":
+            agg["posted_quantity"] += _sum(r["posted"])
+            agg["posted_value"] += _sum(r["posted_value"])
+            if unit is not None:
+                agg["posted_value"] += _sum(r["unvalued"]) * unit
+            continue
+        reason = DIFFERENCE_REASONS.get(r["status"], DIFFERENCE_REASONS[None])
+        agg["reasons"][reason] = agg["reasons"].get(reason, zero) + qty
+    behind = _rows(
+        tx,
+        _events_since(
+            f"e.location_id AS location, e.item_id AS item, {_PERIOD} AS period, e.message_id"
+        )
+        + " WHERE p.status IS NULL OR p.status != 'posted' ORDER BY e.id LIMIT ?",
+        (since, limit * 20, limit * drill),
+    )
+    for r in behind:
+        agg = out.get((r["location"], r["item"], _period(r["period"])))
+        if agg is not None and len(agg["messages"]) < drill:
+            if r["message_id"] not in agg["messages"]:
+                agg["messages"].append(r["message_id"])
+    listed = sorted(out.values(), key=lambda a: (a["period"], a["location"], a["item"]))[:limit]
+    totals: dict[str, dict[str, Decimal]] = {}
+    for a in listed:
+        del a["_cost"]
+        a["difference_quantity"] = a["ledger_quantity"] - a["posted_quantity"]
+        a["difference_value"] = a["ledger_value"] - a["posted_value"]
+        t = totals.setdefault(
+            a["period"], {"ledger_value": zero, "posted_value": zero, "difference_value": zero}
+        )
+        for k in t:
+            t[k] += a[k]
+        for k in RECONCILIATION_FIGURES:
+            a[k] = str(money(a[k]) if k.endswith("_value") else a[k])
+        a["reasons"] = {k: str(v) for k, v in sorted(a["reasons"].items())}
+        a["reason"] = "; ".join(f"{k} {v}" for k, v in a["reasons"].items())
+    return {
+        "rows": listed,
+        "periods": [
+            {"period": p, **{k: str(money(v)) for k, v in t.items()}}
+            for p, t in sorted(totals.items())
+        ],
+    }
+
+
+def _period(text: str | None) -> str:
+    """A ``YYYY-MM`` period as is; anything else (no service date): ``not given``."""
+    text = text or ""
+    return (
+        text if len(text) == 7 and text[4] == "-" and text.replace("-", "").isdigit() else NOT_GIVEN
+    )
+
+
+def money(value: Decimal) -> Decimal:
+    """An amount to the cent (half up), as finance reads it."""
+    return value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def _sum(value: Any) -> Decimal:
+    """A database sum as a Decimal: exact from PostgreSQL's numeric, a float from SQLite
+    rounded to 6 places (then without trailing zeros)."""
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, float):
+        return Decimal(repr(round(value, 6))).normalize() + 0
+    return Decimal(str(value))

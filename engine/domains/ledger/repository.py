@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from engine.domains.ledger.records import ConsumptionEvent, HeldCredit, event_from_dict
+from engine.domains.ledger.records import (
+    ConsumptionEvent,
+    HeldCredit,
+    Posting,
+    PostingOutcome,
+    event_from_dict,
+)
 from engine.model import to_json_bytes
 
 
@@ -29,6 +35,17 @@ class Unbilled:
     encounter: str
     item_id: str
     charge_status: str  # none | pending | rejected
+
+
+def posted_figures(
+    outcome: PostingOutcome, item: str, quantity: Decimal
+) -> tuple[str | None, str | None]:
+    """A line's posted quantity and value (at the item master's cost) as text; None, None when
+    the ERP did not post it."""
+    if outcome.status != "posted":
+        return None, None
+    cost = outcome.unit_cost(item) if outcome.unit_cost is not None else None
+    return str(quantity), (str(quantity * cost) if cost is not None else None)
 
 
 class LedgerRepository(Protocol):
@@ -104,6 +121,10 @@ class LedgerRepository(Protocol):
 
     def seed_onhand(self, rows: Sequence[tuple[str, str, Decimal, str]], now: float) -> int: ...
 
+    def add_posting(self, posting: Posting) -> None: ...
+
+    def settle_postings(self, issue_key: str, outcome: PostingOutcome) -> int: ...
+
     def unbilled(self, created_before: float) -> list[Unbilled]: ...
 
     def onhand(self, location: str, item: str) -> Decimal | None: ...
@@ -142,7 +163,8 @@ class SqliteLedgerRepository:
         cur = self.conn.execute(
             "INSERT INTO consumption_events (business_key, kind, item_id, location_id, quantity, "
             "uom, chargeable, encounter, service_time, reverses, lot, serial, detail, message_id, "
-            "correlation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "correlation_id, created_at, performer, orderer, payer, payer_kind, procedure) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ev.business_key,
                 ev.kind,
@@ -160,6 +182,11 @@ class SqliteLedgerRepository:
                 message_id,
                 correlation_id,
                 now,
+                ev.performer,
+                ev.orderer,
+                ev.payer,
+                ev.payer_kind,
+                ev.procedure,
             ),
         )
         return int(cur.lastrowid or 0)
@@ -176,7 +203,12 @@ class SqliteLedgerRepository:
         message_id: str | None = None,
         correlation_id: str | None = None,
     ) -> Decimal:
-        """Change on-hand by ``delta``; with an event, the inventory transaction too."""
+        """Change on-hand by ``delta``; with an event, the inventory transaction too. Nodes
+        sharing one database change one location's item one at a time (until this transaction
+        ends): each reads the figure the one before it wrote, none is lost."""
+        lock = getattr(self.tx, "lock", None)
+        if lock is not None:
+            lock(f"onhand:{location}:{item}")
         if event_id is not None:
             self.conn.execute(
                 "INSERT INTO inventory_transactions (event_id, location_id, item_id, delta, uom, "
@@ -380,6 +412,43 @@ class SqliteLedgerRepository:
             n += cur.rowcount
         return n
 
+    def add_posting(self, posting: Posting) -> None:
+        """A line sent to the ERP: pending until its issue settles (once per event)."""
+        p = posting
+        self.conn.execute(
+            "INSERT INTO erp_postings (event_id, event_key, issue_key, destination, "
+            "location_id, item_id, quantity, uom, status, message_id, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            (
+                p.event_id,
+                p.event_key,
+                p.issue_key,
+                p.destination,
+                p.location_id,
+                p.item_id,
+                str(p.quantity),
+                p.uom,
+                p.message_id,
+                p.created_at,
+                p.created_at,
+            ),
+        )
+
+    def settle_postings(self, issue_key: str, outcome: PostingOutcome) -> int:
+        """The ERP's answer to the issue ``issue_key`` for each of its lines; how many."""
+        o = outcome
+        rows = self.conn.execute(
+            "SELECT id, item_id, quantity FROM erp_postings WHERE issue_key = ?", (issue_key,)
+        ).fetchall()
+        for pid, item, quantity in rows:
+            posted, value = posted_figures(o, item, Decimal(quantity))
+            self.conn.execute(
+                "UPDATE erp_postings SET status = ?, posted_quantity = ?, posted_value = ?, "
+                "document = ?, reason = ?, updated_at = ? WHERE id = ?",
+                (o.status, posted, value, o.document, o.reason, o.at, pid),
+            )
+        return len(rows)
+
     def unbilled(self, created_before: float) -> list[Unbilled]:
         """Chargeable usage before ``created_before`` without an accepted charge, and without
         an open UNBILLED_USAGE work item already."""
@@ -411,7 +480,7 @@ class SqliteLedgerRepository:
         deleted = 0
         if ids:
             marks = ", ".join("?" for _ in ids)
-            for table in ("inventory_transactions", "charges"):
+            for table in ("inventory_transactions", "charges", "erp_postings"):
                 deleted += conn.execute(
                     f"DELETE FROM {table} WHERE event_id IN ({marks})", ids
                 ).rowcount

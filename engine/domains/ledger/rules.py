@@ -14,6 +14,7 @@ SQL: the store's SQLite repository in production, an in-memory one in the rules'
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -23,6 +24,8 @@ from engine.domains.ledger.records import (
     HeldCredit,
     LedgerRoutes,
     ParPolicy,
+    Posting,
+    PostingOutcome,
     RequisitionRequest,
 )
 from engine.domains.ledger.repository import LedgerRepository
@@ -34,6 +37,7 @@ __all__ = [
     "charge_outcome",
     "effect_key",
     "find_unbilled",
+    "issue_outcome",
     "par_breaches",
     "par_sweep",
     "reject_credit",
@@ -66,7 +70,7 @@ def book_events(
     ``hold``) or booked as it came (``book``: credits of charges posted before go-live)."""
     now = time.time() if now is None else now
     out: list[Outbound] = []
-    issued: list[tuple[dict[str, object], ConsumptionEvent]] = []
+    issued: list[tuple[dict[str, object], ConsumptionEvent, int]] = []
     for ev in events:
         if isinstance(ev, RequisitionRequest):
             req = _book_request(repo, ev, message_id, correlation_id, now)
@@ -107,7 +111,7 @@ def book_events(
             correlation_id=correlation_id,
         )
         if routes.issue:
-            issued.append((_issue_line(ev, delta), ev))
+            issued.append((_issue_line(ev, delta), ev, event_id))
         if ev.chargeable and routes.charge and ev.charge_code:
             ttype = "CD" if ev.kind == "credit" else "CG"
             qty = ev.billing_quantity if ev.billing_quantity is not None else ev.quantity
@@ -136,11 +140,11 @@ def book_events(
         # One ERP issue per message and encounter (a FHIR Bundle may carry several) with a
         # line per newly booked event (a resend books nothing, so it sends nothing), in parts
         # of at most issue_max_lines; each part's key is derived from its own events.
-        groups: dict[str, tuple[list[dict[str, object]], list[ConsumptionEvent]]] = {}
-        for line, ev in issued:
+        groups: dict[str, tuple[list[dict[str, object]], list[tuple[ConsumptionEvent, int]]]] = {}
+        for line, ev, event_id in issued:
             group = groups.setdefault(ev.encounter, ([], []))
             group[0].append(line)
-            group[1].append(ev)
+            group[1].append((ev, event_id))
         issues = []
         step = max(1, issue_max_lines)
         for encounter, (group_lines, events_) in groups.items():
@@ -154,10 +158,29 @@ def book_events(
                 }
                 if len(parts) > 1:
                     issue["part"] = f"{n}/{len(parts)}"
-                part_events = events_[start : start + step]
-                issues.append(
-                    _issue_outbound(channel, routes.issue, part_events, to_json_bytes(issue))
+                part = events_[start : start + step]
+                outbound = _issue_outbound(
+                    channel, routes.issue, [ev for ev, _ in part], to_json_bytes(issue)
                 )
+                issues.append(outbound)
+                for (ev, event_id), line in zip(
+                    part, group_lines[start : start + step], strict=True
+                ):
+                    # pending until the ERP answers (inventory-to-finance reconciliation)
+                    repo.add_posting(
+                        Posting(
+                            event_id,
+                            ev.business_key,
+                            outbound.meta["idempotency_key"],
+                            routes.issue,
+                            ev.location_id,
+                            ev.item_id,
+                            Decimal(str(line["quantity"])),
+                            ev.uom,
+                            message_id,
+                            now,
+                        )
+                    )
         out[:0] = issues
     return out
 
@@ -422,6 +445,60 @@ def charge_outcome(
     if status == "rejected":
         repo.open_work_item("CHARGE_REJECTED", key, reason or "", message_id, correlation_id, now)
     return True
+
+
+#: What an issue's delivery outcome makes of its lines in the ERP postings.
+POSTING_STATUS = {"delivered": "posted", "dead": "dead", "quarantined": "dead"}
+
+
+def issue_outcome(
+    repo: LedgerRepository,
+    meta: Mapping[str, object],
+    outcome: str,
+    reason: str | None,
+    response: bytes | None,
+    now: float,
+    unit_cost: Callable[[str], Decimal | None] | None = None,
+) -> int:
+    """The ERP's answer to a stock issue: its lines posted (with the document number the
+    answer gives), dead-lettered, or rejected (a permanent failure: the ERP refused it). A
+    retry changes nothing; how many lines."""
+    if meta.get("effect") != "issue" or outcome not in POSTING_STATUS:
+        return 0
+    status = POSTING_STATUS[outcome]
+    if status == "dead" and (reason or "").startswith("permanent failure"):
+        status = "rejected"
+    return repo.settle_postings(
+        str(meta.get("idempotency_key") or ""),
+        PostingOutcome(
+            status,
+            now,
+            document=document_number(response) if status == "posted" else None,
+            reason=reason,
+            unit_cost=unit_cost,
+        ),
+    )
+
+
+#: Where ERPs put the number of the document they made of an issue (SAP's material document,
+#: the sandbox's and most REST APIs' ``id``, Oracle's transaction id).
+DOCUMENT_FIELDS = ("MaterialDocument", "documentNumber", "DocumentNumber", "TransactionId", "id")
+
+
+def document_number(response: bytes | None) -> str | None:
+    """The ERP's document number in its answer (a JSON object), or None."""
+    try:
+        answer = json.loads(response or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(answer, dict):
+        return None
+    for name in DOCUMENT_FIELDS:
+        value = answer.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            year = answer.get("MaterialDocumentYear") if name == "MaterialDocument" else None
+            return f"{value}/{year}" if year else str(value)
+    return None
 
 
 def find_unbilled(repo: LedgerRepository, *, older_than: float, now: float) -> int:

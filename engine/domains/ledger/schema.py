@@ -148,12 +148,79 @@ MIGRATION_OBSERVABILITY_INDEXES: Migration = (
     ],
 )
 
+# What the ERP acknowledged of each stock issue or return line (inventory-to-finance
+# reconciliation): a row per booked event sent to an issue destination, pending until its
+# delivery settles, then posted (with the posted quantity, value and the ERP's document
+# number), dead (dead-lettered) or rejected (the ERP refused it).
+MIGRATION_ERP_POSTINGS: Migration = (
+    6,
+    "ERP postings of stock issues and returns (inventory-to-finance reconciliation)",
+    [
+        """
+        CREATE TABLE IF NOT EXISTS erp_postings (
+            id INTEGER PRIMARY KEY,
+            event_id INTEGER NOT NULL,
+            event_key TEXT NOT NULL,
+            issue_key TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            location_id TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            quantity TEXT NOT NULL,
+            uom TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'posted', 'dead', 'rejected')),
+            posted_quantity TEXT,
+            posted_value TEXT,
+            document TEXT,
+            reason TEXT,
+            message_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS idx_erp_postings_issue ON erp_postings(issue_key)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_erp_postings_event ON erp_postings(event_id)",
+    ],
+)
+
+# Utilization by physician and payer: the performing (FT1-20) and ordering (FT1-21)
+# physician's id (never a name: names are PHI), the payer (IN1-3 insurance company id, else
+# PV1-20 financial class; ``payer_kind`` says which) and the procedure of each usage event; the
+# performing physician and procedure of events booked before are taken from their detail.
+_PHYSICIAN_PAYER_COLUMNS = [
+    "ALTER TABLE consumption_events ADD COLUMN performer TEXT",
+    "ALTER TABLE consumption_events ADD COLUMN orderer TEXT",
+    "ALTER TABLE consumption_events ADD COLUMN payer TEXT",
+    "ALTER TABLE consumption_events ADD COLUMN payer_kind TEXT",
+    "ALTER TABLE consumption_events ADD COLUMN procedure TEXT",
+]
+
+
+def _physician_payer(conn: sqlite3.Connection) -> None:
+    """The columns where missing (a database may have them already), then the backfill."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(consumption_events)")}
+    for statement in _PHYSICIAN_PAYER_COLUMNS:
+        if statement.split()[-2] not in columns:
+            conn.execute(statement)
+    conn.execute(
+        "UPDATE consumption_events SET performer = json_extract(detail, '$.performer'), "
+        "procedure = json_extract(detail, '$.procedure')"
+    )
+
+
+MIGRATION_PHYSICIAN_PAYER: Migration = (
+    7,
+    "usage events: performing and ordering physician, payer, procedure",
+    _physician_payer,
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
     (3, "index of charges by event", _CHARGE_EVENT_INDEX),
     (4, "credits held for want of the line they reverse", _HELD_CREDITS),
     MIGRATION_OBSERVABILITY_INDEXES,
+    MIGRATION_ERP_POSTINGS,
+    MIGRATION_PHYSICIAN_PAYER,
 ]
 
 
@@ -172,6 +239,19 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
     (3, SQLITE_MIGRATIONS[2][1], ddl_all(_CHARGE_EVENT_INDEX)),
     (4, SQLITE_MIGRATIONS[3][1], ddl_all(_HELD_CREDITS)),
     (5, SQLITE_MIGRATIONS[4][1], ddl_all(MIGRATION_OBSERVABILITY_INDEXES[2])),
+    (6, MIGRATION_ERP_POSTINGS[1], ddl_all(MIGRATION_ERP_POSTINGS[2])),
+    (
+        7,
+        MIGRATION_PHYSICIAN_PAYER[1],
+        [
+            *(
+                c.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")
+                for c in _PHYSICIAN_PAYER_COLUMNS
+            ),
+            "UPDATE consumption_events SET performer = detail::json ->> 'performer', "
+            "procedure = detail::json ->> 'procedure'",
+        ],
+    ),
 ]
 
 
