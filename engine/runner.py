@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             await sandbox.stop()
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(shutdown()))
+    _reload_on_sighup(engine, reactor)
 
     def failed(f: Any) -> None:
         from engine.errors import ListenFailed
@@ -168,6 +169,19 @@ def run(args: argparse.Namespace) -> int:
     reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(failed))
     reactor.run()
     return exit_code[0]
+
+
+def _reload_on_sighup(engine: Any, reactor: Any) -> None:
+    """SIGHUP: look for changed files now (what the ``reload_interval`` job does), so that
+    every node of a cluster can be told to reload at once, also with the interval off."""
+    import signal
+
+    def reload() -> None:
+        d = defer.ensureDeferred(engine.reload_if_changed())
+        d.addErrback(lambda f: print(f"wharf: reload failed: {f.getErrorMessage()}"))
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
 
 
 async def start_console(engine: Any, *, demo: bool = False) -> Any:

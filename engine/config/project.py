@@ -379,7 +379,20 @@ _ROUTES_HEAD = [
         "`wharf prune` deletes audit rows older than this, keeping the chain verifiable from "
         "the last one deleted (0 = keep the audit for ever).",
     ),
-    Field("reload_interval", Duration(), 2.0, "How often to look for changed files (0 = off)."),
+    Field(
+        "node",
+        Str(),
+        None,
+        "This node's name among several on one PostgreSQL store (the console lists each node); "
+        "the WHARF_NODE environment variable overrides it. Default: the host name and the "
+        "admin listener's port.",
+    ),
+    Field(
+        "reload_interval",
+        Duration(),
+        2.0,
+        "How often to look for changed files (0 = off; SIGHUP reloads at once either way).",
+    ),
     Field("pipeline_threads", Int(1, 64), 2, "Threads that run codecs and transforms."),
 ]
 # (then the settings each registered domain adds: `unbilled_after`...)

@@ -12,6 +12,8 @@
      +-- job:optimize                 JobService: the planner's statistics refreshed hourly
      +-- job:<domain job>             JobService per Job a domain contributes
      +-- job:reload                   JobService: changed files linted and applied
+     +-- job:heartbeat                JobService: this node's row in the node registry
+     +-- job:compact_counters         JobService: PostgreSQL's counter rows folded (one node)
      +-- sftp-server                  Wharf's SFTP server for trading partners
 
 Children stop newest first, one after the other. A hot reload replaces the child services
@@ -37,12 +39,13 @@ from engine.config.project import Project, fingerprint, load_project
 from engine.config.store_path import resolve_store
 from engine.config.versions import project_versions
 from engine.errors import LintFailed, ListenFailed
-from engine.interfaces import Binding
+from engine.interfaces import Binding, Job
 from engine.registry import REGISTRY, Registry
 from engine.resources import Resources, snapshot_of
 from engine.router import Listener
 from engine.runtime.ingest import FrontDoor
 from engine.runtime.metrics import Metrics
+from engine.runtime.nodes import HEARTBEAT, config_version, node_name
 from engine.runtime.outcomes import DeliveryBook
 from engine.runtime.pinned import pinned_channel
 from engine.runtime.processor import Processor
@@ -58,6 +61,7 @@ from engine.runtime.services import (
 from engine.runtime.store import migrate_domains
 from engine.sources import IngestOutcome
 from engine.store import StoreExecutor, make_store
+from engine.store.nodes import Heartbeat
 
 log = Logger(namespace="wharf.engine")
 
@@ -132,6 +136,10 @@ class Engine(OrderedServices):
         self._started: defer.Deferred | None = None
         self._closed = False
         self._versions: dict[str, str] = {}
+        #: This node among several on one store (engine/runtime/nodes.py).
+        self.node = node_name(self.project.settings)
+        self.started_at = time.time()
+        self.config_version = ""  #: of the whole configuration running (set at start/reload)
         self._pinned_channels: dict[tuple[str, str], Channel | None] = {}
 
     # -- the front door (what sources and tests call) ----------------------------------------
@@ -175,13 +183,21 @@ class Engine(OrderedServices):
         for config in self.project.settings.listeners:
             self._add_listener(config)
         await self._listening(list(self.sources))
+        await self.heartbeat()
         clock = self.reactor
+        JobService("heartbeat", HEARTBEAT, self.heartbeat, clock).setServiceParent(self)
         JobService("sweep", 2.0, self.processor.sweep, clock).setServiceParent(self)  # replays
         JobService("leases", 30.0, self._release_expired, clock).setServiceParent(self)
         # the planner's statistics kept fresh as tables grow (bench/store_growth.py)
         JobService("optimize", 3600.0, self._optimize, clock).setServiceParent(self)
         for job in self._domain_jobs():
             job.setServiceParent(self)
+        compact = getattr(self.store, "compact_counters", None)
+        if compact is not None:  # PostgreSQL's append-only counters folded, by one node
+            job = Job("compact_counters", self.store.compact_interval, compact)
+            domain_job(job, store=self.store, executor=self.executor, clock=clock).setServiceParent(
+                self
+            )
         interval = self.project.settings.reload_interval
         if interval:
             JobService("reload", interval, self.reload_if_changed, clock).setServiceParent(self)
@@ -312,6 +328,20 @@ class Engine(OrderedServices):
             self.store.record_config_versions, list(versions.values()), time.time()
         )
         self._versions = {name: v.version for name, v in versions.items()}
+        self.config_version = config_version(self._versions)
+
+    async def heartbeat(self) -> None:
+        """This node's row in the store's registry: seen now, its configuration version and
+        its listeners (engine/runtime/nodes.py)."""
+        beat = Heartbeat(
+            node=self.node,
+            started_at=self.started_at,
+            seen_at=time.time(),
+            interval=HEARTBEAT,
+            config_version=self.config_version,
+            listeners=self.listener_addresses(),
+        )
+        await self.executor.submit_merged(self.store.node_heartbeat, beat)
 
     def _pinned(self, name: str, version: str) -> Channel | None:
         """Channel ``name`` as configuration ``version`` had it (a replay "as originally
@@ -422,6 +452,20 @@ class Engine(OrderedServices):
         return {c.worker.name: c.worker for c in tree if isinstance(c, WorkerService)}
 
     # -- health (read by engine.web.observability and the alert rules) ------------------------
+    def listener_addresses(self) -> dict[str, str | None]:
+        """Each source that listens, by key: the address it is bound to (None: not bound)."""
+        out: dict[str, str | None] = {}
+        for key, src in self.sources.items():
+            port = getattr(src, "port", None)
+            if port is None and not hasattr(src, "ready"):
+                continue
+            try:
+                host = port.getHost()
+                out[key] = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
+            except Exception:
+                out[key] = None
+        return out
+
     def listener_states(self) -> dict[str, bool]:
         """Each source that listens on a port (a channel's, a shared listener's) and Wharf's
         SFTP server, by key: whether it is bound now."""
@@ -663,6 +707,10 @@ class Engine(OrderedServices):
         )
         log.info("reloaded: {n} channel(s) running", n=len(self.channels))
         self.processor.wake()
+        try:  # the console shows this node's new version now, not at the next beat
+            await self.heartbeat()
+        except Exception as exc:
+            log.warn("heartbeat after the reload failed: {error}", error=str(exc))
 
     async def _update_channel(self, prev: Channel, new: Channel) -> None:
         tree = self._tree(new.name)

@@ -363,11 +363,7 @@ class ConsoleStore:
                 "UPDATE contents SET data = ? WHERE message_id = ? AND stage = 'raw'",
                 (raw, message_id),
             )
-            conn.execute(
-                "UPDATE messages SET status = ?, error = NULL, error_location = NULL, "
-                "updated_at = ? WHERE id = ?",
-                (model.RECEIVED, now, message_id),
-            )
+            self._set_status(conn, message_id, model.RECEIVED, now)  # type: ignore[attr-defined]
             tx.audit(
                 actor, "edit_replay", message_id, {"diff": diff, "previous_status": row[0]}, now
             )

@@ -229,12 +229,23 @@ class StoreExecutor:
             for fn_many, group in held:
                 self._queue_group(fn_many, group)
 
-    def _run_group(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> list[Any]:
-        """The group's call; returns [(Deferred, None or Failure)] for the caller to fire."""
+    def _detach(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> tuple[list, list]:
+        """A group's items and waiters, the group closed to new items (they start a new
+        group). Whatever happens to its job after this (called, failed, its turn undone), its
+        waiters are fired: a group left registered after its job is gone would take items
+        whose Deferreds never fire."""
         with self._cond:
             if self._groups.get(fn_many) is group:
                 del self._groups[fn_many]
-            items, waiters = list(group[0]), list(group[1])
+            return list(group[0]), list(group[1])
+
+    def _waiters(self, job: _Job) -> list[Deferred]:
+        """Whom a job's outcome is for: a group job's callers, else its own Deferred."""
+        return self._detach(*job.args)[1] if job.group else [job.d]
+
+    def _run_group(self, fn_many: Callable[[list[Any]], Any], group: tuple) -> list[Any]:
+        """The group's call; returns [(Deferred, None or Failure)] for the caller to fire."""
+        items, waiters = self._detach(fn_many, group)
         try:
             fn_many(items)
         except Exception:
@@ -325,7 +336,8 @@ class StoreExecutor:
                         with self.store.savepoint(_name(job.fn)):  # type: ignore[attr-defined]
                             result = job.fn(*job.args, **job.kwargs)
                     except Exception:
-                        fired.append((job.d, Failure()))
+                        failure = Failure()
+                        fired += [(d, failure) for d in self._waiters(job)]
                     else:
                         if job.group:
                             fired += result
@@ -335,8 +347,8 @@ class StoreExecutor:
             error = StoreError(f"writer turn failed: {exc}")
             error.__cause__ = exc
             waiters = [d for _, _, d in ingests]
-            for job in jobs:  # a group's waiters are its callers'
-                waiters += job.args[1][1] if job.group else [job.d]
+            for job in jobs:  # (a group's: its callers, the group closed if it never ran)
+                waiters += self._waiters(job)
             self.reactor.callFromThread(_fire_all, [(d, Failure(error)) for d in waiters])
             return
         self.reactor.callFromThread(_fire_all, fired)
@@ -366,7 +378,8 @@ class StoreExecutor:
         try:
             result = job.fn(*job.args, **job.kwargs)
         except Exception:
-            self.reactor.callFromThread(job.d.errback, Failure())
+            failure = Failure()
+            self.reactor.callFromThread(_fire_all, [(d, failure) for d in self._waiters(job)])
             return
         if job.group:
             self.reactor.callFromThread(_fire_all, result)
@@ -380,11 +393,8 @@ class StoreExecutor:
             self._ingests.popleft()[2].errback(Failure(error))
         while self._jobs:
             job = self._jobs.popleft()
-            if job.group:  # its waiters are the group's
-                for d in job.args[1][1]:
-                    d.errback(Failure(error))
-            else:
-                job.d.errback(Failure(error))
+            for d in self._waiters(job):  # (the lock is re-entrant: a Condition's RLock)
+                d.errback(Failure(error))
 
 
 def _name(fn: Callable[..., Any]) -> str:

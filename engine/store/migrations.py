@@ -463,6 +463,35 @@ MIGRATION_WORK_ITEM_CHANNEL: Migration = (
     ],
 )
 
+#: A message a replay put back to ``received`` is free for any node's sweep at once:
+#: ``pipeline_until`` is when the pipeline of the node that took it lets it go (NULL: the node
+#: that stored it holds it for a while after ``updated_at``; see PostgresStore.received_ids).
+PIPELINE_UNTIL_MIGRATION: Migration = (
+    20,
+    "received messages: how long a node's pipeline holds them (messages.pipeline_until)",
+    ["ALTER TABLE messages ADD COLUMN pipeline_until REAL"],
+)
+
+#: The node registry (engine/store/nodes.py): each node's heartbeat, configuration version and
+#: listeners, for the console and /metrics.
+NODES_MIGRATION: Migration = (
+    21,
+    "the node registry: each node's heartbeat, configuration version and listeners",
+    [
+        """
+        CREATE TABLE IF NOT EXISTS nodes (
+            node TEXT PRIMARY KEY,
+            started_at REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            heartbeat REAL NOT NULL,
+            config_version TEXT NOT NULL,
+            config_since REAL NOT NULL,
+            listeners TEXT NOT NULL
+        )
+        """
+    ],
+)
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -483,6 +512,8 @@ MIGRATIONS: list[Migration] = [
     CONSOLE_MIGRATION,
     MIGRATION_WORK_ITEM_CHANNEL,
     LEASES_MIGRATION,
+    PIPELINE_UNTIL_MIGRATION,
+    NODES_MIGRATION,
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

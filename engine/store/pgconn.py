@@ -85,13 +85,19 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        """In a transaction the server still holds (a connection lost holds none: its
+        transaction is gone with it, nothing to roll back)."""
+        status = self.raw.info.transaction_status
+        return status not in (
+            psycopg.pq.TransactionStatus.IDLE,
+            psycopg.pq.TransactionStatus.UNKNOWN,
+        )
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PgCursor:
         named = isinstance(params, Mapping)
         statement, returning = translate(sql, named, self.identity)
-        cursor = self.raw.cursor()
         try:
+            cursor = self.raw.cursor()  # (a closed connection fails here already)
             cursor.execute(statement, params if named else tuple(params))  # type: ignore[arg-type]
         except psycopg.Error as exc:
             self._check(exc)
@@ -103,7 +109,11 @@ class PgConnection:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> PgCursor:
         statement, _ = translate(sql, False, frozenset())
         rows = [tuple(r) for r in rows]
-        cursor = self.raw.cursor()
+        try:
+            cursor = self.raw.cursor()
+        except psycopg.Error as exc:
+            self._check(exc)
+            raise _sqlite_error(exc) from exc
         if rows:
             try:
                 cursor.executemany(statement, rows)

@@ -217,6 +217,16 @@ PG_MIGRATIONS: list[Migration] = [
         sqlite_history.LEASES_MIGRATION[1],
         ddl_all(sqlite_history._V19_LEASES_AND_UPLOADS),
     ),
+    (
+        sqlite_history.PIPELINE_UNTIL_MIGRATION[0],
+        sqlite_history.PIPELINE_UNTIL_MIGRATION[1],
+        ddl_all(sqlite_history.PIPELINE_UNTIL_MIGRATION[2]),
+    ),
+    (
+        sqlite_history.NODES_MIGRATION[0],
+        sqlite_history.NODES_MIGRATION[1],
+        ddl_all(sqlite_history.NODES_MIGRATION[2]),
+    ),
 ]
 
 

@@ -52,6 +52,14 @@ CONNECT_TIMEOUT = 3.0
 PIPELINE_LEASE = 30.0
 #: Most connections the pool opens (threads of one node that touch the store).
 POOL_MAX = 16
+#: The console's append-only counters (pgschema migration 17) and the key of each.
+COUNTER_KEYS = {
+    "message_counts": ("channel", "status"),
+    "delivery_counts": ("channel", "destination", "status"),
+    "message_buckets": ("channel", "bucket"),
+}
+#: Seconds between two compactions of the counters (by one node of all).
+COMPACT_INTERVAL = 60.0
 
 
 def lock_key(name: str) -> int:
@@ -126,6 +134,7 @@ class PostgresStore(SqliteStore):
     dialect = "postgresql"
     claim_lock = PgTransaction.claim_lock
     transaction_class = PgTransaction
+    compact_interval = COMPACT_INTERVAL  #: the engine's job: :meth:`compact_counters`
 
     # The console's counters are append-only here (engine/store/pgschema.py, migration 17):
     # each is the sum of its rows.
@@ -227,6 +236,14 @@ class PostgresStore(SqliteStore):
         conn: PgConnection | None = getattr(self._local, "conn", None)
         if conn is not None and not conn.broken and not conn.raw.closed:
             return conn
+        if conn is not None and getattr(self._local, "depth", 0):
+            # Lost inside a transaction (a writer turn): the turn is gone with it. A new
+            # connection now would run the turn's later writes as transactions of their own,
+            # committed while the turn they belong to fails.
+            raise StoreError(
+                f"the connection to {self.path} was lost inside a transaction; "
+                "nothing of it was committed"
+            )
         if conn is not None:  # the server dropped it: the pool discards it
             self._drop(conn)
         while self._ended:
@@ -298,6 +315,11 @@ class PostgresStore(SqliteStore):
 
     @contextmanager
     def _write(self, what: str, durable: bool = True) -> Iterator[Any]:
+        """The SQLite store's, and a connection the server dropped during a transaction
+        fails that transaction even when nothing in it was written (a turn whose first write
+        hit the dead connection is not an idle turn that succeeded); it is replaced once the
+        outermost transaction ended, never inside one (:meth:`_conn`)."""
+        outermost = not getattr(self._local, "depth", 0)
         try:
             with super()._write(what, durable) as conn:
                 yield conn
@@ -306,25 +328,33 @@ class PostgresStore(SqliteStore):
                 raise StoreConflict(str(exc)) from exc
             raise
         finally:
-            conn = getattr(self._local, "conn", None)
-            if conn is not None and conn.broken:
-                self._local.depth = 0
-                self._drop(conn)
+            lost = getattr(self._local, "conn", None)
+            if outermost and lost is not None and (lost.broken or lost.raw.closed):
+                self._drop(lost)
+            else:
+                lost = None
+        if lost is not None:
+            raise StoreError(
+                f"{what}: the connection to {self.path} was lost; nothing was committed"
+            )
 
     # ------------------------------------------------------------------ several nodes
 
     def received_ids(self, limit: int, channel: str | None = None) -> list[str]:
-        """Messages waiting for the pipeline that no node touched for :data:`PIPELINE_LEASE`
-        seconds (their node died before its pipeline ran), oldest first; each is leased to
-        this node (``updated_at`` now) so that no other sweep takes it too."""
+        """Messages waiting for the pipeline that no node's pipeline holds, oldest first: a
+        message a node stored is its pipeline's for :data:`PIPELINE_LEASE` seconds after its
+        last change (past that, its node died before its pipeline ran), one a replay put back
+        is nobody's (``pipeline_until`` 0), one a sweep took is that node's until its
+        ``pipeline_until``. Each is leased to this node for :data:`PIPELINE_LEASE` seconds so
+        that no other sweep takes it too."""
         if not self.shared:
             return super().received_ids(limit, channel)
         now = time.time()
         sql = (
-            "UPDATE messages SET updated_at = ? WHERE id IN (SELECT id FROM messages "
-            "WHERE status = ? AND updated_at < ?"
+            "UPDATE messages SET pipeline_until = ? WHERE id IN (SELECT id FROM messages "
+            "WHERE status = ? AND COALESCE(pipeline_until, updated_at + ?) < ?"
         )
-        params: list[Any] = [now, model.RECEIVED, now - PIPELINE_LEASE]
+        params: list[Any] = [now + PIPELINE_LEASE, model.RECEIVED, PIPELINE_LEASE, now]
         if channel is not None:
             sql += " AND channel = ?"
             params.append(channel)
@@ -351,6 +381,30 @@ class PostgresStore(SqliteStore):
             "received": by_status.get(model.RECEIVED, 0),
             "queued": by_status.get(model.QUEUED, 0),
         }
+
+    # ------------------------------------------------------------------ console counters
+
+    def compact_counters(self, tx: PgTransaction, now: float) -> int:
+        """Fold the console's append-only counter rows into one row per key (a key whose
+        rows sum to 0 goes); returns how many rows fewer. Run as a job of one node at a time
+        (``tx`` holds its advisory lock): :data:`COUNTER_KEYS`.
+
+        Exact under concurrent inserts: one statement per table deletes the rows of the keys
+        it folds and inserts their sums, both from the statement's snapshot. A row another
+        transaction adds meanwhile is not in that snapshot: not deleted, not summed, counted
+        once by the readers (which sum every row) before and after the commit."""
+        fewer = 0
+        for table, keys in COUNTER_KEYS.items():
+            cols = ", ".join(keys)
+            gone, kept = tx.connection.execute(
+                f"WITH gone AS (DELETE FROM {table} WHERE ({cols}) IN (SELECT {cols} "
+                f"FROM {table} GROUP BY {cols} HAVING COUNT(*) > 1) RETURNING {cols}, n), "
+                f"kept AS (INSERT INTO {table} ({cols}, n) SELECT {cols}, SUM(n) FROM gone "
+                f"GROUP BY {cols} HAVING SUM(n) != 0 RETURNING 1) "
+                "SELECT (SELECT COUNT(*) FROM gone), (SELECT COUNT(*) FROM kept)"
+            ).fetchone()
+            fewer += int(gone) - int(kept)
+        return fewer
 
     # ------------------------------------------------------------------ maintenance
 

@@ -29,6 +29,7 @@ from typing import Any
 from engine import model
 from engine.errors import StoreError
 from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
+from engine.store import nodes as node_registry
 from engine.store import versions as config_versions
 from engine.store.console import ConsoleStore
 from engine.store.leases import LeaseStore
@@ -349,7 +350,10 @@ class SqliteStore(ConsoleStore, LeaseStore):
             # refuses to change it inside one): the WAL is fsync'd after that commit instead.
             self._local.sync_after = True
         name = f"wharf_{depth}"
-        conn.execute(f"SAVEPOINT {name}")
+        try:
+            conn.execute(f"SAVEPOINT {name}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{what}: cannot open a savepoint: {exc}") from exc
         self._local.depth = depth + 1
         try:
             yield
@@ -405,6 +409,20 @@ class SqliteStore(ConsoleStore, LeaseStore):
     def replay_pins(self, ids: Sequence[str]) -> dict[str, str]:
         """The configuration versions replays asked for, by message id."""
         return config_versions.replay_pins(self._conn(), ids)
+
+    # ------------------------------------------------------------------ node registry
+
+    def node_heartbeat(self, heartbeat: node_registry.Heartbeat) -> None:
+        """Record one node's heartbeat (engine/store/nodes.py)."""
+        with self._write(f"node_heartbeat({heartbeat.node})", durable=False) as conn:
+            node_registry.beat(conn, heartbeat)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node that ran on this store, with its last heartbeat (by name)."""
+        try:
+            return node_registry.nodes(self._conn())
+        except sqlite3.Error as exc:
+            raise StoreError(f"nodes failed: {exc}") from exc
 
     def migrate(self, component: str, migrations: Sequence[Any]) -> int:
         """Apply a component's (a domain's) own schema history; returns the version reached."""
@@ -1125,9 +1143,12 @@ class SqliteStore(ConsoleStore, LeaseStore):
 
     @staticmethod
     def _set_status(conn: sqlite3.Connection, message_id: str, status: str, now: float) -> None:
+        """A message's status set by a person (a replay, an edit and replay). One put back
+        to ``received`` this way is no node's pipeline's (``pipeline_until`` 0): any node's
+        next sweep takes it (PostgreSQL; SQLite's sweep takes every ``received`` message)."""
         conn.execute(
             "UPDATE messages SET status = ?, error = NULL, error_location = NULL, "
-            "updated_at = ? WHERE id = ?",
+            "updated_at = ?, pipeline_until = 0 WHERE id = ?",
             (status, now, message_id),
         )
 

@@ -29,6 +29,8 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from engine.runtime.nodes import node_view
+
 log = Logger(namespace="wharf.web")
 
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -178,6 +180,7 @@ def store_gauges(store: Any, registry: Any) -> dict[str, Any]:
         "queues": store.queue_stats(),
         "work_items": store.work_item_stats(),
         "domains": domains,
+        "nodes": store.nodes(),
     }
 
 
@@ -243,8 +246,30 @@ def _gauges(engine: Any, reads: dict[str, Any], now: float) -> Any:
         for rule, n in sorted(counts.items()):
             firing.add_metric([rule], n)
     yield firing
+    yield from _node_families(reads["nodes"], now)
     if engine.slos is not None:
         yield from engine.slos.metric_families()
+
+
+def _node_families(rows: list[dict[str, Any]], now: float) -> Any:
+    """The node registry: one ``wharf_node_info`` per node (its configuration version, and
+    whether it differs from the newest or missed its heartbeats) and its last-seen age."""
+    info = GaugeMetricFamily(
+        "wharf_node_info",
+        "1 per node on this store: its configuration version; differs/stale 1 when flagged.",
+        labels=["node", "config_version", "differs", "stale"],
+    )
+    seen = GaugeMetricFamily(
+        "wharf_node_last_seen_seconds",
+        "Seconds since the node's last heartbeat.",
+        labels=["node"],
+    )
+    for n in node_view(rows, now):
+        flags = [str(int(n["differs"])), str(int(n["stale"]))]
+        info.add_metric([n["node"], n["config_version"], *flags], 1.0)
+        seen.add_metric([n["node"]], n["age"])
+    yield info
+    yield seen
 
 
 class _Gauges:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import model
+from engine.runtime.nodes import node_view
 from engine.store.migrations import BUCKET_SECONDS
 from engine.web.auth import Principal
 
@@ -22,16 +23,7 @@ AGE_BUCKETS = ((1, "<1d"), (3, "1-3d"), (7, "3-7d"), (30, "7-30d"), (float("inf"
 def live_state(engine: Any) -> dict[str, Any]:
     """What only the running engine knows (read on the reactor): each source's listening
     address (None: not bound), each destination worker's state, and what is paused."""
-    listeners: dict[str, str | None] = {}
-    for key, src in engine.sources.items():
-        port = getattr(src, "port", None)
-        if port is None and not hasattr(src, "ready"):
-            continue
-        try:
-            host = port.getHost()
-            listeners[key] = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
-        except Exception:
-            listeners[key] = None
+    listeners = engine.listener_addresses()
     workers: dict[tuple[str, str], dict[str, Any]] = {}
     now = engine.reactor.seconds()
     for (channel, dest), worker in engine.workers.items():
@@ -42,7 +34,12 @@ def live_state(engine: Any) -> dict[str, Any]:
         else:
             state = "up"
         workers[(channel, dest)] = {"state": state, "inflight": worker.inflight}
-    return {"listeners": listeners, "workers": workers, "paused": dict(engine.paused)}
+    return {
+        "listeners": listeners,
+        "workers": workers,
+        "paused": dict(engine.paused),
+        "node": engine.node,
+    }
 
 
 def integration(
@@ -113,8 +110,11 @@ def integration(
             for t, n in points:
                 total[t] = total.get(t, 0) + n
     points = sorted(total.items())
+    nodes = [n | {"up_for": now - n["started_at"]} for n in node_view(store.nodes(), now)]
     return {
         "channels": rows,
+        "nodes": nodes,
+        "this_node": live.get("node"),
         "throughput": {
             "since": since,
             "until": now,

@@ -496,3 +496,80 @@ def test_merged_jobs_do_not_overtake_an_older_plain_job(reactor: FakeReactor, st
     wait_all(reactor, outcomes)
     assert log == ["merged-1", "plain", "merged-2"]
     stop(executor, reactor)
+
+
+def test_a_turn_that_cannot_begin_leaves_no_group_behind(
+    store: SqliteStore, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store unreachable when a turn begins (PostgreSQL down): the grouped completions it
+    held fail, and completions grouped after it form a new call that runs (issue 15: they
+    joined the failed turn's group, which was never called again, and their Deferreds never
+    fired: a delivery worker's slots stayed taken forever)."""
+    ids = []
+    for _ in range(2):
+        _queued(store)
+        ids += [row.id for row in store.claim_deliveries("adt", "erp", 10, T0, 30.0)]
+    executor = StoreExecutor(store, reactor)
+    gate = _gate(executor)
+    executor.start()
+    real_turn = store.turn
+    turns: list[bool] = []
+
+    from contextlib import contextmanager
+
+    @contextmanager
+    def first_turn_unreachable(durable: bool):
+        turns.append(durable)
+        if len(turns) == 1:
+            raise StoreError("cannot reach store: connection refused")
+        with real_turn(durable):
+            yield
+
+    monkeypatch.setattr(store, "turn", first_turn_unreachable)
+    first = Outcome(executor.submit_grouped(store.deliveries_succeeded, (ids[0], b"", T0)))
+    gate.set()
+    wait_all(reactor, [first])
+    assert first.failure is not None and first.failure.check(StoreError)
+    second = Outcome(executor.submit_grouped(store.deliveries_succeeded, (ids[1], b"ok", T0)))
+    wait_all(reactor, [second])
+    assert second.failure is None
+    statuses = {d["id"]: d["status"] for m in store.search() for d in store.deliveries_for(m.id)}
+    assert statuses == {ids[0]: model.INFLIGHT, ids[1]: model.SENT}
+    stop(executor, reactor)
+
+
+def test_a_grouped_call_whose_savepoint_fails_fails_its_waiters(
+    store: SqliteStore, reactor: FakeReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection lost just as a grouped call's savepoint opens: every caller of the
+    group gets the failure (not only the group's own bookkeeping Deferred), and the next
+    grouped call runs."""
+    _queued(store)
+    (row,) = store.claim_deliveries("adt", "erp", 10, T0, 30.0)
+    executor = StoreExecutor(store, reactor)
+    gate = _gate(executor)
+    executor.start()
+    real_savepoint = store.savepoint
+    broken = [True]
+
+    from contextlib import contextmanager
+
+    @contextmanager
+    def savepoint(what: str):
+        if broken[0]:
+            broken[0] = False
+            raise StoreError(f"{what}: the connection is closed")
+        with real_savepoint(what):
+            yield
+
+    monkeypatch.setattr(store, "savepoint", savepoint)
+    first = Outcome(executor.submit_grouped(store.deliveries_succeeded, (row.id, b"", T0)))
+    gate.set()
+    wait_all(reactor, [first])
+    assert first.failure is not None and first.failure.check(StoreError)
+    second = Outcome(executor.submit_grouped(store.deliveries_succeeded, (row.id, b"ok", T0)))
+    wait_all(reactor, [second])
+    assert second.failure is None
+    (delivery,) = [d for m in store.search() for d in store.deliveries_for(m.id)]
+    assert delivery["status"] == model.SENT
+    stop(executor, reactor)

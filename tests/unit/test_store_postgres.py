@@ -15,6 +15,7 @@ from engine.domains.ledger import schema as ledger_schema
 from engine.domains.procurement import control
 from engine.domains.procurement import schema as procurement_schema
 from engine.domains.procurement.repository import SqliteProcurementRepository
+from engine.errors import StoreError
 from engine.model import Inbound, Outbound
 from engine.runtime.store import open_store
 from engine.sqldialect import ddl, translate
@@ -146,6 +147,25 @@ def test_a_received_message_is_swept_by_another_node_only_after_the_pipeline_lea
     taken = b.received_ids(10) + a.received_ids(10)
     assert taken == [old.message_id]  # taken by one node, leased to it
     assert fresh.message_id not in taken
+
+
+def test_a_replayed_message_is_swept_at_once_by_one_node(nodes: Any) -> None:
+    """A replay puts a failed message back to ``received`` for no node's pipeline in
+    particular (the console of either node, or ``wharf replay``): the next sweep of any node
+    takes it at once, as on SQLite (not after the pipeline lease, which is for messages a
+    node stored and runs itself), and only one node does."""
+    a, b = nodes
+    now = time.time()
+    (failed,) = a.ingest_batch([Inbound("adt", "mllp", b"bad", "x", now)], now)
+    a.finish_processing(failed.message_id, status=model.ERROR, now=now, error="boom")
+    assert a.replay(failed.message_id, actor="t", now=time.time())["reprocess"]
+    taken = b.received_ids(10) + a.received_ids(10)
+    assert taken == [failed.message_id]  # one node took it, leased to it now
+    assert b.received_ids(10) == [] and a.received_ids(10) == []
+    # a second replay after a failure of that run frees it again
+    a.finish_processing(failed.message_id, status=model.ERROR, now=time.time(), error="boom")
+    a.replay(failed.message_id, actor="t", now=time.time())
+    assert a.received_ids(10) == [failed.message_id]
 
 
 def test_the_same_message_to_two_nodes_at_once_is_stored_once(nodes: Any) -> None:
@@ -280,3 +300,180 @@ def test_migrate_store_moves_everything_and_the_audit_chain_verifies(
         main(["--root", str(project_dir), "migrate-store", "--from", str(path), "--to", pg_url])
         != 0
     )
+
+
+# --------------------------------------------------------------------------- lost connections
+
+
+def _kill_backend(url: str, pid: int) -> None:
+    """The server ends one connection (what a restart of PostgreSQL does to all of them)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    deadline = time.monotonic() + 10
+    with psycopg.connect(url, autocommit=True) as admin:
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline, f"backend {pid} still there"
+            time.sleep(0.05)
+
+
+def _audited(store: PostgresStore) -> set[str]:
+    return {e["action"] for e in store.audit_entries(limit=100)}
+
+
+def test_a_turn_whose_connection_dies_fails_whole_and_the_next_turn_works(pg_url: str) -> None:
+    """The connection dropped between two savepoints of a writer turn: every later write of
+    the turn fails (none is committed on a new connection behind the turn's back), the turn
+    fails, nothing of it is kept, and the next turn works on a new connection."""
+    with open_store(pg_url) as store:
+        store.audit("t", "before", "x", {}, T0)
+        failed: list[str] = []
+        with pytest.raises(StoreError, match="writer turn"):
+            with store.turn(True):
+                with store.savepoint("first"):
+                    store.audit("t", "first", "x", {}, T0)
+                _kill_backend(pg_url, store._conn().raw.info.backend_pid)
+                for what in ("second", "third"):
+                    try:
+                        with store.savepoint(what):
+                            store.audit("t", what, "x", {}, T0)
+                    except StoreError:  # (what the executor does with a failing job)
+                        failed.append(what)
+        assert failed == ["second", "third"]
+        assert _audited(store) == {"before"}
+        with store.turn(True):
+            with store.savepoint("after"):
+                store.audit("t", "after", "x", {}, T0)
+        assert _audited(store) == {"before", "after"}
+
+
+def test_a_turn_whose_connection_died_before_any_write_fails_too(pg_url: str) -> None:
+    """A turn that wrote nothing before its connection died is not taken for an idle, read
+    only turn that succeeded: it fails (its callers hear of it)."""
+    with open_store(pg_url) as store:
+        with pytest.raises(StoreError):
+            with store.turn(False):
+                _kill_backend(pg_url, store._conn().raw.info.backend_pid)
+                try:
+                    store.counts()
+                except StoreError:
+                    pass  # (the read fails; the turn must fail too, below)
+        assert store.counts()["messages"] == {}
+
+
+# --------------------------------------------------------------------------- console counters
+
+
+def _counter_rows(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return sum(
+            conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("message_counts", "delivery_counts", "message_buckets")
+        )
+
+
+def _true_counts(store: PostgresStore) -> tuple[Any, Any, Any]:
+    """What the counters must say, counted from the messages and outbox rows themselves."""
+    messages: dict[str, dict[str, int]] = {}
+    for channel, status, n in store._query(
+        "t", "SELECT channel, status, COUNT(*) FROM messages GROUP BY channel, status"
+    ):
+        messages.setdefault(channel, {})[status] = n
+    deliveries: dict[tuple[str, str], dict[str, int]] = {}
+    for channel, dest, status, n in store._query(
+        "t",
+        "SELECT channel, destination, status, COUNT(*) FROM outbox "
+        "GROUP BY channel, destination, status",
+    ):
+        deliveries.setdefault((channel, dest), {})[status] = n
+    received = dict(store._query("t", "SELECT channel, COUNT(*) FROM messages GROUP BY channel"))
+    return messages, deliveries, received
+
+
+def _counted(store: PostgresStore) -> tuple[Any, Any, Any]:
+    series = store.throughput(0, time.time() + 3600)
+    received = {ch: sum(n for _, n in points) for ch, points in series.items()}
+    return store.message_counters(), store.delivery_counters(), received
+
+
+def test_compacting_the_counters_under_two_writers_keeps_every_total(
+    nodes: Any, pg_url: str
+) -> None:
+    """Two nodes write (ingests, pipeline results, deliveries sent) while the counters are
+    compacted again and again: every total stays exact (equal to the rows it counts), and
+    the compaction leaves one row per key."""
+    a, b = nodes
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(store: PostgresStore, name: str) -> None:
+        try:
+            n = 0
+            while not stop.is_set() or n < 40:
+                n += 1
+                now = time.time()
+                raw = f"{name}-{n}".encode()
+                (r,) = store.ingest_batch([Inbound(name, "mllp", raw, "x", now)], now)
+                if n % 3 == 0:
+                    store.finish_processing(r.message_id, status=model.FILTERED, now=now)
+                    continue
+                store.finish_processing(
+                    r.message_id, status=model.QUEUED, now=now, outbound=[Outbound("erp", b"{}")]
+                )
+                for row in store.claim_deliveries(name, "erp", 10, now, 30.0):
+                    store.delivery_succeeded(row.id, b"ok", now)
+        except BaseException as exc:  # (the test fails on it below)
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=writer, args=(store, name))
+        for store, name in ((a, "adt"), (b, "orders"))
+    ]
+    for t in threads:
+        t.start()
+    folded = []
+    deadline = time.monotonic() + 20
+    while len([f for f in folded if f]) < 5 and time.monotonic() < deadline:
+        with a.transaction("compact") as tx:  # (the engine's job runs it so)
+            assert tx.try_lock("job:compact_counters")
+            folded.append(a.compact_counters(tx, time.time()))
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert len([f for f in folded if f]) >= 5, folded  # compactions that folded rows, mid-write
+    before = _counter_rows(pg_url)
+    assert _counted(a) == _true_counts(a)
+    with b.transaction("compact") as tx:
+        fewer = b.compact_counters(tx, time.time())
+    assert fewer > 0 and _counter_rows(pg_url) == before - fewer
+    assert _counted(b) == _counted(a) == _true_counts(a)
+    keys = sum(len(by_status) for by_status in _counted(a)[0].values())
+    keys += sum(len(by_status) for by_status in _counted(a)[1].values())
+    keys += sum(len(store_points) for store_points in a.throughput(0, time.time() + 60).values())
+    assert _counter_rows(pg_url) == keys  # one row per key (none for a key at 0)
+
+
+def test_one_node_compacts_at_a_time(nodes: Any) -> None:
+    """The compaction job's advisory lock: while one node's compaction runs, another node's
+    job finds it held and skips its turn."""
+    a, b = nodes
+    with a.transaction("compact") as held:
+        assert held.try_lock("job:compact_counters")
+        box: dict[str, bool] = {}
+        other = threading.Thread(
+            target=lambda: box.setdefault("b", _try(b, "job:compact_counters"))
+        )
+        other.start()
+        other.join(10)
+    assert box == {"b": False}
+    assert _try(b, "job:compact_counters")  # free again once A's transaction ended
+
+
+def _try(store: PostgresStore, key: str) -> bool:
+    with store.transaction("try") as tx:
+        return tx.try_lock(key)
