@@ -12,6 +12,12 @@ one undoes only its own writes), with one commit: one fsync for everything the t
 rather than one commit per kind of work. Deferreds fire only after that commit. A turn commits
 with ``synchronous=FULL`` when it holds an ingest or a job submitted ``durable``.
 
+Wake-ups: the writer thread is woken only when it waits (a busy writer looks at the queues
+before it waits again). With ``coalesce_wakeups`` (the engine, on the real reactor) an ingest
+made on the reactor thread wakes it at the end of the reactor's turn, once: every frame read in
+one poll of the sockets then joins one batch (one commit), and the reactor does not hand the
+GIL to a writer that would commit one message while the others are still being read.
+
 Fairness: ingests and jobs carry one arrival sequence. The thread serves whichever queue has
 the older head; an ingest batch also takes the ingests that arrived after that head (up to
 ``max_batch``), so a job waits behind at most one batch.
@@ -29,6 +35,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
+from twisted.python.threadable import isInIOThread
 
 from engine.errors import Overloaded, StoreError
 from engine.model import Inbound, IngestResult
@@ -72,6 +79,7 @@ class StoreExecutor:
         max_pending: int = 10000,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
+        coalesce_wakeups: bool = False,
     ) -> None:
         if max_pending < 1 or max_batch < 1:
             raise ValueError(
@@ -93,6 +101,9 @@ class StoreExecutor:
         self._stopped: list[Deferred] = []
         self._groups: dict[Any, tuple[list[Any], list[Deferred]]] = {}
         self._held_groups: list[tuple[Any, tuple[list[Any], list[Deferred]]]] = []
+        self._idle = False  # the writer thread waits on _cond (read and set under the lock)
+        self._coalesce = coalesce_wakeups and hasattr(reactor, "callLater")
+        self._wake_due = False  # a wake-up is scheduled for the end of the reactor's turn
 
     # ------------------------------------------------------------------ reactor side
 
@@ -146,8 +157,20 @@ class StoreExecutor:
                 )
             d: Deferred = Deferred()
             self._ingests.append((next(self._seq), inbound, d))
-            self._cond.notify()
+            if self._idle:
+                if self._coalesce and isInIOThread():
+                    if not self._wake_due:
+                        self._wake_due = True
+                        self.reactor.callLater(0, self._wake)  # type: ignore[attr-defined]
+                else:
+                    self._cond.notify()
         return d
+
+    def _wake(self) -> None:
+        """The end of the reactor's turn: wake the writer for the ingests it queued."""
+        with self._cond:
+            self._wake_due = False
+            self._cond.notify()
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
         """Run ``fn(*args, **kwargs)`` on the writer thread; fires with its result or failure."""
@@ -278,7 +301,9 @@ class StoreExecutor:
             while not self._ingests and not self._jobs:
                 if self._stopping:
                     return None
+                self._idle = True
                 self._cond.wait()
+                self._idle = False
             ingest_head = self._ingests[0][0] if self._ingests else None
             job_head = self._jobs[0].seq if self._jobs else None
             turns = hasattr(self.store, "turn")

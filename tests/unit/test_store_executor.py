@@ -496,3 +496,45 @@ def test_merged_jobs_do_not_overtake_an_older_plain_job(reactor: FakeReactor, st
     wait_all(reactor, outcomes)
     assert log == ["merged-1", "plain", "merged-2"]
     stop(executor, reactor)
+
+
+class TurnReactor(FakeReactor):
+    """FakeReactor with callLater(0): the calls wait for the end of the reactor's turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.later: list[Callable[[], Any]] = []
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any) -> None:
+        self.later.append(lambda: f(*args))
+
+    def end_turn(self) -> None:
+        later, self.later = self.later, []
+        for f in later:
+            f()
+
+
+def test_ingests_of_one_reactor_turn_wake_the_writer_once(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With coalesce_wakeups, ingests made on the reactor thread while the writer waits wake it
+    once, at the end of the reactor's turn: they are one batch, one commit."""
+    from twisted.python import threadable
+
+    monkeypatch.setattr(threadable, "ioThread", threadable.getThreadID())
+    reactor = TurnReactor()
+    executor = StoreExecutor(store, reactor, coalesce_wakeups=True)
+    executor.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not executor._idle:  # the writer waits for work
+        assert time.monotonic() < deadline, "the writer never waited"
+        time.sleep(0.001)
+    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(5)]
+    assert len(reactor.later) == 1  # one wake-up scheduled for the five
+    time.sleep(0.05)
+    assert executor.batches == 0  # nobody woke the writer yet
+    reactor.end_turn()
+    wait_all(reactor, outcomes)
+    assert executor.batches == 1 and executor.ingested == 5
+    assert [o.result.outcome for o in outcomes] == ["stored"] * 5
+    stop(executor, reactor)
