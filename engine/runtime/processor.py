@@ -292,7 +292,6 @@ class Processor(service.Service):
         self._sweeping: defer.Deferred | None = None
         self.stopped = True
         self.processed = 0
-        self._wake_due = False  # a wake() is scheduled for the end of the reactor's turn
 
     # -- lifecycle -------------------------------------------------------------------------
     def startService(self) -> None:
@@ -318,19 +317,17 @@ class Processor(service.Service):
         return sum(len(q) for q in self.queues.values())
 
     def enqueue(self, work: Work) -> None:
-        """A message just committed: process it without reading it back. The batch starts at
-        the end of the reactor's turn, so the messages of one ingest commit (their Deferreds
-        fire together) go to the pipeline threads as one batch: one hand-off and one result
+        """A message just committed: process it without reading it back. The batch starts once
+        the whole commit's Deferreds fired (the executor's ``after_fire``), so the messages of
+        one ingest commit go to the pipeline threads as one batch: one hand-off and one result
         commit for them, not one each."""
         self.inflight.add(work.id)
         self._queue(work)
-        if not self._wake_due:
-            self._wake_due = True
-            self.reactor.callLater(0, self._woken)
-
-    def _woken(self) -> None:
-        self._wake_due = False
-        self.wake()
+        after_fire = getattr(self.executor, "after_fire", None)
+        if after_fire is None:
+            self.wake()
+        else:
+            after_fire(self.wake)
 
     def _queue(self, work: Work) -> None:
         queue = self.queues.get(work.channel)

@@ -517,24 +517,70 @@ class TurnReactor(FakeReactor):
 def test_ingests_of_one_reactor_turn_wake_the_writer_once(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With coalesce_wakeups, ingests made on the reactor thread while the writer waits wake it
-    once, at the end of the reactor's turn: they are one batch, one commit."""
+    """With coalesce_wakeups, while ingests come in batches, the ingests made on the reactor
+    thread while the writer waits wake it once, at the end of the reactor's turn: they are one
+    batch, one commit. A lone sender's ingest (the last batch held one) wakes it at once."""
     from twisted.python import threadable
 
     monkeypatch.setattr(threadable, "ioThread", threadable.getThreadID())
     reactor = TurnReactor()
     executor = StoreExecutor(store, reactor, coalesce_wakeups=True)
+    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(2)]  # one batch of two
     executor.start()
-    deadline = time.monotonic() + TIMEOUT
-    while not executor._idle:  # the writer waits for work
-        assert time.monotonic() < deadline, "the writer never waited"
-        time.sleep(0.001)
-    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(5)]
+    wait_all(reactor, outcomes)
+
+    def wait_idle() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not executor._idle:  # the writer waits for work
+            assert time.monotonic() < deadline, "the writer never waited"
+            time.sleep(0.001)
+
+    wait_idle()
+    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(2, 7)]
     assert len(reactor.later) == 1  # one wake-up scheduled for the five
     time.sleep(0.05)
-    assert executor.batches == 0  # nobody woke the writer yet
+    assert executor.batches == 1  # nobody woke the writer yet
     reactor.end_turn()
     wait_all(reactor, outcomes)
-    assert executor.batches == 1 and executor.ingested == 5
+    assert executor.batches == 2 and executor.ingested == 7
     assert [o.result.outcome for o in outcomes] == ["stored"] * 5
+    wait_idle()
+    one = Outcome(executor.ingest(inbound(7)))  # after a batch of five: waits for the turn
+    assert len(reactor.later) == 1
+    reactor.end_turn()
+    wait_all(reactor, [one])
+    for n in range(8, 10):  # after a batch of one: woken at once, no wait for the turn
+        wait_idle()
+        one = Outcome(executor.ingest(inbound(n)))
+        assert reactor.later == []
+        wait_all(reactor, [one])
+    assert executor.batches == 5
+    stop(executor, reactor)
+
+
+def test_after_fire_runs_once_when_a_turn_fired(store: SqliteStore) -> None:
+    """What a callback asks for with after_fire runs once, after every Deferred of the turn
+    fired; outside a firing it runs at once."""
+    reactor = FakeReactor()
+    executor = StoreExecutor(store, reactor)
+    calls: list[int] = []
+    seen: list[int] = []
+
+    def later() -> None:
+        calls.append(len(seen))
+
+    def fired(result: Any) -> None:
+        seen.append(1)
+        executor.after_fire(later)
+
+    outcomes = []
+    for n in range(3):
+        d = executor.ingest(inbound(n))
+        d.addCallback(fired)
+        outcomes.append(Outcome(d))
+    executor.start()
+    wait_all(reactor, outcomes)
+    assert executor.batches == 1 and calls == [3]
+    executor.after_fire(later)
+    assert calls == [3, 3]
     stop(executor, reactor)
