@@ -3,6 +3,7 @@ the store is on, and a bare Twisted MLLP server answering a fixed ACK."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -32,6 +33,12 @@ port = reactor.listenTCP(0, f, interface="127.0.0.1")
 print(port.getHost().port, flush=True)
 reactor.run()
 """
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_bare_mllp() -> tuple[subprocess.Popen, int]:

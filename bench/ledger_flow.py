@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import dropfolder_to_file as core  # noqa: E402
-from baselines import commit_ceiling  # noqa: E402
+from baselines import commit_ceiling, cpu_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SB, EB = b"\x0b", b"\x1c\x0d"
@@ -91,7 +91,8 @@ def pending(db: Path) -> tuple[int, int]:
     return open_msgs + open_out, events
 
 
-def run_ledger(tmp: Path, n: int, senders: int) -> tuple[float, int, list[float]]:
+def run_ledger(tmp: Path, n: int, senders: int) -> tuple[float, int, list[float], float]:
+    """(seconds end to end, events, ACK latencies, the engine's CPU seconds meanwhile)."""
     project = tmp / "ledger"
     (project / "channels").mkdir(parents=True)
     shutil.copy(ROOT / "routes.yaml", project / "routes.yaml")
@@ -134,6 +135,7 @@ def run_ledger(tmp: Path, n: int, senders: int) -> tuple[float, int, list[float]
         wait_port(http)
         wait_port(mllp)
         t0 = time.perf_counter()
+        cpu0 = cpu_seconds(engine.pid)
         ids = list(range(n))
         latencies: list[float] = []
         threads = [
@@ -151,7 +153,8 @@ def run_ledger(tmp: Path, n: int, senders: int) -> tuple[float, int, list[float]
             if time.perf_counter() - t0 > 300:
                 raise RuntimeError(f"timed out: {left} open, {events} events")
             time.sleep(0.05)
-        return time.perf_counter() - t0, events, latencies
+        elapsed = time.perf_counter() - t0
+        return elapsed, events, latencies, cpu_seconds(engine.pid) - cpu0
     except Exception:
         log.flush()
         print((tmp / "ledger.log").read_text()[-3000:], file=sys.stderr)
@@ -195,7 +198,7 @@ def main() -> int:
             run_core(tmp, args.messages)
             return 0
         ceiling, commit_ms = commit_ceiling(tmp)
-        elapsed, events, latencies = run_ledger(tmp, args.messages, args.senders)
+        elapsed, events, latencies, cpu = run_ledger(tmp, args.messages, args.senders)
         # bare Twisted MLLP at 8 connections, the same load generator as bench/mllp_ack.py
         bare = subprocess.run(
             [
@@ -235,6 +238,10 @@ def main() -> int:
             f"core pipeline (drop folder -> transform -> file), same run: {core_rate:8.1f} messages/s"
         )
         print(f"ratio ledger / core: {rate / core_rate:.2f}")
+        print(
+            f"engine CPU (all threads): {cpu * 1000 / args.messages:.2f} ms per message, "
+            f"{cpu * 1000 / max(1, events):.2f} ms per event (holds when the machine is shared)"
+        )
         p50 = statistics.median(latencies) * 1000
         p99 = sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000
         print(

@@ -31,7 +31,7 @@ from twisted.internet import defer, protocol, reactor, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines import commit_ceiling, start_bare_mllp
+from baselines import commit_ceiling, cpu_seconds, start_bare_mllp
 
 ROOT = Path(__file__).resolve().parents[1]
 SB, EB = b"\x0b", b"\x1c\x0d"
@@ -134,12 +134,6 @@ def start_wharf(tmp: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
     wait_port(port)
     return proc, port
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:

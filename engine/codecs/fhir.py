@@ -265,13 +265,28 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return data
 
 
+#: What ``json.dumps(text, ensure_ascii=False)`` writes for a str (the C encoder it calls).
+_encode_str = json.encoder.encode_basestring
+
+
 def _dump(value: Any, out: list[str]) -> None:
-    if isinstance(value, dict):
+    # The exact types json.loads makes come first, written as json.dumps would write them
+    # without its per-call cost (a call for every key and value was most of this function).
+    kind = type(value)
+    if kind is str:
+        out.append(_encode_str(value))
+    elif kind is bool:
+        out.append("true" if value else "false")
+    elif kind is int:
+        out.append(int.__repr__(value))
+    elif value is None:
+        out.append("null")
+    elif isinstance(value, dict):
         out.append("{")
         for i, (k, v) in enumerate(value.items()):
             if i:
                 out.append(",")
-            out.append(json.dumps(k, ensure_ascii=False))
+            out.append(_encode_str(k) if type(k) is str else json.dumps(k, ensure_ascii=False))
             out.append(":")
             _dump(v, out)
         out.append("}")
@@ -300,7 +315,10 @@ def dump_json(value: Any) -> bytes:
 
 def _sorted(value: Any) -> Any:
     if isinstance(value, dict):
-        keys = sorted(value, key=lambda k: (k != "resourceType", k))
+        keys = sorted(value)  # resourceType first, then the others in order
+        if "resourceType" in value and keys[0] != "resourceType":
+            keys.remove("resourceType")
+            keys.insert(0, "resourceType")
         return {k: _sorted(value[k]) for k in keys}
     if isinstance(value, list):
         return [_sorted(v) for v in value]

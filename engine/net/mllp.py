@@ -272,9 +272,12 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
                 result = f.handle(frame, self.peer, origin=self.origin or None)
             else:
                 result = f.handle(frame, self.peer)
-            d = defer.ensureDeferred(result) if inspect.isawaitable(result) else result
-            if not isinstance(d, defer.Deferred):
-                d = defer.succeed(d)
+            if isinstance(result, defer.Deferred):
+                d = result
+            elif inspect.isawaitable(result):
+                d = defer.ensureDeferred(result)
+            else:
+                d = defer.succeed(result)
         except Exception as exc:
             d = defer.fail(exc)
 

@@ -88,7 +88,7 @@ class Engine(OrderedServices):
         )
         # On PostgreSQL other nodes may share the store: recovery and sweeps leave their work.
         self.store.shared = self.store.dialect == "postgresql"  # type: ignore[attr-defined]
-        self.executor = StoreExecutor(self.store, reactor)
+        self.executor = StoreExecutor(self.store, reactor, coalesce_wakeups=True)
         self.resources = Resources.of_project(self.project)
         if self.store.shared:  # type: ignore[attr-defined]
             from engine.runtime.coordination import SharedCoordination

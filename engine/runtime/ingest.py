@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, task, threads
@@ -70,10 +71,94 @@ class FrontDoor:
         return SourceServices(codec=codec, load=load, run=run)
 
     def ingest_for(self, source_key: str) -> Callable[..., defer.Deferred]:
-        """The ``ingest`` callable handed to the source registered under ``source_key``."""
-        return lambda raw, peer, **kw: defer.ensureDeferred(
-            self.receive(source_key, raw, peer, **kw)
+        """The ``ingest`` callable handed to the source registered under ``source_key``: the
+        fast path when it applies (:meth:`_fast`), else the coroutine (:meth:`receive`)."""
+
+        def ingest(raw: bytes, peer: str, **kw: Any) -> defer.Deferred:
+            d = self._fast(source_key, raw, peer, kw)
+            return (
+                d
+                if d is not None
+                else defer.ensureDeferred(self.receive(source_key, raw, peer, **kw))
+            )
+
+        return ingest
+
+    def _fast(
+        self, source_key: str, raw: bytes, peer: str, kw: dict[str, Any]
+    ) -> defer.Deferred | None:
+        """One small message that decodes, routes and fits its channel's limits, stored with
+        plain callbacks: no coroutine, no Deferred chain but the store's. The same steps as
+        :meth:`receive` (:meth:`_prepare`, :meth:`_stored`, :meth:`_refused`); None for
+        everything else (an HL7 batch, a large message, strict validation, a refusal or
+        rejection before the store), which :meth:`receive` then takes from the start. ``kw``:
+        the keywords of :meth:`receive`."""
+        if len(raw) > 65536:
+            return None
+        source = None
+        parsed = kw.get("parsed")
+        try:
+            if source_key.startswith("listener:"):
+                name = source_key.removeprefix("listener:")
+                listener = self.listeners().get(name)
+                if listener is None or (isinstance(listener.codec, Hl7Codec) and is_batch(raw)):
+                    return None
+                parsed = listener.decode(raw)
+                channel_name = listener.pick(parsed)
+                if channel_name is None:
+                    return None
+                source = source_key
+                channel = self.channels().get(channel_name)
+            else:
+                channel = self.channels().get(source_key)
+                if channel is None or (isinstance(channel.codec, Hl7Codec) and is_batch(raw)):
+                    return None
+                if parsed is None:
+                    parsed = channel.decode(raw)
+        except CodecError:
+            return None
+        if channel is None or getattr(channel.codec, "strict_on_ack", False):
+            return None
+        started = time.monotonic()
+        answers = self._answers(source_key)
+        step = self._prepare(
+            channel,
+            raw,
+            peer,
+            parsed,
+            source,
+            answers,
+            kw.get("min_dedup_window", 0.0),
+            kw.get("origin"),
+            kw.get("arrival"),
         )
+        if isinstance(step, IngestOutcome):
+            return None
+        d = self.executor.ingest(step.inbound)
+        d.addCallbacks(
+            self._fast_stored,
+            self._fast_refused,
+            callbackArgs=(step, started),
+            errbackArgs=(step, started),
+        )
+        return d
+
+    def _fast_stored(self, result: Any, step: _Step, started: float) -> Any:
+        outcome = self._stored(result, step)
+        if outcome is None:
+            later = defer.ensureDeferred(self._answer_later(result, step))
+            return later.addCallback(self._counted, step.channel.name, started)
+        return self._counted(outcome, step.channel.name, started)
+
+    def _fast_refused(self, failure: Any, step: _Step, started: float) -> IngestOutcome:
+        failure.trap(Overloaded, StoreError)
+        return self._counted(self._refused(failure.value, step), step.channel.name, started)
+
+    def _counted(self, outcome: IngestOutcome, channel_name: str, started: float) -> IngestOutcome:
+        """The outcome, counted with the time until its answer."""
+        if self.metrics is not None:
+            self.metrics.ingest(channel_name, outcome.kind, time.monotonic() - started)
+        return outcome
 
     def _answers(self, source_key: str) -> bool:
         """Whether this source replies to its sender (an MLLP listener does; a folder doesn't)."""
@@ -201,10 +286,9 @@ class FrontDoor:
         """One message into a channel (see :meth:`_ingest`), counted with the time until its
         answer."""
         started = time.monotonic()
-        outcome = await self._ingest(channel_name, raw, peer, **kw)
-        if self.metrics is not None:
-            self.metrics.ingest(channel_name, outcome.kind, time.monotonic() - started)
-        return outcome
+        return self._counted(
+            await self._ingest(channel_name, raw, peer, **kw), channel_name, started
+        )
 
     async def _ingest(
         self,
@@ -238,10 +322,7 @@ class FrontDoor:
         """
         channel = self.channels().get(channel_name)
         if channel is None:
-            reply = responder.refused(raw, parsed, "channel not running") if answers else None
-            return IngestOutcome(
-                "refused", reason=f"channel '{channel_name}' is not running", response=reply
-            )
+            return not_running(channel_name, raw, parsed, answers)
         try:
             if parsed is None:
                 parsed = await self._decode(channel.decode, raw)
@@ -249,11 +330,38 @@ class FrontDoor:
                 await threads.deferToThreadPool(
                     self.reactor, self.pool, channel.codec.validate_strict, raw
                 )
-            over = over_limits(channel, raw, parsed)
-            if over is not None:
-                raise over
         except CodecError as exc:
             return rejected(exc, raw, answers)
+        step = self._prepare(
+            channel, raw, peer, parsed, source, answers, min_dedup_window, origin, arrival
+        )
+        if isinstance(step, IngestOutcome):
+            return step
+        try:
+            result = await self.executor.ingest(step.inbound)
+        except (Overloaded, StoreError) as exc:
+            return self._refused(exc, step)
+        return self._stored(result, step) or await self._answer_later(result, step)
+
+    # -- the steps of an ingest, shared by the coroutine and the fast path --------------------
+    def _prepare(
+        self,
+        channel: Any,
+        raw: bytes,
+        peer: str,
+        parsed: Any,
+        source: str | None,
+        answers: bool,
+        min_dedup_window: float,
+        origin: str | None,
+        arrival: str | None,
+    ) -> _Step | IngestOutcome:
+        """The decoded message checked against the channel's limits and made an
+        :class:`Inbound` (with its answer when it is known before the commit); or the
+        rejection."""
+        over = over_limits(channel, raw, parsed)
+        if over is not None:
+            return rejected(over, raw, answers)
         respond_from = channel.config.respond_from
         wait = answers and responder.waits_for_pipeline(parsed, respond_from)
         response = responder.commit_reply(parsed) if answers and not wait else None
@@ -262,7 +370,7 @@ class FrontDoor:
         if dedup_key and getattr(channel.codec, "dedup_per_arrival", False):
             dedup_key = f"{dedup_key}@{arrival}" if arrival else None
         inbound = Inbound(
-            channel=channel_name,
+            channel=channel.name,
             source=source or (src.name if src is not None else "api"),
             raw=raw,
             content_type=parsed.content_type,
@@ -274,43 +382,58 @@ class FrontDoor:
             response=response,
             origin=origin,
         )
-        try:
-            result = await self.executor.ingest(inbound)
-        except (Overloaded, StoreError) as exc:
-            reason = "over capacity" if isinstance(exc, Overloaded) else "store unavailable"
-            if not isinstance(exc, Overloaded):
-                log.error(
-                    "store refused an ingest on {channel}: {error}",
-                    channel=channel_name,
-                    error=str(exc),
-                )
-            reply = responder.refused(raw, parsed, reason) if answers else None
-            return IngestOutcome("refused", reason=reason, response=reply)
+        return _Step(channel, parsed, inbound, answers, wait, response)
+
+    def _refused(self, exc: Exception, step: _Step) -> IngestOutcome:
+        """The store could not take the message (over capacity, unavailable)."""
+        reason = "over capacity" if isinstance(exc, Overloaded) else "store unavailable"
+        if not isinstance(exc, Overloaded):
+            log.error(
+                "store refused an ingest on {channel}: {error}",
+                channel=step.channel.name,
+                error=str(exc),
+            )
+        raw = step.inbound.raw
+        reply = responder.refused(raw, step.parsed, reason) if step.answers else None
+        return IngestOutcome("refused", reason=reason, response=reply)
+
+    def _stored(self, result: Any, step: _Step) -> IngestOutcome | None:
+        """After the commit: a new message goes to the pipeline (in memory); the outcome when
+        it is known now, None when the answer needs more (:meth:`_answer_later`)."""
+        inbound = step.inbound
         if result.outcome == "stored":
             work = Work(
                 result.message_id,
-                channel_name,
+                inbound.channel,
                 result.correlation_id,
-                raw,
-                (channel, parsed),
-                origin=origin,
+                inbound.raw,
+                (step.channel, step.parsed),
+                origin=inbound.origin,
             )
             self.processor.enqueue(work)
-        if not answers:
+        if not step.answers:
             when = inbound.received_at if result.outcome == "stored" else None
             return IngestOutcome(
                 result.outcome, result.message_id, result.response, received_at=when
             )
         if result.outcome == "conflict":
+            return None
+        if result.response is not None:  # a resend: the original's answer, byte for byte
+            return IngestOutcome(result.outcome, result.message_id, result.response)
+        if not step.wait and result.outcome == "stored":
+            return IngestOutcome("stored", result.message_id, step.response)
+        return None
+
+    async def _answer_later(self, result: Any, step: _Step) -> IngestOutcome:
+        """A conflict's answer (stored with it), or the answer the pipeline makes."""
+        parsed, raw = step.parsed, step.inbound.raw
+        if result.outcome == "conflict":
             reply = responder.conflict(parsed)
             await self.executor.submit(self.store.set_response, result.message_id, reply)
             return IngestOutcome("conflict", result.message_id, reply)
-        if result.response is not None:  # a resend: the original's answer, byte for byte
-            return IngestOutcome(result.outcome, result.message_id, result.response)
-        if not wait and result.outcome == "stored":
-            return IngestOutcome("stored", result.message_id, response)
+        config = step.channel.config
         reply = await self._await_answer(
-            result.message_id, raw, parsed, respond_from, channel.config.respond_timeout
+            result.message_id, raw, parsed, config.respond_from, config.respond_timeout
         )
         return IngestOutcome(result.outcome, result.message_id, reply)
 
@@ -334,6 +457,23 @@ class FrontDoor:
                 return responder.pending(raw, parsed, timeout)
             await task.deferLater(self.reactor, delay, lambda: None)
             delay = min(delay * 2, 0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One message between its decode and its commit."""
+
+    channel: Any
+    parsed: Any
+    inbound: Inbound
+    answers: bool
+    wait: bool  # the answer waits for the pipeline (respond_from)
+    response: bytes | None  # the answer known before the commit
+
+
+def not_running(name: str, raw: bytes, parsed: Any, answers: bool) -> IngestOutcome:
+    reply = responder.refused(raw, parsed, "channel not running") if answers else None
+    return IngestOutcome("refused", reason=f"channel '{name}' is not running", response=reply)
 
 
 def over_limits(channel: Any, raw: bytes, parsed: Any) -> CodecError | None:

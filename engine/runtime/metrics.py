@@ -79,19 +79,28 @@ class Metrics:
             registry=r,
         )
         self._totals: Counter[tuple[str, ...]] = Counter()
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     # -- what the runtime reports --------------------------------------------------------------
     def ingest(self, channel: str, outcome: str, seconds: float) -> None:
         """A source's message met the front door; ``seconds`` until its answer."""
-        self.ingested.labels(channel, outcome).inc()
-        self.ack_latency.labels(channel).observe(max(seconds, 0.0))
+        self._child(self.ingested, channel, outcome).inc()
+        self._child(self.ack_latency, channel).observe(max(seconds, 0.0))
         self._totals[("in", channel)] += 1
         if outcome in INGEST_ERRORS:
             self._totals[("error", channel)] += 1
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (every message counts on the hot path)."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def process(self, channel: str, status: str) -> None:
         """The pipeline finished a message with ``status``."""
-        self.processed.labels(channel, status).inc()
+        self._child(self.processed, channel, status).inc()
         if status == "error":
             self._totals[("error", channel)] += 1
 

@@ -333,10 +333,17 @@ class Processor(service.Service):
         return sum(len(q) for q in self.queues.values())
 
     def enqueue(self, work: Work) -> None:
-        """A message just committed: process it without reading it back."""
+        """A message just committed: process it without reading it back. The batch starts once
+        the whole commit's Deferreds fired (the executor's ``after_fire``), so the messages of
+        one ingest commit go to the pipeline threads as one batch: one hand-off and one result
+        commit for them, not one each."""
         self.inflight.add(work.id)
         self._queue(work)
-        self.wake()
+        after_fire = getattr(self.executor, "after_fire", None)
+        if after_fire is None:
+            self.wake()
+        else:
+            after_fire(self.wake)
 
     def _queue(self, work: Work) -> None:
         queue = self.queues.get(work.channel)

@@ -207,10 +207,15 @@ class MLLPSource:
             if timer.active():
                 timer.cancel()
 
-    async def _handle(self, frame: bytes, peer: str, origin: str | None = None) -> bytes | None:
-        kw = {} if origin is None else {"origin": origin}
-        outcome: IngestOutcome = await self.ingest(frame, peer, **kw)
-        return outcome.response
+    def _handle(self, frame: bytes, peer: str, origin: str | None = None) -> defer.Deferred:
+        d = self.ingest(frame, peer) if origin is None else self.ingest(frame, peer, origin=origin)
+        if not isinstance(d, defer.Deferred):  # a coroutine
+            d = defer.ensureDeferred(d)
+        return d.addCallback(_response)
+
+
+def _response(outcome: IngestOutcome) -> bytes | None:
+    return outcome.response
 
 
 @source("mllp", MLLP_SPEC)

@@ -12,6 +12,17 @@ one undoes only its own writes), with one commit: one fsync for everything the t
 rather than one commit per kind of work. Deferreds fire only after that commit. A turn commits
 with ``synchronous=FULL`` when it holds an ingest or a job submitted ``durable``.
 
+Wake-ups: the writer thread is woken only when it waits (a busy writer looks at the queues
+before it waits again). With ``coalesce_wakeups`` (the engine, on the real reactor), while
+ingests come in batches (the last one held more than one), an ingest made on the reactor thread
+wakes it at the end of the reactor's turn, once: every frame read in one poll of the sockets
+then joins one batch (one commit), and the reactor does not hand the GIL to a writer that would
+commit one message while the others are still being read. A lone sender (batches of one) wakes
+it at once: for it the wait would only add a reactor turn.
+
+After the Deferreds of a turn fired (one reactor callback), what asked with :meth:`after_fire`
+runs once: the processor starts one pipeline batch for the messages of the whole commit.
+
 Fairness: ingests and jobs carry one arrival sequence. The thread serves whichever queue has
 the older head; an ingest batch also takes the ingests that arrived after that head (up to
 ``max_batch``), so a job waits behind at most one batch.
@@ -29,6 +40,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
+from twisted.python.threadable import isInIOThread
 
 from engine.errors import Overloaded, StoreError
 from engine.model import Inbound, IngestResult
@@ -72,6 +84,7 @@ class StoreExecutor:
         max_pending: int = 10000,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
+        coalesce_wakeups: bool = False,
     ) -> None:
         if max_pending < 1 or max_batch < 1:
             raise ValueError(
@@ -93,6 +106,12 @@ class StoreExecutor:
         self._stopped: list[Deferred] = []
         self._groups: dict[Any, tuple[list[Any], list[Deferred]]] = {}
         self._held_groups: list[tuple[Any, tuple[list[Any], list[Deferred]]]] = []
+        self._idle = False  # the writer thread waits on _cond (read and set under the lock)
+        self._coalesce = coalesce_wakeups and hasattr(reactor, "callLater")
+        self._wake_due = False  # a wake-up is scheduled for the end of the reactor's turn
+        self._last_batch = 0  # ingests in the writer's last batch
+        self._firing = False  # (reactor thread) a turn's Deferreds are being fired
+        self._after_fire: list[Callable[[], Any]] = []
 
     # ------------------------------------------------------------------ reactor side
 
@@ -146,8 +165,38 @@ class StoreExecutor:
                 )
             d: Deferred = Deferred()
             self._ingests.append((next(self._seq), inbound, d))
-            self._cond.notify()
+            if self._idle:
+                if self._coalesce and self._last_batch > 1 and isInIOThread():
+                    if not self._wake_due:
+                        self._wake_due = True
+                        self.reactor.callLater(0, self._wake)  # type: ignore[attr-defined]
+                else:
+                    self._cond.notify()
         return d
+
+    def _wake(self) -> None:
+        """The end of the reactor's turn: wake the writer for the ingests it queued."""
+        with self._cond:
+            self._wake_due = False
+            self._cond.notify()
+
+    def after_fire(self, fn: Callable[[], Any]) -> None:
+        """(Reactor thread) Call ``fn()`` once the Deferreds now being fired all fired (at once
+        when none are): what their callbacks queued is then taken together."""
+        if not self._firing:
+            fn()
+        elif fn not in self._after_fire:
+            self._after_fire.append(fn)
+
+    def _fire(self, fired: list[tuple[Deferred, Any]]) -> None:
+        self._firing = True
+        try:
+            _fire_all(fired)
+        finally:
+            self._firing = False
+            after, self._after_fire = self._after_fire, []
+            for fn in after:
+                fn()
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
         """Run ``fn(*args, **kwargs)`` on the writer thread; fires with its result or failure."""
@@ -289,10 +338,14 @@ class StoreExecutor:
             while not self._ingests and not self._jobs:
                 if self._stopping:
                     return None
+                self._idle = True
                 self._cond.wait()
+                self._idle = False
             ingest_head = self._ingests[0][0] if self._ingests else None
             job_head = self._jobs[0].seq if self._jobs else None
             turns = hasattr(self.store, "turn")
+            if self._ingests:
+                self._last_batch = min(self.max_batch, len(self._ingests))
             if ingest_head is not None and (job_head is None or ingest_head < job_head):
                 count = min(self.max_batch, len(self._ingests))
                 ingests = [self._ingests.popleft() for _ in range(count)]
@@ -349,9 +402,9 @@ class StoreExecutor:
             waiters = [d for _, _, d in ingests]
             for job in jobs:  # (a group's: its callers, the group closed if it never ran)
                 waiters += self._waiters(job)
-            self.reactor.callFromThread(_fire_all, [(d, Failure(error)) for d in waiters])
+            self.reactor.callFromThread(self._fire, [(d, Failure(error)) for d in waiters])
             return
-        self.reactor.callFromThread(_fire_all, fired)
+        self.reactor.callFromThread(self._fire, fired)
 
     def _ingest_results(self, batch: list[_Ingest]) -> list[tuple[Deferred, Any]]:
         items = [inbound for _, inbound, _ in batch]
@@ -372,7 +425,7 @@ class StoreExecutor:
         self.batches += 1
         self.ingested += len(batch)
         # One hop back to the reactor for the whole batch (one wake-up, not one per message).
-        self.reactor.callFromThread(_fire_all, self._ingest_results(batch))
+        self.reactor.callFromThread(self._fire, self._ingest_results(batch))
 
     def _run_job(self, job: _Job) -> None:
         try:

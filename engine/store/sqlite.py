@@ -14,7 +14,6 @@ opened.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,8 @@ from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
 from engine.store import nodes as node_registry
 from engine.store import versions as config_versions
 from engine.store.console import ConsoleStore
+from engine.store.ingest import MESSAGE_COLUMNS as _MESSAGE_COLUMNS
+from engine.store.ingest import ingest_rows
 from engine.store.leases import LeaseStore
 from engine.store.migrations import apply_migrations, current_version
 from engine.store.transaction import (
@@ -43,10 +44,6 @@ from engine.store.transaction import (
     placeholders,
 )
 
-_MESSAGE_COLUMNS = (
-    "id, channel, source, peer, content_type, received_at, updated_at, sha256, size, "
-    "control_id, dedup_key, correlation_id, status, error, error_location, origin"
-)
 _DELIVERY_COLUMNS = DELIVERY_COLUMNS
 _FAILED = (model.DEAD, model.QUARANTINED)
 _OPEN = (model.PENDING, model.INFLIGHT)
@@ -254,6 +251,7 @@ class SqliteStore(ConsoleStore, LeaseStore):
                     conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
+                self._local.sync = "FULL"
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open store {self.path}: {exc}") from exc
             self._connections.append(conn)
@@ -321,11 +319,12 @@ class SqliteStore(ConsoleStore, LeaseStore):
 
     def _sync_level(self, conn: sqlite3.Connection, durable: bool, was: bool = False) -> None:
         """(Dialect hook) Before a transaction: its commit's sync level (``synchronous=NORMAL``
-        when not durable); after it (``was``: what it had), back to FULL."""
-        if not durable:
-            conn.execute("PRAGMA synchronous=NORMAL")
-        elif not was:
-            conn.execute("PRAGMA synchronous=FULL")
+        when not durable); after it (``was``: what it had), back to FULL. The connection's
+        level is remembered: a transaction at the level the connection has runs no PRAGMA."""
+        level = "FULL" if durable else "NORMAL"
+        if getattr(self._local, "sync", None) != level:
+            conn.execute(f"PRAGMA synchronous={level}")
+            self._local.sync = level
 
     def _before_commit(self, conn: sqlite3.Connection, durable: bool) -> None:
         """(Dialect hook) Just before COMMIT; SQLite fixed the sync level at BEGIN."""
@@ -460,64 +459,7 @@ class SqliteStore(ConsoleStore, LeaseStore):
                     if i.dedup_key and i.dedup_window > 0
                 )
             )
-            return [self._ingest_one(conn, item, now) for item in items]
-
-    def _ingest_one(self, conn: sqlite3.Connection, item: Inbound, now: float) -> IngestResult:
-        digest = hashlib.sha256(item.raw).hexdigest()
-        status = model.RECEIVED
-        if item.dedup_key and item.dedup_window > 0:
-            earlier = self._dedup_candidates(conn, item, now)
-            for row_id, row_status, row_corr, row_sha in earlier:
-                if row_sha == digest:
-                    response = self.transaction_class(conn).content(row_id, "response")
-                    return IngestResult(row_id, "duplicate", row_status, row_corr, response)
-            if earlier:
-                status = model.CONFLICT
-        message_id = item.message_id or model.new_id()
-        correlation_id = item.correlation_id or message_id
-        try:
-            conn.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
-                (
-                    message_id,
-                    item.channel,
-                    item.source,
-                    item.peer,
-                    item.content_type,
-                    item.received_at,
-                    now,
-                    digest,
-                    len(item.raw),
-                    item.control_id,
-                    item.dedup_key,
-                    correlation_id,
-                    status,
-                    item.origin,
-                ),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise StoreError(
-                f"message id {message_id!r} must be new but is already stored ({exc})"
-            ) from exc
-        tx = self.transaction_class(conn)
-        tx.put_content(message_id, "raw", item.raw, now)
-        if item.response is not None:
-            tx.put_content(message_id, "response", item.response, now)
-        outcome = "conflict" if status == model.CONFLICT else "stored"
-        return IngestResult(message_id, outcome, status, correlation_id, None)
-
-    @staticmethod
-    def _dedup_candidates(
-        conn: sqlite3.Connection, item: Inbound, now: float
-    ) -> list[tuple[str, str, str, str]]:
-        """Messages of the same channel + dedup key inside the window, newest first."""
-        return conn.execute(
-            "SELECT id, status, correlation_id, sha256 FROM messages "
-            "WHERE channel = ? AND dedup_key = ? AND received_at >= ? "
-            "ORDER BY received_at DESC, rowid DESC",
-            (item.channel, item.dedup_key, now - item.dedup_window),
-        ).fetchall()
+            return ingest_rows(self.transaction_class(conn), items, now)
 
     def set_response(self, message_id: str, response: bytes, now: float | None = None) -> None:
         """Store (or replace) the response the source gave for this message (e.g. the ACK)."""

@@ -208,6 +208,42 @@ class DestinationsCompletedTests(AckFlowTests):
         self.assertEqual(again.response, good.response)
 
 
+class ThroughTheSourceCallable:
+    """The same tests through the callable a source is handed (``FrontDoor.ingest_for``): a
+    message like these takes the fast path (plain callbacks, no coroutine); what it cannot
+    take (unparseable bytes, answers that wait for the pipeline or a conflict) goes on as
+    before, with the same answers."""
+
+    engine: Engine
+
+    def send(self, raw: bytes) -> defer.Deferred:
+        self.engine.door._answers = lambda key: True  # type: ignore[method-assign]
+        return self.engine.door.ingest_for("c")(raw, "127.0.0.1:1")
+
+
+class AckFlowSourceTests(ThroughTheSourceCallable, AckFlowTests):
+    @defer.inlineCallbacks
+    def test_a_plain_message_is_stored_without_the_coroutine(self) -> Any:
+        """A message that decodes and fits is stored and answered without ``receive``."""
+
+        async def unused(*args: Any, **kw: Any) -> Any:
+            raise AssertionError("the fast path was not taken")
+
+        self.patch(self.engine.door, "receive", unused)
+        first = yield self.send(SCREW)
+        self.assertEqual((first.kind, ack(first.response).get("MSA-1")), ("stored", "AA"))
+        again = yield self.send(SCREW)
+        self.assertEqual((again.kind, again.response), ("duplicate", first.response))
+
+
+class AfterTransformSourceTests(ThroughTheSourceCallable, AfterTransformTests):
+    pass
+
+
+class DestinationsCompletedSourceTests(ThroughTheSourceCallable, DestinationsCompletedTests):
+    pass
+
+
 @pytest.mark.integration
 class StrictOnAckTests(unittest.TestCase):
     def setUp(self) -> Any:

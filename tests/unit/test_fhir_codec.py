@@ -4,6 +4,8 @@ and OperationOutcome issues that name the FHIRPath of each problem."""
 from __future__ import annotations
 
 import json
+import random
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ from fhir.resources.operationoutcome import OperationOutcome
 from engine.codecs.fhir import (
     FHIR_SPEC,
     FhirInvalid,
+    dump_json,
+    for_storage,
     make_fhir,
     operation_outcome,
     validate_resource,
@@ -79,3 +83,43 @@ def test_operation_outcome_validates() -> None:
     """The OperationOutcome built from the issues is a valid FHIR resource."""
     issues = validate_resource({**DELIVERY, "status": "bogus"})
     OperationOutcome.model_validate(operation_outcome(issues))
+
+
+def _values(rnd: random.Random, depth: int = 0) -> Any:
+    """Nested JSON values of every kind json.loads makes, with awkward strings and keys."""
+    leaves = ["x", 'q"uo\\te', "é\u2028\n\t\x00\x1f/<>", "", 0, -7, 10**30, True, False, None, 2.5]
+    r = rnd.random()
+    if depth > 3 or r < 0.3:
+        return rnd.choice(leaves)
+    if r < 0.65:
+        keys = ["a", "Zz", "ç", 'k"', "resourceType"]
+        return {
+            rnd.choice(keys) + str(i): _values(rnd, depth + 1) for i in range(rnd.randint(0, 4))
+        }
+    return [_values(rnd, depth + 1) for _ in range(rnd.randint(0, 4))]
+
+
+def test_dump_json_writes_what_the_standard_library_writes() -> None:
+    """The stored bytes of a resource (a resend's duplicate check compares them) are compact
+    JSON exactly as json.dumps writes it, whatever the strings hold; a Decimal is written as
+    written (2.50 stays 2.50), a non-finite number is refused."""
+    rnd = random.Random(14)
+    for _ in range(2000):
+        value = _values(rnd)
+        expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        assert dump_json(value) == expected.encode("utf-8")
+    assert dump_json({"q": [Decimal("2.50"), Decimal("-0.0"), Decimal("1E+3")]}) == (
+        b'{"q":[2.50,-0.0,1E+3]}'
+    )
+    for bad in (Decimal("NaN"), float("inf")):
+        with pytest.raises(ValueError):
+            dump_json({"x": bad})
+
+
+def test_for_storage_puts_resource_type_first_then_sorts_the_keys() -> None:
+    data = {"status": "completed", "Zed": 1, "resourceType": "SupplyDelivery", "id": "x"}
+    data["b"] = {"z": 1, "resourceType": "Inner", "A": [{"y": 1, "x": 2}]}
+    stored = for_storage(data)
+    assert list(stored) == ["resourceType", "Zed", "b", "status"]
+    assert list(stored["b"]) == ["resourceType", "A", "z"]
+    assert list(stored["b"]["A"][0]) == ["x", "y"]

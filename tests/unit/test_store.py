@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,6 +240,87 @@ def test_batch_is_one_transaction(store: SqliteStore) -> None:
     with pytest.raises(StoreError, match="'taken' must be new"):
         store.ingest_batch([inbound(b"ok"), inbound(b"bad", message_id="taken")], T0)
     assert store.counts()["messages"] == {model.RECEIVED: 1}
+
+
+class CountingConnection:
+    """The store thread's connection, with every statement it is handed recorded."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.statements.append(" ".join(sql.split()[:3]))
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_an_ingest_batch_costs_five_statements_whatever_its_size(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A batch is stored with one duplicate lookup, one INSERT into messages and one into
+    contents, whatever its size (it was four statements per message and a PRAGMA)."""
+    store = sqlite_store
+    store_one(store, b"warm")  # the connection is open and its sync level set
+    counting = CountingConnection(store._conn())
+    store._local.conn = counting
+    items = [
+        inbound(f"MSH|{n}".encode(), dedup_key=f"K{n}", dedup_window=60, response=b"ACK")
+        for n in range(8)
+    ]
+    results = store.ingest_batch(items, T0)
+    assert [r.outcome for r in results] == ["stored"] * 8
+    assert counting.statements == [
+        "BEGIN IMMEDIATE",
+        "SELECT received_at, rowid,",
+        "INSERT INTO messages",
+        "INSERT INTO contents",
+        "COMMIT",
+    ]
+    assert {store.get_content(r.message_id, "response") for r in results} == {b"ACK"}
+    counting.statements.clear()
+    assert [r.outcome for r in store.ingest_batch(items[:4], T0 + 1)] == ["duplicate"] * 4
+    # each duplicate reads the answer it is given again; nothing written, nothing committed
+    assert counting.statements == ["BEGIN IMMEDIATE", "SELECT received_at, rowid,"] + [
+        "SELECT data FROM"
+    ] * 4 + ["ROLLBACK"]
+
+
+@pytest.mark.parametrize("size", [1, 3, 255, 256, 257, 600])
+def test_ingest_batches_of_any_size_keep_order_and_dedup(store: SqliteStore, size: int) -> None:
+    """Batches cut into chunks of 256, 128, ..., 1 rows: every item stored once, in order, each
+    key's second copy a duplicate of its first, a changed copy a conflict."""
+    items = [
+        inbound(f"MSH|{n}".encode(), dedup_key=f"K{n % 200}", dedup_window=60) for n in range(size)
+    ]
+    results = store.ingest_batch(items, T0)
+    seen: dict[str, str] = {}
+    for n, result in enumerate(results):
+        key = f"K{n % 200}"
+        if key in seen:  # the same key, other bytes: a conflict
+            assert result.outcome == "conflict", n
+        else:
+            assert result.outcome == "stored", n
+            seen[key] = result.message_id
+        assert store.get_content(result.message_id, "raw") == f"MSH|{n}".encode()
+    again = store.ingest_batch(items[:1] * 2, T0 + 1)
+    assert [r.outcome for r in again] == ["duplicate", "duplicate"]
+    assert {r.message_id for r in again} == {seen["K0"]}
+
+
+def test_a_duplicate_answers_for_the_newest_stored_copy(store: SqliteStore) -> None:
+    """Outside the window the same bytes are stored again; inside both windows a resend is a
+    duplicate of the newest copy (received_at, then insertion order)."""
+    old = store_one(store, b"same", dedup_key="K", dedup_window=5, response=b"OLD")
+    new = store.ingest_batch(
+        [inbound(b"same", dedup_key="K", dedup_window=5, received_at=T0 + 10, response=b"NEW")],
+        T0 + 10,
+    )[0]
+    assert new.outcome == "stored" and new.message_id != old
+    (dup,) = store.ingest_batch([inbound(b"same", dedup_key="K", dedup_window=60)], T0 + 11)
+    assert (dup.outcome, dup.message_id, dup.response) == ("duplicate", new.message_id, b"NEW")
 
 
 # ---------------------------------------------------------------------- finish_processing

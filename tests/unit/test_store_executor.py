@@ -572,4 +572,91 @@ def test_a_grouped_call_whose_savepoint_fails_fails_its_waiters(
     assert second.failure is None
     (delivery,) = [d for m in store.search() for d in store.deliveries_for(m.id)]
     assert delivery["status"] == model.SENT
+
+
+class TurnReactor(FakeReactor):
+    """FakeReactor with callLater(0): the calls wait for the end of the reactor's turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.later: list[Callable[[], Any]] = []
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any) -> None:
+        self.later.append(lambda: f(*args))
+
+    def end_turn(self) -> None:
+        later, self.later = self.later, []
+        for f in later:
+            f()
+
+
+def test_ingests_of_one_reactor_turn_wake_the_writer_once(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With coalesce_wakeups, while ingests come in batches, the ingests made on the reactor
+    thread while the writer waits wake it once, at the end of the reactor's turn: they are one
+    batch, one commit. A lone sender's ingest (the last batch held one) wakes it at once."""
+    from twisted.python import threadable
+
+    monkeypatch.setattr(threadable, "ioThread", threadable.getThreadID())
+    reactor = TurnReactor()
+    executor = StoreExecutor(store, reactor, coalesce_wakeups=True)
+    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(2)]  # one batch of two
+    executor.start()
+    wait_all(reactor, outcomes)
+
+    def wait_idle() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not executor._idle:  # the writer waits for work
+            assert time.monotonic() < deadline, "the writer never waited"
+            time.sleep(0.001)
+
+    wait_idle()
+    outcomes = [Outcome(executor.ingest(inbound(n))) for n in range(2, 7)]
+    assert len(reactor.later) == 1  # one wake-up scheduled for the five
+    time.sleep(0.05)
+    assert executor.batches == 1  # nobody woke the writer yet
+    reactor.end_turn()
+    wait_all(reactor, outcomes)
+    assert executor.batches == 2 and executor.ingested == 7
+    assert [o.result.outcome for o in outcomes] == ["stored"] * 5
+    wait_idle()
+    one = Outcome(executor.ingest(inbound(7)))  # after a batch of five: waits for the turn
+    assert len(reactor.later) == 1
+    reactor.end_turn()
+    wait_all(reactor, [one])
+    for n in range(8, 10):  # after a batch of one: woken at once, no wait for the turn
+        wait_idle()
+        one = Outcome(executor.ingest(inbound(n)))
+        assert reactor.later == []
+        wait_all(reactor, [one])
+    assert executor.batches == 5
+    stop(executor, reactor)
+
+
+def test_after_fire_runs_once_when_a_turn_fired(store: SqliteStore) -> None:
+    """What a callback asks for with after_fire runs once, after every Deferred of the turn
+    fired; outside a firing it runs at once."""
+    reactor = FakeReactor()
+    executor = StoreExecutor(store, reactor)
+    calls: list[int] = []
+    seen: list[int] = []
+
+    def later() -> None:
+        calls.append(len(seen))
+
+    def fired(result: Any) -> None:
+        seen.append(1)
+        executor.after_fire(later)
+
+    outcomes = []
+    for n in range(3):
+        d = executor.ingest(inbound(n))
+        d.addCallback(fired)
+        outcomes.append(Outcome(d))
+    executor.start()
+    wait_all(reactor, outcomes)
+    assert executor.batches == 1 and calls == [3]
+    executor.after_fire(later)
+    assert calls == [3, 3]
     stop(executor, reactor)
