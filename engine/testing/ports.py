@@ -5,11 +5,14 @@ connections take their local ports from: between the moment a test picks it and 
 server it starts binds it, a client connection (a PostgreSQL pool, an HTTP call, HAProxy's
 checks) or a second ``bind(0)`` can take the same number, and the server then fails with
 "Address already in use". These ports come from below that range instead, are checked free, and
-are never handed out twice by one process.
+are never handed out twice by one process. Under pytest-xdist each worker draws from its own
+slice of that range (``PYTEST_XDIST_WORKER`` gwN of ``PYTEST_XDIST_WORKER_COUNT``), so two
+workers never pick the same number between the check and the bind.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -27,11 +30,27 @@ def _ephemeral_low() -> int:
     return low
 
 
+def _worker_slice(start: int, stop: int) -> tuple[int, int]:
+    """This pytest-xdist worker's share of [start, stop); the whole range outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return start, stop
+    try:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        index = int(worker.removeprefix("gw"))
+    except ValueError:
+        return start, stop
+    if count <= 1 or not 0 <= index < count:
+        return start, stop
+    width = (stop - start) // count
+    return start + index * width, start + (index + 1) * width
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now, below the ephemeral range, and not
-    handed out before by this process."""
+    handed out before by this process (nor by another pytest-xdist worker)."""
     low = _ephemeral_low()
-    start = 20000 if low > 21000 else 1024
+    start, low = _worker_slice(20000 if low > 21000 else 1024, low)
     with _lock:
         for _ in range(500):
             port = random.randrange(start, low)

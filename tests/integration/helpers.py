@@ -178,6 +178,18 @@ class Processes:
         wait_until(lambda: port_open(port), 20, f"{name} listening on {port}", procs=[proc])
         return proc
 
+    def sandbox(
+        self, http_port: int, mllp_port: int, state: Path, seed: Path, env: dict[str, str]
+    ) -> Proc:
+        """``wharf sandbox`` (the stateful ERP on ``http_port``, billing's MLLP on ``mllp_port``)
+        seeded with ``seed``; returns once both listen."""
+        args = [str(WHARF), "sandbox", "--http-port", str(http_port), "--mllp-port", str(mllp_port)]
+        proc = self.start("sandbox", [*args, "--state", str(state), "--seed", str(seed)], env)
+        wait_until(
+            lambda: port_open(http_port) and port_open(mllp_port), 30, "sandbox", procs=[proc]
+        )
+        return proc
+
     def wharf(self, root: Path, env: dict[str, str], name: str = "wharf") -> Proc:
         """``wharf --root ROOT run``; returns once it says it is running."""
         proc = self.start(name, [str(WHARF), "--root", str(root), "run"], env)

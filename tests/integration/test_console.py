@@ -20,7 +20,8 @@ from engine.web.console import NAV
 from tests.integration.console_helpers import Client, Demo, start_demo
 from tests.integration.helpers import Processes, open_store, wait_until
 
-pytestmark = pytest.mark.integration
+# One worker runs every test of the shared console demo (it is started once per worker).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console_demo")]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -21,7 +21,8 @@ from engine.web.auth import ROLE_PERMISSIONS, ROLES
 from engine.web.console import NAV
 from tests.integration.console_helpers import PASSWORD, Demo
 
-pytestmark = pytest.mark.integration
+# One worker runs every test of the shared console demo (it is started once per worker).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console_demo")]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

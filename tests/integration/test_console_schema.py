@@ -21,7 +21,8 @@ from schemathesis.checks import (
 from engine.web.api import openapi_document
 from tests.integration.console_helpers import PASSWORD, Demo
 
-pytestmark = pytest.mark.integration
+# One worker runs every test of the shared console demo (it is started once per worker).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console_demo")]
 
 schema = schemathesis.openapi.from_dict(openapi_document())
 _sessions: dict[int, tuple[requests.Session, str]] = {}

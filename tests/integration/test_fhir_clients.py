@@ -42,7 +42,6 @@ from lxml import etree
 
 from engine.sources.fhir_http.rest import token_sha256
 from tests.integration.helpers import (
-    WHARF,
     Proc,
     Processes,
     free_port,
@@ -110,23 +109,13 @@ def stack() -> Iterator[Stack]:
         env.pop("POU_TOKEN_SHA256", None)  # the shipped default: the demo token's hash
         fhir_port = int(env["FHIR_PORT"])
         with Processes(base) as procs:
-            sandbox = procs.start(
-                "sandbox",
-                [
-                    str(WHARF),
-                    "sandbox",
-                    "--http-port",
-                    str(sandbox_port),
-                    "--mllp-port",
-                    str(billing_port),
-                    "--state",
-                    str(base / "sandbox.db"),
-                    "--seed",
-                    str(project / "mappings" / "onhand.csv"),
-                ],
+            procs.sandbox(
+                sandbox_port,
+                billing_port,
+                base / "sandbox.db",
+                project / "mappings" / "onhand.csv",
                 env,
             )
-            wait_until(lambda: port_open(sandbox_port), 30, "sandbox listening", procs=[sandbox])
             wharf = procs.wharf(project, env)
             wait_until(lambda: port_open(fhir_port), 30, "fhir_http listening", procs=[wharf])
             yield Stack(project, fhir_port, sandbox_port, Path(env["WHARF_DB"]), wharf)

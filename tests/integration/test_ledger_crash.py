@@ -20,7 +20,7 @@ import pytest
 
 from engine.codecs.hl7v2 import tokenize
 from engine.sandbox.state import SandboxState
-from tests.integration.helpers import WHARF, Processes, free_port, port_open, wait_until, wharf_env
+from tests.integration.helpers import Processes, free_port, port_open, wait_until, wharf_env
 
 ROOT = Path(__file__).resolve().parents[2]
 KNEE = (ROOT / "samples/hl7/dft_p03_knee_and_sutures.hl7").read_bytes()
@@ -107,22 +107,7 @@ def test_crash_and_resends_leave_ledger_and_sandbox_in_agreement(
     state_path = tmp_path / "sandbox.db"
     count = 150
     with Processes(tmp_path) as procs:
-        sandbox_cmd = [
-            str(WHARF),
-            "sandbox",
-            "--http-port",
-            str(http_port),
-            "--mllp-port",
-            str(billing_port),
-            "--state",
-            str(state_path),
-            "--seed",
-            str(project_dir / "mappings/onhand.csv"),
-        ]
-        sandbox = procs.start("sandbox", sandbox_cmd, env)
-        wait_until(
-            lambda: port_open(http_port) and port_open(billing_port), 30, "sandbox", procs=[sandbox]
-        )
+        procs.sandbox(http_port, billing_port, state_path, project_dir / "mappings/onhand.csv", env)
         first = procs.wharf(project_dir, env)
         wait_until(lambda: port_open(ledger_port), 30, "usage_ledger listener")
         acked: set[int] = set()

@@ -83,6 +83,7 @@ class LedgerFlowTests(unittest.TestCase):
         return [
             json.loads(p.read_text()) if p.suffix == ".json" else p.read_bytes()
             for p in sorted((self.root / "out" / folder).glob("*"))
+            if not p.name.startswith(".")  # a file being written (engine.net.files)
         ]
 
     @defer.inlineCallbacks

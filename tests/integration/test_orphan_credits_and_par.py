@@ -75,6 +75,7 @@ class OrphanCreditsAndPar(unittest.TestCase):
         return [
             json.loads(p.read_text()) if p.suffix == ".json" else p.read_bytes()
             for p in sorted(out.glob("*"))
+            if not p.name.startswith(".")  # a file being written (engine.net.files)
         ]
 
     async def wait_for(self, folder: str, count: int) -> list[Any]:

@@ -24,7 +24,6 @@ import pytest
 from engine.runtime.store import open_store
 from engine.sandbox.state import SandboxState
 from tests.integration.helpers import (
-    WHARF,
     Processes,
     drop_file,
     free_port,
@@ -453,24 +452,8 @@ def test_mixed_load_on_two_nodes_kill_9_one_ledger_equals_the_erp(
                 BILLING_PORT=str(billing_port),
                 BILLING_FHIR_URL=f"http://127.0.0.1:{http_port}/fhir",
             )
-        sandbox = procs.start(
-            "sandbox",
-            [
-                str(WHARF),
-                "sandbox",
-                "--http-port",
-                str(http_port),
-                "--mllp-port",
-                str(billing_port),
-                "--state",
-                str(state_path),
-                "--seed",
-                str(project_dir / "mappings/onhand.csv"),
-            ],
-            envs[0],
-        )
-        wait_until(
-            lambda: port_open(http_port) and port_open(billing_port), 30, "sandbox", procs=[sandbox]
+        procs.sandbox(
+            http_port, billing_port, state_path, project_dir / "mappings/onhand.csv", envs[0]
         )
         node1 = procs.wharf(project_dir, envs[0], name="node1")
         node2 = procs.wharf(project_dir, envs[1], name="node2")

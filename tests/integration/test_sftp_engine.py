@@ -93,7 +93,7 @@ class SftpEngineTests(unittest.TestCase):
         yield threads.deferToThread(self.upload, local)
         archive = self.root / "var/sftp/acme/archive"
         for _ in range(100):
-            if (archive / local.name).exists() and list((self.root / "var/out").glob("*")):
+            if (archive / local.name).exists() and list((self.root / "var/out").glob("[!.]*")):
                 break
             yield task.deferLater(reactor, 0.05, lambda: None)
         self.assertTrue((archive / local.name).exists())

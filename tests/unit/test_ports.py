@@ -32,3 +32,27 @@ def test_a_port_in_use_is_never_given() -> None:
     finally:
         for s in held:
             s.close()
+
+
+def test_xdist_workers_draw_from_disjoint_slices(monkeypatch) -> None:
+    low = ports._ephemeral_low()
+    drawn: dict[str, set[int]] = {}
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+        start, stop = ports._worker_slice(20000, low)
+        drawn[worker] = {ports.free_port() for _ in range(30)}
+        assert all(start <= p < stop for p in drawn[worker]), worker
+    assert not drawn["gw0"] & drawn["gw1"]
+    assert not drawn["gw1"] & drawn["gw2"]
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert ports._worker_slice(20000, low) == (20000, low)
+
+
+def test_slices_cover_the_range_without_overlap(monkeypatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    a = ports._worker_slice(20000, 32768)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    b = ports._worker_slice(20000, 32768)
+    assert a == (20000, 26384) and b == (26384, 32768)
