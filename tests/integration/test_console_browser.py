@@ -60,6 +60,18 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def follow(driver: Any, element: Any) -> None:
+    """Click a link or a form's button and wait until the browser has left the page: a look
+    for the next page's elements before then would find (or go stale on) the old page's."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(page))
+
+
 def log_in(driver: Any, demo: Demo, name: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -67,7 +79,7 @@ def log_in(driver: Any, demo: Demo, name: str) -> None:
     driver.get(f"{demo.url}/login")
     driver.find_element(By.ID, "name").send_keys(name)
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    driver.find_element(By.ID, "login").click()
+    follow(driver, driver.find_element(By.ID, "login"))
     assert driver.find_elements(By.ID, "logout"), driver.page_source[:500]
 
 
@@ -143,8 +155,8 @@ def test_an_operator_replays_a_message(browser: Any, console_demo: Demo) -> None
 
     log_in(browser, console_demo, "operator")
     browser.get(f"{console_demo.url}/messages?status=sent&channel=usage_ledger")
-    browser.find_element(By.CSS_SELECTOR, "#results td a").click()
-    browser.find_element(By.CSS_SELECTOR, "button[id^=resend-]").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "#results td a"))
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "button[id^=resend-]"))
     assert "replayed: 1 requeued" in browser.find_element(By.ID, "flash").text
     assert absent(browser, By.ID, "show-body")  # an operator sees no bodies
 
@@ -156,7 +168,7 @@ def test_finance_releases_a_held_invoice(browser: Any, console_demo: Demo) -> No
     browser.get(f"{console_demo.url}/finance")
     button = browser.find_element(By.CSS_SELECTOR, "button[id^=release-]")
     invoice = button.get_attribute("id").removeprefix("release-")
-    button.click()
+    follow(browser, button)
     assert "released" in browser.find_element(By.ID, "flash").text
     assert absent(browser, By.ID, f"invoice-{invoice}")
     assert absent(browser, By.LINK_TEXT, "Integration")
@@ -170,7 +182,7 @@ def test_an_operator_closes_a_work_item(browser: Any, console_demo: Demo) -> Non
     button = browser.find_element(By.CSS_SELECTOR, "button[id^=resolve-]")
     item = button.get_attribute("id").removeprefix("resolve-")
     browser.find_element(By.ID, f"note-{item}").send_keys("checked with the vendor")
-    button.click()
+    follow(browser, button)
     assert f"work item {item} closed" in browser.find_element(By.ID, "flash").text
     assert absent(browser, By.ID, f"resolve-{item}")
 
@@ -180,11 +192,11 @@ def test_an_operator_pauses_and_resumes_a_channel(browser: Any, console_demo: De
 
     log_in(browser, console_demo, "operator")
     browser.get(f"{console_demo.url}/integration")
-    browser.find_element(By.ID, "pause-usage_mllp").click()
+    follow(browser, browser.find_element(By.ID, "pause-usage_mllp"))
     assert "usage_mllp/* paused" in browser.find_element(By.ID, "flash").text
     row = browser.find_element(By.ID, "channel-usage_mllp").text
     assert "paused" in row
-    browser.find_element(By.ID, "resume-usage_mllp").click()
+    follow(browser, browser.find_element(By.ID, "resume-usage_mllp"))
     assert "usage_mllp/* resumed" in browser.find_element(By.ID, "flash").text
 
 
@@ -196,9 +208,9 @@ def test_an_analyst_searches_a_mapping_table_and_a_viewer_is_refused(
     log_in(browser, console_demo, "analyst")
     assert "mappings" in header_links(browser)
     browser.get(f"{console_demo.url}/mappings")
-    browser.find_element(By.LINK_TEXT, "items").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "items"))
     browser.find_element(By.ID, "q").send_keys("FOLEY CATHETER TRAY 14F")
-    browser.find_element(By.ID, "search").click()
+    follow(browser, browser.find_element(By.ID, "search"))
     assert browser.find_element(By.ID, "matches").text.startswith("1 row(s)")
     assert "ITEM-160004" in browser.find_element(By.ID, "mapping-rows").text
     log_in(browser, console_demo, "viewer")
