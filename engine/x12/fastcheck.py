@@ -119,26 +119,37 @@ class SegmentCheck:
     def ok(self, seg: Any) -> bool:
         """True only if pyx12 would report no error for ``seg`` against this node."""
         elements = seg.elements
-        n = len(elements)
+        values = [""] * (len(elements) + 1)
+        for i, composite in enumerate(elements):
+            comp = composite.elements
+            if len(comp) > 1:
+                return False  # composite data: let pyx12 check it
+            values[i + 1] = comp[0].value
+        return self._ok(values)
+
+    def ok_values(self, els: list[str], component: str) -> bool:
+        """:meth:`ok` for a tokenized segment (``els[0]`` the segment id, as
+        :mod:`engine.x12.segments` splits it) with ``component`` its component separator."""
+        for i in range(1, len(els)):
+            if component in els[i]:
+                return False  # composite data: let pyx12 check it
+        return self._ok(els)
+
+    def _ok(self, els: list[str]) -> bool:
+        n = len(els) - 1
         if n > self.count:
             return False
         present = [False] * (self.width + 1)  # 1-based
+        rules = self.rules
         for i in range(n):
-            comp = elements[i].elements
-            rule = self.rules[i]
-            if isinstance(rule, composite_if):
-                if len(comp) > 1 or comp[0].value != "":
-                    return False  # composite data: let pyx12 check it
-                if rule.usage == "R":
-                    return False
-                continue
-            if len(comp) > 1:
-                return False  # a composite where a simple element belongs
-            value = comp[0].value
+            rule = rules[i]
+            value = els[i + 1]
             if value == "":
                 if rule.usage == "R":
                     return False
                 continue
+            if isinstance(rule, composite_if):
+                return False  # composite data: let pyx12 check it
             if not rule.ok(value):
                 return False
             present[i + 1] = True
