@@ -46,15 +46,18 @@ class _ElementRule:
         "dtype",
         "icvn",
         "max",
+        "memo",
         "min",
         "numeric",
         "regex",
+        "required",
         "text",
         "usage",
     )
 
     def __init__(self, node: element_if, ext_codes: Any) -> None:
         self.usage = node.usage
+        self.required = node.usage == "R"
         self.dtype = node.get_data_type() or ""
         self.min = node.min_len
         self.max = node.max_len
@@ -70,6 +73,11 @@ class _ElementRule:
         self.regex = node.rec
         self.icvn = node.root.icvn or "00401"
         self.charset = node.root.param.get("charset")
+        # ok() is a pure function of the value: its answers are remembered (every code of a
+        # code list at once, other values as they come, up to _MEMO of them).
+        self.memo: dict[str, bool] = {}
+        if self.codes is not None:
+            self.memo = {c: self.ok(c) for c in self.codes if c}
 
     def ok(self, value: str) -> bool:
         if self.usage == "N" or _CONTROL.search(value):
@@ -85,6 +93,31 @@ class _ElementRule:
             return False
         return not (self.regex is not None and not self.regex.search(value))
 
+    def learn(self, value: str) -> bool:
+        """:meth:`ok`, remembered."""
+        if self.codes is not None:
+            return False  # every code is in the memo already
+        answer = self.ok(value)
+        if len(self.memo) < _MEMO:
+            self.memo[value] = answer
+        return answer
+
+
+class _CompositeRule:
+    """A composite position: only an empty one is settled here."""
+
+    __slots__ = ("memo", "required")
+
+    def __init__(self, node: composite_if) -> None:
+        self.required = node.usage == "R"
+        self.memo: dict[str, bool] = {}
+
+    def learn(self, value: str) -> bool:
+        return False  # composite data: let pyx12 check it
+
+
+_MEMO = 4096
+
 
 class _NotModelled(Exception):
     """The segment uses a map feature the fast check does not reproduce."""
@@ -93,14 +126,14 @@ class _NotModelled(Exception):
 class SegmentCheck:
     """A compiled, conservative validity test for one map segment node."""
 
-    __slots__ = ("count", "required", "rules", "syntax", "width")
+    __slots__ = ("count", "need", "rules", "syntax")
 
     def __init__(self, node: segment_if) -> None:
         if node.id == "DTP":  # pyx12 special-cases DTP dates; leave it to pyx12
             raise _NotModelled
         ext = node.root.ext_codes
         self.count = len(node.children)
-        self.rules: list[_ElementRule | composite_if] = []
+        self.rules: list[_ElementRule | _CompositeRule] = []
         for i, child in enumerate(node.children):
             if child.seq != i + 1:
                 raise _NotModelled
@@ -109,12 +142,14 @@ class SegmentCheck:
                     raise _NotModelled  # pyx12 checks 1251 against these formats
                 self.rules.append(_ElementRule(child, ext))
             else:
-                self.rules.append(child)
-        self.required = [i for i, c in enumerate(node.children) if c.usage == "R"]
-        self.syntax = [(s[0], [int(x) for x in s[1:]]) for s in node.syntax]
-        if any(len(idx) < 2 for _, idx in self.syntax):
+                self.rules.append(_CompositeRule(child))
+        # every required position must be there (an empty one is caught element by element)
+        self.need = max([i + 1 for i, c in enumerate(node.children) if c.usage == "R"] or [0])
+        self.syntax = [
+            (s[0], idx, idx[0]) for s in node.syntax for idx in [tuple(int(x) for x in s[1:])]
+        ]
+        if any(len(idx) < 2 for _, idx, _first in self.syntax):
             raise _NotModelled  # pyx12 reports such a note as an error in itself
-        self.width = max([self.count, *(k for _, idx in self.syntax for k in idx)])
 
     def ok(self, seg: Any) -> bool:
         """True only if pyx12 would report no error for ``seg`` against this node."""
@@ -137,27 +172,26 @@ class SegmentCheck:
 
     def _ok(self, els: list[str]) -> bool:
         n = len(els) - 1
-        if n > self.count:
+        if n > self.count or n < self.need:
             return False
-        present = [False] * (self.width + 1)  # 1-based
         rules = self.rules
-        for i in range(n):
-            rule = rules[i]
-            value = els[i + 1]
+        for i in range(1, n + 1):
+            value = els[i]
+            rule = rules[i - 1]
             if value == "":
-                if rule.usage == "R":
+                if rule.required:
                     return False
                 continue
-            if isinstance(rule, composite_if):
-                return False  # composite data: let pyx12 check it
-            if not rule.ok(value):
+            hit = rule.memo.get(value)
+            if hit is None:
+                hit = rule.learn(value)
+            if not hit:
                 return False
-            present[i + 1] = True
-        for i in self.required:
-            if i >= n:
-                return False
-        for code, idx in self.syntax:
-            count = sum(1 for k in idx if present[k])
+        for code, idx, first in self.syntax:
+            count = 0
+            for k in idx:
+                if k <= n and els[k] != "":
+                    count += 1
             if code == "P":
                 if count not in (0, len(idx)):
                     return False
@@ -168,10 +202,10 @@ class SegmentCheck:
                 if count > 1:
                     return False
             elif code == "C":
-                if present[idx[0]] and count != len(idx):
+                if first <= n and els[first] != "" and count != len(idx):
                     return False
             elif code == "L":
-                if present[idx[0]] and count < 2:
+                if first <= n and els[first] != "" and count < 2:
                     return False
             else:
                 return False
