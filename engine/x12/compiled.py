@@ -38,7 +38,7 @@ from pyx12.path import X12Path
 
 from engine.x12.fastcheck import segment_check
 from engine.x12.results import GroupResult, SetResult
-from engine.x12.segments import Interchange
+from engine.x12.segments import ISA_LENGTH, Interchange
 
 __all__ = ["clean_groups", "stats"]
 
@@ -185,8 +185,14 @@ class _Walk:
         quals = plans.qualifiers.get(seg_id)
         if quals is None:
             raise _Bail  # no node of the map has this id: pyx12 reports it
-        n = len(els)
-        key = (id(node), seg_id, *[els[e] if e < n else None for e, _c in quals])
+        if not quals:
+            key: tuple = (id(node), seg_id)
+        elif len(quals) == 1:
+            e = quals[0][0]
+            key = (id(node), seg_id, els[e] if e < len(els) else None)
+        else:
+            n = len(els)
+            key = (id(node), seg_id, *[els[e] if e < n else None for e, _c in quals])
         hit = plans.plans.get(key)
         if hit is None:
             planner = _Planner(self.text_of(els))
@@ -227,8 +233,9 @@ class _Walk:
         return found
 
 
-def _check(node: Any, els: list[str], component: str, text_of: Any) -> None:
-    """Bail unless pyx12's segment validator would find nothing wrong with ``els``."""
+def _check(node: Any, els: list[str], component: str | None, text_of: Any) -> None:
+    """Bail unless pyx12's segment validator would find nothing wrong with ``els``
+    (``component``: the component separator, None when the interchange holds none)."""
     check = segment_check(node)
     if check is not None and check.ok_values(els, component):
         stats["table"] += 1
@@ -275,18 +282,21 @@ def clean_groups(text: str, interchange: Interchange | None, maps: Any) -> tuple
     if icvn not in ("00401", "00501") or _bad_layout(text, seps.segment):
         return None
     try:
-        return _walk(interchange, maps, icvn)
+        return _walk(text, interchange, maps, icvn)
     except _Bail:
         return None
 
 
-def _walk(interchange: Interchange, maps: Any, icvn: str) -> tuple:
+def _walk(text: str, interchange: Interchange, maps: Any, icvn: str) -> tuple:
     seps = interchange.separators
     esep, comp, term = seps.element, seps.component, seps.segment
 
     def text_of(els: list[str]) -> pyx12.segment.Segment:
         return pyx12.segment.Segment(esep.join(els), term, esep, comp)
 
+    # the table settles composites only when empty: without a component separator in the
+    # segments there are none to look for
+    seen = comp if comp in text[ISA_LENGTH:] else None
     control = maps.control(icvn)
     walk = _Walk(text_of)
     node = control.getnodebypath("/ISA_LOOP/ISA")
@@ -307,7 +317,7 @@ def _walk(interchange: Interchange, maps: Any, icvn: str) -> tuple:
             raise _Bail
         plans = _plans(maps.get(map_file))
         node = plans.map.getnodebypath("/ISA_LOOP/GS_LOOP/GS")
-        _check(node, gs, comp, text_of)
+        _check(node, gs, seen, text_of)
         sets: list[SetResult] = []
         st_ids: set[str] = set()
         for ts in group.sets:
@@ -321,7 +331,7 @@ def _walk(interchange: Interchange, maps: Any, icvn: str) -> tuple:
                 if els[0] == "HL":
                     raise _Bail  # pyx12's reader checks the HL tree: left to it
                 node = walk.step(plans, node, els)
-                _check(node, els, comp, text_of)
+                _check(node, els, seen, text_of)
             stats["segments"] += len(segs)
             sets.append(
                 SetResult(
@@ -335,7 +345,7 @@ def _walk(interchange: Interchange, maps: Any, icvn: str) -> tuple:
             )
         node = walk.step(plans, node, group.ge)
         _plain(group.ge)
-        _check(node, group.ge, comp, text_of)
+        _check(node, group.ge, seen, text_of)
         groups.append(
             GroupResult(
                 functional_id=gs[1],
@@ -354,7 +364,7 @@ def _walk(interchange: Interchange, maps: Any, icvn: str) -> tuple:
     iea = interchange.iea
     _plain(iea)
     node = walk.step(plans if interchange.groups else _plans(control), node, iea)
-    _check(node, iea, comp, text_of)
+    _check(node, iea, seen, text_of)
     return tuple(groups)
 
 

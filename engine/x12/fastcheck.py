@@ -162,12 +162,14 @@ class SegmentCheck:
             values[i + 1] = comp[0].value
         return self._ok(values)
 
-    def ok_values(self, els: list[str], component: str) -> bool:
+    def ok_values(self, els: list[str], component: str | None) -> bool:
         """:meth:`ok` for a tokenized segment (``els[0]`` the segment id, as
-        :mod:`engine.x12.segments` splits it) with ``component`` its component separator."""
-        for i in range(1, len(els)):
-            if component in els[i]:
-                return False  # composite data: let pyx12 check it
+        :mod:`engine.x12.segments` splits it) with ``component`` its component separator
+        (None: the caller knows no element holds one)."""
+        if component is not None:
+            for i in range(1, len(els)):
+                if component in els[i]:
+                    return False  # composite data: let pyx12 check it
         return self._ok(els)
 
     def _ok(self, els: list[str]) -> bool:

@@ -31,8 +31,8 @@ def _segments(text: str) -> tuple[str, list[str], str]:
 
 def _mutations(text: str) -> list[str]:
     """One change at a time: each segment deleted, doubled, swapped with the next, repeated
-    twelve times, its first elements emptied or replaced with a bad value, an element
-    appended, a trailing separator, a leading space."""
+    twelve times, its first elements emptied or replaced with a bad value or a composite, an
+    element appended, a trailing separator, a leading space."""
     isa, segs, term = _segments(text)
     sep = isa[3]
     out: list[list[str]] = []
@@ -49,7 +49,7 @@ def _mutations(text: str) -> list[str]:
             put(i, segs[i + 1], seg, drop=2)
         for j in (1, 2, 3):
             if j < len(els):
-                for bad in ("", "@@", "9" * 40):
+                for bad in ("", "@@", "9" * 40, f"A{isa[104]}B"):
                     put(i, sep.join([*els[:j], bad, *els[j + 1 :]]))
         put(i, seg + sep + "X")
         put(i, seg + sep)
