@@ -299,6 +299,7 @@ def _walk(text: str, interchange: Interchange, maps: Any, icvn: str) -> tuple:
     seen = comp if comp in text[ISA_LENGTH:] else None
     control = maps.control(icvn)
     walk = _Walk(text_of)
+    step = walk.step
     node = control.getnodebypath("/ISA_LOOP/ISA")
     walk.force(_ISA_PATH, _ISA_SEG)
     _check(node, interchange.isa, comp, text_of)
@@ -326,13 +327,19 @@ def _walk(text: str, interchange: Interchange, maps: Any, icvn: str) -> tuple:
             if st[2] in st_ids or ts.se[1:3] != [str(len(segs)), st[2]]:
                 raise _Bail
             st_ids.add(st[2])
+            settled = 0
             for els in segs:
+                if len(els) < 2 or els[-1] == "" or els[0] == "HL":
+                    raise _Bail  # _plain; pyx12's reader checks the HL tree: left to it
+                node = step(plans, node, els)
+                check = segment_check(node)
+                if check is not None and check.ok_values(els, seen):
+                    settled += 1  # the common case of _check, inline
+                else:
+                    _check(node, els, seen, text_of)
                 _plain(els)
-                if els[0] == "HL":
-                    raise _Bail  # pyx12's reader checks the HL tree: left to it
-                node = walk.step(plans, node, els)
-                _check(node, els, seen, text_of)
             stats["segments"] += len(segs)
+            stats["table"] += settled
             sets.append(
                 SetResult(
                     id=st[1],

@@ -37,6 +37,8 @@ from pyx12.path import X12Path
 __all__ = ["PathCounter", "SegmentCheck", "segment_check"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_N_WHOLE = re.compile(r"-?[0-9]+", validation.REGEX_MODE)
+_R_WHOLE = re.compile(r"-?[0-9]*(\.[0-9]+)?", validation.REGEX_MODE)
 
 
 class _ElementRule:
@@ -44,6 +46,7 @@ class _ElementRule:
         "charset",
         "codes",
         "dtype",
+        "fast",
         "icvn",
         "max",
         "memo",
@@ -78,6 +81,42 @@ class _ElementRule:
         self.memo: dict[str, bool] = {}
         if self.codes is not None:
             self.memo = {c: self.ok(c) for c in self.codes if c}
+        self.fast = self._fast()
+
+    def _fast(self) -> Any:
+        """:meth:`ok` specialised to this element's type, for the types whose pyx12 test is a
+        regular expression (``ok`` itself for the others)."""
+        if self.usage == "N" or self.codes is not None:
+            return self.ok
+        low, high, regex = self.min, self.max, self.regex
+        if self.text and self.charset in ("B", "E"):
+            # pyx12's invalid-character class; control characters are outside every charset
+            if self.charset == "B":
+                bad = validation.rec_ID_B
+            else:
+                bad = validation.rec_ID_E5 if self.icvn == "00501" else validation.rec_ID_E
+
+            def text_ok(value: str) -> bool:
+                return (
+                    low <= len(value) <= high
+                    and value[-1] != " "
+                    and bad.search(value) is None
+                    and (regex is None or regex.search(value) is not None)
+                )
+
+            return text_ok
+        if self.dtype.startswith("N") or self.dtype == "R":
+            # pyx12 accepts a value its anchored pattern matches whole (greedy, so a full match)
+            whole = _N_WHOLE if self.dtype != "R" else _R_WHOLE
+
+            def number_ok(value: str) -> bool:
+                if whole.fullmatch(value) is None:
+                    return False
+                size = len(value.replace("-", "").replace(".", ""))
+                return low <= size <= high and (regex is None or regex.search(value) is not None)
+
+            return number_ok
+        return self.ok
 
     def ok(self, value: str) -> bool:
         if self.usage == "N" or _CONTROL.search(value):
@@ -97,7 +136,7 @@ class _ElementRule:
         """:meth:`ok`, remembered."""
         if self.codes is not None:
             return False  # every code is in the memo already
-        answer = self.ok(value)
+        answer = self.fast(value)
         if len(self.memo) < _MEMO:
             self.memo[value] = answer
         return answer
@@ -126,7 +165,7 @@ class _NotModelled(Exception):
 class SegmentCheck:
     """A compiled, conservative validity test for one map segment node."""
 
-    __slots__ = ("count", "need", "rules", "syntax")
+    __slots__ = ("count", "need", "notes", "rules", "rules0", "syntax")
 
     def __init__(self, node: segment_if) -> None:
         if node.id == "DTP":  # pyx12 special-cases DTP dates; leave it to pyx12
@@ -150,6 +189,8 @@ class SegmentCheck:
         ]
         if any(len(idx) < 2 for _, idx, _first in self.syntax):
             raise _NotModelled  # pyx12 reports such a note as an error in itself
+        self.rules0 = [_SegmentId(), *self.rules]
+        self.notes: dict[int, bool] = {}  # presence mask -> the notes hold
 
     def ok(self, seg: Any) -> bool:
         """True only if pyx12 would report no error for ``seg`` against this node."""
@@ -176,24 +217,31 @@ class SegmentCheck:
         n = len(els) - 1
         if n > self.count or n < self.need:
             return False
-        rules = self.rules
-        for i in range(1, n + 1):
-            value = els[i]
-            rule = rules[i - 1]
-            if value == "":
-                if rule.required:
+        mask = 0  # bit k: element k present (bit 0: the segment id)
+        bit = 1
+        for rule, value in zip(self.rules0, els, strict=False):  # els may be shorter
+            if value:
+                hit = rule.memo.get(value)
+                if hit is None:
+                    hit = rule.learn(value)
+                if not hit:
                     return False
-                continue
-            hit = rule.memo.get(value)
-            if hit is None:
-                hit = rule.learn(value)
-            if not hit:
+                mask |= bit
+            elif rule.required:
                 return False
+            bit <<= 1
+        if not self.syntax:
+            return True
+        found = self.notes.get(mask)
+        if found is None:
+            found = self.notes[mask] = self._notes(mask)
+        return found
+
+    def _notes(self, mask: int) -> bool:
+        """The syntax notes hold for the elements present in ``mask``."""
         for code, idx, first in self.syntax:
-            count = 0
-            for k in idx:
-                if k <= n and els[k] != "":
-                    count += 1
+            count = sum(1 for k in idx if mask >> k & 1)
+            given = mask >> first & 1
             if code == "P":
                 if count not in (0, len(idx)):
                     return False
@@ -204,13 +252,26 @@ class SegmentCheck:
                 if count > 1:
                     return False
             elif code == "C":
-                if first <= n and els[first] != "" and count != len(idx):
+                if given and count != len(idx):
                     return False
             elif code == "L":
-                if first <= n and els[first] != "" and count < 2:
+                if given and count < 2:
                     return False
             else:
                 return False
+        return True
+
+
+class _SegmentId:
+    """Position 0 of a tokenized segment: the id the walk matched, not an element."""
+
+    __slots__ = ("memo", "required")
+
+    def __init__(self) -> None:
+        self.memo: dict[str, bool] = {}
+        self.required = False
+
+    def learn(self, value: str) -> bool:
         return True
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.x12 import compiled
+from engine.x12 import compiled, fastcheck
 from engine.x12 import validate as validate_mod
 from engine.x12.ack import acknowledge
 from engine.x12.samplegen import invoice_810
@@ -125,3 +125,34 @@ def test_a_bad_line_in_a_big_invoice_is_still_reported_by_pyx12() -> None:
     assert not checked.ok
     issues = checked.interchanges[0].groups[0].sets[0].issues
     assert {(i.segment, i.position) for i in issues} == {("IT1", position)}
+
+
+TRICKY = [
+    "A", "a", "AB", "A ", " A", "A B", "1", "01", "-1", "1-", "--1", "1.", ".5", "-.5", "1.5",
+    "-1.50", "1..5", "1e5", "+1", "-", ".", "\x07", "A\x07", "\x7f", "é", "ÀB", "١", "1,000",
+    "20260117", "2026013", "99999999", "0930", "2561", "A~B", "^", "`", "{}", "#$", "%", "!",
+    "9" * 30, "X" * 80,
+]  # fmt: skip
+
+
+def test_specialised_element_tests_answer_as_the_general_one() -> None:
+    """Every element rule of every map: the per-type test (a regular expression and lengths)
+    gives the general test's answer (pyx12's own type check) for awkward values."""
+    maps = validate_mod.load_maps()
+    maps.preload()
+    rules = 0
+    for m in {id(m): m for m in maps._maps.values()}.values():
+        stack = [m]
+        while stack:
+            node = stack.pop()
+            for child in (c for pos in sorted(node.pos_map) for c in node.pos_map[pos]):
+                if child.is_loop():
+                    stack.append(child)
+                    continue
+                check = fastcheck.segment_check(child)
+                for rule in check.rules if check is not None else ():
+                    if isinstance(rule, fastcheck._ElementRule):
+                        rules += 1
+                        for value in TRICKY:
+                            assert rule.fast(value) == rule.ok(value), (child.id, value)
+    assert rules > 500
