@@ -598,10 +598,9 @@ class _Matcher:
         self.convert = convert
         self.by_number: dict[str, OrderLine] = {}
         # The item ids of a PO line number (its last line's, as compared) are worked out when
-        # an invoice line first needs them, and the index by item id only when an invoice
-        # line does not bill the PO line its number names: most invoices never need it.
+        # an invoice line needs them, and the index by item id only when an invoice line does
+        # not bill the PO line its number names: most invoices never need it.
         self._by_key: dict[tuple[str, str], list[OrderLine]] | None = None
-        self._keys: dict[str, dict[str, set[str]]] = {}
         self._last: dict[str, OrderLine] = {}
         self.rank: dict[int, int] = {}
         for k, line in enumerate(order.lines):
@@ -634,11 +633,9 @@ class _Matcher:
         self.retry = False
 
     def keys(self, no: str) -> dict[str, set[str]]:
-        """The comparable item ids of PO line number ``no`` (see :func:`_keys`)."""
-        found = self._keys.get(no)
-        if found is None:
-            found = self._keys[no] = _po_keys(self._last[no])
-        return found
+        """The comparable item ids of PO line number ``no`` (see :func:`_keys`); worked out
+        per look-up, not kept (an invoice line bills its PO line once, as a rule)."""
+        return _po_keys(self._last[no])
 
     @property
     def by_key(self) -> dict[tuple[str, str], list[OrderLine]]:
