@@ -29,6 +29,7 @@ compares both on every sample and reject file).
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import pyx12.segment
@@ -168,10 +169,11 @@ class _Walk:
         self.text_of = text_of  # els -> the segment text (for pyx12 objects)
 
     def reset(self, key: str) -> None:
-        prefix = key + "/"
+        """``NodeCounter.reset_to_node``: forget every count under ``key``."""
         counts = self.counts
-        for k in [k for k in counts if k.startswith(prefix)]:
-            del counts[k]
+        for k in _descendants(key):
+            if k in counts:
+                del counts[k]
 
     def force(self, loop: str, first: str) -> None:
         """``walk_tree.forceWalkCounterToLoopStart``."""
@@ -198,7 +200,8 @@ class _Walk:
             planner = _Planner(self.text_of(els))
             found = planner.walk(node)
             hit = (tuple(planner.ops), found)
-            plans.plans[key] = hit
+            _know(op[k] for op in hit[0] for k in ((1, 4) if op[0] == _LOOP else (1,)))
+            plans.plans[key] = hit  # only now can a walk count the keys it names
             stats["plans"] += 1
         ops, found = hit
         if found is None:
@@ -246,10 +249,37 @@ def _check(node: Any, els: list[str], component: str | None, text_of: Any) -> No
         raise _Bail
 
 
+# Every count key a walk can set: the keys named by the plans built so far and the envelope
+# loops. A reset deletes the known keys under its loop instead of scanning the counts.
+_KNOWN: set[str] = set()
+_DESCENDANTS: dict[str, tuple[str, ...]] = {}
+_KNOWN_LOCK = threading.Lock()
+
+
+def _know(keys: Any) -> None:
+    with _KNOWN_LOCK:
+        new = set(keys) - _KNOWN
+        if new:
+            _KNOWN.update(new)
+            _DESCENDANTS.clear()
+
+
+def _descendants(key: str) -> tuple[str, ...]:
+    """The known keys ``k`` with ``k.startswith(key + "/")``."""
+    found = _DESCENDANTS.get(key)
+    if found is None:
+        prefix = key + "/"
+        with _KNOWN_LOCK:
+            found = tuple(k for k in _KNOWN if k.startswith(prefix))
+            _DESCENDANTS[key] = found
+    return found
+
+
 _ISA_PATH = X12Path("/ISA_LOOP").format()
 _ISA_SEG = X12Path("/ISA_LOOP/ISA").format()
 _GS_PATH = X12Path("/ISA_LOOP/GS_LOOP").format()
 _GS_SEG = X12Path("/ISA_LOOP/GS_LOOP/GS").format()
+_know((_ISA_PATH, _ISA_SEG, _GS_PATH, _GS_SEG))
 _PLANS: dict[int, tuple[map_if, _MapPlans]] = {}
 
 
