@@ -360,14 +360,15 @@ def _walk(text: str, interchange: Interchange, maps: Any, icvn: str) -> tuple:
             settled = 0
             for els in segs:
                 if len(els) < 2 or els[-1] == "" or els[0] == "HL":
-                    raise _Bail  # _plain; pyx12's reader checks the HL tree: left to it
+                    # _plain (a last element that is not empty: the segment is not empty
+                    # either); pyx12's reader checks the HL tree: left to it
+                    raise _Bail
                 node = step(plans, node, els)
                 check = segment_check(node)
                 if check is not None and check.ok_values(els, seen):
                     settled += 1  # the common case of _check, inline
                 else:
                     _check(node, els, seen, text_of)
-                _plain(els)
             stats["segments"] += len(segs)
             stats["table"] += settled
             sets.append(
