@@ -37,6 +37,8 @@ from pyx12.path import X12Path
 __all__ = ["PathCounter", "SegmentCheck", "segment_check"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_N_WHOLE = re.compile(r"-?[0-9]+", validation.REGEX_MODE)
+_R_WHOLE = re.compile(r"-?[0-9]*(\.[0-9]+)?", validation.REGEX_MODE)
 
 
 class _ElementRule:
@@ -44,17 +46,21 @@ class _ElementRule:
         "charset",
         "codes",
         "dtype",
+        "fast",
         "icvn",
         "max",
+        "memo",
         "min",
         "numeric",
         "regex",
+        "required",
         "text",
         "usage",
     )
 
     def __init__(self, node: element_if, ext_codes: Any) -> None:
         self.usage = node.usage
+        self.required = node.usage == "R"
         self.dtype = node.get_data_type() or ""
         self.min = node.min_len
         self.max = node.max_len
@@ -70,6 +76,47 @@ class _ElementRule:
         self.regex = node.rec
         self.icvn = node.root.icvn or "00401"
         self.charset = node.root.param.get("charset")
+        # ok() is a pure function of the value: its answers are remembered (every code of a
+        # code list at once, other values as they come, up to _MEMO of them).
+        self.memo: dict[str, bool] = {}
+        if self.codes is not None:
+            self.memo = {c: self.ok(c) for c in self.codes if c}
+        self.fast = self._fast()
+
+    def _fast(self) -> Any:
+        """:meth:`ok` specialised to this element's type, for the types whose pyx12 test is a
+        regular expression (``ok`` itself for the others)."""
+        if self.usage == "N" or self.codes is not None:
+            return self.ok
+        low, high, regex = self.min, self.max, self.regex
+        if self.text and self.charset in ("B", "E"):
+            # pyx12's invalid-character class; control characters are outside every charset
+            if self.charset == "B":
+                bad = validation.rec_ID_B
+            else:
+                bad = validation.rec_ID_E5 if self.icvn == "00501" else validation.rec_ID_E
+
+            def text_ok(value: str) -> bool:
+                return (
+                    low <= len(value) <= high
+                    and value[-1] != " "
+                    and bad.search(value) is None
+                    and (regex is None or regex.search(value) is not None)
+                )
+
+            return text_ok
+        if self.dtype.startswith("N") or self.dtype == "R":
+            # pyx12 accepts a value its anchored pattern matches whole (greedy, so a full match)
+            whole = _N_WHOLE if self.dtype != "R" else _R_WHOLE
+
+            def number_ok(value: str) -> bool:
+                if whole.fullmatch(value) is None:
+                    return False
+                size = len(value.replace("-", "").replace(".", ""))
+                return low <= size <= high and (regex is None or regex.search(value) is not None)
+
+            return number_ok
+        return self.ok
 
     def ok(self, value: str) -> bool:
         if self.usage == "N" or _CONTROL.search(value):
@@ -85,6 +132,31 @@ class _ElementRule:
             return False
         return not (self.regex is not None and not self.regex.search(value))
 
+    def learn(self, value: str) -> bool:
+        """:meth:`ok`, remembered."""
+        if self.codes is not None:
+            return False  # every code is in the memo already
+        answer = self.fast(value)
+        if len(self.memo) < _MEMO:
+            self.memo[value] = answer
+        return answer
+
+
+class _CompositeRule:
+    """A composite position: only an empty one is settled here."""
+
+    __slots__ = ("memo", "required")
+
+    def __init__(self, node: composite_if) -> None:
+        self.required = node.usage == "R"
+        self.memo: dict[str, bool] = {}
+
+    def learn(self, value: str) -> bool:
+        return False  # composite data: let pyx12 check it
+
+
+_MEMO = 4096
+
 
 class _NotModelled(Exception):
     """The segment uses a map feature the fast check does not reproduce."""
@@ -93,14 +165,14 @@ class _NotModelled(Exception):
 class SegmentCheck:
     """A compiled, conservative validity test for one map segment node."""
 
-    __slots__ = ("count", "required", "rules", "syntax", "width")
+    __slots__ = ("count", "need", "notes", "rules", "rules0", "syntax")
 
     def __init__(self, node: segment_if) -> None:
         if node.id == "DTP":  # pyx12 special-cases DTP dates; leave it to pyx12
             raise _NotModelled
         ext = node.root.ext_codes
         self.count = len(node.children)
-        self.rules: list[_ElementRule | composite_if] = []
+        self.rules: list[_ElementRule | _CompositeRule] = []
         for i, child in enumerate(node.children):
             if child.seq != i + 1:
                 raise _NotModelled
@@ -109,44 +181,67 @@ class SegmentCheck:
                     raise _NotModelled  # pyx12 checks 1251 against these formats
                 self.rules.append(_ElementRule(child, ext))
             else:
-                self.rules.append(child)
-        self.required = [i for i, c in enumerate(node.children) if c.usage == "R"]
-        self.syntax = [(s[0], [int(x) for x in s[1:]]) for s in node.syntax]
-        if any(len(idx) < 2 for _, idx in self.syntax):
+                self.rules.append(_CompositeRule(child))
+        # every required position must be there (an empty one is caught element by element)
+        self.need = max([i + 1 for i, c in enumerate(node.children) if c.usage == "R"] or [0])
+        self.syntax = [
+            (s[0], idx, idx[0]) for s in node.syntax for idx in [tuple(int(x) for x in s[1:])]
+        ]
+        if any(len(idx) < 2 for _, idx, _first in self.syntax):
             raise _NotModelled  # pyx12 reports such a note as an error in itself
-        self.width = max([self.count, *(k for _, idx in self.syntax for k in idx)])
+        self.rules0 = [_SegmentId(), *self.rules]
+        self.notes: dict[int, bool] = {}  # presence mask -> the notes hold
 
     def ok(self, seg: Any) -> bool:
         """True only if pyx12 would report no error for ``seg`` against this node."""
         elements = seg.elements
-        n = len(elements)
-        if n > self.count:
-            return False
-        present = [False] * (self.width + 1)  # 1-based
-        for i in range(n):
-            comp = elements[i].elements
-            rule = self.rules[i]
-            if isinstance(rule, composite_if):
-                if len(comp) > 1 or comp[0].value != "":
-                    return False  # composite data: let pyx12 check it
-                if rule.usage == "R":
-                    return False
-                continue
+        values = [""] * (len(elements) + 1)
+        for i, composite in enumerate(elements):
+            comp = composite.elements
             if len(comp) > 1:
-                return False  # a composite where a simple element belongs
-            value = comp[0].value
-            if value == "":
-                if rule.usage == "R":
+                return False  # composite data: let pyx12 check it
+            values[i + 1] = comp[0].value
+        return self._ok(values)
+
+    def ok_values(self, els: list[str], component: str | None) -> bool:
+        """:meth:`ok` for a tokenized segment (``els[0]`` the segment id, as
+        :mod:`engine.x12.segments` splits it) with ``component`` its component separator
+        (None: the caller knows no element holds one)."""
+        if component is not None:
+            for i in range(1, len(els)):
+                if component in els[i]:
+                    return False  # composite data: let pyx12 check it
+        return self._ok(els)
+
+    def _ok(self, els: list[str]) -> bool:
+        n = len(els) - 1
+        if n > self.count or n < self.need:
+            return False
+        mask = 0  # bit k: element k present (bit 0: the segment id)
+        bit = 1
+        for rule, value in zip(self.rules0, els, strict=False):  # els may be shorter
+            if value:
+                hit = rule.memo.get(value)
+                if hit is None:
+                    hit = rule.learn(value)
+                if not hit:
                     return False
-                continue
-            if not rule.ok(value):
+                mask |= bit
+            elif rule.required:
                 return False
-            present[i + 1] = True
-        for i in self.required:
-            if i >= n:
-                return False
-        for code, idx in self.syntax:
-            count = sum(1 for k in idx if present[k])
+            bit <<= 1
+        if not self.syntax:
+            return True
+        found = self.notes.get(mask)
+        if found is None:
+            found = self.notes[mask] = self._notes(mask)
+        return found
+
+    def _notes(self, mask: int) -> bool:
+        """The syntax notes hold for the elements present in ``mask``."""
+        for code, idx, first in self.syntax:
+            count = sum(1 for k in idx if mask >> k & 1)
+            given = mask >> first & 1
             if code == "P":
                 if count not in (0, len(idx)):
                     return False
@@ -157,13 +252,26 @@ class SegmentCheck:
                 if count > 1:
                     return False
             elif code == "C":
-                if present[idx[0]] and count != len(idx):
+                if given and count != len(idx):
                     return False
             elif code == "L":
-                if present[idx[0]] and count < 2:
+                if given and count < 2:
                     return False
             else:
                 return False
+        return True
+
+
+class _SegmentId:
+    """Position 0 of a tokenized segment: the id the walk matched, not an element."""
+
+    __slots__ = ("memo", "required")
+
+    def __init__(self) -> None:
+        self.memo: dict[str, bool] = {}
+        self.required = False
+
+    def learn(self, value: str) -> bool:
         return True
 
 

@@ -44,6 +44,7 @@ import pyx12.x12file
 from pyx12.map_if._segment import apply_segment_errors
 from pyx12.map_walker import apply_walk_errors, walk_tree
 
+from engine.x12.compiled import clean_groups
 from engine.x12.fastcheck import PathCounter, segment_check
 from engine.x12.results import GroupResult, InterchangeResult, Issue, SetResult, Validation
 from engine.x12.scan import ScannedFile, Span, scan
@@ -407,7 +408,10 @@ def _interchange(span: Span, maps: MapSet, base: int, seen: set) -> InterchangeR
     seen.add(key)
     if not issues:
         issues += _check_first_segment(span, base)
-    if not issues:
+    clean = clean_groups(span.text, span.interchange, maps) if not issues else None
+    if clean is not None:
+        groups = clean
+    elif not issues:
         stray: list[tuple[str, int]] = []
         try:
             errh = _run_pyx12(span.text, maps, stray)

@@ -1,6 +1,7 @@
 """An 810 from a trading partner's SFTP inbound/ (``channels/x12_from_vendors.yaml``: the ``x12``
 codec, the ``x12_inbound`` transform, then the procurement book) is read once: its text decoded
-once, tokenized once by our tokenizer, walked once by pyx12 (the validation), and its 999 and
+once, tokenized once by our tokenizer, walked once by the validation (the compiled
+clean-interchange walk, or pyx12 when that one finds something to report), and its 999 and
 TA1 written once, by the book, with the partner's control numbers.
 
 Before: decoded twice and tokenized twice (the validator's own decode and walk to each IEA,
@@ -47,6 +48,8 @@ OPERATIONS: dict[str, list[tuple[str, str]]] = {
         ("engine.x12.scan", "_find_end"),
         ("engine.x12.validate", "_find_end"),
     ],
+    # the validation's walk over the segments: the compiled one (pyx12's reader is counted below)
+    "validation walk": [("engine.x12.compiled", "_walk")],
     # 997/999 and TA1 written
     "997/999": [("engine.x12.ack", "functional_ack")],
     "TA1": [("engine.x12.ack", "ta1_interchange")],
@@ -95,7 +98,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter]:
 
     class CountingReader(pyx12.x12file.X12Reader):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            calls["pyx12 walk"] += 1
+            calls["validation walk"] += 1
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(pyx12.x12file, "X12Reader", CountingReader)
@@ -144,7 +147,7 @@ def test_an_inbound_810_is_read_and_acknowledged_once(counted: Counter, isa14: s
     assert dict(counted) == {
         "decode": 1,
         "tokenize": 1,
-        "pyx12 walk": 1,
+        "validation walk": 1,
         "997/999": 1,
         "TA1": 1,
     }

@@ -548,6 +548,15 @@ def _keys(product_ids: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
     return out
 
 
+def _po_keys(line: OrderLine) -> dict[str, set[str]]:
+    """A PO line's comparable item ids; its ERP item id counts as the buyer's (B) when it
+    sends none."""
+    keys = _keys(line.product_ids)
+    if "B" not in keys and line.item_id:
+        keys["B"] = {line.item_id.strip().upper()}
+    return keys
+
+
 def _conflict(a: dict[str, set[str]], b: dict[str, set[str]]) -> str | None:
     """The first id group both sides carry with no value in common, else None."""
     for group, values in b.items():
@@ -588,20 +597,17 @@ class _Matcher:
         self.tol = tolerance
         self.convert = convert
         self.by_number: dict[str, OrderLine] = {}
-        self.by_key: dict[tuple[str, str], list[OrderLine]] = {}
-        self.keys: dict[str, dict[str, set[str]]] = {}
+        # The item ids of a PO line number (its last line's, as compared) are worked out when
+        # an invoice line needs them, and the index by item id only when an invoice line does
+        # not bill the PO line its number names: most invoices never need it.
+        self._by_key: dict[tuple[str, str], list[OrderLine]] | None = None
+        self._last: dict[str, OrderLine] = {}
         self.rank: dict[int, int] = {}
         for k, line in enumerate(order.lines):
             self.rank[id(line)] = k
             no = _line_no(line.line_number)
             self.by_number.setdefault(no, line)
-            keys = _keys(line.product_ids)
-            if "B" not in keys and line.item_id:
-                keys["B"] = {line.item_id.strip().upper()}
-            self.keys[no] = keys
-            for group, values in keys.items():
-                for value in values:
-                    self.by_key.setdefault((group, value), []).append(line)
+            self._last[no] = line
         self.receipts: dict[str, list[Receipt]] = {}
         for receipt in receipts:
             self.receipts.setdefault(_line_no(receipt.po_line), []).append(receipt)
@@ -625,6 +631,23 @@ class _Matcher:
         self.all_limits = t.limits == "all"
         self.factors: dict[tuple[str, str, str], Decimal | MappingMiss] = {}
         self.retry = False
+
+    def keys(self, no: str) -> dict[str, set[str]]:
+        """The comparable item ids of PO line number ``no`` (see :func:`_keys`); worked out
+        per look-up, not kept (an invoice line bills its PO line once, as a rule)."""
+        return _po_keys(self._last[no])
+
+    @property
+    def by_key(self) -> dict[tuple[str, str], list[OrderLine]]:
+        """PO lines by (id group, id), in order."""
+        if self._by_key is None:
+            index: dict[tuple[str, str], list[OrderLine]] = {}
+            for line in self.order.lines:
+                for group, values in _po_keys(line).items():
+                    for value in values:
+                        index.setdefault((group, value), []).append(line)
+            self._by_key = index
+        return self._by_key
 
     def factor(self, item: str, unit: str, base: str) -> Decimal:
         key = (item, unit, base)
@@ -689,14 +712,14 @@ class _Matcher:
         numbered = self.by_number.get(no)
         clash = None
         if numbered is not None:
-            clash = _conflict(self.keys[_line_no(numbered.line_number)], keys)
+            clash = _conflict(self.keys(_line_no(numbered.line_number)), keys)
             if clash is None:
                 return numbered, None
         candidates: dict[int, OrderLine] = {}
         for group, values in keys.items():
             for value in values:
                 for line in self.by_key.get((group, value), ()):
-                    if _conflict(self.keys[_line_no(line.line_number)], keys) is None:
+                    if _conflict(self.keys(_line_no(line.line_number)), keys) is None:
                         candidates.setdefault(id(line), line)
         if candidates:
             # Several PO lines for the same item: the first one not yet fully invoiced.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from engine.errors import X12DocumentError
 from engine.x12.segments import TransactionSet
@@ -378,7 +379,32 @@ def _party(parties: tuple[Party, ...], entity: str) -> Party | None:
 
 
 class _LineBuilder:
-    """Fields of a PO1/IT1 loop being read."""
+    """Fields of a PO1/IT1 loop being read. The lists a loop seldom fills start as the shared
+    empty tuple and become lists on their first entry (fewer objects per line of a big
+    document)."""
+
+    __slots__ = (
+        "acks",
+        "charges",
+        "dates",
+        "description",
+        "line_number",
+        "lot",
+        "marks",
+        "pack",
+        "pack_size",
+        "pack_unit",
+        "pairs",
+        "parties",
+        "price_basis",
+        "product_ids",
+        "quantity",
+        "refs",
+        "serial",
+        "taxes",
+        "unit",
+        "unit_price",
+    )
 
     def __init__(self, ts: TransactionSet, i: int) -> None:
         seg = ts.segments[i]
@@ -394,15 +420,22 @@ class _LineBuilder:
         self.serial = next((v for q, v in pairs if q == "SN"), None)
         self.description: list[str] = []
         self.refs: list[Reference] = []
-        self.dates: list[DateRef] = []
-        self.marks: list[tuple[str, str]] = []
-        self.charges: list[Charge] = []
-        self.taxes: list[Tax] = []
+        self.dates: list[DateRef] | tuple[()] = ()
+        self.marks: list[tuple[str, str]] | tuple[()] = ()
+        self.charges: list[Charge] | tuple[()] = ()
+        self.taxes: list[Tax] | tuple[()] = ()
         self.pack: Decimal | None = None
         self.pack_size: Decimal | None = None
         self.pack_unit = ""
-        self.acks: list[LineAck] = []
-        self.parties: list[_PartyBuilder] = []
+        self.acks: list[LineAck] | tuple[()] = ()
+        self.parties: list[_PartyBuilder] | tuple[()] = ()
+
+    def _add(self, name: str, item: Any) -> None:
+        have = getattr(self, name)
+        if have == ():
+            have = []
+            setattr(self, name, have)
+        have.append(item)
 
     def take(self, ts: TransactionSet, i: int) -> None:
         seg = ts.segments[i]
@@ -414,19 +447,20 @@ class _LineBuilder:
         elif tag == "REF":
             self.refs.append(_ref(seg))
         elif tag == "DTM":
-            self.dates.append(_dtm(ts, i))
+            self._add("dates", _dtm(ts, i))
         elif tag == "MAN":
-            self.marks.append((_el(seg, 1), _el(seg, 2)))
+            self._add("marks", (_el(seg, 1), _el(seg, 2)))
         elif tag == "PO4":
             self.pack = _n(ts, i, 1, 0)
             self.pack_size = _r(ts, i, 2)
             self.pack_unit = _el(seg, 3)
         elif tag == "SAC":
-            self.charges.append(_charge(ts, i))
+            self._add("charges", _charge(ts, i))
         elif tag == "TXI":
-            self.taxes.append(_tax(ts, i))
+            self._add("taxes", _tax(ts, i))
         elif tag == "ACK":
-            self.acks.append(
+            self._add(
+                "acks",
                 LineAck(
                     status=_el(seg, 1),
                     quantity=_r(ts, i, 2),
@@ -434,7 +468,7 @@ class _LineBuilder:
                     date_qualifier=_el(seg, 4),
                     date=_date(ts, i, 5),
                     product_ids=tuple(_pairs(seg, 7)),
-                )
+                ),
             )
 
     def lot_serial(self) -> tuple[str | None, str | None]:

@@ -121,6 +121,27 @@ class Invoice:
         return tuple(out)
 
 
+def _invoice_line(b: _LineBuilder, po_line_refs: tuple[str, ...]) -> InvoiceLine:
+    lot, serial = b.lot_serial()
+    po_line = next((r.value for r in b.refs if r.qualifier in po_line_refs and r.value), None)
+    return InvoiceLine(
+        line_number=b.line_number,
+        quantity=b.quantity,
+        unit=b.unit,
+        unit_price=b.unit_price,
+        price_basis=b.price_basis,
+        product_ids=b.product_ids,
+        description=" ".join(b.description),
+        po_line=po_line or b.line_number or None,
+        lot=lot,
+        serial=serial,
+        charges=tuple(b.charges),
+        taxes=tuple(b.taxes),
+        refs=tuple(b.refs),
+        dates=tuple(b.dates),
+    )
+
+
 def read_invoice(ts: TransactionSet, *, po_line_refs: tuple[str, ...] = ("LI",)) -> Invoice:
     """The 810 in ``ts``.
 
@@ -136,7 +157,7 @@ def read_invoice(ts: TransactionSet, *, po_line_refs: tuple[str, ...] = ("LI",))
     parties: list[_PartyBuilder] = []
     party: _PartyBuilder | None = None
     terms: Terms | None = None
-    lines: list[_LineBuilder] = []
+    built: list[InvoiceLine] = []  # each IT1 loop built as it ends (no builder outlives it)
     line: _LineBuilder | None = None
     charges: list[Charge] = []
     taxes: list[Tax] = []
@@ -151,14 +172,19 @@ def read_invoice(ts: TransactionSet, *, po_line_refs: tuple[str, ...] = ("LI",))
                 continue
             party = None
         if tag == "IT1":
+            if line is not None:
+                built.append(_invoice_line(line, po_line_refs))
             line = _LineBuilder(ts, i)
-            lines.append(line)
         elif tag == "TDS":
+            if line is not None:
+                built.append(_invoice_line(line, po_line_refs))
             line = None
             total = _n(ts, i, 1, 2)
             subject = _n(ts, i, 2, 2)
             discounted = _n(ts, i, 3, 2)
         elif tag in ("CTT", "CAD", "ISS"):
+            if line is not None:
+                built.append(_invoice_line(line, po_line_refs))
             line = None  # summary segments end the IT1 loop even without a TDS
             if tag == "CTT":
                 line_count = _int(ts, i, 1)
@@ -193,32 +219,12 @@ def read_invoice(ts: TransactionSet, *, po_line_refs: tuple[str, ...] = ("LI",))
                 discount_amount=_n(ts, i, 8, 2),
                 description=_el(seg, 12),
             )
+    if line is not None:
+        built.append(_invoice_line(line, po_line_refs))
     if big is None:
         raise _missing(ts, "BIG", "BIG02 is the invoice number")
     if not _el(big, 2):
         raise _err(ts, big_i, "BIG02 (invoice number) is required but empty", 2, "missing_element")
-    built = []
-    for b in lines:
-        lot, serial = b.lot_serial()
-        po_line = next((r.value for r in b.refs if r.qualifier in po_line_refs and r.value), None)
-        built.append(
-            InvoiceLine(
-                line_number=b.line_number,
-                quantity=b.quantity,
-                unit=b.unit,
-                unit_price=b.unit_price,
-                price_basis=b.price_basis,
-                product_ids=b.product_ids,
-                description=" ".join(b.description),
-                po_line=po_line or b.line_number or None,
-                lot=lot,
-                serial=serial,
-                charges=tuple(b.charges),
-                taxes=tuple(b.taxes),
-                refs=tuple(b.refs),
-                dates=tuple(b.dates),
-            )
-        )
     return Invoice(
         invoice_number=_el(big, 2),
         invoice_date=_date(ts, big_i, 1),
