@@ -123,3 +123,22 @@ def test_for_storage_puts_resource_type_first_then_sorts_the_keys() -> None:
     assert list(stored) == ["resourceType", "Zed", "b", "status"]
     assert list(stored["b"]) == ["resourceType", "A", "z"]
     assert list(stored["b"]["A"][0]) == ["x", "y"]
+
+
+def test_the_models_of_a_channels_types_are_loaded_when_its_codec_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loading a resource type's model (imports, about 0.1 s) happens when the channel is
+    built, not in the first request's validation on the reactor thread."""
+    from engine.codecs import fhir
+
+    asked: list[tuple[str, str]] = []
+    real = fhir.model_class
+
+    def spy(version: str, resource_type: str) -> object:
+        asked.append((version, resource_type))
+        return real(version, resource_type)
+
+    monkeypatch.setattr(fhir, "model_class", spy)
+    codec(version="R4B", resources=("SupplyDelivery", "ChargeItem"))
+    assert ("R4B", "SupplyDelivery") in asked and ("R4B", "ChargeItem") in asked
