@@ -360,6 +360,22 @@ def with_meta(
     return out
 
 
+def with_meta_json(
+    raw: bytes, data: dict[str, Any], resource_id: str, last_updated: str, version_id: str = "1"
+) -> bytes | None:
+    """``dump_json(with_meta(data, ...))`` made from ``raw`` (``dump_json(data)``, ``data`` as
+    :func:`for_storage` leaves it) without writing the resource again: the id and ``meta``
+    go in after its ``resourceType``. None when ``data`` has its own ``id`` or ``meta`` (then
+    :func:`with_meta` and :func:`dump_json`)."""
+    if "id" in data or "meta" in data:
+        return None
+    head = b'{"resourceType":' + dump_json(data.get("resourceType"))
+    if not raw.startswith(head):
+        return None
+    meta = dump_json({"versionId": version_id, "lastUpdated": last_updated})
+    return b"".join((head, b',"id":', dump_json(resource_id), b',"meta":', meta, raw[len(head) :]))
+
+
 def model_class(version: str, resource_type: str) -> Any:
     """The fhir.resources class of any resource type (ValueError when there is none)."""
     base = "fhir.resources.R4B" if version == "R4B" else "fhir.resources"
