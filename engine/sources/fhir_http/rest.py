@@ -40,6 +40,7 @@ from engine.codecs.fhir import (
     operation_outcome,
     parse_json,
     with_meta,
+    with_meta_json,
 )
 from engine.codecs.fhir_xml import parse_xml, to_xml
 from engine.errors import CodecError
@@ -88,6 +89,7 @@ class Answer:
     status: int
     resource: dict[str, Any] | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    json: bytes | None = None  # ``resource`` already written as JSON (dump_json)
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,8 @@ def render(answer: Answer, fmt: str, version: str) -> tuple[str, bytes]:
             return ANSWER_TYPES["xml"] + "; charset=utf-8", to_xml(answer.resource, version)
         except Exception:
             pass
-    return ANSWER_TYPES["json"] + "; charset=utf-8", dump_json(answer.resource)
+    body = answer.json if answer.json is not None else dump_json(answer.resource)
+    return ANSWER_TYPES["json"] + "; charset=utf-8", body
 
 
 # -- tokens: engine.tokens (token_sha256, bearer_holder) ------------------------------------
@@ -511,7 +514,7 @@ class FhirEndpoint:
             parsed = dataclasses.replace(parsed, dedup_key=key[0])
         result = await self._store(raw, call, token, fmt, parsed, key)
         where = key[1] if key is not None else _identifier_path(data, None)
-        return await self._created(result, data, where, call)
+        return await self._created(result, data, where, call, raw)
 
     def dedup_key(
         self, headers: Mapping[str, str], data: dict[str, Any], rtype: str, entry: int | None = None
@@ -564,10 +567,16 @@ class FhirEndpoint:
         )
 
     async def _created(
-        self, result: IngestOutcome, data: dict[str, Any], where: str, call: Call
+        self,
+        result: IngestOutcome,
+        data: dict[str, Any],
+        where: str,
+        call: Call,
+        raw: bytes | None = None,
     ) -> Answer:
         """201 (stored now) or 200 (a resend: the original) with Location, ETag and
-        Last-Modified; 409, 503 otherwise."""
+        Last-Modified; 409, 503 otherwise. ``raw``: the bytes stored for ``data``; a 201's
+        JSON body is made from them rather than written again."""
         rtype = data["resourceType"]
         if result.kind == "refused":
             return unavailable(f"not stored ({result.reason}); send it again later")
@@ -580,12 +589,13 @@ class FhirEndpoint:
             # Stored by this request: what was sent is what is stored (no read-back).
             stored, message_id, received_at = data, result.message_id, result.received_at
         else:
-            row, raw = await self.services.load(result.message_id)
-            if row is None or raw is None:
+            row, original = await self.services.load(result.message_id)
+            if row is None or original is None:
                 return unavailable("the stored message cannot be read back; send it again")
             if row.status == CONFLICT:  # a resend of content that was itself a conflict
                 return conflict(rtype, where)
-            stored, message_id, received_at = parse_json(raw), row.id, row.received_at
+            stored, message_id, received_at = parse_json(original), row.id, row.received_at
+            raw = None
         resource = with_meta(stored, message_id, instant(received_at))
         location = f"{call.base_url}/{stored['resourceType']}/{message_id}/_history/1"
         headers = (("Location", location), *_version_headers(received_at))
@@ -599,7 +609,10 @@ class FhirEndpoint:
                 "informational", f"{rtype}/{message_id} {done}", "", severity="information"
             )
             return Answer(status, operation_outcome([info]), headers)
-        return Answer(status, resource, headers)
+        body = (
+            None if raw is None else with_meta_json(raw, stored, message_id, instant(received_at))
+        )
+        return Answer(status, resource, headers, body)
 
     # -- batch and transaction -----------------------------------------------------------
 
