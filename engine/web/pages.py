@@ -68,19 +68,19 @@ async def log_in(ctx: Ctx, name: str, password: str) -> tuple[int, str, Any]:
 
     console, store = ctx.console, ctx.console.store
     address = ctx.address
-    if console.sessions.locked(name, address):
+    if await console.read(console.sessions.locked, name, address):
         detail = {"address": address}
         await console.write(store.audit, name, "login.locked", name, detail, time.time())
         return 429, "too many failed logins for this account from your address: try later", None
     user = await console.read(accounts.verify, store, name, password)
     if user is None:
-        locked = console.sessions.failed(name, address)
+        locked = await console.write(console.sessions.failed, name, address)
         detail = {"address": address, "locked": locked}
         await console.write(store.audit, name, "login.failed", name, detail, time.time())
         return 401, "wrong account name or password", None
-    console.sessions.succeeded(name, address)
+    await console.write(console.sessions.succeeded, name, address)
     await console.write(store.audit, name, "login", name, {"address": address}, time.time())
-    token, session = console.sessions.open(principal_of(user), address)
+    token, session = await console.write(console.sessions.open, principal_of(user), address)
     ctx.request.addCookie(
         COOKIE.encode(),
         token.encode(),
@@ -106,12 +106,12 @@ async def login(ctx: Ctx) -> Response:
 async def logout(ctx: Ctx) -> Response:
     from engine.web.console import _cookie
 
-    ctx.console.sessions.close(_cookie(ctx.request))
+    await ctx.console.write(ctx.console.sessions.close, _cookie(ctx.request))
     await ctx.console.write(
         ctx.console.store.audit, ctx.principal.name, "logout", ctx.principal.name, {}, time.time()
     )
     ctx.request.addCookie(
-        COOKIE.encode(), b"", path=b"/", httpOnly=True, sameSite="strict", max_age=0
+        COOKIE.encode(), b"", path=b"/", httpOnly=True, sameSite="strict", max_age=b"0"
     )
     return redirect("/login")
 
@@ -131,7 +131,7 @@ async def setup(ctx: Ctx) -> Response:
         name = await ctx.console.write(accounts.complete_setup, ctx.console.store, token, password)
     except (AuthError, ValueError) as exc:
         return ctx.page("setup.html", 400, token=token, error=str(exc))
-    ctx.console.sessions.end_all(name)
+    await ctx.console.write(ctx.console.sessions.end_all, name)
     return redirect("/login?" + urlencode({"flash": f"password set for {name}: log in"}))
 
 
@@ -720,7 +720,7 @@ async def change_user(ctx: Ctx, name: str, change: str) -> Response:
             await console.write(
                 accounts.set_disabled, console.store, name, change == "disable", actor=actor
             )
-            console.sessions.end_all(name)
+            await console.write(console.sessions.end_all, name)
             return _back("/users", f"{name}: {change}d")
         if change == "reset":
             token = await console.write(
@@ -730,7 +730,7 @@ async def change_user(ctx: Ctx, name: str, change: str) -> Response:
                 actor=actor,
                 ttl=console.config.setup_link_ttl,
             )
-            console.sessions.end_all(name)
+            await console.write(console.sessions.end_all, name)
             return await users(ctx, link=_setup_link(ctx, token))
     except AuthError as exc:
         return await users(ctx, error=str(exc), code=404)

@@ -17,7 +17,7 @@ import pytest
 from engine.web.api import openapi_document
 from engine.web.auth import ROLE_PERMISSIONS, ROLES
 from engine.web.console import NAV
-from tests.integration.console_helpers import Client, Demo, start_demo
+from tests.integration.console_helpers import PASSWORD, Client, Demo, start_demo
 from tests.integration.helpers import Processes, open_store, wait_until
 
 pytestmark = pytest.mark.integration
@@ -140,6 +140,46 @@ def test_failed_logins_lock_one_account_from_one_address(console_demo: Demo) -> 
     actions = [e["action"] for e in audit["entries"] if e["actor"] == "locky"]
     assert actions.count("login.failed") == 5 and actions[0] == "login.locked"
     assert "wrong password!" not in str(audit) and "a demo passphrase" not in str(audit)
+
+
+@pytest.mark.slow
+def test_sessions_and_lockouts_survive_a_restart(tmp_path: Path) -> None:
+    """A session made before a restart of ``wharf run`` still works after it (the same cookie
+    and CSRF token), and a lockout made before it still holds: the count is not reset by
+    waiting for a deploy. The store keeps only the cookie's digest."""
+    from engine.web.auth import token_digest
+    from tests.integration.console_helpers import add_user
+
+    with Processes(tmp_path) as procs:
+        demo = start_demo(tmp_path, procs)
+        add_user(demo, "locky", ["viewer"])
+        viewer = demo.client("viewer")
+        status, me = viewer.get_json("/api/me")
+        assert status == 200 and me["name"] == "viewer", me
+        intruder = Client(demo.port)
+        for _ in range(4):  # one short of the lockout (max_failed_logins: 5)
+            status, _ = intruder.post_json("/api/login", {"name": "locky", "password": "guess!"})
+            assert status == 401
+        with open_store(demo.root / "var" / "wharf.db") as store:
+            token = viewer.cookie.split("=", 1)[1]
+            rows = store._query("t", "SELECT token_hash, name FROM console_sessions")
+            kept = {r[0]: r[1] for r in rows}
+            assert kept.get(token_digest(token)) == "viewer" and token not in kept
+
+        demo.restart(demo=True)
+        status, again = viewer.get_json("/api/me")
+        assert status == 200, again
+        assert (again["name"], again["csrf"]) == ("viewer", me["csrf"])
+        # the fifth failure after the restart locks: the count went on
+        status, _ = intruder.post_json("/api/login", {"name": "locky", "password": "guess!"})
+        assert status == 401
+        status, out = intruder.post_json("/api/login", {"name": "locky", "password": PASSWORD})
+        assert status == 429, out
+        # the session's CSRF token still works for a POST: log out, and the cookie is dead
+        status, _ = viewer.request("POST", "/logout", form={"csrf": me["csrf"]})
+        assert status == 303
+        status, _ = viewer.get_json("/api/me")
+        assert status == 401
 
 
 @pytest.mark.slow
