@@ -385,11 +385,11 @@ def _supply(store: Any, now: float, channels: list[str] | None = None) -> dict[s
 
     with store.reading() as rd:
         repo = repository(rd)
-        unmatched = desk.unmatched_receipts(repo, older_than=0.0, now=now)
+        unmatched = desk.unmatched_receipts(repo, older_than=0.0, now=now, channels=channels)
         return {
-            "requisitions": ledger.open_requisitions(rd),
-            "orders": reports.purchase_orders(rd),
-            "changes": changes.changes(repo, "proposed", None),
+            "requisitions": ledger.open_requisitions(rd, channels=channels),
+            "orders": reports.purchase_orders(rd, channels=channels),
+            "changes": changes.changes(repo, "proposed", None, channels),
             "unmatched": unmatched,
             "unmatched_ages": views.age_buckets([r["age_days"] for r in unmatched]),
             "asn": store.work_item_page(kind="ASN_UNMATCHED", channels=channels).rows,
@@ -436,14 +436,16 @@ async def reconciliation_data(ctx: Ctx) -> dict[str, Any]:
     return await ctx.console.read(_reconciliation, ctx.console.store, mappings, since)
 
 
-def _finance(store: Any, now: float) -> dict[str, Any]:
+def _finance(store: Any, now: float, channels: list[str] | None = None) -> dict[str, Any]:
+    """Held invoices, GR/IR and invoice counts of the person's channels (``channels``; None:
+    every one): the vendor's inbound channel of each invoice and receipt."""
     from engine.domains.procurement import desk, reports
     from engine.domains.procurement.domain import repository
 
     with store.reading() as rd:
         repo = repository(rd)
-        held = desk.invoices(repo, "held")
-        unmatched = desk.unmatched_receipts(repo, older_than=0.0, now=now)
+        held = desk.invoices(repo, "held", channels)
+        unmatched = desk.unmatched_receipts(repo, older_than=0.0, now=now, channels=channels)
         reasons: dict[str, int] = {}
         for inv in held:
             for r in inv["reasons"]:
@@ -451,7 +453,7 @@ def _finance(store: Any, now: float) -> dict[str, Any]:
         return {
             "held": held,
             "reasons": sorted(reasons.items()),
-            "counts": reports.invoice_counts(rd),
+            "counts": reports.invoice_counts(rd, channels),
             "grir": unmatched,
             "grir_ages": views.age_buckets([r["age_days"] for r in unmatched]),
             "waiting": [
@@ -466,7 +468,8 @@ def _finance(store: Any, now: float) -> dict[str, Any]:
 
 
 async def finance_data(ctx: Ctx) -> dict[str, Any]:
-    return await ctx.console.read(_finance, ctx.console.store, time.time())
+    scope = ctx.principal.channel_scope
+    return await ctx.console.read(_finance, ctx.console.store, time.time(), scope)
 
 
 async def finance(ctx: Ctx) -> Response:

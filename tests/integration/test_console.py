@@ -359,3 +359,50 @@ def test_a_scoped_account_sees_only_its_channels_work_items(console_demo: Demo) 
     status, page = scoped.get("/work-items")
     assert status == 200 and f'id="item-{other["id"]}"'.encode() not in page
     assert f'id="item-{mine["id"]}"'.encode() in page
+
+
+def test_a_scoped_account_sees_only_its_channels_purchase_orders_and_invoices(
+    console_demo: Demo,
+) -> None:
+    """Procurement rows carry the channel whose message recorded them (a PO: po_to_vendor,
+    an invoice: the vendor's inbound X12 channel): a supply-chain or finance account scoped
+    to other channels sees none of them, and may not release or reject an invoice it does not
+    see (404: not even its existence is confirmed)."""
+    from tests.integration.console_helpers import add_user
+
+    add_user(console_demo, "ap_vendors", ["finance", "supply_chain"], ["x12_from_vendors"])
+    add_user(console_demo, "buyer", ["supply_chain"], ["po_to_vendor"])
+    add_user(console_demo, "ap_ledger", ["finance", "supply_chain"], ["usage_ledger"])
+    with open_store(console_demo.root / "var" / "wharf.db") as store:
+        invoices = [tuple(r) for r in store._query("t", "SELECT id, channel FROM invoices")]
+        orders = [
+            tuple(r) for r in store._query("t", "SELECT po_number, channel FROM purchase_orders")
+        ]
+    assert invoices and {c for _, c in invoices} == {"x12_from_vendors"}, invoices
+    assert ("4500012345", "po_to_vendor") in orders, orders
+
+    _, every = console_demo.client("admin").get_json("/api/invoices")
+    assert sum(every["counts"].values()) == len(invoices), every["counts"]
+    _, theirs = console_demo.client("ap_vendors").get_json("/api/invoices")
+    assert theirs["counts"] == every["counts"] and theirs["held"] == every["held"]
+
+    other = console_demo.client("ap_ledger")
+    _, none = other.get_json("/api/invoices")
+    assert none["counts"] == {} and none["held"] == [] and none["grir"] == [], none
+    status, page = other.get("/finance")
+    assert status == 200 and b'id="no-held"' in page
+    for held in every["held"]:
+        assert f'id="invoice-{held["id"]}"'.encode() not in page
+    invoice_id = invoices[0][0]
+    for decision in ("release", "reject"):
+        status, out = other.post_json(f"/api/invoices/{invoice_id}/{decision}", {"note": "x"})
+        assert status == 404 and "in your channels" in out["error"], out
+        status, _ = other.request("POST", f"/invoices/{invoice_id}/{decision}", form={"note": "x"})
+        assert status == 404
+    _, after = console_demo.client("admin").get_json("/api/invoices")
+    assert after["counts"] == every["counts"]  # nothing was released or rejected
+
+    status, page = other.get("/supply")
+    assert status == 200 and b"4500012345" not in page
+    status, page = console_demo.client("buyer").get("/supply")
+    assert status == 200 and b"4500012345" in page

@@ -213,6 +213,22 @@ MIGRATION_PHYSICIAN_PAYER: Migration = (
     _physician_payer,
 )
 
+#: The channel whose message raised each requisition (the console's per-channel scopes);
+#: those from before take it from their message where it is still stored, the others keep
+#: NULL (in no scope: seen only by people who see every channel). One self-contained entry.
+_REQUISITION_CHANNEL = [
+    "ALTER TABLE requisitions ADD COLUMN channel TEXT",
+    "UPDATE requisitions SET channel = (SELECT m.channel FROM messages AS m "
+    "WHERE m.id = requisitions.message_id) WHERE message_id IS NOT NULL AND channel IS NULL",
+    "CREATE INDEX IF NOT EXISTS idx_requisitions_channel "
+    "ON requisitions(channel, status, created_at)",
+]
+MIGRATION_REQUISITION_CHANNEL: Migration = (
+    8,
+    "the channel that raised each requisition (console scopes)",
+    _REQUISITION_CHANNEL,
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
@@ -221,6 +237,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
     MIGRATION_OBSERVABILITY_INDEXES,
     MIGRATION_ERP_POSTINGS,
     MIGRATION_PHYSICIAN_PAYER,
+    MIGRATION_REQUISITION_CHANNEL,
 ]
 
 
@@ -251,6 +268,11 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
             "UPDATE consumption_events SET performer = detail::json ->> 'performer', "
             "procedure = detail::json ->> 'procedure'",
         ],
+    ),
+    (
+        MIGRATION_REQUISITION_CHANNEL[0],
+        MIGRATION_REQUISITION_CHANNEL[1],
+        ddl_all(MIGRATION_REQUISITION_CHANNEL[2]),
     ),
 ]
 
