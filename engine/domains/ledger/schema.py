@@ -223,10 +223,21 @@ _REQUISITION_CHANNEL = [
     "CREATE INDEX IF NOT EXISTS idx_requisitions_channel "
     "ON requisitions(channel, status, created_at)",
 ]
+
+
+def _requisition_channel(conn: sqlite3.Connection) -> None:
+    """The ``channel`` column where missing (a store whose tables came before the history),
+    back-filled from each requisition's message, and its index."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(requisitions)")}
+    for statement in _REQUISITION_CHANNEL:
+        if "ADD COLUMN" not in statement or "channel" not in have:
+            conn.execute(statement)
+
+
 MIGRATION_REQUISITION_CHANNEL: Migration = (
     8,
     "the channel that raised each requisition (console scopes)",
-    _REQUISITION_CHANNEL,
+    _requisition_channel,
 )
 
 SQLITE_MIGRATIONS: list[Migration] = [
@@ -272,7 +283,7 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
     (
         MIGRATION_REQUISITION_CHANNEL[0],
         MIGRATION_REQUISITION_CHANNEL[1],
-        ddl_all(MIGRATION_REQUISITION_CHANNEL[2]),
+        ddl_all(_REQUISITION_CHANNEL),
     ),
 ]
 
