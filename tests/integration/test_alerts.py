@@ -231,6 +231,36 @@ class AlertRestartTests(unittest.TestCase):
         self.assertEqual(kept["state"], "cleared")
         self.assertIsNotNone(kept["cleared_sent_at"])
 
+    @defer.inlineCallbacks
+    def test_a_fire_not_sent_before_a_restart_is_sent_after_it(self) -> Any:
+        """The webhook refuses the fire; the engine stops before sending it again. The store
+        says it was decided and not sent: the restarted engine sends it once, then the clear."""
+        self.hook.code = 500
+        first = yield defer.ensureDeferred(self.engine())
+        port = first.sources["usage"].port.getHost().port
+        yield defer.ensureDeferred(send_mllp(port, SAMPLE))
+        yield defer.ensureDeferred(wait_for(lambda: self.hook.posts, "the refused fire"))
+        (kept,) = first.store.alert_states()
+        self.assertIsNone(kept["fired_sent_at"])
+        yield defer.ensureDeferred(first.stop())
+
+        self.hook.code = 200
+        second = yield defer.ensureDeferred(self.engine())
+        yield defer.ensureDeferred(wait_for(lambda: len(self.hook.posts) >= 2, "the fire sent"))
+        (kept,) = second.store.alert_states()
+        self.assertIsNotNone(kept["fired_sent_at"])
+        self.erp.code = 201
+        yield defer.ensureDeferred(wait_for(lambda: len(self.hook.posts) >= 3, "the clear"))
+        evaluations = second.alerts.evaluations
+        yield defer.ensureDeferred(
+            wait_for(lambda: second.alerts.evaluations >= evaluations + 5, "5 evaluations")
+        )
+        firing, cleared = (
+            ("erp_backlog", "usage/erp", "firing"),
+            ("erp_backlog", "usage/erp", "cleared"),
+        )
+        self.assertEqual(self.hook_states(), [[firing], [firing], [cleared]])
+
 
 @pytest.mark.integration
 class AlertReloadTests(unittest.TestCase):
