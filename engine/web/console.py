@@ -140,8 +140,12 @@ class Console:
         return self.engine.executor.submit(fn, *args, **kwargs)
 
     async def session_of(self, request: Any) -> Session | None:
-        """The request's live session (read from the store), its last use written when due."""
-        session = await self.read(self.sessions.get, _cookie(request))
+        """The request's live session (read from the store), its last use written when due;
+        None at once without a cookie."""
+        cookie = _cookie(request)
+        if cookie is None:
+            return None
+        session = await self.read(self.sessions.get, cookie)
         if session is not None and self.sessions.stale(session):
             await self.write(self.sessions.touch, session)
         return session
