@@ -8,7 +8,13 @@ starts fires once, one that ends clears once, and everything that changed in one
 goes out as ONE notification (a storm across 50 channels is one message). A notifier that
 fails keeps what it could not send and sends it with its next notification.
 
-State is kept in memory: after a restart a condition that still holds fires again.
+With a :class:`StoreAlertState` (the running engine's), what fires lives in the store
+(``alert_state``: firing since when, when its fire and its clear were sent) and the rules are
+evaluated by one node at a time, the holder of the ``alerts`` job lease: a restart does not
+fire again what was firing before it (it clears it once, when it ends), and several nodes on
+one database send one fire and one clear for one outage. A node that does not hold the lease
+only follows what the store says fires (for /api/alerts and /metrics). The windows of the
+``error_rate`` and ``dead_letters`` rules are the evaluating node's own counters.
 """
 
 from __future__ import annotations
@@ -295,9 +301,12 @@ class Alerts:
         reactor: Any,
         *,
         notifiers: Sequence[Any] | None = None,
+        state: StoreAlertState | None = None,
     ) -> None:
         self.config = config
         self.rules = Rules(config.rules)
+        self.kept = state  # None: in memory only (a restart forgets what fired)
+        self.leading = False  # whether this node evaluated the rules at its last turn
         self.read = read
         self.notifiers = list(notifiers if notifiers is not None else notifiers_of(config, reactor))
         self.backlog: dict[int, list[AlertEvent]] = {i: [] for i in range(len(self.notifiers))}
@@ -306,10 +315,26 @@ class Alerts:
         self.evaluations = 0
 
     async def evaluate(self) -> list[AlertEvent]:
-        """One evaluation: read, decide, notify once if anything changed."""
+        """One evaluation: read, decide, notify once if anything changed. With a store, by
+        the holder of the lease only, from what the store says fires; a node taking the lead
+        first sends what its predecessor decided and did not send."""
+        if self.kept is not None:
+            leading = await self.kept.lead()
+            known = {r.name for r in self.rules.rules}
+            firing, unsent = await self.kept.load(known)
+            self.rules.firing = firing
+            if not leading:
+                self.leading = False
+                return []
+            if not self.leading:
+                self.leading = True
+                for i in self.backlog:
+                    self.backlog[i] = unsent + self.backlog[i]
         readings = await defer.maybeDeferred(self.read)
         events = self.rules.step(readings)
         self.evaluations += 1
+        if events and self.kept is not None:
+            await self.kept.record(events)
         if events:
             for e in events:
                 level = log.warn if e.state == "firing" else log.info
@@ -325,6 +350,7 @@ class Alerts:
         return events
 
     async def _notify(self, events: list[AlertEvent]) -> None:
+        sent: list[AlertEvent] = []
         for i, notifier in enumerate(self.notifiers):
             batch = self.backlog[i] + events
             if not batch:
@@ -341,6 +367,9 @@ class Alerts:
                 )
             else:
                 self.backlog[i] = []
+                sent.extend(batch)
+        if sent and self.kept is not None:
+            await self.kept.sent(sent)
 
     def state(self) -> dict[str, Any]:
         """For /api/alerts: the rules, what fires now and the recent notifications."""
@@ -349,13 +378,68 @@ class Alerts:
             "firing": [asdict(e) for e in sorted(self.rules.firing.values(), key=_order)],
             "recent": list(self.recent)[::-1],
             "evaluations": self.evaluations,
+            "leading": self.leading if self.kept is not None else True,
         }
 
     async def close(self) -> None:
+        if self.kept is not None and self.leading:
+            await self.kept.step_down()
         for n in self.notifiers:
             closing = getattr(n, "close", None)
             if closing is not None:
                 await defer.maybeDeferred(closing)
+
+
+class StoreAlertState:
+    """What fires, kept in the store (``alert_state``), and the ``alerts`` job lease that
+    makes one node at a time evaluate the rules (reads on a reactor thread, writes through the
+    store's executor)."""
+
+    LEASE = "alerts"
+
+    def __init__(
+        self, store: Any, executor: Any, coordination: Any, reactor: Any, interval: float
+    ) -> None:
+        from engine.coordination import Leases
+
+        self.store = store
+        self.executor = executor
+        self.reactor = reactor
+        # a leader that stopped answering is replaced after a few of its turns (30s at least)
+        self.leases = Leases(coordination, max(3 * interval, 30.0), reactor)
+
+    async def lead(self) -> bool:
+        return self.LEASE in await self.leases.held([self.LEASE])
+
+    async def step_down(self) -> None:
+        await self.leases.release()
+
+    async def load(
+        self, rules: set[str]
+    ) -> tuple[dict[tuple[str, str], AlertEvent], list[AlertEvent]]:
+        """What fires now (of ``rules``), and the fires and clears decided but not sent."""
+        rows = await threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), self.store.alert_states, None
+        )
+        firing: dict[tuple[str, str], AlertEvent] = {}
+        unsent: list[AlertEvent] = []
+        for r in rows:
+            if r["rule"] not in rules:
+                continue
+            firing_now = r["state"] == "firing"
+            at = r["since"] if firing_now else r["changed_at"]
+            event = AlertEvent(r["rule"], r["kind"], r["subject"], r["state"], r["summary"], at)
+            if firing_now:
+                firing[(r["rule"], r["subject"])] = event
+            if (r["fired_sent_at"] if firing_now else r["cleared_sent_at"]) is None:
+                unsent.append(event)
+        return firing, unsent
+
+    async def record(self, events: Sequence[AlertEvent]) -> None:
+        await self.executor.submit(self.store.alert_changes, list(events))
+
+    async def sent(self, events: Sequence[AlertEvent]) -> None:
+        await self.executor.submit(self.store.alerts_sent, list(events), time.time())
 
 
 def _order(e: AlertEvent) -> tuple[str, str]:

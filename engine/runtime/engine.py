@@ -540,7 +540,7 @@ class Engine(OrderedServices):
     async def _watch(self, old: Project | None) -> None:
         """Start (or, after a reload that changed them, restart) the alert job, the SLO
         measurement and the canaries."""
-        from engine.runtime.alerts import Alerts, readings_of
+        from engine.runtime.alerts import Alerts, StoreAlertState, readings_of
 
         settings = self.project.settings
         before = old.settings if old is not None else None
@@ -550,8 +550,18 @@ class Engine(OrderedServices):
                 await self.alerts.close()
                 self.alerts = None
             if settings.alerts is not None:
+                state = StoreAlertState(
+                    self.store,
+                    self.executor,
+                    self.resources.coordination,
+                    self.reactor,
+                    settings.alerts.interval,
+                )
                 self.alerts = Alerts(
-                    settings.alerts, lambda: defer.ensureDeferred(readings_of(self)), self.reactor
+                    settings.alerts,
+                    lambda: defer.ensureDeferred(readings_of(self)),
+                    self.reactor,
+                    state=state,
                 )
                 JobService(
                     "alerts", settings.alerts.interval, self.alerts.evaluate, self.reactor

@@ -492,6 +492,55 @@ NODES_MIGRATION: Migration = (
     ],
 )
 
+#: What the console and the alert job keep across restarts and share between nodes (one
+#: self-contained entry, renumbered with this one line when histories merge): console sessions
+#: by the SHA-256 of their cookie (never the cookie), with their login and last-use times (the
+#: idle and absolute timeouts are enforced from these); failed logins per (account, source
+#: address) and until when that pair is locked out; and each alert rule's subjects: firing
+#: since when, and when its fire and its clear were sent.
+_V22_CONSOLE_STATE = [
+    """
+    CREATE TABLE IF NOT EXISTS console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        address TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        seen_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idx_console_sessions_name ON console_sessions(name)",
+    """
+    CREATE TABLE IF NOT EXISTS login_failures (
+        account TEXT NOT NULL,
+        address TEXT NOT NULL,
+        failures INTEGER NOT NULL,
+        first_at REAL NOT NULL,
+        locked_until REAL,
+        PRIMARY KEY (account, address)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS alert_state (
+        rule TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('firing', 'cleared')),
+        summary TEXT NOT NULL,
+        since REAL NOT NULL,
+        changed_at REAL NOT NULL,
+        fired_sent_at REAL,
+        cleared_sent_at REAL,
+        PRIMARY KEY (rule, subject)
+    )
+    """,
+]
+CONSOLE_STATE_MIGRATION: Migration = (
+    22,
+    "console sessions, login lockouts and alert state in the store (restarts, several nodes)",
+    _V22_CONSOLE_STATE,
+)
+
 MIGRATIONS: list[Migration] = [
     (1, "base tables: messages, contents, outbox, dead_letters, audit", _V1_BASE_TABLES),
     (2, "business_keys and search indexes", _V2_BUSINESS_KEYS),
@@ -514,6 +563,7 @@ MIGRATIONS: list[Migration] = [
     LEASES_MIGRATION,
     PIPELINE_UNTIL_MIGRATION,
     NODES_MIGRATION,
+    CONSOLE_STATE_MIGRATION,
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -227,6 +227,11 @@ PG_MIGRATIONS: list[Migration] = [
         sqlite_history.NODES_MIGRATION[1],
         ddl_all(sqlite_history.NODES_MIGRATION[2]),
     ),
+    (
+        sqlite_history.CONSOLE_STATE_MIGRATION[0],
+        sqlite_history.CONSOLE_STATE_MIGRATION[1],
+        ddl_all(sqlite_history.CONSOLE_STATE_MIGRATION[2]),
+    ),
 ]
 
 

@@ -31,6 +31,7 @@ from engine.model import Delivery, Inbound, IngestResult, MessageRow, Outbound
 from engine.store import nodes as node_registry
 from engine.store import versions as config_versions
 from engine.store.console import ConsoleStore
+from engine.store.console_state import ConsoleStateStore
 from engine.store.ingest import MESSAGE_COLUMNS as _MESSAGE_COLUMNS
 from engine.store.ingest import ingest_rows
 from engine.store.leases import LeaseStore
@@ -107,7 +108,7 @@ BACKSTOP_PAGES = 16384
 log = logging.getLogger("wharf.store")
 
 
-class SqliteStore(ConsoleStore, LeaseStore):
+class SqliteStore(ConsoleStore, ConsoleStateStore, LeaseStore):
     """The durable store of one Wharf instance (one SQLite file, WAL mode); the admin
     console's reads and writes are in :class:`~engine.store.console.ConsoleStore`."""
 

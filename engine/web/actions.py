@@ -139,6 +139,7 @@ async def decide_invoice(
     from engine.domains.procurement import desk
 
     store, now = console.store, time.time()
+    await invoice_in_scope(console, who, invoice_id)
     try:
         if decision == "release":
             project = console.engine.project
@@ -156,3 +157,19 @@ async def decide_invoice(
         )
     except StoreError as exc:
         raise Refused(409, str(exc)) from exc
+
+
+async def invoice_in_scope(console: Any, who: Principal, invoice_id: int) -> None:
+    """Refused 404 when there is no such invoice, or when it came in on a channel outside the
+    person's scope (its number is not confirmed to them either)."""
+    from engine.domains.procurement import desk
+    from engine.domains.procurement.domain import repository
+
+    def look() -> tuple[bool, str | None]:
+        with console.store.reading() as rd:
+            return desk.invoice_channel(repository(rd), invoice_id)
+
+    found, channel = await console.read(look)
+    scope = who.channel_scope
+    if not found or (scope is not None and channel not in scope):
+        raise Refused(404, f"no invoice {invoice_id} in your channels")

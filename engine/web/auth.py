@@ -2,8 +2,9 @@
 HttpOnly SameSite=Strict cookie, a CSRF token per session, idle and absolute timeouts), lockout
 by (account, source address), and what each role may see and do.
 
-Sessions and failure counts live in memory (a restart logs everyone out); accounts live in the
-store (``console_users``), every change to them audited there.
+Accounts live in the store (``console_users``), every change to them audited there; so do
+sessions and failure counts (``console_sessions``, ``login_failures``): a restart logs nobody
+out and forgets no lockout, and a session made on one node works on every node of the store.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import bcrypt
@@ -170,25 +171,38 @@ class Session:
     address: str
     created: float
     seen: float
+    key: str = ""  # the SHA-256 of its cookie: what the store keeps it under
 
 
 @dataclass
 class Sessions:
-    """Live sessions by the SHA-256 of their cookie, with idle and absolute timeouts, and the
-    failed logins of each (account, address) pair."""
+    """Sessions and failed logins, kept in the store (``console_sessions``, ``login_failures``:
+    a restart forgets neither, and every node on one database knows them): sessions by the
+    SHA-256 of their cookie, the idle and absolute timeouts enforced from their stored login
+    and last-use times, lockout by (account, address).
 
+    Each method is one store read or one short write and runs where the caller runs it: the
+    console reads on its read threads and writes through the store's executor. A session's
+    last use is written at most every ``touch_every`` seconds (:meth:`stale`), so that a busy
+    page is not a write per request; its idle timeout may therefore end it up to that much
+    early, never late."""
+
+    store: Any
     clock: Callable[[], float]
     idle_timeout: float = 900.0
     absolute_timeout: float = 12 * 3600.0
     max_failed: int = 5
     lockout: float = 900.0
-    _live: dict[str, Session] = field(default_factory=dict)
-    _failures: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    _locked: dict[tuple[str, str], float] = field(default_factory=dict)
+    touch_every: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.touch_every is None:
+            self.touch_every = min(60.0, self.idle_timeout / 10)
 
     @classmethod
-    def of_config(cls, config: Any, clock: Callable[[], float]) -> Sessions:
+    def of_config(cls, config: Any, store: Any, clock: Callable[[], float]) -> Sessions:
         return cls(
+            store,
             clock,
             idle_timeout=config.idle_timeout,
             absolute_timeout=config.absolute_timeout,
@@ -196,64 +210,74 @@ class Sessions:
             lockout=config.lockout,
         )
 
-    # -- lockout -----------------------------------------------------------------------------
+    # -- lockout (locked: a read; failed and succeeded: writes) -------------------------------
     def locked(self, account: str, address: str) -> bool:
-        until = self._locked.get((account, address))
-        if until is None:
-            return False
-        if self.clock() >= until:
-            del self._locked[(account, address)]
-            self._failures.pop((account, address), None)
-            return False
-        return True
+        return bool(self.store.login_locked(account, address, self.clock()))
 
     def failed(self, account: str, address: str) -> bool:
         """Count a failed login; True when it locks the pair out."""
-        now = self.clock()
-        pair = (account, address)
-        recent = [t for t in self._failures.get(pair, []) if now - t < self.lockout] + [now]
-        self._failures[pair] = recent
-        if len(recent) >= self.max_failed:
-            self._locked[pair] = now + self.lockout
-            return True
-        return False
+        return bool(
+            self.store.login_failed(
+                account, address, self.clock(), max_failed=self.max_failed, window=self.lockout
+            )
+        )
 
     def succeeded(self, account: str, address: str) -> None:
-        self._failures.pop((account, address), None)
+        self.store.login_succeeded(account, address)
 
-    # -- sessions ----------------------------------------------------------------------------
+    # -- sessions (get: a read; the others: writes) ------------------------------------------
     def open(self, principal: Principal, address: str) -> tuple[str, Session]:
-        """A new session: the cookie value (kept only as its digest) and the session."""
+        """A new session (the timed-out ones dropped first): the cookie value (kept only as
+        its digest) and the session."""
         token = secrets.token_urlsafe(32)
         now = self.clock()
-        session = Session(principal, secrets.token_urlsafe(24), address, now, now)
-        self._live[token_digest(token)] = session
+        key = token_digest(token)
+        session = Session(principal, secrets.token_urlsafe(24), address, now, now, key)
+        self.store.open_session(
+            key,
+            principal.name,
+            session.csrf,
+            address,
+            now,
+            expired_before=now - self.absolute_timeout,
+            idle_before=now - self.idle_timeout,
+        )
         return token, session
 
     def get(self, token: str | None) -> Session | None:
-        """The live session of a cookie (its last use now), or None (unknown or timed out)."""
+        """The live session of a cookie, or None (unknown, timed out, or its account
+        disabled). Its principal has the account's roles and channels as they are now."""
         if not token:
             return None
         key = token_digest(token)
-        session = self._live.get(key)
-        if session is None:
+        row = self.store.session(key)
+        if row is None or row["disabled"]:
             return None
         now = self.clock()
-        if now - session.seen > self.idle_timeout or now - session.created > self.absolute_timeout:
-            del self._live[key]
+        if now - row["seen_at"] > self.idle_timeout:
             return None
-        session.seen = now
-        return session
+        if now - row["created_at"] > self.absolute_timeout:
+            return None
+        principal = Principal(row["name"], list(row["roles"]), list(row["channels"]))
+        return Session(
+            principal, row["csrf"], row["address"], row["created_at"], row["seen_at"], key
+        )
 
-    def close(self, token: str | None) -> Session | None:
-        return self._live.pop(token_digest(token), None) if token else None
+    def stale(self, session: Session) -> bool:
+        """Whether the session's last use should be written now (:meth:`touch`)."""
+        return self.clock() - session.seen >= (self.touch_every or 0.0)
+
+    def touch(self, session: Session) -> None:
+        now = self.clock()
+        self.store.touch_session(session.key, now)
+        session.seen = now
+
+    def close(self, token: str | None) -> bool:
+        return bool(self.store.close_session(token_digest(token))) if token else False
 
     def end_all(self, name: str) -> int:
         """End every session of one account (disabled or reset); how many."""
-        gone = [k for k, s in self._live.items() if s.principal.name == name]
-        for k in gone:
-            del self._live[k]
-        return len(gone)
+        return int(self.store.end_sessions(name))
 
     @staticmethod
     def csrf_ok(session: Session, given: str | None) -> bool:

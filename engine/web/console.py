@@ -109,7 +109,7 @@ class Console:
         self.config = config
         self.reactor = reactor or engine.reactor
         self.store = engine.store
-        self.sessions = Sessions.of_config(config, self.reactor.seconds)
+        self.sessions = Sessions.of_config(config, self.store, self.reactor.seconds)
         self.templates = Environment(
             loader=PackageLoader("engine.web", "templates"),
             autoescape=select_autoescape(["html"]),
@@ -138,6 +138,17 @@ class Console:
     def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Run a store write through the store's executor (its writer thread)."""
         return self.engine.executor.submit(fn, *args, **kwargs)
+
+    async def session_of(self, request: Any) -> Session | None:
+        """The request's live session (read from the store), its last use written when due;
+        None at once without a cookie."""
+        cookie = _cookie(request)
+        if cookie is None:
+            return None
+        session = await self.read(self.sessions.get, cookie)
+        if session is not None and self.sessions.stale(session):
+            await self.write(self.sessions.touch, session)
+        return session
 
     # -- routing -------------------------------------------------------------------------------
     def route(
@@ -184,7 +195,7 @@ class Console:
         method = request.method.decode()
         is_api = path.startswith("/api/")
         args = {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}
-        session = self.sessions.get(_cookie(request))
+        session = await self.session_of(request)
         match, allowed = None, False
         for r in self.routes:
             m = r.pattern.match(path)
@@ -298,12 +309,34 @@ class Guarded(resource.Resource):
         self.child = child
 
     def render(self, request: Any) -> Any:
-        if self.console.sessions.get(_cookie(request)) is None:
-            request.setResponseCode(401)
-            request.setHeader(b"content-type", b"application/json")
-            return b'{"error": "not logged in: POST /login first"}'
-        target = resource.getChildForRequest(self.child, request)
-        return target.render(request)
+        if _cookie(request) is None:  # no cookie: refused without a store read
+            return self._refused(request)
+        d = defer.ensureDeferred(self.console.session_of(request))
+
+        def answer(session: Session | None) -> None:
+            if session is None:
+                request.write(self._refused(request))
+                request.finish()
+                return
+            target = resource.getChildForRequest(self.child, request)
+            body = target.render(request)
+            if body is not server.NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+        def failed(f: Any) -> None:
+            log.failure("console: {path} failed", f, path=request.path)
+            request.setResponseCode(500)
+            request.finish()
+
+        d.addCallback(answer).addErrback(failed)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _refused(request: Any) -> bytes:
+        request.setResponseCode(401)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "not logged in: POST /login first"}'
 
 
 class Dispatch(resource.Resource):

@@ -68,19 +68,19 @@ async def log_in(ctx: Ctx, name: str, password: str) -> tuple[int, str, Any]:
 
     console, store = ctx.console, ctx.console.store
     address = ctx.address
-    if console.sessions.locked(name, address):
+    if await console.read(console.sessions.locked, name, address):
         detail = {"address": address}
         await console.write(store.audit, name, "login.locked", name, detail, time.time())
         return 429, "too many failed logins for this account from your address: try later", None
     user = await console.read(accounts.verify, store, name, password)
     if user is None:
-        locked = console.sessions.failed(name, address)
+        locked = await console.write(console.sessions.failed, name, address)
         detail = {"address": address, "locked": locked}
         await console.write(store.audit, name, "login.failed", name, detail, time.time())
         return 401, "wrong account name or password", None
-    console.sessions.succeeded(name, address)
+    await console.write(console.sessions.succeeded, name, address)
     await console.write(store.audit, name, "login", name, {"address": address}, time.time())
-    token, session = console.sessions.open(principal_of(user), address)
+    token, session = await console.write(console.sessions.open, principal_of(user), address)
     ctx.request.addCookie(
         COOKIE.encode(),
         token.encode(),
@@ -106,12 +106,12 @@ async def login(ctx: Ctx) -> Response:
 async def logout(ctx: Ctx) -> Response:
     from engine.web.console import _cookie
 
-    ctx.console.sessions.close(_cookie(ctx.request))
+    await ctx.console.write(ctx.console.sessions.close, _cookie(ctx.request))
     await ctx.console.write(
         ctx.console.store.audit, ctx.principal.name, "logout", ctx.principal.name, {}, time.time()
     )
     ctx.request.addCookie(
-        COOKIE.encode(), b"", path=b"/", httpOnly=True, sameSite="strict", max_age=0
+        COOKIE.encode(), b"", path=b"/", httpOnly=True, sameSite="strict", max_age=b"0"
     )
     return redirect("/login")
 
@@ -131,7 +131,7 @@ async def setup(ctx: Ctx) -> Response:
         name = await ctx.console.write(accounts.complete_setup, ctx.console.store, token, password)
     except (AuthError, ValueError) as exc:
         return ctx.page("setup.html", 400, token=token, error=str(exc))
-    ctx.console.sessions.end_all(name)
+    await ctx.console.write(ctx.console.sessions.end_all, name)
     return redirect("/login?" + urlencode({"flash": f"password set for {name}: log in"}))
 
 
@@ -385,11 +385,11 @@ def _supply(store: Any, now: float, channels: list[str] | None = None) -> dict[s
 
     with store.reading() as rd:
         repo = repository(rd)
-        unmatched = desk.unmatched_receipts(repo, older_than=0.0, now=now)
+        unmatched = desk.unmatched_receipts(repo, older_than=0.0, now=now, channels=channels)
         return {
-            "requisitions": ledger.open_requisitions(rd),
-            "orders": reports.purchase_orders(rd),
-            "changes": changes.changes(repo, "proposed", None),
+            "requisitions": ledger.open_requisitions(rd, channels=channels),
+            "orders": reports.purchase_orders(rd, channels=channels),
+            "changes": changes.changes(repo, "proposed", None, channels),
             "unmatched": unmatched,
             "unmatched_ages": views.age_buckets([r["age_days"] for r in unmatched]),
             "asn": store.work_item_page(kind="ASN_UNMATCHED", channels=channels).rows,
@@ -436,14 +436,16 @@ async def reconciliation_data(ctx: Ctx) -> dict[str, Any]:
     return await ctx.console.read(_reconciliation, ctx.console.store, mappings, since)
 
 
-def _finance(store: Any, now: float) -> dict[str, Any]:
+def _finance(store: Any, now: float, channels: list[str] | None = None) -> dict[str, Any]:
+    """Held invoices, GR/IR and invoice counts of the person's channels (``channels``; None:
+    every one): the vendor's inbound channel of each invoice and receipt."""
     from engine.domains.procurement import desk, reports
     from engine.domains.procurement.domain import repository
 
     with store.reading() as rd:
         repo = repository(rd)
-        held = desk.invoices(repo, "held")
-        unmatched = desk.unmatched_receipts(repo, older_than=0.0, now=now)
+        held = desk.invoices(repo, "held", channels)
+        unmatched = desk.unmatched_receipts(repo, older_than=0.0, now=now, channels=channels)
         reasons: dict[str, int] = {}
         for inv in held:
             for r in inv["reasons"]:
@@ -451,7 +453,7 @@ def _finance(store: Any, now: float) -> dict[str, Any]:
         return {
             "held": held,
             "reasons": sorted(reasons.items()),
-            "counts": reports.invoice_counts(rd),
+            "counts": reports.invoice_counts(rd, channels),
             "grir": unmatched,
             "grir_ages": views.age_buckets([r["age_days"] for r in unmatched]),
             "waiting": [
@@ -466,7 +468,8 @@ def _finance(store: Any, now: float) -> dict[str, Any]:
 
 
 async def finance_data(ctx: Ctx) -> dict[str, Any]:
-    return await ctx.console.read(_finance, ctx.console.store, time.time())
+    scope = ctx.principal.channel_scope
+    return await ctx.console.read(_finance, ctx.console.store, time.time(), scope)
 
 
 async def finance(ctx: Ctx) -> Response:
@@ -720,7 +723,7 @@ async def change_user(ctx: Ctx, name: str, change: str) -> Response:
             await console.write(
                 accounts.set_disabled, console.store, name, change == "disable", actor=actor
             )
-            console.sessions.end_all(name)
+            await console.write(console.sessions.end_all, name)
             return _back("/users", f"{name}: {change}d")
         if change == "reset":
             token = await console.write(
@@ -730,7 +733,7 @@ async def change_user(ctx: Ctx, name: str, change: str) -> Response:
                 actor=actor,
                 ttl=console.config.setup_link_ttl,
             )
-            console.sessions.end_all(name)
+            await console.write(console.sessions.end_all, name)
             return await users(ctx, link=_setup_link(ctx, token))
     except AuthError as exc:
         return await users(ctx, error=str(exc), code=404)

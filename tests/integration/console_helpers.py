@@ -162,9 +162,16 @@ def start_demo(tmp: Path, procs: Processes) -> Demo:
 
 
 def add_user(demo: Demo, name: str, roles: list[str], channels: list[str] = ()) -> None:
-    args = [str(WHARF), "--root", str(demo.root), "user", "add", name, "--password-stdin"]
+    add_account(demo.root, demo.env, name, roles, channels)
+
+
+def add_account(
+    root: Path, env: dict[str, str], name: str, roles: list[str], channels: list[str] = ()
+) -> None:
+    """``wharf user add NAME --password-stdin`` (:data:`PASSWORD`) on the project's store."""
+    args = [str(WHARF), "--root", str(root), "user", "add", name, "--password-stdin"]
     args += [f"--role={r}" for r in roles] + [f"--channel={c}" for c in channels]
     done = subprocess.run(
-        args, input=PASSWORD + "\n", env=demo.env, capture_output=True, text=True, timeout=60
+        args, input=PASSWORD + "\n", env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr

@@ -162,6 +162,107 @@ class AlertOutageTests(unittest.TestCase):
 
 
 @pytest.mark.integration
+class AlertRestartTests(unittest.TestCase):
+    """What fires is kept in the store: an engine restarted in the middle of an outage does
+    not fire it again, and clears it once when it ends."""
+
+    def setUp(self) -> Any:
+        base = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, base, True)
+        self.erp = Recorder(503)
+        self.hook = Recorder(200)
+        ports = [listen(self.erp), listen(self.hook)]
+        for port in ports:
+            self.addCleanup(port.stopListening)
+        routes = (
+            "alerts:\n  interval: 50ms\n  notify:\n"
+            f"    - webhook: {{url: '{url(ports[1], 'hook')}'}}\n"
+            "  rules:\n    - {name: erp_backlog, when: queue_age, older_than: 300ms}\n"
+        )
+        channel = CHANNEL.format(erp=url(ports[0]).rstrip("/"), extra="")
+        self.root = make_project(base, routes, {"usage": channel})
+
+    async def engine(self) -> Engine:
+        engine = Engine(self.root, reactor)
+        self.addCleanup(lambda: defer.ensureDeferred(engine.stop()))
+        await engine.start()
+        return engine
+
+    def hook_states(self) -> list[list[tuple[str, str, str]]]:
+        bodies = [json.loads(p["body"]) for p in self.hook.posts]
+        return [[(a["rule"], a["subject"], a["state"]) for a in b["alerts"]] for b in bodies]
+
+    @defer.inlineCallbacks
+    def test_a_restart_during_an_outage_neither_fires_again_nor_forgets_to_clear(self) -> Any:
+        first = yield defer.ensureDeferred(self.engine())
+        port = first.sources["usage"].port.getHost().port
+        yield defer.ensureDeferred(send_mllp(port, SAMPLE))
+        yield defer.ensureDeferred(wait_for(lambda: self.hook.posts, "the firing webhook"))
+        (kept,) = first.store.alert_states()
+        self.assertEqual((kept["rule"], kept["subject"]), ("erp_backlog", "usage/erp"))
+        self.assertIsNotNone(kept["fired_sent_at"])
+        yield defer.ensureDeferred(first.stop())
+
+        second = yield defer.ensureDeferred(self.engine())
+        attempts = len(self.erp.posts)
+        yield defer.ensureDeferred(
+            wait_for(
+                lambda: second.alerts.evaluations >= 10 and len(self.erp.posts) >= attempts + 2,
+                "ten evaluations and more ERP attempts after the restart, the outage still on",
+            )
+        )
+        self.assertEqual(self.hook_states(), [[("erp_backlog", "usage/erp", "firing")]])
+        firing = [(e.rule, e.subject) for e in second.alerts.rules.firing.values()]
+        self.assertEqual(firing, [("erp_backlog", "usage/erp")])
+        self.erp.code = 201  # the ERP is back
+        yield defer.ensureDeferred(wait_for(lambda: len(self.hook.posts) >= 2, "the clear"))
+        evaluations = second.alerts.evaluations
+        yield defer.ensureDeferred(
+            wait_for(lambda: second.alerts.evaluations >= evaluations + 5, "5 evaluations")
+        )
+        self.assertEqual(
+            self.hook_states(),
+            [
+                [("erp_backlog", "usage/erp", "firing")],
+                [("erp_backlog", "usage/erp", "cleared")],
+            ],
+        )
+        (kept,) = second.store.alert_states(None)
+        self.assertEqual(kept["state"], "cleared")
+        self.assertIsNotNone(kept["cleared_sent_at"])
+
+    @defer.inlineCallbacks
+    def test_a_fire_not_sent_before_a_restart_is_sent_after_it(self) -> Any:
+        """The webhook refuses the fire; the engine stops before sending it again. The store
+        says it was decided and not sent: the restarted engine sends it once, then the clear."""
+        self.hook.code = 500
+        first = yield defer.ensureDeferred(self.engine())
+        port = first.sources["usage"].port.getHost().port
+        yield defer.ensureDeferred(send_mllp(port, SAMPLE))
+        yield defer.ensureDeferred(wait_for(lambda: self.hook.posts, "the refused fire"))
+        (kept,) = first.store.alert_states()
+        self.assertIsNone(kept["fired_sent_at"])
+        yield defer.ensureDeferred(first.stop())
+
+        self.hook.code = 200
+        second = yield defer.ensureDeferred(self.engine())
+        yield defer.ensureDeferred(wait_for(lambda: len(self.hook.posts) >= 2, "the fire sent"))
+        (kept,) = second.store.alert_states()
+        self.assertIsNotNone(kept["fired_sent_at"])
+        self.erp.code = 201
+        yield defer.ensureDeferred(wait_for(lambda: len(self.hook.posts) >= 3, "the clear"))
+        evaluations = second.alerts.evaluations
+        yield defer.ensureDeferred(
+            wait_for(lambda: second.alerts.evaluations >= evaluations + 5, "5 evaluations")
+        )
+        firing, cleared = (
+            ("erp_backlog", "usage/erp", "firing"),
+            ("erp_backlog", "usage/erp", "cleared"),
+        )
+        self.assertEqual(self.hook_states(), [[firing], [firing], [cleared]])
+
+
+@pytest.mark.integration
 class AlertReloadTests(unittest.TestCase):
     def setUp(self) -> Any:
         base = Path(tempfile.mkdtemp())

@@ -17,7 +17,7 @@ import pytest
 from engine.web.api import openapi_document
 from engine.web.auth import ROLE_PERMISSIONS, ROLES
 from engine.web.console import NAV
-from tests.integration.console_helpers import Client, Demo, start_demo
+from tests.integration.console_helpers import PASSWORD, Client, Demo, start_demo
 from tests.integration.helpers import Processes, open_store, wait_until
 
 # One worker runs every test of the shared console demo (it is started once per worker).
@@ -141,6 +141,46 @@ def test_failed_logins_lock_one_account_from_one_address(console_demo: Demo) -> 
     actions = [e["action"] for e in audit["entries"] if e["actor"] == "locky"]
     assert actions.count("login.failed") == 5 and actions[0] == "login.locked"
     assert "wrong password!" not in str(audit) and "a demo passphrase" not in str(audit)
+
+
+@pytest.mark.slow
+def test_sessions_and_lockouts_survive_a_restart(tmp_path: Path) -> None:
+    """A session made before a restart of ``wharf run`` still works after it (the same cookie
+    and CSRF token), and a lockout made before it still holds: the count is not reset by
+    waiting for a deploy. The store keeps only the cookie's digest."""
+    from engine.web.auth import token_digest
+    from tests.integration.console_helpers import add_user
+
+    with Processes(tmp_path) as procs:
+        demo = start_demo(tmp_path, procs)
+        add_user(demo, "locky", ["viewer"])
+        viewer = demo.client("viewer")
+        status, me = viewer.get_json("/api/me")
+        assert status == 200 and me["name"] == "viewer", me
+        intruder = Client(demo.port)
+        for _ in range(4):  # one short of the lockout (max_failed_logins: 5)
+            status, _ = intruder.post_json("/api/login", {"name": "locky", "password": "guess!"})
+            assert status == 401
+        with open_store(demo.root / "var" / "wharf.db") as store:
+            token = viewer.cookie.split("=", 1)[1]
+            rows = store._query("t", "SELECT token_hash, name FROM console_sessions")
+            kept = {r[0]: r[1] for r in rows}
+            assert kept.get(token_digest(token)) == "viewer" and token not in kept
+
+        demo.restart(demo=True)
+        status, again = viewer.get_json("/api/me")
+        assert status == 200, again
+        assert (again["name"], again["csrf"]) == ("viewer", me["csrf"])
+        # the fifth failure after the restart locks: the count went on
+        status, _ = intruder.post_json("/api/login", {"name": "locky", "password": "guess!"})
+        assert status == 401
+        status, out = intruder.post_json("/api/login", {"name": "locky", "password": PASSWORD})
+        assert status == 429, out
+        # the session's CSRF token still works for a POST: log out, and the cookie is dead
+        status, _ = viewer.request("POST", "/logout", form={"csrf": me["csrf"]})
+        assert status == 303
+        status, _ = viewer.get_json("/api/me")
+        assert status == 401
 
 
 @pytest.mark.slow
@@ -320,3 +360,50 @@ def test_a_scoped_account_sees_only_its_channels_work_items(console_demo: Demo) 
     status, page = scoped.get("/work-items")
     assert status == 200 and f'id="item-{other["id"]}"'.encode() not in page
     assert f'id="item-{mine["id"]}"'.encode() in page
+
+
+def test_a_scoped_account_sees_only_its_channels_purchase_orders_and_invoices(
+    console_demo: Demo,
+) -> None:
+    """Procurement rows carry the channel whose message recorded them (a PO: po_to_vendor,
+    an invoice: the vendor's inbound X12 channel): a supply-chain or finance account scoped
+    to other channels sees none of them, and may not release or reject an invoice it does not
+    see (404: not even its existence is confirmed)."""
+    from tests.integration.console_helpers import add_user
+
+    add_user(console_demo, "ap_vendors", ["finance", "supply_chain"], ["x12_from_vendors"])
+    add_user(console_demo, "buyer", ["supply_chain"], ["po_to_vendor"])
+    add_user(console_demo, "ap_ledger", ["finance", "supply_chain"], ["usage_ledger"])
+    with open_store(console_demo.root / "var" / "wharf.db") as store:
+        invoices = [tuple(r) for r in store._query("t", "SELECT id, channel FROM invoices")]
+        orders = [
+            tuple(r) for r in store._query("t", "SELECT po_number, channel FROM purchase_orders")
+        ]
+    assert invoices and {c for _, c in invoices} == {"x12_from_vendors"}, invoices
+    assert ("4500012345", "po_to_vendor") in orders, orders
+
+    _, every = console_demo.client("admin").get_json("/api/invoices")
+    assert sum(every["counts"].values()) == len(invoices), every["counts"]
+    _, theirs = console_demo.client("ap_vendors").get_json("/api/invoices")
+    assert theirs["counts"] == every["counts"] and theirs["held"] == every["held"]
+
+    other = console_demo.client("ap_ledger")
+    _, none = other.get_json("/api/invoices")
+    assert none["counts"] == {} and none["held"] == [] and none["grir"] == [], none
+    status, page = other.get("/finance")
+    assert status == 200 and b'id="no-held"' in page
+    for held in every["held"]:
+        assert f'id="invoice-{held["id"]}"'.encode() not in page
+    invoice_id = invoices[0][0]
+    for decision in ("release", "reject"):
+        status, out = other.post_json(f"/api/invoices/{invoice_id}/{decision}", {"note": "x"})
+        assert status == 404 and "in your channels" in out["error"], out
+        status, _ = other.request("POST", f"/invoices/{invoice_id}/{decision}", form={"note": "x"})
+        assert status == 404
+    _, after = console_demo.client("admin").get_json("/api/invoices")
+    assert after["counts"] == every["counts"]  # nothing was released or rejected
+
+    status, page = other.get("/supply")
+    assert status == 200 and b"4500012345" not in page
+    status, page = console_demo.client("buyer").get("/supply")
+    assert status == 200 and b"4500012345" in page

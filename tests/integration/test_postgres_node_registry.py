@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.console_helpers import PASSWORD, Client
-from tests.integration.helpers import WHARF, Processes, wait_until, wharf_env
+from tests.integration.console_helpers import Client, add_account
+from tests.integration.helpers import Processes, wait_until, wharf_env
 
 RELOAD_LINE = "reload_interval: 2s"
 
@@ -42,16 +41,7 @@ def test_both_nodes_reload_a_changed_channel_and_the_console_shows_who_differs(
         env = wharf_env(tmp_path / name, 1)  # (no ERP: nothing is sent here)
         env.update(WHARF_DB=pg_url, WHARF_NODE=name, WHARF_RELOAD=reload)
         envs.append(env)
-    add = ["user", "add", "ops", "--role=admin", "--password-stdin"]
-    added = subprocess.run(
-        [str(WHARF), "--root", str(project_dir), *add],
-        input=PASSWORD + "\n",
-        env=envs[0],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert added.returncode == 0, added.stderr
+    add_account(project_dir, envs[0], "ops", ["admin"])
     with Processes(tmp_path) as procs:
         a = procs.wharf(project_dir, envs[0], name="node-a")
         b = procs.wharf(project_dir, envs[1], name="node-b")

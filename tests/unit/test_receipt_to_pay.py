@@ -899,7 +899,7 @@ def test_invoice_lines_of_a_released_invoice_count_as_invoiced_after_the_migrati
     conn = store._conn()
     conn.execute("DROP TABLE invoice_lines")
     conn.execute("DROP TABLE po_changes")
-    conn.execute("DELETE FROM component_versions WHERE component = 'procurement' AND version = 3")
+    conn.execute("DELETE FROM component_versions WHERE component = 'procurement' AND version >= 3")
     for statement in SQLITE_MIGRATIONS[1][2]:
         conn.execute(statement)
     for n, status in ((1, "matched"), (2, "held")):
@@ -909,12 +909,51 @@ def test_invoice_lines_of_a_released_invoice_count_as_invoiced_after_the_migrati
             f"VALUES ({n}, 'acmemed', 'A', 'I{n}', 'I{n}', 'PO', '{status}', '[]', '', 0, 0)"
         )
         conn.execute(f"INSERT INTO invoice_lines VALUES ({n}, '1', '1', '5')")
-    assert apply_migrations(conn, SQLITE_MIGRATIONS, component="procurement") == 3
+    latest = SQLITE_MIGRATIONS[-1][0]
+    assert apply_migrations(conn, SQLITE_MIGRATIONS, component="procurement") == latest
     assert conn.execute("SELECT invoice_id, posted FROM invoice_lines ORDER BY 1").fetchall() == [
         (1, 1),
         (2, 0),
     ]
-    assert apply_migrations(conn, SQLITE_MIGRATIONS, component="procurement") == 3
+    assert apply_migrations(conn, SQLITE_MIGRATIONS, component="procurement") == latest
+    store.close()
+
+
+def test_procurement_rows_take_their_messages_channel_after_the_migration() -> None:
+    """Procurement's migration 4 on a store whose invoices, receipts, PO and PO change have no
+    channel yet: each takes its message's channel where that message is stored; a row whose
+    message is gone keeps NULL (in no channel scope)."""
+    from engine.domains.procurement.schema import SQLITE_MIGRATIONS
+    from engine.store.migrations import apply_migrations
+
+    db = Path(tempfile.mkdtemp()) / "old.db"
+    store = open_store(db)
+    conn = store._conn()
+    conn.execute("DELETE FROM component_versions WHERE component = 'procurement' AND version = 4")
+    for index in ("purchase_orders", "invoices", "receipts"):
+        conn.execute(f"DROP INDEX idx_{index}_channel")
+    for table in ("purchase_orders", "receipts", "invoices", "po_changes"):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN channel")
+    conn.execute(
+        "INSERT INTO messages (id, channel, source, content_type, received_at, updated_at, "
+        "sha256, size, status) VALUES ('m-810', 'x12_acme_in', 't', 'x', 0, 0, 'x', 1, 'sent')"
+    )
+    for n, mid in ((1, "m-810"), (2, "m-pruned")):
+        conn.execute(
+            "INSERT INTO invoices (id, partner, vendor_key, invoice_key, invoice_number, "
+            "po_number, status, reasons, body, message_id, created_at, updated_at) "
+            f"VALUES ({n}, 'acmemed', 'A', 'I{n}', 'I{n}', 'PO', 'held', '[]', '', '{mid}', 0, 0)"
+        )
+    conn.execute(
+        "INSERT INTO purchase_orders (po_number, partner, vendor, location_id, currency, "
+        "status, message_id, created_at, updated_at) "
+        "VALUES ('PO', 'acmemed', 'V', 'L', 'USD', 'sent', 'm-810', 0, 0)"
+    )
+    assert apply_migrations(conn, SQLITE_MIGRATIONS, component="procurement") == 4
+    rows = conn.execute("SELECT id, channel FROM invoices ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(1, "x12_acme_in"), (2, None)]
+    (po,) = conn.execute("SELECT channel FROM purchase_orders").fetchall()
+    assert po[0] == "x12_acme_in"
     store.close()
 
 

@@ -4,7 +4,7 @@ hands out (``store.reading()``); nothing here writes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -18,13 +18,21 @@ def _rows(tx: Any, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
-def open_requisitions(tx: Any, limit: int = LIMIT) -> list[dict[str, Any]]:
-    """Requisitions raised at a reorder point and still open, oldest first (par breaches)."""
+def open_requisitions(
+    tx: Any, limit: int = LIMIT, channels: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Requisitions raised at a reorder point and still open, oldest first (par breaches); of
+    ``channels`` only (the channel that raised them), when given. One raised before the
+    channel was recorded, whose message is gone, is in no scope."""
+    scope, args = "", []
+    if channels is not None:
+        marks = ", ".join("?" * len(channels)) or "NULL"
+        scope, args = f" AND channel IN ({marks})", list(channels)
     return _rows(
         tx,
-        "SELECT id, location_id, item_id, quantity, uom, status, message_id, created_at "
-        "FROM requisitions WHERE status = 'open' ORDER BY created_at LIMIT ?",
-        (limit,),
+        "SELECT id, location_id, item_id, quantity, uom, status, message_id, created_at, "
+        f"channel FROM requisitions WHERE status = 'open'{scope} ORDER BY created_at LIMIT ?",
+        (*args, limit),
     )
 
 

@@ -313,8 +313,8 @@ class SqliteLedgerRepository:
     ) -> None:
         cur = self.conn.execute(
             "INSERT INTO requisitions (location_id, item_id, quantity, uom, status, event_id, "
-            "message_id, correlation_id, created_at, updated_at, business_key) "
-            "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+            "message_id, correlation_id, created_at, updated_at, business_key, channel) "
+            "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?)",
             (
                 location,
                 item,
@@ -326,6 +326,7 @@ class SqliteLedgerRepository:
                 now,
                 now,
                 business_key,
+                self.tx.message_channel(message_id),  # the channel that raised it (scopes)
             ),
         )
         return int(cur.lastrowid or 0)

@@ -213,6 +213,33 @@ MIGRATION_PHYSICIAN_PAYER: Migration = (
     _physician_payer,
 )
 
+#: The channel whose message raised each requisition (the console's per-channel scopes);
+#: those from before take it from their message where it is still stored, the others keep
+#: NULL (in no scope: seen only by people who see every channel). One self-contained entry.
+_REQUISITION_CHANNEL = [
+    "ALTER TABLE requisitions ADD COLUMN channel TEXT",
+    "UPDATE requisitions SET channel = (SELECT m.channel FROM messages AS m "
+    "WHERE m.id = requisitions.message_id) WHERE message_id IS NOT NULL AND channel IS NULL",
+    "CREATE INDEX IF NOT EXISTS idx_requisitions_channel "
+    "ON requisitions(channel, status, created_at)",
+]
+
+
+def _requisition_channel(conn: sqlite3.Connection) -> None:
+    """The ``channel`` column where missing (a store whose tables came before the history),
+    back-filled from each requisition's message, and its index."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(requisitions)")}
+    for statement in _REQUISITION_CHANNEL:
+        if "ADD COLUMN" not in statement or "channel" not in have:
+            conn.execute(statement)
+
+
+MIGRATION_REQUISITION_CHANNEL: Migration = (
+    8,
+    "the channel that raised each requisition (console scopes)",
+    _requisition_channel,
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
@@ -221,6 +248,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
     MIGRATION_OBSERVABILITY_INDEXES,
     MIGRATION_ERP_POSTINGS,
     MIGRATION_PHYSICIAN_PAYER,
+    MIGRATION_REQUISITION_CHANNEL,
 ]
 
 
@@ -251,6 +279,11 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
             "UPDATE consumption_events SET performer = detail::json ->> 'performer', "
             "procedure = detail::json ->> 'procedure'",
         ],
+    ),
+    (
+        MIGRATION_REQUISITION_CHANNEL[0],
+        MIGRATION_REQUISITION_CHANNEL[1],
+        ddl_all(_REQUISITION_CHANNEL),
     ),
 ]
 

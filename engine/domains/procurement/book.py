@@ -226,7 +226,7 @@ class _Book:
         if self.repo.po_sent(po.po_number):
             return  # sent before: never a second 850 (nor new control numbers) for it
         partner = self.partners[po.partner]
-        self.repo.add_po(po, self.message_id, self.correlation_id, self.now)
+        self.repo.add_po(po, self.message_id, self.correlation_id, self.now, self.channel)
         numbers = self._send_x12(
             partner,
             [("PO", "850", po.segments)],
@@ -563,6 +563,7 @@ class _Book:
                 message_id=self.message_id,
                 correlation_id=self.correlation_id,
                 created_at=self.now,
+                channel=self.channel,
             )
         )
 
@@ -628,6 +629,7 @@ class _Book:
                     source="asn" if partner.asn_is_receipt else "asn_expected",
                     message_id=self.message_id,
                     created_at=self.now,
+                    channel=self.channel,
                 )
             )
             if not taken:
@@ -712,6 +714,7 @@ class _Book:
                     source="erp",
                     message_id=self.message_id,
                     created_at=self.now,
+                    channel=self.channel,
                 )
             )
             if taken:
@@ -758,6 +761,7 @@ class _Book:
                     source="erp_return",
                     message_id=self.message_id,
                     created_at=self.now,
+                    channel=self.channel,
                 )
             )
             if taken:
@@ -835,6 +839,7 @@ class _Book:
                     message_id=self.message_id,
                     correlation_id=self.correlation_id,
                     created_at=self.now,
+                    channel=self.channel,
                 )
             )
         else:
@@ -915,6 +920,7 @@ class _Book:
                 message_id=self.message_id,
                 correlation_id=self.correlation_id,
                 created_at=self.now,
+                channel=self.channel,
             )
         )
         # one per invoice number on file, however the resends write it (``inv 0009``, ``INV-9``)

@@ -16,6 +16,7 @@ transaction and work through the repository, the book and the spine's outbox and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -29,10 +30,14 @@ DECISIONS = {"accept": "accepted", "reject": "rejected"}
 
 
 def changes(
-    repo: ProcurementRepository, status: str | None = "proposed", po_number: str | None = None
+    repo: ProcurementRepository,
+    status: str | None = "proposed",
+    po_number: str | None = None,
+    channels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Proposed PO changes (or those with ``status``; None: all), oldest first."""
-    return repo.po_changes(status, po_number)
+    """Proposed PO changes (or those with ``status``; None: all), oldest first; of
+    ``channels`` only (the vendor's inbound channel), when given."""
+    return repo.po_changes(status, po_number, channels)
 
 
 def _open_change(repo: ProcurementRepository, change_id: int) -> dict[str, Any]:

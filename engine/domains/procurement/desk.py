@@ -15,6 +15,7 @@ repository only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -33,18 +34,35 @@ from engine.model import Outbound, effect_key, to_json_bytes
 from engine.x12.documents import read_invoice
 
 
-def invoices(repo: ProcurementRepository, status: str | None = None) -> list[dict[str, Any]]:
-    """Every invoice (or those with ``status``) with its reasons, oldest first."""
-    return repo.invoices(status)
+def invoices(
+    repo: ProcurementRepository,
+    status: str | None = None,
+    channels: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every invoice (or those with ``status``) with its reasons, oldest first; of
+    ``channels`` only (the vendor's inbound channel), when given."""
+    return repo.invoices(status, channels)
+
+
+def invoice_channel(repo: ProcurementRepository, invoice_id: int) -> tuple[bool, str | None]:
+    """Whether invoice ``invoice_id`` exists, and the channel it came in on (None: unknown,
+    recorded before the channel was)."""
+    found = repo.invoice(invoice_id)
+    return (found is not None, found.channel if found is not None else None)
 
 
 def unmatched_receipts(
-    repo: ProcurementRepository, *, older_than: float, now: float
+    repo: ProcurementRepository,
+    *,
+    older_than: float,
+    now: float,
+    channels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per PO line: received (base unit) minus invoiced by matched or released invoices, for
-    lines whose oldest receipt is older than ``older_than`` seconds and still not covered."""
+    lines whose oldest receipt is older than ``older_than`` seconds and still not covered;
+    with ``channels``, of the receipts recorded by those channels only."""
     received: dict[tuple[str, str], dict[str, Any]] = {}
-    for po, line, item, qty, at in repo.received_lines():
+    for po, line, item, qty, at in repo.received_lines(channels):
         r = received.setdefault(
             (po, line),
             {

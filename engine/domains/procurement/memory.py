@@ -209,7 +209,9 @@ class InMemoryProcurementRepository:
     def po_sent(self, po_number: str) -> bool:
         return po_number in self.orders
 
-    def add_po(self, po: PoRelease, message_id: str, correlation_id: str, now: float) -> None:
+    def add_po(
+        self, po: PoRelease, message_id: str, correlation_id: str, now: float, channel: str = ""
+    ) -> None:
         if po.po_number in self.orders:
             raise ValueError(f"PO {po.po_number!r} is already on file")
         keys = [(po.po_number, ln.line) for ln in po.lines]
@@ -224,6 +226,7 @@ class InMemoryProcurementRepository:
             "message_id": message_id,
             "correlation_id": correlation_id,
             "updated_at": now,
+            "channel": channel or None,
         }
         for ln in po.lines:
             self.po_lines[(po.po_number, ln.line)] = {
@@ -322,12 +325,17 @@ class InMemoryProcurementRepository:
         return change_id
 
     def po_changes(
-        self, status: str | None = None, po_number: str | None = None
+        self,
+        status: str | None = None,
+        po_number: str | None = None,
+        channels: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         return [
             dict(row)
             for _, row in sorted(self.changes.items())
-            if status in (None, "", row["status"]) and po_number in (None, "", row["po_number"])
+            if status in (None, "", row["status"])
+            and po_number in (None, "", row["po_number"])
+            and _scoped(row.get("channel"), channels)
         ]
 
     def po_change(self, change_id: int) -> dict[str, Any] | None:
@@ -364,11 +372,13 @@ class InMemoryProcurementRepository:
     ) -> list[tuple[float, bool]]:
         return []  # (the in-memory book of the channel tests keeps no receipt times)
 
-    def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]:
+    def received_lines(
+        self, channels: Sequence[str] | None = None
+    ) -> list[tuple[str, str, str, Decimal, float]]:
         return [
             (r["po_number"], r["po_line"], r["item_id"], r["base_quantity"], r["created_at"])
             for r in self.receipts.values()
-            if r["source"] in RECEIVED_SOURCES
+            if r["source"] in RECEIVED_SOURCES and _scoped(r.get("channel"), channels)
         ]
 
     def add_to_onhand(
@@ -483,7 +493,9 @@ class InMemoryProcurementRepository:
             and row["status"] == "held"
         ]
 
-    def invoices(self, status: str | None = None) -> list[dict[str, Any]]:
+    def invoices(
+        self, status: str | None = None, channels: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         return [
             {
                 "id": invoice_id,
@@ -496,9 +508,10 @@ class InMemoryProcurementRepository:
                 "at": row["created_at"],
                 "lines": len(self.invoice_lines.get(invoice_id, ())),
                 "lines_posted": len(self.posted_lines(invoice_id)),
+                "channel": row.get("channel"),
             }
             for invoice_id, row in sorted(self.invoice_rows.items())
-            if not status or row["status"] == status
+            if (not status or row["status"] == status) and _scoped(row.get("channel"), channels)
         ]
 
     def invoice(self, invoice_id: int) -> StoredInvoice | None:
@@ -514,6 +527,7 @@ class InMemoryProcurementRepository:
             row["body"],
             row["message_id"],
             row["correlation_id"],
+            row.get("channel"),
         )
 
     def close_invoice(self, invoice_id: int, status: str, now: float) -> None:
@@ -596,3 +610,8 @@ class InMemoryProcurementRepository:
         self.audit_log.append(
             {"actor": actor, "action": action, "target": target, "detail": dict(detail), "at": now}
         )
+
+
+def _scoped(channel: str | None, channels: Sequence[str] | None) -> bool:
+    """Whether a row of ``channel`` is in a channel scope (None: every row)."""
+    return channels is None or channel in channels

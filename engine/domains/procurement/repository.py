@@ -64,6 +64,7 @@ class NewReceipt:
     source: str  # asn | asn_expected | erp
     message_id: str
     created_at: float
+    channel: str | None = None  # the channel whose message recorded it (console scopes)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class NewInvoice:
     message_id: str
     correlation_id: str
     created_at: float
+    channel: str | None = None  # the vendor's inbound channel (console scopes)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class StoredInvoice:
     body: str
     message_id: str | None
     correlation_id: str | None
+    channel: str | None = None  # the vendor's inbound channel (None: from before schema 4)
 
 
 class InvoiceLineRow(NamedTuple):
@@ -130,6 +133,18 @@ class NewPoChange:
     message_id: str
     correlation_id: str
     created_at: float
+    channel: str | None = None  # the vendor's inbound channel (console scopes)
+
+
+def in_scope(channels: Sequence[str] | None, column: str = "channel") -> tuple[str, list[Any]]:
+    """`` AND column IN (...)`` and its parameters for a channel scope (None: every row; a row
+    without a channel, recorded before procurement schema 4 and not back-filled, is in no
+    scope: only a person who sees every channel sees it)."""
+    if channels is None:
+        return "", []
+    if not channels:
+        return " AND 1 = 0", []
+    return f" AND {column} IN ({', '.join('?' * len(channels))})", list(channels)
 
 
 #: Sources of receipt rows that count as received (a return to the vendor is negative).
@@ -193,7 +208,9 @@ class ProcurementRepository(Protocol):
     # -- purchase orders
     def po_sent(self, po_number: str) -> bool: ...
 
-    def add_po(self, po: PoRelease, message_id: str, correlation_id: str, now: float) -> None: ...
+    def add_po(
+        self, po: PoRelease, message_id: str, correlation_id: str, now: float, channel: str = ""
+    ) -> None: ...
 
     def purchase_order(self, po_number: str) -> PoHeader | None: ...
 
@@ -222,7 +239,10 @@ class ProcurementRepository(Protocol):
     def add_po_change(self, change: NewPoChange) -> int | None: ...
 
     def po_changes(
-        self, status: str | None = None, po_number: str | None = None
+        self,
+        status: str | None = None,
+        po_number: str | None = None,
+        channels: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]: ...
 
     def po_change(self, change_id: int) -> dict[str, Any] | None: ...
@@ -236,7 +256,9 @@ class ProcurementRepository(Protocol):
 
     def receipts_for(self, po_number: str) -> list[tuple[int, str, Decimal]]: ...
 
-    def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]: ...
+    def received_lines(
+        self, channels: Sequence[str] | None = None
+    ) -> list[tuple[str, str, str, Decimal, float]]: ...
 
     def receipt_outcomes(
         self, since: float, until: float, within: float, limit: int
@@ -276,7 +298,9 @@ class ProcurementRepository(Protocol):
 
     def held_for_receipt(self, po_number: str, partner: str) -> list[tuple[int, str]]: ...
 
-    def invoices(self, status: str | None = None) -> list[dict[str, Any]]: ...
+    def invoices(
+        self, status: str | None = None, channels: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]: ...
 
     def invoice(self, invoice_id: int) -> StoredInvoice | None: ...
 
@@ -416,11 +440,13 @@ class SqliteProcurementRepository:
             is not None
         )
 
-    def add_po(self, po: PoRelease, message_id: str, correlation_id: str, now: float) -> None:
+    def add_po(
+        self, po: PoRelease, message_id: str, correlation_id: str, now: float, channel: str = ""
+    ) -> None:
         self.conn.execute(
             "INSERT INTO purchase_orders (po_number, partner, vendor, location_id, currency, "
-            "status, message_id, correlation_id, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?)",
+            "status, message_id, correlation_id, created_at, updated_at, channel) "
+            "VALUES (?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?, ?)",
             (
                 po.po_number,
                 po.partner,
@@ -431,6 +457,7 @@ class SqliteProcurementRepository:
                 correlation_id,
                 now,
                 now,
+                channel or None,
             ),
         )
         self.conn.executemany(
@@ -523,7 +550,7 @@ class SqliteProcurementRepository:
     _CHANGE_COLUMNS = (
         "id, po_number, line, partner, status, ack_code, ordered_quantity, ordered_uom, "
         "ordered_price, quantity, uom, unit_price, ship_date, message_id, correlation_id, "
-        "created_at, decided_at, decided_by, note"
+        "created_at, decided_at, decided_by, note, channel"
     )
 
     def add_po_change(self, change: NewPoChange) -> int | None:
@@ -550,8 +577,8 @@ class SqliteProcurementRepository:
         cur = self.conn.execute(
             "INSERT INTO po_changes (po_number, line, partner, status, ack_code, "
             "ordered_quantity, ordered_uom, ordered_price, quantity, uom, unit_price, "
-            "ship_date, message_id, correlation_id, created_at) "
-            "VALUES (?, ?, ?, 'proposed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ship_date, message_id, correlation_id, created_at, channel) "
+            "VALUES (?, ?, ?, 'proposed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 c.po_number,
                 c.line,
@@ -564,16 +591,20 @@ class SqliteProcurementRepository:
                 c.message_id,
                 c.correlation_id,
                 c.created_at,
+                c.channel,
             ),
         )
         return int(cur.lastrowid or 0)
 
     def po_changes(
-        self, status: str | None = None, po_number: str | None = None
+        self,
+        status: str | None = None,
+        po_number: str | None = None,
+        channels: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Proposed (or decided) PO changes, oldest first."""
-        sql = f"SELECT {self._CHANGE_COLUMNS} FROM po_changes WHERE 1 = 1"
-        args: list[Any] = []
+        """Proposed (or decided) PO changes, oldest first (of ``channels`` only, when given)."""
+        scope, args = in_scope(channels)
+        sql = f"SELECT {self._CHANGE_COLUMNS} FROM po_changes WHERE 1 = 1{scope}"
         if status:
             sql += " AND status = ?"
             args.append(status)
@@ -612,7 +643,7 @@ class SqliteProcurementRepository:
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO receipts (business_key, po_number, po_line, item_id, "
             "quantity, uom, base_quantity, lot, serial, expiry, sscc, source, message_id, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 r.business_key,
                 r.po_number,
@@ -628,6 +659,7 @@ class SqliteProcurementRepository:
                 r.source,
                 r.message_id,
                 r.created_at,
+                r.channel,
             ),
         )
         return bool(cur.rowcount)
@@ -660,14 +692,18 @@ class SqliteProcurementRepository:
         ).fetchall()
         return [(float(at), bool(good)) for at, good in rows]
 
-    def received_lines(self) -> list[tuple[str, str, str, Decimal, float]]:
+    def received_lines(
+        self, channels: Sequence[str] | None = None
+    ) -> list[tuple[str, str, str, Decimal, float]]:
         """(PO, PO line, item, quantity in the base unit, when) of every receipt (ASN, ERP)
-        and return to the vendor (negative)."""
+        and return to the vendor (negative); of ``channels`` only, when given."""
+        scope, args = in_scope(channels)
         return [
             (po, line, item, Decimal(qty), at)
             for po, line, item, qty, at in self.conn.execute(
                 "SELECT po_number, po_line, item_id, base_quantity, created_at FROM receipts "
-                "WHERE source IN ('asn', 'erp', 'erp_return')"
+                f"WHERE source IN ('asn', 'erp', 'erp_return'){scope}",
+                args,
             )
         ]
 
@@ -746,8 +782,8 @@ class SqliteProcurementRepository:
         cur = self.conn.execute(
             "INSERT INTO invoices (partner, vendor_key, invoice_key, invoice_number, "
             "po_number, status, reasons, retry_on_receipt, total, body, message_id, "
-            "correlation_id, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "correlation_id, created_at, updated_at, channel) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 v.partner,
                 v.vendor_key,
@@ -763,6 +799,7 @@ class SqliteProcurementRepository:
                 v.correlation_id,
                 v.created_at,
                 v.created_at,
+                v.channel,
             ),
         )
         return int(cur.lastrowid or 0)
@@ -816,19 +853,21 @@ class SqliteProcurementRepository:
             ).fetchall()
         ]
 
-    def invoices(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Every invoice (or those with ``status``) with its reasons and how many of its lines
-        were posted to AP, oldest first."""
+    def invoices(
+        self, status: str | None = None, channels: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every invoice (or those with ``status``; of ``channels`` only, when given) with its
+        reasons and how many of its lines were posted to AP, oldest first."""
+        scope, args = in_scope(channels)
         sql = (
             "SELECT id, partner, invoice_number, po_number, status, reasons, total, created_at, "
             "(SELECT COUNT(*) FROM invoice_lines l WHERE l.invoice_id = invoices.id), "
             "(SELECT COUNT(*) FROM invoice_lines l WHERE l.invoice_id = invoices.id "
-            "AND l.posted = 1) FROM invoices"
+            f"AND l.posted = 1), channel FROM invoices WHERE 1 = 1{scope}"
         )
-        args: tuple[str, ...] = ()
         if status:
-            sql += " WHERE status = ?"
-            args = (status,)
+            sql += " AND status = ?"
+            args.append(status)
         cols = (
             "id",
             "partner",
@@ -840,6 +879,7 @@ class SqliteProcurementRepository:
             "at",
             "lines",
             "lines_posted",
+            "channel",
         )
         out = []
         for row in self.conn.execute(sql + " ORDER BY id", args):
@@ -851,7 +891,7 @@ class SqliteProcurementRepository:
     def invoice(self, invoice_id: int) -> StoredInvoice | None:
         row = self.conn.execute(
             "SELECT id, partner, invoice_number, po_number, status, body, message_id, "
-            "correlation_id FROM invoices WHERE id = ?",
+            "correlation_id, channel FROM invoices WHERE id = ?",
             (invoice_id,),
         ).fetchone()
         return None if row is None else StoredInvoice(*row)

@@ -209,10 +209,46 @@ def _line_holds_and_changes(conn: Any) -> None:
     conn.execute(_PO_CHANGES_INDEX)
 
 
+#: The channel whose message recorded each purchase order, receipt, invoice and proposed PO
+#: change (po_to_vendor's for a PO, the vendor's inbound X12 channel for 855/856/810), so that
+#: the console's per-channel scopes filter them. Rows from before take it from their message
+#: where it is still stored; the others keep NULL: in no scope, seen only by people who see
+#: every channel. One self-contained entry (renumbered with this one line at a merge).
+_CHANNEL_TABLES = ("purchase_orders", "receipts", "invoices", "po_changes")
+_CHANNEL_COLUMNS = [f"ALTER TABLE {t} ADD COLUMN channel TEXT" for t in _CHANNEL_TABLES]
+_CHANNEL_BACKFILL = [
+    *(
+        f"UPDATE {t} SET channel = (SELECT m.channel FROM messages AS m "
+        f"WHERE m.id = {t}.message_id) WHERE message_id IS NOT NULL AND channel IS NULL"
+        for t in _CHANNEL_TABLES
+    ),
+    "CREATE INDEX IF NOT EXISTS idx_purchase_orders_channel "
+    "ON purchase_orders(channel, created_at)",
+    "CREATE INDEX IF NOT EXISTS idx_invoices_channel ON invoices(channel, status)",
+    "CREATE INDEX IF NOT EXISTS idx_receipts_channel ON receipts(channel, created_at)",
+]
+
+
+def _channels(conn: Any) -> None:
+    """The ``channel`` columns where missing, back-filled from the rows' messages."""
+    for table, statement in zip(_CHANNEL_TABLES, _CHANNEL_COLUMNS, strict=True):
+        if "channel" not in _columns(conn, table):
+            conn.execute(statement)
+    for statement in _CHANNEL_BACKFILL:
+        conn.execute(statement)
+
+
+CHANNEL_MIGRATION: Migration = (
+    4,
+    "the channel of each purchase order, receipt, invoice and PO change (console scopes)",
+    _channels,
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "x12 control numbers, outbound interchanges and acks, inbound sets", _X12_CONTROL),
     (2, "purchase orders, lines, receipts, invoices and their match", _PROCUREMENT),
     (3, "line-level holds, credit lines and proposed PO changes", _line_holds_and_changes),
+    CHANNEL_MIGRATION,
 ]
 
 
@@ -239,6 +275,11 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
             ddl(_PO_CHANGES),
             _PO_CHANGES_INDEX,
         ],
+    ),
+    (
+        CHANNEL_MIGRATION[0],
+        CHANNEL_MIGRATION[1],
+        [*ddl_all(_CHANNEL_COLUMNS), *_CHANNEL_BACKFILL],
     ),
 ]
 
