@@ -31,6 +31,8 @@ def register(console: Console) -> None:
     r("GET", "/api/reconciliation", "finance", api=True)(reconciliation)
     r("POST", "/api/invoices/{invoice}/{decision}", "release", api=True)(decide_invoice)
     r("GET", "/api/audit", "audit", api=True)(audit)
+    # utilization and margin (the page's filters)
+    r("GET", "/api/utilization", "utilization", api=True)(utilization)
 
 
 def openapi_document() -> dict[str, Any]:
@@ -215,3 +217,21 @@ def _id(text: str) -> int:
     if not text.isdigit():
         raise Refused(404, f"expected a number (got {text!r})")
     return int(text)
+
+
+# -- utilization and margin --------------------------------------------------------------------
+async def utilization(ctx: Ctx) -> Response:
+    """The utilization page's rows as JSON: the same filters (``days``, ``by``, ``billable``)."""
+
+    async def run() -> dict[str, Any]:
+        rows = await pages.utilization_rows(ctx)
+        by = ctx.args.get("by", "item") or "item"
+        return {
+            "by": by,
+            "days": int(ctx.args.get("days") or 30),
+            "billable": ctx.args.get("billable") or "all",
+            "columns": pages.utilization_columns(by),
+            "rows": rows,
+        }
+
+    return await _guard(run)

@@ -433,11 +433,13 @@ def _reconciliation(store: Any, mappings: Any, since: float) -> dict[str, Any]:
 
 
 def _days(ctx: Ctx, default: int) -> float:
-    """``since`` from the ``days`` argument (ValueError naming a bad one)."""
+    """``since`` from the ``days`` argument: the start of the UTC day ``days - 1`` before
+    today (the reports' running totals are by UTC day); ValueError naming a bad one."""
     days = ctx.args.get("days", str(default)) or str(default)
-    if not days.isdigit() or not 1 <= int(days) <= 3660:
+    if not days.isascii() or not days.isdigit() or not 1 <= int(days) <= 3660:
         raise ValueError(f"days: expected a whole number of days from 1 to 3660 (got {days!r})")
-    return time.time() - int(days) * 86400
+    today = int(time.time() // 86400)
+    return (today - int(days) + 1) * 86400.0
 
 
 async def reconciliation_data(ctx: Ctx) -> dict[str, Any]:
@@ -560,13 +562,19 @@ def utilization_columns(by: str) -> list[str]:
 
 
 def _utilization(
-    store: Any, since: float, by: str = "item", mappings: Any = None
+    store: Any,
+    since: float,
+    by: str = "item",
+    mappings: Any = None,
+    billable: bool | None = None,
 ) -> list[dict[str, Any]]:
     from engine.domains.ledger import reports as ledger
     from engine.domains.ledger.domain import item_cost
 
     with store.reading() as rd:
-        rows = ledger.utilization(rd, since, by=by, cost=lambda item: item_cost(mappings, item))
+        rows = ledger.utilization(
+            rd, since, by=by, cost=lambda item: item_cost(mappings, item), billable=billable
+        )
     if by in ("physician", "ordering_physician"):
         names = (
             mappings.table(PHYSICIANS_TABLE).rows if PHYSICIANS_TABLE in (mappings or ()) else {}
@@ -577,11 +585,25 @@ def _utilization(
     return rows
 
 
+#: The ``billable`` argument of the utilization page and API: which usage it keeps.
+BILLABLE = {"": None, "all": None, "billable": True, "non_billable": False}
+
+
+def billable_filter(ctx: Ctx) -> bool | None:
+    """The ``billable`` argument (ValueError naming a bad one)."""
+    given = ctx.args.get("billable", "")
+    if given not in BILLABLE:
+        raise ValueError(f"billable: expected all, billable or non_billable (got {given!r})")
+    return BILLABLE[given]
+
+
 async def utilization_rows(ctx: Ctx) -> list[dict[str, Any]]:
+    """Utilization rows for the page's and the API's filters (ValueError naming a bad one)."""
     since = _days(ctx, 30)
     by = ctx.args.get("by", "item") or "item"
+    billable = billable_filter(ctx)
     mappings = ctx.console.engine.project.mappings
-    return await ctx.console.read(_utilization, ctx.console.store, since, by, mappings)
+    return await ctx.console.read(_utilization, ctx.console.store, since, by, mappings, billable)
 
 
 async def utilization(ctx: Ctx) -> Response:
@@ -607,6 +629,7 @@ async def utilization(ctx: Ctx) -> Response:
         by=by,
         groupings=list(UTILIZATION_GROUPS),
         days=ctx.args.get("days") or "30",
+        billable=ctx.args.get("billable") or "all",
     )
 
 
