@@ -12,7 +12,9 @@ kind of search, best of ``--repeat``, and prints each with the store's size.
 Where the console replaced a slower way, that way is timed in the same run as the baseline and
 the ratio printed: counters against ``COUNT(*) ... GROUP BY``, the browser's plan against the
 CLI's search for a business key with a status (the planner started from the status index), a
-keyset page deep in the list against ``OFFSET``.
+keyset page deep in the list against ``OFFSET``, the utilization and reconciliation reports
+(summed from the ledger's running totals by day, which its triggers keep as the seed writes the
+events) against grouping every event of their window.
 
     python bench/console.py [--messages 1000000] [--repeat 5] [--keep PATH]
     python bench/console.py --messages 20000          # a quick run
@@ -107,9 +109,10 @@ def seed(path: Path, n: int) -> None:
     conn.execute(
         seq + "INSERT INTO consumption_events (id, business_key, kind, item_id, location_id, "
         "quantity, uom, chargeable, encounter, service_time, detail, message_id, "
-        "correlation_id, created_at) SELECT i + 1, 'ev' || i, 'usage', 'ITEM-' || (i % 500), "
-        "'LOC-' || (i % 20), '2', 'EA', i % 5 != 0, 'ENC' || i, '2026', '{}', "
-        "printf('m%09d', i * 2), 'c', ? - ? + i * ? FROM n",
+        "correlation_id, created_at, performer, payer, payer_kind) SELECT i + 1, 'ev' || i, "
+        "'usage', 'ITEM-' || (i % 500), 'LOC-' || (i % 20), '2', 'EA', i % 5 != 0, 'ENC' || i, "
+        "'2026', '{}', printf('m%09d', i * 2), 'c', ? - ? + i * ?, 'DR' || ((i + 1) % 40), "
+        "'PAYER' || ((i + 1) % 12), 'insurer' FROM n",
         (events - 1, now, span, span / max(events, 1)),
     )
     conn.execute(
@@ -119,11 +122,7 @@ def seed(path: Path, n: int) -> None:
         "CASE WHEN id % 50 = 0 THEN 'rejected' ELSE 'accepted' END, message_id, 'c', "
         "created_at, created_at FROM consumption_events WHERE chargeable"
     )
-    conn.execute(  # physicians and payers (ledger v7); ERP postings, most posted (v6)
-        "UPDATE consumption_events SET performer = 'DR' || (id % 40), payer = 'PAYER' || "
-        "(id % 12), payer_kind = 'insurer'"
-    )
-    conn.execute(
+    conn.execute(  # ERP postings, most posted (ledger v6)
         "INSERT INTO erp_postings (event_id, event_key, issue_key, destination, location_id, "
         "item_id, quantity, uom, status, posted_quantity, document, message_id, created_at, "
         "updated_at) SELECT id, business_key, 'i' || id, 'erp', location_id, item_id, "
@@ -174,6 +173,22 @@ def seed(path: Path, n: int) -> None:
     conn.execute("ANALYZE")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+
+
+#: The baselines of the two reports: every event of the window grouped (what summing all of
+#: them without the ledger's running totals by day would cost).
+_EVENTS_GROUPED = (
+    "SELECT e.location_id, e.item_id, e.uom, e.kind, e.chargeable, COUNT(*), "
+    "SUM(CAST(e.quantity AS NUMERIC)), SUM(CASE WHEN c.status != 'rejected' THEN "
+    "CAST(c.amount AS NUMERIC) END) FROM consumption_events AS e LEFT JOIN charges AS c "
+    "ON c.event_id = e.id WHERE e.created_at >= ? GROUP BY 1, 2, 3, 4, 5"
+)
+_ISSUES_GROUPED = (
+    "SELECT e.location_id, e.item_id, e.service_time, e.uom, e.kind, p.status, "
+    "SUM(CAST(e.quantity AS NUMERIC)), SUM(CAST(p.posted_quantity AS NUMERIC)) "
+    "FROM consumption_events AS e LEFT JOIN erp_postings AS p ON p.event_id = e.id "
+    "WHERE e.created_at >= ? GROUP BY 1, 2, 3, 4, 5, 6"
+)
 
 
 def best(fn: Callable[[], Any], repeat: int) -> float:
@@ -255,13 +270,21 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float | None]]:
         ("supply chain", lambda: pages._supply(store, now), None),
         ("finance", lambda: pages._finance(store, now), None),
         ("revenue cycle", lambda: pages._revenue(store, now), None),
-        ("utilization", lambda: pages._utilization(store, now - 30 * 86400), None),
+        (
+            "utilization (every event)",
+            lambda: pages._utilization(store, now - 30 * 86400),
+            lambda: conn.execute(_EVENTS_GROUPED, (now - 30 * 86400,)).fetchall(),
+        ),
         (
             "utilization by physician",
             lambda: pages._utilization(store, now - 30 * 86400, "physician"),
             None,
         ),
-        ("reconciliation", lambda: pages._reconciliation(store, None, now - 90 * 86400), None),
+        (
+            "reconciliation (every event)",
+            lambda: pages._reconciliation(store, None, now - 90 * 86400),
+            lambda: conn.execute(_ISSUES_GROUPED, (now - 90 * 86400,)).fetchall(),
+        ),
         ("audit", lambda: store.audit_page(), None),
     ]
     out = []

@@ -575,6 +575,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_migrate_store(args: argparse.Namespace) -> int:
     """Move an installation's SQLite store into an empty PostgreSQL database (every table, the
     audit chain verified after the move); stop the engine first."""
+    from engine.registry import REGISTRY
     from engine.runtime.store import open_store
     from engine.store import is_url
     from engine.store.move import move_store
@@ -590,7 +591,10 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     try:
         target = open_store(args.target)
         try:
-            copied = move_store(source, target)
+            derived = frozenset(
+                t for d in REGISTRY.domains() for t in getattr(d, "derived_tables", ())
+            )
+            copied = move_store(source, target, derived)
             target.audit(
                 args.user, "migrate-store", str(source_path), {"rows": copied}, time.time()
             )

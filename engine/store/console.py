@@ -12,6 +12,7 @@ status, channel, status, time.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -440,6 +441,28 @@ def _in_channels(channels: Sequence[str]) -> str:
     return f"channel IN ({', '.join('?' * len(channels)) or 'NULL'})"
 
 
+#: The largest row id a cursor may name (SQLite's INTEGER, PostgreSQL's BIGINT).
+MAX_ROWID = 2**63 - 1
+
+
+def _cursor(after: str) -> tuple[float, int]:
+    """The browser's cursor ``TIME:ROWID`` (ValueError saying what was expected and what
+    came: a time that is no finite number, a row id out of the store's integer range)."""
+    at, _, rowid = after.rpartition(":")
+    try:
+        when = float(at)
+    except ValueError:
+        when = math.nan
+    digits = rowid.isascii() and rowid.isdigit() and len(rowid) <= 19
+    if math.isfinite(when) and digits and int(rowid) <= MAX_ROWID:
+        return when, int(rowid)
+    shown = after if len(after) <= 60 else after[:60] + "..."
+    raise ValueError(
+        "after: expected a page cursor TIME:ROWID as a page returned it in next (a time in "
+        f"seconds, a row id from 0 to {MAX_ROWID}) (got {shown!r})"
+    )
+
+
 def _user(row: Sequence[Any]) -> dict[str, Any]:
     user = dict(zip(_USER_COLUMNS, row, strict=True))
     user["roles"] = json.loads(user["roles"])
@@ -512,11 +535,7 @@ def browse_sql(
         clauses.append(f"m.channel || '' IN ({', '.join('?' * len(channels)) or 'NULL'})")
         params += list(channels)
     if after:
-        at, _, rowid = after.rpartition(":")
-        try:
-            cursor = (float(at), int(rowid))
-        except ValueError:
-            raise ValueError(f"after: expected a page cursor TIME:ROWID (got {after!r})") from None
+        cursor = _cursor(after)
         clauses.append("(m.received_at, m.rowid) < (?, ?)")  # a range of the index
         params += [cursor[0], cursor[1]]
     if clauses:

@@ -45,10 +45,12 @@ def _tables(conn: Any) -> list[str]:
     return ordered
 
 
-def move_store(source: Any, target: Any) -> dict[str, int]:
+def move_store(source: Any, target: Any, derived: frozenset[str] = frozenset()) -> dict[str, int]:
     """Copy ``source`` (an open SQLite store) into ``target`` (an open, empty PostgreSQL store
-    at the same schema versions); returns the rows copied per table. StoreError (and nothing
-    committed) when the target is not empty, the versions differ, or a check fails."""
+    at the same schema versions); returns the rows copied per table. ``derived``: the domains'
+    tables the target's triggers fill from the rows copied (left out like the console's
+    counters). StoreError (and nothing committed) when the target is not empty, the versions
+    differ, or a check fails."""
     src = source._conn()
     if source.schema_version != target.schema_version:
         raise StoreError(
@@ -61,7 +63,7 @@ def move_store(source: Any, target: Any) -> dict[str, int]:
         if dst.execute("SELECT COUNT(*) FROM messages").fetchone()[0]:
             raise StoreError(f"the target {target.path} already holds messages; give an empty one")
         for table in _tables(src):
-            if table in _DERIVED:  # the target's triggers count what is copied
+            if table in _DERIVED or table in derived:  # the target's triggers count them
                 continue
             columns = [row[1] for row in src.execute(f"PRAGMA table_info({table})")]
             names = ", ".join(columns)

@@ -9,7 +9,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from engine.web import actions, pages
+from engine.web import actions, pages, paging
 from engine.web.actions import Refused
 from engine.web.console import Console, Ctx, Response, json_response
 
@@ -31,6 +31,8 @@ def register(console: Console) -> None:
     r("GET", "/api/reconciliation", "finance", api=True)(reconciliation)
     r("POST", "/api/invoices/{invoice}/{decision}", "release", api=True)(decide_invoice)
     r("GET", "/api/audit", "audit", api=True)(audit)
+    # utilization and margin (the page's filters)
+    r("GET", "/api/utilization", "utilization", api=True)(utilization)
 
 
 def openapi_document() -> dict[str, Any]:
@@ -62,6 +64,12 @@ def _text(body: dict[str, Any], name: str) -> str:
     value = body.get(name, "")
     if not isinstance(value, str):
         raise Refused(400, f"{name}: expected a string (got {type(value).__name__})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate escaped in the JSON (\ud800)
+        raise Refused(
+            400, f"{name}: expected Unicode text (got a lone surrogate at {exc.start})"
+        ) from None
     return value
 
 
@@ -165,10 +173,7 @@ async def work_items(ctx: Ctx) -> Response:
         return json_response(
             {"error": f"status: expected open, closed, resolved or all (got {status!r})"}, 400
         )
-    after = ctx.args.get("after", "")
-    if after and not after.isdigit():
-        return json_response({"error": f"after: expected a work item id (got {after!r})"}, 400)
-    return json_response(await pages.work_item_data(ctx))
+    return await _guard(lambda: pages.work_item_data(ctx))
 
 
 async def resolve(ctx: Ctx, item: str) -> Response:
@@ -200,15 +205,33 @@ async def decide_invoice(ctx: Ctx, invoice: str, decision: str) -> Response:
 
 
 async def audit(ctx: Ctx) -> Response:
-    before = ctx.args.get("before", "")
-    if before and not before.isdigit():
-        return json_response({"error": f"before: expected an audit row id (got {before!r})"}, 400)
-    store = ctx.console.store
-    page = await ctx.console.read(store.audit_page, before=int(before) if before else None)
-    return json_response({"entries": page.rows, "next": page.next})
+    async def run() -> dict[str, Any]:
+        before = paging.id_key("before", ctx.args.get("before"), "an audit row id")
+        page = await ctx.console.read(ctx.console.store.audit_page, before=before)
+        return {"entries": page.rows, "next": page.next}
+
+    return await _guard(run)
 
 
 def _id(text: str) -> int:
     if not text.isdigit():
         raise Refused(404, f"expected a number (got {text!r})")
     return int(text)
+
+
+# -- utilization and margin --------------------------------------------------------------------
+async def utilization(ctx: Ctx) -> Response:
+    """The utilization page's rows as JSON: the same filters (``days``, ``by``, ``billable``)."""
+
+    async def run() -> dict[str, Any]:
+        rows = await pages.utilization_rows(ctx)
+        by = ctx.args.get("by", "item") or "item"
+        return {
+            "by": by,
+            "days": int(ctx.args.get("days") or 30),
+            "billable": ctx.args.get("billable") or "all",
+            "columns": pages.utilization_columns(by),
+            "rows": rows,
+        }
+
+    return await _guard(run)

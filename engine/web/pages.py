@@ -9,7 +9,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from engine.web import actions, charts, views
+from engine.web import actions, charts, paging, views
 from engine.web.actions import Refused
 from engine.web.auth import COOKIE, AuthError, principal_of
 from engine.web.console import Console, Ctx, Response, age_text, redirect
@@ -57,6 +57,10 @@ def _refused(ctx: Ctx, exc: Refused) -> Response:
 
 
 # -- login -------------------------------------------------------------------------------------
+#: The longest password bcrypt checks (in UTF-8 bytes).
+MAX_PASSWORD_BYTES = 72
+
+
 async def login_form(ctx: Ctx) -> Response:
     return ctx.page("login.html", next=ctx.args.get("next", "/"), error=None)
 
@@ -68,6 +72,9 @@ async def log_in(ctx: Ctx, name: str, password: str) -> tuple[int, str, Any]:
 
     console, store = ctx.console, ctx.console.store
     address = ctx.address
+    size = len(password.encode("utf-8", "surrogatepass"))
+    if size > MAX_PASSWORD_BYTES:  # bcrypt takes no more: no account has such a password
+        return 400, f"password: expected at most {MAX_PASSWORD_BYTES} bytes (got {size})", None
     if await console.read(console.sessions.locked, name, address):
         detail = {"address": address}
         await console.write(store.audit, name, "login.locked", name, detail, time.time())
@@ -236,7 +243,7 @@ async def browse(ctx: Ctx) -> tuple[Any, dict[str, Any]]:
         **filters,
         channels=ctx.principal.channel_scope,
         after=ctx.args.get("after") or None,
-        limit=min(int(ctx.args.get("limit", "50") or 50), 500),
+        limit=min(max(int(ctx.args.get("limit", "50") or 50), 1), 500),
     )
     return page, filters
 
@@ -328,7 +335,8 @@ async def trace(ctx: Ctx) -> Response:
 
 # -- work items --------------------------------------------------------------------------------
 async def work_item_data(ctx: Ctx) -> dict[str, Any]:
-    after = ctx.args.get("after")
+    """A page of work items after the ``after`` argument (ValueError naming a bad one)."""
+    after = paging.id_key("after", ctx.args.get("after"), "a work item id")
     status = ctx.args.get("status", "open")
     return await ctx.console.read(
         views.work_items,
@@ -336,13 +344,16 @@ async def work_item_data(ctx: Ctx) -> dict[str, Any]:
         ctx.principal,
         ctx.args.get("kind") or None,
         None if status == "all" else status,
-        int(after) if after and after.isdigit() else None,
+        after,
         time.time(),
     )
 
 
 async def work_items(ctx: Ctx) -> Response:
-    data = await work_item_data(ctx)
+    try:
+        data = await work_item_data(ctx)
+    except ValueError as exc:
+        return _refused(ctx, Refused(400, str(exc)))
     ages = [(k["kind"][:14], round((k["oldest_age"] or 0) / 86400, 1)) for k in data["kinds"]]
     svg_open = charts.bars(
         "open work items by kind", [(k["kind"][:14], k["open"]) for k in data["kinds"]]
@@ -422,11 +433,13 @@ def _reconciliation(store: Any, mappings: Any, since: float) -> dict[str, Any]:
 
 
 def _days(ctx: Ctx, default: int) -> float:
-    """``since`` from the ``days`` argument (ValueError naming a bad one)."""
+    """``since`` from the ``days`` argument: the start of the UTC day ``days - 1`` before
+    today (the reports' running totals are by UTC day); ValueError naming a bad one."""
     days = ctx.args.get("days", str(default)) or str(default)
-    if not days.isdigit() or not 1 <= int(days) <= 3660:
+    if not days.isascii() or not days.isdigit() or not 1 <= int(days) <= 3660:
         raise ValueError(f"days: expected a whole number of days from 1 to 3660 (got {days!r})")
-    return time.time() - int(days) * 86400
+    today = int(time.time() // 86400)
+    return (today - int(days) + 1) * 86400.0
 
 
 async def reconciliation_data(ctx: Ctx) -> dict[str, Any]:
@@ -552,13 +565,19 @@ def utilization_columns(by: str) -> list[str]:
 
 
 def _utilization(
-    store: Any, since: float, by: str = "item", mappings: Any = None
+    store: Any,
+    since: float,
+    by: str = "item",
+    mappings: Any = None,
+    billable: bool | None = None,
 ) -> list[dict[str, Any]]:
     from engine.domains.ledger import reports as ledger
     from engine.domains.ledger.domain import item_cost
 
     with store.reading() as rd:
-        rows = ledger.utilization(rd, since, by=by, cost=lambda item: item_cost(mappings, item))
+        rows = ledger.utilization(
+            rd, since, by=by, cost=lambda item: item_cost(mappings, item), billable=billable
+        )
     if by in ("physician", "ordering_physician"):
         names = (
             mappings.table(PHYSICIANS_TABLE).rows if PHYSICIANS_TABLE in (mappings or ()) else {}
@@ -569,11 +588,25 @@ def _utilization(
     return rows
 
 
+#: The ``billable`` argument of the utilization page and API: which usage it keeps.
+BILLABLE = {"": None, "all": None, "billable": True, "non_billable": False}
+
+
+def billable_filter(ctx: Ctx) -> bool | None:
+    """The ``billable`` argument (ValueError naming a bad one)."""
+    given = ctx.args.get("billable", "")
+    if given not in BILLABLE:
+        raise ValueError(f"billable: expected all, billable or non_billable (got {given!r})")
+    return BILLABLE[given]
+
+
 async def utilization_rows(ctx: Ctx) -> list[dict[str, Any]]:
+    """Utilization rows for the page's and the API's filters (ValueError naming a bad one)."""
     since = _days(ctx, 30)
     by = ctx.args.get("by", "item") or "item"
+    billable = billable_filter(ctx)
     mappings = ctx.console.engine.project.mappings
-    return await ctx.console.read(_utilization, ctx.console.store, since, by, mappings)
+    return await ctx.console.read(_utilization, ctx.console.store, since, by, mappings, billable)
 
 
 async def utilization(ctx: Ctx) -> Response:
@@ -599,6 +632,7 @@ async def utilization(ctx: Ctx) -> Response:
         by=by,
         groupings=list(UTILIZATION_GROUPS),
         days=ctx.args.get("days") or "30",
+        billable=ctx.args.get("billable") or "all",
     )
 
 
@@ -655,10 +689,11 @@ async def mapping_table(ctx: Ctx, table: str) -> Response:
 # -- audit and users ---------------------------------------------------------------------------
 async def audit(ctx: Ctx) -> Response:
     store = ctx.console.store
-    before = ctx.args.get("before")
-    page = await ctx.console.read(
-        store.audit_page, before=int(before) if before and before.isdigit() else None
-    )
+    try:
+        before = paging.id_key("before", ctx.args.get("before"), "an audit row id")
+    except ValueError as exc:
+        return _refused(ctx, Refused(400, str(exc)))
+    page = await ctx.console.read(store.audit_page, before=before)
     verified = None
     if ctx.args.get("verify") == "1":
         broken = await ctx.console.read(store.audit_break)

@@ -143,6 +143,14 @@ def test_failed_logins_lock_one_account_from_one_address(console_demo: Demo) -> 
     assert "wrong password!" not in str(audit) and "a demo passphrase" not in str(audit)
 
 
+def test_a_login_bcrypt_cannot_check_is_a_400(console_demo: Demo) -> None:
+    c = Client(console_demo.port)
+    status, out = c.post_json("/api/login", {"name": "admin", "password": "é" * 37})
+    assert status == 400 and out["error"] == "password: expected at most 72 bytes (got 74)"
+    status, out = c.post_json("/api/login", {"name": "ad\ud800", "password": "x" * 12})
+    assert status == 400 and out["error"].startswith("name: expected Unicode text"), out
+
+
 @pytest.mark.slow
 def test_sessions_and_lockouts_survive_a_restart(tmp_path: Path) -> None:
     """A session made before a restart of ``wharf run`` still works after it (the same cookie

@@ -329,6 +329,52 @@ class UtilizationTests(ConsoleFlow):
         assert code == 200 and b"financial_class" in page and b'id="by-physician"' in page
         code, page = await self.get("/utilization?by=surgeon")
         assert code == 400 and b"by: expected one of item, location" in page
+        await self._utilization_api()
+
+    async def _utilization_api(self) -> None:
+        """GET /api/utilization: the page's filters, billable or non-billable usage only, the
+        finance role's (an operator is refused)."""
+
+        def payers(body: bytes) -> list[tuple[str, ...]]:
+            data = json.loads(body)
+            assert data["columns"] == ["payer", "payer_kind", *FIGURES], data
+            return [
+                (r["payer"], str(r["events"]), r["quantity"], r["margin"]) for r in data["rows"]
+            ]
+
+        code, body = await self.get("/api/utilization?by=payer&days=30")
+        assert code == 200, body
+        assert payers(body) == [
+            ("AETNA01", "1", "2", "63.20"),
+            ("BCBS02", "1", "1", "31.60"),
+            ("SP", "1", "3", "-12.30"),
+        ]
+        code, body = await self.get("/api/utilization?by=payer&billable=billable")
+        assert code == 200 and payers(body) == [
+            ("AETNA01", "1", "2", "63.20"),
+            ("BCBS02", "1", "1", "31.60"),
+        ]
+        code, body = await self.get("/api/utilization?by=payer&billable=non_billable")
+        assert code == 200 and payers(body) == [("SP", "1", "3", "-12.30")]
+        code, body = await self.get("/api/utilization?by=physician")
+        rows = json.loads(body)["rows"]
+        assert [(r["physician"], r["name"]) for r in rows] == [
+            ("DR100", "Dr Sam Surgeon"),
+            ("DR300", ""),
+        ]
+        code, csv = await self.get("/utilization?format=csv&by=payer&billable=non_billable")
+        assert code == 200 and csv.decode().strip().splitlines()[1:] == [
+            "SP,financial_class,1,3,0,3,0.00,12.30,-12.30"
+        ]
+        for bad, said in (
+            ("billable=maybe", b"billable: expected all, billable or non_billable (got 'maybe')"),
+            ("by=surgeon", b"by: expected one of item, location"),
+            ("days=0", b"days: expected a whole number of days from 1 to 3660 (got '0')"),
+        ):
+            code, body = await self.get(f"/api/utilization?{bad}")
+            assert code == 400 and said in body, (bad, body)
+        code, body = await self.get("/api/utilization", who="ops")
+        assert code == 403 and b"may not utilization" in body
 
 
 FIGURES = list(UTILIZATION_FIGURES)

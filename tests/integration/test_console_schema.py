@@ -56,3 +56,15 @@ def test_the_api_keeps_to_its_document(case: Any, console_demo: Demo) -> None:
             response_schema_conformance,
         ],
     )
+
+
+def test_schemathesis_runs_every_operation_of_the_document() -> None:
+    """Each path and method of openapi.json is one of the cases above (GET /api/utilization
+    among them)."""
+    documented = {
+        f"{method.upper()} {path}"
+        for path, ops in openapi_document()["paths"].items()
+        for method in ops
+    }
+    labels = {result.ok().label for result in schema.get_all_operations()}
+    assert labels == documented and "GET /api/utilization" in labels

@@ -251,7 +251,9 @@ def test_migrate_store_moves_everything_and_the_audit_chain_verifies(
     from decimal import Decimal
 
     from engine.cli import main
+    from engine.domains.ledger import reports
     from engine.domains.ledger.domain import repository as ledger_repository
+    from tests.unit import test_ledger_rollups as rollups
 
     path = project_dir / "var" / "old.db"
     old = open_store(path)
@@ -265,6 +267,10 @@ def test_migrate_store_moves_everything_and_the_audit_chain_verifies(
     with old.transaction("items") as tx:
         tx.open_work_item("MISSING_MAPPING", "x", "d", sent, sent, T0)
         ledger_repository(tx).seed_onhand([("LOC", "ITEM", Decimal(7), "EA")], T0)
+        rollups.book(tx, [rollups.usage(n, "STENT", "2") for n in range(3)], T0, post=True)
+    with old.reading() as rd:
+        usage = reports.utilization(rd, T0, cost=rollups.COST)
+        recon = reports.reconciliation(rd, T0, rollups.COST)
     for i in range(4):
         old.audit("ops", "act", f"t{i}", {"i": i}, T0 + i)
     old.prune_audit(older_than=1.5, now=T0 + 3, actor="ops")
@@ -288,6 +294,9 @@ def test_migrate_store_moves_everything_and_the_audit_chain_verifies(
         assert new.audit_entries(1)[0]["action"] == "migrate-store"
         with new.reading() as rd:
             assert ledger_repository(rd).onhand("LOC", "ITEM") == Decimal(7)
+            # the ledger's running totals: recounted by the target's triggers, not copied
+            assert reports.utilization(rd, T0, cost=rollups.COST) == usage
+            assert reports.reconciliation(rd, T0, rollups.COST) == recon
         (item,) = new.open_work_items()
         assert item["message_id"] == sent
         fresh = queued(new, [Outbound("erp", b"C")], b"msg-3")

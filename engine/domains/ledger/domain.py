@@ -298,6 +298,8 @@ class LedgerDomain:
     durable = False
     #: mapping tables booking reads besides those the channel names (configuration versions)
     reads = ("items", "charge_codes", "uom_conversions")
+    #: tables its triggers keep from its other rows (a store move leaves them to the target's)
+    derived_tables = ("usage_daily", "issue_daily")
 
     def migrations(self, dialect: str) -> Sequence[Migration]:
         return schema.migrations(dialect)

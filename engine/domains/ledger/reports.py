@@ -81,17 +81,23 @@ UTILIZATION_FIGURES = (
 NOT_GIVEN = "not given"
 
 
-#: The event column behind each group column of the utilization report.
+#: The running totals' column behind each group column of the utilization report.
 _GROUP_COLUMNS = {
-    "location": "e.location_id",
-    "item": "e.item_id",
-    "uom": "e.uom",
-    "procedure": "e.procedure",
-    "physician": "e.performer",
-    "ordering_physician": "e.orderer",
-    "payer": "e.payer",
-    "payer_kind": "e.payer_kind",
+    "location": "location_id",
+    "item": "item_id",
+    "uom": "uom",
+    "procedure": "procedure",
+    "physician": "performer",
+    "ordering_physician": "orderer",
+    "payer": "payer",
+    "payer_kind": "payer_kind",
 }
+DAY = 86400
+
+
+def day_of(when: float) -> int:
+    """The UTC day (days since 1970-01-01) of a time: the running totals' bucket."""
+    return int(when // DAY)
 
 
 def utilization(
@@ -101,28 +107,30 @@ def utilization(
     *,
     by: str = "item",
     cost: Callable[[str], Decimal | None] | None = None,
+    billable: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Usage booked since ``since`` (its newest ``limit`` x 20 events) grouped ``by`` one of
+    """Usage booked since the UTC day of ``since``, every event of it, grouped ``by`` one of
     :data:`UTILIZATION_GROUPS` (location and item; location; procedure; performing or ordering
     physician, by id; payer): events, quantity, how much of it was billable, the amount
     charged, the supply cost at the item master's cost (``cost(item)``) and the margin
-    (charged less cost). Non-billable usage is kept for exactly this reporting; a credit takes
-    its usage back; what the messages did not give shows as ``not given``. Summed in the
-    database (see :func:`reconciliation` for the precision)."""
+    (charged less cost); ``billable`` True or False keeps billable or non-billable usage only
+    (None: both); the first ``limit`` groups. Non-billable usage is kept for exactly this
+    reporting; a credit takes its usage back; what the messages did not give shows as ``not
+    given``. Summed in the database from the ledger's running totals by day (``usage_daily``,
+    a few rows a day and group, never every event; see :func:`reconciliation` for the
+    precision)."""
     if by not in UTILIZATION_GROUPS:
         raise ValueError(f"by: expected one of {', '.join(UTILIZATION_GROUPS)} (got {by!r})")
     columns = UTILIZATION_GROUPS[by]
     grouped = ", ".join(f"{_GROUP_COLUMNS[c]} AS {c}" for c in columns)
+    chargeable = " AND chargeable = ?" if billable is not None else ""
     rows = _rows(
         tx,
-        f"SELECT {grouped}, e.item_id AS costed, e.kind, e.chargeable, COUNT(*) AS events, "
-        "SUM(CAST(e.quantity AS NUMERIC)) AS quantity, SUM(CASE WHEN c.status != 'rejected' "
-        "THEN CAST(c.amount AS NUMERIC) END) AS charged FROM (SELECT * FROM consumption_events "
-        "WHERE created_at >= ? ORDER BY created_at DESC LIMIT ?) AS e "
-        "LEFT JOIN charges AS c ON c.event_id = e.id "
-        f"GROUP BY {', '.join(_GROUP_COLUMNS[c] for c in columns)}, e.item_id, e.kind, "
-        "e.chargeable",
-        (since, limit * 20),
+        f"SELECT {grouped}, item_id AS costed, kind, chargeable, SUM(events) AS events, "
+        "SUM(quantity) AS quantity, SUM(charged) AS charged FROM usage_daily "
+        f"WHERE day >= ?{chargeable} "
+        f"GROUP BY {', '.join(_GROUP_COLUMNS[c] for c in columns)}, item_id, kind, chargeable",
+        (day_of(since), *([int(billable)] if billable is not None else [])),
     )
     out: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in rows:
@@ -181,15 +189,6 @@ _PERIOD = (
 )
 
 
-def _events_since(columns: str) -> str:
-    """The newest events booked since a time (parameters: since, limit) with their ERP
-    posting: from the index of events by booking time, never a scan of every event."""
-    return (
-        f"SELECT {columns} FROM (SELECT * FROM consumption_events WHERE created_at >= ? "
-        "ORDER BY created_at DESC LIMIT ?) AS e LEFT JOIN erp_postings AS p ON p.event_id = e.id"
-    )
-
-
 def reconciliation(
     tx: Any,
     since: float,
@@ -198,29 +197,28 @@ def reconciliation(
     limit: int = 1000,
     drill: int = 10,
 ) -> dict[str, Any]:
-    """Inventory-to-finance reconciliation of the usage booked since ``since`` (its newest
-    ``limit`` x 20 events): by location, item and period (service month), the ledger's issued
+    """Inventory-to-finance reconciliation of the usage booked since the UTC day of ``since``,
+    every event of it: by location, item and period (service month), the ledger's issued
     quantity (usage less returns) and its value at the item master's cost (``cost(item)``)
     against what the ERP acknowledged posting (``erp_postings``); the difference, its reasons
-    (``DIFFERENCE_REASONS``: quantity by reason) and the messages behind it (up to ``drill`` a
-    row); totals per period. Sums are the database's (exact decimals on PostgreSQL; on SQLite
-    quantities are summed as binary floating point and rounded to 6 places)."""
+    (``DIFFERENCE_REASONS``: quantity by reason) and the newest messages behind it (up to
+    ``drill`` a row); totals per period; the first ``limit`` rows. Summed in the database from
+    the ledger's running totals by day (``issue_daily``), never every event: exact decimals on
+    PostgreSQL; on SQLite quantities are summed as binary floating point and rounded to 6
+    places."""
     groups = _rows(
         tx,
-        _events_since(
-            f"e.location_id AS location, e.item_id AS item, {_PERIOD} AS period, e.uom, "
-            "e.kind, p.status, SUM(CAST(e.quantity AS NUMERIC)) AS quantity, "
-            "SUM(CAST(p.posted_quantity AS NUMERIC)) AS posted, "
-            "SUM(CAST(p.posted_value AS NUMERIC)) AS posted_value, "
-            "SUM(CASE WHEN p.posted_value IS NULL THEN CAST(p.posted_quantity AS NUMERIC) END) "
-            "AS unvalued"
-        )
-        + " GROUP BY 1, 2, 3, 4, 5, 6",
-        (since, limit * 20),
+        "SELECT location_id AS location, item_id AS item, period, uom, kind, status, "
+        "SUM(events) AS events, SUM(quantity) AS quantity, SUM(posted) AS posted, "
+        "SUM(posted_value) AS posted_value, SUM(unvalued) AS unvalued FROM issue_daily "
+        "WHERE day >= ? GROUP BY location_id, item_id, period, uom, kind, status",
+        (day_of(since),),
     )
     zero = Decimal(0)
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in groups:
+        if not r["events"]:
+            continue  # every event of it moved on to another status
         key = (r["location"], r["item"], _period(r["period"]))
         agg = out.get(key)
         if agg is None:
@@ -246,23 +244,12 @@ def reconciliation(
             continue
         reason = DIFFERENCE_REASONS.get(r["status"], DIFFERENCE_REASONS[None])
         agg["reasons"][reason] = agg["reasons"].get(reason, zero) + qty
-    behind = _rows(
-        tx,
-        _events_since(
-            f"e.location_id AS location, e.item_id AS item, {_PERIOD} AS period, e.message_id"
-        )
-        + " WHERE p.status IS NULL OR p.status != 'posted' ORDER BY e.id LIMIT ?",
-        (since, limit * 20, limit * drill),
-    )
-    for r in behind:
-        agg = out.get((r["location"], r["item"], _period(r["period"])))
-        if agg is not None and len(agg["messages"]) < drill:
-            if r["message_id"] not in agg["messages"]:
-                agg["messages"].append(r["message_id"])
     listed = sorted(out.values(), key=lambda a: (a["period"], a["location"], a["item"]))[:limit]
     totals: dict[str, dict[str, Decimal]] = {}
     for a in listed:
         del a["_cost"]
+        if a["reasons"]:
+            a["messages"] = _behind(tx, a, since, drill)
         a["difference_quantity"] = a["ledger_quantity"] - a["posted_quantity"]
         a["difference_value"] = a["ledger_value"] - a["posted_value"]
         t = totals.setdefault(
@@ -281,6 +268,25 @@ def reconciliation(
             for p, t in sorted(totals.items())
         ],
     }
+
+
+def _behind(tx: Any, row: dict[str, Any], since: float, drill: int) -> list[str]:
+    """The newest messages (up to ``drill``) of a reconciliation row's events the ERP has not
+    posted: from the index of an item's events at a location by booking time."""
+    found: list[str] = []
+    for r in _rows(
+        tx,
+        f"SELECT e.message_id, {_PERIOD} AS period FROM consumption_events AS e "
+        "LEFT JOIN erp_postings AS p ON p.event_id = e.id WHERE e.item_id = ? "
+        "AND e.location_id = ? AND e.created_at >= ? "
+        "AND (p.status IS NULL OR p.status != 'posted') ORDER BY e.created_at DESC LIMIT ?",
+        (row["item"], row["location"], day_of(since) * DAY, drill * 5),
+    ):
+        if _period(r["period"]) == row["period"] and r["message_id"] not in found:
+            found.append(r["message_id"])
+            if len(found) == drill:
+                break
+    return found
 
 
 def _period(text: str | None) -> str:

@@ -240,6 +240,268 @@ MIGRATION_REQUISITION_CHANNEL: Migration = (
     _requisition_channel,
 )
 
+# Running totals of the ledger by UTC day of booking, kept by triggers in the writes' own
+# transactions, so that the console's utilization and reconciliation over a month of a large
+# hospital sum a few rows per day and group instead of every event (the reports read only
+# these). ``usage_daily``: events, quantity and the charged amount (charges not rejected) by
+# location, item, unit, kind, billable, procedure, physicians and payer (absent: '').
+# ``issue_daily``: events and quantity by location, item, service month, unit, kind and ERP
+# posting status ('none': never sent), with what the ERP posted (quantity, value, and the
+# quantity posted without a value). Rows of events the ledger's retention prunes stay.
+_USAGE_KEY = (
+    "day, location_id, item_id, uom, kind, chargeable, procedure, performer, orderer, payer, "
+    "payer_kind"
+)
+_ISSUE_KEY = "day, location_id, item_id, period, uom, kind, status"
+_ROLLUP_TABLES = [
+    f"""
+    CREATE TABLE IF NOT EXISTS usage_daily (
+        day INTEGER NOT NULL,
+        location_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        chargeable INTEGER NOT NULL,
+        procedure TEXT NOT NULL,
+        performer TEXT NOT NULL,
+        orderer TEXT NOT NULL,
+        payer TEXT NOT NULL,
+        payer_kind TEXT NOT NULL,
+        events INTEGER NOT NULL,
+        quantity NUMERIC NOT NULL,
+        charged NUMERIC NOT NULL,
+        PRIMARY KEY ({_USAGE_KEY})
+    )
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS issue_daily (
+        day INTEGER NOT NULL,
+        location_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        uom TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        events INTEGER NOT NULL,
+        quantity NUMERIC NOT NULL,
+        posted NUMERIC NOT NULL,
+        posted_value NUMERIC NOT NULL,
+        unvalued NUMERIC NOT NULL,
+        PRIMARY KEY ({_ISSUE_KEY})
+    )
+    """,
+    # the messages behind a difference: an item's events at a location by booking time
+    "CREATE INDEX IF NOT EXISTS idx_events_item_location_created "
+    "ON consumption_events(item_id, location_id, created_at)",
+]
+
+#: The service month (``YYYY-MM``) of an event's HL7 (``YYYYMMDD``) or ISO 8601 date, of the
+#: row ``{e}`` (``NEW``, an alias).
+_PERIOD_OF = (
+    "CASE WHEN substr({e}.service_time, 5, 1) = '-' THEN substr({e}.service_time, 1, 7) "
+    "ELSE substr({e}.service_time, 1, 4) || '-' || substr({e}.service_time, 5, 2) END"
+)
+#: An event row ``{e}``'s key in ``usage_daily`` and in ``issue_daily`` (but its status),
+#: after its day.
+_USAGE_OF = (
+    "{e}.location_id, {e}.item_id, {e}.uom, {e}.kind, {e}.chargeable, COALESCE({e}.procedure, "
+    "''), COALESCE({e}.performer, ''), COALESCE({e}.orderer, ''), COALESCE({e}.payer, ''), "
+    "COALESCE({e}.payer_kind, '')"
+)
+_ISSUE_OF = f"{{e}}.location_id, {{e}}.item_id, {_PERIOD_OF}, {{e}}.uom, {{e}}.kind"
+
+
+def _usage_values(e: str, day: str) -> str:
+    """The key of event row ``e`` in ``usage_daily`` (``day``: the dialect's day of it)."""
+    return f"{day.format(e=e)}, {_USAGE_OF.format(e=e)}"
+
+
+def _issue_values(e: str, day: str) -> str:
+    """The key of event row ``e`` in ``issue_daily`` but its status."""
+    return f"{day.format(e=e)}, {_ISSUE_OF.format(e=e)}"
+
+
+def _rollup_sql(day: str) -> dict[str, str]:
+    """The roll-ups' statements, the same in both dialects but ``day`` (the UTC day of a
+    booking time ``{e}.created_at``); ``NEW``/``OLD`` are the trigger's rows."""
+    usage_upsert = (
+        f"INSERT INTO usage_daily ({_USAGE_KEY}, events, quantity, charged) "
+        f"VALUES ({_usage_values('NEW', day)}, 1, CAST(NEW.quantity AS NUMERIC), 0) "
+        f"ON CONFLICT ({_USAGE_KEY}) DO UPDATE SET events = usage_daily.events + 1, "
+        "quantity = usage_daily.quantity + excluded.quantity"
+    )
+
+    def charged(sign: str, row: str) -> str:
+        return (
+            f"UPDATE usage_daily SET charged = charged {sign} CAST({row}.amount AS NUMERIC) "
+            f"WHERE ({_USAGE_KEY}) = (SELECT {_usage_values('e', day)} "
+            f"FROM consumption_events AS e WHERE e.id = {row}.event_id)"
+        )
+
+    def posting(sign: str, row: str, status: str) -> str:
+        figures = (
+            f"{sign}CAST(e.quantity AS NUMERIC), "
+            f"{sign}CAST(COALESCE({row}.posted_quantity, '0') AS NUMERIC), "
+            f"{sign}CAST(COALESCE({row}.posted_value, '0') AS NUMERIC), "
+            f"CASE WHEN {row}.posted_value IS NULL "
+            f"THEN {sign}CAST(COALESCE({row}.posted_quantity, '0') AS NUMERIC) ELSE 0 END"
+        )
+        return _issue_upsert(day, f"{status}, {sign}1, {figures}", f"e.id = {row}.event_id")
+
+    return {
+        "usage_event": usage_upsert,
+        "issue_event": (
+            f"INSERT INTO issue_daily ({_ISSUE_KEY}, events, quantity, posted, posted_value, "
+            f"unvalued) VALUES ({_issue_values('NEW', day)}, 'none', 1, "
+            "CAST(NEW.quantity AS NUMERIC), 0, 0, 0) "
+            f"ON CONFLICT ({_ISSUE_KEY}) DO UPDATE SET events = issue_daily.events + 1, "
+            "quantity = issue_daily.quantity + excluded.quantity"
+        ),
+        "charge_added": charged("+", "NEW"),
+        "charge_taken": charged("-", "OLD"),
+        "posting_none_out": _issue_upsert(
+            day, "'none', -1, -CAST(e.quantity AS NUMERIC), 0, 0, 0", "e.id = NEW.event_id"
+        ),
+        "posting_in": posting("", "NEW", "NEW.status"),
+        "posting_out": posting("-", "OLD", "OLD.status"),
+    }
+
+
+def _issue_upsert(day: str, values: str, where: str) -> str:
+    """Add ``values`` (status, events, quantity, posted, posted value, unvalued) to the
+    ``issue_daily`` row of the event ``where`` finds."""
+    return (
+        f"INSERT INTO issue_daily ({_ISSUE_KEY}, events, quantity, posted, posted_value, "
+        f"unvalued) SELECT {_issue_values('e', day)}, {values} FROM consumption_events AS e "
+        f"WHERE {where} ON CONFLICT ({_ISSUE_KEY}) DO UPDATE SET "
+        "events = issue_daily.events + excluded.events, "
+        "quantity = issue_daily.quantity + excluded.quantity, "
+        "posted = issue_daily.posted + excluded.posted, "
+        "posted_value = issue_daily.posted_value + excluded.posted_value, "
+        "unvalued = issue_daily.unvalued + excluded.unvalued"
+    )
+
+
+def _rollup_backfill(day: str) -> list[str]:
+    """The roll-ups of what the ledger holds already (a new table: empty before)."""
+    charged = (
+        "COALESCE(SUM((SELECT SUM(CAST(c.amount AS NUMERIC)) FROM charges AS c "
+        "WHERE c.event_id = e.id AND c.status != 'rejected')), 0)"
+    )
+    return [
+        f"INSERT INTO usage_daily ({_USAGE_KEY}, events, quantity, charged) "
+        f"SELECT {_usage_values('e', day)}, COUNT(*), SUM(CAST(e.quantity AS NUMERIC)), "
+        f"{charged} FROM consumption_events AS e GROUP BY {_usage_values('e', day)}",
+        f"INSERT INTO issue_daily ({_ISSUE_KEY}, events, quantity, posted, posted_value, "
+        f"unvalued) SELECT {_issue_values('e', day)}, COALESCE(p.status, 'none'), COUNT(*), "
+        "SUM(CAST(e.quantity AS NUMERIC)), "
+        "COALESCE(SUM(CAST(p.posted_quantity AS NUMERIC)), 0), "
+        "COALESCE(SUM(CAST(p.posted_value AS NUMERIC)), 0), "
+        "COALESCE(SUM(CASE WHEN p.posted_value IS NULL THEN CAST(p.posted_quantity AS NUMERIC) "
+        "END), 0) FROM consumption_events AS e LEFT JOIN erp_postings AS p "
+        f"ON p.event_id = e.id GROUP BY {_issue_values('e', day)}, COALESCE(p.status, 'none')",
+    ]
+
+
+_SQLITE_DAY = "CAST({e}.created_at / 86400 AS INTEGER)"
+_PG_DAY = "CAST(floor({e}.created_at / 86400) AS BIGINT)"
+
+
+def _sqlite_rollups(conn: sqlite3.Connection) -> None:
+    """The roll-up tables with their triggers; filled from the ledger's rows when new."""
+    new = (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_daily'"
+        ).fetchone()
+        is None
+    )
+    for statement in _ROLLUP_TABLES:
+        conn.execute(statement)
+    sql = _rollup_sql(_SQLITE_DAY)
+    triggers = (
+        ("ledger_usage_daily", "AFTER INSERT ON consumption_events", "", ("usage_event",)),
+        ("ledger_issue_daily", "AFTER INSERT ON consumption_events", "", ("issue_event",)),
+        (
+            "ledger_charge_added",
+            "AFTER INSERT ON charges",
+            "WHEN NEW.status != 'rejected' AND NEW.amount IS NOT NULL",
+            ("charge_added",),
+        ),
+        (
+            "ledger_charge_changed",
+            "AFTER UPDATE OF status, amount ON charges",
+            "",
+            ("charge_taken_if", "charge_added_if"),
+        ),
+        (
+            "ledger_posting_added",
+            "AFTER INSERT ON erp_postings",
+            "",
+            ("posting_none_out", "posting_in"),
+        ),
+        (
+            "ledger_posting_changed",
+            "AFTER UPDATE OF status, posted_quantity, posted_value ON erp_postings",
+            "",
+            ("posting_out", "posting_in"),
+        ),
+    )
+    sql["charge_taken_if"] = sql["charge_taken"] + (
+        " AND OLD.status != 'rejected' AND OLD.amount IS NOT NULL"
+    )
+    sql["charge_added_if"] = sql["charge_added"] + (
+        " AND NEW.status != 'rejected' AND NEW.amount IS NOT NULL"
+    )
+    for name, when, condition, steps in triggers:
+        body = "; ".join(sql[s] for s in steps)
+        conn.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {when} {condition} BEGIN {body}; END")
+    if new:
+        for statement in _rollup_backfill(_SQLITE_DAY):
+            conn.execute(statement)
+
+
+def _pg_rollups() -> list[str]:
+    """The same on PostgreSQL: plpgsql trigger functions."""
+    sql = _rollup_sql(_PG_DAY)
+
+    def function(name: str, body: str) -> str:
+        return (
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"BEGIN {body} RETURN NULL; END $$"
+        )
+
+    return [
+        *ddl_all(_ROLLUP_TABLES),
+        function("ledger_event_rollups", f"{sql['usage_event']}; {sql['issue_event']};"),
+        function(
+            "ledger_charge_rollups",
+            "IF TG_OP = 'UPDATE' AND OLD.status != 'rejected' AND OLD.amount IS NOT NULL THEN "
+            f"{sql['charge_taken']}; END IF; "
+            "IF NEW.status != 'rejected' AND NEW.amount IS NOT NULL THEN "
+            f"{sql['charge_added']}; END IF;",
+        ),
+        function(
+            "ledger_posting_rollups",
+            f"IF TG_OP = 'INSERT' THEN {sql['posting_none_out']}; "
+            f"ELSE {sql['posting_out']}; END IF; {sql['posting_in']};",
+        ),
+        "CREATE TRIGGER ledger_event_rollups AFTER INSERT ON consumption_events "
+        "FOR EACH ROW EXECUTE FUNCTION ledger_event_rollups()",
+        "CREATE TRIGGER ledger_charge_rollups AFTER INSERT OR UPDATE OF status, amount "
+        "ON charges FOR EACH ROW EXECUTE FUNCTION ledger_charge_rollups()",
+        "CREATE TRIGGER ledger_posting_rollups AFTER INSERT OR UPDATE OF status, "
+        "posted_quantity, posted_value ON erp_postings FOR EACH ROW "
+        "EXECUTE FUNCTION ledger_posting_rollups()",
+        *_rollup_backfill(_PG_DAY),
+    ]
+
+
+MIGRATION_ROLLUPS: Migration = (
+    9,
+    "running totals by day of booking (utilization, inventory-to-finance reconciliation)",
+    _sqlite_rollups,
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
@@ -249,6 +511,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
     MIGRATION_ERP_POSTINGS,
     MIGRATION_PHYSICIAN_PAYER,
     MIGRATION_REQUISITION_CHANNEL,
+    MIGRATION_ROLLUPS,
 ]
 
 
@@ -285,6 +548,7 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
         MIGRATION_REQUISITION_CHANNEL[1],
         ddl_all(_REQUISITION_CHANNEL),
     ),
+    (MIGRATION_ROLLUPS[0], MIGRATION_ROLLUPS[1], _pg_rollups()),
 ]
 
 
