@@ -456,6 +456,18 @@ def test_mixed_load_on_two_nodes_kill_9_one_ledger_equals_the_erp(
             http_port, billing_port, state_path, project_dir / "mappings/onhand.csv", envs[0]
         )
         node1 = procs.wharf(project_dir, envs[0], name="node1")
+
+        def node1_leads() -> bool:  # node 1 holds the drop folders' pickup leases
+            return any(
+                int(r[0].split(":")[1]) == node1.pid
+                for r in pg(
+                    pg_url, "SELECT holder FROM job_leases WHERE name LIKE 'dropfolder:var/%%'"
+                )
+            )
+
+        # node 2 starts once node 1 holds them: otherwise which node takes them first is a race
+        # (under load node 2 can win every one, and there is nothing of node 1's to take over)
+        wait_until(node1_leads, 30, "node 1 holding a pickup lease", procs=[node1])
         node2 = procs.wharf(project_dir, envs[1], name="node2")
         mllp_front, fhir_front = free_port(), free_port()
         cfg = tmp_path / "haproxy.cfg"
