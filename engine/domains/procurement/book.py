@@ -663,11 +663,11 @@ class _Book:
             "lines": posted,
             "correlation_id": self.correlation_id,
         }
-        key = f"856:{partner.id}:{asn.shipment_id}:{self.message_id}"
-        self._emit(self.routes.receipts, to_json_bytes(receipt), "application/json", key, "receipt")
+        gr = f"856:{partner.id}:{asn.shipment_id}:{self.message_id}"
+        self._emit(self.routes.receipts, to_json_bytes(receipt), "application/json", gr, "receipt")
         if partner.asn_is_receipt and self.routes.receipts:
             # what the ERP acknowledges of each line (inventory-to-finance reconciliation)
-            idem = effect_key(self.channel, self.routes.receipts, key, "receipt")
+            idem = effect_key(self.channel, self.routes.receipts, gr, "receipt")
             for business_key in received:
                 self.repo.add_receipt_posting(
                     business_key, idem, self.routes.receipts, self.message_id, self.now
