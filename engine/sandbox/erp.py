@@ -17,7 +17,9 @@ Routes::
     /purchase-orders...               purchasing (see purchasing.py)
     POST /fhir/ChargeItem             FHIR ChargeItem create → 201 (see billing.py)
     GET  /fhir/ChargeItem/{id}
-    GET|POST|DELETE /_faults          fault injection for tests
+    GET|POST|DELETE /_faults          fault injection for tests: {"fail_next", "status",
+                                         "retry_after", "delay_next", "seconds", "path": only
+                                         requests to paths starting with it}
 
 Idempotency: a POST with an ``Idempotency-Key`` seen before gets the original status and body
 (header ``Idempotent-Replayed: true``) and changes nothing; the same key with another method,
