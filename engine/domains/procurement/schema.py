@@ -272,24 +272,19 @@ _RECEIPT_POSTINGS = [
 ]
 
 
-def _receipt_postings(statements: Sequence[str], *, pg: bool = False) -> Callable[[Any], None]:
+def _receipt_postings(statements: Sequence[str], mark: str = "?") -> Callable[[Any], None]:
     """The table (``statements``: the dialect's DDL), then what the ERP did with each goods
-    receipt sent before (``pg``: through the store's PostgreSQL connection, which speaks the
-    SQLite placeholders)."""
+    receipt sent before (``mark``: the connection's placeholder, ``%s`` for psycopg's)."""
 
     def step(conn: Any) -> None:
         for statement in statements:
             conn.execute(statement)
-        if pg:
-            from engine.store.pgconn import PgConnection
-
-            conn = PgConnection(conn)
-        _receipt_postings_before(conn)
+        _receipt_postings_before(conn, mark)
 
     return step
 
 
-def _receipt_postings_before(conn: Any) -> None:
+def _receipt_postings_before(conn: Any, mark: str) -> None:
     """Each 856 receipt line without a posting whose goods receipt (the outbox row of its
     message keyed as the book keys it: ``856:partner:shipment:message``) is still stored:
     posted, dead, rejected or pending as that delivery stands."""
@@ -309,7 +304,7 @@ def _receipt_postings_before(conn: Any) -> None:
         status = posting_status(_OUTCOMES.get(state, state), error) or "pending"
         conn.execute(
             "INSERT INTO receipt_postings (receipt_id, posting_key, destination, status, "
-            "reason, message_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"reason, message_id, created_at, updated_at) VALUES ({', '.join([mark] * 8)}) "
             "ON CONFLICT (receipt_id) DO NOTHING",
             (rid, key, destination, status, error if status in FAILED else None, mid, created, at),
         )
@@ -366,7 +361,7 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
     (
         RECEIPT_POSTINGS_MIGRATION[0],
         RECEIPT_POSTINGS_MIGRATION[1],
-        _receipt_postings(ddl_all(_RECEIPT_POSTINGS), pg=True),
+        _receipt_postings(ddl_all(_RECEIPT_POSTINGS), "%s"),
     ),
 ]
 
