@@ -5,7 +5,8 @@ counters as the engine's writes would) with ``--messages`` messages over 30 days
 (90% sent, 5% filtered, 3% error, 2% queued), two business keys each, an outbox row for each
 sent or queued one, 30,000 work items (half open), and the domains' rows that go with them:
 usage events and charges for half the messages, a purchase order per 100 messages with two
-lines, a receipt and an invoice each (one invoice in ten held), open requisitions. Then times
+lines, a receipt and an invoice each (one invoice in ten held; line 1 received by an 856 whose
+goods receipt the ERP posted or, one in twenty, refused), open requisitions. Then times
 what each page reads (the same view functions the console runs; rendering left out) and each
 kind of search, best of ``--repeat``, and prints each with the store's size.
 
@@ -144,11 +145,20 @@ def seed(path: Path, n: int) -> None:
             "'10', 'EA' FROM purchase_orders",
             (line,),
         )
+    # line 1 received by the vendor's 856 (its goods receipt posted, one in twenty refused),
+    # line 2 by the ERP's own receipt
     conn.execute(
         "INSERT INTO receipts (business_key, po_number, po_line, item_id, quantity, uom, "
-        "base_quantity, source, created_at) SELECT 'r' || po_number || line, po_number, line, "
-        "item_id, '10', 'EA', '10', 'erp', ? FROM po_lines",
+        "base_quantity, source, message_id, created_at) SELECT 'r' || po_number || line, "
+        "po_number, line, item_id, '10', 'EA', '10', CASE line WHEN '1' THEN 'asn' ELSE 'erp' "
+        "END, 'm' || po_number, ? FROM po_lines",
         (now - 86400 * 3,),
+    )
+    conn.execute(
+        "INSERT INTO receipt_postings (receipt_id, posting_key, destination, status, "
+        "message_id, created_at, updated_at) SELECT id, 'k' || id, 'erp_receipts', "
+        "CASE WHEN id % 20 = 1 THEN 'rejected' ELSE 'posted' END, message_id, created_at, "
+        "created_at FROM receipts WHERE source = 'asn'"
     )
     conn.execute(
         "INSERT INTO invoices (partner, vendor_key, invoice_key, invoice_number, po_number, "
@@ -285,6 +295,11 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float | None]]:
             lambda: pages._reconciliation(store, None, now - 90 * 86400),
             lambda: conn.execute(_ISSUES_GROUPED, (now - 90 * 86400,)).fetchall(),
         ),
+        (
+            "reconciliation: goods receipts",
+            lambda: _receipts(store, now - 90 * 86400),
+            None,
+        ),
         ("audit", lambda: store.audit_page(), None),
     ]
     out = []
@@ -294,6 +309,14 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float | None]]:
         out.append((name, ms, base))
     store.close()
     return out
+
+
+def _receipts(store: Any, since: float) -> dict[str, Any]:
+    """The finance page's reconciliation of goods receipts on its own."""
+    from engine.domains.procurement import reports
+
+    with store.reading() as rd:
+        return reports.receipt_reconciliation(rd, since)
 
 
 def main() -> int:

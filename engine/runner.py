@@ -411,6 +411,8 @@ async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -
         f"demo: PO {number} is {state['status']} ({lines}); the ERP holds "
         f"{counts['goods_receipts']} goods receipt(s) and {counts['ap_invoices']} AP invoice(s)"
     )
+    if created != 200:  # (a run again drops duplicates: no second refusal to show)
+        await demo_refused_receipt(inbound, number, reactor, sandbox)
     from engine.domains.procurement import desk
     from engine.domains.procurement.domain import repository
 
@@ -425,6 +427,27 @@ async def demo_purchasing(engine: Any, root: Path, reactor: Any, sandbox: Any) -
     acks = sorted(p.name.split("_")[0] for p in outbound.glob("*.x12"))
     print(f"demo: answers left for the vendor: {', '.join(acks)}")
     return counts["ap_invoices"] >= 1
+
+
+async def demo_refused_receipt(inbound: Path, number: str, reactor: Any, sandbox: Any) -> None:
+    """The vendor's second 856 (the backordered gloves) whose goods receipt the ERP refuses
+    (a 422 armed for /goods-receipts only): the finance page's reconciliation of receipts
+    shows it received and not posted, "rejected by the ERP"."""
+    from engine.sandbox.erp import Faults
+    from engine.x12.samplegen import vendor_second_shipment
+
+    faults = sandbox.api.faults = Faults(fail_next=1, status=422, path="/goods-receipts")
+    name = "856_second_shipment.x12"
+    tmp = inbound / f".{name}.part"
+    tmp.write_bytes(vendor_second_shipment(number))
+    os.replace(tmp, inbound / name)
+    for _ in range(200):
+        await task.deferLater(reactor, 0.1, lambda: None)
+        if faults.fail_next == 0:
+            break
+    sandbox.api.faults = Faults()  # disarmed whatever came
+    refused = "the ERP refused its goods receipt (422)" if faults.fail_next == 0 else "not sent"
+    print(f"demo: the vendor dropped {name}: {refused}; /finance#recon-receipts shows it")
 
 
 async def send_over_mllp(channel: str, port: int, paths: list[Path], reactor: Any) -> None:

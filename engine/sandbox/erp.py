@@ -17,7 +17,9 @@ Routes::
     /purchase-orders...               purchasing (see purchasing.py)
     POST /fhir/ChargeItem             FHIR ChargeItem create → 201 (see billing.py)
     GET  /fhir/ChargeItem/{id}
-    GET|POST|DELETE /_faults          fault injection for tests
+    GET|POST|DELETE /_faults          fault injection for tests: {"fail_next", "status",
+                                         "retry_after", "delay_next", "seconds", "path": only
+                                         requests to paths starting with it}
 
 Idempotency: a POST with an ``Idempotency-Key`` seen before gets the original status and body
 (header ``Idempotent-Replayed: true``) and changes nothing; the same key with another method,
@@ -123,13 +125,15 @@ def need_quantity(doc: dict, key: str, prefix: str = "", *, negative_ok: bool) -
 class Faults:
     """Injected faults: the next ``fail_next`` requests answer ``status`` (with Retry-After),
     the next ``delay_next`` requests are processed at once but answered ``seconds`` later
-    (a slow ERP: the client may time out on a request that did take effect)."""
+    (a slow ERP: the client may time out on a request that did take effect); with ``path``,
+    only the requests to paths that start with it (``/goods-receipts``)."""
 
     fail_next: int = 0
     status: int = 503
     retry_after: Any = None
     delay_next: int = 0
     seconds: float = 0.0
+    path: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +142,7 @@ class Faults:
             "retry_after": self.retry_after,
             "delay_next": self.delay_next,
             "seconds": self.seconds,
+            "path": self.path,
         }
 
 
@@ -487,6 +492,11 @@ class ErpApi:
             if retry_after is not None and not isinstance(retry_after, str | int):
                 raise invalid("retry_after", "expected seconds or an HTTP date")
             f.retry_after = retry_after
+        if "path" in doc:
+            path = doc["path"]
+            if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+                raise invalid("path", f"expected a path starting with / or null (got {path!r})")
+            f.path = path
         if "delay_next" in doc:
             f.delay_next = _count(doc, "delay_next")
             seconds = doc.get("seconds", 1)
@@ -508,10 +518,13 @@ class ErpApi:
         return self.get_faults()
 
     def take_fault(self, path: str) -> tuple[str, Any] | None:
-        """The fault for this request, if one is armed ('/_faults' and '/state' are exempt)."""
+        """The fault for this request, if one is armed for its path ('/_faults' and '/state' are
+        exempt)."""
+        f = self.faults
         if path.startswith("/_") or path.rstrip("/") == "/state":
             return None
-        f = self.faults
+        if f.path is not None and not path.startswith(f.path):
+            return None
         if f.fail_next > 0:
             f.fail_next -= 1
             self.state.bump("faults_injected")

@@ -425,11 +425,16 @@ def _reconciliation_columns() -> list[str]:
 
 
 def _reconciliation(store: Any, mappings: Any, since: float) -> dict[str, Any]:
+    """The ledger's issues and returns against the ERP's postings, and (``receipts``)
+    procurement's goods receipts against the ERP's receipt postings."""
     from engine.domains.ledger import reports as ledger
     from engine.domains.ledger.domain import item_cost
+    from engine.domains.procurement import reports as procurement
 
     with store.reading() as rd:
-        return ledger.reconciliation(rd, since, lambda item: item_cost(mappings, item))
+        issues = ledger.reconciliation(rd, since, lambda item: item_cost(mappings, item))
+        issues["receipts"] = procurement.receipt_reconciliation(rd, since)
+        return issues
 
 
 def _days(ctx: Ctx, default: int) -> float:

@@ -286,6 +286,25 @@ def vendor_answers(po_number: str, gs06: str, st02: str) -> dict[str, bytes]:
     }
 
 
+def vendor_second_shipment(po_number: str) -> bytes:
+    """ACME MEDICAL's second 856 for that PO: the 2 PR of gloves backordered in its 855."""
+    return _vendor_file(
+        "SH",
+        "856",
+        [
+            ["BSN", "00", "SHP778900", "20260119", "0900", "0001"],
+            ["HL", "1", "", "S"],
+            ["HL", "2", "1", "O"],
+            ["PRF", po_number, "", "", "20260115"],
+            ["HL", "3", "2", "I"],
+            ["LIN", "2", "VC", "GLV-7"],
+            ["SN1", "2", "2", "PR"],
+            ["CTT", "3"],
+        ],
+        106,
+    )
+
+
 def vendor_invoice(
     po_number: str, number: str, it1: list[str], total_cents: int, control: int
 ) -> bytes:

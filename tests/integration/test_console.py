@@ -95,6 +95,36 @@ def test_the_demo_fills_every_page(console_demo: Demo) -> None:
         assert status == 200 and marker in body, (path, body[:500])
 
 
+def test_the_demo_reconciles_its_goods_receipts_with_what_the_erp_posted(
+    console_demo: Demo,
+) -> None:
+    """The demo's 856s through the shipped channels (the SFTP inbound folder, the sandbox ERP
+    over HTTP, the delivery worker): the first one's goods receipt is posted (the screws and 3
+    of the gloves agree), the second one's is refused with a 422 (2 PR of gloves differ,
+    "rejected by the ERP", its message linked), on the API and the finance page."""
+    c = console_demo.client("finance")
+    status, data = c.get_json("/api/reconciliation?days=30")
+    assert status == 200, data
+    rows = {r["item"]: r for r in data["receipts"]["rows"]}
+    screws, gloves = rows["ITEM-100123"], rows["ITEM-202042"]
+    assert (screws["received_quantity"], screws["posted_quantity"], screws["reason"]) == (
+        "10",
+        "10",
+        "",
+    )
+    assert (gloves["received_quantity"], gloves["posted_quantity"]) == ("5", "3")
+    assert (gloves["difference_value"], gloves["reasons"]) == (
+        "25.00",
+        {"rejected by the ERP": "2"},
+    )
+    (mid,) = gloves["messages"]
+    status, page = c.get("/finance")
+    assert status == 200
+    table = page.split(b'id="receipt-reconciliation"')[1].split(b"</table>")[0]
+    assert b'class="agrees"><td>' in table and b"rejected by the ERP: 2" in table
+    assert f'href="/messages/{mid}"'.encode() in table
+
+
 def test_a_post_without_the_csrf_token_is_refused(console_demo: Demo) -> None:
     c = console_demo.client("operator")
     status, out = c.post_json("/api/channels/usage_mllp/erp/pause", {}, csrf=False)

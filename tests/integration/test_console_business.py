@@ -264,6 +264,8 @@ class ReconciliationTests(ConsoleFlow):
         code, csv = await self.get("/finance?format=csv&days=30")
         assert code == 200 and csv.startswith(b"period,location,item,uom,ledger_quantity")
         assert b"2026-01,LOC-CATH-1,ITEM-200010,EA,4,16.40,0,0.00,4,16.40,dead-lettered 4" in csv
+        assert data["receipts"] == {"rows": [], "periods": []}  # no goods received here
+        assert b'id="no-receipts"' in page
         code, body = await self.get("/api/reconciliation?days=0")
         assert code == 400 and b"days: expected" in body
         code, _ = await self.get("/api/reconciliation", who="ops")

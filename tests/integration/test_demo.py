@@ -77,6 +77,9 @@ def test_a_second_run_in_the_same_folder_says_what_it_did(demo_runs: tuple) -> N
     assert "taken as a duplicate and not processed or sent again" in out
     assert "(a resend of an earlier run: the original resource)" in out
     assert "PO 4500012345 was released in an earlier run" in out
+    # the first run showed a refused goods receipt; the second arms no fault for it
+    refusal = "856_second_shipment.x12: the ERP refused its goods receipt (422)"
+    assert refusal in first.stdout and "856_second_shipment" not in out
     assert f"0 message(s) delivered now, {n - refused} duplicate(s) of an earlier run" in out
     assert out.count("refused at the door") == refused  # this run's refusals only
     # the MLLP resends got the very ACKs of the first run

@@ -245,6 +245,25 @@ class ErpApiTests(SandboxTestCase):
         self.assertEqual((code, body["id"]), (201, "ISS-1"))
         self.assertEqual(self.state.counts()["faults_injected"], 1)
 
+    async def test_a_fault_armed_for_a_path_spares_the_others(self) -> None:
+        """{"fail_next": 1, "status": 422, "path": "/goods-receipts"}: an issue goes through,
+        the next goods receipt is refused (nothing stored), the one after is taken; a path
+        that is no path is refused naming it."""
+        faults = {"fail_next": 1, "status": 422, "path": "/goods-receipts"}
+        code, armed, _ = await self.post("/_faults", faults)
+        self.assertEqual((code, armed["path"]), (200, "/goods-receipts"))
+        code, _, _ = await self.post("/inventory/issues", issue())
+        self.assertEqual(code, 201)
+        receipt = {"type": "expected_receipt", "lines": []}
+        code, body, _ = await self.post("/goods-receipts", receipt)
+        self.assertEqual((code, body), (422, {"error": "injected fault: 422"}))
+        self.assertEqual(self.state.counts()["goods_receipts"], 0)
+        code, _, _ = await self.post("/goods-receipts", receipt)
+        self.assertEqual(code, 201)
+        code, body, _ = await self.post("/_faults", {"path": "goods-receipts"})
+        self.assertEqual(code, 422)
+        self.assertIn("path: expected a path starting with /", body["error"])
+
     async def test_delayed_answer_after_the_work_is_done(self) -> None:
         """{"delay_next": 1, "seconds": s}: the next request takes effect at once but is answered
         s seconds later."""

@@ -380,6 +380,9 @@ def test_held_invoice_released_and_unmatched_receipts(env: Any) -> None:
     ]
     out = env.book([inbound("856", "SH", asn, 5)], "m-asn", 2000.0)
     assert [o.destination for o in out] == ["erp_receipts"]  # no validation result: no acks
+    with env.repository() as repo:  # the goods receipt's line waits for the ERP's answer
+        assert repo.settle_receipt_postings(out[0].meta["idempotency_key"], "posted", None, 1) == 1
+        assert repo.settle_receipt_postings("no such goods receipt", "posted", None, 1) == 0
     # 5 EA received, nothing invoiced: listed once older than a day
     assert env.unmatched_receipts(older_than=86400, now=2000.0 + 3600) == []
     (row,) = env.unmatched_receipts(older_than=86400, now=2000.0 + 2 * 86400)

@@ -245,24 +245,44 @@ def reconciliation(
         reason = DIFFERENCE_REASONS.get(r["status"], DIFFERENCE_REASONS[None])
         agg["reasons"][reason] = agg["reasons"].get(reason, zero) + qty
     listed = sorted(out.values(), key=lambda a: (a["period"], a["location"], a["item"]))[:limit]
-    totals: dict[str, dict[str, Decimal]] = {}
     for a in listed:
         del a["_cost"]
-        if a["reasons"]:
-            a["messages"] = _behind(tx, a, since, drill)
-        a["difference_quantity"] = a["ledger_quantity"] - a["posted_quantity"]
-        a["difference_value"] = a["ledger_value"] - a["posted_value"]
+    return reconciled(
+        listed,
+        RECONCILIATION_FIGURES,
+        lambda a: _behind(tx, a, since, drill) if a["reasons"] else [],
+    )
+
+
+def reconciled(
+    rows: list[dict[str, Any]],
+    figures: Sequence[str],
+    messages: Callable[[dict[str, Any]], list[str]],
+    quantity: Callable[[Decimal], Decimal] = lambda q: q,
+) -> dict[str, Any]:
+    """Reconciliation ``rows`` (by period, location and item, the first two ``figures`` what
+    was booked, quantity then value, against ``posted_quantity`` and ``posted_value``, with
+    ``reasons``: quantity by reason) finished: the differences, the messages behind each row
+    (``messages(row)``), the figures as decimal text (values to the cent, quantities as
+    ``quantity`` writes them) and the totals per period."""
+    booked = figures[1]
+    zero = Decimal(0)
+    totals: dict[str, dict[str, Decimal]] = {}
+    for a in rows:
+        a["messages"] = messages(a)
+        a["difference_quantity"] = a[figures[0]] - a["posted_quantity"]
+        a["difference_value"] = a[booked] - a["posted_value"]
         t = totals.setdefault(
-            a["period"], {"ledger_value": zero, "posted_value": zero, "difference_value": zero}
+            a["period"], {booked: zero, "posted_value": zero, "difference_value": zero}
         )
         for k in t:
             t[k] += a[k]
-        for k in RECONCILIATION_FIGURES:
-            a[k] = str(money(a[k]) if k.endswith("_value") else a[k])
-        a["reasons"] = {k: str(v) for k, v in sorted(a["reasons"].items())}
+        for k in figures:
+            a[k] = str(money(a[k]) if k.endswith("_value") else quantity(a[k]))
+        a["reasons"] = {k: str(quantity(v)) for k, v in sorted(a["reasons"].items())}
         a["reason"] = "; ".join(f"{k} {v}" for k, v in a["reasons"].items())
     return {
-        "rows": listed,
+        "rows": rows,
         "periods": [
             {"period": p, **{k: str(money(v)) for k, v in t.items()}}
             for p, t in sorted(totals.items())

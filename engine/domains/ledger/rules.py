@@ -451,6 +451,16 @@ def charge_outcome(
 POSTING_STATUS = {"delivered": "posted", "dead": "dead", "quarantined": "dead"}
 
 
+def posting_status(outcome: str, reason: str | None) -> str | None:
+    """What the ERP did with a posting (a stock issue, a goods receipt) by its delivery's
+    outcome: posted, dead (dead-lettered) or rejected (a permanent failure: the ERP refused
+    it); None for a retry, which changes nothing."""
+    status = POSTING_STATUS.get(outcome)
+    if status == "dead" and (reason or "").startswith("permanent failure"):
+        return "rejected"
+    return status
+
+
 def issue_outcome(
     repo: LedgerRepository,
     meta: Mapping[str, object],
@@ -463,11 +473,9 @@ def issue_outcome(
     """The ERP's answer to a stock issue: its lines posted (with the document number the
     answer gives), dead-lettered, or rejected (a permanent failure: the ERP refused it). A
     retry changes nothing; how many lines."""
-    if meta.get("effect") != "issue" or outcome not in POSTING_STATUS:
+    status = posting_status(outcome, reason)
+    if meta.get("effect") != "issue" or status is None:
         return 0
-    status = POSTING_STATUS[outcome]
-    if status == "dead" and (reason or "").startswith("permanent failure"):
-        status = "rejected"
     return repo.settle_postings(
         str(meta.get("idempotency_key") or ""),
         PostingOutcome(

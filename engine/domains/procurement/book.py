@@ -572,6 +572,7 @@ class _Book:
     def _ship_notice(self, partner: Partner, asn: ShipNotice) -> None:
         convert = self.converter(partner)
         posted: list[dict[str, Any]] = []
+        received: list[str] = []  # the receipt lines' business keys
         touched: set[str] = set()
         for n, line in enumerate(asn.lines, 1):
             if not line.po_number or not line.po_line or line.quantity is None:
@@ -634,6 +635,7 @@ class _Book:
             )
             if not taken:
                 continue  # this ASN line was taken before
+            received.append(key)
             posted.append(
                 {
                     "po_number": line.po_number,
@@ -661,13 +663,15 @@ class _Book:
             "lines": posted,
             "correlation_id": self.correlation_id,
         }
-        self._emit(
-            self.routes.receipts,
-            to_json_bytes(receipt),
-            "application/json",
-            f"856:{partner.id}:{asn.shipment_id}:{self.message_id}",
-            "receipt",
-        )
+        gr = f"856:{partner.id}:{asn.shipment_id}:{self.message_id}"
+        self._emit(self.routes.receipts, to_json_bytes(receipt), "application/json", gr, "receipt")
+        if partner.asn_is_receipt and self.routes.receipts:
+            # what the ERP acknowledges of each line (inventory-to-finance reconciliation)
+            idem = effect_key(self.channel, self.routes.receipts, gr, "receipt")
+            for business_key in received:
+                self.repo.add_receipt_posting(
+                    business_key, idem, self.routes.receipts, self.message_id, self.now
+                )
         if partner.asn_is_receipt:
             for po_number in sorted(touched):
                 self._retry_held(partner, po_number)

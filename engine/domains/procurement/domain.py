@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.domains.ledger.rules import posting_status
+
 # Procurement's own component: imported here so that it registers with the domain.
 from engine.domains.procurement import schema, x12_partner  # noqa: F401 (registers it)
 from engine.domains.procurement.book import ProcurementRoutes, book_x12, flag_overdue_acks
@@ -164,7 +166,18 @@ class ProcurementBinding:
     def settled(
         self, tx: Transaction, delivery: Any, outcome: str, reason: str | None, now: float
     ) -> None:
-        return None  # procurement follows its documents' acknowledgements, not deliveries
+        """A goods receipt the ERP posted, dead-lettered or refused: its lines' receipt
+        postings follow (inventory-to-finance reconciliation); otherwise procurement follows its
+        documents' acknowledgements, not deliveries; a retry changes nothing."""
+        meta = delivery.meta or {}
+        status = posting_status(outcome, reason)
+        if status is None or delivery.destination != self.routes.receipts:
+            return
+        if meta.get("effect") != "receipt":
+            return
+        repository(tx).settle_receipt_postings(
+            str(meta.get("idempotency_key") or ""), status, reason, now
+        )
 
 
 class ProcurementDomain:

@@ -63,6 +63,7 @@ class InMemoryProcurementRepository:
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     po_lines: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    receipt_postings: dict[str, dict[str, Any]] = field(default_factory=dict)
     invoice_rows: dict[int, dict[str, Any]] = field(default_factory=dict)
     invoice_lines: dict[int, list[InvoiceLineRow]] = field(default_factory=dict)
     onhand: dict[tuple[str, str], tuple[Decimal, str]] = field(default_factory=dict)
@@ -386,6 +387,29 @@ class InMemoryProcurementRepository:
     ) -> None:
         held = self.onhand.get((location, item), (Decimal(0), uom))[0]
         self.onhand[(location, item)] = (held + quantity, uom)
+
+    def add_receipt_posting(
+        self, business_key: str, posting_key: str, destination: str, message_id: str, now: float
+    ) -> None:
+        if business_key not in self.receipts or business_key in self.receipt_postings:
+            return  # (as the SQL one: a receipt line's first goods receipt only)
+        self.receipt_postings[business_key] = {
+            "posting_key": posting_key,
+            "destination": destination,
+            "status": "pending",
+            "reason": None,
+            "message_id": message_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def settle_receipt_postings(
+        self, posting_key: str, status: str, reason: str | None, now: float
+    ) -> int:
+        rows = [r for r in self.receipt_postings.values() if r["posting_key"] == posting_key]
+        for r in rows:
+            r.update(status=status, reason=reason, updated_at=now)
+        return len(rows)
 
     # ------------------------------------------------------------------ invoices
 

@@ -268,6 +268,14 @@ class ProcurementRepository(Protocol):
         self, location: str, item: str, quantity: Decimal, uom: str, now: float
     ) -> None: ...
 
+    def add_receipt_posting(
+        self, business_key: str, posting_key: str, destination: str, message_id: str, now: float
+    ) -> None: ...
+
+    def settle_receipt_postings(
+        self, posting_key: str, status: str, reason: str | None, now: float
+    ) -> int: ...
+
     # -- invoices
     def invoice_on_file(self, vendor_key: str, invoice_key: str) -> str | None: ...
 
@@ -711,6 +719,29 @@ class SqliteProcurementRepository:
         self, location: str, item: str, quantity: Decimal, uom: str, now: float
     ) -> None:
         add_to_onhand(self.tx, location, item, quantity, uom, now)
+
+    def add_receipt_posting(
+        self, business_key: str, posting_key: str, destination: str, message_id: str, now: float
+    ) -> None:
+        """The receipt line ``business_key`` sent to the ERP in the goods receipt
+        ``posting_key``: pending until that delivery settles (once per receipt line)."""
+        self.conn.execute(
+            "INSERT INTO receipt_postings (receipt_id, posting_key, destination, status, "
+            "message_id, created_at, updated_at) SELECT id, ?, ?, 'pending', ?, ?, ? "
+            "FROM receipts WHERE business_key = ? ON CONFLICT (receipt_id) DO NOTHING",
+            (posting_key, destination, message_id, now, now, business_key),
+        )
+
+    def settle_receipt_postings(
+        self, posting_key: str, status: str, reason: str | None, now: float
+    ) -> int:
+        """The ERP's answer to the goods receipt ``posting_key`` for each of its lines."""
+        cur = self.conn.execute(
+            "UPDATE receipt_postings SET status = ?, reason = ?, updated_at = ? "
+            "WHERE posting_key = ?",
+            (status, reason, now, posting_key),
+        )
+        return int(cur.rowcount)
 
     # ------------------------------------------------------------------ invoices
 

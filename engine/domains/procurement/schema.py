@@ -11,6 +11,7 @@ only where missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine.interfaces import Migration
@@ -244,11 +245,87 @@ CHANNEL_MIGRATION: Migration = (
     _channels,
 )
 
+
+# What the ERP acknowledged of each goods receipt line sent to it (inventory-to-finance
+# reconciliation of receipts): a row per receipt line of an 856 that counts as the receipt, sent
+# to the ``receipts`` destination, pending until its delivery settles, then posted, dead
+# (dead-lettered) or rejected (the ERP refused it). The 856 lines received before take their
+# goods receipt's outcome where its delivery is still in the outbox. One self-contained entry
+# (renumbered with this one line at a merge).
+_RECEIPT_POSTINGS = [
+    """
+    CREATE TABLE IF NOT EXISTS receipt_postings (
+        id INTEGER PRIMARY KEY,
+        receipt_id INTEGER NOT NULL,
+        posting_key TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'posted', 'dead', 'rejected')),
+        reason TEXT,
+        message_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_receipt_postings_receipt "
+    "ON receipt_postings(receipt_id)",
+    "CREATE INDEX IF NOT EXISTS idx_receipt_postings_key ON receipt_postings(posting_key)",
+]
+
+
+def _receipt_postings(statements: Sequence[str], mark: str = "?") -> Callable[[Any], None]:
+    """The table (``statements``: the dialect's DDL), then what the ERP did with each goods
+    receipt sent before (``mark``: the connection's placeholder, ``%s`` for psycopg's)."""
+
+    def step(conn: Any) -> None:
+        for statement in statements:
+            conn.execute(statement)
+        _receipt_postings_before(conn, mark)
+
+    return step
+
+
+def _receipt_postings_before(conn: Any, mark: str) -> None:
+    """Each 856 receipt line without a posting whose goods receipt (the outbox row of its
+    message keyed as the book keys it: ``856:partner:shipment:message``) is still stored:
+    posted, dead, rejected or pending as that delivery stands."""
+    from engine.domains.ledger.rules import posting_status
+    from engine.model import effect_key
+
+    rows = conn.execute(
+        "SELECT r.id, r.business_key, r.message_id, r.created_at, o.channel, o.destination, "
+        "o.idempotency_key, o.status, o.last_error, o.updated_at FROM receipts AS r "
+        "JOIN outbox AS o ON o.message_id = r.message_id WHERE r.source = 'asn' "
+        "AND NOT EXISTS (SELECT 1 FROM receipt_postings AS rp WHERE rp.receipt_id = r.id)"
+    ).fetchall()
+    for rid, business_key, mid, created, channel, destination, key, state, error, at in rows:
+        partner, shipment = [*business_key.split("|"), ""][:2]
+        if key != effect_key(channel, destination, f"856:{partner}:{shipment}:{mid}", "receipt"):
+            continue  # another effect of that message
+        status = posting_status(_OUTCOMES.get(state, state), error) or "pending"
+        conn.execute(
+            "INSERT INTO receipt_postings (receipt_id, posting_key, destination, status, "
+            f"reason, message_id, created_at, updated_at) VALUES ({', '.join([mark] * 8)}) "
+            "ON CONFLICT (receipt_id) DO NOTHING",
+            (rid, key, destination, status, error if status in FAILED else None, mid, created, at),
+        )
+
+
+#: An outbox row's status as the delivery outcome a domain hears; the postings that keep why.
+_OUTCOMES = {"sent": "delivered"}
+FAILED = ("dead", "rejected")
+
+RECEIPT_POSTINGS_MIGRATION: Migration = (
+    5,
+    "ERP postings of goods receipts (inventory-to-finance reconciliation)",
+    _receipt_postings(_RECEIPT_POSTINGS),
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "x12 control numbers, outbound interchanges and acks, inbound sets", _X12_CONTROL),
     (2, "purchase orders, lines, receipts, invoices and their match", _PROCUREMENT),
     (3, "line-level holds, credit lines and proposed PO changes", _line_holds_and_changes),
     CHANNEL_MIGRATION,
+    RECEIPT_POSTINGS_MIGRATION,
 ]
 
 
@@ -280,6 +357,11 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
         CHANNEL_MIGRATION[0],
         CHANNEL_MIGRATION[1],
         [*ddl_all(_CHANNEL_COLUMNS), *_CHANNEL_BACKFILL],
+    ),
+    (
+        RECEIPT_POSTINGS_MIGRATION[0],
+        RECEIPT_POSTINGS_MIGRATION[1],
+        _receipt_postings(ddl_all(_RECEIPT_POSTINGS), "%s"),
     ),
 ]
 
