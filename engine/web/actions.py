@@ -1,7 +1,9 @@
 """What a person may change from the console, shared by its pages and its API: replay and
 edit-and-replay (the CLI's replay), pause and resume, work items, held invoices (the same desk
-as ``wharf invoices``). Each is audited by the store in the commit that makes the change, under
-the person's account name; each raises :class:`Refused` with a status and a reason."""
+as ``wharf invoices``), held credits (the same desk as ``wharf credits``). Each is audited by
+the store in the commit that makes the change, under the person's account name; each raises
+:class:`Refused` with a status and a reason. And what a person limited to some channels may
+not read: the ledger's reports over every channel (:func:`sees_every_channel`)."""
 
 from __future__ import annotations
 
@@ -138,23 +140,26 @@ async def decide_invoice(
     """Release or reject a held invoice through the AP desk (``wharf invoices``)."""
     from engine.domains.procurement import desk
 
-    store, now = console.store, time.time()
     await invoice_in_scope(console, who, invoice_id)
+    return await _decide(
+        console, who, (desk.release_invoice, desk.reject_invoice), invoice_id, decision, note
+    )
+
+
+async def _decide(
+    console: Any, who: Principal, desk: tuple[Any, Any], ident: int, decision: str, note: str
+) -> dict[str, Any]:
+    """``desk``'s release (store, project, id) or reject (store, id), audited under the
+    person's name; Refused 409 when the object's state does not allow it."""
+    release, reject = desk
+    store, now = console.store, time.time()
     try:
         if decision == "release":
             project = console.engine.project
             return await console.write(
-                desk.release_invoice,
-                store,
-                project,
-                invoice_id,
-                actor=who.name,
-                note=note,
-                now=now,
+                release, store, project, ident, actor=who.name, note=note, now=now
             )
-        return await console.write(
-            desk.reject_invoice, store, invoice_id, actor=who.name, note=note, now=now
-        )
+        return await console.write(reject, store, ident, actor=who.name, note=note, now=now)
     except StoreError as exc:
         raise Refused(409, str(exc)) from exc
 
@@ -173,3 +178,42 @@ async def invoice_in_scope(console: Any, who: Principal, invoice_id: int) -> Non
     scope = who.channel_scope
     if not found or (scope is not None and channel not in scope):
         raise Refused(404, f"no invoice {invoice_id} in your channels")
+
+
+async def decide_credit(
+    console: Any, who: Principal, credit_id: int, decision: str, note: str
+) -> dict[str, Any]:
+    """Release or reject a held (orphan) credit through the credits desk (``wharf credits``)."""
+    from engine.domains.ledger import credits
+
+    await credit_in_scope(console, who, credit_id)
+    return await _decide(console, who, (credits.release, credits.reject), credit_id, decision, note)
+
+
+async def credit_in_scope(console: Any, who: Principal, credit_id: int) -> None:
+    """Refused 404 when there is no such held credit, or when it came in on a channel outside
+    the person's scope (its number is not confirmed to them either)."""
+    from engine.domains.ledger.domain import repository
+
+    def look() -> str | None:
+        with console.store.reading() as rd:
+            credit = repository(rd).held_credit(credit_id)
+            return None if credit is None else credit.channel
+
+    channel = await console.read(look)
+    if channel is None or not who.sees_channel(channel):
+        raise Refused(404, f"no held credit {credit_id} in your channels")
+
+
+def sees_every_channel(who: Principal, report: str) -> None:
+    """The ledger's aggregate reports (utilization, inventory-to-finance reconciliation) sum
+    its running totals by day, which carry no channel (and stock and the ERP's postings are by
+    location and item, shared by every channel): they are for people who see every channel.
+    Refused 403, saying so, for a person limited to some."""
+    scope = who.channel_scope
+    if scope is not None:
+        raise Refused(
+            403,
+            f"{report} covers every channel and your account sees only "
+            f"{', '.join(scope) or 'no channel'}: ask an admin",
+        )

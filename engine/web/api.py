@@ -31,6 +31,9 @@ def register(console: Console) -> None:
     r("GET", "/api/reconciliation", "finance", api=True)(reconciliation)
     r("POST", "/api/invoices/{invoice}/{decision}", "release", api=True)(decide_invoice)
     r("GET", "/api/audit", "audit", api=True)(audit)
+    # revenue cycle: rejected charges, orphan credits (release, reject)
+    r("GET", "/api/revenue", "revenue", api=True)(revenue)
+    r("POST", "/api/credits/{credit}/{decision}", "credits", api=True)(decide_credit)
     # utilization and margin (the page's filters)
     r("GET", "/api/utilization", "utilization", api=True)(utilization)
 
@@ -233,5 +236,22 @@ async def utilization(ctx: Ctx) -> Response:
             "columns": pages.utilization_columns(by),
             "rows": rows,
         }
+
+    return await _guard(run)
+
+
+# -- revenue cycle -----------------------------------------------------------------------------
+async def revenue(ctx: Ctx) -> Response:
+    """The revenue-cycle page's data: unbilled usage, rejected charges, implants missing
+    lot/serial and held (orphan) credits of the person's channels."""
+    return json_response(await pages.revenue_data(ctx))
+
+
+async def decide_credit(ctx: Ctx, credit: str, decision: str) -> Response:
+    async def run() -> dict[str, Any]:
+        if decision not in ("release", "reject"):
+            raise Refused(404, f"expected release or reject (got {decision!r})")
+        note = _text(_body(ctx), "note")
+        return await actions.decide_credit(ctx.console, ctx.principal, _id(credit), decision, note)
 
     return await _guard(run)

@@ -42,6 +42,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "finance",
             "release",
             "revenue",
+            "credits",
             "utilization",
             "audit",
             "users",
@@ -49,7 +50,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     ),
     "supply_chain": frozenset({"supply", "work_items", "resolve"}),
     "finance": frozenset({"finance", "release", "utilization", "work_items", "resolve"}),
-    "revenue_cycle": frozenset({"revenue", "utilization", "work_items", "resolve"}),
+    "revenue_cycle": frozenset({"revenue", "credits", "utilization", "work_items", "resolve"}),
 }
 ROLES = tuple(ROLE_PERMISSIONS)
 

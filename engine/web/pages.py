@@ -38,6 +38,7 @@ def register(console: Console) -> None:
     r("GET", "/finance", "finance")(finance)
     r("POST", "/invoices/{invoice}/{decision}", "release")(decide_invoice)
     r("GET", "/revenue", "revenue")(revenue)
+    r("POST", "/credits/{credit}/{decision}", "credits")(decide_credit)
     r("GET", "/utilization", "utilization")(utilization)
     r("GET", "/mappings", "mappings")(mappings)
     r("GET", "/mappings/{table}", "mappings")(mapping_table)
@@ -447,8 +448,14 @@ def _days(ctx: Ctx, default: int) -> float:
     return (today - int(days) + 1) * 86400.0
 
 
+#: The reconciliation's name in a refusal (see :func:`actions.sees_every_channel`).
+RECONCILIATION = "inventory-to-finance reconciliation"
+
+
 async def reconciliation_data(ctx: Ctx) -> dict[str, Any]:
-    """Inventory-to-finance reconciliation over the last ``days`` (90) of booked usage."""
+    """Inventory-to-finance reconciliation over the last ``days`` (90) of booked usage; for
+    people who see every channel (Refused 403 otherwise; ValueError naming a bad argument)."""
+    actions.sees_every_channel(ctx.principal, RECONCILIATION)
     since = _days(ctx, 90)
     mappings = ctx.console.engine.project.mappings
     return await ctx.console.read(_reconciliation, ctx.console.store, mappings, since)
@@ -491,10 +498,16 @@ async def finance_data(ctx: Ctx) -> dict[str, Any]:
 
 
 async def finance(ctx: Ctx) -> Response:
+    recon: dict[str, Any] = {"rows": [], "periods": []}
+    recon_note = None
     try:
         recon = await reconciliation_data(ctx)
     except ValueError as exc:
         return ctx.page("refused.html", 400, text=str(exc))
+    except Refused as exc:  # a person limited to some channels: the page, without it
+        if ctx.args.get("format") == "csv":
+            return _refused(ctx, exc)
+        recon_note = str(exc)
     if ctx.args.get("format") == "csv":
         return Response(
             200,
@@ -511,26 +524,34 @@ async def finance(ctx: Ctx) -> Response:
         chart=chart,
         held_chart=held,
         recon=recon,
+        recon_note=recon_note,
         days=ctx.args.get("days", "90"),
     )
 
 
 async def decide_invoice(ctx: Ctx, invoice: str, decision: str) -> Response:
+    return await _decide(ctx, actions.decide_invoice, "invoice", invoice, decision, "/finance")
+
+
+async def decide_credit(ctx: Ctx, credit: str, decision: str) -> Response:
+    return await _decide(ctx, actions.decide_credit, "credit", credit, decision, "/revenue")
+
+
+async def _decide(ctx: Ctx, act: Any, noun: str, ident: str, decision: str, back: str) -> Response:
+    """A release or reject form (``act``: its action), answered with a redirect to ``back``."""
     if decision not in ("release", "reject"):
         return _refused(ctx, Refused(404, f"expected release or reject (got {decision!r})"))
     try:
-        out = await actions.decide_invoice(
-            ctx.console, ctx.principal, _int(invoice), decision, ctx.form.get("note", "")
-        )
+        out = await act(ctx.console, ctx.principal, _int(ident), decision, ctx.form.get("note", ""))
     except Refused as exc:
         return _refused(ctx, exc)
-    return _back("/finance", f"invoice {out.get('invoice', invoice)}: {out.get('status')}")
+    return _back(back, f"{noun} {out.get(noun, ident)}: {out.get('status')}")
 
 
 def _revenue(store: Any, now: float, channels: list[str] | None = None) -> dict[str, Any]:
     """Unbilled usage is what the ledger's job found chargeable and not charged in time: its
     open UNBILLED_USAGE work items (found by index, paged), not a scan of every event; work
-    items of the person's channels only."""
+    items, rejected charges and held credits of the person's channels only."""
     from engine.domains.ledger import reports as ledger
 
     unbilled = store.work_item_page(kind="UNBILLED_USAGE", limit=200, channels=channels).rows
@@ -540,8 +561,8 @@ def _revenue(store: Any, now: float, channels: list[str] | None = None) -> dict[
             "unbilled": unbilled,
             "unbilled_count": ages["open"],
             "unbilled_ages": views.age_buckets([(now - u["created_at"]) / 86400 for u in unbilled]),
-            "rejected": ledger.charges_in(rd, "rejected"),
-            "credits": ledger.held_credits(rd),
+            "rejected": ledger.charges_in(rd, "rejected", channels=channels),
+            "credits": ledger.held_credits(rd, channels=channels),
             "lot_serial": store.work_item_page(kind="MISSING_LOT_SERIAL", channels=channels).rows,
         }
 
@@ -606,7 +627,9 @@ def billable_filter(ctx: Ctx) -> bool | None:
 
 
 async def utilization_rows(ctx: Ctx) -> list[dict[str, Any]]:
-    """Utilization rows for the page's and the API's filters (ValueError naming a bad one)."""
+    """Utilization rows for the page's and the API's filters (ValueError naming a bad one);
+    for people who see every channel (Refused 403 otherwise)."""
+    actions.sees_every_channel(ctx.principal, "utilization")
     since = _days(ctx, 30)
     by = ctx.args.get("by", "item") or "item"
     billable = billable_filter(ctx)
@@ -617,11 +640,17 @@ async def utilization_rows(ctx: Ctx) -> list[dict[str, Any]]:
 async def utilization(ctx: Ctx) -> Response:
     from engine.domains.ledger.reports import UTILIZATION_GROUPS
 
+    note = None
     try:
         rows = await utilization_rows(ctx)
     except ValueError as exc:
         return ctx.page("refused.html", 400, text=str(exc))
+    except Refused as exc:  # a person limited to some channels: the page, without rows
+        if ctx.args.get("format") == "csv":
+            return _refused(ctx, exc)
+        rows, note = [], str(exc)
     by = ctx.args.get("by", "item") or "item"
+    by = by if by in UTILIZATION_GROUPS or note is None else "item"
     columns = utilization_columns(by)
     if ctx.args.get("format") == "csv":
         return Response(
@@ -638,6 +667,7 @@ async def utilization(ctx: Ctx) -> Response:
         groupings=list(UTILIZATION_GROUPS),
         days=ctx.args.get("days") or "30",
         billable=ctx.args.get("billable") or "all",
+        note=note,
     )
 
 

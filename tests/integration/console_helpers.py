@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlparse
 
-from engine.runner import DEMO_PORTS
+from engine.runner import DEMO_PORTS, start_console
+from engine.runtime import Engine
 from engine.web.auth import ROLES
 from tests.integration.helpers import ROOT, WHARF, Proc, Processes, free_port, wait_until
 
@@ -175,3 +176,16 @@ def add_account(
         args, input=PASSWORD + "\n", env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+async def engine_with_console(case: Any, root: Path) -> Engine:
+    """The engine of the project at ``root`` started in this process (the test's reactor) with
+    its console; both stopped at the test case's cleanup."""
+    from twisted.internet import defer, reactor
+
+    engine = Engine(root, reactor)
+    await engine.start()
+    case.addCleanup(lambda: defer.ensureDeferred(engine.stop()))
+    console = await start_console(engine)
+    case.addCleanup(lambda: defer.ensureDeferred(console.stop()))
+    return engine

@@ -25,10 +25,9 @@ from twisted.web import resource, server
 from twisted.web.client import HTTPConnectionPool
 
 from engine.domains.ledger.reports import UTILIZATION_FIGURES
-from engine.runner import start_console
-from engine.runtime import Engine
 from engine.testing.ports import free_port
 from engine.web import accounts
+from tests.integration.console_helpers import engine_with_console
 
 pytestmark = pytest.mark.integration
 
@@ -115,14 +114,10 @@ class ConsoleFlow(unittest.TestCase):
         )
         (self.root / "channels/usage_local.yaml").write_text(channel(url, "{}", issue=False))
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.engine = Engine(self.root, reactor)
         return defer.ensureDeferred(self._start())
 
     async def _start(self) -> None:
-        await self.engine.start()
-        self.addCleanup(lambda: defer.ensureDeferred(self.engine.stop()))
-        console = await start_console(self.engine)
-        self.addCleanup(lambda: defer.ensureDeferred(console.stop()))
+        self.engine = await engine_with_console(self, self.root)
         store = self.engine.store
         for name, roles in (("fin", ["finance"]), ("ops", ["operator"])):
             accounts.add_with_password(store, name, PASSWORD, roles=roles, actor="test")

@@ -75,6 +75,8 @@ class InMemoryLedgerRepository:
         message_id: str,
         correlation_id: str,
         now: float,
+        *,
+        channel: str | None = None,
     ) -> None:
         self.charges[event_id] = {
             "encounter": ev.encounter,
@@ -84,6 +86,7 @@ class InMemoryLedgerRepository:
             "transaction_type": transaction_type,
             "amount": None if ev.unit_price is None else ev.unit_price * quantity,
             "status": "pending",
+            "channel": channel,
         }
 
     def has_open_requisition(self, location: str, item: str) -> bool:

@@ -18,16 +18,22 @@ def _rows(tx: Any, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
+def _in_scope(channels: Sequence[str] | None, column: str = "channel") -> tuple[str, list[str]]:
+    """The ``AND column IN (...)`` of a person's channels and its arguments (None: every
+    channel, no condition; an empty scope: nothing)."""
+    if channels is None:
+        return "", []
+    marks = ", ".join("?" * len(channels)) or "NULL"
+    return f" AND {column} IN ({marks})", list(channels)
+
+
 def open_requisitions(
     tx: Any, limit: int = LIMIT, channels: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """Requisitions raised at a reorder point and still open, oldest first (par breaches); of
     ``channels`` only (the channel that raised them), when given. One raised before the
     channel was recorded, whose message is gone, is in no scope."""
-    scope, args = "", []
-    if channels is not None:
-        marks = ", ".join("?" * len(channels)) or "NULL"
-        scope, args = f" AND channel IN ({marks})", list(channels)
+    scope, args = _in_scope(channels)
     return _rows(
         tx,
         "SELECT id, location_id, item_id, quantity, uom, status, message_id, created_at, "
@@ -36,25 +42,34 @@ def open_requisitions(
     )
 
 
-def charges_in(tx: Any, status: str, limit: int = LIMIT) -> list[dict[str, Any]]:
-    """Charges in one status (``rejected``...), newest first."""
+def charges_in(
+    tx: Any, status: str, limit: int = LIMIT, channels: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Charges in one status (``rejected``...), newest first; of ``channels`` only (the
+    channel that booked them), when given. One booked before the channel was recorded and
+    not back-filled (ledger migration 10) is in no scope."""
+    scope, args = _in_scope(channels, "c.channel")
     return _rows(
         tx,
         "SELECT c.id, c.encounter, c.charge_code, c.quantity, c.uom, c.amount, c.status, "
-        "c.message_id, c.created_at, e.item_id, e.location_id FROM charges AS c "
-        "JOIN consumption_events AS e ON e.id = c.event_id WHERE c.status = ? "
+        "c.message_id, c.created_at, c.channel, e.item_id, e.location_id FROM charges AS c "
+        f"JOIN consumption_events AS e ON e.id = c.event_id WHERE c.status = ?{scope} "
         "ORDER BY c.created_at DESC LIMIT ?",
-        (status, limit),
+        (status, *args, limit),
     )
 
 
-def held_credits(tx: Any, limit: int = LIMIT) -> list[dict[str, Any]]:
-    """Credits held for want of the line they reverse (orphan credits), oldest first."""
+def held_credits(
+    tx: Any, limit: int = LIMIT, channels: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Credits held for want of the line they reverse (orphan credits), oldest first; of
+    ``channels`` only (the channel that carried them), when given."""
+    scope, args = _in_scope(channels)
     return _rows(
         tx,
         "SELECT id, business_key, reverses, channel, status, message_id, created_at "
-        "FROM held_credits WHERE status = 'held' ORDER BY created_at LIMIT ?",
-        (limit,),
+        f"FROM held_credits WHERE status = 'held'{scope} ORDER BY created_at LIMIT ?",
+        (*args, limit),
     )
 
 

@@ -79,6 +79,8 @@ class LedgerRepository(Protocol):
         message_id: str,
         correlation_id: str,
         now: float,
+        *,
+        channel: str | None = None,
     ) -> None: ...
 
     def has_open_requisition(self, location: str, item: str) -> bool: ...
@@ -236,12 +238,16 @@ class SqliteLedgerRepository:
         message_id: str,
         correlation_id: str,
         now: float,
+        *,
+        channel: str | None = None,
     ) -> None:
+        """A pending charge of ``channel`` (the channel that booked it: the console's scopes)."""
         priced = ev.unit_price is not None
         self.conn.execute(
             "INSERT INTO charges (event_id, encounter, charge_code, quantity, uom, "
             "transaction_type, amount, currency, status, message_id, correlation_id, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+            "created_at, updated_at, channel) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
             (
                 event_id,
                 ev.encounter,
@@ -255,6 +261,7 @@ class SqliteLedgerRepository:
                 correlation_id,
                 now,
                 now,
+                channel,
             ),
         )
 

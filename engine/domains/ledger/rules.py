@@ -115,7 +115,9 @@ def book_events(
         if ev.chargeable and routes.charge and ev.charge_code:
             ttype = "CD" if ev.kind == "credit" else "CG"
             qty = ev.billing_quantity if ev.billing_quantity is not None else ev.quantity
-            repo.add_charge(event_id, ev, qty, ttype, message_id, correlation_id, now)
+            repo.add_charge(
+                event_id, ev, qty, ttype, message_id, correlation_id, now, channel=channel
+            )
             if charge_payload is not None:
                 data, ctype = charge_payload(ev)
                 out.append(

@@ -502,6 +502,35 @@ MIGRATION_ROLLUPS: Migration = (
     _sqlite_rollups,
 )
 
+#: The channel whose message booked each charge (the console's per-channel scopes of rejected
+#: charges), written with every new charge; of those from before, only the charges still
+#: pending or rejected (the few a person may still see on the revenue-cycle page, found by
+#: their status index) take it from their message where it is still stored; the others keep
+#: NULL (in no scope: seen only by people who see every channel). One self-contained entry.
+_CHARGE_CHANNEL = [
+    "ALTER TABLE charges ADD COLUMN channel TEXT",
+    "UPDATE charges SET channel = (SELECT m.channel FROM messages AS m "
+    "WHERE m.id = charges.message_id) WHERE status IN ('pending', 'rejected') "
+    "AND channel IS NULL",
+    "CREATE INDEX IF NOT EXISTS idx_charges_channel ON charges(channel, status, created_at)",
+]
+
+
+def _charge_channel(conn: sqlite3.Connection) -> None:
+    """The ``channel`` column where missing, back-filled for pending and rejected charges from
+    their messages, and its index."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(charges)")}
+    for statement in _CHARGE_CHANNEL:
+        if "ADD COLUMN" not in statement or "channel" not in have:
+            conn.execute(statement)
+
+
+MIGRATION_CHARGE_CHANNEL: Migration = (
+    10,
+    "the channel that booked each charge (console scopes)",
+    _charge_channel,
+)
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "events, stock moves, on-hand, charges, requisitions", _TABLES),
     (2, "requisitions asked for by a sender: business key", _requested_requisitions),
@@ -512,6 +541,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
     MIGRATION_PHYSICIAN_PAYER,
     MIGRATION_REQUISITION_CHANNEL,
     MIGRATION_ROLLUPS,
+    MIGRATION_CHARGE_CHANNEL,
 ]
 
 
@@ -549,6 +579,7 @@ POSTGRESQL_MIGRATIONS: list[Migration] = [
         ddl_all(_REQUISITION_CHANNEL),
     ),
     (MIGRATION_ROLLUPS[0], MIGRATION_ROLLUPS[1], _pg_rollups()),
+    (MIGRATION_CHARGE_CHANNEL[0], MIGRATION_CHARGE_CHANNEL[1], ddl_all(_CHARGE_CHANNEL)),
 ]
 
 
