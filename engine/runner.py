@@ -38,6 +38,12 @@ def env_port(name: str, default: int) -> int:
 
 
 MLLP_SAMPLES = ("dft_p03_stent_cath.hl7", "dft_p03_latin1.hl7", "broken/unsupported_version.hl7")
+#: The revenue-cycle page's demo (samples/hl7/revenue/, sent to the ledger's MLLP channel): the
+#: charge code the billing sandbox is told to reject while its message goes through.
+DEMO_REJECTED_CHARGE = "272100008"
+#: How long chargeable usage may wait for an accepted charge in the demo (routes.yaml's
+#: unbilled_after; 4h unless UNBILLED_AFTER says otherwise).
+DEMO_UNBILLED_AFTER = "5s"
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -89,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     _start_logging(getattr(args, "log_format", "text"))
     root: Path = args.root
     sandbox = None
+    if args.demo:
+        os.environ.setdefault("UNBILLED_AFTER", DEMO_UNBILLED_AFTER)
     if args.demo and "ERP_URL" not in os.environ:
         from engine.sandbox.service import SandboxService
 
@@ -293,6 +301,7 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
                 f"{req.get('item')} for {req.get('location')} "
                 f"({req.get('reason')}, {req.get('status')})"
             )
+    await demo_revenue(engine, root, reactor, sandbox)
     fhir_ok = await demo_fhir(engine, root, reactor)
     po_ok = await demo_purchasing(engine, root, reactor, sandbox)
     settled = not any(r.status in ("received", "queued") for r in rows)
@@ -307,6 +316,53 @@ async def demo(engine: Any, root: Path, reactor: Any, sandbox: Any = None) -> bo
         "sandbox state in var/sandbox.db. Drop more files into the inbox, or Ctrl-C."
     )
     return settled and (sent > 0 or duplicates > 0) and fhir_ok and po_ok
+
+
+async def demo_revenue(engine: Any, root: Path, reactor: Any, sandbox: Any) -> None:
+    """What the revenue-cycle page is for, sent to the ledger's MLLP channel: an implant without
+    the lot its item requires (held, MISSING_LOT_SERIAL), a charge the billing sandbox rejects
+    (AE: a rejected charge, then UNBILLED_USAGE once ``unbilled_after`` has passed) and a credit
+    for a line never charged (held, ORPHAN_CREDIT). A second run sends the same messages: each
+    is a duplicate, nothing is booked twice."""
+    src = engine.sources.get("usage_ledger")
+    port = getattr(src, "port", None)
+    if port is None:
+        return
+    billing = getattr(sandbox, "billing", None)
+    if billing is not None:
+        billing.reject_codes.add(DEMO_REJECTED_CHARGE)
+    try:
+        picks = sorted((root / "samples" / "hl7" / "revenue").glob("*.hl7"))
+        await send_over_mllp("usage_ledger", port.getHost().port, picks, reactor, resend=False)
+        seen: dict[str, int] = {}
+        for _ in range(60):  # up to 30 s: the unbilled check runs every unbilled_after / 4
+            seen = await engine.executor.submit(_revenue_counts, engine.store)
+            if all(seen.values()):
+                break
+            await task.deferLater(reactor, 0.5, lambda: None)
+    finally:
+        if billing is not None:
+            billing.reject_codes.discard(DEMO_REJECTED_CHARGE)
+    print(
+        "demo: the revenue cycle has "
+        + ", ".join(f"{n} {what}" for what, n in seen.items())
+        + " (the console's /revenue)"
+    )
+
+
+def _revenue_counts(store: Any) -> dict[str, int]:
+    """What the revenue-cycle page lists, counted (the demo waits for each)."""
+    from engine.domains.ledger import reports as ledger
+
+    with store.reading() as rd:
+        rejected = len(ledger.charges_in(rd, "rejected"))
+        credits = len(ledger.held_credits(rd))
+    kinds = {
+        "implant(s) missing lot/serial": "MISSING_LOT_SERIAL",
+        "unbilled usage": "UNBILLED_USAGE",
+    }
+    items = {what: len(store.work_item_page(kind=k, limit=10).rows) for what, k in kinds.items()}
+    return {"rejected charge(s)": rejected, **items, "orphan credit(s)": credits}
 
 
 def _message_count(store: Any) -> int:
@@ -450,9 +506,12 @@ async def demo_refused_receipt(inbound: Path, number: str, reactor: Any, sandbox
     print(f"demo: the vendor dropped {name}: {refused}; /finance#recon-receipts shows it")
 
 
-async def send_over_mllp(channel: str, port: int, paths: list[Path], reactor: Any) -> None:
+async def send_over_mllp(
+    channel: str, port: int, paths: list[Path], reactor: Any, *, resend: bool = True
+) -> None:
     """Send a few samples to an MLLP listener, the way a hospital system would, and show the
-    ACKs; the second send of the first sample shows a resend answered with the same ACK."""
+    ACKs; with ``resend``, the second send of the first sample shows a resend answered with the
+    same ACK."""
     from twisted.internet import endpoints
 
     from engine.codecs.hl7v2 import tokenize
@@ -461,8 +520,9 @@ async def send_over_mllp(channel: str, port: int, paths: list[Path], reactor: An
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     client = await endpoints.connectProtocol(endpoint, MLLPClientProtocol())
     await client.ready
-    print(f"demo: sending {len(paths) + 1} message(s) over MLLP to {channel} on port {port}")
-    for path in [paths[0], *paths]:
+    n = len(paths) + (1 if resend else 0)
+    print(f"demo: sending {n} message(s) over MLLP to {channel} on port {port}")
+    for path in [paths[0], *paths] if resend else paths:
         ack = tokenize(await client.send(path.read_bytes()))
         err = ack.get("ERR-8") or ack.get("MSA-3") or ""
         print(

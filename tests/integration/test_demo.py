@@ -87,6 +87,22 @@ def test_a_second_run_in_the_same_folder_says_what_it_did(demo_runs: tuple) -> N
     assert acks and acks == re.findall(r"-> MSA-1 AA MSA-2 (\S+) \(ACK (\S+)\)", out)
 
 
+def test_the_demo_fills_the_revenue_cycle_once(demo_runs: tuple) -> None:
+    """samples/hl7/revenue/ over MLLP to usage_ledger: an implant without its lot, a charge the
+    billing sandbox rejects (unbilled once UNBILLED_AFTER, 5s in the demo, has passed) and a
+    credit for a line never charged; run again, each is a duplicate and nothing is doubled."""
+    _, (first, second) = demo_runs
+    said = (
+        "demo: the revenue cycle has 1 rejected charge(s), 1 implant(s) missing lot/serial, "
+        "1 unbilled usage, 1 orphan credit(s) (the console's /revenue)"
+    )
+    assert said in first.stdout, first.stdout[-3000:]
+    assert said in second.stdout, second.stdout[-3000:]
+    # the billing sandbox answered AE once, in the first run (the second sent it no charge)
+    assert [line for line in (first.stdout + first.stderr).splitlines() if "AE (ERR 103)" in line]
+    assert not [line for line in (second.stdout + second.stderr).splitlines() if "AE (ERR" in line]
+
+
 def test_the_readme_lists_every_variable_that_moves_a_listener() -> None:
     """Each ${VAR} in a shipped listen string, a sandbox port or the billing port is a row of
     the README's table."""

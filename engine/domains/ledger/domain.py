@@ -105,7 +105,8 @@ UNBILLED_AFTER = Field(
     Duration(),
     4 * 3600.0,
     "Chargeable usage with no accepted charge after this long opens an UNBILLED_USAGE "
-    "work item (checked every minute; 0 = off).",
+    "work item (checked every minute, or every quarter of this when that is shorter; "
+    "0 = off).",
 )
 
 
@@ -330,7 +331,7 @@ class LedgerDomain:
             jobs.append(
                 Job(
                     "unbilled usage",
-                    60.0,
+                    min(60.0, max(1.0, older_than / 4)),
                     unbilled,
                     alert="unbilled usage: {n} new UNBILLED_USAGE work item(s)",
                 )
