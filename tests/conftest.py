@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,17 @@ def store_location(request: Any, tmp_path: Path) -> Path | str:
     if request.param == "sqlite":
         return tmp_path / "data" / "wharf.db"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[Any]) -> None:
+    """schemathesis's cases (one per operation of the console's OpenAPI document) get ids of
+    their own: under pytest 9 each is ``test_...`` without its ``[METHOD /path]``, and
+    pytest-xdist, which schedules by id, then ran one operation of the seventeen."""
+    for item in items:
+        label = getattr(item, "operation_label", None)
+        if label and item.id.params is None:
+            item._id = item.id.with_params(label)
+    duplicated = sorted(i for i, n in Counter(item.nodeid for item in items).items() if n > 1)
+    if duplicated:
+        raise pytest.UsageError(f"tests with the same id run only once under xdist: {duplicated}")
