@@ -247,8 +247,13 @@ class AlertRestartTests(unittest.TestCase):
         self.hook.code = 200
         second = yield defer.ensureDeferred(self.engine())
         yield defer.ensureDeferred(wait_for(lambda: len(self.hook.posts) >= 2, "the fire sent"))
-        (kept,) = second.store.alert_states()
-        self.assertIsNotNone(kept["fired_sent_at"])
+        # the webhook's 200 is recorded after the hook has seen the POST: wait for the store
+        yield defer.ensureDeferred(
+            wait_for(
+                lambda: second.store.alert_states()[0]["fired_sent_at"] is not None,
+                "the fire recorded as sent",
+            )
+        )
         self.erp.code = 201
         yield defer.ensureDeferred(wait_for(lambda: len(self.hook.posts) >= 3, "the clear"))
         evaluations = second.alerts.evaluations

@@ -26,7 +26,7 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 
 from engine.runtime import Engine
-from tests.integration.helpers import restore_env
+from tests.integration.helpers import free_port, restore_env
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +126,9 @@ class HotReloadTest(unittest.TestCase):
                 other.unlink()
         routes = self.root / "routes.yaml"
         # reloads happen when the test calls reload_if_changed(), not on the 2 s timer
-        routes.write_text(routes.read_text().replace("reload_interval: 2s", "reload_interval: 0"))
+        # and the SFTP server on a port of this worker's, not the shipped 2222 another run holds
+        text = routes.read_text().replace("reload_interval: 2s", "reload_interval: 0")
+        routes.write_text(text.replace("${SFTP_PORT:-2222}", str(free_port())))
         self.channel_file = self.root / "channels" / f"{CHANNEL}.yaml"
         self.edit_channel(
             ("min_age: 200ms", "min_age: 0s"), ("poll_interval: 500ms", "poll_interval: 50ms")
