@@ -123,7 +123,11 @@ class Invoice:
 
 def _invoice_line(b: _LineBuilder, po_line_refs: tuple[str, ...]) -> InvoiceLine:
     lot, serial = b.lot_serial()
-    po_line = next((r.value for r in b.refs if r.qualifier in po_line_refs and r.value), None)
+    po_line = None
+    for ref in b.refs:
+        if ref.value and ref.qualifier in po_line_refs:
+            po_line = ref.value
+            break
     return InvoiceLine(
         line_number=b.line_number,
         quantity=b.quantity,
