@@ -690,8 +690,11 @@ class _Matcher:
             raise found
         return found
 
-    def received_base(self, line: OrderLine) -> Decimal:
-        no = _line_no(line.line_number)
+    def received_base(self, line: OrderLine, no: str | None = None) -> Decimal:
+        """What was received on this PO line (net of returns), in base units; ``no``: its
+        line number as compared, when the caller has it."""
+        if no is None:
+            no = _line_no(line.line_number)
         found = self.received.get(no)
         if found is None:
             total = ZERO
@@ -862,7 +865,7 @@ class _Matcher:
                 )
             if po.receipt_required:
                 try:
-                    received = self.received_base(po)
+                    received = self.received_base(po, no)
                 except MappingMiss as exc:
                     issues.append(
                         Issue(
@@ -1080,7 +1083,8 @@ def match_invoice(
         )
     tax = sum((t.amount or ZERO for t in invoice.taxes), ZERO)
     for inv_line in invoice.lines:
-        tax += sum((t.amount or ZERO for t in inv_line.taxes), ZERO)
+        if inv_line.taxes:  # most lines have none: adding nothing is skipped
+            tax += sum((t.amount or ZERO for t in inv_line.taxes), ZERO)
     line_results: list[LineResult] = []
     retry = False
     invoiced: dict[str, Decimal] = {}
