@@ -53,6 +53,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from engine.errors import ConfigError, MappingMiss, UomConversionMissing
+from engine.model import record_maker
 from engine.x12.documents import Invoice, InvoiceLine, PurchaseOrder, PurchaseOrderLine, gtin14
 
 __all__ = [
@@ -481,6 +482,8 @@ class MatchResult:
             return ()
         return tuple(line for line in self.lines if line.matched)
 
+
+_new_line_result = record_maker(LineResult)  # one per invoice line: made by the ten thousand
 
 # --------------------------------------------------------------------------- helpers
 
@@ -928,7 +931,7 @@ class _Matcher:
                         label,
                     )
                 )
-        return LineResult(
+        return _new_line_result(
             invoice_line=label,
             po_line=po.line_number,
             issues=tuple(issues),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
+from engine.model import record_maker
 from engine.x12.documents.common import (
     Charge,
     DateRef,
@@ -121,6 +122,9 @@ class Invoice:
         return tuple(out)
 
 
+_new_invoice_line = record_maker(InvoiceLine)  # one per IT1: made by the ten thousand
+
+
 def _invoice_line(b: _LineBuilder, po_line_refs: tuple[str, ...]) -> InvoiceLine:
     lot, serial = b.lot_serial()
     po_line = None
@@ -128,7 +132,7 @@ def _invoice_line(b: _LineBuilder, po_line_refs: tuple[str, ...]) -> InvoiceLine
         if ref.value and ref.qualifier in po_line_refs:
             po_line = ref.value
             break
-    return InvoiceLine(
+    return _new_invoice_line(
         line_number=b.line_number,
         quantity=b.quantity,
         unit=b.unit,
