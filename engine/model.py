@@ -7,9 +7,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal, TypeVar
 
 #: Message statuses (Mirth's vocabulary). ``received`` and ``queued`` are not terminal.
 RECEIVED = "received"  # stored, waiting for the pipeline
@@ -63,6 +63,48 @@ WORK_ITEM_KINDS: dict[str, str] = {
     "X12_NOT_APPLIED": "an accepted 855/856/810 whose purpose (a cancellation, a replacement, a "
     "duplicate...) Wharf does not apply by itself",
 }
+
+_R = TypeVar("_R")
+
+
+def record_maker(cls: type[_R]) -> Callable[..., _R]:
+    """A quick constructor for the frozen dataclass ``cls``, for records made by the ten
+    thousand (a line of a large X12 document or of its match).
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (about
+    0.13 us a field: 1.8 us for 14 fields); the maker gives the new record its fields as one
+    dict (0.9 us). The record is the same: equal, same hash, repr, ``vars()`` and pickle, and
+    as frozen. It costs memory: the fields are kept in a dict of their own (about 320 bytes
+    more a record of 14 fields). Every field must be given, by name, in the class's order
+    (``TypeError`` otherwise); a class whose ``__init__`` does more than set its fields
+    (``__post_init__``, ``init=False`` fields, slots) is refused.
+    """
+    if not is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+        raise TypeError(f"{cls.__name__} is not a frozen dataclass")
+    every = fields(cls)
+    if (
+        hasattr(cls, "__post_init__")
+        or "__slots__" in cls.__dict__
+        or not all(f.init for f in every)
+    ):
+        raise TypeError(f"{cls.__name__}.__init__ does more than set its fields")
+    names = tuple(f.name for f in every)
+    new = object.__new__
+    set_dict = object.__setattr__
+
+    def make(**values: Any) -> _R:
+        if tuple(values) != names:
+            raise TypeError(
+                f"{cls.__name__} takes every field in order: {', '.join(names)} "
+                f"(got {', '.join(values)})"
+            )
+        record = new(cls)
+        set_dict(record, "__dict__", values)
+        return record
+
+    make.__name__ = f"make_{cls.__name__}"
+    return make
+
 
 _NS = uuid.UUID("6f0b1c1e-8a8f-4a55-9a53-77686172660a")
 

@@ -165,7 +165,7 @@ class _NotModelled(Exception):
 class SegmentCheck:
     """A compiled, conservative validity test for one map segment node."""
 
-    __slots__ = ("count", "need", "notes", "rules", "rules0", "syntax")
+    __slots__ = ("count", "need", "notes", "positions", "rules", "syntax")
 
     def __init__(self, node: segment_if) -> None:
         if node.id == "DTP":  # pyx12 special-cases DTP dates; leave it to pyx12
@@ -189,7 +189,10 @@ class SegmentCheck:
         ]
         if any(len(idx) < 2 for _, idx, _first in self.syntax):
             raise _NotModelled  # pyx12 reports such a note as an error in itself
-        self.rules0 = [_SegmentId(), *self.rules]
+        # what _ok reads of each position (0: the segment id), taken off the rules once
+        self.positions = tuple(
+            (rule.memo, rule.learn, rule.required) for rule in (_SegmentId(), *self.rules)
+        )
         self.notes: dict[int, bool] = {}  # presence mask -> the notes hold
 
     def ok(self, seg: Any) -> bool:
@@ -219,15 +222,16 @@ class SegmentCheck:
             return False
         mask = 0  # bit k: element k present (bit 0: the segment id)
         bit = 1
-        for rule, value in zip(self.rules0, els, strict=False):  # els may be shorter
+        for (memo, learn, required), value in zip(self.positions, els, strict=False):
+            # (els may be shorter)
             if value:
-                hit = rule.memo.get(value)
+                hit = memo.get(value)
                 if hit is None:
-                    hit = rule.learn(value)
+                    hit = learn(value)
                 if not hit:
                     return False
                 mask |= bit
-            elif rule.required:
+            elif required:
                 return False
             bit <<= 1
         if not self.syntax:

@@ -492,9 +492,12 @@ def _check_first_segment(span: Span, base: int) -> list[Issue]:
     """The segment after the ISA must be GS, TA1 or IEA written with the ISA's separators;
     otherwise the separators of the data differ from the ones the ISA declares."""
     h = span.header
-    rest = span.text[h.end - h.start :].lstrip(_WS)
-    j = rest.find(h.segment)
-    first = rest if j < 0 else rest[:j]
+    text = span.text
+    at, n = h.end - h.start, len(text)
+    while at < n and text[at] in _WS:
+        at += 1
+    j = text.find(h.segment, at)  # the first segment only: the rest of the text is not copied
+    first = text[at:] if j < 0 else text[at:j]
     tag = first.split(h.element)[0]
     if tag in ("GS", "TA1", "IEA") and not any(c in first for c in "\r\n"):
         return []

@@ -305,6 +305,21 @@ def test_gtin_forms_compare_equal() -> None:
     assert result.matched and result.lines[0].po_line == "1"
 
 
+@pytest.mark.parametrize(("buyer_item", "reasons"), [("ITEM-7", set()), ("ITEM-8", {Reason.ITEM})])
+def test_invoice_buyer_item_is_compared_with_the_po_lines_erp_item(
+    buyer_item: str, reasons: set[Reason]
+) -> None:
+    """The invoice echoes the PO line's vendor part and adds a buyer item (IN) the PO line
+    does not send: it is compared with the line's ERP item id (the same: matched; another:
+    ITEM), though every id the PO line sends is on the invoice."""
+    order = Order(
+        PO, (OrderLine("1", "item-7", D(5), "EA", D("2.00"), product_ids=(("VC", "PAD-1"),)),)
+    )
+    line = replace(L("1", "5", "EA", "2.00"), product_ids=(("VC", "PAD-1"), ("IN", buyer_item)))
+    result = match_invoice(invoice([line]), order, [Receipt("1", D(5), "EA")], convert=CONVERT)
+    assert set(result.lines[0].reasons) == reasons
+
+
 EX_850 = """\
 ISA*00*          *00*          *ZZ*HOSPITALID     *ZZ*VENDORID       *260115*1030*U*00401*000000001*1*P*>~
 GS*PO*HOSPITALID*VENDORID*20260115*1030*1*X*004010~

@@ -53,6 +53,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from engine.errors import ConfigError, MappingMiss, UomConversionMissing
+from engine.model import record_maker
 from engine.x12.documents import Invoice, InvoiceLine, PurchaseOrder, PurchaseOrderLine, gtin14
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
 ]
 
 ZERO = Decimal(0)
+ONE = Decimal(1)
 HUNDRED = Decimal(100)
 CENT = Decimal("0.01")
 
@@ -481,6 +483,8 @@ class MatchResult:
         return tuple(line for line in self.lines if line.matched)
 
 
+_new_line_result = record_maker(LineResult)  # one per invoice line: made by the ten thousand
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -527,12 +531,13 @@ def converter_from_table(table: Mapping[tuple[str, str], Decimal]) -> Converter:
 
 _GROUPS = {"VC": "V", "VN": "V", "VP": "V", "IN": "B", "BP": "B", "UK": "G", "EN": "G", "UP": "G"}
 _NOT_ITEM_IDS = frozenset(("LT", "SN", "PD"))  # lot, serial, description
+_BUYER = frozenset(q for q, group in _GROUPS.items() if group == "B")
 
 
-def _keys(product_ids: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
-    """Comparable item ids by group: vendor part (V), buyer item (B), GTIN-14 (G), else the
-    qualifier itself."""
-    out: dict[str, set[str]] = {}
+def _item_ids(product_ids: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Comparable item ids, each once, as (group, id): vendor part (V), buyer item (B),
+    GTIN-14 (G), else the qualifier itself."""
+    out: list[tuple[str, str]] = []
     for qual, value in product_ids:
         if qual in _NOT_ITEM_IDS:
             continue
@@ -543,27 +548,52 @@ def _keys(product_ids: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
                 continue
         else:
             norm = value.strip().upper()
-        if norm:
-            out.setdefault(group, set()).add(norm)
+        if norm and (group, norm) not in out:
+            out.append((group, norm))
     return out
 
 
-def _po_keys(line: OrderLine) -> dict[str, set[str]]:
+def _po_ids(line: OrderLine) -> list[tuple[str, str]]:
     """A PO line's comparable item ids; its ERP item id counts as the buyer's (B) when it
     sends none."""
-    keys = _keys(line.product_ids)
-    if "B" not in keys and line.item_id:
-        keys["B"] = {line.item_id.strip().upper()}
-    return keys
+    ids = _item_ids(line.product_ids)
+    if line.item_id:
+        for group, _value in ids:
+            if group == "B":
+                break
+        else:
+            ids.append(("B", line.item_id.strip().upper()))
+    return ids
 
 
-def _conflict(a: dict[str, set[str]], b: dict[str, set[str]]) -> str | None:
-    """The first id group both sides carry with no value in common, else None."""
-    for group, values in b.items():
-        other = a.get(group)
-        if other is not None and not (other & values):
-            return group
-    return None
+def _clash(theirs: list[tuple[str, str]], ours: list[tuple[str, str]]) -> bool:
+    """Whether an id group both sides carry has no id in common (lists of a few ids: no sets
+    are built)."""
+    for group, _value in ours:
+        carried = False
+        for key in theirs:
+            if key[0] == group:
+                if key in ours:
+                    break
+                carried = True
+        else:
+            if carried:
+                return True
+    return False
+
+
+def _covers(po: OrderLine, product_ids: Iterable[tuple[str, str]]) -> bool:
+    """A quick proof that an invoice line's ``product_ids`` agree with PO line ``po``'s (no
+    :func:`_clash`): every id the PO line sends is among them as it stands, so each group the
+    PO line carries has an id in common with them, and they send no buyer item id (IN, BP)
+    that the PO line's ERP item id would answer for. False proves nothing."""
+    for pair in po.product_ids:
+        if pair not in product_ids:
+            return False
+    for qual, _value in product_ids:
+        if qual in _BUYER:
+            return False
+    return True
 
 
 def _line_no(text: str | None) -> str:
@@ -632,10 +662,10 @@ class _Matcher:
         self.factors: dict[tuple[str, str, str], Decimal | MappingMiss] = {}
         self.retry = False
 
-    def keys(self, no: str) -> dict[str, set[str]]:
-        """The comparable item ids of PO line number ``no`` (see :func:`_keys`); worked out
+    def keys(self, no: str) -> list[tuple[str, str]]:
+        """The comparable item ids of PO line number ``no`` (see :func:`_po_ids`); worked out
         per look-up, not kept (an invoice line bills its PO line once, as a rule)."""
-        return _po_keys(self._last[no])
+        return _po_ids(self._last[no])
 
     @property
     def by_key(self) -> dict[tuple[str, str], list[OrderLine]]:
@@ -643,18 +673,19 @@ class _Matcher:
         if self._by_key is None:
             index: dict[tuple[str, str], list[OrderLine]] = {}
             for line in self.order.lines:
-                for group, values in _po_keys(line).items():
-                    for value in values:
-                        index.setdefault((group, value), []).append(line)
+                for key in _po_ids(line):
+                    index.setdefault(key, []).append(line)
             self._by_key = index
         return self._by_key
 
     def factor(self, item: str, unit: str, base: str) -> Decimal:
+        if unit == base:
+            return ONE
         key = (item, unit, base)
         found = self.factors.get(key)
         if found is None:
             try:
-                found = Decimal(1) if unit == base else self.convert(item, unit, base)
+                found = self.convert(item, unit, base)
             except MappingMiss as exc:
                 found = exc
             self.factors[key] = found
@@ -662,8 +693,11 @@ class _Matcher:
             raise found
         return found
 
-    def received_base(self, line: OrderLine) -> Decimal:
-        no = _line_no(line.line_number)
+    def received_base(self, line: OrderLine, no: str | None = None) -> Decimal:
+        """What was received on this PO line (net of returns), in base units; ``no``: its
+        line number as compared, when the caller has it."""
+        if no is None:
+            no = _line_no(line.line_number)
         found = self.received.get(no)
         if found is None:
             total = ZERO
@@ -708,19 +742,17 @@ class _Matcher:
 
     def find(self, inv: InvoiceLine) -> tuple[OrderLine | None, Issue | None]:
         no = _line_no(inv.po_line or inv.line_number)
-        keys = _keys(inv.product_ids)
         numbered = self.by_number.get(no)
-        clash = None
-        if numbered is not None:
-            clash = _conflict(self.keys(_line_no(numbered.line_number)), keys)
-            if clash is None:
-                return numbered, None
+        if numbered is not None and _covers(self._last[no], inv.product_ids):
+            return numbered, None  # the common case, proved without normalising an id
+        ids = _item_ids(inv.product_ids)
+        if numbered is not None and not _clash(self.keys(no), ids):
+            return numbered, None
         candidates: dict[int, OrderLine] = {}
-        for group, values in keys.items():
-            for value in values:
-                for line in self.by_key.get((group, value), ()):
-                    if _conflict(self.keys(_line_no(line.line_number)), keys) is None:
-                        candidates.setdefault(id(line), line)
+        for key in ids:
+            for line in self.by_key.get(key, ()):
+                if not _clash(self.keys(_line_no(line.line_number)), ids):
+                    candidates.setdefault(id(line), line)
         if candidates:
             # Several PO lines for the same item: the first one not yet fully invoiced.
             ordered = sorted(candidates.values(), key=lambda line: self.rank[id(line)])
@@ -836,7 +868,7 @@ class _Matcher:
                 )
             if po.receipt_required:
                 try:
-                    received = self.received_base(po)
+                    received = self.received_base(po, no)
                 except MappingMiss as exc:
                     issues.append(
                         Issue(
@@ -899,7 +931,7 @@ class _Matcher:
                         label,
                     )
                 )
-        return LineResult(
+        return _new_line_result(
             invoice_line=label,
             po_line=po.line_number,
             issues=tuple(issues),
@@ -1054,7 +1086,8 @@ def match_invoice(
         )
     tax = sum((t.amount or ZERO for t in invoice.taxes), ZERO)
     for inv_line in invoice.lines:
-        tax += sum((t.amount or ZERO for t in inv_line.taxes), ZERO)
+        if inv_line.taxes:  # most lines have none: adding nothing is skipped
+            tax += sum((t.amount or ZERO for t in inv_line.taxes), ZERO)
     line_results: list[LineResult] = []
     retry = False
     invoiced: dict[str, Decimal] = {}

@@ -291,7 +291,8 @@ def _missing(ts: TransactionSet, segment: str, what: str) -> X12DocumentError:
 
 
 def _ref(seg: list[str]) -> Reference:
-    return Reference(_el(seg, 1), _el(seg, 2), _el(seg, 3))
+    n = len(seg)
+    return Reference(seg[1] if n > 1 else "", seg[2] if n > 2 else "", seg[3] if n > 3 else "")
 
 
 def _dtm(ts: TransactionSet, i: int) -> DateRef:
@@ -415,9 +416,15 @@ class _LineBuilder:
         self.price_basis = _el(seg, 5)
         pairs = _pairs(seg, 6)
         self.pairs = pairs
-        self.product_ids = tuple(p for p in pairs if p[0] not in _LOT_SERIAL)
-        self.lot = next((v for q, v in pairs if q == "LT"), None)
-        self.serial = next((v for q, v in pairs if q == "SN"), None)
+        self.lot = self.serial = None
+        for q, _v in pairs:
+            if q in _LOT_SERIAL:
+                self.product_ids = tuple(p for p in pairs if p[0] not in _LOT_SERIAL)
+                self.lot = next((v for q, v in pairs if q == "LT"), None)
+                self.serial = next((v for q, v in pairs if q == "SN"), None)
+                break
+        else:
+            self.product_ids = tuple(pairs)  # the common case: no lot or serial number
         self.description: list[str] = []
         self.refs: list[Reference] = []
         self.dates: list[DateRef] | tuple[()] = ()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
+from engine.model import record_maker
 from engine.x12.documents.common import (
     Charge,
     DateRef,
@@ -121,10 +122,17 @@ class Invoice:
         return tuple(out)
 
 
+_new_invoice_line = record_maker(InvoiceLine)  # one per IT1: made by the ten thousand
+
+
 def _invoice_line(b: _LineBuilder, po_line_refs: tuple[str, ...]) -> InvoiceLine:
     lot, serial = b.lot_serial()
-    po_line = next((r.value for r in b.refs if r.qualifier in po_line_refs and r.value), None)
-    return InvoiceLine(
+    po_line = None
+    for ref in b.refs:
+        if ref.value and ref.qualifier in po_line_refs:
+            po_line = ref.value
+            break
+    return _new_invoice_line(
         line_number=b.line_number,
         quantity=b.quantity,
         unit=b.unit,
