@@ -61,17 +61,22 @@ def browser() -> Iterator[Any]:
 
 
 def follow(driver: Any, element: Any) -> None:
-    """Click a link or a form's button and wait until the browser has left the page: a look
-    for the next page's elements before then would find (or go stale on) the old page's."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    """Click a link or a form's button and wait until the browser has left the page and the
+    next one is complete. The old page is recognised by a mark set on its window, not by an
+    element handle: asking chromedriver about a handle whose document is being replaced can
+    fail with "Node with given id does not belong to the document" instead of reporting it
+    stale, and a script run while the next page is loading can fail too; those failures are
+    retried until the wait's limit."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    page = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("window.__wharfLeft = true")
     element.click()
-    wait = WebDriverWait(driver, 15)
-    wait.until(expected_conditions.staleness_of(page))
-    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return window.__wharfLeft !== true && document.readyState === 'complete'"
+        )
+    )
 
 
 def log_in(driver: Any, demo: Demo, name: str) -> None:
