@@ -93,7 +93,9 @@ class Engine(OrderedServices):
         if self.store.shared:  # type: ignore[attr-defined]
             from engine.runtime.coordination import SharedCoordination
 
-            self.resources.coordination = SharedCoordination(self.store, self.executor)
+            self.resources.coordination = SharedCoordination(
+                self.store, self.executor, reactor=reactor
+            )
         threads_ = self.project.settings.pipeline_threads
         self.pool = ThreadPool(1, threads_, name="wharf-pipeline")
         self.channels: dict[str, Channel] = {}
@@ -167,6 +169,8 @@ class Engine(OrderedServices):
         self.store.open()
         self.executor.start()
         self.pool.start()
+        if self.store.shared:  # type: ignore[attr-defined]
+            self.resources.coordination.start()
         await self.executor.submit(migrate_domains, self.store, self.registry)
         counts = await self.executor.submit(self.store.recover, time.time())
         log.info("recovery: {counts}", counts=counts)
@@ -227,6 +231,8 @@ class Engine(OrderedServices):
             await self.alerts.close()
         await self.executor.stop()
         self.pool.stop()
+        if self.store.shared:  # type: ignore[attr-defined]
+            self.resources.coordination.stop()
         self.store.close()
 
     # -- listening -----------------------------------------------------------------------------
