@@ -355,9 +355,9 @@ async def work_items(ctx: Ctx) -> Response:
         data = await work_item_data(ctx)
     except ValueError as exc:
         return _refused(ctx, Refused(400, str(exc)))
-    ages = [(k["kind"][:14], round((k["oldest_age"] or 0) / 86400, 1)) for k in data["kinds"]]
+    ages = [(k["kind"], round((k["oldest_age"] or 0) / 86400, 1)) for k in data["kinds"]]
     svg_open = charts.bars(
-        "open work items by kind", [(k["kind"][:14], k["open"]) for k in data["kinds"]]
+        "open work items by kind", [(k["kind"], k["open"]) for k in data["kinds"]]
     )
     svg_age = charts.bars("oldest open item by kind (days)", ages, " d")
     nxt = None
