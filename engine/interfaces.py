@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from engine.errors import ConfigError
@@ -173,13 +173,17 @@ class Booking:
 @dataclass(frozen=True)
 class Job:
     """A periodic job a domain contributes: ``run(tx, now)`` in one store transaction every
-    ``interval`` seconds; a non-zero result is logged with ``alert`` (``{n}`` is the result)."""
+    ``interval`` seconds; a non-zero result is logged with ``alert`` (``{n}`` is the result) at
+    ``alert_level``: ``warn`` for business exceptions that wait for a person (unbilled usage,
+    an overdue 997), ``info`` for the job's normal work (requisitions a par sweep raised).
+    ``error`` is for faults of the engine, which a job's findings are not."""
 
     name: str
     interval: float
     run: Callable[[Transaction, float], int]
     alert: str = ""
     durable: bool = False
+    alert_level: Literal["info", "warn", "error"] = "warn"
 
 
 @runtime_checkable

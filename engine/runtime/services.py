@@ -194,7 +194,7 @@ def domain_job(job: Job, *, store: Any, executor: Any, clock: Any) -> JobService
 
         def done(n: int) -> int:
             if n and job.alert:
-                log.error(job.alert, n=n)
+                getattr(log, job.alert_level)(job.alert, n=n)
             return n
 
         return d.addCallback(done)

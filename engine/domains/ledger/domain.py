@@ -348,6 +348,7 @@ class LedgerDomain:
                     every,
                     sweep,
                     alert="par sweep: {n} requisition(s) for items below their reorder point",
+                    alert_level="info",
                 )
             )
         return jobs
