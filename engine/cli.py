@@ -543,6 +543,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 if n:
                     print(f"pruned {n} {domain.name} record(s) past its retention")
                 counts[domain.name] = n
+        if not args.older_than:
+            gone = store.prune_registries(time.time())
+            if any(gone.values()):
+                print(
+                    f"pruned {gone['uploads']} SFTP upload row(s) and {gone['nodes']} node(s) "
+                    "no longer needed"
+                )
+            counts |= {"sftp_uploads": gone["uploads"], "nodes": gone["nodes"]}
         if settings.audit_retention and not args.older_than:
             age = settings.audit_retention
             n = store.prune_audit(older_than=age, now=time.time(), actor=args.user)

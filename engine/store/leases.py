@@ -22,6 +22,12 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+#: How long the upload registry keeps a row whose file was handed over without a message (a
+#: pickup that stored nothing of it) and an ``open`` row no node closed (its node died; a node
+#: starting up swept its part file once it was a day old), and how long the node registry
+#: keeps a node not seen since (the console lists it as stopped until then).
+REGISTRY_KEEP = 30 * 86400.0
+
 _UPLOAD_COLUMNS = (
     "path",
     "part",
@@ -144,6 +150,26 @@ class LeaseStore:
                     "message_id = excluded.message_id",
                     (path, node, now, now, node, message_id),
                 )
+
+    def prune_registries(self, now: float, keep: float = REGISTRY_KEEP) -> dict[str, int]:
+        """What the upload and node registries no longer need (``wharf prune``); how many rows
+        of each went: an upload handed over whose message is gone (pruned: the row traced the
+        file to it), one handed over without a message or left ``open`` more than ``keep``
+        ago, and a node not seen for more than ``keep``. Rows of live uploads, of files not
+        yet handed over and of nodes seen since stay."""
+        before = now - keep
+        with self.transaction("prune_registries", durable=False) as tx:
+            uploads = tx.connection.execute(
+                "DELETE FROM sftp_uploads WHERE (state = 'handed' AND message_id IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.id = "
+                "sftp_uploads.message_id)) OR (state = 'handed' AND message_id IS NULL "
+                "AND handed_at < ?) OR (state = 'open' AND opened_at < ?)",
+                (before, before),
+            ).rowcount
+            nodes = tx.connection.execute(
+                "DELETE FROM nodes WHERE last_seen < ?", (before,)
+            ).rowcount
+        return {"uploads": uploads, "nodes": nodes}
 
     def uploads(self, prefix: str = "") -> list[dict[str, Any]]:
         """The upload registry's rows whose path starts with ``prefix``, by path."""

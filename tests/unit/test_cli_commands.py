@@ -222,6 +222,35 @@ def test_prune_prints_durations_as_written(
     assert "older than 100d" in capsys.readouterr().out
 
 
+def test_prune_by_the_rules_also_clears_the_upload_and_node_registries(
+    project_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.store.nodes import Heartbeat
+
+    store, ids = fill(project_dir)
+    long_ago = time.time() - 400 * 86400
+    store.uploads_handed([("/sftp/acme/in/a.x12", ids["sent"])], "node1", long_ago)
+    store.uploads_handed([("/sftp/acme/in/b.x12", "m-long-pruned")], "node1", long_ago)
+    store.node_heartbeat(Heartbeat("departed", long_ago, long_ago, 10.0, "v1", {}))
+    store.close()
+    assert run(project_dir, "prune") == 0
+    assert "pruned 1 SFTP upload row(s) and 1 node(s) no longer needed" in capsys.readouterr().out
+    store = SqliteStore(project_dir / "var/wharf.db").open()
+    try:
+        assert [r["path"] for r in store.uploads()] == ["/sftp/acme/in/a.x12"]
+        assert store.nodes() == []
+        (entry,) = store.audit_entries(action="prune")
+        assert (
+            entry["detail"]["deleted"]["sftp_uploads"],
+            entry["detail"]["deleted"]["nodes"],
+        ) == (
+            1,
+            1,
+        )
+    finally:
+        store.close()
+
+
 # --------------------------------------------------------------------------- the message view
 
 

@@ -65,3 +65,37 @@ def test_the_upload_registry_follows_an_upload_from_open_to_handed(store: Sqlite
     (a,) = store.uploads("/sftp/acme/")
     assert (a["state"], a["node"], a["handed_by"], a["size"]) == ("open", "node2", None, None)
     assert store.uploads("/elsewhere/") == []
+
+
+def test_prune_drops_what_the_upload_and_node_registries_no_longer_need(
+    store: SqliteStore,
+) -> None:
+    from engine.model import Inbound
+    from engine.store.leases import REGISTRY_KEEP
+    from engine.store.nodes import Heartbeat
+
+    (kept,) = store.ingest_batch(
+        [Inbound("x12_in", "sftp", b"ISA*00*", "application/edi-x12", T0)], T0
+    )
+    day = 86400.0
+    store.uploads_handed([("/sftp/acme/in/kept.x12", kept.message_id)], "node1", T0)
+    store.uploads_handed([("/sftp/acme/in/pruned.x12", "m-pruned")], "node1", T0)
+    store.uploads_handed([("/sftp/acme/in/old-empty.x12", None)], "node1", T0)
+    store.uploads_handed([("/sftp/acme/in/new-empty.x12", None)], "node1", T0 + 29 * day)
+    store.upload_opened("/sftp/acme/in/dead.x12", ".dead.part", "node0", T0)
+    store.upload_opened("/sftp/acme/in/live.x12", ".live.part", "node1", T0 + 29 * day)
+    store.upload_opened("/sftp/acme/in/done.x12", ".done.part", "node1", T0)
+    store.upload_closed("/sftp/acme/in/done.x12", "node1", 10, "cd" * 32, T0)  # not handed yet
+    for name, seen in (("gone", T0), ("stopped-lately", T0 + 20 * day), ("up", T0 + 30 * day)):
+        store.node_heartbeat(Heartbeat(name, T0, seen, 10.0, "v1", {}))
+
+    now = T0 + REGISTRY_KEEP + day
+    assert store.prune_registries(now) == {"uploads": 3, "nodes": 1}
+    assert [r["path"].rsplit("/", 1)[1] for r in store.uploads("/sftp/acme/")] == [
+        "done.x12",
+        "kept.x12",
+        "live.x12",
+        "new-empty.x12",
+    ]
+    assert [n["node"] for n in store.nodes()] == ["stopped-lately", "up"]
+    assert store.prune_registries(now) == {"uploads": 0, "nodes": 0}
