@@ -103,6 +103,66 @@ reactor.run()
 """
 
 
+DURABLE_FHIR_SERVER = r"""
+import hashlib, hmac, json, queue, sqlite3, sys, threading
+from fhir.resources.supplydelivery import SupplyDelivery
+from pydantic import ValidationError
+from twisted.internet import reactor
+from twisted.web import resource, server
+PORT, DB, TOKEN_SHA256 = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+conn = sqlite3.connect(DB, isolation_level=None, check_same_thread=False)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("PRAGMA synchronous=FULL")
+conn.execute("CREATE TABLE r (id INTEGER PRIMARY KEY, sha256 TEXT UNIQUE, body BLOB)")
+inbox = queue.SimpleQueue()
+def answer(items):
+    for request, rowid in items:
+        request.setResponseCode(201)
+        request.setHeader(b"content-type", b"application/fhir+json")
+        request.setHeader(b"location", b"/fhir/R5/SupplyDelivery/%d/_history/1" % rowid)
+        body = b'{"resourceType":"SupplyDelivery","id":"%d"}' % rowid
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+def writer():  # group commit: everything queued while the last commit ran
+    while True:
+        items = [inbox.get()]
+        while not inbox.empty():
+            items.append(inbox.get())
+        conn.execute("BEGIN IMMEDIATE")
+        done = []
+        for request, digest, body in items:
+            cur = conn.execute("INSERT OR IGNORE INTO r (sha256, body) VALUES (?, ?)",
+                               (digest, body))
+            done.append((request, cur.lastrowid))
+        conn.execute("COMMIT")
+        reactor.callFromThread(answer, done)
+def outcome(request, code, text):
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/fhir+json")
+    return json.dumps({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "invalid", "diagnostics": text}]}).encode()
+class Floor(resource.Resource):
+    isLeaf = True
+    def render_POST(self, request):
+        token = (request.getHeader(b"authorization") or b"").removeprefix(b"Bearer ")
+        if not hmac.compare_digest(hashlib.sha256(token).hexdigest(), TOKEN_SHA256):
+            return outcome(request, 401, "a bearer token is required")
+        body = request.content.read()
+        try:
+            SupplyDelivery.model_validate(json.loads(body))
+        except (ValueError, ValidationError) as exc:
+            return outcome(request, 400, str(exc)[:500])
+        inbox.put((request, hashlib.sha256(body).hexdigest(), body))
+        return server.NOT_DONE_YET
+threading.Thread(target=writer, daemon=True).start()
+site = server.Site(Floor())
+site.log = lambda request: None
+reactor.listenTCP(PORT, site, interface="127.0.0.1")
+reactor.run()
+"""
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -136,6 +196,20 @@ def start_durable_mllp(folder: Path, mode: str = "thread") -> tuple[subprocess.P
     )
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
+
+
+def start_durable_fhir(folder: Path, port: int, token_sha256: str) -> subprocess.Popen:
+    """The durable FHIR floor (subprocess on ``port``, its database under ``folder``): the
+    bearer token checked against its sha256, the body parsed and validated as an R5
+    SupplyDelivery by fhir.resources (what decides between a 201 and an OperationOutcome),
+    stored with its sha256 (one unique index) in a group commit on a writer thread with
+    ``synchronous=FULL``, the 201 sent after the commit."""
+    db = Path(tempfile.mkdtemp(dir=folder, prefix="floor-fhir-")) / "floor.db"
+    return subprocess.Popen(
+        [sys.executable, "-c", DURABLE_FHIR_SERVER, str(port), str(db), token_sha256],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def commit_ceiling(folder: Path, seconds: float = 2.0) -> tuple[float, float]:

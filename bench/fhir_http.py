@@ -16,7 +16,12 @@ Figures, for each N in ``--clients``:
   delivered (no message left ``received``/``queued``, no delivery pending); every message must
   end ``sent`` and the sandbox must have one issue line and one ChargeItem per delivery;
 - bare: the same clients against a bare twisted.web resource that reads the body and answers
-  201 without work, in the same run; and the ratio accepted/bare.
+  201 without work, in the same run; and the ratio accepted/bare;
+- floor: the same clients against the durable FHIR floor (``baselines.DURABLE_FHIR_SERVER``):
+  twisted.web, the token's sha256, the JSON validated by fhir.resources and stored in a group
+  commit with ``synchronous=FULL`` before the 201; its ratio to bare, and Wharf's accepted/s as
+  a share of it. The floor is the least an accepting server on this stack does, so a target
+  above its ratio cannot be met.
 
     python bench/fhir_http.py [--clients 8,32] [--seconds 5] [--profile out.pstat]
 """
@@ -40,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines import cpu_seconds
+from baselines import cpu_seconds, start_durable_fhir
 from ledger_flow import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,6 +240,7 @@ def main() -> int:
             channel.pop(key, None)
         (project / "channels" / SHIPPED).write_text(yaml.safe_dump(channel))
     fhir, http, billing, bare = free_port(), free_port(), free_port(), free_port()
+    floor = free_port()
     db = tmp / "wharf.db"
     env = {
         **os.environ,
@@ -271,9 +277,10 @@ def main() -> int:
         ),
         subprocess.Popen(run_cmd, stdout=log, stderr=log, env=env),
         subprocess.Popen([sys.executable, "-c", BARE, str(bare)], stdout=log, stderr=log),
+        start_durable_fhir(tmp, floor, env["POU_TOKEN_SHA256"]),
     ]
     try:
-        for port in (http, fhir, bare):
+        for port in (http, fhir, bare, floor):
             wait_port(port)
         mode = " (ingest only: no transform, ledger or deliveries)" if args.ingest_only else ""
         print(
@@ -282,7 +289,7 @@ def main() -> int:
         )
         print(
             f"{'clients':>8} {'accepted/s':>11} {'end to end':>11} {'bare/s':>9} {'ratio':>6} "
-            f"{'cpu ms':>7}"
+            f"{'floor/s':>8} {'ratio':>6} {'of floor':>8} {'cpu ms':>7}"
         )
         before = sandbox_state(http)
         for n in levels:
@@ -297,8 +304,16 @@ def main() -> int:
                 time.sleep(0.05)
             drain = time.perf_counter() - t_end
             bare_rate, bare_statuses = load(bare, n, args.seconds, f"b{n}")
-            if set(statuses) != {201} or set(bare_statuses) != {201}:
-                raise RuntimeError(f"expected only 201: wharf {statuses}, bare {bare_statuses}")
+            floor_rate, floor_statuses = load(floor, n, args.seconds, f"f{n}")
+            if (
+                {201} != set(statuses)
+                or {201} != set(bare_statuses)
+                or {201} != set(floor_statuses)
+            ):
+                raise RuntimeError(
+                    f"expected only 201: wharf {statuses}, bare {bare_statuses}, "
+                    f"floor {floor_statuses}"
+                )
             bad = failed(db)
             if bad:
                 raise RuntimeError(f"messages not sent: {bad}")
@@ -316,9 +331,15 @@ def main() -> int:
             e2e = accepted / (args.seconds + drain)
             print(
                 f"{n:>8} {rate:>11.1f} {e2e:>9.1f}/s {bare_rate:>9.1f} {rate / bare_rate:>6.2f} "
+                f"{floor_rate:>8.1f} {floor_rate / bare_rate:>6.2f} {rate / floor_rate:>8.2f} "
                 f"{cpu_ms:>7.2f}   ({accepted} accepted; drained {drain:.1f} s after the last "
                 "answer)"
             )
+        print(
+            "ratio = accepted/s / bare/s (Wharf, then the floor); of floor = Wharf's accepted/s / "
+            "the floor's; floor = twisted.web + token + fhir.resources validation + a group "
+            "commit with synchronous=FULL before the 201, nothing else"
+        )
         print(
             "cpu ms = Wharf's CPU time (all threads) per accepted POST while the clients ran "
             "(the figure that holds when the machine is shared)"
