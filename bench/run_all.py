@@ -30,8 +30,8 @@ ROOT = HERE.parent
 BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     (
         "mllp_ack",
-        "MLLP durable ACK (codec-only channel, after_store) against bare Twisted, with the "
-        "fsync'd-commit ceiling and the sequential sender",
+        "MLLP durable ACK (codec-only channel, after_store) against bare Twisted and the durable "
+        "floor, with the fsync'd-commit ceiling and the sequential sender",
         ["--seconds", "5", "--senders", "1,8,32"],
         ["--seconds", "1", "--senders", "1,8"],
     ),
@@ -50,7 +50,8 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ),
     (
         "fhir_http",
-        "FHIR SupplyDelivery POST accepted and end to end, against bare twisted.web",
+        "FHIR SupplyDelivery POST accepted and end to end, against bare twisted.web and the "
+        "durable FHIR floor",
         ["--clients", "8,32", "--seconds", "5"],
         ["--clients", "8", "--seconds", "1"],
     ),
@@ -192,7 +193,8 @@ def main() -> int:
         + (" --quick (a smoke run: short settings, not figures to compare)" if args.quick else "")
         + f" in {time.perf_counter() - started:,.0f} s. Every ratio is against a baseline "
         "measured in the same run on the same machine (bare Twisted, bare twisted.web, the "
-        "fsync'd-commit ceiling, stock pyx12, a copy loop, OpenSSH); absolute figures move "
+        "durable floors, the fsync'd-commit ceiling, stock pyx12, a copy loop, OpenSSH); "
+        "absolute figures move "
         "with the machine's load (5x from one day to the next), the ratios much less. "
         "What each benchmark does: `bench/README.md`. No test asserts a speed.",
         "",
