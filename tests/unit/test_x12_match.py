@@ -280,6 +280,25 @@ def test_line_numbers_with_leading_zeros_match() -> None:
     assert result.matched and result.lines[0].po_line == "1"
 
 
+def test_po_line_numbers_equal_but_for_leading_zeros_bill_the_line_of_the_item() -> None:
+    """PO lines '1' (screws) and '01' (gloves) are the same number once compared; an invoice
+    line naming 1 for the gloves bills the gloves' line, not the screws' (the ids of the
+    number's last line were compared, its first line returned)."""
+    order = Order(
+        PO,
+        (
+            OrderLine("1", "SCREW", D(2), "BX", D("125.00"), "EA", (("VC", "ORTH-SCR-35"),)),
+            OrderLine("01", "GLOVE", D(100), "EA", D("1.00"), "EA", (("VC", "GLV-7"),)),
+        ),
+    )
+    receipts = [Receipt("1", D(2), "BX"), Receipt("01", D(100), "EA")]
+    gloves = invoice([L("1", "100", "EA", "1.00", vc="GLV-7")])
+    result = match_invoice(gloves, order, receipts, convert=CONVERT)
+    assert result.lines[0].po_line == "01"
+    screws = invoice([L("1", "2", "BX", "125.00", vc="ORTH-SCR-35")])
+    assert match_invoice(screws, order, receipts, convert=CONVERT).lines[0].po_line == "1"
+
+
 def test_same_item_on_two_po_lines_fills_the_first_open_one() -> None:
     """Matched by item with two PO lines of it: the first not yet fully invoiced is used."""
     order = Order(

@@ -627,17 +627,16 @@ class _Matcher:
         self.tol = tolerance
         self.convert = convert
         self.by_number: dict[str, OrderLine] = {}
-        # The item ids of a PO line number (its last line's, as compared) are worked out when
-        # an invoice line needs them, and the index by item id only when an invoice line does
-        # not bill the PO line its number names: most invoices never need it.
+        # The item ids of a PO line number (those of its first line, the one an invoice line
+        # that names the number bills) are worked out when an invoice line needs them, and the
+        # index by item id only when an invoice line does not bill the PO line its number
+        # names: most invoices never need it.
         self._by_key: dict[tuple[str, str], list[OrderLine]] | None = None
-        self._last: dict[str, OrderLine] = {}
         self.rank: dict[int, int] = {}
         for k, line in enumerate(order.lines):
             self.rank[id(line)] = k
             no = _line_no(line.line_number)
             self.by_number.setdefault(no, line)
-            self._last[no] = line
         self.receipts: dict[str, list[Receipt]] = {}
         for receipt in receipts:
             self.receipts.setdefault(_line_no(receipt.po_line), []).append(receipt)
@@ -665,7 +664,7 @@ class _Matcher:
     def keys(self, no: str) -> list[tuple[str, str]]:
         """The comparable item ids of PO line number ``no`` (see :func:`_po_ids`); worked out
         per look-up, not kept (an invoice line bills its PO line once, as a rule)."""
-        return _po_ids(self._last[no])
+        return _po_ids(self.by_number[no])
 
     @property
     def by_key(self) -> dict[tuple[str, str], list[OrderLine]]:
@@ -743,7 +742,7 @@ class _Matcher:
     def find(self, inv: InvoiceLine) -> tuple[OrderLine | None, Issue | None]:
         no = _line_no(inv.po_line or inv.line_number)
         numbered = self.by_number.get(no)
-        if numbered is not None and _covers(self._last[no], inv.product_ids):
+        if numbered is not None and _covers(numbered, inv.product_ids):
             return numbered, None  # the common case, proved without normalising an id
         ids = _item_ids(inv.product_ids)
         if numbered is not None and not _clash(self.keys(no), ids):
@@ -751,7 +750,7 @@ class _Matcher:
         candidates: dict[int, OrderLine] = {}
         for key in ids:
             for line in self.by_key.get(key, ()):
-                if not _clash(self.keys(_line_no(line.line_number)), ids):
+                if not _clash(_po_ids(line), ids):
                     candidates.setdefault(id(line), line)
         if candidates:
             # Several PO lines for the same item: the first one not yet fully invoiced.
