@@ -16,6 +16,7 @@ from engine.errors import StoreError
 from engine.model import Inbound, Outbound
 from engine.store import SqliteStore, make_store
 from engine.store.migrations import LATEST_VERSION, MIGRATIONS, apply_migrations
+from engine.store.sqlite import PRUNE_GIVE_BACK, PruneBatches
 
 T0 = 1_700_000_000.0
 
@@ -914,11 +915,65 @@ def test_prune_goes_in_short_batches_and_keeps_what_is_young_or_open(store: Sqli
     store.finish_processing(young, status=model.SENT, now=T0 + 3600)
     still_open = store_one(store, b"open", now=T0)
     before, commits = store.footprint(), store.commits
-    assert store.prune(older_than=600, now=T0 + 3600, batch=10) == 35
+    assert store.prune(older_than=600, now=T0 + 3600, batch=10, hold=None) == 35
     assert store.commits - commits == 4  # 10 + 10 + 10 + 5: the engine's writer gets in between
     assert {m.id for m in store.search()} == {young, still_open}
     if store.dialect == "sqlite":  # (PostgreSQL's autovacuum gives the space back later)
         assert _db_bytes(store.path) < before
+
+
+def test_prune_batches_grow_while_quick_and_shrink_while_slow() -> None:
+    """Sizes follow the smoothed time a batch held the lock: up an eighth under the hold, down a
+    quarter over 1.5 x the hold, unchanged between, within PRUNE_LEAST..most."""
+    sizes = PruneBatches(hold=0.002, most=500)
+    assert sizes.size == 50
+    assert [sizes.after(0.001) for _ in range(3)] == [56, 63, 70]
+    # 2.5 ms batches: still growing while the smoothed time is under 2 ms, then steady
+    assert [sizes.after(0.0025) for _ in range(4)] == [78, 87, 97, 97]
+    assert sizes.smoothed is not None and 0.002 < sizes.smoothed < 0.003
+    assert [sizes.after(0.010) for _ in range(3)] == [72, 54, 40]  # over 1.5 x the hold
+    one_slow = PruneBatches(hold=0.002, most=500)
+    one_slow.after(0.001)
+    assert one_slow.after(0.004) == 63  # one slow batch among quick ones: still growing
+    for _ in range(200):
+        one_slow.after(0.5)
+    assert one_slow.size == 8  # never below the least
+    quick = PruneBatches(hold=0.002, most=60)
+    assert [quick.after(0.0001) for _ in range(3)] == [56, 60, 60]  # never past the most
+
+
+@pytest.mark.parametrize(
+    ("per_row", "first_limits"),
+    [
+        (0.0001, [50, 37, 27, 20]),  # 0.1 ms a row: smaller until the lock is held briefly
+        (0.00001, [50, 56, 63, 70]),  # 0.01 ms a row: larger while under the hold
+    ],
+)
+def test_prune_batches_follow_how_long_each_held_the_lock(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, per_row: float, first_limits: list[int]
+) -> None:
+    """The batches grow while they are quick and shrink while they hold the write lock longer
+    than the hold; freed space goes back every PRUNE_GIVE_BACK rows and at the end."""
+    left = 5000
+    limits: list[int] = []
+    given_back: list[tuple[int, bool]] = []
+
+    def one(limit: int) -> tuple[int, float]:
+        nonlocal left
+        limits.append(limit)
+        deleted = min(limit, left)
+        left -= deleted
+        return deleted, per_row * limit
+
+    monkeypatch.setattr("engine.store.sqlite._yield_to_writers", lambda held: None)
+    monkeypatch.setattr(store, "_give_back", lambda last=False: given_back.append((left, last)))
+    assert store._in_short_batches(one, 500, 0.002) == 5000
+    assert limits[: len(first_limits)] == first_limits
+    assert given_back[-1] == (0, True) and [last for _, last in given_back].count(True) == 1
+    done = [5000 - rest for rest, _ in given_back]  # rows deleted at each give-back
+    gaps = [b - a for a, b in zip([0, *done], done, strict=False)]
+    assert all(PRUNE_GIVE_BACK <= gap < PRUNE_GIVE_BACK + 500 for gap in gaps[:-1])
+    assert 0 < gaps[-1] < PRUNE_GIVE_BACK + 500
 
 
 def test_closed_work_items_have_their_own_retention(store: SqliteStore) -> None:
@@ -929,7 +984,7 @@ def test_closed_work_items_have_their_own_retention(store: SqliteStore) -> None:
             tx.open_work_item(kind, "s", "d", mid, mid, T0)
         tx.resolve_work_items("UNBILLED_USAGE", message_id=mid, now=T0)
         tx.resolve_work_items("CHARGE_REJECTED", message_id=mid, now=T0 + 5000)
-    assert store.prune_work_items(older_than=600, now=T0 + 3600, batch=1) == 1
+    assert store.prune_work_items(older_than=600, now=T0 + 3600, batch=1, hold=None) == 1
     left = sorted(r[0] for r in raw_sql(store, "SELECT kind FROM work_items"))
     assert left == ["CHARGE_REJECTED", "MISSING_MAPPING"]
 
