@@ -78,11 +78,12 @@ PRUNE_VACUUM_PAGES = 512
 class PruneBatches:
     """The sizes of a prune's batches, from how long each held the write lock.
 
-    A batch's time is mostly fixed while the engine writes between batches (the prune's
-    connection finds its page cache stale and reads the B-tree pages again: about 1.7 ms on the
-    bench's disk whether it deletes 8 rows or 100) and grows slowly with its rows, and it is
-    noisy (a checkpoint's fsync, the other thread's turn for the GIL). Scaling each batch by its
-    own time would chase the noise down to the smallest size, so the sizes follow a smoothed
+    While the engine writes between batches a batch's time is mostly fixed (about 1.7 ms on
+    bench/prune.py's 2 cores whether it deletes 8 rows or 100, against 2 ms for 500 rows with
+    the engine idle: the prune, the engine's threads and their sender share the CPUs; a
+    memory-mapped store did not shorten it), grows slowly with its rows and is noisy (a
+    checkpoint's fsync, a core taken by another thread). Scaling each batch by its own time
+    would chase the noise down to the smallest size, so the sizes follow a smoothed
     time: they grow by an eighth while it is under ``hold``, shrink by a quarter while it is
     over 1.5 x ``hold`` and stay between; always within PRUNE_LEAST..``most``."""
 
